@@ -1,0 +1,91 @@
+//! Standard `metav1.Condition` handling shared by the controllers.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+
+/// A condition as a controller decides it, before timestamps are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionState {
+    pub type_: &'static str,
+    pub status: ConditionStatus,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// Build the new condition list: a condition keeps its `lastTransitionTime` while its status
+/// stays the same, as the API conventions ask.
+pub fn merge(
+    previous: &[Condition],
+    states: &[ConditionState],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    states
+        .iter()
+        .map(|state| {
+            let transition = previous
+                .iter()
+                .find(|c| c.type_ == state.type_ && c.status == state.status.as_str())
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: state.type_.to_string(),
+                status: state.status.as_str().to_string(),
+                reason: state.reason.to_string(),
+                message: state.message.clone(),
+                observed_generation: generation,
+                last_transition_time: transition,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(status: ConditionStatus, reason: &'static str) -> ConditionState {
+        ConditionState {
+            type_: "Ready",
+            status,
+            reason,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let first = merge(&[], &[state(ConditionStatus::True, "A")], Some(1), t0);
+        assert_eq!(first[0].last_transition_time, Time(t0));
+
+        let same = merge(&first, &[state(ConditionStatus::True, "B")], Some(2), t1);
+        assert_eq!(same[0].last_transition_time, Time(t0), "same status keeps its time");
+        assert_eq!(same[0].reason, "B");
+        assert_eq!(same[0].observed_generation, Some(2));
+
+        let flipped = merge(&same, &[state(ConditionStatus::False, "C")], Some(2), t1);
+        assert_eq!(flipped[0].last_transition_time, Time(t1));
+        assert_eq!(flipped[0].status, "False");
+    }
+}

@@ -1,0 +1,454 @@
+//! Pure decisions of the Worker controller: from what was observed to health, action and status.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+
+use crate::{
+    controller::conditions::{self, ConditionState, ConditionStatus},
+    crd::worker::{ContainerSummary, HeartbeatSummary, WorkerPhase, WorkerStatus},
+    docker::ContainerInfo,
+    observe::heartbeat::HeartbeatObservation,
+};
+
+pub const CONTAINER_RUNNING: &str = "ContainerRunning";
+pub const HEARTBEAT_FRESH: &str = "HeartbeatFresh";
+pub const READY: &str = "Ready";
+
+/// What Docker said about the container.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContainerObservation {
+    Found(ContainerInfo),
+    NotFound,
+    /// The engine could not be asked.
+    Unavailable(String),
+}
+
+/// Everything one reconcile observed about a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    pub container: ContainerObservation,
+    pub heartbeat: HeartbeatObservation,
+    pub now: Timestamp,
+}
+
+/// The worker's health as judged from an observation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assessment {
+    pub phase: WorkerPhase,
+    pub container_running: ConditionState,
+    pub heartbeat_fresh: ConditionState,
+    pub ready: ConditionState,
+}
+
+/// What the controller should do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Nothing,
+    /// Start the exited container again; the text says why, for the Event.
+    StartContainer { why: String },
+}
+
+/// Judge the worker's health.
+pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
+    let container_running = container_condition(&obs.container);
+    let heartbeat_fresh = heartbeat_condition(&obs.heartbeat, obs.now, heartbeat_timeout);
+    let phase = match (&obs.container, container_running.status, heartbeat_fresh.status) {
+        (ContainerObservation::Unavailable(_), _, _) => WorkerPhase::Unknown,
+        (_, ConditionStatus::True, ConditionStatus::True) => WorkerPhase::Healthy,
+        (_, ConditionStatus::True, _) => WorkerPhase::Degraded,
+        _ => WorkerPhase::Down,
+    };
+    let ready = match phase {
+        WorkerPhase::Healthy => ConditionState {
+            type_: READY,
+            status: ConditionStatus::True,
+            reason: "WorkerHealthy",
+            message: "container running and heartbeat fresh".into(),
+        },
+        WorkerPhase::Unknown => ConditionState {
+            type_: READY,
+            status: ConditionStatus::Unknown,
+            reason: "ObservationFailed",
+            message: container_running.message.clone(),
+        },
+        _ => {
+            let failing = if container_running.status != ConditionStatus::True {
+                &container_running
+            } else {
+                &heartbeat_fresh
+            };
+            ConditionState {
+                type_: READY,
+                status: ConditionStatus::False,
+                reason: failing.reason,
+                message: failing.message.clone(),
+            }
+        }
+    };
+    Assessment {
+        phase,
+        container_running,
+        heartbeat_fresh,
+        ready,
+    }
+}
+
+fn container_condition(container: &ContainerObservation) -> ConditionState {
+    let (status, reason, message) = match container {
+        ContainerObservation::Unavailable(e) => (
+            ConditionStatus::Unknown,
+            "DockerUnavailable",
+            format!("cannot inspect the container: {e}"),
+        ),
+        ContainerObservation::NotFound => (
+            ConditionStatus::False,
+            "ContainerNotFound",
+            "no such container on this host".to_string(),
+        ),
+        ContainerObservation::Found(c) if c.status == "paused" => (
+            ConditionStatus::False,
+            "Paused",
+            format!("container {} is paused", c.name),
+        ),
+        ContainerObservation::Found(c) if c.status == "restarting" => (
+            ConditionStatus::False,
+            "Restarting",
+            format!("Docker's restart policy is restarting container {}", c.name),
+        ),
+        ContainerObservation::Found(c) if c.running => (
+            ConditionStatus::True,
+            "Running",
+            format!("container {} ({}) is running", c.name, c.short_id()),
+        ),
+        ContainerObservation::Found(c) => (
+            ConditionStatus::False,
+            if c.oom_killed { "OOMKilled" } else { "Exited" },
+            exit_description(c),
+        ),
+    };
+    ConditionState {
+        type_: CONTAINER_RUNNING,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// "container marie exited with code 137 (OOM-killed) at 2026-..."
+pub fn exit_description(c: &ContainerInfo) -> String {
+    let mut text = format!("container {} is {}", c.name, c.status);
+    if let Some(code) = c.exit_code {
+        text.push_str(&format!(", exit code {code}"));
+    }
+    if c.oom_killed {
+        text.push_str(", killed by the OOM killer");
+    }
+    if let Some(at) = c.finished_at {
+        text.push_str(&format!(", since {at}"));
+    }
+    text
+}
+
+fn heartbeat_condition(
+    heartbeat: &HeartbeatObservation,
+    now: Timestamp,
+    timeout: Duration,
+) -> ConditionState {
+    let (status, reason, message) = match heartbeat {
+        HeartbeatObservation::Missing => (
+            ConditionStatus::False,
+            "HeartbeatMissing",
+            "no heartbeat file".to_string(),
+        ),
+        HeartbeatObservation::Unreadable(e) => {
+            (ConditionStatus::False, "HeartbeatUnreadable", e.clone())
+        }
+        HeartbeatObservation::Invalid(e) => (ConditionStatus::False, "HeartbeatInvalid", e.clone()),
+        HeartbeatObservation::Valid(hb) => {
+            // A clock a little ahead of ours is not a stale worker.
+            let age = now.duration_since(hb.timestamp).max(SignedDuration::ZERO);
+            let age_secs = age.as_secs();
+            if age.unsigned_abs() > timeout {
+                (
+                    ConditionStatus::False,
+                    "HeartbeatStale",
+                    format!(
+                        "last heartbeat {age_secs}s ago at {}, over the {}s timeout",
+                        hb.timestamp,
+                        timeout.as_secs()
+                    ),
+                )
+            } else {
+                (
+                    ConditionStatus::True,
+                    "HeartbeatFresh",
+                    format!("last heartbeat {age_secs}s ago"),
+                )
+            }
+        }
+    };
+    ConditionState {
+        type_: HEARTBEAT_FRESH,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// Decide whether to act. Only an exited (or never started) container is started again:
+/// a paused one was paused on purpose, a restarting one is Docker's own policy at work.
+pub fn plan(container: &ContainerObservation, auto_recovery: bool) -> Plan {
+    match container {
+        ContainerObservation::Found(c)
+            if auto_recovery && !c.running && matches!(c.status.as_str(), "exited" | "created") =>
+        {
+            Plan::StartContainer {
+                why: exit_description(c),
+            }
+        }
+        _ => Plan::Nothing,
+    }
+}
+
+/// A restart the controller performed during this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartRecord {
+    pub at: Timestamp,
+}
+
+/// The status to write, from the previous one, the observation and what was done.
+pub fn next_status(
+    previous: Option<&WorkerStatus>,
+    generation: Option<i64>,
+    obs: &Observation,
+    assessment: &Assessment,
+    restart: Option<&RestartRecord>,
+) -> WorkerStatus {
+    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let conditions = conditions::merge(
+        previous_conditions,
+        &[
+            assessment.container_running.clone(),
+            assessment.heartbeat_fresh.clone(),
+            assessment.ready.clone(),
+        ],
+        generation,
+        obs.now,
+    );
+    let (last_heartbeat_time, heartbeat) = match &obs.heartbeat {
+        HeartbeatObservation::Valid(hb) => (
+            Some(Time(hb.timestamp)),
+            Some(HeartbeatSummary {
+                status: hb.status.clone(),
+                current_task: hb.current_task.clone(),
+                progress: hb.progress,
+            }),
+        ),
+        // Keep what we knew: the column then shows how long the worker has been silent.
+        _ => (
+            previous.and_then(|s| s.last_heartbeat_time.clone()),
+            previous.and_then(|s| s.heartbeat.clone()),
+        ),
+    };
+    let container = match &obs.container {
+        ContainerObservation::Found(c) => Some(ContainerSummary {
+            id: Some(c.short_id().to_string()),
+            state: c.status.clone(),
+            exit_code: (!c.running).then_some(c.exit_code).flatten(),
+            oom_killed: c.oom_killed,
+            started_at: c.started_at.map(Time),
+            finished_at: if c.running { None } else { c.finished_at.map(Time) },
+            image: c.image.clone(),
+            docker_restart_count: c.restart_count,
+        }),
+        ContainerObservation::NotFound => Some(ContainerSummary {
+            state: "notFound".into(),
+            ..Default::default()
+        }),
+        ContainerObservation::Unavailable(_) => previous.and_then(|s| s.container.clone()),
+    };
+    let previous_restarts = previous.map(|s| s.restart_count).unwrap_or(0);
+    WorkerStatus {
+        phase: Some(assessment.phase),
+        conditions,
+        observed_generation: generation,
+        last_heartbeat_time,
+        heartbeat,
+        container,
+        restart_count: previous_restarts + i32::from(restart.is_some()),
+        last_restart_time: restart
+            .map(|r| Time(r.at))
+            .or_else(|| previous.and_then(|s| s.last_restart_time.clone())),
+        last_observed_time: Some(Time(obs.now)),
+    }
+}
+
+/// How soon to look again: often enough to see a heartbeat go stale close to its timeout.
+pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::heartbeat::Heartbeat;
+
+    const NOW: i64 = 1_795_823_941;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(NOW).unwrap()
+    }
+
+    fn container(status: &str, running: bool) -> ContainerInfo {
+        ContainerInfo {
+            id: "0123456789abcdef0123".into(),
+            name: "marie".into(),
+            image: Some("wro-sample-worker:dev".into()),
+            status: status.into(),
+            running,
+            exit_code: Some(if running { 0 } else { 3 }),
+            oom_killed: false,
+            pid: running.then_some(42),
+            started_at: Some(Timestamp::from_second(NOW - 100).unwrap()),
+            finished_at: (!running).then(|| Timestamp::from_second(NOW - 10).unwrap()),
+            restart_count: 0,
+        }
+    }
+
+    fn beat(age_secs: i64) -> HeartbeatObservation {
+        HeartbeatObservation::Valid(Heartbeat {
+            timestamp: Timestamp::from_second(NOW - age_secs).unwrap(),
+            status: Some("working".into()),
+            current_task: Some("t1".into()),
+            progress: Some(7),
+        })
+    }
+
+    fn obs(container: ContainerObservation, heartbeat: HeartbeatObservation) -> Observation {
+        Observation {
+            container,
+            heartbeat,
+            now: now(),
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn running_with_fresh_heartbeat_is_healthy() {
+        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(5)), TIMEOUT);
+        assert_eq!(a.phase, WorkerPhase::Healthy);
+        assert_eq!(a.ready.status, ConditionStatus::True);
+        assert_eq!(a.heartbeat_fresh.reason, "HeartbeatFresh");
+    }
+
+    #[test]
+    fn running_with_stale_or_bad_heartbeat_is_degraded() {
+        for hb in [
+            beat(31),
+            HeartbeatObservation::Missing,
+            HeartbeatObservation::Invalid("x".into()),
+            HeartbeatObservation::Unreadable("y".into()),
+        ] {
+            let a = assess(&obs(ContainerObservation::Found(container("running", true)), hb.clone()), TIMEOUT);
+            assert_eq!(a.phase, WorkerPhase::Degraded, "{hb:?}");
+            assert_eq!(a.heartbeat_fresh.status, ConditionStatus::False);
+            assert_eq!(a.ready.reason, a.heartbeat_fresh.reason);
+        }
+        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(31)), TIMEOUT);
+        assert_eq!(a.heartbeat_fresh.reason, "HeartbeatStale");
+        assert!(a.heartbeat_fresh.message.contains("31s ago"), "{}", a.heartbeat_fresh.message);
+    }
+
+    #[test]
+    fn heartbeat_from_a_clock_ahead_counts_as_fresh() {
+        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(-20)), TIMEOUT);
+        assert_eq!(a.phase, WorkerPhase::Healthy);
+    }
+
+    #[test]
+    fn exited_missing_paused_restarting_are_down() {
+        let mut oom = container("exited", false);
+        oom.oom_killed = true;
+        oom.exit_code = Some(137);
+        for (c, reason) in [
+            (ContainerObservation::Found(container("exited", false)), "Exited"),
+            (ContainerObservation::Found(oom), "OOMKilled"),
+            (ContainerObservation::NotFound, "ContainerNotFound"),
+            (ContainerObservation::Found(container("paused", true)), "Paused"),
+            (ContainerObservation::Found(container("restarting", false)), "Restarting"),
+        ] {
+            let a = assess(&obs(c, beat(1)), TIMEOUT);
+            assert_eq!(a.phase, WorkerPhase::Down, "{reason}");
+            assert_eq!(a.container_running.reason, reason);
+            assert_eq!(a.ready.reason, reason, "Ready names the first failing check");
+        }
+    }
+
+    #[test]
+    fn docker_unreachable_is_unknown() {
+        let a = assess(&obs(ContainerObservation::Unavailable("socket".into()), beat(1)), TIMEOUT);
+        assert_eq!(a.phase, WorkerPhase::Unknown);
+        assert_eq!(a.container_running.status, ConditionStatus::Unknown);
+        assert_eq!(a.ready.status, ConditionStatus::Unknown);
+    }
+
+    #[test]
+    fn only_exited_containers_with_auto_recovery_are_started() {
+        let exited = ContainerObservation::Found(container("exited", false));
+        assert!(matches!(plan(&exited, true), Plan::StartContainer { why } if why.contains("exit code 3")));
+        assert_eq!(plan(&exited, false), Plan::Nothing);
+        for other in [
+            ContainerObservation::Found(container("running", true)),
+            ContainerObservation::Found(container("paused", true)),
+            ContainerObservation::Found(container("restarting", false)),
+            ContainerObservation::Found(container("dead", false)),
+            ContainerObservation::NotFound,
+            ContainerObservation::Unavailable("x".into()),
+        ] {
+            assert_eq!(plan(&other, true), Plan::Nothing, "{other:?}");
+        }
+        assert!(matches!(
+            plan(&ContainerObservation::Found(container("created", false)), true),
+            Plan::StartContainer { .. }
+        ));
+    }
+
+    #[test]
+    fn status_counts_restarts_and_keeps_the_last_heartbeat() {
+        let o = obs(ContainerObservation::Found(container("running", true)), beat(2));
+        let a = assess(&o, TIMEOUT);
+        let first = next_status(None, Some(1), &o, &a, None);
+        assert_eq!(first.restart_count, 0);
+        assert_eq!(first.phase, Some(WorkerPhase::Healthy));
+        assert_eq!(first.heartbeat.as_ref().unwrap().progress, Some(7));
+        assert_eq!(first.container.as_ref().unwrap().id.as_deref(), Some("0123456789ab"));
+        assert_eq!(first.container.as_ref().unwrap().exit_code, None);
+
+        let o2 = obs(ContainerObservation::Found(container("exited", false)), HeartbeatObservation::Missing);
+        let a2 = assess(&o2, TIMEOUT);
+        let restart = RestartRecord { at: now() };
+        let second = next_status(Some(&first), Some(1), &o2, &a2, Some(&restart));
+        assert_eq!(second.restart_count, 1);
+        assert_eq!(second.last_restart_time, Some(Time(now())));
+        assert_eq!(second.last_heartbeat_time, first.last_heartbeat_time, "last known heartbeat kept");
+        assert_eq!(second.container.as_ref().unwrap().exit_code, Some(3));
+
+        let third = next_status(Some(&second), Some(1), &o, &a, None);
+        assert_eq!(third.restart_count, 1);
+        assert_eq!(third.last_restart_time, Some(Time(now())));
+        let types: Vec<_> = third.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [CONTAINER_RUNNING, HEARTBEAT_FRESH, READY]);
+    }
+
+    #[test]
+    fn requeue_interval_is_bounded() {
+        assert_eq!(requeue_interval(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(requeue_interval(Duration::from_secs(20)), Duration::from_secs(5));
+        assert_eq!(requeue_interval(Duration::from_secs(3600)), Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,369 @@
+//! The `Worker` custom resource: one agent worker running in a Docker container on this host.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default shared root, as in the runbook (`/shared/workers`, `/shared/tasks`, `/shared/locks`).
+pub const DEFAULT_SHARED_ROOT: &str = "/shared";
+/// Default heartbeat timeout in seconds.
+pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
+
+/// A long-running agent worker in a Docker container on this host, supervised by the operator.
+///
+/// The operator observes the container and the worker's heartbeat file, reports the worker's
+/// health in status, and (when `autoRecovery.enabled`) starts the container again when it exits.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "workerrecovery.io",
+    version = "v1alpha1",
+    kind = "Worker",
+    namespaced,
+    status = "WorkerStatus",
+    shortname = "wk",
+    category = "workerrecovery",
+    doc = "A long-running agent worker in a Docker container, supervised by worker-recovery-operator.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Container", type_ = "string", json_path = ".spec.container"),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeatTime",
+        description = "Time since the worker last wrote its heartbeat"
+    ),
+    printcolumn(
+        name = "Restarts",
+        type_ = "integer",
+        json_path = ".status.restartCount",
+        description = "Container restarts performed by the operator"
+    ),
+    printcolumn(name = "Auto", type_ = "boolean", json_path = ".spec.autoRecovery.enabled", priority = "1"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerSpec {
+    /// Name (or ID) of the Docker container that runs this worker, as `docker ps` shows it.
+    #[schemars(length(min = 1, max = 253))]
+    pub container: String,
+
+    /// The worker's name in its file layout (`tasks/<name>/`, `locks/<name>_*.lock`, ...).
+    /// Defaults to the Worker's metadata.name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub worker_name: Option<String>,
+
+    /// Absolute host path of the shared root that holds `workers/`, `tasks/` and `locks/`.
+    /// Every path in `paths` is resolved inside it.
+    #[serde(default = "default_shared_root")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("sharedRoot must be an absolute path"))]
+    #[schemars(length(min = 1, max = 1024))]
+    pub shared_root: String,
+
+    /// Where the worker keeps its files, relative to `sharedRoot`. Defaults follow the runbook.
+    #[serde(default)]
+    pub paths: WorkerPaths,
+
+    /// Seconds after the last heartbeat at which the worker counts as hung (HeartbeatFresh=False).
+    #[serde(default = "default_heartbeat_timeout")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub heartbeat_timeout_seconds: u32,
+
+    /// What the operator may do on its own when the worker fails.
+    #[serde(default)]
+    pub auto_recovery: AutoRecoverySpec,
+}
+
+/// Paths of the worker's files relative to `sharedRoot`; `{worker}` stands for the worker's name.
+/// Paths must be relative and may not contain `..`, so nothing outside the shared root is touched.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPaths {
+    /// Heartbeat JSON file. Default `workers/{worker}/heartbeat.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub heartbeat_file: Option<String>,
+    /// Task directory with `pending/`, `active/`, `staged/`, `failed/`. Default `tasks/{worker}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub tasks_dir: Option<String>,
+    /// Directory of lock files named `{worker}_<task>.lock`. Default `locks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub locks_dir: Option<String>,
+    /// Worker state file. Default `workers/{worker}/state.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub state_file: Option<String>,
+    /// Temporary directory cleared on clean recovery. Default `tmp/{worker}` (the runbook's
+    /// `/tmp/<worker>`, kept inside the shared root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub tmp_dir: Option<String>,
+}
+
+const RELATIVE_PATH_RULE: &str = "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && self != ''";
+const RELATIVE_PATH_MESSAGE: &str = "must be a non-empty relative path without '..'";
+
+/// Automatic recovery switch (restart policy knobs join it later).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRecoverySpec {
+    /// Start the container again when it has exited. Off by default: opt in per Worker.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Observed state of a Worker.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    /// Summary of the worker's health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<WorkerPhase>,
+    /// Standard conditions: `ContainerRunning`, `HeartbeatFresh` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Time written in the worker's last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<Time>,
+    /// Content of the last readable heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatSummary>,
+    /// What Docker reported about the container at the last observation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSummary>,
+    /// Container restarts the operator performed for this Worker.
+    #[serde(default)]
+    pub restart_count: i32,
+    /// When the operator last restarted the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_time: Option<Time>,
+    /// When the operator last observed the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_observed_time: Option<Time>,
+}
+
+/// Health summary of a Worker.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerPhase {
+    /// Container running and heartbeat fresh.
+    Healthy,
+    /// Container running but the heartbeat is stale, missing or unreadable.
+    Degraded,
+    /// Container exited, missing, or never started.
+    Down,
+    /// The operator could not observe the container (Docker engine unreachable).
+    Unknown,
+}
+
+impl std::fmt::Display for WorkerPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Heartbeat content as last read.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatSummary {
+    /// Status the worker reported (for example `idle` or `working`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Task the worker was working on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_task: Option<String>,
+    /// The worker's progress counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u64>,
+}
+
+/// Docker's view of the container.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    /// Container ID (short form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Docker state: created, running, paused, restarting, exited, dead, or `notFound`.
+    pub state: String,
+    /// Exit code of the last run, when the container has exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Whether the kernel's OOM killer ended the last run.
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// When the current or last run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the last run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// Image the container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Restarts done by Docker's own restart policy.
+    #[serde(default)]
+    pub docker_restart_count: i64,
+}
+
+fn default_shared_root() -> String {
+    DEFAULT_SHARED_ROOT.to_string()
+}
+
+fn default_heartbeat_timeout() -> u32 {
+    DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
+}
+
+/// Absolute host paths of a worker's files, resolved from the spec and its defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedPaths {
+    pub worker_name: String,
+    pub shared_root: PathBuf,
+    pub heartbeat_file: PathBuf,
+    pub tasks_dir: PathBuf,
+    pub locks_dir: PathBuf,
+    pub state_file: PathBuf,
+    pub tmp_dir: PathBuf,
+}
+
+/// A spec that the schema should have refused but that reached us anyway (for example from
+/// an older CRD). Reported in status; the controller waits for the spec to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl Worker {
+    /// The worker's name in its file layout.
+    pub fn worker_name(&self) -> String {
+        self.spec
+            .worker_name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Resolve every path of the worker, refusing anything that could leave the shared root.
+    pub fn resolved_paths(&self) -> Result<ResolvedPaths, SpecError> {
+        let name = self.worker_name();
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(SpecError {
+                field: "spec.workerName",
+                reason: format!("{name:?} is not a valid worker name"),
+            });
+        }
+        let root = PathBuf::from(&self.spec.shared_root);
+        if !root.is_absolute() {
+            return Err(SpecError {
+                field: "spec.sharedRoot",
+                reason: format!("{:?} is not an absolute path", self.spec.shared_root),
+            });
+        }
+        let p = &self.spec.paths;
+        let resolve = |field: &'static str, value: &Option<String>, default: &str| {
+            let template = value.as_deref().unwrap_or(default);
+            confined_join(&root, &template.replace("{worker}", &name))
+                .map_err(|reason| SpecError { field, reason })
+        };
+        Ok(ResolvedPaths {
+            heartbeat_file: resolve(
+                "spec.paths.heartbeatFile",
+                &p.heartbeat_file,
+                "workers/{worker}/heartbeat.json",
+            )?,
+            tasks_dir: resolve("spec.paths.tasksDir", &p.tasks_dir, "tasks/{worker}")?,
+            locks_dir: resolve("spec.paths.locksDir", &p.locks_dir, "locks")?,
+            state_file: resolve(
+                "spec.paths.stateFile",
+                &p.state_file,
+                "workers/{worker}/state.json",
+            )?,
+            tmp_dir: resolve("spec.paths.tmpDir", &p.tmp_dir, "tmp/{worker}")?,
+            shared_root: root,
+            worker_name: name,
+        })
+    }
+}
+
+/// Join a relative path under `root`, refusing absolute paths and `..` components.
+fn confined_join(root: &Path, relative: &str) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let rel = Path::new(relative);
+    if relative.is_empty() {
+        return Err("must not be empty".into());
+    }
+    for component in rel.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => return Err(format!("{relative:?} must be relative and must not contain '..'")),
+        }
+    }
+    Ok(root.join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(yaml: &str) -> Worker {
+        serde_yaml_ng::from_str(yaml).expect("fixture parses")
+    }
+
+    #[test]
+    fn defaults_follow_the_runbook_layout() {
+        let w = worker(
+            "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata: {name: marie, namespace: default}\nspec: {container: marie}\n",
+        );
+        assert_eq!(w.spec.shared_root, "/shared");
+        assert_eq!(w.spec.heartbeat_timeout_seconds, 60);
+        assert!(!w.spec.auto_recovery.enabled);
+        let p = w.resolved_paths().unwrap();
+        assert_eq!(p.heartbeat_file, Path::new("/shared/workers/marie/heartbeat.json"));
+        assert_eq!(p.tasks_dir, Path::new("/shared/tasks/marie"));
+        assert_eq!(p.locks_dir, Path::new("/shared/locks"));
+        assert_eq!(p.state_file, Path::new("/shared/workers/marie/state.json"));
+        assert_eq!(p.tmp_dir, Path::new("/shared/tmp/marie"));
+    }
+
+    #[test]
+    fn worker_name_and_templates_override_defaults() {
+        let w = worker(
+            "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata: {name: w1}\nspec: {container: c, workerName: anga, sharedRoot: /srv/x, paths: {heartbeatFile: 'hb/{worker}.json'}}\n",
+        );
+        let p = w.resolved_paths().unwrap();
+        assert_eq!(p.worker_name, "anga");
+        assert_eq!(p.heartbeat_file, Path::new("/srv/x/hb/anga.json"));
+    }
+
+    #[test]
+    fn paths_escaping_the_shared_root_are_refused() {
+        for bad in ["/etc/passwd", "../x", "a/../../b", ""] {
+            let mut w = worker(
+                "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata: {name: w}\nspec: {container: c}\n",
+            );
+            w.spec.paths.tasks_dir = Some(bad.to_string());
+            let err = w.resolved_paths().unwrap_err();
+            assert_eq!(err.field, "spec.paths.tasksDir", "{bad}");
+        }
+        let mut w = worker(
+            "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata: {name: w}\nspec: {container: c, workerName: '..'}\n",
+        );
+        assert!(w.resolved_paths().is_err());
+        w.spec.worker_name = None;
+        w.spec.shared_root = "relative".into();
+        assert_eq!(w.resolved_paths().unwrap_err().field, "spec.sharedRoot");
+    }
+}

@@ -1,0 +1,14 @@
+//! worker-recovery-operator: the worker-crash runbook as a Kubernetes controller.
+//!
+//! The pipeline of every controller is observe (Docker, files) -> decide (pure functions in
+//! `decide` modules) -> act (idempotent steps behind traits) -> write status (server-side apply).
+
+pub mod cli;
+pub mod controller;
+pub mod crd;
+pub mod docker;
+pub mod metrics;
+pub mod observe;
+pub mod operator;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    worker_recovery_operator::cli::main()
+}

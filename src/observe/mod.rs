@@ -1,0 +1,3 @@
+//! Read-only observation of a worker's files.
+
+pub mod heartbeat;

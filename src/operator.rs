@@ -1,0 +1,81 @@
+//! `run`: start the controllers and the HTTP endpoints.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+};
+
+use anyhow::{bail, Context as _};
+use kube::{
+    api::{Api, ListParams},
+    Client, CustomResourceExt, Resource,
+};
+use serde::de::DeserializeOwned;
+use tracing::info;
+
+use crate::{
+    controller::{self, Context},
+    crd::{ResumePlan, Worker, WorkerRecovery},
+    docker::DockerEngine,
+    metrics::Metrics,
+    server,
+};
+
+/// Options of the `run` command.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub listen: SocketAddr,
+    /// Watch only this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (set KUBECONFIG or run in a cluster)")?;
+    ensure_crd_installed::<Worker>(&client).await?;
+    ensure_crd_installed::<WorkerRecovery>(&client).await?;
+    ensure_crd_installed::<ResumePlan>(&client).await?;
+
+    let docker = DockerEngine::connect().await.context(
+        "cannot reach the Docker engine (set DOCKER_HOST or start dockerd); the operator needs it to observe workers",
+    )?;
+    info!(docker = %docker.version().await?, "connected to the Docker engine");
+
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = tokio::spawn(server::serve(opts.listen, metrics.clone(), ready.clone()));
+
+    let workers: Api<Worker> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(Context::new(client, Arc::new(docker), metrics));
+    info!(namespace = opts.namespace.as_deref().unwrap_or("<all>"), "starting controllers");
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::select! {
+        () = controller::worker::run(ctx, workers) => info!("controllers stopped"),
+        res = http => match res {
+            Ok(Ok(())) => bail!("HTTP server stopped unexpectedly"),
+            Ok(Err(e)) => return Err(e).context(format!("cannot serve HTTP on {}", opts.listen)),
+            Err(e) => bail!("HTTP server task failed: {e}"),
+        },
+    }
+    Ok(())
+}
+
+/// Fail with a clear message when a CRD is missing, instead of a watch that errors forever.
+async fn ensure_crd_installed<K>(client: &Client) -> anyhow::Result<()>
+where
+    K: Resource<DynamicType = ()> + CustomResourceExt + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => bail!(
+            "the CustomResourceDefinition {} is not installed in this cluster; install the CRDs first: kubectl apply -f crds/",
+            K::crd_name()
+        ),
+        Err(e) => Err(e).context(format!("cannot list {} (is the API server reachable?)", K::crd_name())),
+    }
+}
