@@ -7,10 +7,20 @@ use clap::{Parser, Subcommand};
 use crate::{crd, operator, telemetry};
 
 #[derive(Parser, Debug)]
-#[command(name = "worker-recovery-operator", version, about = "Self-healing automation for crashed agent workers")]
+#[command(
+    name = "worker-recovery-operator",
+    version,
+    about = "Self-healing automation for crashed agent workers"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "pretty", env = "WRO_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "pretty",
+        env = "WRO_LOG_FORMAT"
+    )]
     log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -3,7 +3,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    exponential_buckets, histogram_opts, opts, Encoder, HistogramVec, IntCounterVec, Registry, TextEncoder,
+    exponential_buckets, histogram_opts, opts, Encoder, HistogramVec, IntCounterVec, Registry,
+    TextEncoder,
 };
 
 /// Metrics shared by every controller, labelled by controller name.
@@ -19,7 +20,10 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let reconciliations = IntCounterVec::new(
-            opts!("workerrecovery_reconciliations_total", "Reconciliations started, per controller"),
+            opts!(
+                "workerrecovery_reconciliations_total",
+                "Reconciliations started, per controller"
+            ),
             &["controller"],
         )
         .expect("valid metric");
@@ -117,11 +121,15 @@ mod tests {
         m.reconcile_failure("worker", "docker_unavailable");
         m.record_restart("worker");
         let text = m.render();
-        assert!(text.contains(r#"workerrecovery_reconciliations_total{controller="worker"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"workerrecovery_reconciliations_total{controller="worker"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(
             r#"workerrecovery_reconcile_errors_total{controller="worker",error="docker_unavailable"} 1"#
         ));
-        assert!(text.contains(r#"workerrecovery_reconcile_duration_seconds_count{controller="worker"} 1"#));
+        assert!(text
+            .contains(r#"workerrecovery_reconcile_duration_seconds_count{controller="worker"} 1"#));
         assert!(text.contains(r#"workerrecovery_container_restarts_total{controller="worker"} 1"#));
     }
 }

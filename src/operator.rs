@@ -51,7 +51,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => Api::all(client.clone()),
     };
     let ctx = Arc::new(Context::new(client, Arc::new(docker), metrics));
-    info!(namespace = opts.namespace.as_deref().unwrap_or("<all>"), "starting controllers");
+    info!(
+        namespace = opts.namespace.as_deref().unwrap_or("<all>"),
+        "starting controllers"
+    );
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::select! {
         () = controller::worker::run(ctx, workers) => info!("controllers stopped"),

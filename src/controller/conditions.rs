@@ -80,7 +80,11 @@ mod tests {
         assert_eq!(first[0].last_transition_time, Time(t0));
 
         let same = merge(&first, &[state(ConditionStatus::True, "B")], Some(2), t1);
-        assert_eq!(same[0].last_transition_time, Time(t0), "same status keeps its time");
+        assert_eq!(
+            same[0].last_transition_time,
+            Time(t0),
+            "same status keeps its time"
+        );
         assert_eq!(same[0].reason, "B");
         assert_eq!(same[0].observed_generation, Some(2));
 

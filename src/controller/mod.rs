@@ -23,7 +23,11 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, docker: Arc<dyn ContainerRuntime>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        docker: Arc<dyn ContainerRuntime>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME")

@@ -55,8 +55,9 @@ mod tests {
     fn committed_crds_match_the_rust_types() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
         for (file, crd) in all() {
-            let committed = std::fs::read_to_string(dir.join(file))
-                .unwrap_or_else(|e| panic!("crds/{file} is missing ({e}); run `cargo run -- crdgen`"));
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| {
+                panic!("crds/{file} is missing ({e}); run `cargo run -- crdgen`")
+            });
             assert_eq!(
                 committed,
                 render(&crd).unwrap(),
@@ -69,7 +70,10 @@ mod tests {
     fn crds_carry_names_columns_and_status() {
         let crd = Worker::crd();
         assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["wk".to_string()][..]));
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["wk".to_string()][..])
+        );
         let version = &crd.spec.versions[0];
         assert!(version.subresources.as_ref().unwrap().status.is_some());
         let columns: Vec<_> = version
@@ -79,9 +83,15 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Phase", "Container", "Heartbeat", "Restarts", "Auto", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Container", "Heartbeat", "Restarts", "Auto", "Age"]
+        );
         let yaml = render(&crd).unwrap();
-        assert!(yaml.contains("x-kubernetes-validations"), "CEL rules are in the schema");
+        assert!(
+            yaml.contains("x-kubernetes-validations"),
+            "CEL rules are in the schema"
+        );
         assert!(yaml.contains("minimum: 5"), "ranges are in the schema");
     }
 }

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::worker_recovery::WorkerReference;
 
 /// Gradual resume of a Worker's pending tasks in batches, halted when failures climb.
+// Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workerrecovery.io",
@@ -24,7 +26,11 @@ use super::worker_recovery::WorkerReference;
     printcolumn(name = "Worker", type_ = "string", json_path = ".spec.workerRef.name"),
     printcolumn(name = "Batch", type_ = "integer", json_path = ".spec.batchSize"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ResumePlanSpec {

@@ -16,6 +16,8 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
 ///
 /// The operator observes the container and the worker's heartbeat file, reports the worker's
 /// health in status, and (when `autoRecovery.enabled`) starts the container again when it exits.
+// Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workerrecovery.io",
@@ -40,8 +42,17 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
         json_path = ".status.restartCount",
         description = "Container restarts performed by the operator"
     ),
-    printcolumn(name = "Auto", type_ = "boolean", json_path = ".spec.autoRecovery.enabled", priority = "1"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Auto",
+        type_ = "boolean",
+        json_path = ".spec.autoRecovery.enabled",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSpec {
@@ -52,7 +63,10 @@ pub struct WorkerSpec {
     /// The worker's name in its file layout (`tasks/<name>/`, `locks/<name>_*.lock`, ...).
     /// Defaults to the Worker's metadata.name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    )]
     pub worker_name: Option<String>,
 
     /// Absolute host path of the shared root that holds `workers/`, `tasks/` and `locks/`.
@@ -109,7 +123,8 @@ pub struct WorkerPaths {
     pub tmp_dir: Option<String>,
 }
 
-const RELATIVE_PATH_RULE: &str = "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && self != ''";
+const RELATIVE_PATH_RULE: &str =
+    "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && self != ''";
 const RELATIVE_PATH_MESSAGE: &str = "must be a non-empty relative path without '..'";
 
 /// Automatic recovery switch (restart policy knobs join it later).
@@ -308,7 +323,11 @@ fn confined_join(root: &Path, relative: &str) -> Result<PathBuf, String> {
     for component in rel.components() {
         match component {
             Component::Normal(_) | Component::CurDir => {}
-            _ => return Err(format!("{relative:?} must be relative and must not contain '..'")),
+            _ => {
+                return Err(format!(
+                    "{relative:?} must be relative and must not contain '..'"
+                ))
+            }
         }
     }
     Ok(root.join(rel))
@@ -331,7 +350,10 @@ mod tests {
         assert_eq!(w.spec.heartbeat_timeout_seconds, 60);
         assert!(!w.spec.auto_recovery.enabled);
         let p = w.resolved_paths().unwrap();
-        assert_eq!(p.heartbeat_file, Path::new("/shared/workers/marie/heartbeat.json"));
+        assert_eq!(
+            p.heartbeat_file,
+            Path::new("/shared/workers/marie/heartbeat.json")
+        );
         assert_eq!(p.tasks_dir, Path::new("/shared/tasks/marie"));
         assert_eq!(p.locks_dir, Path::new("/shared/locks"));
         assert_eq!(p.state_file, Path::new("/shared/workers/marie/state.json"));

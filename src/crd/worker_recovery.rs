@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// One recovery run for one Worker, following the crash runbook.
+// Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "workerrecovery.io",
@@ -21,7 +23,11 @@ use serde::{Deserialize, Serialize};
     doc = "One recovery run of the crash runbook against a Worker.",
     printcolumn(name = "Worker", type_ = "string", json_path = ".spec.workerRef.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.workerRef == oldSelf.workerRef").message("workerRef is immutable"))]
 #[serde(rename_all = "camelCase")]

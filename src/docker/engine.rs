@@ -26,7 +26,11 @@ impl DockerEngine {
 
     /// The engine's version, for the start-up log.
     pub async fn version(&self) -> Result<String, DockerError> {
-        let v = self.docker.version().await.map_err(|e| map_error("version", e))?;
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| map_error("version", e))?;
         Ok(format!(
             "{} (API {})",
             v.version.unwrap_or_default(),

@@ -57,7 +57,11 @@ pub fn parse(bytes: &[u8]) -> Result<Heartbeat, String> {
             Timestamp::from_millisecond((secs * 1000.0) as i64)
                 .map_err(|e| format!("heartbeat timestamp {n} is out of range: {e}"))?
         }
-        Some(other) => return Err(format!("heartbeat timestamp {other} is neither text nor a number")),
+        Some(other) => {
+            return Err(format!(
+                "heartbeat timestamp {other} is neither text nor a number"
+            ))
+        }
     };
     let current_task = match raw.current_task {
         Some(serde_json::Value::String(s)) => Some(s),
@@ -86,7 +90,10 @@ pub async fn read(path: &Path) -> HeartbeatObservation {
         ));
     }
     if !meta.is_file() {
-        return HeartbeatObservation::Unreadable(format!("{} is not a regular file", path.display()));
+        return HeartbeatObservation::Unreadable(format!(
+            "{} is not a regular file",
+            path.display()
+        ));
     }
     if meta.len() > MAX_HEARTBEAT_BYTES {
         return HeartbeatObservation::Unreadable(format!(
@@ -155,12 +162,18 @@ mod tests {
         assert!(matches!(read(&hb).await, HeartbeatObservation::Invalid(_)));
 
         std::fs::write(&hb, vec![b' '; (MAX_HEARTBEAT_BYTES + 1) as usize]).unwrap();
-        assert!(matches!(read(&hb).await, HeartbeatObservation::Unreadable(m) if m.contains("bytes")));
+        assert!(
+            matches!(read(&hb).await, HeartbeatObservation::Unreadable(m) if m.contains("bytes"))
+        );
 
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
-        assert!(matches!(read(&link).await, HeartbeatObservation::Unreadable(m) if m.contains("symlink")));
+        assert!(
+            matches!(read(&link).await, HeartbeatObservation::Unreadable(m) if m.contains("symlink"))
+        );
 
-        assert!(matches!(read(dir.path()).await, HeartbeatObservation::Unreadable(m) if m.contains("not a regular file")));
+        assert!(
+            matches!(read(dir.path()).await, HeartbeatObservation::Unreadable(m) if m.contains("not a regular file"))
+        );
     }
 }

@@ -49,14 +49,20 @@ pub struct Assessment {
 pub enum Plan {
     Nothing,
     /// Start the exited container again; the text says why, for the Event.
-    StartContainer { why: String },
+    StartContainer {
+        why: String,
+    },
 }
 
 /// Judge the worker's health.
 pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
     let container_running = container_condition(&obs.container);
     let heartbeat_fresh = heartbeat_condition(&obs.heartbeat, obs.now, heartbeat_timeout);
-    let phase = match (&obs.container, container_running.status, heartbeat_fresh.status) {
+    let phase = match (
+        &obs.container,
+        container_running.status,
+        heartbeat_fresh.status,
+    ) {
         (ContainerObservation::Unavailable(_), _, _) => WorkerPhase::Unknown,
         (_, ConditionStatus::True, ConditionStatus::True) => WorkerPhase::Healthy,
         (_, ConditionStatus::True, _) => WorkerPhase::Degraded,
@@ -228,7 +234,9 @@ pub fn next_status(
     assessment: &Assessment,
     restart: Option<&RestartRecord>,
 ) -> WorkerStatus {
-    let previous_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous_conditions = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let conditions = conditions::merge(
         previous_conditions,
         &[
@@ -261,7 +269,11 @@ pub fn next_status(
             exit_code: (!c.running).then_some(c.exit_code).flatten(),
             oom_killed: c.oom_killed,
             started_at: c.started_at.map(Time),
-            finished_at: if c.running { None } else { c.finished_at.map(Time) },
+            finished_at: if c.running {
+                None
+            } else {
+                c.finished_at.map(Time)
+            },
             image: c.image.clone(),
             docker_restart_count: c.restart_count,
         }),
@@ -340,7 +352,13 @@ mod tests {
 
     #[test]
     fn running_with_fresh_heartbeat_is_healthy() {
-        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(5)), TIMEOUT);
+        let a = assess(
+            &obs(
+                ContainerObservation::Found(container("running", true)),
+                beat(5),
+            ),
+            TIMEOUT,
+        );
         assert_eq!(a.phase, WorkerPhase::Healthy);
         assert_eq!(a.ready.status, ConditionStatus::True);
         assert_eq!(a.heartbeat_fresh.reason, "HeartbeatFresh");
@@ -354,19 +372,41 @@ mod tests {
             HeartbeatObservation::Invalid("x".into()),
             HeartbeatObservation::Unreadable("y".into()),
         ] {
-            let a = assess(&obs(ContainerObservation::Found(container("running", true)), hb.clone()), TIMEOUT);
+            let a = assess(
+                &obs(
+                    ContainerObservation::Found(container("running", true)),
+                    hb.clone(),
+                ),
+                TIMEOUT,
+            );
             assert_eq!(a.phase, WorkerPhase::Degraded, "{hb:?}");
             assert_eq!(a.heartbeat_fresh.status, ConditionStatus::False);
             assert_eq!(a.ready.reason, a.heartbeat_fresh.reason);
         }
-        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(31)), TIMEOUT);
+        let a = assess(
+            &obs(
+                ContainerObservation::Found(container("running", true)),
+                beat(31),
+            ),
+            TIMEOUT,
+        );
         assert_eq!(a.heartbeat_fresh.reason, "HeartbeatStale");
-        assert!(a.heartbeat_fresh.message.contains("31s ago"), "{}", a.heartbeat_fresh.message);
+        assert!(
+            a.heartbeat_fresh.message.contains("31s ago"),
+            "{}",
+            a.heartbeat_fresh.message
+        );
     }
 
     #[test]
     fn heartbeat_from_a_clock_ahead_counts_as_fresh() {
-        let a = assess(&obs(ContainerObservation::Found(container("running", true)), beat(-20)), TIMEOUT);
+        let a = assess(
+            &obs(
+                ContainerObservation::Found(container("running", true)),
+                beat(-20),
+            ),
+            TIMEOUT,
+        );
         assert_eq!(a.phase, WorkerPhase::Healthy);
     }
 
@@ -376,22 +416,37 @@ mod tests {
         oom.oom_killed = true;
         oom.exit_code = Some(137);
         for (c, reason) in [
-            (ContainerObservation::Found(container("exited", false)), "Exited"),
+            (
+                ContainerObservation::Found(container("exited", false)),
+                "Exited",
+            ),
             (ContainerObservation::Found(oom), "OOMKilled"),
             (ContainerObservation::NotFound, "ContainerNotFound"),
-            (ContainerObservation::Found(container("paused", true)), "Paused"),
-            (ContainerObservation::Found(container("restarting", false)), "Restarting"),
+            (
+                ContainerObservation::Found(container("paused", true)),
+                "Paused",
+            ),
+            (
+                ContainerObservation::Found(container("restarting", false)),
+                "Restarting",
+            ),
         ] {
             let a = assess(&obs(c, beat(1)), TIMEOUT);
             assert_eq!(a.phase, WorkerPhase::Down, "{reason}");
             assert_eq!(a.container_running.reason, reason);
-            assert_eq!(a.ready.reason, reason, "Ready names the first failing check");
+            assert_eq!(
+                a.ready.reason, reason,
+                "Ready names the first failing check"
+            );
         }
     }
 
     #[test]
     fn docker_unreachable_is_unknown() {
-        let a = assess(&obs(ContainerObservation::Unavailable("socket".into()), beat(1)), TIMEOUT);
+        let a = assess(
+            &obs(ContainerObservation::Unavailable("socket".into()), beat(1)),
+            TIMEOUT,
+        );
         assert_eq!(a.phase, WorkerPhase::Unknown);
         assert_eq!(a.container_running.status, ConditionStatus::Unknown);
         assert_eq!(a.ready.status, ConditionStatus::Unknown);
@@ -400,7 +455,9 @@ mod tests {
     #[test]
     fn only_exited_containers_with_auto_recovery_are_started() {
         let exited = ContainerObservation::Found(container("exited", false));
-        assert!(matches!(plan(&exited, true), Plan::StartContainer { why } if why.contains("exit code 3")));
+        assert!(
+            matches!(plan(&exited, true), Plan::StartContainer { why } if why.contains("exit code 3"))
+        );
         assert_eq!(plan(&exited, false), Plan::Nothing);
         for other in [
             ContainerObservation::Found(container("running", true)),
@@ -413,29 +470,44 @@ mod tests {
             assert_eq!(plan(&other, true), Plan::Nothing, "{other:?}");
         }
         assert!(matches!(
-            plan(&ContainerObservation::Found(container("created", false)), true),
+            plan(
+                &ContainerObservation::Found(container("created", false)),
+                true
+            ),
             Plan::StartContainer { .. }
         ));
     }
 
     #[test]
     fn status_counts_restarts_and_keeps_the_last_heartbeat() {
-        let o = obs(ContainerObservation::Found(container("running", true)), beat(2));
+        let o = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(2),
+        );
         let a = assess(&o, TIMEOUT);
         let first = next_status(None, Some(1), &o, &a, None);
         assert_eq!(first.restart_count, 0);
         assert_eq!(first.phase, Some(WorkerPhase::Healthy));
         assert_eq!(first.heartbeat.as_ref().unwrap().progress, Some(7));
-        assert_eq!(first.container.as_ref().unwrap().id.as_deref(), Some("0123456789ab"));
+        assert_eq!(
+            first.container.as_ref().unwrap().id.as_deref(),
+            Some("0123456789ab")
+        );
         assert_eq!(first.container.as_ref().unwrap().exit_code, None);
 
-        let o2 = obs(ContainerObservation::Found(container("exited", false)), HeartbeatObservation::Missing);
+        let o2 = obs(
+            ContainerObservation::Found(container("exited", false)),
+            HeartbeatObservation::Missing,
+        );
         let a2 = assess(&o2, TIMEOUT);
         let restart = RestartRecord { at: now() };
         let second = next_status(Some(&first), Some(1), &o2, &a2, Some(&restart));
         assert_eq!(second.restart_count, 1);
         assert_eq!(second.last_restart_time, Some(Time(now())));
-        assert_eq!(second.last_heartbeat_time, first.last_heartbeat_time, "last known heartbeat kept");
+        assert_eq!(
+            second.last_heartbeat_time, first.last_heartbeat_time,
+            "last known heartbeat kept"
+        );
         assert_eq!(second.container.as_ref().unwrap().exit_code, Some(3));
 
         let third = next_status(Some(&second), Some(1), &o, &a, None);
@@ -447,8 +519,17 @@ mod tests {
 
     #[test]
     fn requeue_interval_is_bounded() {
-        assert_eq!(requeue_interval(Duration::from_secs(2)), Duration::from_secs(1));
-        assert_eq!(requeue_interval(Duration::from_secs(20)), Duration::from_secs(5));
-        assert_eq!(requeue_interval(Duration::from_secs(3600)), Duration::from_secs(15));
+        assert_eq!(
+            requeue_interval(Duration::from_secs(2)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            requeue_interval(Duration::from_secs(20)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            requeue_interval(Duration::from_secs(3600)),
+            Duration::from_secs(15)
+        );
     }
 }

@@ -64,7 +64,8 @@ async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Err
 }
 
 async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Error> {
-    let api: Api<Worker> = Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let api: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
     let previous = worker.status.as_ref();
     let paths = match worker.resolved_paths() {
         Ok(paths) => paths,
@@ -86,12 +87,16 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
 
     // Decide and act.
     let mut restart = None;
-    if let Plan::StartContainer { why } = decide::plan(&obs.container, worker.spec.auto_recovery.enabled) {
+    if let Plan::StartContainer { why } =
+        decide::plan(&obs.container, worker.spec.auto_recovery.enabled)
+    {
         match ctx.docker.start(&worker.spec.container).await? {
             StartOutcome::Started => {
                 info!(container = %worker.spec.container, %why, "started exited container");
                 ctx.metrics.record_restart(CONTROLLER);
-                let record = RestartRecord { at: Timestamp::now() };
+                let record = RestartRecord {
+                    at: Timestamp::now(),
+                };
                 let count = previous.map(|s| s.restart_count).unwrap_or(0) + 1;
                 publish(
                     ctx,
@@ -110,7 +115,13 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         obs.container = observe_container(ctx.docker.as_ref(), &worker.spec.container).await;
     }
     let assessment = decide::assess(&obs, timeout);
-    let status = decide::next_status(previous, worker.metadata.generation, &obs, &assessment, restart.as_ref());
+    let status = decide::next_status(
+        previous,
+        worker.metadata.generation,
+        &obs,
+        &assessment,
+        restart.as_ref(),
+    );
 
     // Write status, then tell humans about changes of health.
     patch_status(&api, worker, &status).await?;
@@ -146,7 +157,11 @@ async fn observe_container(docker: &dyn ContainerRuntime, name: &str) -> Contain
     }
 }
 
-async fn patch_status(api: &Api<Worker>, worker: &Worker, status: &WorkerStatus) -> Result<(), Error> {
+async fn patch_status(
+    api: &Api<Worker>,
+    worker: &Worker,
+    status: &WorkerStatus,
+) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": Worker::api_version(&()),
         "kind": Worker::kind(&()),
@@ -162,7 +177,12 @@ async fn patch_status(api: &Api<Worker>, worker: &Worker, status: &WorkerStatus)
 }
 
 /// Report a spec the operator cannot act on, in status and as an Event.
-async fn write_invalid_spec(api: &Api<Worker>, worker: &Worker, ctx: &Context, message: &str) -> Result<(), Error> {
+async fn write_invalid_spec(
+    api: &Api<Worker>,
+    worker: &Worker,
+    ctx: &Context,
+    message: &str,
+) -> Result<(), Error> {
     use super::conditions::{merge, ConditionState, ConditionStatus};
     let previous = worker.status.clone().unwrap_or_default();
     let status = WorkerStatus {
@@ -182,12 +202,27 @@ async fn write_invalid_spec(api: &Api<Worker>, worker: &Worker, ctx: &Context, m
         ..previous
     };
     patch_status(api, worker, &status).await?;
-    publish(ctx, worker, EventType::Warning, "InvalidSpec", "ValidateSpec", message.to_string()).await;
+    publish(
+        ctx,
+        worker,
+        EventType::Warning,
+        "InvalidSpec",
+        "ValidateSpec",
+        message.to_string(),
+    )
+    .await;
     Ok(())
 }
 
 /// Publish an Event; failing to publish is logged, never fatal to the reconcile.
-async fn publish(ctx: &Context, worker: &Worker, type_: EventType, reason: &str, action: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    worker: &Worker,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -201,11 +236,16 @@ async fn publish(ctx: &Context, worker: &Worker, type_: EventType, reason: &str,
 }
 
 fn object_key(worker: &Worker) -> String {
-    format!("{}/{}", worker.namespace().unwrap_or_default(), worker.name_any())
+    format!(
+        "{}/{}",
+        worker.namespace().unwrap_or_default(),
+        worker.name_any()
+    )
 }
 
 fn error_policy(worker: Arc<Worker>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failure(CONTROLLER, error.metric_label());
+    ctx.metrics
+        .reconcile_failure(CONTROLLER, error.metric_label());
     if error.is_transient() {
         let delay = ctx.backoff.next_delay(&object_key(&worker));
         warn!(worker = %worker.name_any(), error = %error, retry_in = ?delay, "reconcile failed");

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# One-command demo: local stack, CRDs, the operator, two demo workers; crash one, watch it heal.
+#
+#   scripts/demo.sh          run the demo (leaves everything running so you can explore)
+#   scripts/demo.sh clean    stop the operator and remove the demo workers (the stack stays up;
+#                            stop it with scripts/stack.sh down)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT="$(pwd)"
+DEMO_DIR="${REPO_ROOT}/.stack/demo"
+SHARED="${DEMO_DIR}/shared"
+OPERATOR_PID="${DEMO_DIR}/operator.pid"
+OPERATOR_LOG="${REPO_ROOT}/.stack/logs/operator.log"
+WORKERS=(marie anga)
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+kc() { KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" "${REPO_ROOT}/.stack/bin/kubectl" "$@"; }
+
+stop_operator() {
+	if [[ -f "${OPERATOR_PID}" ]] && kill -0 "$(cat "${OPERATOR_PID}")" 2>/dev/null; then
+		kill "$(cat "${OPERATOR_PID}")"
+		for _ in $(seq 50); do kill -0 "$(cat "${OPERATOR_PID}")" 2>/dev/null || break; sleep 0.1; done
+	fi
+	rm -f "${OPERATOR_PID}"
+}
+
+clean() {
+	stop_operator
+	for w in "${WORKERS[@]}"; do docker rm -f "demo-${w}" >/dev/null 2>&1 || true; done
+	if [[ -f .stack/kubeconfig ]]; then kc delete workers --all -n default --ignore-not-found >/dev/null 2>&1 || true; fi
+	rm -rf "${DEMO_DIR}"
+}
+
+wait_phase() { # worker phase timeout
+	local deadline=$((SECONDS + $3))
+	until [[ "$(kc get worker "$1" -o jsonpath='{.status.phase}' 2>/dev/null)" == "$2" ]]; do
+		((SECONDS < deadline)) || { echo "timed out waiting for $1 to be $2" >&2; tail -20 "${OPERATOR_LOG}" >&2; exit 1; }
+		sleep 1
+	done
+}
+
+if [[ "${1:-}" == "clean" ]]; then
+	clean
+	exit 0
+fi
+
+say "Local stack: kube-apiserver + etcd + Docker (first run builds them from source)"
+bash scripts/stack.sh up
+say "Sample worker image"
+bash scripts/build-worker-image.sh >/dev/null
+say "CRDs"
+kc apply --server-side --force-conflicts -f crds/
+kc wait --for=condition=Established --timeout=60s crd/workers.workerrecovery.io >/dev/null
+
+clean
+mkdir -p "${SHARED}"
+say "Two demo workers in Docker: ${WORKERS[*]}"
+port=19091
+for w in "${WORKERS[@]}"; do
+	mkdir -p "${SHARED}/tasks/${w}/pending"
+	for i in 1 2 3; do printf '{"id":"%s-%d","type":"demo"}\n' "$w" "$i" >"${SHARED}/tasks/${w}/pending/${w}-${i}.json"; done
+	docker run -d --name "demo-${w}" --network host -v "${SHARED}:/shared" \
+		-e WORKER_NAME="${w}" -e METRICS_ADDR="127.0.0.1:${port}" -e HEARTBEAT_INTERVAL_SECS=2 \
+		wro-sample-worker:dev >/dev/null
+	port=$((port + 1))
+	kc apply -f - <<YAML
+apiVersion: workerrecovery.io/v1alpha1
+kind: Worker
+metadata:
+  name: ${w}
+  namespace: default
+spec:
+  container: demo-${w}
+  sharedRoot: ${SHARED}
+  heartbeatTimeoutSeconds: 15
+  autoRecovery:
+    enabled: true
+YAML
+done
+
+say "Operator (log: ${OPERATOR_LOG})"
+cargo build --quiet --locked
+bin="${CARGO_TARGET_DIR:-target}/debug/worker-recovery-operator"
+KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" nohup "${bin}" run --listen 127.0.0.1:18080 >"${OPERATOR_LOG}" 2>&1 &
+echo $! >"${OPERATOR_PID}"
+for w in "${WORKERS[@]}"; do wait_phase "${w}" Healthy 60; done
+kc get workers
+
+say "Crash marie (fault mode crash: exits with code 3 in the middle of a task)"
+echo crash >"${SHARED}/workers/marie/fault"
+deadline=$((SECONDS + 60))
+until [[ "$(kc get worker marie -o jsonpath='{.status.restartCount}')" -ge 1 ]]; do
+	((SECONDS < deadline)) || { echo "marie was not restarted" >&2; tail -20 "${OPERATOR_LOG}" >&2; exit 1; }
+	sleep 1
+done
+wait_phase marie Healthy 60
+kc get workers
+say "What the operator told a human"
+kc get events --field-selector involvedObject.name=marie
+say "Done. Explore with: eval \"\$(scripts/stack.sh env)\"; kubectl get workers -o yaml. Clean up: scripts/demo.sh clean; scripts/stack.sh down"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit tests, and the end-to-end tests
+# against the real local stack (kube-apiserver + etcd + dockerd) and the real sample worker.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+cargo fmt --manifest-path sample-worker/Cargo.toml --check
+
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --manifest-path sample-worker/Cargo.toml --all-targets --locked -- -D warnings
+
+step "sample worker unit tests"
+cargo test --manifest-path sample-worker/Cargo.toml --locked
+
+step "local stack up (kube-apiserver + etcd + dockerd)"
+bash scripts/stack.sh up
+
+step "sample worker image"
+bash scripts/build-worker-image.sh
+
+step "operator unit and end-to-end tests"
+cargo test --locked

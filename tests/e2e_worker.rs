@@ -1,0 +1,265 @@
+//! End-to-end tests of the Worker controller against the real kube-apiserver, etcd, Docker
+//! engine and sample worker.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
+    stack.get_json(ns, &format!("worker/{name}"))
+}
+
+fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
+    wait_for(
+        &format!("Worker {name} phase {phase}"),
+        PHASE_TIMEOUT,
+        || {
+            let w = worker_json(stack, ns, name);
+            if w["status"]["phase"] == phase {
+                Ok(w)
+            } else {
+                Err(w["status"].to_string())
+            }
+        },
+    )
+}
+
+#[test]
+fn crashed_worker_is_restarted_and_reported() {
+    let stack = stack();
+    let ns = stack.namespace("crash");
+    let wc = WorkerContainer::start("marie", &[], &[]);
+    for i in 0..3 {
+        wc.add_task(
+            &format!("t{i}"),
+            &format!(r#"{{"id":"t{i}","type":"demo"}}"#),
+        );
+    }
+    let (ok, out) = stack.apply(&wc.worker_yaml("marie", &ns, 10, true));
+    assert!(ok, "{out}");
+    let op = Operator::start(stack, &ns, wc.dir.path());
+
+    let healthy = wait_phase(stack, &ns, "marie", "Healthy");
+    assert_eq!(condition(&healthy, "Ready").unwrap()["status"], "True");
+    assert_eq!(healthy["status"]["restartCount"], 0);
+    assert!(healthy["status"]["lastHeartbeatTime"].is_string());
+    let started_before = wc.inspect("{{.State.StartedAt}}");
+
+    wc.inject_fault("crash");
+    let restarted = wait_for("restartCount 1 and Healthy again", PHASE_TIMEOUT, || {
+        let w = worker_json(stack, &ns, "marie");
+        if w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy" {
+            Ok(w)
+        } else {
+            Err(w["status"].to_string())
+        }
+    });
+
+    // Docker agrees: the same container runs again, started anew by the operator.
+    assert_eq!(wc.inspect("{{.State.Running}}"), "true");
+    assert_ne!(wc.inspect("{{.State.StartedAt}}"), started_before);
+    assert_eq!(restarted["status"]["container"]["state"], "running");
+    assert!(restarted["status"]["lastRestartTime"].is_string());
+    assert_eq!(
+        condition(&restarted, "ContainerRunning").unwrap()["status"],
+        "True"
+    );
+
+    // A human sees why in the Events.
+    let events = stack.events_for(&ns, "marie");
+    let restart_event = events
+        .iter()
+        .find(|e| e["reason"] == "Restarted")
+        .unwrap_or_else(|| panic!("no Restarted event in {events:#?}"));
+    let note = restart_event["message"].as_str().unwrap();
+    assert!(note.contains("exit code 3"), "{note}");
+    assert!(note.contains("restart 1"), "{note}");
+
+    // The operator counted it.
+    let metrics = op.metrics();
+    assert!(
+        metrics.contains(r#"workerrecovery_container_restarts_total{controller="worker"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"workerrecovery_reconciliations_total{controller="worker"}"#));
+
+    // kubectl shows the printer columns with live values.
+    let table = stack.kubectl_ok(&["get", "workers", "-n", &ns]);
+    let header = table.lines().next().unwrap();
+    for column in ["NAME", "PHASE", "CONTAINER", "HEARTBEAT", "RESTARTS", "AGE"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains("Healthy") && row.contains(&wc.container),
+        "{table}"
+    );
+}
+
+#[test]
+fn hung_worker_turns_heartbeat_stale() {
+    let stack = stack();
+    let ns = stack.namespace("hang");
+    let wc = WorkerContainer::start("anga", &[], &[]);
+    wc.add_task("stuck", r#"{"id":"stuck","type":"demo"}"#);
+    let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, true));
+    assert!(ok, "{out}");
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "anga", "Healthy");
+
+    wc.inject_fault("hang");
+    let degraded = wait_phase(stack, &ns, "anga", "Degraded");
+    let fresh = condition(&degraded, "HeartbeatFresh").unwrap();
+    assert_eq!(fresh["status"], "False");
+    assert_eq!(fresh["reason"], "HeartbeatStale");
+    assert!(
+        fresh["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the 5s timeout"),
+        "{fresh}"
+    );
+    assert_eq!(
+        condition(&degraded, "ContainerRunning").unwrap()["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(&degraded, "Ready").unwrap()["reason"],
+        "HeartbeatStale"
+    );
+
+    // Stale means the timeout really passed since the last heartbeat.
+    let last_beat: k8s_openapi::jiff::Timestamp = degraded["status"]["lastHeartbeatTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let turned: k8s_openapi::jiff::Timestamp = fresh["lastTransitionTime"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        turned.duration_since(last_beat).as_secs() >= 5,
+        "{last_beat} -> {turned}"
+    );
+
+    // A hung process is still running: no restart in this slice, and Docker agrees.
+    assert_eq!(wc.inspect("{{.State.Running}}"), "true");
+    assert_eq!(degraded["status"]["restartCount"], 0);
+    let events = stack.events_for(&ns, "anga");
+    assert!(
+        events.iter().any(|e| e["reason"] == "WorkerDegraded"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn exited_worker_without_auto_recovery_stays_down() {
+    let stack = stack();
+    let ns = stack.namespace("noauto");
+    let wc = WorkerContainer::start("fabien", &[], &[]);
+    let (ok, out) = stack.apply(&wc.worker_yaml("fabien", &ns, 10, false));
+    assert!(ok, "{out}");
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "fabien", "Healthy");
+
+    wc.inject_fault("crash");
+    let down = wait_phase(stack, &ns, "fabien", "Down");
+    let running = condition(&down, "ContainerRunning").unwrap();
+    assert_eq!(running["status"], "False");
+    assert_eq!(running["reason"], "Exited");
+    assert!(
+        running["message"].as_str().unwrap().contains("exit code 3"),
+        "{running}"
+    );
+    assert_eq!(down["status"]["container"]["exitCode"], 3);
+
+    // Several reconciles later it is still down and nobody started it.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
+    let later = worker_json(stack, &ns, "fabien");
+    assert_eq!(later["status"]["phase"], "Down");
+    assert_eq!(later["status"]["restartCount"], 0);
+    let events = stack.events_for(&ns, "fabien");
+    assert!(
+        events.iter().any(|e| e["reason"] == "WorkerDown"),
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["reason"] == "Restarted"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn oom_killed_worker_is_reported_and_restarted() {
+    let stack = stack();
+    let ns = stack.namespace("oom");
+    let wc = WorkerContainer::start("oomie", &["-m", "16m", "--memory-swap", "16m"], &[]);
+    let (ok, out) = stack.apply(&wc.worker_yaml("oomie", &ns, 10, true));
+    assert!(ok, "{out}");
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "oomie", "Healthy");
+
+    wc.inject_fault("oom");
+    let restarted = wait_for("restart after OOM kill", PHASE_TIMEOUT, || {
+        let w = worker_json(stack, &ns, "oomie");
+        (w["status"]["restartCount"] == 1)
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    assert_eq!(restarted["status"]["container"]["state"], "running");
+    let events = stack.events_for(&ns, "oomie");
+    let note = events
+        .iter()
+        .find(|e| e["reason"] == "Restarted")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_else(|| panic!("no Restarted event in {events:#?}"));
+    assert!(
+        note.contains("exit code 137") && note.contains("OOM killer"),
+        "{note}"
+    );
+}
+
+#[test]
+fn invalid_workers_are_rejected_by_the_schema() {
+    let stack = stack();
+    let ns = stack.namespace("invalid");
+    let base = format!("apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: bad\n  namespace: {ns}\nspec:\n");
+    for (spec, expected) in [
+        ("  sharedRoot: /shared\n", "spec.container: Required value"),
+        (
+            "  container: c\n  sharedRoot: relative/path\n",
+            "sharedRoot must be an absolute path",
+        ),
+        (
+            "  container: c\n  paths:\n    tasksDir: ../../etc\n",
+            "must be a non-empty relative path without '..'",
+        ),
+        (
+            "  container: c\n  paths:\n    locksDir: /var/locks\n",
+            "must be a non-empty relative path without '..'",
+        ),
+        (
+            "  container: c\n  heartbeatTimeoutSeconds: 1\n",
+            "should be greater than or equal to 5",
+        ),
+        ("  container: c\n  workerName: a/b\n", "spec.workerName"),
+        ("  container: ''\n", "spec.container"),
+    ] {
+        let (ok, out) = stack.apply(&format!("{base}{spec}"));
+        assert!(!ok, "accepted invalid spec:\n{spec}\n{out}");
+        assert!(
+            out.contains(expected),
+            "spec:\n{spec}\nexpected {expected:?} in: {out}"
+        );
+    }
+    let list = stack.kubectl_ok(&["get", "workers", "-n", &ns, "-o", "name"]);
+    assert!(list.trim().is_empty(), "nothing invalid was stored: {list}");
+}

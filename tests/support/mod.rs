@@ -1,0 +1,405 @@
+//! End-to-end harness: the real local stack (kube-apiserver + etcd + dockerd, started by
+//! `scripts/stack.sh`), the real sample-worker image, and the operator binary as a process.
+//!
+//! Nothing here skips: if the stack cannot start, every e2e test fails with the reason.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const WORKER_IMAGE: &str = "wro-sample-worker:dev";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The running local stack.
+pub struct Stack {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+/// Bring the stack up (idempotent), build the worker image and install the CRDs, once per test binary.
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(|| {
+        let root = repo_root();
+        run_checked(
+            Command::new("bash")
+                .arg(root.join("scripts/stack.sh"))
+                .arg("up"),
+            "scripts/stack.sh up",
+        );
+        run_checked(
+            Command::new("bash").arg(root.join("scripts/build-worker-image.sh")),
+            "scripts/build-worker-image.sh",
+        );
+        let stack = Stack {
+            kubeconfig: root.join(".stack/kubeconfig"),
+            kubectl: root.join(".stack/bin/kubectl"),
+        };
+        stack.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            root.join("crds").to_str().unwrap(),
+        ]);
+        stack.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/workers.workerrecovery.io",
+            "crd/workerrecoveries.workerrecovery.io",
+            "crd/resumeplans.workerrecovery.io",
+        ]);
+        eprintln!(
+            "e2e: stack is up (kubeconfig {})",
+            stack.kubeconfig.display()
+        );
+        stack
+    })
+}
+
+fn run_checked(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+impl Stack {
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Run kubectl and panic with its output if it fails; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -`; returns (success, stdout + stderr).
+    pub fn apply(&self, yaml: &str) -> (bool, String) {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    pub fn get_json(&self, ns: &str, resource: &str) -> Value {
+        serde_json::from_str(&self.kubectl_ok(&["get", "-n", ns, resource, "-o", "json"])).unwrap()
+    }
+
+    /// A fresh namespace for one test.
+    pub fn namespace(&self, test: &str) -> String {
+        let ns = format!("e2e-{test}-{}", unique_suffix());
+        self.kubectl_ok(&["create", "namespace", &ns]);
+        ns
+    }
+
+    /// Events (core/v1 view) about one object.
+    pub fn events_for(&self, ns: &str, name: &str) -> Vec<Value> {
+        let list = self.get_json(ns, "events");
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["involvedObject"]["name"] == name)
+            .cloned()
+            .collect()
+    }
+}
+
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", nanos % 0xfffffff, std::process::id() % 0xfff)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns Some, or panic after `timeout` with `what` and the last value seen.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < timeout {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+}
+
+/// The operator binary running against the stack, watching one namespace.
+pub struct Operator {
+    child: Child,
+    pub listen: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(stack: &Stack, namespace: &str, log_dir: &Path) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let log = log_dir.join("operator.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
+            .args(["run", "--listen", &listen, "--namespace", namespace])
+            .env("KUBECONFIG", &stack.kubeconfig)
+            .env("RUST_LOG", "info,worker_recovery_operator=debug")
+            .stdout(fs::File::create(&log).unwrap())
+            .stderr(fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("operator starts");
+        let op = Self { child, listen, log };
+        wait_for("operator /readyz", Duration::from_secs(30), || {
+            http_get(&op.listen, "/readyz")
+                .filter(|(code, _)| *code == 200)
+                .ok_or_else(|| op.log_tail())
+        });
+        op
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.listen, "/metrics")
+            .expect("operator serves /metrics")
+            .1
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<_> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- operator log (tail)\n{}", self.log_tail());
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI runs")
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A sample-worker container with its own shared root on the host, removed on drop.
+pub struct WorkerContainer {
+    pub container: String,
+    pub worker_name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl WorkerContainer {
+    /// `docker run` the sample worker. `docker_args` go before the image (limits etc.),
+    /// `env` are extra environment variables for the worker.
+    pub fn start(worker_name: &str, docker_args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("wro-e2e-")
+            .tempdir()
+            .unwrap();
+        let shared = dir.path().join("shared");
+        for sub in ["pending", "active", "staged", "failed"] {
+            fs::create_dir_all(shared.join("tasks").join(worker_name).join(sub)).unwrap();
+        }
+        let container = format!("wro-e2e-{worker_name}-{}", unique_suffix());
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "-d".into(),
+            "--name".into(),
+            container.clone(),
+            "--network".into(),
+            "host".into(),
+            "-v".into(),
+            format!("{}:/shared", shared.display()),
+            "-e".into(),
+            format!("WORKER_NAME={worker_name}"),
+            "-e".into(),
+            "SHARED_ROOT=/shared".into(),
+            "-e".into(),
+            format!("METRICS_ADDR=127.0.0.1:{}", free_port()),
+            "-e".into(),
+            "HEARTBEAT_INTERVAL_SECS=1".into(),
+        ];
+        for (k, v) in env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.extend(docker_args.iter().map(|s| s.to_string()));
+        args.push(WORKER_IMAGE.into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&refs);
+        Self {
+            container,
+            worker_name: worker_name.into(),
+            dir,
+        }
+    }
+
+    pub fn shared_root(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
+    pub fn tasks_dir(&self, sub: &str) -> PathBuf {
+        self.shared_root()
+            .join("tasks")
+            .join(&self.worker_name)
+            .join(sub)
+    }
+
+    /// Write a task file into `pending/`.
+    pub fn add_task(&self, id: &str, body: &str) {
+        fs::write(self.tasks_dir("pending").join(format!("{id}.json")), body).unwrap();
+    }
+
+    /// Tell the running worker to enter a fault mode (one-shot control file).
+    pub fn inject_fault(&self, mode: &str) {
+        let dir = self.shared_root().join("workers").join(&self.worker_name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("fault"), mode).unwrap();
+    }
+
+    pub fn inspect(&self, format: &str) -> String {
+        docker_ok(&["inspect", "-f", format, &self.container])
+    }
+
+    /// The Worker manifest for this container.
+    pub fn worker_yaml(
+        &self,
+        name: &str,
+        ns: &str,
+        heartbeat_timeout: u32,
+        auto_recovery: bool,
+    ) -> String {
+        format!(
+            r#"apiVersion: workerrecovery.io/v1alpha1
+kind: Worker
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  container: {container}
+  workerName: {worker}
+  sharedRoot: {root}
+  heartbeatTimeoutSeconds: {heartbeat_timeout}
+  autoRecovery:
+    enabled: {auto_recovery}
+"#,
+            container = self.container,
+            worker = self.worker_name,
+            root = self.shared_root().display(),
+        )
+    }
+}
+
+impl Drop for WorkerContainer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = docker(&["logs", "--tail", "30", &self.container]);
+            eprintln!(
+                "--- container {} logs (tail)\n{}{}",
+                self.container,
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        let _ = docker(&["rm", "-f", &self.container]);
+    }
+}
+
+/// A Worker's status condition by type.
+pub fn condition<'a>(worker: &'a Value, type_: &str) -> Option<&'a Value> {
+    worker["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
