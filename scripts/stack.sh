@@ -1,0 +1,771 @@
+#!/usr/bin/env bash
+# Local stack for tests and the demo: a real etcd + kube-apiserver (envtest
+# style: no kubelet, no controller-manager) and a Docker engine.
+#
+#   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
+#   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state)
+#   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
+#   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
+#
+# Binaries are built from source with Go (hack/k8s, hack/etcd) on first use and
+# cached outside the repo, keyed by version:
+#   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/kubernetes-vX.Y.Z/{kube-apiserver,kubectl}
+#   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/etcd-vX.Y.Z/etcd
+# and symlinked into <repo>/.stack/bin/. Runtime state lives in <repo>/.stack/:
+#   kubeconfig (admin, system:masters), pki/, etcd-data/, logs/*.log, *.pid
+#
+# Environment knobs (all optional):
+#   WRO_CACHE_DIR               binary cache root (see above)
+#   WRO_STACK_TIMEOUT           seconds to wait for each component to become ready (default 180)
+#   WRO_APISERVER_EXTRA_ARGS    extra kube-apiserver flags, space separated
+#   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
+#   DOCKER_HOST=unix:///path    use (or start) a private engine on that socket, state in .stack/docker/
+#   GO                          go binary to use (default: go on PATH, else /usr/local/go/bin/go)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
+STACK_DIR="${REPO_ROOT}/.stack"
+STACK_BIN="${STACK_DIR}/bin"
+LOG_DIR="${STACK_DIR}/logs"
+PKI_DIR="${STACK_DIR}/pki"
+ETCD_DATA_DIR="${STACK_DIR}/etcd-data"
+KUBECONFIG_PATH="${STACK_DIR}/kubeconfig"
+
+K8S_MOD_DIR="${REPO_ROOT}/hack/k8s"
+ETCD_MOD_DIR="${REPO_ROOT}/hack/etcd"
+
+CACHE_DIR="${WRO_CACHE_DIR:-${HOME}/.cache/worker-recovery-operator}"
+TIMEOUT="${WRO_STACK_TIMEOUT:-180}"
+
+ETCD_CLIENT_PORT=12379
+ETCD_PEER_PORT=12380
+APISERVER_PORT=16443
+ETCD_URL="http://127.0.0.1:${ETCD_CLIENT_PORT}"
+APISERVER_URL="https://127.0.0.1:${APISERVER_PORT}"
+SERVICE_CIDR="10.0.0.0/24"
+SERVICE_FIRST_IP="10.0.0.1"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() {
+	printf '[stack] ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+# Print the last lines of a log file to stderr (used when something fails).
+show_log_tail() {
+	local file="$1" lines="${2:-40}"
+	if [[ -s "${file}" ]]; then
+		printf '[stack] ---- last %s lines of %s ----\n' "${lines}" "${file}" >&2
+		tail -n "${lines}" "${file}" >&2 || true
+		printf '[stack] ---- end of %s ----\n' "${file}" >&2
+	else
+		printf '[stack] (log %s is empty or missing)\n' "${file}" >&2
+	fi
+}
+
+# Version pinned in a hack/*/go.mod: the version of module $2 in file $1.
+mod_version() {
+	local gomod="$1" module="$2" v
+	v="$(awk -v m="${module}" '$1 == m && $2 ~ /^v/ { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "${gomod}")"
+	[[ -n "${v}" ]] || die "cannot find the version of ${module} in ${gomod}"
+	printf '%s\n' "${v}"
+}
+
+K8S_VERSION="$(mod_version "${K8S_MOD_DIR}/go.mod" k8s.io/kubernetes)"
+ETCD_VERSION="$(mod_version "${ETCD_MOD_DIR}/go.mod" go.etcd.io/etcd/server/v3)"
+K8S_BIN_DIR="${CACHE_DIR}/bin/kubernetes-${K8S_VERSION}"
+ETCD_BIN_DIR="${CACHE_DIR}/bin/etcd-${ETCD_VERSION}"
+
+# ---------------------------------------------------------------- processes
+
+pidfile() { printf '%s/%s.pid\n' "${STACK_DIR}" "$1"; }
+
+# Is pid $1 alive and running the executable named $2?
+pid_is() {
+	local pid="$1" name="$2" comm
+	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+	[[ -r "/proc/${pid}/comm" ]] || return 1
+	comm="$(cat "/proc/${pid}/comm" 2>/dev/null)" || return 1
+	[[ "${comm}" == "${name}" ]] || return 1
+	# A zombie is not running.
+	! grep -q '^State:[[:space:]]*Z' "/proc/${pid}/status" 2>/dev/null
+}
+
+# Prints the pid recorded for component $1 if that process is still alive.
+running_pid() {
+	local name="$1" file pid
+	file="$(pidfile "${name}")"
+	[[ -f "${file}" ]] || return 1
+	pid="$(cat "${file}" 2>/dev/null || true)"
+	if pid_is "${pid}" "${name}"; then
+		printf '%s\n' "${pid}"
+		return 0
+	fi
+	return 1
+}
+
+# All descendants of pid $1 (children first-level and below), one per line.
+descendants() {
+	local parent="$1" child
+	# /proc/<pid>/task/<tid>/children lists direct children; walk it.
+	local -a queue=("${parent}")
+	while ((${#queue[@]} > 0)); do
+		local p="${queue[0]}"
+		queue=("${queue[@]:1}")
+		local f
+		local -a kids
+		for f in /proc/"${p}"/task/*/children; do
+			[[ -r "${f}" ]] || continue
+			read -r -a kids <"${f}" 2>/dev/null || true
+			for child in "${kids[@]}"; do
+				printf '%s\n' "${child}"
+				queue+=("${child}")
+			done
+		done
+	done
+	return 0
+}
+
+pid_alive() { [[ -d "/proc/$1" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+# Stop pid $2 (component $1): SIGTERM, wait up to $3 seconds, then SIGKILL.
+# Also makes sure every descendant it had is gone afterwards.
+stop_pid() {
+	local name="$1" pid="$2" grace="$3" kids waited=0 k
+	kids="$(descendants "${pid}" | tr '\n' ' ')"
+	log "stopping ${name} (pid ${pid})"
+	kill -TERM "${pid}" 2>/dev/null || true
+	while pid_alive "${pid}" && ((waited < grace * 10)); do
+		sleep 0.1
+		waited=$((waited + 1))
+	done
+	if pid_alive "${pid}"; then
+		log "${name} did not exit after ${grace}s, sending SIGKILL"
+		kill -KILL "${pid}" 2>/dev/null || true
+	fi
+	# Leftover children (e.g. the containerd that dockerd started).
+	for k in ${kids}; do
+		if pid_alive "${k}"; then
+			kill -TERM "${k}" 2>/dev/null || true
+		fi
+	done
+	waited=0
+	while ((waited < 100)); do
+		local any=0
+		pid_alive "${pid}" && any=1
+		for k in ${kids}; do pid_alive "${k}" && any=1; done
+		((any == 0)) && break
+		sleep 0.1
+		waited=$((waited + 1))
+	done
+	for k in ${pid} ${kids}; do
+		if pid_alive "${k}"; then
+			kill -KILL "${k}" 2>/dev/null || true
+		fi
+	done
+	sleep 0.1
+	for k in ${pid} ${kids}; do
+		pid_alive "${k}" && die "could not stop ${name} process ${k}"
+	done
+	return 0
+}
+
+# Start a daemon detached from this shell (own session, stdin from /dev/null,
+# output appended to its log) and record its pid. Usage: start_daemon NAME CMD...
+start_daemon() {
+	local name="$1"
+	shift
+	local logf="${LOG_DIR}/${name}.log"
+	printf '\n===== %s: starting %s =====\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"${logf}"
+	# fd 9 is the stack lock (see lock_stack): the daemon must not inherit it.
+	setsid "$@" </dev/null >>"${logf}" 2>&1 9>&- &
+	local pid=$!
+	printf '%s\n' "${pid}" >"$(pidfile "${name}")"
+	STARTED_PID="${pid}"
+}
+
+# Is something listening on 127.0.0.1:$1?
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+require_port_free() {
+	local port="$1" what="$2"
+	if port_open "${port}"; then
+		local who=""
+		if command -v ss >/dev/null 2>&1; then
+			who="$(ss -ltnpH "sport = :${port}" 2>/dev/null || true)"
+		fi
+		die "port ${port} (needed by ${what}) is already in use by a process this stack did not start${who:+: ${who}}. Stop it (or run 'scripts/stack.sh down' from the checkout that started it) and retry."
+	fi
+}
+
+# ---------------------------------------------------------------- building
+
+find_go() {
+	local g="${GO:-}"
+	if [[ -z "${g}" ]]; then
+		g="$(command -v go 2>/dev/null || true)"
+		[[ -n "${g}" ]] || g=/usr/local/go/bin/go
+	fi
+	[[ -x "${g}" ]] || die "Go toolchain not found (set GO=/path/to/go or put go on PATH); it is needed to build kube-apiserver/kubectl/etcd"
+	printf '%s\n' "${g}"
+}
+
+k8s_ldflags() {
+	local flags="-s -w" pkg
+	local major minor
+	major="$(echo "${K8S_VERSION#v}" | cut -d. -f1)"
+	minor="$(echo "${K8S_VERSION#v}" | cut -d. -f2)"
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=${major} -X ${pkg}.gitMinor=${minor} -X ${pkg}.gitTreeState=clean"
+	done
+	printf '%s\n' "${flags}"
+}
+
+# go build into a temp dir next to the cache dir, then rename into place, so an
+# interrupted build never leaves a half-populated cache entry.
+build_k8s() {
+	local go="$1" tmp
+	tmp="${K8S_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${K8S_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "$(k8s_ldflags)" -o "${tmp}/" \
+			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+	)
+	[[ -x "${tmp}/kube-apiserver" && -x "${tmp}/kubectl" ]] || die "kubernetes build produced no binaries in ${tmp}"
+	rm -rf "${K8S_BIN_DIR}"
+	mv "${tmp}" "${K8S_BIN_DIR}"
+}
+
+build_etcd() {
+	local go="$1" tmp
+	tmp="${ETCD_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${ETCD_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "-s -w" -o "${tmp}/etcd" go.etcd.io/etcd/server/v3
+	)
+	[[ -x "${tmp}/etcd" ]] || die "etcd build produced no binary in ${tmp}"
+	rm -rf "${ETCD_BIN_DIR}"
+	mv "${tmp}" "${ETCD_BIN_DIR}"
+}
+
+ensure_binaries() {
+	local need_k8s=0 need_etcd=0
+	[[ -x "${K8S_BIN_DIR}/kube-apiserver" && -x "${K8S_BIN_DIR}/kubectl" ]] || need_k8s=1
+	[[ -x "${ETCD_BIN_DIR}/etcd" ]] || need_etcd=1
+	if ((need_k8s || need_etcd)); then
+		local go start k8s_pid="" etcd_pid="" failed=0
+		go="$(find_go)"
+		mkdir -p "${CACHE_DIR}/bin"
+		start=${SECONDS}
+		log "building missing binaries with $("${go}" version) (first run only; this takes several minutes)"
+		if ((need_k8s)); then
+			log "  kube-apiserver + kubectl ${K8S_VERSION} -> ${K8S_BIN_DIR} (log: ${LOG_DIR}/build-kubernetes.log)"
+			build_k8s "${go}" >"${LOG_DIR}/build-kubernetes.log" 2>&1 &
+			k8s_pid=$!
+		fi
+		if ((need_etcd)); then
+			log "  etcd ${ETCD_VERSION} -> ${ETCD_BIN_DIR} (log: ${LOG_DIR}/build-etcd.log)"
+			build_etcd "${go}" >"${LOG_DIR}/build-etcd.log" 2>&1 &
+			etcd_pid=$!
+		fi
+		if [[ -n "${k8s_pid}" ]] && ! wait "${k8s_pid}"; then
+			show_log_tail "${LOG_DIR}/build-kubernetes.log" 60
+			log "building kube-apiserver/kubectl ${K8S_VERSION} FAILED (full log: ${LOG_DIR}/build-kubernetes.log)"
+			failed=1
+		fi
+		if [[ -n "${etcd_pid}" ]] && ! wait "${etcd_pid}"; then
+			show_log_tail "${LOG_DIR}/build-etcd.log" 60
+			log "building etcd ${ETCD_VERSION} FAILED (full log: ${LOG_DIR}/build-etcd.log)"
+			failed=1
+		fi
+		((failed == 0)) || die "binary build failed"
+		log "built in $((SECONDS - start))s"
+	fi
+	mkdir -p "${STACK_BIN}"
+	ln -sfn "${K8S_BIN_DIR}/kube-apiserver" "${STACK_BIN}/kube-apiserver"
+	ln -sfn "${K8S_BIN_DIR}/kubectl" "${STACK_BIN}/kubectl"
+	ln -sfn "${ETCD_BIN_DIR}/etcd" "${STACK_BIN}/etcd"
+}
+
+# ---------------------------------------------------------------- certificates
+
+# Sign a CSR with the stack CA. Usage: sign NAME EXTFILE
+sign_with_ca() {
+	local name="$1" ext="$2"
+	openssl x509 -req -in "${PKI_DIR}/${name}.csr" -CA "${PKI_DIR}/ca.crt" -CAkey "${PKI_DIR}/ca.key" \
+		-CAcreateserial -days 3650 -sha256 -extfile "${ext}" -out "${PKI_DIR}/${name}.crt" 2>/dev/null
+}
+
+ensure_pki() {
+	local marker="${PKI_DIR}/.complete"
+	if [[ -f "${marker}" ]]; then
+		return 0
+	fi
+	command -v openssl >/dev/null 2>&1 || die "openssl is required to generate the stack certificates"
+	log "generating certificates in ${PKI_DIR}"
+	rm -rf "${PKI_DIR}"
+	mkdir -p "${PKI_DIR}"
+	chmod 700 "${PKI_DIR}"
+	(
+		set -euo pipefail
+		cd "${PKI_DIR}"
+		umask 077
+		# CA
+		openssl genrsa -out ca.key 2048 2>/dev/null
+		openssl req -new -key ca.key -subj "/CN=worker-recovery-operator-local-ca" -out ca.csr
+		cat >ca.ext <<-'EOF'
+			basicConstraints = critical, CA:TRUE
+			keyUsage = critical, keyCertSign, cRLSign, digitalSignature
+			subjectKeyIdentifier = hash
+		EOF
+		openssl x509 -req -in ca.csr -signkey ca.key -days 3650 -sha256 -extfile ca.ext -out ca.crt 2>/dev/null
+		# kube-apiserver serving certificate
+		openssl genrsa -out apiserver.key 2048 2>/dev/null
+		openssl req -new -key apiserver.key -subj "/CN=kube-apiserver" -out apiserver.csr
+		cat >apiserver.ext <<-EOF
+			basicConstraints = critical, CA:FALSE
+			keyUsage = critical, digitalSignature, keyEncipherment
+			extendedKeyUsage = serverAuth
+			authorityKeyIdentifier = keyid
+			subjectAltName = IP:127.0.0.1, DNS:localhost, IP:${SERVICE_FIRST_IP}, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
+		EOF
+		sign_with_ca apiserver apiserver.ext
+		# admin client certificate (cluster-admin through system:masters)
+		openssl genrsa -out admin.key 2048 2>/dev/null
+		openssl req -new -key admin.key -subj "/O=system:masters/CN=admin" -out admin.csr
+		cat >client.ext <<-'EOF'
+			basicConstraints = critical, CA:FALSE
+			keyUsage = critical, digitalSignature, keyEncipherment
+			extendedKeyUsage = clientAuth
+			authorityKeyIdentifier = keyid
+		EOF
+		sign_with_ca admin client.ext
+		# service-account token signing key pair
+		openssl genrsa -out sa.key 2048 2>/dev/null
+		openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+		rm -f ./*.csr
+		openssl verify -CAfile ca.crt apiserver.crt admin.crt >/dev/null
+	) || die "certificate generation with openssl failed"
+	chmod 644 "${PKI_DIR}"/*.crt "${PKI_DIR}/sa.pub"
+	touch "${marker}"
+	rm -f "${KUBECONFIG_PATH}"
+}
+
+b64() { base64 -w0 <"$1"; }
+
+ensure_kubeconfig() {
+	if [[ -s "${KUBECONFIG_PATH}" ]]; then
+		return 0
+	fi
+	local tmp="${KUBECONFIG_PATH}.tmp.$$"
+	(
+		umask 077
+		cat >"${tmp}" <<-EOF
+			apiVersion: v1
+			kind: Config
+			clusters:
+			- name: wro-local
+			  cluster:
+			    server: ${APISERVER_URL}
+			    certificate-authority-data: $(b64 "${PKI_DIR}/ca.crt")
+			users:
+			- name: wro-admin
+			  user:
+			    client-certificate-data: $(b64 "${PKI_DIR}/admin.crt")
+			    client-key-data: $(b64 "${PKI_DIR}/admin.key")
+			contexts:
+			- name: wro-local
+			  context:
+			    cluster: wro-local
+			    user: wro-admin
+			    namespace: default
+			current-context: wro-local
+			preferences: {}
+		EOF
+	)
+	mv "${tmp}" "${KUBECONFIG_PATH}"
+}
+
+# ---------------------------------------------------------------- etcd
+
+etcd_healthy() {
+	local out
+	out="$(curl -fsS --max-time 3 "${ETCD_URL}/health" 2>/dev/null)" || return 1
+	[[ "${out}" == *'"health":"true"'* ]]
+}
+
+ensure_etcd() {
+	local pid
+	if pid="$(running_pid etcd)"; then
+		if etcd_healthy; then
+			return 0
+		fi
+		log "etcd (pid ${pid}) is running but not healthy yet; waiting"
+	else
+		require_port_free "${ETCD_CLIENT_PORT}" etcd
+		require_port_free "${ETCD_PEER_PORT}" etcd
+		mkdir -p "${ETCD_DATA_DIR}"
+		chmod 700 "${ETCD_DATA_DIR}"
+		log "starting etcd ${ETCD_VERSION} on ${ETCD_URL}"
+		start_daemon etcd "${STACK_BIN}/etcd" \
+			--name=wro-etcd \
+			--data-dir="${ETCD_DATA_DIR}" \
+			--listen-client-urls="${ETCD_URL}" \
+			--advertise-client-urls="${ETCD_URL}" \
+			--listen-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+			--initial-advertise-peer-urls="http://127.0.0.1:${ETCD_PEER_PORT}" \
+			--initial-cluster="wro-etcd=http://127.0.0.1:${ETCD_PEER_PORT}" \
+			--initial-cluster-state=new \
+			--quota-backend-bytes=$((2 * 1024 * 1024 * 1024)) \
+			--log-level=warn
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until etcd_healthy; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/etcd.log"
+			die "etcd exited during startup (log: ${LOG_DIR}/etcd.log)"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${LOG_DIR}/etcd.log"
+			die "etcd did not become healthy at ${ETCD_URL}/health within ${TIMEOUT}s (log: ${LOG_DIR}/etcd.log)"
+		fi
+		sleep 0.2
+	done
+	log "etcd ready (pid ${pid})"
+}
+
+# ---------------------------------------------------------------- kube-apiserver
+
+apiserver_get() {
+	curl -fsS --max-time 5 --cacert "${PKI_DIR}/ca.crt" --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
+		"${APISERVER_URL}$1" 2>/dev/null
+}
+
+apiserver_ready() {
+	local out
+	out="$(apiserver_get /readyz)" || return 1
+	[[ "${out}" == "ok" ]]
+}
+
+ensure_apiserver() {
+	local pid
+	if pid="$(running_pid kube-apiserver)"; then
+		if apiserver_ready; then
+			return 0
+		fi
+		log "kube-apiserver (pid ${pid}) is running but not ready yet; waiting"
+	else
+		require_port_free "${APISERVER_PORT}" kube-apiserver
+		log "starting kube-apiserver ${K8S_VERSION} on ${APISERVER_URL}"
+		local -a extra=()
+		if [[ -n "${WRO_APISERVER_EXTRA_ARGS:-}" ]]; then
+			read -r -a extra <<<"${WRO_APISERVER_EXTRA_ARGS}"
+		fi
+		mkdir -p "${STACK_DIR}/apiserver-certs"
+		start_daemon kube-apiserver "${STACK_BIN}/kube-apiserver" \
+			--etcd-servers="${ETCD_URL}" \
+			--bind-address=127.0.0.1 \
+			--advertise-address=127.0.0.1 \
+			--secure-port="${APISERVER_PORT}" \
+			--cert-dir="${STACK_DIR}/apiserver-certs" \
+			--tls-cert-file="${PKI_DIR}/apiserver.crt" \
+			--tls-private-key-file="${PKI_DIR}/apiserver.key" \
+			--client-ca-file="${PKI_DIR}/ca.crt" \
+			--authorization-mode=RBAC \
+			--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+			--service-account-key-file="${PKI_DIR}/sa.pub" \
+			--service-account-signing-key-file="${PKI_DIR}/sa.key" \
+			--service-cluster-ip-range="${SERVICE_CIDR}" \
+			--disable-admission-plugins=ServiceAccount \
+			--allow-privileged=true \
+			--profiling=false \
+			--v=1 \
+			"${extra[@]}"
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until apiserver_ready; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/kube-apiserver.log"
+			die "kube-apiserver exited during startup (log: ${LOG_DIR}/kube-apiserver.log)"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${LOG_DIR}/kube-apiserver.log"
+			log "last /readyz answer:"
+			curl -sS --max-time 5 --cacert "${PKI_DIR}/ca.crt" --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
+				"${APISERVER_URL}/readyz?verbose" >&2 || true
+			die "kube-apiserver did not become ready at ${APISERVER_URL}/readyz within ${TIMEOUT}s (log: ${LOG_DIR}/kube-apiserver.log)"
+		fi
+		sleep 0.3
+	done
+	log "kube-apiserver ready (pid ${pid})"
+}
+
+# ---------------------------------------------------------------- docker
+
+docker_server_version() {
+	command -v docker >/dev/null 2>&1 || return 1
+	timeout 10 docker version --format '{{.Server.Version}}' 2>/dev/null
+}
+
+install_docker() {
+	[[ "$(id -u)" == 0 ]] || die "dockerd is not installed and this is not root: install Debian's docker.io (apt-get install docker.io) and retry"
+	command -v apt-get >/dev/null 2>&1 || die "dockerd is not installed and apt-get is not available to install docker.io"
+	log "installing docker.io and busybox-static with apt (log: ${LOG_DIR}/apt.log)"
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update &&
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+				docker.io busybox-static
+	} >"${LOG_DIR}/apt.log" 2>&1 || {
+		show_log_tail "${LOG_DIR}/apt.log"
+		die "apt-get install docker.io busybox-static failed (log: ${LOG_DIR}/apt.log)"
+	}
+	command -v dockerd >/dev/null 2>&1 || die "docker.io was installed but dockerd is still not on PATH"
+}
+
+ensure_docker() {
+	if [[ "${WRO_SKIP_DOCKER:-0}" == 1 ]]; then
+		log "docker: skipped (WRO_SKIP_DOCKER=1)"
+		return 0
+	fi
+	local pid v
+	if v="$(docker_server_version)" && [[ -n "${v}" ]]; then
+		if pid="$(running_pid dockerd)"; then
+			log "docker engine ${v} ready (started by this stack, pid ${pid})"
+		else
+			rm -f "$(pidfile dockerd)"
+			log "docker engine ${v} already running (not started by this stack; 'down' leaves it alone)"
+		fi
+		return 0
+	fi
+	if pid="$(running_pid dockerd)"; then
+		log "dockerd (pid ${pid}) is running but not answering yet; waiting"
+	else
+		command -v dockerd >/dev/null 2>&1 || install_docker
+		command -v docker >/dev/null 2>&1 || die "the docker client is not on PATH"
+		[[ "$(id -u)" == 0 ]] || die "no Docker engine answers and starting dockerd needs root"
+		local -a dargs=(--iptables=false --bridge=none)
+		local d_pidfile=/var/run/docker.pid d_execroot=/var/run/docker
+		case "${DOCKER_HOST:-}" in
+		"" | unix:///var/run/docker.sock | unix:///run/docker.sock) ;;
+		unix://*)
+			# A private engine on a non-default socket, with its own state
+			# under .stack/docker/ so it cannot clash with a system engine.
+			mkdir -p "${STACK_DIR}/docker"
+			d_pidfile="${STACK_DIR}/docker/dockerd.pid"
+			d_execroot="${STACK_DIR}/docker/exec"
+			dargs+=(--host="${DOCKER_HOST}" --data-root="${STACK_DIR}/docker/data"
+				--exec-root="${d_execroot}" --pidfile="${d_pidfile}")
+			;;
+		*) die "no Docker engine answers at DOCKER_HOST=${DOCKER_HOST}, and the stack can only start one on a unix:// socket" ;;
+		esac
+		# Pid files left by an engine that was killed (e.g. at the end of a
+		# previous session): dockerd refuses to start, or signals the wrong
+		# process, if such a pid now belongs to something else.
+		local f comm
+		for f in "dockerd:${d_pidfile}" "containerd:${d_execroot}/containerd/containerd.pid"; do
+			comm="${f%%:*}"
+			f="${f#*:}"
+			if [[ -f "${f}" ]] && ! pid_is "$(cat "${f}" 2>/dev/null || true)" "${comm}"; then
+				log "removing stale ${f}"
+				rm -f "${f}"
+			fi
+		done
+		log "starting dockerd ${dargs[*]}"
+		start_daemon dockerd dockerd "${dargs[@]}"
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until v="$(docker_server_version)" && [[ -n "${v}" ]]; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/dockerd.log"
+			rm -f "$(pidfile dockerd)"
+			die "dockerd exited during startup (log: ${LOG_DIR}/dockerd.log)"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${LOG_DIR}/dockerd.log"
+			die "dockerd did not answer 'docker version' within ${TIMEOUT}s (log: ${LOG_DIR}/dockerd.log)"
+		fi
+		sleep 0.3
+	done
+	log "docker engine ${v} ready (pid ${pid})"
+}
+
+# ---------------------------------------------------------------- commands
+
+print_versions() {
+	local apiserver_v kubectl_v etcd_v docker_v
+	# Capture whole outputs and keep the first line (no `| head`: with pipefail
+	# an early-closing reader turns the writer's SIGPIPE into a failure).
+	apiserver_v="$("${STACK_BIN}/kube-apiserver" --version 2>&1)" || die "kube-apiserver --version failed: ${apiserver_v}"
+	kubectl_v="$("${STACK_BIN}/kubectl" version --client 2>&1)" || die "kubectl version --client failed: ${kubectl_v}"
+	etcd_v="$("${STACK_BIN}/etcd" --version 2>&1)" || die "etcd --version failed: ${etcd_v}"
+	apiserver_v="${apiserver_v%%$'\n'*}"
+	kubectl_v="${kubectl_v%%$'\n'*}"
+	etcd_v="${etcd_v%%$'\n'*}"
+	log "versions:"
+	log "  kube-apiserver: ${apiserver_v}"
+	log "  kubectl:        ${kubectl_v}"
+	log "  etcd:           ${etcd_v}"
+	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]]; then
+		docker_v="$(timeout 10 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})' 2>&1 || true)"
+		log "  docker:         ${docker_v}"
+	fi
+}
+
+lock_stack() {
+	mkdir -p "${STACK_DIR}"
+	if command -v flock >/dev/null 2>&1; then
+		exec 9>"${STACK_DIR}/.lock"
+		if ! flock -n 9; then
+			log "another scripts/stack.sh is running; waiting for it (up to 30 min)"
+			flock -w 1800 9 || die "timed out waiting for the stack lock ${STACK_DIR}/.lock"
+		fi
+	fi
+}
+
+cmd_up() {
+	local start=${SECONDS}
+	command -v curl >/dev/null 2>&1 || die "curl is required"
+	lock_stack
+	mkdir -p "${STACK_DIR}" "${LOG_DIR}" "${STACK_BIN}"
+	ensure_binaries
+	ensure_pki
+	ensure_kubeconfig
+	ensure_etcd
+	ensure_apiserver
+	ensure_docker
+	# The smoke check everything else relies on.
+	local out
+	if ! out="$("${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get ns --request-timeout=20s 2>&1)"; then
+		printf '%s\n' "${out}" >&2
+		show_log_tail "${LOG_DIR}/kube-apiserver.log"
+		die "'kubectl --kubeconfig ${KUBECONFIG_PATH} get ns' failed"
+	fi
+	print_versions
+	log "stack is up in $((SECONDS - start))s: KUBECONFIG=${KUBECONFIG_PATH}, apiserver ${APISERVER_URL}, etcd ${ETCD_URL}"
+	log "use: eval \"\$(scripts/stack.sh env)\""
+}
+
+cmd_down() {
+	local purge=0 arg
+	for arg in "$@"; do
+		case "${arg}" in
+		--purge) purge=1 ;;
+		*) die "unknown option for down: ${arg}" ;;
+		esac
+	done
+	lock_stack
+	local name pid grace
+	# The demo's operator and containers go first, while the API server still answers.
+	if [[ -d "${STACK_DIR}/demo" ]]; then
+		bash "${SCRIPT_DIR}/demo.sh" clean || log "demo clean-up failed (continuing)"
+	fi
+	# Reverse start order: dockerd, kube-apiserver, etcd.
+	for name in dockerd kube-apiserver etcd; do
+		if pid="$(running_pid "${name}")"; then
+			grace=20
+			[[ "${name}" == dockerd ]] && grace=40
+			stop_pid "${name}" "${pid}" "${grace}"
+		else
+			[[ -f "$(pidfile "${name}")" ]] && log "${name}: not running (stale pid file removed)"
+		fi
+		rm -f "$(pidfile "${name}")"
+	done
+	if ((purge)); then
+		log "purging runtime state: etcd data, certificates, kubeconfig, logs"
+		rm -rf "${ETCD_DATA_DIR}" "${PKI_DIR}" "${STACK_DIR}/apiserver-certs" "${KUBECONFIG_PATH}" "${LOG_DIR}"
+		# State of a private engine (DOCKER_HOST=unix://...) that we just stopped.
+		if [[ -d "${STACK_DIR}/docker" ]] && ! pid_is "$(cat "${STACK_DIR}/docker/dockerd.pid" 2>/dev/null || true)" dockerd; then
+			rm -rf "${STACK_DIR}/docker"
+		fi
+	fi
+	log "stack is down"
+}
+
+cmd_status() {
+	local all_ok=0 pid v ans
+	printf '%-15s %-9s %-8s %-40s %s\n' COMPONENT STATE PID VERSION ANSWERS
+	# etcd
+	v="${ETCD_VERSION}"
+	if pid="$(running_pid etcd)"; then
+		if etcd_healthy; then ans="yes (${ETCD_URL}/health)"; else ans="NO"; all_ok=1; fi
+		printf '%-15s %-9s %-8s %-40s %s\n' etcd running "${pid}" "${v}" "${ans}"
+	else
+		printf '%-15s %-9s %-8s %-40s %s\n' etcd stopped - "${v}" no
+		all_ok=1
+	fi
+	# kube-apiserver
+	v="${K8S_VERSION}"
+	if pid="$(running_pid kube-apiserver)"; then
+		if [[ -f "${PKI_DIR}/ca.crt" ]] && apiserver_ready; then
+			ans="yes (${APISERVER_URL}/readyz)"
+			local gv
+			gv="$(apiserver_get /version | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')" || true
+			[[ -n "${gv}" ]] && v="${gv}"
+		else
+			ans="NO"
+			all_ok=1
+		fi
+		printf '%-15s %-9s %-8s %-40s %s\n' kube-apiserver running "${pid}" "${v}" "${ans}"
+	else
+		printf '%-15s %-9s %-8s %-40s %s\n' kube-apiserver stopped - "${v}" no
+		all_ok=1
+	fi
+	# docker
+	if [[ "${WRO_SKIP_DOCKER:-0}" == 1 ]]; then
+		printf '%-15s %-9s %-8s %-40s %s\n' dockerd skipped - - -
+	elif v="$(docker_server_version)" && [[ -n "${v}" ]]; then
+		if pid="$(running_pid dockerd)"; then
+			printf '%-15s %-9s %-8s %-40s %s\n' dockerd running "${pid}" "${v}" "yes (started by stack)"
+		else
+			printf '%-15s %-9s %-8s %-40s %s\n' dockerd running external "${v}" "yes (not started by stack)"
+		fi
+	else
+		if pid="$(running_pid dockerd)"; then
+			printf '%-15s %-9s %-8s %-40s %s\n' dockerd running "${pid}" - NO
+		else
+			printf '%-15s %-9s %-8s %-40s %s\n' dockerd stopped - - no
+		fi
+		all_ok=1
+	fi
+	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
+	printf 'binaries:   %s -> %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}"
+	return "${all_ok}"
+}
+
+cmd_env() {
+	printf 'export KUBECONFIG=%q\n' "${KUBECONFIG_PATH}"
+	# shellcheck disable=SC2016 # $PATH is meant to expand where the output is eval'ed
+	printf 'export PATH=%q:"$PATH"\n' "${STACK_BIN}"
+}
+
+usage() {
+	sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+main() {
+	local cmd="${1:-}"
+	[[ $# -gt 0 ]] && shift
+	case "${cmd}" in
+	up) cmd_up "$@" ;;
+	down) cmd_down "$@" ;;
+	status) cmd_status "$@" ;;
+	env) cmd_env "$@" ;;
+	-h | --help | help) usage ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"; exit
