@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod controller;
 pub mod crd;
+pub mod diagnose;
 pub mod docker;
 pub mod metrics;
 pub mod observe;

@@ -16,6 +16,7 @@ use tracing::info;
 use crate::{
     controller::{self, Context},
     crd::{ResumePlan, Worker, WorkerRecovery},
+    diagnose::host::DmesgProbe,
     docker::DockerEngine,
     metrics::Metrics,
     server,
@@ -46,18 +47,32 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(server::serve(opts.listen, metrics.clone(), ready.clone()));
 
-    let workers: Api<Worker> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let (workers, recoveries): (Api<Worker>, Api<WorkerRecovery>) = match &opts.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let ctx = Arc::new(Context::new(client, Arc::new(docker), metrics));
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(docker),
+        Arc::new(DmesgProbe),
+        metrics,
+    ));
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
         "starting controllers"
     );
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let controllers = async {
+        tokio::join!(
+            controller::worker::run(ctx.clone(), workers),
+            controller::recovery::run(ctx.clone(), recoveries),
+        )
+    };
     tokio::select! {
-        () = controller::worker::run(ctx, workers) => info!("controllers stopped"),
+        _ = controllers => info!("controllers stopped"),
         res = http => match res {
             Ok(Ok(())) => bail!("HTTP server stopped unexpectedly"),
             Ok(Err(e)) => return Err(e).context(format!("cannot serve HTTP on {}", opts.listen)),

@@ -2,13 +2,27 @@
 
 pub mod backoff;
 pub mod conditions;
+pub mod recovery;
 pub mod worker;
 
-use std::sync::Arc;
+use std::{fmt::Debug, sync::Arc};
 
-use kube::runtime::events::{Recorder, Reporter};
+use futures::Stream;
+use kube::{
+    api::{Api, Patch, PatchParams},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        predicates,
+        reflector::{self, Store},
+        watcher, PredicateConfig, WatchStreamExt,
+    },
+    Resource, ResourceExt,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::json;
+use tracing::warn;
 
-use crate::{docker::ContainerRuntime, metrics::Metrics};
+use crate::{diagnose::HostProbe, docker::ContainerRuntime, metrics::Metrics};
 
 /// Field manager under which the operator server-side-applies status.
 pub const FIELD_MANAGER: &str = "worker-recovery-operator";
@@ -17,6 +31,8 @@ pub const FIELD_MANAGER: &str = "worker-recovery-operator";
 pub struct Context {
     pub client: kube::Client,
     pub docker: Arc<dyn ContainerRuntime>,
+    /// Host facts for the diagnosis (kernel log).
+    pub host: Arc<dyn HostProbe>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: backoff::Backoff,
@@ -26,6 +42,7 @@ impl Context {
     pub fn new(
         client: kube::Client,
         docker: Arc<dyn ContainerRuntime>,
+        host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter {
@@ -38,8 +55,96 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             docker,
+            host,
             metrics,
             backoff: backoff::Backoff::default(),
         }
+    }
+}
+
+impl Context {
+    /// Publish an Event about `obj`. Failing to publish is logged, never fatal to a reconcile.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// The objects of `api` whose spec changed (a new generation), with the store they are cached in.
+///
+/// Only spec changes trigger a reconcile: the operator's own status writes must not, or every
+/// status patch would loop back. What happens outside the API (Docker, files) is polled by
+/// requeueing.
+pub fn spec_changes<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let trigger = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+    (reader, trigger)
+}
+
+/// Server-side apply `status` to `obj` under the operator's field manager.
+pub async fn apply_status<K>(api: &Api<K>, obj: &K, status: &impl Serialize) -> kube::Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Key of an object in the backoff table: `Kind/namespace/name`.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Log what a controller's reconcile stream reports as failed.
+pub fn log_failure<T, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl Fn(Result<T, E>) -> std::future::Ready<()> {
+    move |result| {
+        if let Err(e) = result {
+            warn!(controller, error = %e, "reconcile failed");
+        }
+        std::future::ready(())
     }
 }

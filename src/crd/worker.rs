@@ -88,6 +88,100 @@ pub struct WorkerSpec {
     /// What the operator may do on its own when the worker fails.
     #[serde(default)]
     pub auto_recovery: AutoRecoverySpec,
+
+    /// The worker's Prometheus endpoint, as the operator reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsEndpointSpec>,
+
+    /// Thresholds and expectations of the diagnosis; defaults are the runbook's.
+    #[serde(default)]
+    pub diagnostics: DiagnosticsSpec,
+}
+
+/// Where the worker serves `/metrics`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsEndpointSpec {
+    /// `http://host:port/path` of the metrics endpoint (runbook: `http://<worker>:9091/metrics`).
+    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("url must be an http:// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub url: String,
+}
+
+/// Diagnosis settings. Paths are relative to `sharedRoot`, like `paths`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosticsSpec {
+    /// A task in `active/` older than this many seconds counts as stuck (runbook: 600).
+    #[serde(default = "default_stuck_task_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub stuck_task_seconds: u32,
+    /// A lock file older than this many seconds counts as stale (runbook: 300).
+    #[serde(default = "default_stale_lock_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub stale_lock_seconds: u32,
+    /// Lines of container log to read (runbook: `docker logs --tail 100`).
+    #[serde(default = "default_log_tail_lines")]
+    #[schemars(range(min = 1, max = 5000))]
+    pub log_tail_lines: u32,
+    /// Only log lines newer than this many seconds (runbook: `--since 10m`).
+    #[serde(default = "default_log_window_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub log_window_seconds: u32,
+    /// The worker's application log file, whose tail is read too (runbook: `/var/log/agents/<worker>.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub app_log_file: Option<String>,
+    /// Binaries that must be on the container's PATH and executable (runbook: `claude`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub required_binaries: Vec<String>,
+    /// Python packages that `pip list` inside the container must show (runbook:
+    /// `opentelemetry`, `prometheus`, `structlog`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub required_python_packages: Vec<String>,
+    /// Named pipes (FIFOs) that must exist, relative to `sharedRoot` (runbook: `pipes/*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub named_pipes: Vec<String>,
+    /// Longest time one check may take before it is reported as failed.
+    #[serde(default = "default_check_timeout_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub check_timeout_seconds: u32,
+}
+
+impl Default for DiagnosticsSpec {
+    fn default() -> Self {
+        Self {
+            stuck_task_seconds: default_stuck_task_seconds(),
+            stale_lock_seconds: default_stale_lock_seconds(),
+            log_tail_lines: default_log_tail_lines(),
+            log_window_seconds: default_log_window_seconds(),
+            app_log_file: None,
+            required_binaries: Vec::new(),
+            required_python_packages: Vec::new(),
+            named_pipes: Vec::new(),
+            check_timeout_seconds: default_check_timeout_seconds(),
+        }
+    }
+}
+
+fn default_stuck_task_seconds() -> u32 {
+    600
+}
+fn default_stale_lock_seconds() -> u32 {
+    300
+}
+fn default_log_tail_lines() -> u32 {
+    100
+}
+fn default_log_window_seconds() -> u32 {
+    600
+}
+fn default_check_timeout_seconds() -> u32 {
+    10
 }
 
 /// Paths of the worker's files relative to `sharedRoot`; `{worker}` stands for the worker's name.
@@ -165,6 +259,9 @@ pub struct WorkerStatus {
     /// When the operator last restarted the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart_time: Option<Time>,
+    /// When the heartbeat last showed a change of progress or current task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
     /// When the operator last observed the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_observed_time: Option<Time>,

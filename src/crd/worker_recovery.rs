@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Worker", type_ = "string", json_path = ".spec.workerRef.name"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
+        name = "Root Cause",
+        type_ = "string",
+        json_path = ".status.diagnosis.verdict.topCause",
+        description = "Most likely root cause found by the diagnosis"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -64,13 +70,26 @@ pub struct WorkerRecoveryStatus {
     /// When the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// What the diagnosis found: findings with evidence and the ranked root cause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<crate::diagnose::Diagnosis>,
 }
 
 /// Phase of a recovery run.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryPhase {
+    /// Waiting to start (for example for its Worker to exist).
     Pending,
+    /// Steps are running.
     Running,
+    /// Every step finished.
     Succeeded,
+    /// The run cannot go on (for example an invalid Worker spec).
     Failed,
+}
+
+impl RecoveryPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
 }

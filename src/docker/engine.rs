@@ -1,10 +1,27 @@
 //! [`ContainerRuntime`] over the Docker Engine API (bollard).
 
+use std::{collections::HashMap, time::Duration};
+
 use async_trait::async_trait;
-use bollard::{errors::Error as BollardError, Docker};
+use bollard::{
+    container::LogOutput,
+    errors::Error as BollardError,
+    exec::{CreateExecOptions, StartExecOptions, StartExecResults},
+    models::ResourcesUlimits,
+    query_parameters::{ContainerArchiveInfoOptions, EventsOptions, LogsOptions, StatsOptions},
+    Docker,
+};
+use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{ContainerInfo, ContainerRuntime, DockerError, StartOutcome};
+use super::{
+    ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat, StartOutcome,
+};
+
+/// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
+pub const MAX_EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Appended to stdout when the exec's output was cut at [`MAX_EXEC_OUTPUT_BYTES`].
+pub const EXEC_OUTPUT_CUT_MARKER: &str = "\n…[output cut at 1 MiB]";
 
 /// The local Docker engine (`DOCKER_HOST` or the default socket).
 #[derive(Clone)]
@@ -37,11 +54,6 @@ impl DockerEngine {
             v.api_version.unwrap_or_default()
         ))
     }
-
-    /// The bollard client, for the parts of the operator that need more than the trait offers.
-    pub fn client(&self) -> &Docker {
-        &self.docker
-    }
 }
 
 #[async_trait]
@@ -50,6 +62,8 @@ impl ContainerRuntime for DockerEngine {
         match self.docker.inspect_container(container, None).await {
             Ok(resp) => {
                 let state = resp.state.unwrap_or_default();
+                let config = resp.config.unwrap_or_default();
+                let host_config = resp.host_config.unwrap_or_default();
                 Ok(Some(ContainerInfo {
                     id: resp.id.unwrap_or_default(),
                     name: resp
@@ -57,7 +71,7 @@ impl ContainerRuntime for DockerEngine {
                         .unwrap_or_default()
                         .trim_start_matches('/')
                         .to_string(),
-                    image: resp.config.and_then(|c| c.image),
+                    image: config.image,
                     status: state
                         .status
                         .map(|s| s.to_string())
@@ -69,6 +83,16 @@ impl ContainerRuntime for DockerEngine {
                     started_at: parse_docker_time(state.started_at.as_deref()),
                     finished_at: parse_docker_time(state.finished_at.as_deref()),
                     restart_count: resp.restart_count.unwrap_or(0),
+                    // 0 means "no limit".
+                    memory_limit: host_config.memory.filter(|m| *m > 0),
+                    nofile_limit: nofile_limit(host_config.ulimits.as_deref()),
+                    env: config.env.unwrap_or_default(),
+                    command: config
+                        .entrypoint
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(config.cmd.unwrap_or_default())
+                        .collect(),
                 }))
             }
             Err(BollardError::DockerResponseServerError {
@@ -90,6 +114,197 @@ impl ContainerRuntime for DockerEngine {
             Err(e) => Err(map_error("start", e)),
         }
     }
+
+    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| container_error("exec", container, e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| container_error("exec", container, e))?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut cut = false;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(chunk) = output.next().await {
+                let room = MAX_EXEC_OUTPUT_BYTES.saturating_sub(stdout.len() + stderr.len());
+                let (target, message) = match chunk.map_err(|e| map_error("exec", e))? {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (&mut stdout, message)
+                    }
+                    LogOutput::StdErr { message } => (&mut stderr, message),
+                    LogOutput::StdIn { .. } => continue,
+                };
+                if message.len() > room {
+                    // Stop reading: dropping the stream closes the exec's output.
+                    target.extend_from_slice(&message[..room]);
+                    cut = true;
+                    break;
+                }
+                target.extend_from_slice(&message);
+            }
+        }
+        let mut out = ExecOutput {
+            exit_code: None,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        if cut {
+            out.stdout.push_str(EXEC_OUTPUT_CUT_MARKER);
+        }
+        // The attach stream can end a moment before the engine records the exit code.
+        for attempt in 0..20 {
+            let inspected = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(|e| map_error("exec inspect", e))?;
+            if inspected.running != Some(true) || cut || attempt == 19 {
+                out.exit_code = inspected
+                    .exit_code
+                    .filter(|_| inspected.running != Some(true));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(out)
+    }
+
+    async fn logs(
+        &self,
+        container: &str,
+        tail: u32,
+        since: Timestamp,
+    ) -> Result<Vec<String>, DockerError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            since: i32::try_from(since.as_second().max(0)).unwrap_or(i32::MAX),
+            timestamps: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(container, Some(options));
+        let mut lines = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| container_error("logs", container, e))?;
+            let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
+            lines.extend(split_log_lines(&text));
+        }
+        // A long line may come in several frames and split into more lines than asked for.
+        let skip = lines.len().saturating_sub(tail as usize);
+        lines.drain(..skip);
+        Ok(lines)
+    }
+
+    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let stats = self
+            .docker
+            .stats(container, Some(options))
+            .next()
+            .await
+            .ok_or_else(|| DockerError::Refused {
+                operation: "stats",
+                message: "the engine sent no statistics".into(),
+            })?
+            .map_err(|e| container_error("stats", container, e))?;
+        let memory = stats.memory_stats.unwrap_or_default();
+        match (memory.usage, memory.limit) {
+            (Some(usage), Some(limit)) => Ok(MemoryStats {
+                usage_bytes: working_set(usage, memory.stats.as_ref()),
+                limit_bytes: limit,
+            }),
+            _ => Err(DockerError::Refused {
+                operation: "stats",
+                message: format!("no memory statistics for {container:?} (is it running?)"),
+            }),
+        }
+    }
+
+    async fn oom_events(
+        &self,
+        container: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Timestamp>, DockerError> {
+        // `until` in the future would keep the stream open until then; never wait.
+        let until = until.min(Timestamp::now());
+        if since >= until {
+            return Ok(Vec::new());
+        }
+        let filters = HashMap::from([
+            ("container".to_string(), vec![container.to_string()]),
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["oom".to_string()]),
+        ]);
+        let options = EventsOptions {
+            since: Some(since.as_second().to_string()),
+            until: Some(until.as_second().saturating_add(1).to_string()),
+            filters: Some(filters),
+        };
+        let mut stream = self.docker.events(Some(options));
+        let mut times = Vec::new();
+        while let Some(event) = stream.next().await {
+            let event = event.map_err(|e| map_error("events", e))?;
+            if event.action.as_deref() != Some("oom") {
+                continue;
+            }
+            let time = match (event.time_nano, event.time) {
+                (Some(nanos), _) => Timestamp::from_nanosecond(i128::from(nanos)).ok(),
+                (None, Some(secs)) => Timestamp::from_second(secs).ok(),
+                _ => None,
+            };
+            times.extend(time);
+        }
+        Ok(times)
+    }
+
+    async fn stat_path(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<PathStat>, DockerError> {
+        // `HEAD /containers/{id}/archive?path=` answers from the container's root filesystem,
+        // so it works on stopped containers; the header carries Go's `os.FileMode` bits.
+        let options = ContainerArchiveInfoOptions {
+            path: path.to_string(),
+        };
+        match self
+            .docker
+            .get_container_archive_info(container, Some(options))
+            .await
+        {
+            Ok(stat) => Ok(Some(path_stat(
+                stat.file_mode,
+                stat.size,
+                &stat.link_target,
+            ))),
+            // A HEAD answer has no body, so a 404 does not say whether the container or the
+            // path is missing: ask for the container.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => match self.inspect(container).await? {
+                Some(_) => Ok(None),
+                None => Err(DockerError::NotFound(container.to_string())),
+            },
+            Err(e) => Err(map_error("stat", e)),
+        }
+    }
 }
 
 fn map_error(operation: &'static str, e: BollardError) -> DockerError {
@@ -98,6 +313,66 @@ fn map_error(operation: &'static str, e: BollardError) -> DockerError {
             DockerError::Refused { operation, message }
         }
         other => DockerError::Unavailable(other.to_string()),
+    }
+}
+
+/// Like [`map_error`], but a 404 means the container does not exist.
+fn container_error(operation: &'static str, container: &str, e: BollardError) -> DockerError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => DockerError::NotFound(container.to_string()),
+        other => map_error(operation, other),
+    }
+}
+
+/// The `nofile` ulimit set on the container (`--ulimit nofile=soft:hard`).
+fn nofile_limit(ulimits: Option<&[ResourcesUlimits]>) -> Option<(i64, i64)> {
+    let u = ulimits?
+        .iter()
+        .find(|u| u.name.as_deref() == Some("nofile"))?;
+    let soft = u.soft?;
+    Some((soft, u.hard.unwrap_or(soft)))
+}
+
+/// Memory in use as `docker stats` shows it: the cgroup's usage minus inactive page cache
+/// (`total_inactive_file` on cgroup v1, `inactive_file` on v2), which the kernel reclaims
+/// before it would OOM-kill anything.
+fn working_set(usage: u64, stats: Option<&HashMap<String, u64>>) -> u64 {
+    let inactive = stats
+        .and_then(|s| {
+            s.get("total_inactive_file")
+                .or_else(|| s.get("inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    if inactive < usage {
+        usage - inactive
+    } else {
+        usage
+    }
+}
+
+/// Split a chunk of `docker logs` output into lines (without their newline).
+fn split_log_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.strip_suffix('\n')
+        .unwrap_or(text)
+        .split('\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+}
+
+/// Go `os.FileMode` type bits, as the archive stat header reports them.
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+
+fn path_stat(mode: u32, size: i64, link_target: &str) -> PathStat {
+    PathStat {
+        mode,
+        size,
+        is_dir: mode & GO_MODE_DIR != 0,
+        link_target: (mode & GO_MODE_SYMLINK != 0 && !link_target.is_empty())
+            .then(|| link_target.to_string()),
     }
 }
 

@@ -2,6 +2,8 @@
 //! unit-tested against a fake, and a Docker implementation over bollard.
 
 mod engine;
+#[cfg(test)]
+pub mod fake;
 
 pub use engine::DockerEngine;
 
@@ -24,6 +26,40 @@ pub struct ContainerInfo {
     pub finished_at: Option<Timestamp>,
     /// Restarts done by Docker's own restart policy.
     pub restart_count: i64,
+    /// Memory limit in bytes (`-m`), when one is set.
+    pub memory_limit: Option<i64>,
+    /// `nofile` ulimit (soft, hard) set on the container, when one is set.
+    pub nofile_limit: Option<(i64, i64)>,
+    /// The container's environment (`KEY=value`), for its PATH.
+    pub env: Vec<String>,
+    /// Entrypoint followed by command: what PID 1 runs.
+    pub command: Vec<String>,
+}
+
+/// Output of a command run inside a container.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Memory use of a running container, from the stats API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    pub usage_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+/// A path inside a container's filesystem (works on stopped containers too).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathStat {
+    /// Unix permission and type bits as Docker reports them (Go `os.FileMode`).
+    pub mode: u32,
+    pub size: i64,
+    pub is_dir: bool,
+    /// Target when the path is a symlink.
+    pub link_target: Option<String>,
 }
 
 impl ContainerInfo {
@@ -62,4 +98,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError>;
     /// Start a stopped container (idempotent: a running one is left as it is).
     async fn start(&self, container: &str) -> Result<StartOutcome, DockerError>;
+    /// Run `cmd` inside a running container and collect its output.
+    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError>;
+    /// The last `tail` lines of the container's log (stdout and stderr) since `since`.
+    async fn logs(
+        &self,
+        container: &str,
+        tail: u32,
+        since: Timestamp,
+    ) -> Result<Vec<String>, DockerError>;
+    /// Memory usage and limit of a running container.
+    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError>;
+    /// Times of Docker `oom` events of the container between `since` and `until`.
+    async fn oom_events(
+        &self,
+        container: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Timestamp>, DockerError>;
+    /// Stat a path in the container's filesystem; `Ok(None)` when it does not exist.
+    async fn stat_path(&self, container: &str, path: &str)
+        -> Result<Option<PathStat>, DockerError>;
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 
+use super::fs_safe::{self, SafeError};
+
 /// A heartbeat larger than this is not a heartbeat; it is not read.
 pub const MAX_HEARTBEAT_BYTES: u64 = 64 * 1024;
 
@@ -76,39 +78,20 @@ pub fn parse(bytes: &[u8]) -> Result<Heartbeat, String> {
     })
 }
 
-/// Read the heartbeat file without following symlinks and without reading huge files.
-pub async fn read(path: &Path) -> HeartbeatObservation {
-    let meta = match tokio::fs::symlink_metadata(path).await {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HeartbeatObservation::Missing,
-        Err(e) => return HeartbeatObservation::Unreadable(format!("{}: {e}", path.display())),
-    };
-    if meta.file_type().is_symlink() {
-        return HeartbeatObservation::Unreadable(format!(
-            "{} is a symlink; it is not followed",
-            path.display()
-        ));
-    }
-    if !meta.is_file() {
-        return HeartbeatObservation::Unreadable(format!(
-            "{} is not a regular file",
-            path.display()
-        ));
-    }
-    if meta.len() > MAX_HEARTBEAT_BYTES {
-        return HeartbeatObservation::Unreadable(format!(
-            "{} is {} bytes, more than the {MAX_HEARTBEAT_BYTES} a heartbeat may have",
-            path.display(),
-            meta.len()
-        ));
-    }
-    match tokio::fs::read(path).await {
-        Ok(bytes) => match parse(&bytes) {
+/// Read the heartbeat file below `root` without following a symlink anywhere on the way and
+/// without reading huge files.
+pub async fn read(root: &Path, path: &Path) -> HeartbeatObservation {
+    let (root, path) = (root.to_path_buf(), path.to_path_buf());
+    let read =
+        fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await;
+    match read {
+        Ok(Ok(content)) => match parse(&content.bytes) {
             Ok(hb) => HeartbeatObservation::Valid(hb),
             Err(reason) => HeartbeatObservation::Invalid(reason),
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HeartbeatObservation::Missing,
-        Err(e) => HeartbeatObservation::Unreadable(format!("{}: {e}", path.display())),
+        Ok(Err(SafeError::Missing(_))) => HeartbeatObservation::Missing,
+        Ok(Err(e)) => HeartbeatObservation::Unreadable(e.to_string()),
+        Err(e) => HeartbeatObservation::Unreadable(e),
     }
 }
 
@@ -152,28 +135,51 @@ mod tests {
     #[tokio::test]
     async fn reads_files_safely() {
         let dir = tempfile::tempdir().unwrap();
-        let hb = dir.path().join("heartbeat.json");
-        assert_eq!(read(&hb).await, HeartbeatObservation::Missing);
+        let root = dir.path();
+        let hb = root.join("heartbeat.json");
+        assert_eq!(read(root, &hb).await, HeartbeatObservation::Missing);
 
         std::fs::write(&hb, br#"{"timestamp":"2026-11-27T23:59:01Z"}"#).unwrap();
-        assert!(matches!(read(&hb).await, HeartbeatObservation::Valid(_)));
+        assert!(matches!(
+            read(root, &hb).await,
+            HeartbeatObservation::Valid(_)
+        ));
 
         std::fs::write(&hb, b"garbage").unwrap();
-        assert!(matches!(read(&hb).await, HeartbeatObservation::Invalid(_)));
+        assert!(matches!(
+            read(root, &hb).await,
+            HeartbeatObservation::Invalid(_)
+        ));
 
         std::fs::write(&hb, vec![b' '; (MAX_HEARTBEAT_BYTES + 1) as usize]).unwrap();
+        let huge = read(root, &hb).await;
         assert!(
-            matches!(read(&hb).await, HeartbeatObservation::Unreadable(m) if m.contains("bytes"))
+            matches!(&huge, HeartbeatObservation::Unreadable(m) if m.contains("bytes")),
+            "{huge:?}"
         );
 
-        let link = dir.path().join("link.json");
+        let link = root.join("link.json");
         std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        let linked = read(root, &link).await;
         assert!(
-            matches!(read(&link).await, HeartbeatObservation::Unreadable(m) if m.contains("symlink"))
+            matches!(&linked, HeartbeatObservation::Unreadable(m) if m.contains("symlink")),
+            "{linked:?}"
         );
 
+        // A symlinked directory on the way is not followed either.
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::fs::write(root.join("real/heartbeat.json"), br#"{"timestamp":1}"#).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("workers")).unwrap();
+        let through = read(root, &root.join("workers/heartbeat.json")).await;
         assert!(
-            matches!(read(dir.path()).await, HeartbeatObservation::Unreadable(m) if m.contains("not a regular file"))
+            matches!(&through, HeartbeatObservation::Unreadable(m) if m.contains("symlink")),
+            "{through:?}"
         );
+
+        std::fs::create_dir(root.join("dir.json")).unwrap();
+        assert!(matches!(
+            read(root, &root.join("dir.json")).await,
+            HeartbeatObservation::Unreadable(_)
+        ));
     }
 }

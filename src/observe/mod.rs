@@ -1,3 +1,4 @@
 //! Read-only observation of a worker's files.
 
+pub mod fs_safe;
 pub mod heartbeat;

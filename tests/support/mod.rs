@@ -276,6 +276,8 @@ pub fn docker_ok(args: &[&str]) -> String {
 pub struct WorkerContainer {
     pub container: String,
     pub worker_name: String,
+    /// Where the worker serves /metrics (host network).
+    pub metrics_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -283,6 +285,17 @@ impl WorkerContainer {
     /// `docker run` the sample worker. `docker_args` go before the image (limits etc.),
     /// `env` are extra environment variables for the worker.
     pub fn start(worker_name: &str, docker_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_with_tasks(worker_name, docker_args, env, &[])
+    }
+
+    /// Like [`start`](Self::start), with task files `(id, json)` in `pending/` before the
+    /// worker starts (so a fault at start-up finds them).
+    pub fn start_with_tasks(
+        worker_name: &str,
+        docker_args: &[&str],
+        env: &[(&str, &str)],
+        tasks: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wro-e2e-")
             .tempdir()
@@ -291,7 +304,12 @@ impl WorkerContainer {
         for sub in ["pending", "active", "staged", "failed"] {
             fs::create_dir_all(shared.join("tasks").join(worker_name).join(sub)).unwrap();
         }
+        let pending = shared.join("tasks").join(worker_name).join("pending");
+        for (id, body) in tasks {
+            fs::write(pending.join(format!("{id}.json")), body).unwrap();
+        }
         let container = format!("wro-e2e-{worker_name}-{}", unique_suffix());
+        let metrics_port = free_port();
         let mut args: Vec<String> = vec![
             "run".into(),
             "-d".into(),
@@ -306,7 +324,7 @@ impl WorkerContainer {
             "-e".into(),
             "SHARED_ROOT=/shared".into(),
             "-e".into(),
-            format!("METRICS_ADDR=127.0.0.1:{}", free_port()),
+            format!("METRICS_ADDR=127.0.0.1:{metrics_port}"),
             "-e".into(),
             "HEARTBEAT_INTERVAL_SECS=1".into(),
         ];
@@ -321,6 +339,7 @@ impl WorkerContainer {
         Self {
             container,
             worker_name: worker_name.into(),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
             dir,
         }
     }
@@ -360,6 +379,18 @@ impl WorkerContainer {
         heartbeat_timeout: u32,
         auto_recovery: bool,
     ) -> String {
+        self.worker_yaml_with(name, ns, heartbeat_timeout, auto_recovery, "")
+    }
+
+    /// The Worker manifest with `extra_spec` (YAML lines indented by two spaces) added to the spec.
+    pub fn worker_yaml_with(
+        &self,
+        name: &str,
+        ns: &str,
+        heartbeat_timeout: u32,
+        auto_recovery: bool,
+        extra_spec: &str,
+    ) -> String {
         format!(
             r#"apiVersion: workerrecovery.io/v1alpha1
 kind: Worker
@@ -373,7 +404,7 @@ spec:
   heartbeatTimeoutSeconds: {heartbeat_timeout}
   autoRecovery:
     enabled: {auto_recovery}
-"#,
+{extra_spec}"#,
             container = self.container,
             worker = self.worker_name,
             root = self.shared_root().display(),
@@ -394,6 +425,21 @@ impl Drop for WorkerContainer {
         }
         let _ = docker(&["rm", "-f", &self.container]);
     }
+}
+
+/// Wait until Docker says the container has stopped; returns its exit code.
+pub fn wait_exited(wc: &WorkerContainer) -> i64 {
+    wait_for(
+        &format!("container {} to exit", wc.container),
+        Duration::from_secs(60),
+        || {
+            let state = wc.inspect("{{.State.Status}} {{.State.ExitCode}}");
+            match state.split_once(' ') {
+                Some(("exited", code)) => Ok(code.parse().unwrap()),
+                _ => Err(state),
+            }
+        },
+    )
 }
 
 /// A Worker's status condition by type.

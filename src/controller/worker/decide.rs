@@ -21,7 +21,7 @@ pub const READY: &str = "Ready";
 /// What Docker said about the container.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ContainerObservation {
-    Found(ContainerInfo),
+    Found(Box<ContainerInfo>),
     NotFound,
     /// The engine could not be asked.
     Unavailable(String),
@@ -284,6 +284,23 @@ pub fn next_status(
         ContainerObservation::Unavailable(_) => previous.and_then(|s| s.container.clone()),
     };
     let previous_restarts = previous.map(|s| s.restart_count).unwrap_or(0);
+    // Progress is the pair (progress counter, current task); a change of either is progress.
+    let previous_progress = previous
+        .and_then(|s| s.heartbeat.as_ref())
+        .map(|h| (h.progress, h.current_task.clone()));
+    let current_progress = heartbeat
+        .as_ref()
+        .map(|h| (h.progress, h.current_task.clone()));
+    let last_progress_time = match (
+        &obs.heartbeat,
+        previous.and_then(|s| s.last_progress_time.clone()),
+    ) {
+        (HeartbeatObservation::Valid(_), Some(t)) if previous_progress == current_progress => {
+            Some(t)
+        }
+        (HeartbeatObservation::Valid(hb), _) => Some(Time(hb.timestamp)),
+        (_, kept) => kept,
+    };
     WorkerStatus {
         phase: Some(assessment.phase),
         conditions,
@@ -295,6 +312,7 @@ pub fn next_status(
         last_restart_time: restart
             .map(|r| Time(r.at))
             .or_else(|| previous.and_then(|s| s.last_restart_time.clone())),
+        last_progress_time,
         last_observed_time: Some(Time(obs.now)),
     }
 }
@@ -315,8 +333,8 @@ mod tests {
         Timestamp::from_second(NOW).unwrap()
     }
 
-    fn container(status: &str, running: bool) -> ContainerInfo {
-        ContainerInfo {
+    fn container(status: &str, running: bool) -> Box<ContainerInfo> {
+        Box::new(ContainerInfo {
             id: "0123456789abcdef0123".into(),
             name: "marie".into(),
             image: Some("wro-sample-worker:dev".into()),
@@ -328,7 +346,8 @@ mod tests {
             started_at: Some(Timestamp::from_second(NOW - 100).unwrap()),
             finished_at: (!running).then(|| Timestamp::from_second(NOW - 10).unwrap()),
             restart_count: 0,
-        }
+            ..Default::default()
+        })
     }
 
     fn beat(age_secs: i64) -> HeartbeatObservation {
@@ -510,11 +529,49 @@ mod tests {
         );
         assert_eq!(second.container.as_ref().unwrap().exit_code, Some(3));
 
+        assert_eq!(
+            first.last_progress_time, first.last_heartbeat_time,
+            "first sight is progress"
+        );
+        assert_eq!(
+            second.last_progress_time, first.last_progress_time,
+            "no heartbeat: kept"
+        );
+
         let third = next_status(Some(&second), Some(1), &o, &a, None);
         assert_eq!(third.restart_count, 1);
         assert_eq!(third.last_restart_time, Some(Time(now())));
         let types: Vec<_> = third.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [CONTAINER_RUNNING, HEARTBEAT_FRESH, READY]);
+    }
+
+    #[test]
+    fn progress_time_moves_only_when_progress_changes() {
+        let o = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(20),
+        );
+        let a = assess(&o, TIMEOUT);
+        let first = next_status(None, Some(1), &o, &a, None);
+        // A newer heartbeat with the same progress and task: the progress time stays.
+        let o2 = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(1),
+        );
+        let second = next_status(Some(&first), Some(1), &o2, &assess(&o2, TIMEOUT), None);
+        assert_eq!(second.last_progress_time, first.last_progress_time);
+        assert_ne!(second.last_heartbeat_time, first.last_heartbeat_time);
+        // Progress moves: so does the time.
+        let mut moved = beat(0);
+        if let HeartbeatObservation::Valid(hb) = &mut moved {
+            hb.progress = Some(8);
+        }
+        let o3 = obs(
+            ContainerObservation::Found(container("running", true)),
+            moved,
+        );
+        let third = next_status(Some(&second), Some(1), &o3, &assess(&o3, TIMEOUT), None);
+        assert_eq!(third.last_progress_time, Some(Time(now())));
     }
 
     #[test]

@@ -8,21 +8,19 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::{Api, Patch, PatchParams},
+    api::Api,
     runtime::{
         controller::{Action, Controller},
-        events::{Event, EventType},
-        predicates, reflector, watcher, PredicateConfig, WatchStreamExt,
+        events::EventType,
     },
-    Resource, ResourceExt,
+    ResourceExt,
 };
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 pub use error::Error;
 
 use self::decide::{ContainerObservation, Observation, Plan, RestartRecord};
-use super::{Context, FIELD_MANAGER};
+use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
     crd::worker::{Worker, WorkerPhase, WorkerStatus},
     docker::{ContainerRuntime, StartOutcome},
@@ -32,24 +30,12 @@ use crate::{
 pub const CONTROLLER: &str = "worker";
 
 /// Run the Worker controller until a shutdown signal.
-///
-/// Only spec changes (a new generation) trigger a reconcile: our own status writes must not,
-/// or every status patch would loop back. Docker and the heartbeat are polled by requeueing.
 pub async fn run(ctx: Arc<Context>, workers: Api<Worker>) {
-    let (reader, writer) = reflector::store();
-    let trigger = watcher(workers, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let (reader, trigger) = spec_changes(workers);
     Controller::for_stream(trigger, reader)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "worker reconcile failed");
-            }
-        })
+        .for_each(log_failure(CONTROLLER))
         .await;
 }
 
@@ -58,7 +44,7 @@ async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Err
     let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
     let result = reconcile_worker(&worker, &ctx).await;
     if result.is_ok() {
-        ctx.backoff.reset(&object_key(&worker));
+        ctx.backoff.reset(&object_key(worker.as_ref()));
     }
     result
 }
@@ -78,7 +64,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
 
     // Observe.
     let container = observe_container(ctx.docker.as_ref(), &worker.spec.container).await;
-    let heartbeat = heartbeat::read(&paths.heartbeat_file).await;
+    let heartbeat = heartbeat::read(&paths.shared_root, &paths.heartbeat_file).await;
     let mut obs = Observation {
         container,
         heartbeat,
@@ -98,8 +84,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
                     at: Timestamp::now(),
                 };
                 let count = previous.map(|s| s.restart_count).unwrap_or(0) + 1;
-                publish(
-                    ctx,
+                ctx.publish(
                     worker,
                     EventType::Normal,
                     "Restarted",
@@ -124,7 +109,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     );
 
     // Write status, then tell humans about changes of health.
-    patch_status(&api, worker, &status).await?;
+    apply_status(&api, worker, &status).await?;
     let previous_phase = previous.and_then(|s| s.phase);
     if previous_phase != Some(assessment.phase)
         && !(previous_phase.is_none() && assessment.phase == WorkerPhase::Healthy)
@@ -141,7 +126,8 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             assessment.phase,
             assessment.ready.message
         );
-        publish(ctx, worker, type_, reason, "ObserveWorker", note).await;
+        ctx.publish(worker, type_, reason, "ObserveWorker", note)
+            .await;
     }
     if let ContainerObservation::Unavailable(e) = obs.container {
         return Err(crate::docker::DockerError::Unavailable(e).into());
@@ -151,29 +137,10 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
 
 async fn observe_container(docker: &dyn ContainerRuntime, name: &str) -> ContainerObservation {
     match docker.inspect(name).await {
-        Ok(Some(info)) => ContainerObservation::Found(info),
+        Ok(Some(info)) => ContainerObservation::Found(Box::new(info)),
         Ok(None) => ContainerObservation::NotFound,
         Err(e) => ContainerObservation::Unavailable(e.to_string()),
     }
-}
-
-async fn patch_status(
-    api: &Api<Worker>,
-    worker: &Worker,
-    status: &WorkerStatus,
-) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": Worker::api_version(&()),
-        "kind": Worker::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &worker.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Report a spec the operator cannot act on, in status and as an Event.
@@ -201,9 +168,8 @@ async fn write_invalid_spec(
         observed_generation: worker.metadata.generation,
         ..previous
     };
-    patch_status(api, worker, &status).await?;
-    publish(
-        ctx,
+    apply_status(api, worker, &status).await?;
+    ctx.publish(
         worker,
         EventType::Warning,
         "InvalidSpec",
@@ -214,40 +180,11 @@ async fn write_invalid_spec(
     Ok(())
 }
 
-/// Publish an Event; failing to publish is logged, never fatal to the reconcile.
-async fn publish(
-    ctx: &Context,
-    worker: &Worker,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &worker.object_ref(&())).await {
-        warn!(error = %e, reason, "could not publish event");
-    }
-}
-
-fn object_key(worker: &Worker) -> String {
-    format!(
-        "{}/{}",
-        worker.namespace().unwrap_or_default(),
-        worker.name_any()
-    )
-}
-
 fn error_policy(worker: Arc<Worker>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_failure(CONTROLLER, error.metric_label());
     if error.is_transient() {
-        let delay = ctx.backoff.next_delay(&object_key(&worker));
+        let delay = ctx.backoff.next_delay(&object_key(worker.as_ref()));
         warn!(worker = %worker.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
         Action::requeue(delay)
     } else {

@@ -1,0 +1,201 @@
+//! The WorkerRecovery controller: one run of the runbook against one Worker.
+//!
+//! Today a run is its first step, the diagnosis: every check of the runbook, findings with
+//! evidence and a ranked root cause, written into status. The run is read-only and idempotent:
+//! a run that finished is not repeated; one interrupted by an operator crash runs again.
+
+mod error;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    api::Api,
+    runtime::{
+        controller::{Action, Controller},
+        events::EventType,
+    },
+    ResourceExt,
+};
+use tracing::{info, instrument, warn};
+
+pub use error::Error;
+
+use super::{
+    apply_status,
+    conditions::{merge, ConditionState, ConditionStatus},
+    log_failure, object_key, spec_changes, Context,
+};
+use crate::{
+    crd::{
+        worker::Worker,
+        worker_recovery::{RecoveryPhase, WorkerRecovery, WorkerRecoveryStatus},
+    },
+    diagnose::{self, CheckContext, Diagnosis},
+};
+
+pub const CONTROLLER: &str = "workerrecovery";
+/// Condition that tells whether the diagnosis step finished.
+pub const DIAGNOSED: &str = "Diagnosed";
+/// How long to wait for a Worker that does not exist (yet).
+const WORKER_WAIT: Duration = Duration::from_secs(15);
+
+/// Run the WorkerRecovery controller until a shutdown signal.
+pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
+    let (reader, trigger) = spec_changes(recoveries);
+    Controller::for_stream(trigger, reader)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(log_failure(CONTROLLER))
+        .await;
+}
+
+#[instrument(skip_all, fields(recovery = %rec.name_any(), namespace = rec.namespace().unwrap_or_default()))]
+async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
+    let result = run_steps(&rec, &ctx).await;
+    if result.is_ok() {
+        ctx.backoff.reset(&object_key(rec.as_ref()));
+    }
+    result
+}
+
+async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error> {
+    let status = rec.status.clone().unwrap_or_default();
+    if status.observed_generation == rec.metadata.generation
+        && status.phase.is_some_and(RecoveryPhase::is_terminal)
+    {
+        return Ok(Action::await_change());
+    }
+    let ns = rec.namespace().unwrap_or_default();
+    let api: Api<WorkerRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
+    let worker_name = &rec.spec.worker_ref.name;
+    let start_time = status.start_time.clone().unwrap_or(Time(Timestamp::now()));
+
+    let Some(worker) = workers.get_opt(worker_name).await? else {
+        let next = step_status(
+            rec,
+            RecoveryPhase::Pending,
+            &start_time,
+            ConditionStatus::False,
+            "WorkerNotFound",
+            format!("Worker {worker_name:?} does not exist in namespace {ns}; waiting for it"),
+            None,
+        );
+        apply_status(&api, rec, &next).await?;
+        return Ok(Action::requeue(WORKER_WAIT));
+    };
+
+    // Mark the run as started before the (slow) diagnosis, so progress is visible.
+    let running = step_status(
+        rec,
+        RecoveryPhase::Running,
+        &start_time,
+        ConditionStatus::False,
+        "Diagnosing",
+        format!("running the runbook's checks against Worker {worker_name}"),
+        None,
+    );
+    apply_status(&api, rec, &running).await?;
+
+    let check_ctx = match CheckContext::new(&worker, ctx.docker.clone(), ctx.host.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let message = format!("Worker {worker_name} has an invalid spec: {e}");
+            let mut failed = step_status(
+                rec,
+                RecoveryPhase::Failed,
+                &start_time,
+                ConditionStatus::False,
+                "InvalidWorkerSpec",
+                message.clone(),
+                None,
+            );
+            failed.completion_time = Some(Time(Timestamp::now()));
+            apply_status(&api, rec, &failed).await?;
+            ctx.publish(
+                rec,
+                EventType::Warning,
+                "InvalidWorkerSpec",
+                "Diagnose",
+                message,
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let diagnosis = diagnose::diagnose(&check_ctx).await;
+    let summary = verdict_summary(&diagnosis);
+    info!(worker = %worker_name, %summary, findings = diagnosis.findings.len(), "diagnosis complete");
+    let mut done = step_status(
+        rec,
+        RecoveryPhase::Succeeded,
+        &start_time,
+        ConditionStatus::True,
+        "DiagnosisComplete",
+        summary.clone(),
+        Some(diagnosis),
+    );
+    done.completion_time = Some(Time(Timestamp::now()));
+    apply_status(&api, rec, &done).await?;
+    ctx.publish(rec, EventType::Normal, "Diagnosed", "Diagnose", summary)
+        .await;
+    Ok(Action::await_change())
+}
+
+/// "root cause: OutOfMemory (...); 14 findings, 3 critical"
+fn verdict_summary(d: &Diagnosis) -> String {
+    let critical = d
+        .findings
+        .iter()
+        .filter(|f| f.severity == diagnose::Severity::Critical)
+        .count();
+    let cause = match d.verdict.causes.first() {
+        Some(top) => format!("root cause: {:?} ({})", top.cause, top.summary),
+        None => "no root cause found: every check looks healthy".to_string(),
+    };
+    format!(
+        "{cause}; {} findings, {critical} critical",
+        d.findings.len()
+    )
+}
+
+fn step_status(
+    rec: &WorkerRecovery,
+    phase: RecoveryPhase,
+    start_time: &Time,
+    diagnosed: ConditionStatus,
+    reason: &'static str,
+    message: String,
+    diagnosis: Option<Diagnosis>,
+) -> WorkerRecoveryStatus {
+    let previous = rec.status.clone().unwrap_or_default();
+    WorkerRecoveryStatus {
+        phase: Some(phase),
+        conditions: merge(
+            &previous.conditions,
+            &[ConditionState {
+                type_: DIAGNOSED,
+                status: diagnosed,
+                reason,
+                message,
+            }],
+            rec.metadata.generation,
+            Timestamp::now(),
+        ),
+        observed_generation: rec.metadata.generation,
+        start_time: Some(start_time.clone()),
+        completion_time: None,
+        diagnosis,
+    }
+}
+
+fn error_policy(rec: Arc<WorkerRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_failure(CONTROLLER, error.metric_label());
+    let delay = ctx.backoff.next_delay(&object_key(rec.as_ref()));
+    warn!(recovery = %rec.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

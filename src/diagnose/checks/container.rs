@@ -1,0 +1,293 @@
+//! Container (runbook "Verify Worker Status": `docker ps -a`): state, exit code, OOMKilled flag,
+//! Docker's restart count, start and finish times, image.
+//!
+//! An OOM-killed container gives `OomKilled` *instead of* `ContainerExited`: the verdict weighs
+//! `OomKilled` for OutOfMemory and `ContainerExited` for ApplicationCrash, and an OOM kill is
+//! not a crash of the application's own making.
+
+use crate::{
+    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    docker::ContainerInfo,
+};
+
+pub async fn run(ctx: &CheckContext) -> CheckResult {
+    let container = match &ctx.container {
+        Err(reason) => {
+            return Err(format!(
+                "cannot inspect container {:?}: {reason}",
+                ctx.spec.container
+            ))
+        }
+        Ok(None) => {
+            return Ok(vec![ctx
+                .finding(
+                    CheckName::Container,
+                    FindingKind::ContainerNotFound,
+                    Severity::Critical,
+                    format!("container {:?} does not exist", ctx.spec.container),
+                )
+                .with("container", &ctx.spec.container)])
+        }
+        Ok(Some(c)) => c,
+    };
+    Ok(findings(ctx, container))
+}
+
+fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
+    let name = &ctx.spec.container;
+    let exit = c.exit_code.unwrap_or(0);
+    let finding = |kind, severity, summary: String| {
+        evidence(
+            ctx.finding(CheckName::Container, kind, severity, summary),
+            c,
+        )
+    };
+    let last_exit = || {
+        if c.oom_killed {
+            Some(finding(
+                FindingKind::OomKilled,
+                Severity::Critical,
+                format!(
+                    "container {name:?} was killed by the OOM killer (exit code {exit}{})",
+                    c.memory_limit
+                        .map(|l| format!(", memory limit {}", human_bytes(l)))
+                        .unwrap_or_default()
+                ),
+            ))
+        } else if exit != 0 {
+            Some(finding(
+                FindingKind::ContainerExited,
+                Severity::Critical,
+                format!(
+                    "container {name:?} last exited with code {exit} ({})",
+                    exit_meaning(exit)
+                ),
+            ))
+        } else {
+            None
+        }
+    };
+    match c.status.as_str() {
+        "paused" => vec![finding(
+            FindingKind::ContainerPaused,
+            Severity::Warning,
+            format!("container {name:?} is paused: its processes are frozen"),
+        )],
+        "restarting" => {
+            let mut out = vec![finding(
+                FindingKind::ContainerRestarting,
+                Severity::Warning,
+                format!(
+                    "container {name:?} is being restarted by Docker's restart policy ({} restarts so far)",
+                    c.restart_count
+                ),
+            )];
+            out.extend(last_exit());
+            out
+        }
+        _ if c.running => vec![finding(
+            FindingKind::ContainerRunning,
+            Severity::Info,
+            format!(
+                "container {name:?} is running{}",
+                c.started_at
+                    .map(|t| format!(" since {t}"))
+                    .unwrap_or_default()
+            ),
+        )],
+        state => vec![last_exit().unwrap_or_else(|| {
+            let summary = if state == "created" {
+                format!("container {name:?} was created but never started")
+            } else {
+                format!("container {name:?} is {state} (exit code 0: it stopped cleanly, or was stopped)")
+            };
+            finding(FindingKind::ContainerExited, Severity::Critical, summary)
+        })],
+    }
+}
+
+/// The evidence every container finding carries.
+fn evidence(mut f: Finding, c: &ContainerInfo) -> Finding {
+    f = f
+        .with("state", &c.status)
+        .with("containerId", &c.id)
+        .with("oomKilled", c.oom_killed)
+        .with("dockerRestartCount", c.restart_count);
+    if let Some(code) = c.exit_code {
+        f = f.with("exitCode", code);
+        if code != 0 {
+            f = f.with("exitMeaning", exit_meaning(code));
+        }
+    }
+    if let Some(image) = &c.image {
+        f = f.with("image", image);
+    }
+    if let Some(t) = c.started_at {
+        f = f.with("startedAt", t);
+    }
+    if let Some(t) = c.finished_at.filter(|_| !c.running) {
+        f = f.with("finishedAt", t);
+    }
+    if let Some(pid) = c.pid {
+        f = f.with("hostPid", pid);
+    }
+    if let Some(limit) = c.memory_limit {
+        f = f.with("memoryLimitBytes", limit);
+    }
+    if let Some((soft, hard)) = c.nofile_limit {
+        f = f.with("nofileLimit", format!("{soft}:{hard}"));
+    }
+    f
+}
+
+/// What a process exit code usually means.
+pub fn exit_meaning(code: i64) -> String {
+    match code {
+        0 => "success".into(),
+        126 => "command found but not executable".into(),
+        127 => "command not found".into(),
+        129..=192 => {
+            let signal = code - 128;
+            let name = match signal {
+                1 => "SIGHUP",
+                2 => "SIGINT",
+                3 => "SIGQUIT",
+                4 => "SIGILL",
+                6 => "SIGABRT",
+                7 => "SIGBUS",
+                8 => "SIGFPE",
+                9 => "SIGKILL",
+                11 => "SIGSEGV",
+                13 => "SIGPIPE",
+                15 => "SIGTERM",
+                _ => "",
+            };
+            if name.is_empty() {
+                format!("killed by signal {signal}")
+            } else {
+                format!("killed by signal {signal} ({name})")
+            }
+        }
+        _ => "error exit of the process".into(),
+    }
+}
+
+/// Bytes as a short human string (`16.0 MiB`).
+pub fn human_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{diagnose::host::testing::*, docker::fake::FakeRuntime};
+
+    async fn check(container: Result<Option<ContainerInfo>, String>) -> CheckResult {
+        run(&context(
+            &worker(),
+            container,
+            FakeRuntime::default(),
+            Ok(String::new()),
+        ))
+        .await
+    }
+
+    #[tokio::test]
+    async fn running_container_is_info_with_its_facts() {
+        let f = check(Ok(Some(running()))).await.unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, FindingKind::ContainerRunning);
+        assert_eq!(f[0].severity, Severity::Info);
+        assert_eq!(f[0].evidence["state"], "running");
+        assert_eq!(f[0].evidence["image"], "wro-sample-worker:dev");
+        assert_eq!(f[0].evidence["hostPid"], "4242");
+        assert_eq!(f[0].evidence["startedAt"], "2026-11-27T10:00:00Z");
+        assert!(!f[0].evidence.contains_key("finishedAt"));
+    }
+
+    #[tokio::test]
+    async fn oom_kill_replaces_exited() {
+        let c = ContainerInfo {
+            oom_killed: true,
+            memory_limit: Some(16 * 1024 * 1024),
+            ..exited(137)
+        };
+        let f = check(Ok(Some(c))).await.unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].kind, FindingKind::OomKilled);
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].evidence["exitCode"], "137");
+        assert_eq!(f[0].evidence["memoryLimitBytes"], "16777216");
+        assert_eq!(f[0].evidence["exitMeaning"], "killed by signal 9 (SIGKILL)");
+        assert!(f[0].summary.contains("16.0 MiB"), "{}", f[0].summary);
+    }
+
+    #[tokio::test]
+    async fn exited_container_carries_its_exit_code() {
+        let f = check(Ok(Some(exited(127)))).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ContainerExited);
+        assert_eq!(f[0].evidence["exitCode"], "127");
+        assert_eq!(f[0].evidence["exitMeaning"], "command not found");
+        assert_eq!(f[0].evidence["finishedAt"], "2026-11-27T10:05:00Z");
+        let f = check(Ok(Some(exited(0)))).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ContainerExited);
+    }
+
+    #[tokio::test]
+    async fn restarting_container_reports_the_last_exit_too() {
+        let c = ContainerInfo {
+            status: "restarting".into(),
+            running: true,
+            restart_count: 4,
+            ..exited(3)
+        };
+        let f = check(Ok(Some(c))).await.unwrap();
+        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                FindingKind::ContainerRestarting,
+                FindingKind::ContainerExited
+            ]
+        );
+        assert_eq!(f[0].evidence["dockerRestartCount"], "4");
+    }
+
+    #[tokio::test]
+    async fn paused_missing_and_unreachable() {
+        let paused = ContainerInfo {
+            status: "paused".into(),
+            ..running()
+        };
+        assert_eq!(
+            check(Ok(Some(paused))).await.unwrap()[0].kind,
+            FindingKind::ContainerPaused
+        );
+        let f = check(Ok(None)).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ContainerNotFound);
+        assert_eq!(f[0].evidence["container"], "marie");
+        let err = check(Err("Docker engine unreachable: no socket".into()))
+            .await
+            .unwrap_err();
+        assert!(err.contains("no socket"), "{err}");
+    }
+
+    #[test]
+    fn exit_codes_and_sizes_read_well() {
+        assert_eq!(exit_meaning(143), "killed by signal 15 (SIGTERM)");
+        assert_eq!(exit_meaning(3), "error exit of the process");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(2 * 1024 * 1024 * 1024), "2.0 GiB");
+    }
+}

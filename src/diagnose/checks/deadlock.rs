@@ -1,0 +1,837 @@
+//! Deadlock check (runbook: "Deadlock Detection"): tasks in `active/` older than
+//! `stuckTaskSeconds`, and this worker's lock files older than `staleLockSeconds`, with what the
+//! task and lock files say. Inputs that are not what they should be (non-JSON tasks, huge files,
+//! directories named like tasks, symlinks, FIFOs) become findings; nothing is followed, moved or
+//! deleted.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::{
+    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    observe::fs_safe::{self, Entry, EntryKind, Listing, SafeError, DEFAULT_MAX_ENTRIES},
+};
+
+const CHECK: CheckName = CheckName::Deadlock;
+
+/// Task files larger than this are reported, not read.
+pub const MAX_TASK_BYTES: u64 = 1 << 20;
+/// Lock files larger than this are not read (a lock is a few hundred bytes).
+pub const MAX_LOCK_BYTES: u64 = 64 * 1024;
+/// At most this many findings of one kind; the rest are summarised in one more finding.
+pub const MAX_FINDINGS_PER_KIND: usize = 20;
+
+/// Task directories whose `*.json` files are read.
+const READ_DIRS: [&str; 3] = ["pending", "active", "staged"];
+
+/// A task's `id` and `type`, when the file has them.
+type TaskIdentity = (Option<String>, Option<String>);
+
+/// What a task file gave.
+#[derive(Clone, Debug, PartialEq)]
+struct TaskFile {
+    entry: Entry,
+    id: String,
+    task_type: Option<String>,
+}
+
+/// Everything read from the disk, before any judgement (built on a blocking thread).
+#[derive(Debug, Default)]
+struct Scan {
+    /// Regular `*.json` files per task directory.
+    counts: Vec<(&'static str, usize)>,
+    /// Directories that are missing.
+    missing_dirs: Vec<PathBuf>,
+    /// Directories listed only partly.
+    truncated_dirs: Vec<PathBuf>,
+    active: Vec<TaskFile>,
+    /// (path, reason, size when relevant)
+    malformed: Vec<(PathBuf, String, Option<u64>)>,
+    /// (path, what it is, link target)
+    unsafe_paths: Vec<(PathBuf, String, Option<String>)>,
+    locks: Vec<Entry>,
+    locks_missing: bool,
+}
+
+/// A lock's content, from `{"holder","pid","task","acquired_at"}`.
+#[derive(Debug, Default, PartialEq)]
+struct LockInfo {
+    holder: Option<String>,
+    pid: Option<String>,
+    task: Option<String>,
+    acquired_at: Option<String>,
+    problem: Option<String>,
+}
+
+pub async fn run(ctx: &CheckContext) -> CheckResult {
+    let root = ctx.paths.shared_root.clone();
+    let tasks_dir = ctx.paths.tasks_dir.clone();
+    let locks_dir = ctx.paths.locks_dir.clone();
+    let worker = ctx.worker_name.clone();
+    let (scan, lock_infos) = fs_safe::off_thread(move || {
+        let scan = scan(&root, &tasks_dir, &locks_dir, &worker);
+        let infos: Vec<LockInfo> = scan
+            .locks
+            .iter()
+            .map(|l| read_lock(&root, &l.path))
+            .collect();
+        (scan, infos)
+    })
+    .await?;
+    Ok(judge(ctx, scan, lock_infos))
+}
+
+fn entry_is_json(e: &Entry) -> bool {
+    e.name.ends_with(".json")
+}
+
+/// Whether an entry in a task directory is a hazard: symlinks, FIFOs, sockets and devices
+/// always; directories when named like a task.
+fn hazard(e: &Entry) -> Option<String> {
+    match e.kind {
+        EntryKind::File => None,
+        EntryKind::Dir if entry_is_json(e) => Some("a directory named like a task".into()),
+        EntryKind::Dir => None,
+        EntryKind::Symlink => Some("a symlink (not followed)".into()),
+        kind => Some(format!("a {kind}")),
+    }
+}
+
+fn scan(root: &Path, tasks_dir: &Path, locks_dir: &Path, worker: &str) -> Scan {
+    let mut out = Scan::default();
+    for dir_name in ["pending", "active", "staged", "failed"] {
+        let dir = tasks_dir.join(dir_name);
+        let entries = match fs_safe::list_dir(root, &dir, DEFAULT_MAX_ENTRIES) {
+            Ok(Listing::Missing) => {
+                out.missing_dirs.push(dir);
+                out.counts.push((dir_name, 0));
+                continue;
+            }
+            Ok(Listing::Present { entries, truncated }) => {
+                if truncated {
+                    out.truncated_dirs.push(dir.clone());
+                }
+                entries
+            }
+            Err(e) => {
+                out.unsafe_paths.push(unsafe_from_error(&dir, &e));
+                out.counts.push((dir_name, 0));
+                continue;
+            }
+        };
+        let count = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && entry_is_json(e))
+            .count();
+        out.counts.push((dir_name, count));
+        if !READ_DIRS.contains(&dir_name) {
+            // failed/ holds malformed tasks by design: counted, not judged.
+            continue;
+        }
+        for entry in entries {
+            if let Some(what) = hazard(&entry) {
+                out.unsafe_paths
+                    .push((entry.path.clone(), what, entry.link_target.clone()));
+                continue;
+            }
+            if entry.kind != EntryKind::File || !entry_is_json(&entry) {
+                continue;
+            }
+            let stem = entry.name.trim_end_matches(".json").to_string();
+            let (id, task_type) = match read_task(root, &entry) {
+                Ok((id, task_type)) => (id.unwrap_or(stem), task_type),
+                Err((reason, size)) => {
+                    out.malformed.push((entry.path.clone(), reason, size));
+                    (stem, None)
+                }
+            };
+            if dir_name == "active" {
+                out.active.push(TaskFile {
+                    entry,
+                    id,
+                    task_type,
+                });
+            }
+        }
+    }
+
+    match fs_safe::list_dir(root, locks_dir, DEFAULT_MAX_ENTRIES) {
+        Ok(Listing::Missing) => out.locks_missing = true,
+        Ok(Listing::Present { entries, truncated }) => {
+            if truncated {
+                out.truncated_dirs.push(locks_dir.to_path_buf());
+            }
+            let prefix = format!("{worker}_");
+            for entry in entries {
+                if !(entry.name.starts_with(&prefix) && entry.name.ends_with(".lock")) {
+                    continue;
+                }
+                match entry.kind {
+                    EntryKind::File => out.locks.push(entry),
+                    _ => {
+                        let what = match entry.kind {
+                            EntryKind::Symlink => "a symlink (not followed)".to_string(),
+                            kind => format!("a {kind} named like a lock"),
+                        };
+                        out.unsafe_paths.push((
+                            entry.path.clone(),
+                            what,
+                            entry.link_target.clone(),
+                        ));
+                    }
+                }
+            }
+        }
+        Err(e) => out.unsafe_paths.push(unsafe_from_error(locks_dir, &e)),
+    }
+    out
+}
+
+fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<String>) {
+    match e {
+        SafeError::Symlink { path, target } => (
+            path.clone(),
+            "a symlink where a directory should be (not followed)".into(),
+            target.clone(),
+        ),
+        SafeError::WrongKind { path, kind, .. } => (
+            path.clone(),
+            format!("a {kind} where a directory should be"),
+            None,
+        ),
+        other => (dir.to_path_buf(), format!("unreadable: {other}"), None),
+    }
+}
+
+/// Read a task's id and type. `Err((reason, size))` when it is not a task.
+fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (String, Option<u64>)> {
+    let content = match fs_safe::read_file(root, &entry.path, MAX_TASK_BYTES) {
+        Ok(c) => c,
+        Err(SafeError::TooLarge { size, limit, .. }) => {
+            return Err((
+                format!("{size} bytes, larger than the {limit} bytes a task may have; not read"),
+                Some(size),
+            ))
+        }
+        Err(e) => return Err((format!("unreadable: {e}"), None)),
+    };
+    parse_task(&content.bytes).map_err(|r| (r, Some(content.size)))
+}
+
+/// Parse a task file: a JSON object whose `id` (string or number) and `type` are read.
+fn parse_task(bytes: &[u8]) -> Result<TaskIdentity, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty file".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(format!("not a JSON object but {}", json_kind(&value)));
+    };
+    let id = match map.get("id") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let task_type = match map.get("type") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(other.to_string()),
+    };
+    Ok((id, task_type))
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn read_lock(root: &Path, path: &Path) -> LockInfo {
+    let content = match fs_safe::read_file(root, path, MAX_LOCK_BYTES) {
+        Ok(c) => c,
+        Err(e) => {
+            return LockInfo {
+                problem: Some(format!("unreadable: {e}")),
+                ..Default::default()
+            }
+        }
+    };
+    parse_lock(&content.bytes)
+}
+
+fn parse_lock(bytes: &[u8]) -> LockInfo {
+    let text = |v: Option<&serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(map)) => LockInfo {
+            holder: text(map.get("holder")),
+            pid: text(map.get("pid")),
+            task: text(map.get("task")),
+            acquired_at: text(map.get("acquired_at")).or_else(|| text(map.get("acquiredAt"))),
+            problem: None,
+        },
+        Ok(other) => LockInfo {
+            problem: Some(format!("not a JSON object but {}", json_kind(&other))),
+            ..Default::default()
+        },
+        Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => LockInfo {
+            problem: Some("empty lock file".into()),
+            ..Default::default()
+        },
+        Err(e) => LockInfo {
+            problem: Some(format!("not valid JSON: {e}")),
+            ..Default::default()
+        },
+    }
+}
+
+fn modified(e: &Entry) -> String {
+    e.modified
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Cap a list of findings of one kind, summarising the rest.
+fn capped(ctx: &CheckContext, mut findings: Vec<Finding>, what: &str) -> Vec<Finding> {
+    if findings.len() <= MAX_FINDINGS_PER_KIND {
+        return findings;
+    }
+    let rest = findings.split_off(MAX_FINDINGS_PER_KIND);
+    let last = &rest[0];
+    let summary = ctx
+        .finding(
+            CHECK,
+            last.kind,
+            last.severity,
+            format!("{} more {what} not listed", rest.len()),
+        )
+        .with("notListed", rest.len());
+    findings.push(summary);
+    findings
+}
+
+fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Finding> {
+    let now: Timestamp = ctx.now;
+    let stuck_after = i64::from(ctx.spec.diagnostics.stuck_task_seconds);
+    let stale_after = i64::from(ctx.spec.diagnostics.stale_lock_seconds);
+    let mut findings = Vec::new();
+
+    // Stuck tasks, oldest first.
+    let mut stuck: Vec<&TaskFile> = scan
+        .active
+        .iter()
+        .filter(|t| t.entry.age_seconds(now) > stuck_after)
+        .collect();
+    stuck.sort_by_key(|t| std::cmp::Reverse(t.entry.age_seconds(now)));
+    let stuck_ids: BTreeSet<&str> = stuck.iter().map(|t| t.id.as_str()).collect();
+    let stuck_findings = stuck
+        .iter()
+        .map(|t| {
+            let age = t.entry.age_seconds(now);
+            let mut f = ctx
+                .finding(
+                    CHECK,
+                    FindingKind::StuckTask,
+                    Severity::Critical,
+                    format!(
+                        "task {} has been in active/ for {age}s ({:.1} minutes), more than {stuck_after}s",
+                        t.id,
+                        age as f64 / 60.0
+                    ),
+                )
+                .with("taskId", &t.id)
+                .with("ageSeconds", age)
+                .with("thresholdSeconds", stuck_after)
+                .with("path", t.entry.path.display())
+                .with("modifiedAt", modified(&t.entry));
+            if let Some(ty) = &t.task_type {
+                f = f.with("taskType", ty);
+            }
+            f
+        })
+        .collect();
+    findings.extend(capped(ctx, stuck_findings, "stuck tasks"));
+
+    // Stale locks, oldest first.
+    let active_ids: BTreeSet<&str> = scan.active.iter().map(|t| t.id.as_str()).collect();
+    let mut stale: Vec<(&Entry, &LockInfo)> = scan
+        .locks
+        .iter()
+        .zip(lock_infos.iter())
+        .filter(|(l, _)| l.age_seconds(now) > stale_after)
+        .collect();
+    stale.sort_by_key(|(l, _)| std::cmp::Reverse(l.age_seconds(now)));
+    let prefix = format!("{}_", ctx.worker_name);
+    let stale_findings = stale
+        .iter()
+        .map(|(lock, info)| {
+            let age = lock.age_seconds(now);
+            let task = info.task.clone().unwrap_or_else(|| {
+                lock.name
+                    .trim_start_matches(&prefix)
+                    .trim_end_matches(".lock")
+                    .to_string()
+            });
+            // A stale lock on a task that is also stuck in active/ corroborates a deadlock.
+            let severity = if stuck_ids.contains(task.as_str()) {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            };
+            let holder = match (&info.holder, &info.pid) {
+                (Some(h), Some(p)) => format!(" held by {h} (pid {p})"),
+                (Some(h), None) => format!(" held by {h}"),
+                (None, Some(p)) => format!(" held by pid {p}"),
+                (None, None) => String::new(),
+            };
+            let mut f = ctx
+                .finding(
+                    CHECK,
+                    FindingKind::StaleLock,
+                    severity,
+                    format!(
+                        "stale lock {}{holder}: {age}s ({:.1} minutes) old, more than {stale_after}s",
+                        lock.name,
+                        age as f64 / 60.0
+                    ),
+                )
+                .with("lockFile", lock.path.display())
+                .with("ageSeconds", age)
+                .with("thresholdSeconds", stale_after)
+                .with("modifiedAt", modified(lock))
+                .with("task", &task)
+                .with("taskActive", active_ids.contains(task.as_str()));
+            if let Some(h) = &info.holder {
+                f = f.with("holder", h);
+            }
+            if let Some(p) = &info.pid {
+                f = f.with("holderPid", p);
+            }
+            if let Some(a) = &info.acquired_at {
+                f = f.with("acquiredAt", a);
+            }
+            if let Some(p) = &info.problem {
+                f = f.with("lockContent", p);
+            }
+            f
+        })
+        .collect();
+    findings.extend(capped(ctx, stale_findings, "stale locks"));
+
+    let malformed = scan
+        .malformed
+        .iter()
+        .map(|(path, reason, size)| {
+            let mut f = ctx
+                .finding(
+                    CHECK,
+                    FindingKind::MalformedTask,
+                    Severity::Warning,
+                    format!("task file {} is not a task: {reason}", path.display()),
+                )
+                .with("path", path.display())
+                .with("reason", reason);
+            if let Some(s) = size {
+                f = f.with("sizeBytes", s);
+            }
+            f
+        })
+        .collect();
+    findings.extend(capped(ctx, malformed, "malformed task files"));
+
+    let unsafe_paths = scan
+        .unsafe_paths
+        .iter()
+        .map(|(path, what, target)| {
+            let mut f = ctx
+                .finding(
+                    CHECK,
+                    FindingKind::UnsafePath,
+                    Severity::Warning,
+                    format!("{} is {what}; it was not read", path.display()),
+                )
+                .with("path", path.display())
+                .with("what", what);
+            if let Some(t) = target {
+                f = f.with("linkTarget", t);
+            }
+            f
+        })
+        .collect();
+    findings.extend(capped(ctx, unsafe_paths, "unsafe paths"));
+
+    if stuck.is_empty() && stale.is_empty() {
+        let count = |name: &str| {
+            scan.counts
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| *c)
+                .unwrap_or(0)
+        };
+        let mut f = ctx
+            .finding(
+                CHECK,
+                FindingKind::TasksOk,
+                Severity::Info,
+                format!(
+                    "no stuck task or stale lock: {} pending, {} active, {} staged, {} failed, {} locks",
+                    count("pending"),
+                    count("active"),
+                    count("staged"),
+                    count("failed"),
+                    scan.locks.len()
+                ),
+            )
+            .with("pending", count("pending"))
+            .with("active", count("active"))
+            .with("staged", count("staged"))
+            .with("failed", count("failed"))
+            .with("locks", scan.locks.len())
+            .with("tasksDir", ctx.paths.tasks_dir.display())
+            .with("locksDir", ctx.paths.locks_dir.display());
+        if let Some(oldest) = scan.active.iter().map(|t| t.entry.age_seconds(now)).max() {
+            f = f.with("oldestActiveSeconds", oldest);
+        }
+        if !scan.missing_dirs.is_empty() {
+            f = f.with("missingDirs", join_paths(&scan.missing_dirs));
+        }
+        if scan.locks_missing {
+            f = f.with("locksDirMissing", true);
+        }
+        findings.push(f);
+    }
+    if !scan.truncated_dirs.is_empty() {
+        findings.push(
+            ctx.finding(
+                CHECK,
+                FindingKind::UnsafePath,
+                Severity::Warning,
+                format!(
+                    "more than {DEFAULT_MAX_ENTRIES} entries in {}; only the first were looked at",
+                    join_paths(&scan.truncated_dirs)
+                ),
+            )
+            .with("path", join_paths(&scan.truncated_dirs))
+            .with("what", "a directory with too many entries")
+            .with("maxEntries", DEFAULT_MAX_ENTRIES),
+        );
+    }
+    findings
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, time::SystemTime};
+
+    use super::*;
+    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+
+    /// ctx.now of the testing context.
+    const NOW: &str = "2026-11-27T10:10:00Z";
+
+    fn ctx_at(root: &Path) -> CheckContext {
+        let mut w = testing::worker();
+        w.spec.shared_root = root.display().to_string();
+        testing::context(
+            &w,
+            Ok(Some(testing::running())),
+            FakeRuntime::default(),
+            Err("n/a".into()),
+        )
+    }
+
+    /// Write `content` at `rel` with an mtime `age` seconds before NOW.
+    fn put(root: &Path, rel: &str, content: &[u8], age: i64) -> PathBuf {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        set_age(&p, age);
+        p
+    }
+
+    fn set_age(p: &Path, age: i64) {
+        let now: Timestamp = NOW.parse().unwrap();
+        let t =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs((now.as_second() - age) as u64);
+        File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    fn of(findings: &[Finding], kind: FindingKind) -> Vec<&Finding> {
+        findings.iter().filter(|f| f.kind == kind).collect()
+    }
+
+    #[tokio::test]
+    async fn stuck_tasks_and_stale_locks_with_their_evidence() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        put(
+            root,
+            "tasks/marie/active/p1.json",
+            br#"{"id":"p1","type":"summarize","payload":{}}"#,
+            900,
+        );
+        put(
+            root,
+            "tasks/marie/active/fresh.json",
+            br#"{"id":"fresh","type":"x"}"#,
+            30,
+        );
+        put(root, "tasks/marie/pending/p2.json", br#"{"id":"p2"}"#, 5000);
+        put(
+            root,
+            "locks/marie_p1.lock",
+            br#"{"holder":"marie","pid":7,"task":"p1","acquired_at":"2026-11-27T09:55:00.000Z"}"#,
+            900,
+        );
+        put(root, "locks/marie_old.lock", b"garbage", 400);
+        put(
+            root,
+            "locks/marie_fresh.lock",
+            br#"{"holder":"marie","pid":7,"task":"fresh"}"#,
+            30,
+        );
+        put(root, "locks/anga_p9.lock", br#"{"holder":"anga"}"#, 9000);
+        let ctx = ctx_at(root);
+        let findings = run(&ctx).await.unwrap();
+
+        let stuck = of(&findings, FindingKind::StuckTask);
+        assert_eq!(stuck.len(), 1, "{findings:#?}");
+        let s = stuck[0];
+        assert_eq!(s.severity, Severity::Critical);
+        assert_eq!(s.evidence["taskId"], "p1");
+        assert_eq!(s.evidence["taskType"], "summarize");
+        assert_eq!(s.evidence["ageSeconds"], "900");
+        assert_eq!(s.evidence["thresholdSeconds"], "600");
+        assert!(s.evidence["path"].ends_with("tasks/marie/active/p1.json"));
+        assert_eq!(s.evidence["modifiedAt"], "2026-11-27T09:55:00Z");
+        assert!(s.summary.contains("15.0 minutes"), "{}", s.summary);
+
+        let locks = of(&findings, FindingKind::StaleLock);
+        assert_eq!(locks.len(), 2, "{findings:#?}");
+        let l = locks[0];
+        assert_eq!(l.severity, Severity::Critical, "lock of a stuck task");
+        assert!(l.evidence["lockFile"].ends_with("locks/marie_p1.lock"));
+        assert_eq!(l.evidence["ageSeconds"], "900");
+        assert_eq!(l.evidence["thresholdSeconds"], "300");
+        assert_eq!(l.evidence["holder"], "marie");
+        assert_eq!(l.evidence["holderPid"], "7");
+        assert_eq!(l.evidence["task"], "p1");
+        assert_eq!(l.evidence["taskActive"], "true");
+        assert_eq!(l.evidence["acquiredAt"], "2026-11-27T09:55:00.000Z");
+        let l = locks[1];
+        assert_eq!(l.severity, Severity::Warning);
+        assert_eq!(l.evidence["task"], "old");
+        assert_eq!(l.evidence["taskActive"], "false");
+        assert!(l.evidence["lockContent"].contains("not valid JSON"));
+        assert!(!l.evidence.contains_key("holder"));
+
+        assert!(of(&findings, FindingKind::TasksOk).is_empty());
+        assert!(of(&findings, FindingKind::MalformedTask).is_empty());
+    }
+
+    #[tokio::test]
+    async fn nothing_stuck_gives_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        put(root, "tasks/marie/pending/a.json", br#"{"id":"a"}"#, 10);
+        put(root, "tasks/marie/pending/b.json", br#"{"id":"b"}"#, 10);
+        put(root, "tasks/marie/pending/notes.txt", b"x", 10);
+        put(root, "tasks/marie/active/c.json", br#"{"id":"c"}"#, 10);
+        put(root, "tasks/marie/failed/d.json", b"not json", 10);
+        put(root, "tasks/marie/failed/d.json.reason", b"not json", 10);
+        put(root, "tasks/marie/done/e.json", br#"{"id":"e"}"#, 10);
+        put(root, "locks/marie_c.lock", br#"{"holder":"marie"}"#, 10);
+        let ctx = ctx_at(root);
+        let findings = run(&ctx).await.unwrap();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        let f = &findings[0];
+        assert_eq!(f.kind, FindingKind::TasksOk);
+        assert_eq!(f.severity, Severity::Info);
+        assert_eq!(f.evidence["pending"], "2");
+        assert_eq!(f.evidence["active"], "1");
+        assert_eq!(f.evidence["staged"], "0");
+        assert_eq!(f.evidence["failed"], "1");
+        assert_eq!(f.evidence["locks"], "1");
+        assert_eq!(f.evidence["oldestActiveSeconds"], "10");
+        assert!(f.evidence["missingDirs"].ends_with("tasks/marie/staged"));
+    }
+
+    #[tokio::test]
+    async fn an_empty_shared_root_is_normal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx_at(tmp.path());
+        let findings = run(&ctx).await.unwrap();
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].kind, FindingKind::TasksOk);
+        assert_eq!(findings[0].evidence["locksDirMissing"], "true");
+        assert_eq!(findings[0].evidence["pending"], "0");
+    }
+
+    #[tokio::test]
+    async fn hostile_inputs_are_reported_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        put(root, "tasks/marie/pending/bad.json", b"{not json", 10);
+        put(root, "tasks/marie/pending/array.json", b"[1,2]", 10);
+        put(root, "tasks/marie/pending/empty.json", b"", 10);
+        std::fs::create_dir_all(root.join("tasks/marie/staged/x.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("tasks/marie/pending/passwd.json"))
+            .unwrap();
+        let fifo = std::ffi::CString::new(
+            root.join("tasks/marie/pending/fifo.json")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // A huge, sparse task in active/ that is also old: malformed and stuck (id = stem).
+        let huge = put(root, "tasks/marie/active/huge.json", b"", 0);
+        File::options()
+            .write(true)
+            .open(&huge)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        set_age(&huge, 7200);
+        // The locks directory is a symlink to somewhere else.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("marie_x.lock"), b"{}").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("locks")).unwrap();
+
+        let ctx = ctx_at(root);
+        let findings = run(&ctx).await.unwrap();
+
+        let malformed = of(&findings, FindingKind::MalformedTask);
+        let reasons: Vec<(String, String)> = malformed
+            .iter()
+            .map(|f| {
+                (
+                    Path::new(&f.evidence["path"])
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                    f.evidence["reason"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(malformed.len(), 4, "{reasons:#?}");
+        assert!(reasons
+            .iter()
+            .any(|(n, r)| n == "bad.json" && r.contains("not valid JSON")));
+        assert!(reasons
+            .iter()
+            .any(|(n, r)| n == "array.json" && r.contains("not a JSON object but an array")));
+        assert!(reasons
+            .iter()
+            .any(|(n, r)| n == "empty.json" && r == "empty file"));
+        assert!(reasons
+            .iter()
+            .any(|(n, r)| n == "huge.json" && r.contains("not read")));
+        let huge_f = malformed
+            .iter()
+            .find(|f| f.evidence["path"].ends_with("huge.json"))
+            .unwrap();
+        assert_eq!(huge_f.evidence["sizeBytes"], (8u64 << 20).to_string());
+
+        let stuck = of(&findings, FindingKind::StuckTask);
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].evidence["taskId"], "huge");
+        assert!(!stuck[0].evidence.contains_key("taskType"));
+
+        let unsafe_paths = of(&findings, FindingKind::UnsafePath);
+        let whats: Vec<(String, String)> = unsafe_paths
+            .iter()
+            .map(|f| (f.evidence["path"].clone(), f.evidence["what"].clone()))
+            .collect();
+        assert_eq!(unsafe_paths.len(), 4, "{whats:#?}");
+        assert!(whats.iter().any(
+            |(p, w)| p.ends_with("staged/x.json") && w.contains("directory named like a task")
+        ));
+        assert!(whats
+            .iter()
+            .any(|(p, w)| p.ends_with("pending/passwd.json") && w.contains("symlink")));
+        assert!(whats
+            .iter()
+            .any(|(p, w)| p.ends_with("pending/fifo.json") && w.contains("FIFO")));
+        assert!(whats
+            .iter()
+            .any(|(p, w)| p.ends_with("/locks") && w.contains("symlink")));
+        let link = unsafe_paths
+            .iter()
+            .find(|f| f.evidence["path"].ends_with("passwd.json"))
+            .unwrap();
+        assert_eq!(link.evidence["linkTarget"], "/etc/passwd");
+        // Nothing in the symlinked locks directory was looked at.
+        assert!(of(&findings, FindingKind::StaleLock).is_empty());
+        // Nothing was moved or deleted.
+        assert!(root.join("tasks/marie/pending/bad.json").exists());
+        assert!(huge.exists());
+    }
+
+    #[tokio::test]
+    async fn many_stuck_tasks_are_capped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for i in 0..25 {
+            put(
+                root,
+                &format!("tasks/marie/active/t{i:02}.json"),
+                b"{}",
+                1000 + i,
+            );
+        }
+        let findings = run(&ctx_at(root)).await.unwrap();
+        let stuck = of(&findings, FindingKind::StuckTask);
+        assert_eq!(stuck.len(), MAX_FINDINGS_PER_KIND + 1);
+        assert_eq!(stuck[0].evidence["taskId"], "t24", "oldest first");
+        assert_eq!(stuck[MAX_FINDINGS_PER_KIND].evidence["notListed"], "5");
+    }
+
+    #[test]
+    fn task_and_lock_parsing() {
+        assert_eq!(
+            parse_task(br#"{"id": 17, "type": "review"}"#).unwrap(),
+            (Some("17".into()), Some("review".into()))
+        );
+        assert_eq!(parse_task(br#"{"type": null}"#).unwrap(), (None, None));
+        assert!(parse_task(b"\"x\"").unwrap_err().contains("a string"));
+        assert!(parse_task(b"  ").unwrap_err().contains("empty"));
+        let l = parse_lock(
+            br#"{"holder":"marie","pid":12,"task":"t1","acquired_at":"2026-11-27T09:00:00Z"}"#,
+        );
+        assert_eq!(l.holder.as_deref(), Some("marie"));
+        assert_eq!(l.pid.as_deref(), Some("12"));
+        assert_eq!(l.task.as_deref(), Some("t1"));
+        assert_eq!(l.problem, None);
+        assert!(parse_lock(b"").problem.unwrap().contains("empty"));
+        assert!(parse_lock(b"[]").problem.unwrap().contains("array"));
+    }
+}

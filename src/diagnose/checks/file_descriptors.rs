@@ -1,0 +1,347 @@
+//! File descriptors (runbook "Root Cause Analysis / File Descriptor Exhaustion"): open
+//! descriptors of the worker's process against its soft limit, and the system-wide file table
+//! (`/proc/sys/fs/file-nr`).
+//!
+//! The runbook runs `ulimit -n` and `ls /proc/self/fd | wc -l` in a new shell, which measures
+//! the shell, not the worker; here both come from PID 1 (`/proc/1/limits`, `/proc/1/fd`).
+//! Descriptors can only be counted in a running container: a stopped one is `Err`.
+
+use crate::diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity};
+
+/// One `docker exec` reads everything (busybox `sh`, `cat`, `ls`, `wc`).
+pub const SCRIPT: &str =
+    "cat /proc/1/limits; echo ---; ls /proc/1/fd | wc -l; echo ---; cat /proc/sys/fs/file-nr";
+/// Open descriptors within this many of the soft limit count as exhausted: a process that hit
+/// `EMFILE` rarely sits exactly at the limit (the sample worker's metrics thread keeps one
+/// back, so with `nofile=64` it stops at 63), and a few free slots are no headroom.
+pub const EXHAUSTED_MARGIN: u64 = 8;
+/// Open descriptors at or above this share of the soft limit are a warning.
+pub const NEAR_LIMIT_PERCENT: f64 = 80.0;
+/// An allocated system file table at or above this share of its maximum is a warning.
+pub const FILE_TABLE_WARN_PERCENT: f64 = 90.0;
+
+pub async fn run(ctx: &CheckContext) -> CheckResult {
+    let name = &ctx.spec.container;
+    let c = match &ctx.container {
+        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
+        Ok(None) => return Err(format!("container {name:?} does not exist")),
+        Ok(Some(c)) => c,
+    };
+    if !c.running || c.status == "restarting" || c.status == "paused" {
+        return Err(format!(
+            "container is not running ({}); file descriptors can only be counted in a running container",
+            c.status
+        ));
+    }
+    let out = ctx
+        .docker
+        .exec(name, &["sh", "-c", SCRIPT])
+        .await
+        .map_err(|e| format!("cannot exec into {name:?} to count descriptors: {e}"))?;
+    let sections: Vec<&str> = out.stdout.split("---\n").collect();
+    if sections.len() < 3 {
+        return Err(format!(
+            "unexpected output of `sh -c '{SCRIPT}'` (exit code {}): {}",
+            out.exit_code.map_or("none".into(), |c| c.to_string()),
+            first_line(&out.stderr, &out.stdout)
+        ));
+    }
+    let mut findings = Vec::new();
+
+    let limits = parse_nofile_limit(sections[0]);
+    let open = sections[1].trim().parse::<u64>().ok();
+    match (open, limits) {
+        (Some(open), Some(limit)) => findings.push(fd_finding(ctx, open, limit, c.nofile_limit)),
+        _ => findings.push(
+            ctx.finding(
+                CheckName::FileDescriptors,
+                FindingKind::CheckFailed,
+                Severity::Warning,
+                "cannot read the open descriptors or the limit of PID 1".to_string(),
+            )
+            .with("error", first_line(&out.stderr, "no output"))
+            .with("limits", sections[0].trim())
+            .with("count", sections[1].trim()),
+        ),
+    }
+
+    match parse_file_nr(sections[2]) {
+        Some(nr) => {
+            let percent = percent(nr.allocated, nr.max);
+            let warn = percent >= FILE_TABLE_WARN_PERCENT;
+            findings.push(
+                ctx.finding(
+                    CheckName::FileDescriptors,
+                    FindingKind::SystemFileTable,
+                    if warn {
+                        Severity::Warning
+                    } else {
+                        Severity::Info
+                    },
+                    format!(
+                        "system file table: {} of {} handles allocated ({percent:.1}%)",
+                        nr.allocated, nr.max
+                    ),
+                )
+                .with("allocated", nr.allocated)
+                .with("free", nr.free)
+                .with("max", nr.max)
+                .with("usagePercent", format!("{percent:.1}")),
+            );
+        }
+        None => findings.push(
+            ctx.finding(
+                CheckName::FileDescriptors,
+                FindingKind::CheckFailed,
+                Severity::Warning,
+                "cannot read /proc/sys/fs/file-nr".to_string(),
+            )
+            .with("error", first_line(sections[2], &out.stderr)),
+        ),
+    }
+    Ok(findings)
+}
+
+fn fd_finding(
+    ctx: &CheckContext,
+    open: u64,
+    limit: NofileLimit,
+    configured: Option<(i64, i64)>,
+) -> Finding {
+    let name = &ctx.spec.container;
+    let (kind, severity, summary) = match limit.soft {
+        Some(soft) => {
+            let percent = percent(open, soft);
+            if open >= soft.saturating_sub(EXHAUSTED_MARGIN) {
+                (
+                    FindingKind::FdExhausted,
+                    Severity::Critical,
+                    format!("the worker in {name:?} has {open} of {soft} file descriptors open: exhausted ({percent:.1}%)"),
+                )
+            } else if percent >= NEAR_LIMIT_PERCENT {
+                (
+                    FindingKind::FdNearLimit,
+                    Severity::Warning,
+                    format!("the worker in {name:?} has {open} of {soft} file descriptors open ({percent:.1}%)"),
+                )
+            } else {
+                (
+                    FindingKind::FdUsage,
+                    Severity::Info,
+                    format!("the worker in {name:?} has {open} of {soft} file descriptors open ({percent:.1}%)"),
+                )
+            }
+        }
+        None => (
+            FindingKind::FdUsage,
+            Severity::Info,
+            format!("the worker in {name:?} has {open} file descriptors open (no limit)"),
+        ),
+    };
+    let mut f = ctx
+        .finding(CheckName::FileDescriptors, kind, severity, summary)
+        .with("openFds", open)
+        .with(
+            "softLimit",
+            limit.soft.map_or("unlimited".into(), |s| s.to_string()),
+        )
+        .with(
+            "hardLimit",
+            limit.hard.map_or("unlimited".into(), |h| h.to_string()),
+        );
+    if let Some(soft) = limit.soft {
+        f = f.with("usagePercent", format!("{:.1}", percent(open, soft)));
+    }
+    if let Some((soft, hard)) = configured {
+        f = f.with("configuredUlimit", format!("nofile={soft}:{hard}"));
+    }
+    f
+}
+
+fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
+    let text = if preferred.trim().is_empty() {
+        other
+    } else {
+        preferred
+    };
+    text.trim().lines().next().unwrap_or("")
+}
+
+fn percent(used: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / of as f64
+    }
+}
+
+/// Soft and hard `Max open files` of a process; `None` means unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NofileLimit {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// Parse the `Max open files  <soft>  <hard>  files` line of `/proc/<pid>/limits`.
+pub fn parse_nofile_limit(limits: &str) -> Option<NofileLimit> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut words = line["Max open files".len()..].split_whitespace();
+    let value = |w: Option<&str>| -> Option<Option<u64>> {
+        match w? {
+            "unlimited" => Some(None),
+            n => n.parse().ok().map(Some),
+        }
+    };
+    Some(NofileLimit {
+        soft: value(words.next())?,
+        hard: value(words.next())?,
+    })
+}
+
+/// `/proc/sys/fs/file-nr`: allocated handles, allocated-but-free handles, maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileNr {
+    pub allocated: u64,
+    pub free: u64,
+    pub max: u64,
+}
+
+pub fn parse_file_nr(text: &str) -> Option<FileNr> {
+    let mut n = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some(FileNr {
+        allocated: n.next()??,
+        free: n.next()??,
+        max: n.next()??,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        diagnose::host::testing::*,
+        docker::{fake::FakeRuntime, ContainerInfo, ExecOutput},
+    };
+
+    /// `/proc/1/limits` of the sample worker run with `--ulimit nofile=64:64`.
+    const LIMITS: &str =
+        "Limit                     Soft Limit           Hard Limit           Units     \n\
+        Max cpu time              unlimited            unlimited            seconds   \n\
+        Max file size             unlimited            unlimited            bytes     \n\
+        Max processes             unlimited            unlimited            processes \n\
+        Max open files            64                   64                   files     \n\
+        Max locked memory         8388608              8388608              bytes     \n";
+
+    fn output(open: u64) -> String {
+        format!("{LIMITS}---\n{open}\n---\n2144\t0\t9223372036854775807\n")
+    }
+
+    fn ctx_with(stdout: String) -> crate::diagnose::CheckContext {
+        let mut fake = FakeRuntime::default();
+        fake.exec.insert(
+            format!("sh -c {SCRIPT}"),
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                stdout,
+                stderr: String::new(),
+            }),
+        );
+        let c = ContainerInfo {
+            nofile_limit: Some((64, 64)),
+            ..running()
+        };
+        context(&worker(), Ok(Some(c)), fake, Ok(String::new()))
+    }
+
+    #[test]
+    fn parsers_read_the_fixtures() {
+        assert_eq!(
+            parse_nofile_limit(LIMITS),
+            Some(NofileLimit {
+                soft: Some(64),
+                hard: Some(64)
+            })
+        );
+        assert_eq!(
+            parse_nofile_limit(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            Some(NofileLimit {
+                soft: None,
+                hard: None
+            })
+        );
+        assert_eq!(
+            parse_nofile_limit("Max cpu time unlimited unlimited seconds\n"),
+            None
+        );
+        assert_eq!(
+            parse_file_nr("2144\t0\t9223372036854775807\n"),
+            Some(FileNr {
+                allocated: 2144,
+                free: 0,
+                max: 9_223_372_036_854_775_807
+            })
+        );
+        assert_eq!(parse_file_nr("1 2\n"), None);
+    }
+
+    #[tokio::test]
+    async fn leaked_descriptors_are_exhaustion() {
+        let f = run(&ctx_with(output(63))).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::FdExhausted);
+        assert_eq!(f[0].severity, Severity::Critical);
+        assert_eq!(f[0].evidence["openFds"], "63");
+        assert_eq!(f[0].evidence["softLimit"], "64");
+        assert_eq!(f[0].evidence["hardLimit"], "64");
+        assert_eq!(f[0].evidence["usagePercent"], "98.4");
+        assert_eq!(f[0].evidence["configuredUlimit"], "nofile=64:64");
+        assert_eq!(f[1].kind, FindingKind::SystemFileTable);
+        assert_eq!(f[1].severity, Severity::Info);
+        assert_eq!(f[1].evidence["allocated"], "2144");
+        assert_eq!(f[1].evidence["max"], "9223372036854775807");
+    }
+
+    #[tokio::test]
+    async fn thresholds() {
+        assert_eq!(
+            run(&ctx_with(output(5))).await.unwrap()[0].kind,
+            FindingKind::FdUsage
+        );
+        assert_eq!(
+            run(&ctx_with(output(52))).await.unwrap()[0].kind,
+            FindingKind::FdNearLimit
+        );
+        assert_eq!(
+            run(&ctx_with(output(56))).await.unwrap()[0].kind,
+            FindingKind::FdExhausted
+        );
+        let full = format!("{LIMITS}---\n5\n---\n950\t0\t1000\n");
+        assert_eq!(
+            run(&ctx_with(full)).await.unwrap()[1].severity,
+            Severity::Warning
+        );
+    }
+
+    #[tokio::test]
+    async fn stopped_container_and_garbage_fail() {
+        let ctx = context(
+            &worker(),
+            Ok(Some(exited(137))),
+            FakeRuntime::default(),
+            Ok(String::new()),
+        );
+        let err = run(&ctx).await.unwrap_err();
+        assert!(
+            err.contains("only be counted in a running container"),
+            "{err}"
+        );
+        let err = run(&ctx_with("sh: not found".into())).await.unwrap_err();
+        assert!(err.contains("unexpected output"), "{err}");
+        let partial = run(&ctx_with(format!("nope\n---\nx\n---\n{}", "1 0 100")))
+            .await
+            .unwrap();
+        assert_eq!(partial[0].kind, FindingKind::CheckFailed);
+        assert_eq!(partial[1].kind, FindingKind::SystemFileTable);
+    }
+}

@@ -1,0 +1,161 @@
+//! Diagnosis: every check of the runbook's "Verify Worker Status", "Check Crash Logs" and
+//! "Root Cause Analysis" as code. Each check is a small async function that returns findings;
+//! they run concurrently, each under a timeout, and a check that fails becomes a finding.
+
+pub mod checks;
+pub mod host;
+pub mod model;
+pub mod report;
+pub mod verdict;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::future::join_all;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+pub use model::{CheckName, Diagnosis, Finding, FindingKind, RootCause, Severity, Verdict};
+
+use crate::{
+    crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
+    docker::{ContainerInfo, ContainerRuntime},
+};
+
+/// Facts about the host outside any container (kernel log).
+#[async_trait::async_trait]
+pub trait HostProbe: Send + Sync + 'static {
+    /// The kernel ring buffer (`dmesg`), or why it cannot be read.
+    async fn kernel_log(&self) -> Result<String, String>;
+}
+
+/// Everything a check may look at. Built once per diagnosis; checks only read it.
+pub struct CheckContext {
+    pub worker_name: String,
+    pub spec: WorkerSpec,
+    pub paths: ResolvedPaths,
+    /// The Worker's last status, for comparisons with the previous observation.
+    pub previous: Option<WorkerStatus>,
+    /// The container as inspected at the start: `Ok(None)` when it does not exist,
+    /// `Err` when Docker could not be asked.
+    pub container: Result<Option<ContainerInfo>, String>,
+    pub docker: Arc<dyn ContainerRuntime>,
+    pub host: Arc<dyn HostProbe>,
+    pub now: Timestamp,
+}
+
+/// What a check returns: its findings, or why it could not run.
+pub type CheckResult = Result<Vec<Finding>, String>;
+
+impl CheckContext {
+    /// Build the context for `worker`, inspecting its container once.
+    pub async fn new(
+        worker: &Worker,
+        docker: Arc<dyn ContainerRuntime>,
+        host: Arc<dyn HostProbe>,
+    ) -> Result<Self, crate::crd::worker::SpecError> {
+        let paths = worker.resolved_paths()?;
+        let container = docker
+            .inspect(&worker.spec.container)
+            .await
+            .map_err(|e| e.to_string());
+        Ok(Self {
+            worker_name: paths.worker_name.clone(),
+            spec: worker.spec.clone(),
+            paths,
+            previous: worker.status.clone(),
+            container,
+            docker,
+            host,
+            now: Timestamp::now(),
+        })
+    }
+
+    /// A finding of `check` observed now.
+    pub fn finding(
+        &self,
+        check: CheckName,
+        kind: FindingKind,
+        severity: Severity,
+        summary: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            check,
+            kind,
+            severity,
+            summary: summary.into(),
+            evidence: Default::default(),
+            observed_at: Time(self.now),
+        }
+    }
+
+    /// The running container, or `None` when it is absent or stopped.
+    pub fn running_container(&self) -> Option<&ContainerInfo> {
+        self.container.as_ref().ok()?.as_ref().filter(|c| c.running)
+    }
+}
+
+async fn run_check(ctx: &CheckContext, check: CheckName) -> CheckResult {
+    match check {
+        CheckName::Container => checks::container::run(ctx).await,
+        CheckName::Process => checks::process::run(ctx).await,
+        CheckName::Heartbeat => checks::heartbeat::run(ctx).await,
+        CheckName::CrashLogs => checks::crash_logs::run(ctx).await,
+        CheckName::Memory => checks::memory::run(ctx).await,
+        CheckName::FileDescriptors => checks::file_descriptors::run(ctx).await,
+        CheckName::Deadlock => checks::deadlock::run(ctx).await,
+        CheckName::Dependencies => {
+            // Binaries and packages live in the container, named pipes on the host.
+            let (in_container, mut pipes) = tokio::join!(
+                checks::dependencies::run(ctx),
+                checks::pipes::check_named_pipes(ctx)
+            );
+            match in_container {
+                Ok(findings) => Ok(findings.into_iter().chain(pipes).collect()),
+                Err(reason) if pipes.is_empty() => Err(reason),
+                Err(reason) => {
+                    pipes.push(check_failed(ctx, check, reason));
+                    Ok(pipes)
+                }
+            }
+        }
+        CheckName::MetricsEndpoint => checks::metrics_endpoint::run(ctx).await,
+    }
+}
+
+/// Run every check concurrently, each under the spec's per-check timeout, and rank the causes.
+pub async fn diagnose(ctx: &CheckContext) -> Diagnosis {
+    let started_at = Time(ctx.now);
+    let timeout = Duration::from_secs(u64::from(ctx.spec.diagnostics.check_timeout_seconds));
+    let results = join_all(CheckName::ALL.iter().map(|&check| async move {
+        match tokio::time::timeout(timeout, run_check(ctx, check)).await {
+            Ok(Ok(findings)) => findings,
+            Ok(Err(reason)) => vec![check_failed(ctx, check, reason)],
+            Err(_) => vec![check_failed(
+                ctx,
+                check,
+                format!("did not finish within {}s", timeout.as_secs()),
+            )],
+        }
+    }))
+    .await;
+    let findings: Vec<Finding> = results.into_iter().flatten().collect();
+    let verdict = verdict::rank(&findings);
+    Diagnosis {
+        worker: ctx.worker_name.clone(),
+        container: ctx.spec.container.clone(),
+        started_at,
+        completed_at: Time(Timestamp::now()),
+        findings,
+        verdict,
+    }
+}
+
+fn check_failed(ctx: &CheckContext, check: CheckName, reason: String) -> Finding {
+    let mut f = ctx.finding(
+        check,
+        FindingKind::CheckFailed,
+        Severity::Warning,
+        format!("the {} check could not run: {reason}", check.as_str()),
+    );
+    f.evidence.insert("error".into(), reason);
+    f
+}
