@@ -27,7 +27,9 @@ stop_operator() {
 clean() {
 	stop_operator
 	for w in "${WORKERS[@]}"; do docker rm -f "demo-${w}" >/dev/null 2>&1 || true; done
-	if [[ -f .stack/kubeconfig ]]; then kc delete workers --all -n default --ignore-not-found >/dev/null 2>&1 || true; fi
+	if [[ -f .stack/kubeconfig ]]; then
+		kc delete workerrecoveries,workers --all -n default --ignore-not-found >/dev/null 2>&1 || true
+	fi
 	rm -rf "${DEMO_DIR}"
 }
 
@@ -97,4 +99,24 @@ wait_phase marie Healthy 60
 kc get workers
 say "What the operator told a human"
 kc get events --field-selector involvedObject.name=marie
+
+say "Ask why: a WorkerRecovery runs the runbook's diagnosis against marie"
+kc apply -f - <<YAML
+apiVersion: workerrecovery.io/v1alpha1
+kind: WorkerRecovery
+metadata:
+  name: marie-crash
+  namespace: default
+spec:
+  workerRef:
+    name: marie
+YAML
+deadline=$((SECONDS + 60))
+until [[ "$(kc get wrec marie-crash -o jsonpath='{.status.phase}')" == Succeeded ]]; do
+	((SECONDS < deadline)) || { echo "diagnosis did not finish" >&2; tail -20 "${OPERATOR_LOG}" >&2; exit 1; }
+	sleep 1
+done
+kc get wrec
+say "The same report from the command line (no operator needed): worker-recovery-operator diagnose marie"
+KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" "${bin}" diagnose marie -n default | head -n 25
 say "Done. Explore with: eval \"\$(scripts/stack.sh env)\"; kubectl get workers -o yaml. Clean up: scripts/demo.sh clean; scripts/stack.sh down"

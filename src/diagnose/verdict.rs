@@ -73,8 +73,8 @@ fn log_weights(finding: &Finding) -> &'static [(RootCause, u32)] {
     }
 }
 
-/// Hung-worker findings only mean a deadlock when the process is still there; a dead worker
-/// does not heartbeat either, and that is not a deadlock.
+/// Hung-worker and metrics findings only point at a cause while the process is still there;
+/// a dead worker does not heartbeat or serve metrics either.
 fn process_alive(findings: &[Finding]) -> bool {
     findings.iter().any(|f| {
         matches!(
@@ -115,7 +115,8 @@ pub fn rank(findings: &[Finding]) -> Verdict {
     let mut scores: BTreeMap<RootCause, (u32, Vec<FindingKind>)> = BTreeMap::new();
     for finding in findings {
         for &(cause, weight) in weights(finding) {
-            if cause == RootCause::Deadlock && !alive {
+            // A dead worker neither heartbeats nor serves metrics: those are symptoms then.
+            if matches!(cause, RootCause::Deadlock | RootCause::MetricsEndpointDown) && !alive {
                 continue;
             }
             // Each kind counts once per cause: ten stuck tasks are one piece of evidence,
@@ -196,9 +197,10 @@ mod tests {
         let v = rank(&[
             f(ContainerExited, &[("exitCode", "3")]),
             f(HeartbeatStale, &[]),
+            f(MetricsUnreachable, &[]),
         ]);
         assert_eq!(v.top_cause, Some(RootCause::ApplicationCrash));
-        assert!(v.causes.iter().all(|c| c.cause != RootCause::Deadlock));
+        assert_eq!(v.causes.len(), 1, "{v:?}");
     }
 
     #[test]

@@ -254,7 +254,13 @@ impl ContainerRuntime for DockerEngine {
         ]);
         let options = EventsOptions {
             since: Some(since.as_second().to_string()),
-            until: Some(until.as_second().saturating_add(1).to_string()),
+            // Docker takes `seconds.nanoseconds`; a whole second rounded up would keep the
+            // stream open for up to a second.
+            until: Some(format!(
+                "{}.{:09}",
+                until.as_second(),
+                until.subsec_nanosecond()
+            )),
             filters: Some(filters),
         };
         let mut stream = self.docker.events(Some(options));

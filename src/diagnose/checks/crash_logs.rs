@@ -61,6 +61,11 @@ impl LogPattern {
 /// match; `errors=0` and `terrorist` do not), phrases as substrings.
 pub fn classify_line(line: &str) -> Vec<LogPattern> {
     let lower = line.to_lowercase();
+    // A line that says its own level is believed: an INFO line that mentions `fault_mode=oom`
+    // or a WARN about memory is not an error line.
+    if leading_level(&lower).is_some_and(|level| QUIET_LEVELS.contains(&level)) {
+        return Vec::new();
+    }
     let mut found = Vec::new();
     let mut push = |p: LogPattern| {
         if !found.contains(&p) {
@@ -105,6 +110,24 @@ pub fn classify_line(line: &str) -> Vec<LogPattern> {
     }
     found.sort();
     found
+}
+
+/// Log levels below error.
+const QUIET_LEVELS: [&str; 6] = ["trace", "debug", "info", "notice", "warn", "warning"];
+/// Words that name a log level when they lead a line.
+const LEVELS: [&str; 11] = [
+    "trace", "debug", "info", "notice", "warn", "warning", "error", "err", "fatal", "critical",
+    "panic",
+];
+
+/// The level a line starts with, after timestamps and other tokens with digits
+/// (`2026-11-28T00:02:22.459Z INFO: ...` is `info`); `None` for unstructured lines.
+fn leading_level(lower: &str) -> Option<&str> {
+    let first_word = lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .find(|t| !t.chars().any(|c| c.is_ascii_digit()))?;
+    LEVELS.contains(&first_word).then_some(first_word)
 }
 
 /// Error lines of a log, with the patterns that matched.
@@ -365,6 +388,9 @@ mod tests {
             "2026-11-28T00:00:00.000Z INFO: sample-worker 0.1.0 starting: worker=marie pid=1 fault_mode=none",
             "2026-11-28T00:00:01.000Z INFO: task p1 done (0 errors)",
             "2026-11-28T00:00:02.000Z WARN: fault injection: mode crash triggered by env",
+            "2026-11-28T00:29:26.239Z INFO: sample-worker 0.1.0 starting: worker=oom pid=1 fault_mode=oom",
+            "2026-11-28T00:29:26.249825060Z 2026-11-28T00:29:26.249Z WARN: oom: 8 MiB allocated and resident",
+            "[2026-11-28 00:00:00] DEBUG worker: not found in cache, fetching",
             "INFO: metrics listening on http://0.0.0.0:9091/metrics",
             "",
         ] {
