@@ -215,4 +215,12 @@ impl Finding {
         self.evidence.insert(key.to_string(), value);
         self
     }
+
+    /// Add evidence when there is a value; nothing otherwise.
+    pub fn with_opt(self, key: &str, value: Option<impl ToString>) -> Self {
+        match value {
+            Some(v) => self.with(key, v),
+            None => self,
+        }
+    }
 }

@@ -119,21 +119,11 @@ fn evidence(mut f: Finding, c: &ContainerInfo) -> Finding {
             f = f.with("exitMeaning", exit_meaning(code));
         }
     }
-    if let Some(image) = &c.image {
-        f = f.with("image", image);
-    }
-    if let Some(t) = c.started_at {
-        f = f.with("startedAt", t);
-    }
-    if let Some(t) = c.finished_at.filter(|_| !c.running) {
-        f = f.with("finishedAt", t);
-    }
-    if let Some(pid) = c.pid {
-        f = f.with("hostPid", pid);
-    }
-    if let Some(limit) = c.memory_limit {
-        f = f.with("memoryLimitBytes", limit);
-    }
+    f = f.with_opt("image", c.image.as_ref());
+    f = f.with_opt("startedAt", c.started_at);
+    f = f.with_opt("finishedAt", c.finished_at.filter(|_| !c.running));
+    f = f.with_opt("hostPid", c.pid);
+    f = f.with_opt("memoryLimitBytes", c.memory_limit);
     if let Some((soft, hard)) = c.nofile_limit {
         f = f.with("nofileLimit", format!("{soft}:{hard}"));
     }

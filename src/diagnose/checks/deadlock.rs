@@ -357,9 +357,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 .with("thresholdSeconds", stuck_after)
                 .with("path", t.entry.path.display())
                 .with("modifiedAt", modified(&t.entry));
-            if let Some(ty) = &t.task_type {
-                f = f.with("taskType", ty);
-            }
+            f = f.with_opt("taskType", t.task_type.as_ref());
             f
         })
         .collect();
@@ -414,18 +412,10 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 .with("modifiedAt", modified(lock))
                 .with("task", &task)
                 .with("taskActive", active_ids.contains(task.as_str()));
-            if let Some(h) = &info.holder {
-                f = f.with("holder", h);
-            }
-            if let Some(p) = &info.pid {
-                f = f.with("holderPid", p);
-            }
-            if let Some(a) = &info.acquired_at {
-                f = f.with("acquiredAt", a);
-            }
-            if let Some(p) = &info.problem {
-                f = f.with("lockContent", p);
-            }
+            f = f.with_opt("holder", info.holder.as_ref());
+            f = f.with_opt("holderPid", info.pid.as_ref());
+            f = f.with_opt("acquiredAt", info.acquired_at.as_ref());
+            f = f.with_opt("lockContent", info.problem.as_ref());
             f
         })
         .collect();
@@ -444,9 +434,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 )
                 .with("path", path.display())
                 .with("reason", reason);
-            if let Some(s) = size {
-                f = f.with("sizeBytes", s);
-            }
+            f = f.with_opt("sizeBytes", size.as_ref());
             f
         })
         .collect();
@@ -465,9 +453,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 )
                 .with("path", path.display())
                 .with("what", what);
-            if let Some(t) = target {
-                f = f.with("linkTarget", t);
-            }
+            f = f.with_opt("linkTarget", target.as_ref());
             f
         })
         .collect();
@@ -502,9 +488,10 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             .with("locks", scan.locks.len())
             .with("tasksDir", ctx.paths.tasks_dir.display())
             .with("locksDir", ctx.paths.locks_dir.display());
-        if let Some(oldest) = scan.active.iter().map(|t| t.entry.age_seconds(now)).max() {
-            f = f.with("oldestActiveSeconds", oldest);
-        }
+        f = f.with_opt(
+            "oldestActiveSeconds",
+            scan.active.iter().map(|t| t.entry.age_seconds(now)).max(),
+        );
         if !scan.missing_dirs.is_empty() {
             f = f.with("missingDirs", join_paths(&scan.missing_dirs));
         }

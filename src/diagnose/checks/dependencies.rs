@@ -202,9 +202,7 @@ async fn check_binary(
                     .with("path", &path)
                     .with("mode", octal_mode(stat.mode))
                     .with("sizeBytes", stat.size);
-                if let Some(target) = &target {
-                    f = f.with("linkTarget", target);
-                }
+                f = f.with_opt("linkTarget", target.as_ref());
                 return Ok(version(ctx, c, running, f, &path, target.as_deref()).await);
             }
         }

@@ -110,9 +110,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 .with("detail", &detail)
                 .with("path", &path)
                 .with("sizeBytes", content.size);
-            if let Some(m) = content.modified {
-                f = f.with("fileModified", m);
-            }
+            f = f.with_opt("fileModified", content.modified);
             return Ok(vec![f]);
         }
     };
@@ -125,15 +123,9 @@ fn assess(ctx: &CheckContext, hb: &Heartbeat, path: &str) -> Vec<Finding> {
     let age = ctx.now.duration_since(hb.timestamp).as_secs();
     let describe = |f: Finding| -> Finding {
         let mut f = f.with("path", path);
-        if let Some(s) = &hb.status {
-            f = f.with("status", s);
-        }
-        if let Some(t) = &hb.current_task {
-            f = f.with("currentTask", t);
-        }
-        if let Some(p) = hb.progress {
-            f = f.with("progress", p);
-        }
+        f = f.with_opt("status", hb.status.as_ref());
+        f = f.with_opt("currentTask", hb.current_task.as_ref());
+        f = f.with_opt("progress", hb.progress);
         f
     };
     if age > timeout {

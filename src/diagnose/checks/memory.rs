@@ -115,9 +115,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 if !kill.killed_pids.is_empty() {
                     f = f.with("killedPids", join(&kill.killed_pids));
                 }
-                if let Some(task) = kill.tasks.first() {
-                    f = f.with("task", task);
-                }
+                f = f.with_opt("task", kill.tasks.first());
                 findings.push(f);
             }
         }
@@ -229,19 +227,6 @@ fn join(values: &[u64]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",")
-}
-
-trait WithOpt {
-    fn with_opt(self, key: &str, value: Option<impl ToString>) -> Self;
-}
-
-impl WithOpt for Finding {
-    fn with_opt(self, key: &str, value: Option<impl ToString>) -> Self {
-        match value {
-            Some(v) => self.with(key, v),
-            None => self,
-        }
-    }
 }
 
 /// The kernel-log lines about OOM kills in one container.

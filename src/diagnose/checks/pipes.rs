@@ -79,9 +79,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
                 .with("path", &shown)
                 .with("what", entry.kind)
                 .with("permissions", entry.mode_string());
-            if let Some(t) = &entry.link_target {
-                f = f.with("linkTarget", t);
-            }
+            f = f.with_opt("linkTarget", entry.link_target.as_ref());
             f
         }
         Ok(None) => ctx
@@ -106,9 +104,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
                 )
                 .with("path", &shown)
                 .with("what", format!("symlink on the way at {}", at.display()));
-            if let Some(t) = target {
-                f = f.with("linkTarget", t);
-            }
+            f = f.with_opt("linkTarget", target);
             f
         }
         Err(SafeError::WrongKind { path: at, kind, .. }) => ctx

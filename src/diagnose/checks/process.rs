@@ -90,21 +90,11 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         .with("state", &proc.state)
     };
     f = f.with("pid", 1).with("name", &proc.name);
-    if let Some(pid) = c.pid {
-        f = f.with("hostPid", pid);
-    }
-    if let Some(threads) = proc.threads {
-        f = f.with("threads", threads);
-    }
-    if let Some(rss) = proc.vm_rss_kib {
-        f = f.with("vmRssKiB", rss);
-    }
-    if let Some(ppid) = proc.ppid {
-        f = f.with("ppid", ppid);
-    }
-    if let Some(cmdline) = cmdline.filter(|c| !c.is_empty()) {
-        f = f.with("cmdline", cmdline);
-    }
+    f = f.with_opt("hostPid", c.pid);
+    f = f.with_opt("threads", proc.threads);
+    f = f.with_opt("vmRssKiB", proc.vm_rss_kib);
+    f = f.with_opt("ppid", proc.ppid);
+    f = f.with_opt("cmdline", cmdline.filter(|c| !c.is_empty()));
     if !c.command.is_empty() {
         f = f.with("expectedCommand", c.command.join(" "));
     }
@@ -120,9 +110,7 @@ fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::dia
             summary,
         )
         .with("containerState", &c.status);
-    if let Some(code) = c.exit_code.filter(|_| !c.running) {
-        f = f.with("exitCode", code);
-    }
+    f = f.with_opt("exitCode", c.exit_code.filter(|_| !c.running));
     f
 }
 
