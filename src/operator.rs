@@ -97,3 +97,36 @@ where
         Err(e) => Err(e).context(format!("cannot list {} (is the API server reachable?)", K::crd_name())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::mock_api;
+
+    #[tokio::test]
+    async fn a_missing_crd_is_named_with_the_fix() {
+        let (client, _) = mock_api::client(|_, path, _| mock_api::not_found(path));
+        let err = ensure_crd_installed::<Worker>(&client)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("workers.workerrecovery.io is not installed"),
+            "{err}"
+        );
+        assert!(err.contains("kubectl apply -f crds/"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_installed_crd_passes() {
+        let (client, requests) = mock_api::client(|_, _, _| {
+            (
+                200,
+                serde_json::json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerList", "metadata": {}, "items": []}),
+            )
+        });
+        ensure_crd_installed::<Worker>(&client).await.unwrap();
+        let recorded = requests.lock().unwrap();
+        assert_eq!(recorded[0].path, "/apis/workerrecovery.io/v1alpha1/workers");
+    }
+}

@@ -148,3 +148,61 @@ pub fn log_failure<T, E: std::fmt::Display>(
         std::future::ready(())
     }
 }
+
+/// A Kubernetes API server in memory, for fast unit tests of reconcilers.
+#[cfg(test)]
+pub mod mock_api {
+    use std::sync::{Arc, Mutex};
+
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    /// One request the mock answered.
+    #[derive(Clone, Debug)]
+    pub struct Recorded {
+        pub method: Method,
+        pub path: String,
+        pub body: Value,
+    }
+
+    /// A client whose every request is recorded and answered by `answer(method, path, body)`
+    /// with a status code and a JSON body.
+    pub fn client(
+        answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
+    ) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let recorded = log.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let (code, reply) = answer(&parts.method, parts.uri.path(), &body);
+                recorded.lock().unwrap().push(Recorded {
+                    method: parts.method,
+                    path: parts.uri.path().to_string(),
+                    body,
+                });
+                let response = Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+        (kube::Client::new(service, "default"), log)
+    }
+
+    /// The `Status` an API server sends with a 404.
+    pub fn not_found(what: &str) -> (u16, Value) {
+        (
+            404,
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": format!("{what} not found"), "reason": "NotFound", "code": 404
+            }),
+        )
+    }
+}

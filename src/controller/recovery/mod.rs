@@ -199,3 +199,116 @@ fn error_policy(rec: Arc<WorkerRecovery>, error: &Error, ctx: Arc<Context>) -> A
     warn!(recovery = %rec.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::Method;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::{
+        controller::mock_api,
+        diagnose::host::{testing, FakeHost},
+        docker::fake::FakeRuntime,
+        metrics::Metrics,
+    };
+
+    const RECOVERY_STATUS: &str =
+        "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries/marie-1/status";
+    const WORKER: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie";
+
+    fn recovery() -> WorkerRecovery {
+        serde_json::from_value(json!({
+            "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+            "metadata": {"name": "marie-1", "namespace": "default", "generation": 1},
+            "spec": {"workerRef": {"name": "marie"}}
+        }))
+        .unwrap()
+    }
+
+    fn context(worker_exists: bool) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
+        let (client, requests) =
+            mock_api::client(move |method, path, body: &Value| match (method, path) {
+                (&Method::GET, WORKER) if worker_exists => {
+                    (200, serde_json::to_value(testing::worker()).unwrap())
+                }
+                (&Method::PATCH, RECOVERY_STATUS) => {
+                    let mut object = serde_json::to_value(recovery()).unwrap();
+                    object["status"] = body["status"].clone();
+                    (200, object)
+                }
+                (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                    (201, body.clone())
+                }
+                _ => mock_api::not_found(path),
+            });
+        let fake = FakeRuntime::with_container(testing::exited(3));
+        let ctx = Context::new(
+            client,
+            Arc::new(fake),
+            Arc::new(FakeHost(Ok(String::new()))),
+            Arc::new(Metrics::default()),
+        );
+        (ctx, requests)
+    }
+
+    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
+        let recorded = requests.lock().unwrap();
+        let patch = recorded
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH)
+            .expect("a status patch");
+        patch.body["status"].clone()
+    }
+
+    #[tokio::test]
+    async fn a_missing_worker_is_waited_for() {
+        let (ctx, requests) = context(false);
+        let action = run_steps(&recovery(), &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(WORKER_WAIT));
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Pending");
+        assert_eq!(status["conditions"][0]["reason"], "WorkerNotFound");
+    }
+
+    #[tokio::test]
+    async fn a_diagnosis_is_written_once() {
+        let (ctx, requests) = context(true);
+        run_steps(&recovery(), &ctx).await.unwrap();
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Succeeded");
+        assert_eq!(status["conditions"][0]["type"], DIAGNOSED);
+        assert_eq!(status["conditions"][0]["status"], "True");
+        assert_eq!(
+            status["diagnosis"]["verdict"]["topCause"],
+            "ApplicationCrash"
+        );
+        assert!(status["completionTime"].is_string());
+        let recorded = requests.lock().unwrap().clone();
+        let event = recorded
+            .iter()
+            .find(|r| r.body["reason"] == "Diagnosed")
+            .expect("a Diagnosed event");
+        assert!(event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("ApplicationCrash"));
+
+        // The finished run, as the watch brings it back, is not run again.
+        let mut done = recovery();
+        done.status = Some(serde_json::from_value(status).unwrap());
+        let before = requests.lock().unwrap().len();
+        assert_eq!(
+            run_steps(&done, &ctx).await.unwrap(),
+            Action::await_change()
+        );
+        assert_eq!(
+            requests.lock().unwrap().len(),
+            before,
+            "no request for a finished run"
+        );
+    }
+}

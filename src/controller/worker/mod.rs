@@ -192,3 +192,164 @@ fn error_policy(worker: Arc<Worker>, error: &Error, ctx: Arc<Context>) -> Action
         Action::await_change()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http::Method;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::{
+        controller::mock_api,
+        diagnose::host::{testing, FakeHost},
+        docker::fake::FakeRuntime,
+        metrics::Metrics,
+    };
+
+    /// The API server's answers: status patches echo the object back, Events are created.
+    fn api_server(method: &Method, path: &str, body: &Value) -> (u16, Value) {
+        match (method, path) {
+            (
+                &Method::PATCH,
+                "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie/status",
+            ) => {
+                let mut object = body.clone();
+                object["metadata"] =
+                    json!({"name": "marie", "namespace": "default", "generation": 1});
+                object["spec"] = json!({"container": "marie"});
+                (200, object)
+            }
+            (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                (201, body.clone())
+            }
+            _ => mock_api::not_found(path),
+        }
+    }
+
+    fn worker_at(root: &std::path::Path) -> Worker {
+        let mut w = testing::worker();
+        w.metadata.generation = Some(1);
+        w.spec.shared_root = root.display().to_string();
+        w.spec.auto_recovery.enabled = true;
+        w
+    }
+
+    fn fresh_heartbeat(root: &std::path::Path) {
+        let dir = root.join("workers/marie");
+        std::fs::create_dir_all(&dir).unwrap();
+        let body =
+            json!({"timestamp": Timestamp::now().to_string(), "status": "idle", "progress": 3});
+        std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_exited_container_is_started_once_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
+        let (client, requests) = mock_api::client(api_server);
+        let ctx = Context::new(
+            client,
+            fake.clone(),
+            Arc::new(FakeHost(Ok(String::new()))),
+            Arc::new(Metrics::default()),
+        );
+        let mut worker = worker_at(dir.path());
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 1);
+        let recorded = requests.lock().unwrap().clone();
+        let patch = recorded
+            .iter()
+            .find(|r| r.method == Method::PATCH)
+            .expect("status was applied");
+        let status = &patch.body["status"];
+        assert_eq!(status["restartCount"], 1);
+        assert_eq!(
+            status["phase"], "Healthy",
+            "reported as it is after the start: {status}"
+        );
+        assert_eq!(status["container"]["state"], "running");
+        assert_eq!(patch.body["kind"], "Worker");
+        let event = recorded
+            .iter()
+            .find(|r| r.method == Method::POST && r.body["reason"] == "Restarted")
+            .expect("a Restarted event");
+        let note = event.body["note"].as_str().unwrap();
+        assert!(
+            note.contains("exit code 3") && note.contains("restart 1"),
+            "{note}"
+        );
+
+        // Next round, with the status written: the running container is left alone.
+        worker.status = Some(serde_json::from_value(status.clone()).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 1, "no second start");
+        let last = requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH)
+            .cloned()
+            .unwrap();
+        assert_eq!(last.body["status"]["restartCount"], 1);
+    }
+
+    #[tokio::test]
+    async fn without_auto_recovery_an_exited_container_stays_down() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(137)));
+        let (client, requests) = mock_api::client(api_server);
+        let ctx = Context::new(
+            client,
+            fake.clone(),
+            Arc::new(FakeHost(Ok(String::new()))),
+            Arc::new(Metrics::default()),
+        );
+        let mut worker = worker_at(dir.path());
+        worker.spec.auto_recovery.enabled = false;
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 0);
+        let recorded = requests.lock().unwrap().clone();
+        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
+        assert_eq!(patch.body["status"]["phase"], "Down");
+        assert_eq!(patch.body["status"]["restartCount"], 0);
+        assert!(
+            recorded.iter().any(|r| r.body["reason"] == "WorkerDown"),
+            "{recorded:#?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unsafe_spec_is_reported_and_waits_for_a_change() {
+        let (client, requests) = mock_api::client(api_server);
+        let ctx = Context::new(
+            client,
+            Arc::new(FakeRuntime::default()),
+            Arc::new(FakeHost(Ok(String::new()))),
+            Arc::new(Metrics::default()),
+        );
+        let mut worker = worker_at(std::path::Path::new("/shared"));
+        worker.spec.paths.tasks_dir = Some("../../etc".into());
+
+        let err = reconcile_worker(&worker, &ctx).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
+        assert!(!err.is_transient());
+        let recorded = requests.lock().unwrap().clone();
+        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
+        let ready = &patch.body["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "InvalidSpec");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.paths.tasksDir"),
+            "{ready}"
+        );
+    }
+}
