@@ -39,6 +39,13 @@ assert_static() {
 command -v cargo >/dev/null 2>&1 || die "cargo is not on PATH"
 command -v docker >/dev/null 2>&1 || die "the docker client is not on PATH"
 command -v ldd >/dev/null 2>&1 || die "ldd is not on PATH (package libc-bin)"
+if [[ ! -x "${BUSYBOX}" && "${BUSYBOX}" == /bin/busybox && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+	log "installing Debian's busybox-static with apt"
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update &&
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y busybox-static
+	} >&2 || die "apt-get install busybox-static failed"
+fi
 [[ -x "${BUSYBOX}" ]] || die "${BUSYBOX} not found: install Debian's busybox-static (apt-get install busybox-static)"
 assert_static "${BUSYBOX}"
 
