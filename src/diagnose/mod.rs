@@ -159,3 +159,44 @@ fn check_failed(ctx: &CheckContext, check: CheckName, reason: String) -> Finding
     f.evidence.insert("error".into(), reason);
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+
+    #[tokio::test]
+    async fn a_hanging_check_becomes_a_finding_and_the_diagnosis_finishes() {
+        let fake = FakeRuntime {
+            exec_delay: Some(Duration::from_secs(3600)),
+            ..FakeRuntime::with_container(testing::running())
+        };
+        let mut worker = testing::worker();
+        worker.spec.diagnostics.check_timeout_seconds = 1;
+        let ctx = testing::context(
+            &worker,
+            Ok(Some(testing::running())),
+            fake,
+            Ok(String::new()),
+        );
+
+        let d = diagnose(&ctx).await;
+        for check in [CheckName::Process, CheckName::FileDescriptors] {
+            let failed = d
+                .findings
+                .iter()
+                .find(|f| f.check == check && f.kind == FindingKind::CheckFailed)
+                .unwrap_or_else(|| panic!("no CheckFailed for {check:?}: {:#?}", d.findings));
+            assert_eq!(failed.evidence["error"], "did not finish within 1s");
+        }
+        // The other checks still reported.
+        assert!(d
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::ContainerRunning));
+        let checks: std::collections::BTreeSet<_> = d.findings.iter().map(|f| f.check).collect();
+        assert!(checks.len() >= 7, "{checks:?}");
+    }
+}

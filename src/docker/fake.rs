@@ -20,6 +20,8 @@ pub struct FakeRuntime {
     pub oom_events: Vec<Timestamp>,
     pub paths: HashMap<String, PathStat>,
     pub starts: Mutex<u32>,
+    /// Every exec hangs this long first (a stuck `docker exec`).
+    pub exec_delay: Option<std::time::Duration>,
 }
 
 impl FakeRuntime {
@@ -54,6 +56,9 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn exec(&self, _container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {
+        if let Some(delay) = self.exec_delay {
+            tokio::time::sleep(delay).await;
+        }
         match self.exec.get(&cmd.join(" ")) {
             Some(Ok(out)) => Ok(out.clone()),
             Some(Err(e)) => Err(DockerError::Refused {
