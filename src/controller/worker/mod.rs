@@ -228,6 +228,18 @@ mod tests {
         }
     }
 
+    /// A context over `docker` and the mock API server; also returns what the server saw.
+    fn context(
+        docker: Arc<dyn crate::docker::ContainerRuntime>,
+    ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
+        let (client, requests) = mock_api::client(api_server);
+        let host = Arc::new(FakeHost(Ok(String::new())));
+        (
+            Context::new(client, docker, host, Arc::new(Metrics::default())),
+            requests,
+        )
+    }
+
     fn worker_at(root: &std::path::Path) -> Worker {
         let mut w = testing::worker();
         w.metadata.generation = Some(1);
@@ -249,13 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let (client, requests) = mock_api::client(api_server);
-        let ctx = Context::new(
-            client,
-            fake.clone(),
-            Arc::new(FakeHost(Ok(String::new()))),
-            Arc::new(Metrics::default()),
-        );
+        let (ctx, requests) = context(fake.clone());
         let mut worker = worker_at(dir.path());
 
         reconcile_worker(&worker, &ctx).await.unwrap();
@@ -303,13 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(137)));
-        let (client, requests) = mock_api::client(api_server);
-        let ctx = Context::new(
-            client,
-            fake.clone(),
-            Arc::new(FakeHost(Ok(String::new()))),
-            Arc::new(Metrics::default()),
-        );
+        let (ctx, requests) = context(fake.clone());
         let mut worker = worker_at(dir.path());
         worker.spec.auto_recovery.enabled = false;
 
@@ -327,13 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unsafe_spec_is_reported_and_waits_for_a_change() {
-        let (client, requests) = mock_api::client(api_server);
-        let ctx = Context::new(
-            client,
-            Arc::new(FakeRuntime::default()),
-            Arc::new(FakeHost(Ok(String::new()))),
-            Arc::new(Metrics::default()),
-        );
+        let (ctx, requests) = context(Arc::new(FakeRuntime::default()));
         let mut worker = worker_at(std::path::Path::new("/shared"));
         worker.spec.paths.tasks_dir = Some("../../etc".into());
 
