@@ -119,11 +119,12 @@ fn evidence(mut f: Finding, c: &ContainerInfo) -> Finding {
             f = f.with("exitMeaning", exit_meaning(code));
         }
     }
-    f = f.with_opt("image", c.image.as_ref());
-    f = f.with_opt("startedAt", c.started_at);
-    f = f.with_opt("finishedAt", c.finished_at.filter(|_| !c.running));
-    f = f.with_opt("hostPid", c.pid);
-    f = f.with_opt("memoryLimitBytes", c.memory_limit);
+    f = f
+        .with_opt("image", c.image.as_ref())
+        .with_opt("startedAt", c.started_at)
+        .with_opt("finishedAt", c.finished_at.filter(|_| !c.running))
+        .with_opt("hostPid", c.pid)
+        .with_opt("memoryLimitBytes", c.memory_limit);
     if let Some((soft, hard)) = c.nofile_limit {
         f = f.with("nofileLimit", format!("{soft}:{hard}"));
     }

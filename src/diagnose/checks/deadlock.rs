@@ -341,7 +341,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
         .iter()
         .map(|t| {
             let age = t.entry.age_seconds(now);
-            let mut f = ctx
+            ctx
                 .finding(
                     CHECK,
                     FindingKind::StuckTask,
@@ -356,9 +356,8 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 .with("ageSeconds", age)
                 .with("thresholdSeconds", stuck_after)
                 .with("path", t.entry.path.display())
-                .with("modifiedAt", modified(&t.entry));
-            f = f.with_opt("taskType", t.task_type.as_ref());
-            f
+                .with("modifiedAt", modified(&t.entry))
+            .with_opt("taskType", t.task_type.as_ref())
         })
         .collect();
     findings.extend(capped(ctx, stuck_findings, "stuck tasks"));
@@ -395,28 +394,26 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                 (None, Some(p)) => format!(" held by pid {p}"),
                 (None, None) => String::new(),
             };
-            let mut f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::StaleLock,
-                    severity,
-                    format!(
-                        "stale lock {}{holder}: {age}s ({:.1} minutes) old, more than {stale_after}s",
-                        lock.name,
-                        age as f64 / 60.0
-                    ),
-                )
-                .with("lockFile", lock.path.display())
-                .with("ageSeconds", age)
-                .with("thresholdSeconds", stale_after)
-                .with("modifiedAt", modified(lock))
-                .with("task", &task)
-                .with("taskActive", active_ids.contains(task.as_str()));
-            f = f.with_opt("holder", info.holder.as_ref());
-            f = f.with_opt("holderPid", info.pid.as_ref());
-            f = f.with_opt("acquiredAt", info.acquired_at.as_ref());
-            f = f.with_opt("lockContent", info.problem.as_ref());
-            f
+            ctx.finding(
+                CHECK,
+                FindingKind::StaleLock,
+                severity,
+                format!(
+                    "stale lock {}{holder}: {age}s ({:.1} minutes) old, more than {stale_after}s",
+                    lock.name,
+                    age as f64 / 60.0
+                ),
+            )
+            .with("lockFile", lock.path.display())
+            .with("ageSeconds", age)
+            .with("thresholdSeconds", stale_after)
+            .with("modifiedAt", modified(lock))
+            .with("task", &task)
+            .with("taskActive", active_ids.contains(task.as_str()))
+            .with_opt("holder", info.holder.as_ref())
+            .with_opt("holderPid", info.pid.as_ref())
+            .with_opt("acquiredAt", info.acquired_at.as_ref())
+            .with_opt("lockContent", info.problem.as_ref())
         })
         .collect();
     findings.extend(capped(ctx, stale_findings, "stale locks"));
@@ -425,17 +422,15 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
         .malformed
         .iter()
         .map(|(path, reason, size)| {
-            let mut f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::MalformedTask,
-                    Severity::Warning,
-                    format!("task file {} is not a task: {reason}", path.display()),
-                )
-                .with("path", path.display())
-                .with("reason", reason);
-            f = f.with_opt("sizeBytes", size.as_ref());
-            f
+            ctx.finding(
+                CHECK,
+                FindingKind::MalformedTask,
+                Severity::Warning,
+                format!("task file {} is not a task: {reason}", path.display()),
+            )
+            .with("path", path.display())
+            .with("reason", reason)
+            .with_opt("sizeBytes", size.as_ref())
         })
         .collect();
     findings.extend(capped(ctx, malformed, "malformed task files"));
@@ -444,17 +439,15 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
         .unsafe_paths
         .iter()
         .map(|(path, what, target)| {
-            let mut f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::UnsafePath,
-                    Severity::Warning,
-                    format!("{} is {what}; it was not read", path.display()),
-                )
-                .with("path", path.display())
-                .with("what", what);
-            f = f.with_opt("linkTarget", target.as_ref());
-            f
+            ctx.finding(
+                CHECK,
+                FindingKind::UnsafePath,
+                Severity::Warning,
+                format!("{} is {what}; it was not read", path.display()),
+            )
+            .with("path", path.display())
+            .with("what", what)
+            .with_opt("linkTarget", target.as_ref())
         })
         .collect();
     findings.extend(capped(ctx, unsafe_paths, "unsafe paths"));

@@ -122,11 +122,10 @@ fn assess(ctx: &CheckContext, hb: &Heartbeat, path: &str) -> Vec<Finding> {
     let timeout = i64::from(ctx.spec.heartbeat_timeout_seconds);
     let age = ctx.now.duration_since(hb.timestamp).as_secs();
     let describe = |f: Finding| -> Finding {
-        let mut f = f.with("path", path);
-        f = f.with_opt("status", hb.status.as_ref());
-        f = f.with_opt("currentTask", hb.current_task.as_ref());
-        f = f.with_opt("progress", hb.progress);
-        f
+        f.with("path", path)
+            .with_opt("status", hb.status.as_ref())
+            .with_opt("currentTask", hb.current_task.as_ref())
+            .with_opt("progress", hb.progress)
     };
     if age > timeout {
         let f = ctx

@@ -92,20 +92,18 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
             .with("path", &shown),
         Err(SafeError::Symlink { path: at, target }) => {
             // A directory on the way is a symlink: what is behind it is not looked at.
-            let mut f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::PipeNotFifo,
-                    Severity::Critical,
-                    format!(
-                        "named pipe {shown} is behind a symlink ({}); it is not followed",
-                        at.display()
-                    ),
-                )
-                .with("path", &shown)
-                .with("what", format!("symlink on the way at {}", at.display()));
-            f = f.with_opt("linkTarget", target);
-            f
+            ctx.finding(
+                CHECK,
+                FindingKind::PipeNotFifo,
+                Severity::Critical,
+                format!(
+                    "named pipe {shown} is behind a symlink ({}); it is not followed",
+                    at.display()
+                ),
+            )
+            .with("path", &shown)
+            .with("what", format!("symlink on the way at {}", at.display()))
+            .with_opt("linkTarget", target)
         }
         Err(SafeError::WrongKind { path: at, kind, .. }) => ctx
             .finding(

@@ -90,11 +90,12 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         .with("state", &proc.state)
     };
     f = f.with("pid", 1).with("name", &proc.name);
-    f = f.with_opt("hostPid", c.pid);
-    f = f.with_opt("threads", proc.threads);
-    f = f.with_opt("vmRssKiB", proc.vm_rss_kib);
-    f = f.with_opt("ppid", proc.ppid);
-    f = f.with_opt("cmdline", cmdline.filter(|c| !c.is_empty()));
+    f = f
+        .with_opt("hostPid", c.pid)
+        .with_opt("threads", proc.threads)
+        .with_opt("vmRssKiB", proc.vm_rss_kib)
+        .with_opt("ppid", proc.ppid)
+        .with_opt("cmdline", cmdline.filter(|c| !c.is_empty()));
     if !c.command.is_empty() {
         f = f.with("expectedCommand", c.command.join(" "));
     }
@@ -102,16 +103,14 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
 }
 
 fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::diagnose::Finding {
-    let mut f = ctx
-        .finding(
-            CheckName::Process,
-            FindingKind::ProcessMissing,
-            Severity::Critical,
-            summary,
-        )
-        .with("containerState", &c.status);
-    f = f.with_opt("exitCode", c.exit_code.filter(|_| !c.running));
-    f
+    ctx.finding(
+        CheckName::Process,
+        FindingKind::ProcessMissing,
+        Severity::Critical,
+        summary,
+    )
+    .with("containerState", &c.status)
+    .with_opt("exitCode", c.exit_code.filter(|_| !c.running))
 }
 
 fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
