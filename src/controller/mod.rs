@@ -63,6 +63,22 @@ impl Context {
 }
 
 impl Context {
+    /// Run one reconcile of `obj` by `controller`: count and time it, and forget the object's
+    /// backoff when it succeeds.
+    pub async fn measured<K: Resource<DynamicType = ()>, T, E>(
+        &self,
+        controller: &'static str,
+        obj: &K,
+        reconcile: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let _timer = self.metrics.reconcile_timer(controller);
+        let result = reconcile.await;
+        if result.is_ok() {
+            self.backoff.reset(&object_key(obj));
+        }
+        result
+    }
+
     /// Publish an Event about `obj`. Failing to publish is logged, never fatal to a reconcile.
     pub async fn publish<K: Resource<DynamicType = ()>>(
         &self,

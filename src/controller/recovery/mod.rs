@@ -53,12 +53,8 @@ pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
 
 #[instrument(skip_all, fields(recovery = %rec.name_any(), namespace = rec.namespace().unwrap_or_default()))]
 async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let result = run_steps(&rec, &ctx).await;
-    if result.is_ok() {
-        ctx.backoff.reset(&object_key(rec.as_ref()));
-    }
-    result
+    ctx.measured(CONTROLLER, rec.as_ref(), run_steps(&rec, &ctx))
+        .await
 }
 
 async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error> {

@@ -41,12 +41,8 @@ pub async fn run(ctx: Arc<Context>, workers: Api<Worker>) {
 
 #[instrument(skip_all, fields(worker = %worker.name_any(), namespace = worker.namespace().unwrap_or_default()))]
 async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_timer(CONTROLLER);
-    let result = reconcile_worker(&worker, &ctx).await;
-    if result.is_ok() {
-        ctx.backoff.reset(&object_key(worker.as_ref()));
-    }
-    result
+    ctx.measured(CONTROLLER, worker.as_ref(), reconcile_worker(&worker, &ctx))
+        .await
 }
 
 async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Error> {
