@@ -150,6 +150,8 @@ mod tests {
     #[test]
     fn atomic_write_replaces_file() {
         let dir = std::env::temp_dir().join(format!("sw-hb-test-{}", std::process::id()));
+        // A leftover of an aborted run with the same pid would break the count.
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join("heartbeat.json");
         write_atomic(&p, b"one").unwrap();

@@ -516,19 +516,36 @@ mod tests {
         Worker::new(cfg, layout, Arc::new(Shared::default()))
     }
 
+    /// Writes a task file and pins its mtime to `UNIX_EPOCH + secs`, so the
+    /// claim order (oldest mtime first, name breaks ties) is set by the test
+    /// and not by when the file system clock happens to tick.
+    fn write_task(path: &Path, body: &str, mtime_secs: u64) {
+        fs::write(path, body).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime_secs))
+            .unwrap();
+    }
+
     #[test]
     fn claim_and_finish_flow() {
         let root = std::env::temp_dir().join(format!("sw-flow-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let mut w = worker_in(&root);
         let l = w.layout.clone();
-        fs::write(l.tasks("pending").join("p.json"), r#"{"id":"p"}"#).unwrap();
-        fs::write(
-            l.tasks("staged").join("s.json"),
+        // Explicit mtimes: bad.json is the oldest pending file, so it is
+        // looked at (and set aside) before p.json; s.json is the newest file
+        // of all, so it is claimed first only because staged/ comes first.
+        let t0 = 1_700_000_000;
+        write_task(&l.tasks("pending").join("bad.json"), "{oops", t0);
+        write_task(&l.tasks("pending").join("p.json"), r#"{"id":"p"}"#, t0 + 10);
+        write_task(
+            &l.tasks("staged").join("s.json"),
             r#"{"id":"s","fail":true}"#,
-        )
-        .unwrap();
-        fs::write(l.tasks("pending").join("bad.json"), "{oops").unwrap();
+            t0 + 20,
+        );
 
         // staged/ first; lock and active file exist while it runs
         let t = w.claim_next().unwrap().unwrap();
@@ -554,11 +571,33 @@ mod tests {
         assert_eq!(w.shared.metrics.failed.load(Ordering::Relaxed), 2);
 
         // a stale lock blocks its task, which stays in pending/
-        fs::write(l.tasks("pending").join("q.json"), r#"{"id":"q"}"#).unwrap();
+        write_task(&l.tasks("pending").join("q.json"), r#"{"id":"q"}"#, t0 + 30);
         fs::write(l.lock_file("q"), "{}").unwrap();
         assert!(w.claim_next().unwrap().is_none());
         assert!(l.tasks("pending").join("q.json").exists());
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn candidates_oldest_mtime_first_then_name() {
+        let dir = std::env::temp_dir().join(format!("sw-order-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let t0 = 1_700_000_000;
+        // mtime order deliberately differs from name order
+        write_task(&dir.join("a.json"), "{}", t0 + 30);
+        write_task(&dir.join("c.json"), "{}", t0 + 10);
+        write_task(&dir.join("b.json"), "{}", t0 + 10);
+        write_task(&dir.join("z.json"), "{}", t0);
+        // not candidates: hidden, wrong suffix, directory
+        write_task(&dir.join(".h.json"), "{}", t0);
+        write_task(&dir.join("x.txt"), "{}", t0);
+        fs::create_dir(dir.join("d.json")).unwrap();
+        assert_eq!(
+            list_candidates(&dir).unwrap(),
+            vec!["z.json", "b.json", "c.json", "a.json"]
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
