@@ -61,7 +61,9 @@ port=19091
 for w in "${WORKERS[@]}"; do
 	mkdir -p "${SHARED}/tasks/${w}/pending"
 	for i in 1 2 3; do printf '{"id":"%s-%d","type":"demo"}\n' "$w" "$i" >"${SHARED}/tasks/${w}/pending/${w}-${i}.json"; done
+	# The label is the container's consent: it lets the Worker default/${w}, and no other, manage it.
 	docker run -d --name "demo-${w}" --network host -v "${SHARED}:/shared" \
+		--label "workerrecovery.io/worker=default/${w}" \
 		-e WORKER_NAME="${w}" -e METRICS_ADDR="127.0.0.1:${port}" -e HEARTBEAT_INTERVAL_SECS=2 \
 		wro-sample-worker:dev >/dev/null
 	port=$((port + 1))
@@ -83,7 +85,7 @@ done
 say "Operator (log: ${OPERATOR_LOG})"
 cargo build --quiet --locked
 bin="${CARGO_TARGET_DIR:-target}/debug/worker-recovery-operator"
-KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" nohup "${bin}" run --listen 127.0.0.1:18080 >"${OPERATOR_LOG}" 2>&1 &
+KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" nohup "${bin}" run --listen 127.0.0.1:18080 --allowed-root "${DEMO_DIR}" >"${OPERATOR_LOG}" 2>&1 &
 echo $! >"${OPERATOR_PID}"
 for w in "${WORKERS[@]}"; do wait_phase "${w}" Healthy 60; done
 kc get workers
@@ -118,5 +120,5 @@ until [[ "$(kc get wrec marie-crash -o jsonpath='{.status.phase}')" == Succeeded
 done
 kc get wrec
 say "The same report from the command line (no operator needed): worker-recovery-operator diagnose marie"
-KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" "${bin}" diagnose marie -n default | head -n 25
+KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" "${bin}" diagnose marie -n default --allowed-root "${DEMO_DIR}" | head -n 25
 say "Done. Explore with: eval \"\$(scripts/stack.sh env)\"; kubectl get workers -o yaml. Clean up: scripts/demo.sh clean; scripts/stack.sh down"

@@ -9,6 +9,7 @@ use crate::{
     diagnose::{self, host::DmesgProbe, report},
     docker::DockerEngine,
     operator, telemetry,
+    trust::{self, AllowedRoots},
 };
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,34 @@ pub struct Cli {
     command: Command,
 }
 
+/// Where the operator may look and act (see `crate::trust`).
+#[derive(clap::Args, Debug, Clone)]
+struct TrustArgs {
+    /// A directory that may hold Workers' shared roots; repeat for several. A Worker whose
+    /// sharedRoot (resolved through symlinks) is outside all of them is refused. None given:
+    /// every Worker is refused.
+    #[arg(
+        long = "allowed-root",
+        value_name = "DIR",
+        env = "WRO_ALLOWED_ROOTS",
+        value_delimiter = ','
+    )]
+    allowed_roots: Vec<PathBuf>,
+}
+
+impl TrustArgs {
+    fn resolve(&self) -> anyhow::Result<AllowedRoots> {
+        let roots = AllowedRoots::new(&self.allowed_roots)
+            .map_err(|e| anyhow::anyhow!("--allowed-root: {e}"))?;
+        if roots.is_empty() {
+            tracing::warn!(
+                "no --allowed-root (WRO_ALLOWED_ROOTS) is configured: every Worker will be refused"
+            );
+        }
+        Ok(roots)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: watch Workers and keep them healthy.
@@ -41,6 +70,8 @@ enum Command {
         /// Watch only this namespace (all namespaces by default).
         #[arg(long, env = "WRO_NAMESPACE")]
         namespace: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -53,6 +84,8 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: report::Format,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
@@ -71,14 +104,25 @@ pub fn main() -> ExitCode {
     telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout),
-        Command::Run { listen, namespace } => {
-            block_on(operator::run(operator::RunOptions { listen, namespace }))
-        }
+        Command::Run {
+            listen,
+            namespace,
+            trust,
+        } => trust.resolve().and_then(|allowed_roots| {
+            block_on(operator::run(operator::RunOptions {
+                listen,
+                namespace,
+                allowed_roots,
+            }))
+        }),
         Command::Diagnose {
             worker,
             namespace,
             output,
-        } => block_on(diagnose(worker, namespace, output)),
+            trust,
+        } => trust
+            .resolve()
+            .and_then(|roots| block_on(diagnose(worker, namespace, output, roots))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +144,7 @@ async fn diagnose(
     name: String,
     namespace: Option<String>,
     output: report::Format,
+    allowed_roots: AllowedRoots,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::sync::Arc;
@@ -117,9 +162,13 @@ async fn diagnose(
     let docker = DockerEngine::connect()
         .await
         .context("cannot reach the Docker engine (set DOCKER_HOST or start dockerd)")?;
-    let ctx = diagnose::CheckContext::new(&worker, Arc::new(docker), Arc::new(DmesgProbe))
+    // The same trust rules as the operator's: nothing outside the allowed roots, no container
+    // without consent.
+    let admission = trust::admit(&worker, &allowed_roots, &docker)
         .await
-        .with_context(|| format!("Worker {ns}/{name} has an invalid spec"))?;
+        .with_context(|| format!("Worker {ns}/{name} cannot be diagnosed"))?;
+    let ctx =
+        diagnose::CheckContext::new(&worker, admission, Arc::new(docker), Arc::new(DmesgProbe));
     let diagnosis = diagnose::diagnose(&ctx).await;
     print!("{}", report::render(&diagnosis, output));
     Ok(())

@@ -13,3 +13,4 @@ pub mod observe;
 pub mod operator;
 pub mod server;
 pub mod telemetry;
+pub mod trust;

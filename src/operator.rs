@@ -20,6 +20,7 @@ use crate::{
     docker::DockerEngine,
     metrics::Metrics,
     server,
+    trust::AllowedRoots,
 };
 
 /// Options of the `run` command.
@@ -28,6 +29,8 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// Watch only this namespace; all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Where Workers' shared roots may be.
+    pub allowed_roots: AllowedRoots,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -59,9 +62,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Arc::new(docker),
         Arc::new(DmesgProbe),
         metrics,
+        opts.allowed_roots.clone(),
     ));
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
+        allowed_roots = ?opts.allowed_roots.roots(),
         "starting controllers"
     );
     ready.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -69,7 +69,7 @@ fn faulty_worker(
 ) -> (String, WorkerContainer, Operator) {
     let ns = stack.namespace(test);
     let task = ("task-1", r#"{"id":"task-1","type":"summarize"}"#);
-    let wc = WorkerContainer::start_with_tasks(test, docker_args, env, &[task]);
+    let wc = WorkerContainer::start_with_tasks(&ns, test, docker_args, env, &[task]);
     let extra = format!("  metrics:\n    url: {}\n{extra_spec}", wc.metrics_url);
     let (ok, out) = stack.apply(&wc.worker_yaml_with(test, &ns, 5, false, &extra));
     assert!(ok, "{out}");
@@ -118,7 +118,8 @@ fn oom_is_diagnosed_as_out_of_memory_with_the_limit() {
     // The CLI reports the same without the operator's help, as JSON and as a table.
     let kubeconfig = stack.kubeconfig.to_str().unwrap();
     let json = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
-        .args(["diagnose", "oom", "-n", &ns, "-o", "json"])
+        .args(["diagnose", "oom", "-n", &ns, "-o", "json", "--allowed-root"])
+        .arg(wc.dir.path())
         .env("KUBECONFIG", kubeconfig)
         .output()
         .unwrap();
@@ -131,6 +132,7 @@ fn oom_is_diagnosed_as_out_of_memory_with_the_limit() {
     assert_eq!(top_cause(&cli), "OutOfMemory");
     let table = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
         .args(["diagnose", "oom", "-n", &ns])
+        .env("WRO_ALLOWED_ROOTS", wc.dir.path())
         .env("KUBECONFIG", kubeconfig)
         .output()
         .unwrap();
@@ -291,4 +293,34 @@ fn hostile_inputs_become_findings_and_nothing_is_read_through_symlinks() {
     // Nothing was moved or deleted by the diagnosis.
     assert!(pending.join("garbage.json").exists() && pending.join("huge.json").exists());
     assert!(active.join("escape.json").symlink_metadata().is_ok());
+}
+
+#[test]
+fn under_init_the_workers_own_process_is_examined() {
+    let stack = stack();
+    // `docker run --init`: PID 1 is docker-init, the sample worker its child.
+    let (ns, wc, _op) = faulty_worker(stack, "inity", &["--init"], &[], "");
+    wait_for(
+        "the worker's first heartbeat",
+        Duration::from_secs(30),
+        || {
+            let hb = wc.shared_root().join("workers/inity/heartbeat.json");
+            hb.exists()
+                .then_some(())
+                .ok_or_else(|| "none yet".to_string())
+        },
+    );
+    assert_eq!(wc.inspect("{{.HostConfig.Init}}"), "true");
+    let d = diagnose_via_recovery(stack, &ns, "inity");
+    let alive = finding(&d, "ProcessAlive");
+    assert_eq!(alive["evidence"]["selectedBy"], "initChild", "{alive}");
+    assert_eq!(alive["evidence"]["init"], "docker-init", "{alive}");
+    assert_eq!(alive["evidence"]["name"], "sample-worker", "{alive}");
+    let pid = evidence_u64(alive, "pid");
+    assert_ne!(pid, 1, "{alive}");
+    assert_eq!(evidence_u64(alive, "ppid"), 1, "{alive}");
+    // The descriptors counted are the worker's, not docker-init's.
+    let fds = finding(&d, "FdUsage");
+    assert_eq!(evidence_u64(fds, "pid"), pid, "{fds}");
+    assert_eq!(fds["evidence"]["process"], "sample-worker");
 }

@@ -33,7 +33,7 @@ fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
 fn crashed_worker_is_restarted_and_reported() {
     let stack = stack();
     let ns = stack.namespace("crash");
-    let wc = WorkerContainer::start("marie", &[], &[]);
+    let wc = WorkerContainer::start(&ns, "marie", &[], &[]);
     for i in 0..3 {
         wc.add_task(
             &format!("t{i}"),
@@ -105,7 +105,7 @@ fn crashed_worker_is_restarted_and_reported() {
 fn hung_worker_turns_heartbeat_stale() {
     let stack = stack();
     let ns = stack.namespace("hang");
-    let wc = WorkerContainer::start("anga", &[], &[]);
+    let wc = WorkerContainer::start(&ns, "anga", &[], &[]);
     wc.add_task("stuck", r#"{"id":"stuck","type":"demo"}"#);
     let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, true));
     assert!(ok, "{out}");
@@ -163,7 +163,7 @@ fn hung_worker_turns_heartbeat_stale() {
 fn exited_worker_without_auto_recovery_stays_down() {
     let stack = stack();
     let ns = stack.namespace("noauto");
-    let wc = WorkerContainer::start("fabien", &[], &[]);
+    let wc = WorkerContainer::start(&ns, "fabien", &[], &[]);
     let (ok, out) = stack.apply(&wc.worker_yaml("fabien", &ns, 10, false));
     assert!(ok, "{out}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
@@ -201,7 +201,7 @@ fn exited_worker_without_auto_recovery_stays_down() {
 fn oom_killed_worker_is_reported_and_restarted() {
     let stack = stack();
     let ns = stack.namespace("oom");
-    let wc = WorkerContainer::start("oomie", &["-m", "16m", "--memory-swap", "16m"], &[]);
+    let wc = WorkerContainer::start(&ns, "oomie", &["-m", "16m", "--memory-swap", "16m"], &[]);
     let (ok, out) = stack.apply(&wc.worker_yaml("oomie", &ns, 10, true));
     assert!(ok, "{out}");
     let _op = Operator::start(stack, &ns, wc.dir.path());

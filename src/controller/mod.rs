@@ -22,15 +22,18 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use crate::{diagnose::HostProbe, docker::ContainerRuntime, metrics::Metrics};
+use crate::{diagnose::HostProbe, docker::ContainerRuntime, metrics::Metrics, trust::AllowedRoots};
 
 /// Field manager under which the operator server-side-applies status.
 pub const FIELD_MANAGER: &str = "worker-recovery-operator";
 
-/// What every reconcile needs: the API client, the container engine, events and metrics.
+/// What every reconcile needs: the API client, the container engine, the trust rules, events
+/// and metrics.
 pub struct Context {
     pub client: kube::Client,
     pub docker: Arc<dyn ContainerRuntime>,
+    /// Where shared roots may be (`crate::trust`).
+    pub allowed_roots: AllowedRoots,
     /// Host facts for the diagnosis (kernel log).
     pub host: Arc<dyn HostProbe>,
     pub recorder: Recorder,
@@ -44,6 +47,7 @@ impl Context {
         docker: Arc<dyn ContainerRuntime>,
         host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
+        allowed_roots: AllowedRoots,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -55,6 +59,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             docker,
+            allowed_roots,
             host,
             metrics,
             backoff: backoff::Backoff::default(),

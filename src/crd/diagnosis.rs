@@ -1,5 +1,6 @@
 //! What a diagnosis reports: findings with evidence, and a ranked root-cause verdict.
-//! These types are also the `status.diagnosis` schema of a WorkerRecovery.
+//! These are API types (the `status.diagnosis` schema of a WorkerRecovery); the diagnosis in
+//! `crate::diagnose` builds them, and nothing here depends on it.
 
 use std::collections::BTreeMap;
 

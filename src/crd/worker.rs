@@ -146,6 +146,11 @@ pub struct DiagnosticsSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub named_pipes: Vec<String>,
+    /// The worker's process as `ps` names it (`/proc/<pid>/comm`), when it is neither PID 1 nor
+    /// the main child of an init (`docker run --init`, tini, ...), which are found without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\s]+$"))]
+    pub process_name: Option<String>,
     /// Longest time one check may take before it is reported as failed.
     #[serde(default = "default_check_timeout_seconds")]
     #[schemars(range(min = 1, max = 300))]
@@ -163,6 +168,7 @@ impl Default for DiagnosticsSpec {
             required_binaries: Vec::new(),
             required_python_packages: Vec::new(),
             named_pipes: Vec::new(),
+            process_name: None,
             check_timeout_seconds: default_check_timeout_seconds(),
         }
     }
@@ -237,14 +243,17 @@ pub struct WorkerStatus {
     /// Summary of the worker's health.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<WorkerPhase>,
-    /// Standard conditions: `ContainerRunning`, `HeartbeatFresh` and `Ready`.
+    /// Standard conditions: `Accepted` (the operator may manage this Worker: its shared root is
+    /// inside an allowed root and its container carries the consent label), `ContainerRunning`,
+    /// `HeartbeatFresh` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Time written in the worker's last heartbeat.
+    /// Time of the worker's last heartbeat: from its content, or the file's modification time
+    /// when the content has no time (`heartbeat.timeSource` says which).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
     /// Content of the last readable heartbeat.
@@ -278,6 +287,9 @@ pub enum WorkerPhase {
     Down,
     /// The operator could not observe the container (Docker engine unreachable).
     Unknown,
+    /// The operator may not manage this Worker: its shared root is outside the allowed roots,
+    /// or its container does not carry the consent label. Nothing is read or touched.
+    Refused,
 }
 
 impl std::fmt::Display for WorkerPhase {
@@ -299,6 +311,25 @@ pub struct HeartbeatSummary {
     /// The worker's progress counter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<u64>,
+    /// Where the heartbeat's time came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_source: Option<HeartbeatTimeSource>,
+    /// The content field the time was read from, when `timeSource` is `Content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_field: Option<String>,
+    /// What is wrong with the heartbeat's content (empty, not JSON, a time field that is not a
+    /// time), when something is. Freshness is then judged by the file's modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_issue: Option<String>,
+}
+
+/// Where a heartbeat's time came from.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatTimeSource {
+    /// A time field of the content (`timestamp`, `ts`, `time` or `last_heartbeat`).
+    Content,
+    /// The file's modification time: the content has no readable time field.
+    FileModified,
 }
 
 /// Docker's view of the container.
@@ -308,7 +339,9 @@ pub struct ContainerSummary {
     /// Container ID (short form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Docker state: created, running, paused, restarting, exited, dead, or `notFound`.
+    /// Docker state: created, running, paused, restarting, exited, dead; `notFound` when no
+    /// such container exists; `notManaged` when it exists without the consent label (then
+    /// nothing else about it is reported).
     pub state: String,
     /// Exit code of the last run, when the container has exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +376,10 @@ fn default_heartbeat_timeout() -> u32 {
 pub struct ResolvedPaths {
     pub worker_name: String,
     pub shared_root: PathBuf,
+    /// Where every confined walk to these paths starts: the allowed root that holds the
+    /// shared root once the Worker is admitted (`crate::trust`), the shared root before.
+    /// Walking down from it with `O_NOFOLLOW` refuses a symlink swapped in after admission.
+    pub trusted_root: PathBuf,
     pub heartbeat_file: PathBuf,
     pub tasks_dir: PathBuf,
     pub locks_dir: PathBuf,
@@ -368,8 +405,20 @@ impl Worker {
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 
-    /// Resolve every path of the worker, refusing anything that could leave the shared root.
+    /// Resolve every path of the worker under its declared shared root, refusing anything that
+    /// could leave it. Pure: nothing on disk is looked at.
     pub fn resolved_paths(&self) -> Result<ResolvedPaths, SpecError> {
+        let root = PathBuf::from(&self.spec.shared_root);
+        self.resolved_paths_at(&root, &root)
+    }
+
+    /// Resolve every path of the worker under `root` (the shared root as resolved through
+    /// symlinks), with confined walks starting from `trusted_root`.
+    pub fn resolved_paths_at(
+        &self,
+        root: &Path,
+        trusted_root: &Path,
+    ) -> Result<ResolvedPaths, SpecError> {
         let name = self.worker_name();
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(SpecError {
@@ -377,8 +426,7 @@ impl Worker {
                 reason: format!("{name:?} is not a valid worker name"),
             });
         }
-        let root = PathBuf::from(&self.spec.shared_root);
-        if !root.is_absolute() {
+        if !Path::new(&self.spec.shared_root).is_absolute() {
             return Err(SpecError {
                 field: "spec.sharedRoot",
                 reason: format!("{:?} is not an absolute path", self.spec.shared_root),
@@ -387,7 +435,7 @@ impl Worker {
         let p = &self.spec.paths;
         let resolve = |field: &'static str, value: &Option<String>, default: &str| {
             let template = value.as_deref().unwrap_or(default);
-            confined_join(&root, &template.replace("{worker}", &name))
+            confined_join(root, &template.replace("{worker}", &name))
                 .map_err(|reason| SpecError { field, reason })
         };
         Ok(ResolvedPaths {
@@ -404,7 +452,8 @@ impl Worker {
                 "workers/{worker}/state.json",
             )?,
             tmp_dir: resolve("spec.paths.tmpDir", &p.tmp_dir, "tmp/{worker}")?,
-            shared_root: root,
+            shared_root: root.to_path_buf(),
+            trusted_root: trusted_root.to_path_buf(),
             worker_name: name,
         })
     }

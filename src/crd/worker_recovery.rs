@@ -72,7 +72,7 @@ pub struct WorkerRecoveryStatus {
     pub completion_time: Option<Time>,
     /// What the diagnosis found: findings with evidence and the ranked root cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diagnosis: Option<crate::diagnose::Diagnosis>,
+    pub diagnosis: Option<super::diagnosis::Diagnosis>,
 }
 
 /// Phase of a recovery run.

@@ -114,6 +114,11 @@ pub mod testing {
                 "WORKER_NAME=marie".into(),
             ],
             command: vec!["/usr/local/bin/sample-worker".into()],
+            labels: [(
+                crate::trust::CONSENT_LABEL.to_string(),
+                crate::trust::consent_value("default", "marie"),
+            )]
+            .into(),
             ..Default::default()
         }
     }
@@ -147,6 +152,7 @@ pub mod testing {
             docker: Arc::new(fake),
             host: Arc::new(FakeHost(kernel_log)),
             now: "2026-11-27T10:10:00Z".parse::<Timestamp>().unwrap(),
+            worker_process: Default::default(),
         }
     }
 }

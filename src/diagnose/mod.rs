@@ -4,7 +4,6 @@
 
 pub mod checks;
 pub mod host;
-pub mod model;
 pub mod report;
 pub mod verdict;
 
@@ -13,11 +12,14 @@ use std::{sync::Arc, time::Duration};
 use futures::future::join_all;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-pub use model::{CheckName, Diagnosis, Finding, FindingKind, RootCause, Severity, Verdict};
+pub use crate::crd::diagnosis::{
+    CheckName, Diagnosis, Finding, FindingKind, RootCause, Severity, Verdict,
+};
 
 use crate::{
     crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
-    docker::{ContainerInfo, ContainerRuntime},
+    docker::{ContainerInfo, ContainerObservation, ContainerRuntime},
+    trust::Admission,
 };
 
 /// Facts about the host outside any container (kernel log).
@@ -40,33 +42,61 @@ pub struct CheckContext {
     pub docker: Arc<dyn ContainerRuntime>,
     pub host: Arc<dyn HostProbe>,
     pub now: Timestamp,
+    /// The worker's own process, found once and shared by the checks that look at it.
+    pub worker_process: tokio::sync::OnceCell<Result<checks::process::Located, String>>,
 }
 
 /// What a check returns: its findings, or why it could not run.
 pub type CheckResult = Result<Vec<Finding>, String>;
 
 impl CheckContext {
-    /// Build the context for `worker`, inspecting its container once.
-    pub async fn new(
+    /// Build the context for `worker` from its admission (`crate::trust::admit`): only an
+    /// admitted Worker, with a consenting container, is diagnosed.
+    pub fn new(
         worker: &Worker,
+        admission: Admission,
         docker: Arc<dyn ContainerRuntime>,
         host: Arc<dyn HostProbe>,
-    ) -> Result<Self, crate::crd::worker::SpecError> {
-        let paths = worker.resolved_paths()?;
-        let container = docker
-            .inspect(&worker.spec.container)
-            .await
-            .map_err(|e| e.to_string());
-        Ok(Self {
-            worker_name: paths.worker_name.clone(),
+    ) -> Self {
+        let container = match admission.container {
+            ContainerObservation::Found(info) => Ok(Some(*info)),
+            ContainerObservation::NotFound => Ok(None),
+            ContainerObservation::Unavailable(e) => Err(e),
+        };
+        Self {
+            worker_name: admission.paths.worker_name.clone(),
             spec: worker.spec.clone(),
-            paths,
+            paths: admission.paths,
             previous: worker.status.clone(),
             container,
             docker,
             host,
             now: Timestamp::now(),
-        })
+            worker_process: Default::default(),
+        }
+    }
+
+    /// The worker's own process in the running container (see [`checks::process::locate`]).
+    pub async fn worker_process(&self) -> Result<checks::process::Located, String> {
+        let Some(c) = self.running_container() else {
+            return Err(format!(
+                "container {:?} is not running",
+                self.spec.container
+            ));
+        };
+        self.worker_process
+            .get_or_init(|| checks::process::locate(self, c))
+            .await
+            .clone()
+    }
+
+    /// What to call the container in engine requests: its ID once inspected (the container
+    /// that consented, not whichever takes its name later), the spec's name otherwise.
+    pub fn container_ref(&self) -> &str {
+        match &self.container {
+            Ok(Some(c)) if !c.id.is_empty() => &c.id,
+            _ => &self.spec.container,
+        }
     }
 
     /// A finding of `check` observed now.
@@ -167,7 +197,10 @@ mod tests {
     use super::*;
     use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
 
-    #[tokio::test]
+    // Paused time: the 1 s timeout passes in simulated time once every other check is done
+    // (tokio does not jump ahead while blocking work runs), so a slow machine cannot make the
+    // healthy checks miss it.
+    #[tokio::test(start_paused = true)]
     async fn a_hanging_check_becomes_a_finding_and_the_diagnosis_finishes() {
         let fake = FakeRuntime {
             exec_delay: Some(Duration::from_secs(3600)),

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::model::{Diagnosis, Severity};
+use crate::crd::diagnosis::{Diagnosis, Severity};
 
 /// Output formats of the `diagnose` command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -94,9 +94,9 @@ pub fn table(d: &Diagnosis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::{
-        model::{CheckName, Finding, FindingKind},
-        verdict,
+    use crate::{
+        crd::diagnosis::{CheckName, Finding, FindingKind},
+        diagnose::verdict,
     };
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 

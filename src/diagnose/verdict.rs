@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Finding, FindingKind, RankedCause, RootCause, Verdict};
+use crate::crd::diagnosis::{Finding, FindingKind, RankedCause, RootCause, Verdict};
 
 /// The weight a finding kind gives to each cause it supports.
 fn weights(finding: &Finding) -> &'static [(RootCause, u32)] {
@@ -148,7 +148,7 @@ pub fn rank(findings: &[Finding]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::model::{CheckName, Severity};
+    use crate::crd::diagnosis::{CheckName, Severity};
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
     fn f(kind: FindingKind, evidence: &[(&str, &str)]) -> Finding {

@@ -87,6 +87,8 @@ impl ContainerRuntime for DockerEngine {
                     memory_limit: host_config.memory.filter(|m| *m > 0),
                     nofile_limit: nofile_limit(host_config.ulimits.as_deref()),
                     env: config.env.unwrap_or_default(),
+                    init: host_config.init.unwrap_or(false),
+                    labels: config.labels.unwrap_or_default().into_iter().collect(),
                     command: config
                         .entrypoint
                         .unwrap_or_default()

@@ -25,6 +25,14 @@ pub struct FakeRuntime {
 }
 
 impl FakeRuntime {
+    /// The container called `container`, by name or by ID, as the engine finds it.
+    fn key_of(containers: &HashMap<String, ContainerInfo>, container: &str) -> Option<String> {
+        containers
+            .iter()
+            .find(|(name, info)| *name == container || info.id == container)
+            .map(|(name, _)| name.clone())
+    }
+
     pub fn with_container(info: ContainerInfo) -> Self {
         let fake = Self::default();
         fake.containers
@@ -38,13 +46,14 @@ impl FakeRuntime {
 #[async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
-        Ok(self.containers.lock().unwrap().get(container).cloned())
+        let containers = self.containers.lock().unwrap();
+        Ok(Self::key_of(&containers, container).and_then(|k| containers.get(&k).cloned()))
     }
 
     async fn start(&self, container: &str) -> Result<StartOutcome, DockerError> {
         let mut containers = self.containers.lock().unwrap();
-        let info = containers
-            .get_mut(container)
+        let info = Self::key_of(&containers, container)
+            .and_then(|k| containers.get_mut(&k))
             .ok_or_else(|| DockerError::NotFound(container.into()))?;
         if info.running {
             return Ok(StartOutcome::AlreadyRunning);

@@ -32,8 +32,12 @@ pub struct ContainerInfo {
     pub nofile_limit: Option<(i64, i64)>,
     /// The container's environment (`KEY=value`), for its PATH.
     pub env: Vec<String>,
-    /// Entrypoint followed by command: what PID 1 runs.
+    /// Entrypoint followed by command: what PID 1 runs (or its child, under `--init`).
     pub command: Vec<String>,
+    /// Started with `docker run --init`: PID 1 is `docker-init`, the worker is its child.
+    pub init: bool,
+    /// The container's labels, among them the operator's consent label.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Output of a command run inside a container.
@@ -66,6 +70,26 @@ impl ContainerInfo {
     /// The container ID in the short form `docker ps` prints.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]
+    }
+}
+
+/// What asking the engine about a container gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContainerObservation {
+    Found(Box<ContainerInfo>),
+    NotFound,
+    /// The engine could not be asked.
+    Unavailable(String),
+}
+
+impl ContainerObservation {
+    /// Inspect `container` and fold the answer into an observation.
+    pub async fn of(docker: &dyn ContainerRuntime, container: &str) -> Self {
+        match docker.inspect(container).await {
+            Ok(Some(info)) => Self::Found(Box::new(info)),
+            Ok(None) => Self::NotFound,
+            Err(e) => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use std::{
 use serde_json::Value;
 
 pub const WORKER_IMAGE: &str = "wro-sample-worker:dev";
+/// The label by which a container lets one Worker manage it (`<namespace>/<worker>`).
+pub const CONSENT_LABEL: &str = "workerrecovery.io/worker";
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -196,24 +198,63 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// Start the operator watching `namespace`, allowed to use the shared roots under
+    /// `log_dir` (each test's own temporary directory), logging into `log_dir`.
     pub fn start(stack: &Stack, namespace: &str, log_dir: &Path) -> Self {
-        let listen = format!("127.0.0.1:{}", free_port());
+        Self::start_allowing(stack, namespace, log_dir, &[log_dir])
+    }
+
+    /// Start the operator with exactly these `--allowed-root`s.
+    pub fn start_allowing(
+        stack: &Stack,
+        namespace: &str,
+        log_dir: &Path,
+        allowed_roots: &[&Path],
+    ) -> Self {
         let log = log_dir.join("operator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
-            .args(["run", "--listen", &listen, "--namespace", namespace])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
+        // Port 0: the operator binds a free port itself and logs it, so that tests running in
+        // parallel can never race for one.
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--namespace", namespace]);
+        for root in allowed_roots {
+            cmd.arg("--allowed-root").arg(root);
+        }
+        let child = cmd
             .env("KUBECONFIG", &stack.kubeconfig)
             .env("RUST_LOG", "info,worker_recovery_operator=debug")
+            .env_remove("WRO_ALLOWED_ROOTS")
             .stdout(fs::File::create(&log).unwrap())
             .stderr(fs::File::options().append(true).open(&log).unwrap())
             .spawn()
             .expect("operator starts");
-        let op = Self { child, listen, log };
+        let mut op = Self {
+            child,
+            listen: String::new(),
+            log,
+        };
+        op.listen = wait_for("the operator to listen", Duration::from_secs(30), || {
+            op.bound_address().ok_or_else(|| op.log_tail())
+        });
         wait_for("operator /readyz", Duration::from_secs(30), || {
             http_get(&op.listen, "/readyz")
                 .filter(|(code, _)| *code == 200)
                 .ok_or_else(|| op.log_tail())
         });
         op
+    }
+
+    /// The address the operator logged that it serves on.
+    fn bound_address(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.log).ok()?;
+        text.lines().find_map(|line| {
+            // JSON logs are flat: the message and the fields side by side.
+            let v: Value = serde_json::from_str(line).ok()?;
+            v["message"]
+                .as_str()?
+                .starts_with("serving /metrics")
+                .then(|| v["addr"].as_str().map(String::from))?
+        })
     }
 
     pub fn metrics(&self) -> String {
@@ -282,19 +323,48 @@ pub struct WorkerContainer {
 }
 
 impl WorkerContainer {
-    /// `docker run` the sample worker. `docker_args` go before the image (limits etc.),
-    /// `env` are extra environment variables for the worker.
-    pub fn start(worker_name: &str, docker_args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_with_tasks(worker_name, docker_args, env, &[])
+    /// `docker run` the sample worker, labelled so that the Worker `<namespace>/<worker_name>`
+    /// may manage it (no label when `namespace` is empty). `docker_args` go before the image
+    /// (limits etc.), `env` are extra environment variables for the worker.
+    pub fn start(
+        namespace: &str,
+        worker_name: &str,
+        docker_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_with_tasks(namespace, worker_name, docker_args, env, &[])
     }
 
     /// Like [`start`](Self::start), with task files `(id, json)` in `pending/` before the
     /// worker starts (so a fault at start-up finds them).
     pub fn start_with_tasks(
+        namespace: &str,
         worker_name: &str,
         docker_args: &[&str],
         env: &[(&str, &str)],
         tasks: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(namespace, worker_name, docker_args, env, tasks, &[])
+    }
+
+    /// The sample worker's image running `command` instead of the sample worker: a worker
+    /// someone else wrote, with busybox.
+    pub fn start_command(
+        namespace: &str,
+        worker_name: &str,
+        docker_args: &[&str],
+        command: &[&str],
+    ) -> Self {
+        Self::start_full(namespace, worker_name, docker_args, &[], &[], command)
+    }
+
+    fn start_full(
+        namespace: &str,
+        worker_name: &str,
+        docker_args: &[&str],
+        env: &[(&str, &str)],
+        tasks: &[(&str, &str)],
+        command: &[&str],
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wro-e2e-")
@@ -328,12 +398,17 @@ impl WorkerContainer {
             "-e".into(),
             "HEARTBEAT_INTERVAL_SECS=1".into(),
         ];
+        if !namespace.is_empty() {
+            args.push("--label".into());
+            args.push(format!("{CONSENT_LABEL}={namespace}/{worker_name}"));
+        }
         for (k, v) in env {
             args.push("-e".into());
             args.push(format!("{k}={v}"));
         }
         args.extend(docker_args.iter().map(|s| s.to_string()));
         args.push(WORKER_IMAGE.into());
+        args.extend(command.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         docker_ok(&refs);
         Self {
@@ -440,6 +515,41 @@ pub fn wait_exited(wc: &WorkerContainer) -> i64 {
             }
         },
     )
+}
+
+/// Docker events of `container` between `since` (from [`docker_now`]) and now, as `Action`
+/// words.
+pub fn docker_events(container: &str, since: &str) -> Vec<String> {
+    let until = unix_now() + 1;
+    let out = docker_ok(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until.to_string(),
+        "--filter",
+        &format!("container={container}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    out.lines().map(String::from).collect()
+}
+
+/// Now as the engine's event filter takes it, to the nanosecond (`seconds.nanoseconds`), after
+/// a pause that puts what happened before clearly before it.
+pub fn docker_now() -> String {
+    std::thread::sleep(Duration::from_millis(1100));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A Worker's status condition by type.

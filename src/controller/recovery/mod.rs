@@ -33,6 +33,7 @@ use crate::{
         worker_recovery::{RecoveryPhase, WorkerRecovery, WorkerRecoveryStatus},
     },
     diagnose::{self, CheckContext, Diagnosis},
+    trust::{self, AdmitError},
 };
 
 pub const CONTROLLER: &str = "workerrecovery";
@@ -96,32 +97,36 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     );
     apply_status(&api, rec, &running).await?;
 
-    let check_ctx = match CheckContext::new(&worker, ctx.docker.clone(), ctx.host.clone()).await {
-        Ok(c) => c,
+    let admission = match trust::admit(&worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
+        Ok(admission) => admission,
         Err(e) => {
-            let message = format!("Worker {worker_name} has an invalid spec: {e}");
+            let (reason, message) = match &e {
+                AdmitError::InvalidSpec(e) => (
+                    "InvalidWorkerSpec",
+                    format!("Worker {worker_name} has an invalid spec: {e}"),
+                ),
+                AdmitError::Refused(refusal) => (
+                    refusal.reason.as_str(),
+                    format!("Worker {worker_name} is refused: {refusal}"),
+                ),
+            };
             let mut failed = step_status(
                 rec,
                 RecoveryPhase::Failed,
                 &start_time,
                 ConditionStatus::False,
-                "InvalidWorkerSpec",
+                reason,
                 message.clone(),
                 None,
             );
             failed.completion_time = Some(Time(Timestamp::now()));
             apply_status(&api, rec, &failed).await?;
-            ctx.publish(
-                rec,
-                EventType::Warning,
-                "InvalidWorkerSpec",
-                "Diagnose",
-                message,
-            )
-            .await;
+            ctx.publish(rec, EventType::Warning, reason, "Diagnose", message)
+                .await;
             return Ok(Action::await_change());
         }
     };
+    let check_ctx = CheckContext::new(&worker, admission, ctx.docker.clone(), ctx.host.clone());
     let diagnosis = diagnose::diagnose(&check_ctx).await;
     let summary = verdict_summary(&diagnosis);
     info!(worker = %worker_name, %summary, findings = diagnosis.findings.len(), "diagnosis complete");
@@ -209,6 +214,7 @@ mod tests {
         diagnose::host::{testing, FakeHost},
         docker::fake::FakeRuntime,
         metrics::Metrics,
+        trust::AllowedRoots,
     };
 
     const RECOVERY_STATUS: &str =
@@ -224,11 +230,19 @@ mod tests {
         .unwrap()
     }
 
-    fn context(worker_exists: bool) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
+    /// A context whose API server knows the Worker `marie` (when `worker_exists`) with its
+    /// shared root at `root`, and whose operator allows the shared roots under `allowed`.
+    fn context(
+        worker_exists: bool,
+        root: &std::path::Path,
+        allowed: &[std::path::PathBuf],
+    ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
+        let mut worker = testing::worker();
+        worker.spec.shared_root = root.display().to_string();
         let (client, requests) =
             mock_api::client(move |method, path, body: &Value| match (method, path) {
                 (&Method::GET, WORKER) if worker_exists => {
-                    (200, serde_json::to_value(testing::worker()).unwrap())
+                    (200, serde_json::to_value(&worker).unwrap())
                 }
                 (&Method::PATCH, RECOVERY_STATUS) => {
                     let mut object = serde_json::to_value(recovery()).unwrap();
@@ -246,6 +260,7 @@ mod tests {
             Arc::new(fake),
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
+            AllowedRoots::new(allowed).unwrap(),
         );
         (ctx, requests)
     }
@@ -262,7 +277,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_worker_is_waited_for() {
-        let (ctx, requests) = context(false);
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, requests) = context(false, dir.path(), &[dir.path().into()]);
         let action = run_steps(&recovery(), &ctx).await.unwrap();
         assert_eq!(action, Action::requeue(WORKER_WAIT));
         let status = last_status(&requests);
@@ -272,7 +288,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_diagnosis_is_written_once() {
-        let (ctx, requests) = context(true);
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, requests) = context(true, dir.path(), &[dir.path().into()]);
         run_steps(&recovery(), &ctx).await.unwrap();
         let status = last_status(&requests);
         assert_eq!(status["phase"], "Succeeded");
@@ -306,5 +323,24 @@ mod tests {
             before,
             "no request for a finished run"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_worker_fails_the_run_without_a_diagnosis() {
+        let allowed = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (ctx, requests) = context(true, outside.path(), &[allowed.path().into()]);
+        assert_eq!(
+            run_steps(&recovery(), &ctx).await.unwrap(),
+            Action::await_change()
+        );
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Failed");
+        assert_eq!(status["conditions"][0]["reason"], "SharedRootNotAllowed");
+        assert!(status.get("diagnosis").is_none(), "{status}");
+        let recorded = requests.lock().unwrap().clone();
+        assert!(recorded
+            .iter()
+            .any(|r| r.body["reason"] == "SharedRootNotAllowed" && r.body["type"] == "Warning"));
     }
 }

@@ -2,30 +2,25 @@
 
 use std::time::Duration;
 
-use k8s_openapi::{
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::{SignedDuration, Timestamp},
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+pub use crate::docker::ContainerObservation;
 
 use crate::{
     controller::conditions::{self, ConditionState, ConditionStatus},
-    crd::worker::{ContainerSummary, HeartbeatSummary, WorkerPhase, WorkerStatus},
+    crd::worker::{
+        ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, WorkerPhase, WorkerStatus,
+    },
     docker::ContainerInfo,
-    observe::heartbeat::HeartbeatObservation,
+    observe::heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource},
+    trust::{Refusal, RefusalReason},
 };
 
 pub const CONTAINER_RUNNING: &str = "ContainerRunning";
 pub const HEARTBEAT_FRESH: &str = "HeartbeatFresh";
 pub const READY: &str = "Ready";
-
-/// What Docker said about the container.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ContainerObservation {
-    Found(Box<ContainerInfo>),
-    NotFound,
-    /// The engine could not be asked.
-    Unavailable(String),
-}
+/// Whether the operator may manage the Worker at all (`crate::trust`).
+pub const ACCEPTED: &str = "Accepted";
 
 /// Everything one reconcile observed about a worker.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,25 +169,31 @@ fn heartbeat_condition(
             (ConditionStatus::False, "HeartbeatUnreadable", e.clone())
         }
         HeartbeatObservation::Invalid(e) => (ConditionStatus::False, "HeartbeatInvalid", e.clone()),
-        HeartbeatObservation::Valid(hb) => {
-            // A clock a little ahead of ours is not a stale worker.
-            let age = now.duration_since(hb.timestamp).max(SignedDuration::ZERO);
-            let age_secs = age.as_secs();
-            if age.unsigned_abs() > timeout {
+        HeartbeatObservation::Present(hb) => {
+            let judged = heartbeat::freshness(hb.at, now, timeout);
+            let source = match hb.source {
+                TimeSource::Content { .. } => String::new(),
+                TimeSource::FileModified => match &hb.issue {
+                    Some(issue) => format!(" (by the file's modification time; {issue})"),
+                    None => " (by the file's modification time)".to_string(),
+                },
+            };
+            let age = judged.age.as_secs_f64().max(0.0);
+            if judged.fresh {
+                (
+                    ConditionStatus::True,
+                    "HeartbeatFresh",
+                    format!("last heartbeat {age:.1}s ago{source}"),
+                )
+            } else {
                 (
                     ConditionStatus::False,
                     "HeartbeatStale",
                     format!(
-                        "last heartbeat {age_secs}s ago at {}, over the {}s timeout",
-                        hb.timestamp,
+                        "last heartbeat {age:.1}s ago at {}, over the {}s timeout{source}",
+                        hb.at,
                         timeout.as_secs()
                     ),
-                )
-            } else {
-                (
-                    ConditionStatus::True,
-                    "HeartbeatFresh",
-                    format!("last heartbeat {age_secs}s ago"),
                 )
             }
         }
@@ -240,6 +241,7 @@ pub fn next_status(
     let conditions = conditions::merge(
         previous_conditions,
         &[
+            accepted_condition(&obs.container),
             assessment.container_running.clone(),
             assessment.heartbeat_fresh.clone(),
             assessment.ready.clone(),
@@ -248,14 +250,7 @@ pub fn next_status(
         obs.now,
     );
     let (last_heartbeat_time, heartbeat) = match &obs.heartbeat {
-        HeartbeatObservation::Valid(hb) => (
-            Some(Time(hb.timestamp)),
-            Some(HeartbeatSummary {
-                status: hb.status.clone(),
-                current_task: hb.current_task.clone(),
-                progress: hb.progress,
-            }),
-        ),
+        HeartbeatObservation::Present(hb) => (Some(Time(hb.at)), Some(summarize(hb))),
         // Keep what we knew: the column then shows how long the worker has been silent.
         _ => (
             previous.and_then(|s| s.last_heartbeat_time.clone()),
@@ -295,10 +290,10 @@ pub fn next_status(
         &obs.heartbeat,
         previous.and_then(|s| s.last_progress_time.clone()),
     ) {
-        (HeartbeatObservation::Valid(_), Some(t)) if previous_progress == current_progress => {
+        (HeartbeatObservation::Present(_), Some(t)) if previous_progress == current_progress => {
             Some(t)
         }
-        (HeartbeatObservation::Valid(hb), _) => Some(Time(hb.timestamp)),
+        (HeartbeatObservation::Present(hb), _) => Some(Time(hb.at)),
         (_, kept) => kept,
     };
     WorkerStatus {
@@ -317,6 +312,87 @@ pub fn next_status(
     }
 }
 
+/// `Accepted=True`: only an admitted Worker is observed at all.
+fn accepted_condition(container: &ContainerObservation) -> ConditionState {
+    let container = match container {
+        ContainerObservation::Found(_) => "its container carries the consent label",
+        ContainerObservation::NotFound => "its container does not exist yet",
+        ContainerObservation::Unavailable(_) => "its container could not be inspected",
+    };
+    ConditionState {
+        type_: ACCEPTED,
+        status: ConditionStatus::True,
+        reason: "Accepted",
+        message: format!("the shared root is inside an allowed root; {container}"),
+    }
+}
+
+/// The heartbeat as status shows it.
+fn summarize(hb: &Heartbeat) -> HeartbeatSummary {
+    let (time_source, time_field) = match hb.source {
+        TimeSource::Content { field } => (HeartbeatTimeSource::Content, Some(field.to_string())),
+        TimeSource::FileModified => (HeartbeatTimeSource::FileModified, None),
+    };
+    HeartbeatSummary {
+        status: hb.status.clone(),
+        current_task: hb.current_task.clone(),
+        progress: hb.progress,
+        time_source: Some(time_source),
+        time_field,
+        content_issue: hb.issue.as_ref().map(ToString::to_string),
+    }
+}
+
+/// The status of a Worker the operator may not manage: `Accepted=False` and `Ready=False` with
+/// the refusal's reason, phase `Refused`, and nothing observed: what an earlier, accepted
+/// observation wrote about files or the container is dropped, and a container that exists is
+/// reported only as existing.
+pub fn refused_status(
+    previous: Option<&WorkerStatus>,
+    generation: Option<i64>,
+    refusal: &Refusal,
+    now: Timestamp,
+) -> WorkerStatus {
+    let reason = refusal.reason.as_str();
+    let conditions = conditions::merge(
+        previous
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default(),
+        &[
+            ConditionState {
+                type_: ACCEPTED,
+                status: ConditionStatus::False,
+                reason,
+                message: refusal.message.clone(),
+            },
+            ConditionState {
+                type_: READY,
+                status: ConditionStatus::False,
+                reason,
+                message: refusal.message.clone(),
+            },
+        ],
+        generation,
+        now,
+    );
+    let container =
+        (refusal.reason == RefusalReason::ContainerNotManaged).then(|| ContainerSummary {
+            state: "notManaged".into(),
+            ..Default::default()
+        });
+    WorkerStatus {
+        phase: Some(WorkerPhase::Refused),
+        conditions,
+        observed_generation: generation,
+        container,
+        // What the operator did is history, not an observation: it stays.
+        restart_count: previous.map(|s| s.restart_count).unwrap_or(0),
+        last_restart_time: previous.and_then(|s| s.last_restart_time.clone()),
+        last_observed_time: Some(Time(now)),
+        ..Default::default()
+    }
+}
+
 /// How soon to look again: often enough to see a heartbeat go stale close to its timeout.
 pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
@@ -325,7 +401,7 @@ pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::heartbeat::Heartbeat;
+    use crate::observe::heartbeat::ContentIssue;
 
     const NOW: i64 = 1_795_823_941;
 
@@ -351,11 +427,13 @@ mod tests {
     }
 
     fn beat(age_secs: i64) -> HeartbeatObservation {
-        HeartbeatObservation::Valid(Heartbeat {
-            timestamp: Timestamp::from_second(NOW - age_secs).unwrap(),
+        HeartbeatObservation::Present(Heartbeat {
+            at: Timestamp::from_second(NOW - age_secs).unwrap(),
+            source: TimeSource::Content { field: "timestamp" },
             status: Some("working".into()),
             current_task: Some("t1".into()),
             progress: Some(7),
+            issue: None,
         })
     }
 
@@ -411,10 +489,102 @@ mod tests {
         );
         assert_eq!(a.heartbeat_fresh.reason, "HeartbeatStale");
         assert!(
-            a.heartbeat_fresh.message.contains("31s ago"),
+            a.heartbeat_fresh.message.contains("31.0s ago"),
             "{}",
             a.heartbeat_fresh.message
         );
+    }
+
+    #[test]
+    fn a_heartbeat_without_time_is_judged_by_the_file_and_says_so() {
+        let by_file = |age_secs: i64, issue: Option<ContentIssue>| {
+            HeartbeatObservation::Present(Heartbeat {
+                at: Timestamp::from_second(NOW - age_secs).unwrap(),
+                source: TimeSource::FileModified,
+                status: Some("ok".into()),
+                current_task: None,
+                progress: None,
+                issue,
+            })
+        };
+        let running = || ContainerObservation::Found(container("running", true));
+        let o = obs(running(), by_file(1, None));
+        let a = assess(&o, TIMEOUT);
+        assert_eq!(a.phase, WorkerPhase::Healthy);
+        assert!(a.heartbeat_fresh.message.contains("modification time"));
+        let status = next_status(None, Some(1), &o, &a, None);
+        let hb = status.heartbeat.unwrap();
+        assert_eq!(hb.time_source, Some(HeartbeatTimeSource::FileModified));
+        assert_eq!(hb.time_field, None);
+        assert_eq!(
+            status.last_heartbeat_time,
+            Some(Time(Timestamp::from_second(NOW - 1).unwrap()))
+        );
+
+        // Corrupt content rewritten a second ago: fresh, and the issue is reported.
+        let o = obs(
+            running(),
+            by_file(1, Some(ContentIssue::Corrupt("eof".into()))),
+        );
+        let a = assess(&o, TIMEOUT);
+        assert_eq!(a.heartbeat_fresh.status, ConditionStatus::True);
+        let status = next_status(None, Some(1), &o, &a, None);
+        assert!(status
+            .heartbeat
+            .unwrap()
+            .content_issue
+            .unwrap()
+            .contains("eof"));
+        // An old file is stale whatever its content.
+        let a = assess(&obs(running(), by_file(31, None)), TIMEOUT);
+        assert_eq!(a.heartbeat_fresh.reason, "HeartbeatStale");
+    }
+
+    #[test]
+    fn a_refused_worker_shows_nothing_it_observed_before() {
+        let o = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(2),
+        );
+        let before = next_status(None, Some(1), &o, &assess(&o, TIMEOUT), None);
+        assert!(before.heartbeat.is_some() && before.container.is_some());
+        let accepted = before
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ACCEPTED)
+            .unwrap();
+        assert_eq!(accepted.status, "True");
+
+        let refusal = Refusal {
+            reason: RefusalReason::ContainerNotManaged,
+            message: "container \"marie\" exists but does not carry the label".into(),
+        };
+        let refused = refused_status(Some(&before), Some(2), &refusal, now());
+        assert_eq!(refused.phase, Some(WorkerPhase::Refused));
+        assert_eq!(refused.heartbeat, None);
+        assert_eq!(refused.last_heartbeat_time, None);
+        let container = refused.container.unwrap();
+        assert_eq!(container.state, "notManaged");
+        assert_eq!(container.id, None);
+        assert_eq!(container.image, None);
+        for type_ in [ACCEPTED, READY] {
+            let c = refused
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "ContainerNotManaged")
+            );
+        }
+
+        let refusal = Refusal {
+            reason: RefusalReason::SharedRootNotAllowed,
+            message: "not inside".into(),
+        };
+        let refused = refused_status(Some(&before), Some(2), &refusal, now());
+        assert_eq!(refused.container, None, "nothing about the container");
     }
 
     #[test]
@@ -542,7 +712,7 @@ mod tests {
         assert_eq!(third.restart_count, 1);
         assert_eq!(third.last_restart_time, Some(Time(now())));
         let types: Vec<_> = third.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, [CONTAINER_RUNNING, HEARTBEAT_FRESH, READY]);
+        assert_eq!(types, [ACCEPTED, CONTAINER_RUNNING, HEARTBEAT_FRESH, READY]);
     }
 
     #[test]
@@ -563,7 +733,7 @@ mod tests {
         assert_ne!(second.last_heartbeat_time, first.last_heartbeat_time);
         // Progress moves: so does the time.
         let mut moved = beat(0);
-        if let HeartbeatObservation::Valid(hb) = &mut moved {
+        if let HeartbeatObservation::Present(hb) = &mut moved {
             hb.progress = Some(8);
         }
         let o3 = obs(

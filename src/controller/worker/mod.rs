@@ -23,8 +23,9 @@ use self::decide::{ContainerObservation, Observation, Plan, RestartRecord};
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
     crd::worker::{Worker, WorkerPhase, WorkerStatus},
-    docker::{ContainerRuntime, StartOutcome},
+    docker::StartOutcome,
     observe::heartbeat,
+    trust::{self, AdmitError},
 };
 
 pub const CONTROLLER: &str = "worker";
@@ -49,30 +50,56 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     let api: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
     let previous = worker.status.as_ref();
-    let paths = match worker.resolved_paths() {
-        Ok(paths) => paths,
-        Err(e) => {
+    let timeout = Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds));
+
+    // Admit: nothing is read or touched for a Worker the operator may not manage.
+    let admission = match trust::admit(worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
+        Ok(admission) => admission,
+        Err(AdmitError::InvalidSpec(e)) => {
             write_invalid_spec(&api, worker, ctx, &e.to_string()).await?;
             return Err(e.into());
         }
+        Err(AdmitError::Refused(refusal)) => {
+            let status = decide::refused_status(
+                previous,
+                worker.metadata.generation,
+                &refusal,
+                Timestamp::now(),
+            );
+            apply_status(&api, worker, &status).await?;
+            if previous.and_then(|s| s.phase) != Some(WorkerPhase::Refused) {
+                warn!(reason = refusal.reason.as_str(), %refusal, "worker refused");
+                ctx.publish(
+                    worker,
+                    EventType::Warning,
+                    refusal.reason.as_str(),
+                    "AdmitWorker",
+                    refusal.message.clone(),
+                )
+                .await;
+            }
+            // A label added to the container is not an API change: look again later.
+            return Ok(Action::requeue(decide::requeue_interval(timeout)));
+        }
     };
-    let timeout = Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds));
+    let paths = &admission.paths;
 
     // Observe.
-    let container = observe_container(ctx.docker.as_ref(), &worker.spec.container).await;
-    let heartbeat = heartbeat::read(&paths.shared_root, &paths.heartbeat_file).await;
+    let heartbeat = heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await;
     let mut obs = Observation {
-        container,
+        container: admission.container,
         heartbeat,
         now: Timestamp::now(),
     };
 
-    // Decide and act.
+    // Decide and act. Only a consenting container is ever found here, and it is addressed by
+    // its ID, so a container that took its name since cannot be started in its place.
     let mut restart = None;
-    if let Plan::StartContainer { why } =
-        decide::plan(&obs.container, worker.spec.auto_recovery.enabled)
-    {
-        match ctx.docker.start(&worker.spec.container).await? {
+    if let (Plan::StartContainer { why }, ContainerObservation::Found(found)) = (
+        decide::plan(&obs.container, worker.spec.auto_recovery.enabled),
+        &obs.container,
+    ) {
+        match ctx.docker.start(&found.id).await? {
             StartOutcome::Started => {
                 info!(container = %worker.spec.container, %why, "started exited container");
                 ctx.metrics.record_restart(CONTROLLER);
@@ -93,7 +120,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             StartOutcome::AlreadyRunning => {}
         }
         // Report the container as it is now, not as it was before the start.
-        obs.container = observe_container(ctx.docker.as_ref(), &worker.spec.container).await;
+        obs.container = ContainerObservation::of(ctx.docker.as_ref(), &found.id).await;
     }
     let assessment = decide::assess(&obs, timeout);
     let status = decide::next_status(
@@ -115,6 +142,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             WorkerPhase::Degraded => (EventType::Warning, "WorkerDegraded"),
             WorkerPhase::Down => (EventType::Warning, "WorkerDown"),
             WorkerPhase::Unknown => (EventType::Warning, "WorkerUnknown"),
+            WorkerPhase::Refused => (EventType::Warning, "WorkerRefused"),
         };
         let note = format!(
             "{} -> {}: {}",
@@ -129,14 +157,6 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
     Ok(Action::requeue(decide::requeue_interval(timeout)))
-}
-
-async fn observe_container(docker: &dyn ContainerRuntime, name: &str) -> ContainerObservation {
-    match docker.inspect(name).await {
-        Ok(Some(info)) => ContainerObservation::Found(Box::new(info)),
-        Ok(None) => ContainerObservation::NotFound,
-        Err(e) => ContainerObservation::Unavailable(e.to_string()),
-    }
 }
 
 /// Report a spec the operator cannot act on, in status and as an Event.
@@ -202,6 +222,7 @@ mod tests {
         diagnose::host::{testing, FakeHost},
         docker::fake::FakeRuntime,
         metrics::Metrics,
+        trust::AllowedRoots,
     };
 
     /// The API server's answers: status patches echo the object back, Events are created.
@@ -225,13 +246,18 @@ mod tests {
     }
 
     /// A context over `docker` and the mock API server; also returns what the server saw.
+    /// A context over `docker` and the mock API server that allows shared roots under
+    /// `allowed`; also returns what the server saw.
     fn context(
         docker: Arc<dyn crate::docker::ContainerRuntime>,
+        allowed: &[&std::path::Path],
     ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
         let (client, requests) = mock_api::client(api_server);
         let host = Arc::new(FakeHost(Ok(String::new())));
+        let roots: Vec<_> = allowed.iter().map(|p| p.to_path_buf()).collect();
+        let roots = AllowedRoots::new(&roots).unwrap();
         (
-            Context::new(client, docker, host, Arc::new(Metrics::default())),
+            Context::new(client, docker, host, Arc::new(Metrics::default()), roots),
             requests,
         )
     }
@@ -257,7 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let (ctx, requests) = context(fake.clone());
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
         let mut worker = worker_at(dir.path());
 
         reconcile_worker(&worker, &ctx).await.unwrap();
@@ -305,7 +331,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(137)));
-        let (ctx, requests) = context(fake.clone());
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
         let mut worker = worker_at(dir.path());
         worker.spec.auto_recovery.enabled = false;
 
@@ -323,7 +349,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unsafe_spec_is_reported_and_waits_for_a_change() {
-        let (ctx, requests) = context(Arc::new(FakeRuntime::default()));
+        let (ctx, requests) = context(Arc::new(FakeRuntime::default()), &[]);
         let mut worker = worker_at(std::path::Path::new("/shared"));
         worker.spec.paths.tasks_dir = Some("../../etc".into());
 
@@ -341,5 +367,85 @@ mod tests {
                 .contains("spec.paths.tasksDir"),
             "{ready}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_root_outside_the_allowed_roots_is_refused_untouched() {
+        let allowed = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fresh_heartbeat(outside.path());
+        // Through a symlink inside the allowed root, too.
+        std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
+        for root in [outside.path().to_path_buf(), allowed.path().join("link")] {
+            let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
+            let (ctx, requests) = context(fake.clone(), &[allowed.path()]);
+            let worker = worker_at(&root);
+
+            reconcile_worker(&worker, &ctx).await.unwrap();
+            assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
+            let recorded = requests.lock().unwrap().clone();
+            let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
+            let status = &patch.body["status"];
+            assert_eq!(status["phase"], "Refused", "{status}");
+            let accepted = status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Accepted")
+                .unwrap();
+            assert_eq!(accepted["status"], "False");
+            assert_eq!(accepted["reason"], "SharedRootNotAllowed");
+            assert!(status.get("heartbeat").is_none() && status.get("container").is_none());
+            let event = recorded
+                .iter()
+                .find(|r| r.method == Method::POST)
+                .expect("a Warning event");
+            assert_eq!(event.body["type"], "Warning");
+            assert_eq!(event.body["reason"], "SharedRootNotAllowed");
+            let everything =
+                serde_json::to_string(&recorded.iter().map(|r| &r.body).collect::<Vec<_>>())
+                    .unwrap();
+            assert!(
+                !everything.contains("progress") && !everything.contains("idle"),
+                "nothing of the heartbeat outside leaks: {everything}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_without_consent_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let mut stranger = testing::exited(3);
+        stranger.labels.clear();
+        let fake = Arc::new(FakeRuntime::with_container(stranger.clone()));
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
+        let worker = worker_at(dir.path());
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 0);
+        let recorded = requests.lock().unwrap().clone();
+        let status = &recorded
+            .iter()
+            .find(|r| r.method == Method::PATCH)
+            .unwrap()
+            .body["status"];
+        assert_eq!(status["phase"], "Refused");
+        assert_eq!(
+            status["container"],
+            json!({"state": "notManaged", "oomKilled": false, "dockerRestartCount": 0}),
+            "only that it exists"
+        );
+        assert!(status.get("heartbeat").is_none());
+
+        // A label naming another Worker is no consent either.
+        stranger.labels.insert(
+            crate::trust::CONSENT_LABEL.into(),
+            crate::trust::consent_value("default", "anga"),
+        );
+        let fake = Arc::new(FakeRuntime::with_container(stranger));
+        let (ctx, _) = context(fake.clone(), &[dir.path()]);
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 0);
     }
 }

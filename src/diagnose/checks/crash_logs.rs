@@ -263,7 +263,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Ok(None) => Err(format!("container {container:?} does not exist")),
         _ => ctx
             .docker
-            .logs(container, tail, since)
+            .logs(ctx.container_ref(), tail, since)
             .await
             .map_err(|e| format!("cannot read the logs of container {container:?}: {e}")),
     };
@@ -339,9 +339,9 @@ async fn read_app_log(
     rel: &str,
     tail: u32,
 ) -> Result<(String, Vec<String>, u64), (String, &'static str, String)> {
-    let root = ctx.paths.shared_root.clone();
-    let path =
-        fs_safe::confine(&root, rel).map_err(|e| (rel.to_string(), e.reason(), e.to_string()))?;
+    let root = ctx.paths.trusted_root.clone();
+    let path = fs_safe::confine(&ctx.paths.shared_root, rel)
+        .map_err(|e| (rel.to_string(), e.reason(), e.to_string()))?;
     let shown = path.display().to_string();
     let max_bytes = (u64::from(tail) * APP_LOG_BYTES_PER_LINE).min(MAX_APP_LOG_BYTES);
     let read = fs_safe::off_thread(move || fs_safe::read_tail(&root, &path, max_bytes))

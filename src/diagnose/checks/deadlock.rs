@@ -68,7 +68,7 @@ struct LockInfo {
 }
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let root = ctx.paths.shared_root.clone();
+    let root = ctx.paths.trusted_root.clone();
     let tasks_dir = ctx.paths.tasks_dir.clone();
     let locks_dir = ctx.paths.locks_dir.clone();
     let worker = ctx.worker_name.clone();

@@ -102,8 +102,7 @@ enum Lookup {
 }
 
 async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, DockerError> {
-    let name = &ctx.spec.container;
-    let Some(mut stat) = ctx.docker.stat_path(name, path).await? else {
+    let Some(mut stat) = ctx.docker.stat_path(ctx.container_ref(), path).await? else {
         return Ok(Lookup::Absent);
     };
     let mut target = None;
@@ -123,7 +122,7 @@ async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, DockerError> {
                 .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
             join_path(parent, &link)
         };
-        match ctx.docker.stat_path(name, &link).await? {
+        match ctx.docker.stat_path(ctx.container_ref(), &link).await? {
             Some(next) => {
                 stat = next;
                 target = Some(link);
@@ -270,8 +269,12 @@ async fn version(
             );
         }
     }
-    let name = &ctx.spec.container;
-    match tokio::time::timeout(VERSION_TIMEOUT, ctx.docker.exec(name, &[path, "--version"])).await {
+    match tokio::time::timeout(
+        VERSION_TIMEOUT,
+        ctx.docker.exec(ctx.container_ref(), &[path, "--version"]),
+    )
+    .await
+    {
         Ok(Ok(out)) => {
             let text = if out.stdout.trim().is_empty() {
                 &out.stderr
@@ -326,7 +329,7 @@ async fn check_packages(ctx: &CheckContext, c: &ContainerInfo, running: bool) ->
             &["python3", "-m", "pip", "list", "--format=freeze"][..],
         ),
     ] {
-        match ctx.docker.exec(name, cmd).await {
+        match ctx.docker.exec(ctx.container_ref(), cmd).await {
             Ok(out) if out.exit_code == Some(0) => {
                 listed = Some((label, out.stdout));
                 break;

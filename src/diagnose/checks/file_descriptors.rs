@@ -3,14 +3,20 @@
 //! (`/proc/sys/fs/file-nr`).
 //!
 //! The runbook runs `ulimit -n` and `ls /proc/self/fd | wc -l` in a new shell, which measures
-//! the shell, not the worker; here both come from PID 1 (`/proc/1/limits`, `/proc/1/fd`).
+//! the shell, not the worker; here both come from the worker's own process
+//! (`/proc/<pid>/limits`, `/proc/<pid>/fd`), found as the process check finds it: PID 1, or
+//! the main child of an init under `docker run --init`.
 //! Descriptors can only be counted in a running container: a stopped one is `Err`.
 
+use super::process::Located;
 use crate::diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity};
 
-/// One `docker exec` reads everything (busybox `sh`, `cat`, `ls`, `wc`).
-pub const SCRIPT: &str =
-    "cat /proc/1/limits; echo ---; ls /proc/1/fd | wc -l; echo ---; cat /proc/sys/fs/file-nr";
+/// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
+pub fn script(pid: u32) -> String {
+    format!(
+        "cat /proc/{pid}/limits; echo ---; ls /proc/{pid}/fd | wc -l; echo ---; cat /proc/sys/fs/file-nr"
+    )
+}
 /// Open descriptors within this many of the soft limit count as exhausted: a process that hit
 /// `EMFILE` rarely sits exactly at the limit (the sample worker's metrics thread keeps one
 /// back, so with `nofile=64` it stops at 63), and a few free slots are no headroom.
@@ -33,15 +39,20 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             c.status
         ));
     }
+    let (pid, process, selected_by) = match ctx.worker_process().await? {
+        Located::Found { pid, status, how } => (pid, status.name, how.as_str()),
+        Located::Missing(why) => return Err(why),
+    };
+    let script = script(pid);
     let out = ctx
         .docker
-        .exec(name, &["sh", "-c", SCRIPT])
+        .exec(ctx.container_ref(), &["sh", "-c", &script])
         .await
         .map_err(|e| format!("cannot exec into {name:?} to count descriptors: {e}"))?;
     let sections: Vec<&str> = out.stdout.split("---\n").collect();
     if sections.len() < 3 {
         return Err(format!(
-            "unexpected output of `sh -c '{SCRIPT}'` (exit code {}): {}",
+            "unexpected output of `sh -c '{script}'` (exit code {}): {}",
             out.exit_code.map_or("none".into(), |c| c.to_string()),
             first_line(&out.stderr, &out.stdout)
         ));
@@ -51,13 +62,18 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let limits = parse_nofile_limit(sections[0]);
     let open = sections[1].trim().parse::<u64>().ok();
     match (open, limits) {
-        (Some(open), Some(limit)) => findings.push(fd_finding(ctx, open, limit, c.nofile_limit)),
+        (Some(open), Some(limit)) => findings.push(
+            fd_finding(ctx, open, limit, c.nofile_limit)
+                .with("pid", pid)
+                .with("process", &process)
+                .with("selectedBy", selected_by),
+        ),
         _ => findings.push(
             ctx.finding(
                 CheckName::FileDescriptors,
                 FindingKind::CheckFailed,
                 Severity::Warning,
-                "cannot read the open descriptors or the limit of PID 1".to_string(),
+                format!("cannot read the open descriptors or the limit of PID {pid}"),
             )
             .with("error", first_line(&out.stderr, "no output"))
             .with("limits", sections[0].trim())
@@ -239,7 +255,15 @@ mod tests {
     fn ctx_with(stdout: String) -> crate::diagnose::CheckContext {
         let mut fake = FakeRuntime::default();
         fake.exec.insert(
-            format!("sh -c {SCRIPT}"),
+            "cat /proc/1/status".into(),
+            Ok(ExecOutput {
+                exit_code: Some(0),
+                stdout: "Name:\tsample-worker\nState:\tS (sleeping)\nPid:\t1\nPPid:\t0\n".into(),
+                stderr: String::new(),
+            }),
+        );
+        fake.exec.insert(
+            format!("sh -c {}", script(1)),
             Ok(ExecOutput {
                 exit_code: Some(0),
                 stdout,

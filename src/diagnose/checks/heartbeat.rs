@@ -2,6 +2,8 @@
 //! and younger than the Worker's `heartbeatTimeoutSeconds`; and, compared with the previous
 //! observation in the Worker's status, the worker is making progress on its current task.
 
+use std::time::Duration;
+
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
@@ -9,14 +11,14 @@ use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::{
         fs_safe::{self, SafeError},
-        heartbeat::{self, Heartbeat, MAX_HEARTBEAT_BYTES},
+        heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES},
     },
 };
 
 const CHECK: CheckName = CheckName::Heartbeat;
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let root = ctx.paths.shared_root.clone();
+    let root = ctx.paths.trusted_root.clone();
     let path = ctx.paths.heartbeat_file.clone();
     let read =
         fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await?;
@@ -91,56 +93,90 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             return Ok(vec![finding]);
         }
     };
-    let hb = match heartbeat::parse(&content.bytes) {
-        Ok(hb) => hb,
-        Err(detail) => {
-            let reason = if content.bytes.iter().all(u8::is_ascii_whitespace) {
-                "empty"
-            } else {
-                "corrupt"
-            };
-            let mut f = ctx
+    let hb = match heartbeat::interpret(&content) {
+        HeartbeatObservation::Present(hb) => hb,
+        HeartbeatObservation::Invalid(detail) => {
+            let f = ctx
                 .finding(
                     CHECK,
                     FindingKind::HeartbeatInvalid,
                     Severity::Critical,
-                    format!("the heartbeat {path} is {reason}: {detail}"),
+                    format!("the heartbeat {path} has no time: {detail}"),
                 )
-                .with("reason", reason)
+                .with("reason", "noTime")
                 .with("detail", &detail)
                 .with("path", &path)
                 .with("sizeBytes", content.size);
-            f = f.with_opt("fileModified", content.modified);
             return Ok(vec![f]);
         }
+        // `interpret` only answers Present or Invalid for a file that was read.
+        other => return Err(format!("unexpected heartbeat observation {other:?}")),
     };
-    Ok(assess(ctx, &hb, &path))
+    let mut findings = Vec::new();
+    if let Some(issue) = hb.issue.as_ref().filter(|i| i.is_unreadable()) {
+        // Still a finding, but not a dead worker: freshness is judged by the file's time below.
+        findings.push(
+            ctx.finding(
+                CHECK,
+                FindingKind::HeartbeatInvalid,
+                Severity::Warning,
+                format!(
+                    "the heartbeat {path} is {}: {issue}; its freshness is judged by the file's modification time",
+                    issue.reason()
+                ),
+            )
+            .with("reason", issue.reason())
+            .with("detail", issue)
+            .with("path", &path)
+            .with("sizeBytes", content.size)
+            .with_opt("fileModified", content.modified),
+        );
+    }
+    findings.extend(assess(ctx, &hb, &path));
+    Ok(findings)
 }
 
-/// Judge a parsed heartbeat: fresh or stale, and whether it shows progress.
+/// Judge a heartbeat: fresh or stale (by the one judge the Worker controller uses too), and
+/// whether it shows progress.
 fn assess(ctx: &CheckContext, hb: &Heartbeat, path: &str) -> Vec<Finding> {
-    let timeout = i64::from(ctx.spec.heartbeat_timeout_seconds);
-    let age = ctx.now.duration_since(hb.timestamp).as_secs();
+    let timeout = ctx.spec.heartbeat_timeout_seconds;
+    let judged = heartbeat::freshness(hb.at, ctx.now, Duration::from_secs(u64::from(timeout)));
+    let age = judged.age_seconds();
+    let (source, field) = match hb.source {
+        TimeSource::Content { field } => ("content", Some(field)),
+        TimeSource::FileModified => ("fileModified", None),
+    };
     let describe = |f: Finding| -> Finding {
         f.with("path", path)
+            .with("timeSource", source)
+            .with_opt("timeField", field)
+            .with_opt(
+                "contentIssue",
+                hb.issue.as_ref().filter(|i| !i.is_unreadable()),
+            )
             .with_opt("status", hb.status.as_ref())
             .with_opt("currentTask", hb.current_task.as_ref())
             .with_opt("progress", hb.progress)
     };
-    if age > timeout {
+    let by = match hb.source {
+        TimeSource::Content { .. } => "",
+        TimeSource::FileModified => ", by the file's modification time",
+    };
+    if !judged.fresh {
         let f = ctx
             .finding(
                 CHECK,
                 FindingKind::HeartbeatStale,
                 Severity::Critical,
                 format!(
-                    "last heartbeat {age}s ago ({}), older than the {timeout}s timeout",
-                    hb.timestamp
+                    "last heartbeat {:.1}s ago ({}{by}), older than the {timeout}s timeout",
+                    judged.age.as_secs_f64(),
+                    hb.at
                 ),
             )
             .with("ageSeconds", age)
             .with("timeoutSeconds", timeout)
-            .with("lastTimestamp", hb.timestamp);
+            .with("lastTimestamp", hb.at);
         return vec![describe(f)];
     }
     let mut fresh = ctx
@@ -148,14 +184,14 @@ fn assess(ctx: &CheckContext, hb: &Heartbeat, path: &str) -> Vec<Finding> {
             CHECK,
             FindingKind::HeartbeatFresh,
             Severity::Info,
-            format!("heartbeat {}s old (timeout {timeout}s)", age.max(0)),
+            format!("heartbeat {age}s old (timeout {timeout}s{by})"),
         )
-        .with("ageSeconds", age.max(0))
+        .with("ageSeconds", age)
         .with("timeoutSeconds", timeout)
-        .with("timestamp", hb.timestamp);
-    if age < -1 {
+        .with("timestamp", hb.at);
+    if judged.age.as_secs() < -1 {
         // The worker's clock is ahead of ours: worth knowing, not a failure.
-        fresh = fresh.with("clockAheadSeconds", -age);
+        fresh = fresh.with("clockAheadSeconds", -judged.age.as_secs());
     }
     let progress = compare_progress(ctx, hb);
     if let Progress::Reset { previous } = &progress {
@@ -278,6 +314,18 @@ mod tests {
         p
     }
 
+    fn set_mtime(path: &Path, at: &str) {
+        let at: Timestamp = at.parse().unwrap();
+        let time =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.as_millisecond() as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(time)
+            .unwrap();
+    }
+
     fn hb_json(ts: &str, task: Option<&str>, progress: u64) -> Vec<u8> {
         serde_json::json!({"worker":"marie","timestamp":ts,"status":"working","current_task":task,"progress":progress,"pid":1})
             .to_string()
@@ -346,14 +394,25 @@ mod tests {
             (b" \n", "empty"),
             (b"{\"timestamp\": ", "corrupt"),
             (b"[1,2,3]", "corrupt"),
-            (b"{\"status\":\"idle\"}", "corrupt"),
         ] {
-            write_hb(tmp.path(), content);
+            let p = write_hb(tmp.path(), content);
+            set_mtime(&p, "2026-11-27T10:09:58Z");
             let findings = run(&ctx).await.unwrap();
-            let f = one(&findings);
+            assert_eq!(findings.len(), 2, "{findings:#?}");
+            let f = &findings[0];
             assert_eq!(f.kind, FindingKind::HeartbeatInvalid, "{content:?}");
+            assert_eq!(
+                f.severity,
+                Severity::Warning,
+                "a finding, not a dead worker"
+            );
             assert_eq!(f.evidence["reason"], reason, "{content:?}");
             assert!(f.evidence.contains_key("detail"));
+            // Freshness is still judged, by the file's time.
+            let fresh = &findings[1];
+            assert_eq!(fresh.kind, FindingKind::HeartbeatFresh);
+            assert_eq!(fresh.evidence["timeSource"], "fileModified");
+            assert_eq!(fresh.evidence["ageSeconds"], "2");
         }
 
         // Huge: not read.
@@ -408,6 +467,7 @@ mod tests {
                 status: Some("working".into()),
                 current_task: task.map(String::from),
                 progress: Some(progress),
+                ..Default::default()
             }),
             last_progress_time: Some(Time(since.parse().unwrap())),
             ..Default::default()
@@ -470,5 +530,44 @@ mod tests {
         let f = one(&findings);
         assert_eq!(f.kind, FindingKind::HeartbeatFresh);
         assert_eq!(f.evidence["previousProgress"], "12");
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_without_a_time_field_is_judged_by_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = ctx_at(tmp.path());
+        let p = write_hb(tmp.path(), br#"{"status": "ok", "beats": 17}"#);
+        set_mtime(&p, "2026-11-27T10:09:57Z");
+        let findings = run(&ctx).await.unwrap();
+        let f = one(&findings);
+        assert_eq!(f.kind, FindingKind::HeartbeatFresh);
+        assert_eq!(f.evidence["timeSource"], "fileModified");
+        assert_eq!(f.evidence["ageSeconds"], "3");
+        assert_eq!(f.evidence["status"], "ok");
+
+        set_mtime(&p, "2026-11-27T10:05:00Z");
+        let findings = run(&ctx).await.unwrap();
+        let f = one(&findings);
+        assert_eq!(f.kind, FindingKind::HeartbeatStale);
+        assert_eq!(f.evidence["timeSource"], "fileModified");
+    }
+
+    /// The diagnosis and the Worker controller share one judge: 10.4 s over a 10 s timeout is
+    /// stale here too, though it is 10 whole seconds.
+    #[tokio::test]
+    async fn freshness_at_the_boundary_agrees_with_the_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut ctx = ctx_at(tmp.path());
+        ctx.spec.heartbeat_timeout_seconds = 10;
+        // ctx.now is 2026-11-27T10:10:00Z.
+        write_hb(tmp.path(), &hb_json("2026-11-27T10:09:49.600Z", None, 1));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(one(&f).kind, FindingKind::HeartbeatStale);
+        assert_eq!(one(&f).evidence["ageSeconds"], "10");
+        write_hb(tmp.path(), &hb_json("2026-11-27T10:09:50Z", None, 1));
+        assert_eq!(
+            one(&run(&ctx).await.unwrap()).kind,
+            FindingKind::HeartbeatFresh
+        );
     }
 }

@@ -51,12 +51,11 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         .map_or(window_start, |s| s.min(window_start))
         .checked_sub(EVENT_MARGIN)
         .unwrap_or(Timestamp::UNIX_EPOCH);
-    let target = if c.id.is_empty() {
-        name.as_str()
-    } else {
-        c.id.as_str()
-    };
-    match ctx.docker.oom_events(target, since, ctx.now).await {
+    match ctx
+        .docker
+        .oom_events(ctx.container_ref(), since, ctx.now)
+        .await
+    {
         Ok(times) if !times.is_empty() => {
             let list = times
                 .iter()
@@ -158,7 +157,7 @@ async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
             .with_opt("memoryLimitBytes", c.memory_limit);
         return vec![f];
     }
-    let stats = match ctx.docker.memory_stats(name).await {
+    let stats = match ctx.docker.memory_stats(ctx.container_ref()).await {
         Ok(s) => s,
         Err(e) => {
             return vec![failed(ctx, format!("cannot read memory stats: {e}"))

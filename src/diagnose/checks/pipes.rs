@@ -21,8 +21,8 @@ pub async fn check_named_pipes(ctx: &CheckContext) -> Vec<Finding> {
 }
 
 async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
-    let root = ctx.paths.shared_root.clone();
-    let path = match fs_safe::confine(&root, rel) {
+    let root = ctx.paths.trusted_root.clone();
+    let path = match fs_safe::confine(&ctx.paths.shared_root, rel) {
         Ok(p) => p,
         Err(e) => {
             return ctx

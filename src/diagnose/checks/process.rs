@@ -1,11 +1,192 @@
-//! Process (runbook "Verify Worker Status": `ps aux | grep watcher`): is the worker's main
-//! process (PID 1 of the container) alive? Read from `/proc/1/status` and `/proc/1/cmdline`
-//! inside the container with `docker exec`.
+//! Process (runbook "Verify Worker Status": `ps aux | grep watcher`): is the worker's own
+//! process alive? Read from `/proc/<pid>/status` and `/proc/<pid>/cmdline` inside the container
+//! with `docker exec`.
+//!
+//! Which process is the worker's ([`locate`], shared with the file-descriptor check): the
+//! process named by `diagnostics.processName` when the spec names one; under an init
+//! (`docker run --init`, or PID 1 is a known init such as `tini`), PID 1's main child; PID 1
+//! otherwise. The finding says which PID was examined and how it was chosen.
 
 use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, FindingKind, Severity},
     docker::ContainerInfo,
 };
+
+/// Names of init processes that run the real worker as their child.
+pub const INIT_NAMES: [&str; 5] = ["docker-init", "tini", "dumb-init", "catatonit", "s6-svscan"];
+/// Most processes read when searching the container's process table.
+const MAX_PROCESSES: usize = 512;
+
+/// How the examined process was chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// PID 1: no init, no name in the spec.
+    Pid1,
+    /// The main child of the init that is PID 1.
+    InitChild { init: String },
+    /// The process the spec names (`diagnostics.processName`).
+    Named(String),
+}
+
+impl Selection {
+    /// Evidence value: `pid1`, `initChild`, `processName`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pid1 => "pid1",
+            Self::InitChild { .. } => "initChild",
+            Self::Named(_) => "processName",
+        }
+    }
+}
+
+/// The worker's own process, as found inside its container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Located {
+    Found {
+        pid: u32,
+        status: ProcStatus,
+        how: Selection,
+    },
+    /// The container runs, but the worker's process is not among its processes (an init with
+    /// no child, or no process of the spec's name).
+    Missing(String),
+}
+
+/// Find the worker's own process in the running container `c` (see the module doc).
+pub async fn locate(ctx: &CheckContext, c: &ContainerInfo) -> Result<Located, String> {
+    let name = &ctx.spec.container;
+    let pid1 = read_status(ctx, 1).await?;
+    let wanted = ctx.spec.diagnostics.process_name.as_deref();
+    let is_init = c.init || INIT_NAMES.contains(&pid1.name.as_str());
+    match wanted {
+        Some(w) if name_matches(&pid1.name, w) => {
+            return Ok(Located::Found {
+                pid: 1,
+                status: pid1,
+                how: Selection::Named(w.to_string()),
+            })
+        }
+        None if !is_init => {
+            return Ok(Located::Found {
+                pid: 1,
+                status: pid1,
+                how: Selection::Pid1,
+            })
+        }
+        _ => {}
+    }
+    let processes = list_processes(ctx).await?;
+    let lowest = |pred: &dyn Fn(&ProcStatus) -> bool| {
+        processes
+            .iter()
+            .filter(|p| p.pid.is_some_and(|pid| pid != 1) && pred(p))
+            .min_by_key(|p| p.pid)
+            .cloned()
+    };
+    let (found, how) = match wanted {
+        Some(w) => (
+            lowest(&|p| name_matches(&p.name, w)),
+            Selection::Named(w.to_string()),
+        ),
+        None => (
+            lowest(&|p| p.ppid == Some(1)),
+            Selection::InitChild {
+                init: pid1.name.clone(),
+            },
+        ),
+    };
+    Ok(match found {
+        Some(status) => Located::Found {
+            pid: status.pid.unwrap_or(1),
+            status,
+            how,
+        },
+        None => Located::Missing(match how {
+            Selection::Named(w) => format!(
+                "no process named {w:?} runs in {name:?} (PID 1 is {:?})",
+                pid1.name
+            ),
+            _ => format!(
+                "PID 1 of {name:?} is the init {:?} and has no child: the worker process is gone",
+                pid1.name
+            ),
+        }),
+    })
+}
+
+/// `comm` is cut at 15 bytes by the kernel: a longer wanted name matches its first 15.
+fn name_matches(comm: &str, wanted: &str) -> bool {
+    comm == wanted || (comm.len() == 15 && wanted.starts_with(comm))
+}
+
+async fn read_status(ctx: &CheckContext, pid: u32) -> Result<ProcStatus, String> {
+    let name = &ctx.spec.container;
+    let path = format!("/proc/{pid}/status");
+    let out = ctx
+        .docker
+        .exec(ctx.container_ref(), &["cat", &path])
+        .await
+        .map_err(|e| format!("cannot exec `cat {path}` in {name:?}: {e}"))?;
+    if out.exit_code != Some(0) {
+        return Err(format!(
+            "`cat {path}` in {name:?} exited with {}: {}",
+            out.exit_code.map_or("no code".into(), |c| c.to_string()),
+            first_line(&out.stderr, &out.stdout)
+        ));
+    }
+    parse_status(&out.stdout).ok_or_else(|| {
+        format!(
+            "cannot parse {path} of {name:?}: {}",
+            first_line(&out.stdout, &out.stderr)
+        )
+    })
+}
+
+/// Every process of the container, from `ls /proc` and one `cat` of their status files
+/// (no shell needed). Processes that end meanwhile are simply absent.
+async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, String> {
+    let name = &ctx.spec.container;
+    let ls = ctx
+        .docker
+        .exec(ctx.container_ref(), &["ls", "/proc"])
+        .await
+        .map_err(|e| format!("cannot exec `ls /proc` in {name:?}: {e}"))?;
+    let paths: Vec<String> = ls
+        .stdout
+        .split_whitespace()
+        .filter(|e| e.bytes().all(|b| b.is_ascii_digit()))
+        .take(MAX_PROCESSES)
+        .map(|pid| format!("/proc/{pid}/status"))
+        .collect();
+    if paths.is_empty() {
+        return Err(format!(
+            "`ls /proc` in {name:?} listed no process: {}",
+            first_line(&ls.stderr, &ls.stdout)
+        ));
+    }
+    let mut cmd = vec!["cat"];
+    cmd.extend(paths.iter().map(String::as_str));
+    let out = ctx
+        .docker
+        .exec(ctx.container_ref(), &cmd)
+        .await
+        .map_err(|e| format!("cannot exec `cat /proc/*/status` in {name:?}: {e}"))?;
+    Ok(split_statuses(&out.stdout))
+}
+
+/// Split concatenated `/proc/<pid>/status` files: each starts with its `Name:` line.
+pub fn split_statuses(text: &str) -> Vec<ProcStatus> {
+    let mut blocks: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("Name:") || blocks.is_empty() {
+            blocks.push(String::new());
+        }
+        let block = blocks.last_mut().expect("a block was pushed");
+        block.push_str(line);
+        block.push('\n');
+    }
+    blocks.iter().filter_map(|b| parse_status(b)).collect()
+}
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let name = &ctx.spec.container;
@@ -42,28 +223,26 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             "container {name:?} is paused: its process is frozen and exec is refused"
         ));
     }
-    let status = ctx
-        .docker
-        .exec(name, &["cat", "/proc/1/status"])
-        .await
-        .map_err(|e| format!("cannot exec `cat /proc/1/status` in {name:?}: {e}"))?;
-    if status.exit_code != Some(0) {
-        return Err(format!(
-            "`cat /proc/1/status` in {name:?} exited with {}: {}",
-            status.exit_code.map_or("no code".into(), |c| c.to_string()),
-            first_line(&status.stderr, &status.stdout)
-        ));
-    }
-    let Some(proc) = parse_status(&status.stdout) else {
-        return Err(format!(
-            "cannot parse /proc/1/status of {name:?}: {}",
-            first_line(&status.stdout, &status.stderr)
-        ));
+    let (pid, proc, how) = match ctx.worker_process().await? {
+        Located::Found { pid, status, how } => (pid, status, how),
+        Located::Missing(why) => return Ok(vec![missing(ctx, c, why)]),
     };
     // The command line is a nice-to-have: no failure if it cannot be read.
-    let cmdline = match ctx.docker.exec(name, &["cat", "/proc/1/cmdline"]).await {
+    let cmdline_path = format!("/proc/{pid}/cmdline");
+    let cmdline = match ctx
+        .docker
+        .exec(ctx.container_ref(), &["cat", &cmdline_path])
+        .await
+    {
         Ok(out) if out.exit_code == Some(0) => Some(parse_cmdline(&out.stdout)),
         _ => None,
+    };
+    let which = match &how {
+        Selection::Pid1 => format!("PID 1 of {name:?}"),
+        Selection::InitChild { init } => {
+            format!("PID {pid} of {name:?}, child of the init {init:?}")
+        }
+        Selection::Named(w) => format!("PID {pid} of {name:?}, named {w:?} in the spec"),
     };
     let zombie = proc.state.starts_with('Z') || proc.state.starts_with('X');
     let mut f = if zombie {
@@ -71,7 +250,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             ctx,
             c,
             format!(
-                "the worker process {:?} (PID 1 of {name:?}) is a zombie: state {}",
+                "the worker process {:?} ({which}) is a zombie: state {}",
                 proc.name, proc.state
             ),
         )
@@ -81,7 +260,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             FindingKind::ProcessAlive,
             Severity::Info,
             format!(
-                "the worker process {:?} (PID 1 of {name:?}) is alive: state {}, {} threads",
+                "the worker process {:?} ({which}) is alive: state {}, {} threads",
                 proc.name,
                 proc.state,
                 proc.threads.map_or("?".into(), |t| t.to_string())
@@ -89,9 +268,16 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         )
         .with("state", &proc.state)
     };
-    f = f.with("pid", 1).with("name", &proc.name);
     f = f
-        .with_opt("hostPid", c.pid)
+        .with("pid", pid)
+        .with("name", &proc.name)
+        .with("selectedBy", how.as_str());
+    if let Selection::InitChild { init } = &how {
+        f = f.with("init", init);
+    }
+    f = f
+        // Docker's PID is the host PID of the container's PID 1.
+        .with_opt("hostPid", c.pid.filter(|_| pid == 1))
         .with_opt("threads", proc.threads)
         .with_opt("vmRssKiB", proc.vm_rss_kib)
         .with_opt("ppid", proc.ppid)
@@ -125,6 +311,8 @@ fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
 /// What `/proc/<pid>/status` says about a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcStatus {
+    /// `Pid:` (in the container's PID namespace).
+    pub pid: Option<u32>,
     pub name: String,
     /// State letter and word, e.g. `S (sleeping)`.
     pub state: String,
@@ -152,6 +340,7 @@ pub fn parse_status(text: &str) -> Option<ProcStatus> {
                 p.state = value.to_string();
                 has_state = true;
             }
+            "Pid" => p.pid = value.parse().ok(),
             "PPid" => p.ppid = number(),
             "Threads" => p.threads = number(),
             "VmRSS" => p.vm_rss_kib = number(),
@@ -278,5 +467,116 @@ mod tests {
         );
         let err = run(&ctx).await.unwrap_err();
         assert!(err.contains("container is not running"), "{err}");
+    }
+
+    fn status_of(pid: u32, ppid: u32, name: &str) -> String {
+        format!("Name:\t{name}\nState:\tS (sleeping)\nPid:\t{pid}\nPPid:\t{ppid}\nThreads:\t1\n")
+    }
+
+    /// A container whose processes are `(pid, ppid, name)`; exec'd commands have PPid 0.
+    fn table(processes: &[(u32, u32, &str)]) -> FakeRuntime {
+        let mut fake = FakeRuntime::default();
+        let pids: Vec<String> = processes.iter().map(|p| p.0.to_string()).collect();
+        fake.exec.insert(
+            "ls /proc".into(),
+            ok(&format!("{}\nself\nsys\nuptime\n", pids.join("\n"))),
+        );
+        let cat = std::iter::once("cat".to_string())
+            .chain(pids.iter().map(|p| format!("/proc/{p}/status")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let all: String = processes
+            .iter()
+            .map(|&(p, pp, n)| status_of(p, pp, n))
+            .collect();
+        fake.exec.insert(cat, ok(&all));
+        let (_, _, init) = processes[0];
+        fake.exec
+            .insert("cat /proc/1/status".into(), ok(&status_of(1, 0, init)));
+        for &(pid, _, name) in processes {
+            fake.exec.insert(
+                format!("cat /proc/{pid}/cmdline"),
+                ok(&format!("/bin/{name}\0")),
+            );
+        }
+        fake
+    }
+
+    #[tokio::test]
+    async fn under_init_the_main_child_is_examined() {
+        let mut c = running();
+        c.init = true;
+        // The `ls`/`cat` of the check itself run with PPid 0 and are not the worker.
+        let fake = table(&[
+            (1, 0, "docker-init"),
+            (7, 1, "sample-worker"),
+            (31, 0, "cat"),
+        ]);
+        let ctx = context(&worker(), Ok(Some(c)), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ProcessAlive, "{f:#?}");
+        assert_eq!(f[0].evidence["pid"], "7");
+        assert_eq!(f[0].evidence["name"], "sample-worker");
+        assert_eq!(f[0].evidence["selectedBy"], "initChild");
+        assert_eq!(f[0].evidence["init"], "docker-init");
+        assert_eq!(f[0].evidence["cmdline"], "/bin/sample-worker");
+        assert!(
+            !f[0].evidence.contains_key("hostPid"),
+            "the host PID is docker-init's"
+        );
+        assert!(f[0].summary.contains("PID 7"), "{}", f[0].summary);
+
+        // A known init as PID 1 is recognised without `--init` too (tini as entrypoint).
+        let fake = table(&[(1, 0, "tini"), (6, 1, "watcher"), (8, 6, "helper")]);
+        let ctx = context(&worker(), Ok(Some(running())), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].evidence["pid"], "6");
+        assert_eq!(f[0].evidence["name"], "watcher");
+    }
+
+    #[tokio::test]
+    async fn an_init_without_child_means_the_worker_is_gone() {
+        let mut c = running();
+        c.init = true;
+        let fake = table(&[(1, 0, "docker-init"), (12, 0, "ls")]);
+        let ctx = context(&worker(), Ok(Some(c)), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ProcessMissing);
+        assert!(f[0].summary.contains("has no child"), "{}", f[0].summary);
+    }
+
+    #[tokio::test]
+    async fn a_process_named_in_the_spec_is_examined() {
+        let mut w = worker();
+        w.spec.diagnostics.process_name = Some("python3".into());
+        let fake = table(&[(1, 0, "sh"), (5, 1, "sidecar"), (9, 1, "python3")]);
+        let ctx = context(&w, Ok(Some(running())), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].evidence["pid"], "9");
+        assert_eq!(f[0].evidence["selectedBy"], "processName");
+
+        w.spec.diagnostics.process_name = Some("ruby".into());
+        let fake = table(&[(1, 0, "sh"), (9, 1, "python3")]);
+        let ctx = context(&w, Ok(Some(running())), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ProcessMissing);
+        assert!(
+            f[0].summary.contains("no process named \"ruby\""),
+            "{}",
+            f[0].summary
+        );
+    }
+
+    #[test]
+    fn concatenated_status_files_split_per_process() {
+        let text = format!("{}{}", status_of(1, 0, "docker-init"), status_of(7, 1, "w"));
+        let all = split_statuses(&text);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].pid, all[1].ppid, all[1].name.as_str()),
+            (Some(7), Some(1), "w")
+        );
+        assert!(name_matches("a-very-long-nam", "a-very-long-name-indeed"));
+        assert!(!name_matches("short", "shorter"));
     }
 }

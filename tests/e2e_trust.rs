@@ -1,0 +1,326 @@
+//! End-to-end tests of the trust boundary and of heartbeats the sample worker does not write:
+//! against the real kube-apiserver, etcd and Docker engine.
+//!
+//! * a container without the consent label is neither started nor read;
+//! * a shared root outside the operator's allowed roots (directly, or through a symlink) is
+//!   refused, and nothing of the files outside reaches status or Events;
+//! * a heartbeat without a time field is judged by its file's modification time.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn worker_yaml(name: &str, ns: &str, container: &str, shared_root: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  container: {container}\n  sharedRoot: {shared_root}\n  heartbeatTimeoutSeconds: 5\n  autoRecovery:\n    enabled: true\n{extra}"
+    )
+}
+
+fn recovery_yaml(name: &str, ns: &str, worker: &str) -> String {
+    format!(
+        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n"
+    )
+}
+
+fn wait_worker(
+    stack: &Stack,
+    ns: &str,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(&format!("Worker {name}: {what}"), TIMEOUT, || {
+        let w = stack.get_json(ns, &format!("worker/{name}"));
+        if ok(&w) {
+            Ok(w)
+        } else {
+            Err(w["status"].to_string())
+        }
+    })
+}
+
+fn wait_recovery_finished(stack: &Stack, ns: &str, name: &str) -> Value {
+    wait_for(&format!("WorkerRecovery {name} to finish"), TIMEOUT, || {
+        let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
+        match r["status"]["phase"].as_str() {
+            Some("Succeeded" | "Failed") => Ok(r),
+            _ => Err(r["status"].to_string()),
+        }
+    })
+}
+
+/// Wait until the Worker controller has reconciled at least `rounds` more times.
+fn wait_reconciles(op: &Operator, rounds: u64) {
+    let count = |op: &Operator| -> u64 {
+        op.metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("workerrecovery_reconciliations_total") && l.contains("\"worker\"")
+            })
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let start = count(op);
+    wait_for("more reconciles", TIMEOUT, || {
+        let now = count(op);
+        (now >= start + rounds)
+            .then_some(())
+            .ok_or_else(|| format!("{now} reconciles, want {}", start + rounds))
+    });
+}
+
+/// The `diagnose` command with the given allowed roots: (success, stdout + stderr).
+fn diagnose_cli(
+    stack: &Stack,
+    ns: &str,
+    worker: &str,
+    allowed: &std::path::Path,
+) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
+        .args(["diagnose", worker, "-n", ns, "-o", "json", "--allowed-root"])
+        .arg(allowed)
+        .env("KUBECONFIG", &stack.kubeconfig)
+        .env_remove("WRO_ALLOWED_ROOTS")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn an_unlabelled_container_stays_stopped_and_unread() {
+    let stack = stack();
+    let ns = stack.namespace("consent");
+    // Started by someone else, without the label: it crashes at once.
+    let wc = WorkerContainer::start("", "stranger", &[], &[("FAULT_MODE", "crash")]);
+    assert_eq!(wait_exited(&wc), 3);
+    let started_at = wc.inspect("{{.State.StartedAt}}");
+    let since = docker_now();
+    let root = wc.shared_root().display().to_string();
+    let (ok, out) = stack.apply(&worker_yaml("stranger", &ns, &wc.container, &root, ""));
+    assert!(ok, "{out}");
+    let op = Operator::start(stack, &ns, wc.dir.path());
+
+    let w = wait_worker(stack, &ns, "stranger", "Refused", |w| {
+        w["status"]["phase"] == "Refused"
+    });
+    let accepted = condition(&w, "Accepted").expect("Accepted condition");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "ContainerNotManaged");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("workerrecovery.io/worker={ns}/stranger")),
+        "the message says how to consent: {accepted}"
+    );
+    assert_eq!(
+        w["status"]["container"]["state"], "notManaged",
+        "{}",
+        w["status"]
+    );
+    for absent in ["id", "image", "exitCode", "startedAt", "finishedAt"] {
+        assert!(
+            w["status"]["container"].get(absent).is_none(),
+            "{absent} of a foreign container is not reported: {}",
+            w["status"]
+        );
+    }
+    assert!(w["status"].get("heartbeat").is_none());
+
+    // A WorkerRecovery is refused the same way, with no diagnosis.
+    let (ok, out) = stack.apply(&recovery_yaml("stranger-diag", &ns, "stranger"));
+    assert!(ok, "{out}");
+    let rec = wait_recovery_finished(stack, &ns, "stranger-diag");
+    assert_eq!(rec["status"]["phase"], "Failed");
+    assert_eq!(
+        condition(&rec, "Diagnosed").unwrap()["reason"],
+        "ContainerNotManaged"
+    );
+    assert!(rec["status"].get("diagnosis").is_none());
+    let (ok, out) = diagnose_cli(stack, &ns, "stranger", wc.dir.path());
+    assert!(!ok, "the CLI refuses too: {out}");
+    assert!(out.contains("does not carry the label"), "{out}");
+
+    // Several reconciles later: never started, never exec'd into, its logs never read.
+    wait_reconciles(&op, 3);
+    assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
+    assert_eq!(wc.inspect("{{.State.StartedAt}}"), started_at);
+    let events = docker_events(&wc.container, &since);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("start") || e.starts_with("exec") || e.starts_with("restart")),
+        "the operator touched the container: {events:?}"
+    );
+    let warning = stack
+        .events_for(&ns, "stranger")
+        .into_iter()
+        .find(|e| e["reason"] == "ContainerNotManaged")
+        .expect("a ContainerNotManaged event");
+    assert_eq!(warning["type"], "Warning");
+}
+
+#[test]
+fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
+    let stack = stack();
+    let ns = stack.namespace("roots");
+    // A consenting worker, so that only the shared root decides.
+    let wc = WorkerContainer::start(&ns, "rooty", &[], &[]);
+    let allowed = tempfile::Builder::new()
+        .prefix("wro-e2e-allowed-")
+        .tempdir()
+        .unwrap();
+    let outside = tempfile::Builder::new()
+        .prefix("wro-e2e-outside-")
+        .tempdir()
+        .unwrap();
+    // A secret of distinctive content, size (1234567 bytes) and time (2001-02-03).
+    let secret = outside.path().join("secret.json");
+    let mut body = br#"{"timestamp": "2026-01-01T00:00:00Z", "status": "TOPSECRET"}"#.to_vec();
+    body.resize(1_234_567, b' ');
+    std::fs::write(&secret, &body).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&secret)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(981_158_400))
+        .unwrap();
+    std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
+
+    let hb = "  paths:\n    heartbeatFile: secret.json\n";
+    let direct = outside.path().display().to_string();
+    let linked = allowed.path().join("link").display().to_string();
+    for (name, root) in [
+        ("direct", &direct),
+        ("linked", &linked),
+        ("slash", &"/".to_string()),
+    ] {
+        let (ok, out) = stack.apply(&worker_yaml(name, &ns, &wc.container, root, hb));
+        assert!(ok, "{out}");
+    }
+    // The operator may only use `allowed`; the worker's own root is not allowed either.
+    wc.inject_fault("crash");
+    assert_eq!(wait_exited(&wc), 3);
+    let since = docker_now();
+    let op = Operator::start_allowing(stack, &ns, wc.dir.path(), &[allowed.path()]);
+
+    for name in ["direct", "linked", "slash"] {
+        let w = wait_worker(stack, &ns, name, "Refused", |w| {
+            w["status"]["phase"] == "Refused"
+        });
+        let accepted = condition(&w, "Accepted").unwrap();
+        assert_eq!(accepted["reason"], "SharedRootNotAllowed", "{name}");
+        assert!(w["status"].get("heartbeat").is_none());
+        assert!(w["status"].get("container").is_none());
+    }
+    let (ok, out) = stack.apply(&recovery_yaml("linked-diag", &ns, "linked"));
+    assert!(ok, "{out}");
+    let rec = wait_recovery_finished(stack, &ns, "linked-diag");
+    assert_eq!(rec["status"]["phase"], "Failed");
+    assert!(rec["status"].get("diagnosis").is_none());
+    let (ok, cli) = diagnose_cli(stack, &ns, "direct", allowed.path());
+    assert!(!ok && cli.contains("not inside an allowed root"), "{cli}");
+
+    wait_reconciles(&op, 3);
+    // No container touched: the crashed worker stays down although auto-recovery is on.
+    assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
+    let events = docker_events(&wc.container, &since);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("start") || e.starts_with("exec")),
+        "{events:?}"
+    );
+    // Nothing of the file outside anywhere: content, size, time.
+    let everything = format!(
+        "{}{}{}",
+        stack.get_json(&ns, "workers"),
+        stack.get_json(&ns, "workerrecoveries"),
+        stack.get_json(&ns, "events"),
+    );
+    for leak in ["TOPSECRET", "1234567", "2001-02-03"] {
+        assert!(
+            !everything.contains(leak),
+            "{leak:?} leaked into status or Events: {everything}"
+        );
+    }
+    // Nor where the symlink leads (only the "direct" Worker names that path, in its own spec).
+    let about_the_link = format!(
+        "{}{}{:?}",
+        stack.get_json(&ns, "worker/linked")["status"],
+        rec["status"],
+        stack.events_for(&ns, "linked"),
+    );
+    assert!(
+        !about_the_link.contains("wro-e2e-outside-"),
+        "the link's target was disclosed: {about_the_link}"
+    );
+    let refused = stack
+        .events_for(&ns, "linked")
+        .into_iter()
+        .find(|e| e["reason"] == "SharedRootNotAllowed")
+        .expect("a SharedRootNotAllowed event");
+    assert_eq!(refused["type"], "Warning");
+}
+
+#[test]
+fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
+    let stack = stack();
+    let ns = stack.namespace("plainhb");
+    // A worker someone else wrote: it rewrites `{"status": "ok", "beats": N}` every second
+    // until told to stop, then hangs.
+    let script = "mkdir -p /shared/workers/plain; i=0; \
+        while [ ! -f /shared/stop ]; do i=$((i+1)); \
+        echo \"{\\\"status\\\": \\\"ok\\\", \\\"beats\\\": $i}\" > /shared/workers/plain/heartbeat.json; \
+        sleep 1; done; exec sleep 3600";
+    let wc = WorkerContainer::start_command(
+        &ns,
+        "plain",
+        &["--init", "--entrypoint", "/bin/sh"],
+        &["-c", script],
+    );
+    let root = wc.shared_root().display().to_string();
+    let (ok, out) = stack.apply(&worker_yaml("plain", &ns, &wc.container, &root, ""));
+    assert!(ok, "{out}");
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+
+    let w = wait_worker(stack, &ns, "plain", "Healthy", |w| {
+        w["status"]["phase"] == "Healthy"
+    });
+    assert_eq!(
+        w["status"]["heartbeat"]["timeSource"], "FileModified",
+        "{}",
+        w["status"]
+    );
+    assert_eq!(w["status"]["heartbeat"]["status"], "ok");
+    let fresh = condition(&w, "HeartbeatFresh").unwrap();
+    assert_eq!(fresh["status"], "True");
+    assert!(
+        fresh["message"]
+            .as_str()
+            .unwrap()
+            .contains("modification time"),
+        "{fresh}"
+    );
+
+    // The worker stops writing: the file's time ages past the 5 s timeout.
+    std::fs::write(wc.shared_root().join("stop"), b"").unwrap();
+    let w = wait_worker(stack, &ns, "plain", "Degraded", |w| {
+        w["status"]["phase"] == "Degraded"
+    });
+    let stale = condition(&w, "HeartbeatFresh").unwrap();
+    assert_eq!(stale["reason"], "HeartbeatStale", "{stale}");
+    assert_eq!(wc.inspect("{{.State.Running}}"), "true");
+}
