@@ -74,6 +74,27 @@ fn wait_reconciles(op: &Operator, rounds: u64) {
     });
 }
 
+/// No start, restart or exec of the container since `since` (from [`docker_now`]).
+fn assert_untouched(wc: &WorkerContainer, since: &str) {
+    let events = docker_events(&wc.container, since);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("start") || e.starts_with("exec") || e.starts_with("restart")),
+        "the operator touched the container: {events:?}"
+    );
+}
+
+/// A Warning Event with `reason` about the Worker `name`.
+fn assert_warning_event(stack: &Stack, ns: &str, name: &str, reason: &str) {
+    let event = stack
+        .events_for(ns, name)
+        .into_iter()
+        .find(|e| e["reason"] == reason)
+        .unwrap_or_else(|| panic!("no {reason} event about {name}"));
+    assert_eq!(event["type"], "Warning", "{event}");
+}
+
 /// The `diagnose` command with the given allowed roots: (success, stdout + stderr).
 fn diagnose_cli(
     stack: &Stack,
@@ -157,19 +178,8 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     wait_reconciles(&op, 3);
     assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
     assert_eq!(wc.inspect("{{.State.StartedAt}}"), started_at);
-    let events = docker_events(&wc.container, &since);
-    assert!(
-        !events
-            .iter()
-            .any(|e| e.starts_with("start") || e.starts_with("exec") || e.starts_with("restart")),
-        "the operator touched the container: {events:?}"
-    );
-    let warning = stack
-        .events_for(&ns, "stranger")
-        .into_iter()
-        .find(|e| e["reason"] == "ContainerNotManaged")
-        .expect("a ContainerNotManaged event");
-    assert_eq!(warning["type"], "Warning");
+    assert_untouched(&wc, &since);
+    assert_warning_event(stack, &ns, "stranger", "ContainerNotManaged");
 }
 
 #[test]
@@ -267,12 +277,7 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
         !about_the_link.contains("wro-e2e-outside-"),
         "the link's target was disclosed: {about_the_link}"
     );
-    let refused = stack
-        .events_for(&ns, "linked")
-        .into_iter()
-        .find(|e| e["reason"] == "SharedRootNotAllowed")
-        .expect("a SharedRootNotAllowed event");
-    assert_eq!(refused["type"], "Warning");
+    assert_warning_event(stack, &ns, "linked", "SharedRootNotAllowed");
 }
 
 #[test]
