@@ -67,7 +67,12 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
                 Timestamp::now(),
             );
             apply_status(&api, worker, &status).await?;
-            if previous.and_then(|s| s.phase) != Some(WorkerPhase::Refused) {
+            // One Event per refusal reason, not one per look.
+            let refused_before = previous
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == decide::ACCEPTED))
+                .filter(|c| c.status == "False")
+                .map(|c| c.reason.as_str());
+            if refused_before != Some(refusal.reason.as_str()) {
                 warn!(reason = refusal.reason.as_str(), %refusal, "worker refused");
                 ctx.publish(
                     worker,
@@ -437,6 +442,18 @@ mod tests {
             "only that it exists"
         );
         assert!(status.get("heartbeat").is_none());
+
+        // Looking again with that status: still refused, but no second Event.
+        let mut again = worker.clone();
+        again.status = Some(serde_json::from_value(status.clone()).unwrap());
+        reconcile_worker(&again, &ctx).await.unwrap();
+        let events = requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == Method::POST)
+            .count();
+        assert_eq!(events, 1, "one Event per refusal reason");
 
         // A label naming another Worker is no consent either.
         stranger.labels.insert(
