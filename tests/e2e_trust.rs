@@ -27,23 +27,6 @@ fn recovery_yaml(name: &str, ns: &str, worker: &str) -> String {
     )
 }
 
-fn wait_worker(
-    stack: &Stack,
-    ns: &str,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(&format!("Worker {name}: {what}"), TIMEOUT, || {
-        let w = stack.get_json(ns, &format!("worker/{name}"));
-        if ok(&w) {
-            Ok(w)
-        } else {
-            Err(w["status"].to_string())
-        }
-    })
-}
-
 fn wait_recovery_finished(stack: &Stack, ns: &str, name: &str) -> Value {
     wait_for(&format!("WorkerRecovery {name} to finish"), TIMEOUT, || {
         let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
@@ -133,9 +116,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert!(ok, "{out}");
     let op = Operator::start(stack, &ns, wc.dir.path());
 
-    let w = wait_worker(stack, &ns, "stranger", "Refused", |w| {
-        w["status"]["phase"] == "Refused"
-    });
+    let w = wait_phase(stack, &ns, "stranger", "Refused");
     let accepted = condition(&w, "Accepted").expect("Accepted condition");
     assert_eq!(accepted["status"], "False");
     assert_eq!(accepted["reason"], "ContainerNotManaged");
@@ -227,9 +208,7 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
     let op = Operator::start_allowing(stack, &ns, wc.dir.path(), &[allowed.path()]);
 
     for name in ["direct", "linked", "slash"] {
-        let w = wait_worker(stack, &ns, name, "Refused", |w| {
-            w["status"]["phase"] == "Refused"
-        });
+        let w = wait_phase(stack, &ns, name, "Refused");
         let accepted = condition(&w, "Accepted").unwrap();
         assert_eq!(accepted["reason"], "SharedRootNotAllowed", "{name}");
         assert!(w["status"].get("heartbeat").is_none());
@@ -301,9 +280,7 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
     assert!(ok, "{out}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let w = wait_worker(stack, &ns, "plain", "Healthy", |w| {
-        w["status"]["phase"] == "Healthy"
-    });
+    let w = wait_phase(stack, &ns, "plain", "Healthy");
     assert_eq!(
         w["status"]["heartbeat"]["timeSource"], "FileModified",
         "{}",
@@ -322,9 +299,7 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
 
     // The worker stops writing: the file's time ages past the 5 s timeout.
     std::fs::write(wc.shared_root().join("stop"), b"").unwrap();
-    let w = wait_worker(stack, &ns, "plain", "Degraded", |w| {
-        w["status"]["phase"] == "Degraded"
-    });
+    let w = wait_phase(stack, &ns, "plain", "Degraded");
     let stale = condition(&w, "HeartbeatFresh").unwrap();
     assert_eq!(stale["reason"], "HeartbeatStale", "{stale}");
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");

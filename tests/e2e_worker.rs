@@ -14,21 +14,6 @@ fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
     stack.get_json(ns, &format!("worker/{name}"))
 }
 
-fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
-    wait_for(
-        &format!("Worker {name} phase {phase}"),
-        PHASE_TIMEOUT,
-        || {
-            let w = worker_json(stack, ns, name);
-            if w["status"]["phase"] == phase {
-                Ok(w)
-            } else {
-                Err(w["status"].to_string())
-            }
-        },
-    )
-}
-
 #[test]
 fn crashed_worker_is_restarted_and_reported() {
     let stack = stack();

@@ -552,6 +552,22 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Wait until the Worker `name` reports `phase`; returns the Worker.
+pub fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
+    wait_for(
+        &format!("Worker {name} phase {phase}"),
+        Duration::from_secs(60),
+        || {
+            let w = stack.get_json(ns, &format!("worker/{name}"));
+            if w["status"]["phase"] == phase {
+                Ok(w)
+            } else {
+                Err(w["status"].to_string())
+            }
+        },
+    )
+}
+
 /// A Worker's status condition by type.
 pub fn condition<'a>(worker: &'a Value, type_: &str) -> Option<&'a Value> {
     worker["status"]["conditions"]
