@@ -11,6 +11,7 @@ pub mod docker;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
+pub mod recover;
 pub mod server;
 pub mod telemetry;
 pub mod trust;
