@@ -7,15 +7,19 @@ use bollard::{
     container::LogOutput,
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecOptions, StartExecResults},
-    models::ResourcesUlimits,
-    query_parameters::{ContainerArchiveInfoOptions, EventsOptions, LogsOptions, StatsOptions},
+    models::{ContainerCreateBody, ResourcesUlimits},
+    query_parameters::{
+        ContainerArchiveInfoOptions, CreateContainerOptions, EventsOptions, LogsOptions,
+        RemoveContainerOptions, RestartContainerOptions, StatsOptions, StopContainerOptions,
+    },
     Docker,
 };
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat, StartOutcome,
+    CloneSpec, ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat,
+    StartOutcome,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -114,6 +118,110 @@ impl ContainerRuntime for DockerEngine {
                 status_code: 404, ..
             }) => Err(DockerError::NotFound(container.to_string())),
             Err(e) => Err(map_error("start", e)),
+        }
+    }
+
+    async fn stop(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
+        let options = StopContainerOptions {
+            t: Some(seconds(grace)),
+            ..Default::default()
+        };
+        match self.docker.stop_container(container, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(container_error("stop", container, e)),
+        }
+    }
+
+    async fn restart(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
+        let options = RestartContainerOptions {
+            t: Some(seconds(grace)),
+            ..Default::default()
+        };
+        self.docker
+            .restart_container(container, Some(options))
+            .await
+            .map_err(|e| container_error("restart", container, e))
+    }
+
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError> {
+        let original = self
+            .docker
+            .inspect_container(source, None)
+            .await
+            .map_err(|e| container_error("inspect", source, e))?;
+        let config = original.config.unwrap_or_default();
+        let mut host_config = original.host_config.unwrap_or_default();
+        // Environment: the original's, with the clone's variables replacing same-named ones.
+        let mut env: Vec<String> = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|kv| {
+                let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+                !clone.env.iter().any(|(k, _)| k == key)
+            })
+            .collect();
+        env.extend(clone.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut labels = config.labels.unwrap_or_default();
+        labels.extend(clone.labels.clone());
+        if clone.core_unlimited {
+            let mut ulimits: Vec<ResourcesUlimits> = host_config
+                .ulimits
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|u| u.name.as_deref() != Some("core"))
+                .collect();
+            ulimits.push(ResourcesUlimits {
+                name: Some("core".into()),
+                soft: Some(-1),
+                hard: Some(-1),
+            });
+            host_config.ulimits = Some(ulimits);
+        }
+        // The copy is started and removed by the run, never by Docker's restart policy.
+        host_config.restart_policy = None;
+        host_config.auto_remove = Some(false);
+        let body = ContainerCreateBody {
+            user: config.user,
+            env: Some(env),
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            image: config.image,
+            working_dir: config.working_dir,
+            labels: Some(labels),
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(clone.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| map_error("create", e))?;
+        Ok(created.id)
+    }
+
+    async fn remove(&self, container: &str) -> Result<bool, DockerError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(map_error("remove", e)),
         }
     }
 
@@ -313,6 +421,11 @@ impl ContainerRuntime for DockerEngine {
             Err(e) => Err(map_error("stat", e)),
         }
     }
+}
+
+/// A grace period as the engine's whole seconds.
+fn seconds(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
 fn map_error(operation: &'static str, e: BollardError) -> DockerError {

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat, StartOutcome,
+    CloneSpec, ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat,
+    StartOutcome,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -20,6 +21,8 @@ pub struct FakeRuntime {
     pub oom_events: Vec<Timestamp>,
     pub paths: HashMap<String, PathStat>,
     pub starts: Mutex<u32>,
+    /// Containers stopped, restarted, cloned and removed, in order: `stop marie`, ...
+    pub actions: Mutex<Vec<String>>,
     /// Every exec hangs this long first (a stuck `docker exec`).
     pub exec_delay: Option<std::time::Duration>,
 }
@@ -111,5 +114,73 @@ impl ContainerRuntime for FakeRuntime {
         path: &str,
     ) -> Result<Option<PathStat>, DockerError> {
         Ok(self.paths.get(path).cloned())
+    }
+
+    async fn stop(&self, container: &str, _grace: std::time::Duration) -> Result<(), DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let info = Self::key_of(&containers, container)
+            .and_then(|k| containers.get_mut(&k))
+            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+        info.running = false;
+        info.status = "exited".into();
+        self.actions
+            .lock()
+            .unwrap()
+            .push(format!("stop {}", info.name));
+        Ok(())
+    }
+
+    async fn restart(
+        &self,
+        container: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), DockerError> {
+        self.stop(container, grace).await?;
+        self.start(container).await?;
+        let name = self
+            .inspect(container)
+            .await?
+            .map(|c| c.name)
+            .unwrap_or_default();
+        self.actions.lock().unwrap().push(format!("restart {name}"));
+        Ok(())
+    }
+
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let original = Self::key_of(&containers, source)
+            .and_then(|k| containers.get(&k).cloned())
+            .ok_or_else(|| DockerError::NotFound(source.into()))?;
+        if containers.contains_key(&clone.name) {
+            return Err(DockerError::Refused {
+                operation: "create",
+                message: format!("name {} in use", clone.name),
+            });
+        }
+        let mut copy = original.clone();
+        copy.id = format!("{}-clone", original.id);
+        copy.name = clone.name.clone();
+        copy.running = false;
+        copy.status = "created".into();
+        copy.env
+            .extend(clone.env.iter().map(|(k, v)| format!("{k}={v}")));
+        copy.labels.extend(clone.labels.clone());
+        let id = copy.id.clone();
+        containers.insert(clone.name.clone(), copy);
+        self.actions
+            .lock()
+            .unwrap()
+            .push(format!("clone {} {}", original.name, clone.name));
+        Ok(id)
+    }
+
+    async fn remove(&self, container: &str) -> Result<bool, DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let Some(key) = Self::key_of(&containers, container) else {
+            return Ok(false);
+        };
+        containers.remove(&key);
+        self.actions.lock().unwrap().push(format!("remove {key}"));
+        Ok(true)
     }
 }

@@ -101,6 +101,19 @@ pub enum StartOutcome {
     AlreadyRunning,
 }
 
+/// A copy of a container, for the runbook's "Start with Debugging".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloneSpec {
+    /// Name of the copy.
+    pub name: String,
+    /// Environment variables set (or replaced) in the copy.
+    pub env: Vec<(String, String)>,
+    /// Labels added to (or replaced in) the copy's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Allow core dumps of any size (`--ulimit core=-1`).
+    pub core_unlimited: bool,
+}
+
 /// Errors talking to the container engine.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -143,4 +156,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Stat a path in the container's filesystem; `Ok(None)` when it does not exist.
     async fn stat_path(&self, container: &str, path: &str)
         -> Result<Option<PathStat>, DockerError>;
+    /// Stop a container: SIGTERM, then SIGKILL after `grace` (idempotent: a stopped one is left).
+    async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<(), DockerError>;
+    /// Stop (with `grace`) and start a container; a stopped one is just started.
+    async fn restart(&self, container: &str, grace: std::time::Duration)
+        -> Result<(), DockerError>;
+    /// Create (not start) a copy of `source` with its image, command, environment, mounts,
+    /// labels and network, changed as `clone` says; returns the copy's ID.
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
+    /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
+    async fn remove(&self, container: &str) -> Result<bool, DockerError>;
 }
