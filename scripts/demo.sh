@@ -110,6 +110,7 @@ metadata:
   name: marie-crash
   namespace: default
 spec:
+  mode: Diagnose
   workerRef:
     name: marie
 YAML

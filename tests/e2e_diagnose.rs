@@ -13,7 +13,7 @@ use support::*;
 fn diagnose_via_recovery(stack: &Stack, ns: &str, worker: &str) -> Value {
     let name = format!("{worker}-diag");
     let (ok, out) = stack.apply(&format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n"
+        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  mode: Diagnose\n  workerRef:\n    name: {worker}\n"
     ));
     assert!(ok, "{out}");
     let rec = wait_for(

@@ -39,6 +39,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: backoff::Backoff,
+    /// Recovery steps this process is carrying out now (`<run>/<step>`), so that a step polled
+    /// again is not counted as a new attempt, while one resumed after a restart is.
+    pub running_steps: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -63,6 +66,7 @@ impl Context {
             host,
             metrics,
             backoff: backoff::Backoff::default(),
+            running_steps: Default::default(),
         }
     }
 }

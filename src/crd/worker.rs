@@ -85,6 +85,11 @@ pub struct WorkerSpec {
     #[schemars(range(min = 5, max = 86400))]
     pub heartbeat_timeout_seconds: u32,
 
+    /// A task requeued this many times goes to `failed/` instead of `pending/` (dead letter).
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_retries: u32,
+
     /// What the operator may do on its own when the worker fails.
     #[serde(default)]
     pub auto_recovery: AutoRecoverySpec,
@@ -365,6 +370,10 @@ pub struct ContainerSummary {
 
 fn default_shared_root() -> String {
     DEFAULT_SHARED_ROOT.to_string()
+}
+
+fn default_max_retries() -> u32 {
+    3
 }
 
 fn default_heartbeat_timeout() -> u32 {

@@ -1,7 +1,10 @@
 //! The `WorkerRecovery` custom resource: one run of the runbook against one Worker.
 //!
-//! Only the reference to the Worker exists so far; the diagnosis and the recovery steps that
-//! later fill this resource will add their fields to the spec and status.
+//! A run is a list of steps chosen by its mode (diagnose, quick, clean, debug), each carried out
+//! as an idempotent, crash-safe step whose progress is recorded in `status.steps`. A finished
+//! run is immutable: a new recovery is a new object.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -22,7 +25,14 @@ use serde::{Deserialize, Serialize};
     category = "workerrecovery",
     doc = "One recovery run of the crash runbook against a Worker.",
     printcolumn(name = "Worker", type_ = "string", json_path = ".spec.workerRef.name"),
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Step",
+        type_ = "string",
+        json_path = ".status.currentStep",
+        description = "The step running now, or the last one"
+    ),
     printcolumn(
         name = "Root Cause",
         type_ = "string",
@@ -30,16 +40,101 @@ use serde::{Deserialize, Serialize};
         description = "Most likely root cause found by the diagnosis"
     ),
     printcolumn(
+        name = "Dry Run",
+        type_ = "boolean",
+        json_path = ".spec.dryRun",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.workerRef == oldSelf.workerRef").message("workerRef is immutable"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("the spec of a recovery run is immutable; create a new WorkerRecovery"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerRecoverySpec {
     /// The Worker (in the same namespace) to recover.
     pub worker_ref: WorkerReference,
+    /// What the run does: `Diagnose` (read only), `Quick` (diagnose, restart, verify), `Clean`
+    /// (diagnose, clean state, restart, verify, resume) or `Debug` (diagnose, clean state,
+    /// start a debug copy of the container, verify).
+    #[serde(default)]
+    pub mode: RecoveryMode,
+    /// Compute and record what every step would do, and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Seconds the worker may take to stop on SIGTERM before it is killed, when the run stops or
+    /// restarts it.
+    #[serde(default = "default_stop_grace")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stop_grace_period_seconds: u32,
+    /// How long the verify step waits for the worker to be healthy: running, a heartbeat newer
+    /// than the restart, and the metrics endpoint answering when one is declared.
+    #[serde(default = "default_verify_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub verify_timeout_seconds: u32,
+    /// Settings of the debug container (mode `Debug`).
+    #[serde(default)]
+    pub debug: DebugSpec,
+}
+
+/// What a recovery run does.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Read only: the runbook's checks and a ranked root cause.
+    Diagnose,
+    /// The runbook's Quick Recovery: diagnose, restart, verify.
+    #[default]
+    Quick,
+    /// Clean recovery: diagnose, clean state (requeue active tasks, remove stale locks, reset
+    /// state, clear tmp) with the container stopped, restart, verify, resume.
+    Clean,
+    /// Start with debugging: diagnose, clean state, start `<container>-debug` with debug logging,
+    /// tracing and core dumps, verify it. The original stays stopped.
+    Debug,
+}
+
+impl RecoveryMode {
+    /// The steps of a run in this mode, in order.
+    pub fn steps(self) -> &'static [StepName] {
+        use StepName::*;
+        match self {
+            Self::Diagnose => &[Diagnose],
+            Self::Quick => &[Diagnose, Restart, VerifyHealth],
+            Self::Clean => &[Diagnose, CleanState, Restart, VerifyHealth, Resume],
+            Self::Debug => &[Diagnose, CleanState, DebugStart, VerifyHealth],
+        }
+    }
+}
+
+/// The debug container of mode `Debug` (runbook "Start with Debugging").
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DebugSpec {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` of the debug container.
+    #[serde(default = "default_otlp_endpoint")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("otlpEndpoint must be an http(s):// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub otlp_endpoint: String,
+}
+
+impl Default for DebugSpec {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: default_otlp_endpoint(),
+        }
+    }
+}
+
+fn default_otlp_endpoint() -> String {
+    "http://otel-collector:4317".into()
+}
+fn default_stop_grace() -> u32 {
+    10
+}
+fn default_verify_timeout() -> u32 {
+    60
 }
 
 /// A reference to a Worker in the same namespace.
@@ -57,24 +152,114 @@ pub struct WorkerRecoveryStatus {
     /// Where the run is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RecoveryPhase>,
-    /// Standard conditions of the run.
+    /// Standard conditions of the run: `Diagnosed`, `Completed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// When the run started.
+    /// When the run started; also the `last_failure` time written into requeued tasks, so that
+    /// a step resumed after an operator restart writes exactly what it wrote before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     /// When the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The step running now, or the last one that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<StepName>,
+    /// One entry per step of the mode, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub steps: Vec<StepStatus>,
+    /// The failure reason written into requeued tasks, from the diagnosis (`oom`, `deadlock`,
+    /// ..., `worker_crash` when no cause was found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// When the container (or its debug copy) was started by the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_started_at: Option<Time>,
     /// What the diagnosis found: findings with evidence and the ranked root cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<super::diagnosis::Diagnosis>,
 }
 
+/// A step of a recovery run.
+#[derive(
+    JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum StepName {
+    /// The runbook's checks and a ranked root cause (span `check_crash_reason`).
+    Diagnose,
+    /// Requeue active tasks, dead-letter and quarantine, remove stale locks, reset state, clear
+    /// tmp, with the container stopped (span `clean_state`).
+    CleanState,
+    /// Start the container again (span `restart_worker`).
+    Restart,
+    /// Start `<container>-debug`, a copy with debug logging, tracing and core dumps.
+    DebugStart,
+    /// Running, a fresh heartbeat, metrics answering, within the deadline (span `verify_health`).
+    VerifyHealth,
+    /// Hand the requeued tasks to gradual resume (span `resume`).
+    Resume,
+}
+
+/// Where a step is.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl StepState {
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Skipped | Self::Failed)
+    }
+}
+
+/// One step of a run as it went.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    pub name: StepName,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_time: Option<Time>,
+    /// How many times the step was started (more than 1 after an operator restart mid-step).
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The step's own figures, e.g. `requeued`, `deadLettered`, `quarantined`, `locksRemoved`,
+    /// `tmpEntriesRemoved`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, i64>,
+    /// What is behind the figures (at most 50 names each): which tasks, locks and tmp entries
+    /// were (or, in a dry run, would be) touched.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, Vec<String>>,
+}
+
+impl StepStatus {
+    pub fn pending(name: StepName) -> Self {
+        Self {
+            name,
+            state: StepState::Pending,
+            start_time: None,
+            finish_time: None,
+            attempt: 0,
+            message: None,
+            figures: BTreeMap::new(),
+            details: BTreeMap::new(),
+        }
+    }
+}
 /// Phase of a recovery run.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryPhase {

@@ -195,6 +195,8 @@ pub struct Operator {
     child: Child,
     pub listen: String,
     log: PathBuf,
+    /// Where this process's part of the (shared, appended) log starts.
+    log_start: usize,
 }
 
 impl Operator {
@@ -204,35 +206,14 @@ impl Operator {
         Self::start_allowing(stack, namespace, log_dir, &[log_dir])
     }
 
-    /// Start the operator with exactly these `--allowed-root`s.
+    /// Start the operator with exactly these `--allowed-root`s and wait until it is ready.
     pub fn start_allowing(
         stack: &Stack,
         namespace: &str,
         log_dir: &Path,
         allowed_roots: &[&Path],
     ) -> Self {
-        let log = log_dir.join("operator.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
-        // Port 0: the operator binds a free port itself and logs it, so that tests running in
-        // parallel can never race for one.
-        cmd.args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--namespace", namespace]);
-        for root in allowed_roots {
-            cmd.arg("--allowed-root").arg(root);
-        }
-        let child = cmd
-            .env("KUBECONFIG", &stack.kubeconfig)
-            .env("RUST_LOG", "info,worker_recovery_operator=debug")
-            .env_remove("WRO_ALLOWED_ROOTS")
-            .stdout(fs::File::create(&log).unwrap())
-            .stderr(fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("operator starts");
-        let mut op = Self {
-            child,
-            listen: String::new(),
-            log,
-        };
+        let mut op = Self::spawn(stack, namespace, log_dir, allowed_roots);
         op.listen = wait_for("the operator to listen", Duration::from_secs(30), || {
             op.bound_address().ok_or_else(|| op.log_tail())
         });
@@ -244,10 +225,58 @@ impl Operator {
         op
     }
 
+    /// Start the operator process and return at once (its log is appended to, so that a
+    /// test that starts and kills it many times keeps every run's log).
+    pub fn spawn(stack: &Stack, namespace: &str, log_dir: &Path, allowed_roots: &[&Path]) -> Self {
+        let log = log_dir.join("operator.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
+        // Port 0: the operator binds a free port itself and logs it, so that tests running in
+        // parallel can never race for one.
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--namespace", namespace]);
+        for root in allowed_roots {
+            cmd.arg("--allowed-root").arg(root);
+        }
+        let out = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let log_start = out.metadata().unwrap().len() as usize;
+        let child = cmd
+            .env("KUBECONFIG", &stack.kubeconfig)
+            .env("RUST_LOG", "info,worker_recovery_operator=debug")
+            .env_remove("WRO_ALLOWED_ROOTS")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("operator starts");
+        Self {
+            child,
+            listen: String::new(),
+            log,
+            log_start,
+        }
+    }
+
+    /// Kill the operator with SIGKILL, as a crash would, and reap it (what dropping it does).
+    pub fn kill(self) {
+        drop(self)
+    }
+
+    /// Whether this process has logged a line containing all of `needles`.
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.get(self.log_start..)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    }
+
     /// The address the operator logged that it serves on.
     fn bound_address(&self) -> Option<String> {
         let text = fs::read_to_string(&self.log).ok()?;
-        text.lines().find_map(|line| {
+        text.get(self.log_start..)?.lines().find_map(|line| {
             // JSON logs are flat: the message and the fields side by side.
             let v: Value = serde_json::from_str(line).ok()?;
             v["message"]

@@ -1,50 +1,76 @@
 //! The WorkerRecovery controller: one run of the runbook against one Worker.
 //!
-//! Today a run is its first step, the diagnosis: every check of the runbook, findings with
-//! evidence and a ranked root cause, written into status. The run is read-only and idempotent:
-//! a run that finished is not repeated; one interrupted by an operator crash runs again.
+//! A run is the list of steps of its mode (`plan`), carried out one after another (`steps`).
+//! Each step's progress is written into `status.steps` before and after it runs, so an operator
+//! killed at any moment resumes the run at the step it was in; every step is idempotent. A
+//! finished run is not repeated. Only a run that created a debug container gets a finalizer,
+//! which removes that container when the run is deleted.
 
 mod error;
+pub mod plan;
+pub mod steps;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    api::Api,
+    api::{Api, Patch, PatchParams},
     runtime::{
         controller::{Action, Controller},
         events::EventType,
+        reflector, watcher, WatchStreamExt,
     },
     ResourceExt,
 };
+use serde_json::json;
 use tracing::{info, instrument, warn};
 
 pub use error::Error;
 
+use self::{
+    plan::{COMPLETED, DIAGNOSED},
+    steps::{Outcome, Run},
+};
 use super::{
     apply_status,
     conditions::{merge, ConditionState, ConditionStatus},
-    log_failure, object_key, spec_changes, Context,
+    log_failure, object_key, Context,
 };
 use crate::{
     crd::{
         worker::Worker,
-        worker_recovery::{RecoveryPhase, WorkerRecovery, WorkerRecoveryStatus},
+        worker_recovery::{
+            RecoveryPhase, StepName, StepState, StepStatus, WorkerRecovery, WorkerRecoveryStatus,
+        },
     },
-    diagnose::{self, CheckContext, Diagnosis},
+    diagnose::{self, Diagnosis},
     trust::{self, AdmitError},
 };
 
 pub const CONTROLLER: &str = "workerrecovery";
-/// Condition that tells whether the diagnosis step finished.
-pub const DIAGNOSED: &str = "Diagnosed";
+/// Finalizer of a run that created a debug container.
+pub const FINALIZER: &str = "workerrecovery.io/debug-container";
 /// How long to wait for a Worker that does not exist (yet).
 const WORKER_WAIT: Duration = Duration::from_secs(15);
 
 /// Run the WorkerRecovery controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
-    let (reader, trigger) = spec_changes(recoveries);
+    let (reader, writer) = reflector::store();
+    // Spec changes and deletions trigger a reconcile; the operator's own status writes do not.
+    let trigger = watcher(recoveries, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            |r: &WorkerRecovery| {
+                Some(
+                    (r.metadata.generation.unwrap_or_default() as u64) << 1
+                        | u64::from(r.metadata.deletion_timestamp.is_some()),
+                )
+            },
+            Default::default(),
+        );
     Controller::for_stream(trigger, reader)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -59,44 +85,37 @@ async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action
 }
 
 async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error> {
-    let status = rec.status.clone().unwrap_or_default();
+    let ns = rec.namespace().unwrap_or_default();
+    let api: Api<WorkerRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    if rec.metadata.deletion_timestamp.is_some() {
+        return clean_up(rec, ctx, &api).await;
+    }
+    let mut status = rec.status.clone().unwrap_or_default();
     if status.observed_generation == rec.metadata.generation
         && status.phase.is_some_and(RecoveryPhase::is_terminal)
     {
         return Ok(Action::await_change());
     }
-    let ns = rec.namespace().unwrap_or_default();
-    let api: Api<WorkerRecovery> = Api::namespaced(ctx.client.clone(), &ns);
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
     let worker_name = &rec.spec.worker_ref.name;
-    let start_time = status.start_time.clone().unwrap_or(Time(Timestamp::now()));
+    // Whole seconds: `metav1.Time` keeps no more, and a step resumed after a restart must see
+    // exactly the time the first attempt used (it is written into requeued tasks).
+    let started = status.start_time.as_ref().map_or_else(
+        || Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time"),
+        |t| t.0,
+    );
 
     let Some(worker) = workers.get_opt(worker_name).await? else {
-        let next = step_status(
+        let next = early_status(
             rec,
             RecoveryPhase::Pending,
-            &start_time,
-            ConditionStatus::False,
+            started,
             "WorkerNotFound",
             format!("Worker {worker_name:?} does not exist in namespace {ns}; waiting for it"),
-            None,
         );
         apply_status(&api, rec, &next).await?;
         return Ok(Action::requeue(WORKER_WAIT));
     };
-
-    // Mark the run as started before the (slow) diagnosis, so progress is visible.
-    let running = step_status(
-        rec,
-        RecoveryPhase::Running,
-        &start_time,
-        ConditionStatus::False,
-        "Diagnosing",
-        format!("running the runbook's checks against Worker {worker_name}"),
-        None,
-    );
-    apply_status(&api, rec, &running).await?;
-
     let admission = match trust::admit(&worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
         Ok(admission) => admission,
         Err(e) => {
@@ -110,44 +129,246 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
                     format!("Worker {worker_name} is refused: {refusal}"),
                 ),
             };
-            let mut failed = step_status(
-                rec,
-                RecoveryPhase::Failed,
-                &start_time,
-                ConditionStatus::False,
-                reason,
-                message.clone(),
-                None,
-            );
+            let mut failed =
+                early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
             failed.completion_time = Some(Time(Timestamp::now()));
             apply_status(&api, rec, &failed).await?;
-            ctx.publish(rec, EventType::Warning, reason, "Diagnose", message)
+            ctx.publish(rec, EventType::Warning, reason, "Recover", message)
                 .await;
             return Ok(Action::await_change());
         }
     };
-    let check_ctx = CheckContext::new(&worker, admission, ctx.docker.clone(), ctx.host.clone());
-    let diagnosis = diagnose::diagnose(&check_ctx).await;
-    let summary = verdict_summary(&diagnosis);
-    info!(worker = %worker_name, %summary, findings = diagnosis.findings.len(), "diagnosis complete");
-    let mut done = step_status(
-        rec,
-        RecoveryPhase::Succeeded,
-        &start_time,
-        ConditionStatus::True,
-        "DiagnosisComplete",
-        summary.clone(),
-        Some(diagnosis),
-    );
-    done.completion_time = Some(Time(Timestamp::now()));
-    apply_status(&api, rec, &done).await?;
-    ctx.publish(rec, EventType::Normal, "Diagnosed", "Diagnose", summary)
+
+    // The steps and the start time are recorded before any step runs: a step resumed after a
+    // restart of the operator sees the same start time (the `last_failure` it writes).
+    status.start_time = Some(Time(started));
+    status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
+    status.completion_time = None;
+    let run_key = object_key(rec);
+    while let Some(i) = plan::next_step(&status.steps) {
+        let name = status.steps[i].name;
+        let active_key = format!("{run_key}/{name:?}");
+        {
+            // A step counts as a new attempt unless this process is already carrying it out
+            // (a verify step polling); after an operator restart it is attempted again.
+            let fresh = ctx.running_steps.lock().unwrap().insert(active_key.clone());
+            let step = &mut status.steps[i];
+            if fresh || step.state == StepState::Pending {
+                step.attempt += 1;
+            }
+            step.state = StepState::Running;
+            step.start_time.get_or_insert(Time(Timestamp::now()));
+        }
+        if name == StepName::DebugStart && !rec.spec.dry_run {
+            ensure_finalizer(rec, &api).await?;
+        }
+        write_progress(rec, &api, &mut status).await?;
+        info!(step = ?name, attempt = status.steps[i].attempt, "step started");
+
+        let run = Run {
+            ctx,
+            rec,
+            worker: &worker,
+            admission: &admission,
+            started,
+            failure_reason: status
+                .failure_reason
+                .clone()
+                .unwrap_or_else(|| "worker_crash".into()),
+            container_started_at: status.container_started_at.as_ref().map(|t| t.0),
+        };
+        let step = status.steps[i].clone();
+        let outcome = match name {
+            StepName::Diagnose => steps::diagnose(&run).await,
+            StepName::CleanState => steps::clean_state(&run).await,
+            StepName::Restart => steps::restart(&run, &step).await,
+            StepName::DebugStart => steps::debug_start(&run).await,
+            StepName::VerifyHealth => steps::verify_health(&run, &step).await,
+            StepName::Resume => {
+                let requeued = status
+                    .steps
+                    .iter()
+                    .find(|s| s.name == StepName::CleanState)
+                    .and_then(|s| s.figures.get("requeued").copied());
+                steps::resume(&run, requeued).await
+            }
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Retried with backoff; the step stays Running and is attempted again.
+                ctx.running_steps.lock().unwrap().remove(&active_key);
+                status.steps[i].message = Some(format!(
+                    "attempt {} failed, retrying: {e}",
+                    status.steps[i].attempt
+                ));
+                write_progress(rec, &api, &mut status).await?;
+                return Err(e);
+            }
+        };
+        match outcome {
+            Outcome::Wait { after, message } => {
+                status.steps[i].message = Some(message);
+                write_progress(rec, &api, &mut status).await?;
+                return Ok(Action::requeue(after));
+            }
+            Outcome::Done(result) => {
+                ctx.running_steps.lock().unwrap().remove(&active_key);
+                let step = &mut status.steps[i];
+                step.state = result.state();
+                step.finish_time = Some(Time(Timestamp::now()));
+                step.message = Some(result.message.clone());
+                step.figures = result.figures;
+                step.details = result.details;
+                if let Some(diagnosis) = result.diagnosis {
+                    status.failure_reason = Some(plan::failure_reason(&diagnosis.verdict).into());
+                    status.diagnosis = Some(diagnosis);
+                }
+                if let Some(at) = result.container_started_at {
+                    status.container_started_at = Some(Time(at));
+                }
+                info!(step = ?name, state = ?status.steps[i].state, message = %result.message, "step finished");
+                write_progress(rec, &api, &mut status).await?;
+                step_event(ctx, rec, name, &status.steps[i]).await;
+            }
+        }
+    }
+    status.completion_time = Some(Time(Timestamp::now()));
+    write_progress(rec, &api, &mut status).await?;
+    let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
+    let (type_, reason) = match status.phase {
+        Some(RecoveryPhase::Succeeded) => (EventType::Normal, "RecoveryComplete"),
+        _ => (EventType::Warning, "RecoveryFailed"),
+    };
+    ctx.publish(rec, type_, reason, "Recover", completed.message)
         .await;
     Ok(Action::await_change())
 }
 
+/// Sum the steps up into phase, current step and conditions, and write the status.
+async fn write_progress(
+    rec: &WorkerRecovery,
+    api: &Api<WorkerRecovery>,
+    status: &mut WorkerRecoveryStatus,
+) -> Result<(), Error> {
+    status.phase = Some(plan::phase(&status.steps));
+    status.current_step = plan::current_step(&status.steps);
+    status.observed_generation = rec.metadata.generation;
+    let previous = rec
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    status.conditions = merge(
+        previous,
+        &[
+            diagnosed_condition(status),
+            plan::completed_condition(&status.steps, rec.spec.dry_run),
+        ],
+        rec.metadata.generation,
+        Timestamp::now(),
+    );
+    apply_status(api, rec, status).await?;
+    Ok(())
+}
+
+fn diagnosed_condition(status: &WorkerRecoveryStatus) -> ConditionState {
+    let step = status.steps.iter().find(|s| s.name == StepName::Diagnose);
+    let (status_, reason, message) = match (step.map(|s| s.state), &status.diagnosis) {
+        (Some(StepState::Succeeded), Some(d)) => (
+            ConditionStatus::True,
+            "DiagnosisComplete",
+            verdict_summary(d),
+        ),
+        (Some(StepState::Running), _) => (
+            ConditionStatus::False,
+            "Diagnosing",
+            "running the runbook's checks".to_string(),
+        ),
+        _ => (
+            ConditionStatus::False,
+            "NotDiagnosed",
+            "the diagnosis has not run".to_string(),
+        ),
+    };
+    ConditionState {
+        type_: DIAGNOSED,
+        status: status_,
+        reason,
+        message,
+    }
+}
+
+/// Events a human should see: the diagnosis, a restart, a failed step.
+async fn step_event(ctx: &Context, rec: &WorkerRecovery, name: StepName, step: &StepStatus) {
+    let message = step.message.clone().unwrap_or_default();
+    match (name, step.state) {
+        (_, StepState::Failed) => {
+            ctx.publish(
+                rec,
+                EventType::Warning,
+                "StepFailed",
+                &format!("{name:?}"),
+                format!("{name:?}: {message}"),
+            )
+            .await
+        }
+        (StepName::Diagnose, StepState::Succeeded) => {
+            ctx.publish(rec, EventType::Normal, "Diagnosed", "Diagnose", message)
+                .await
+        }
+        (StepName::CleanState | StepName::Restart | StepName::DebugStart, StepState::Succeeded) => {
+            ctx.publish(
+                rec,
+                EventType::Normal,
+                &format!("{name:?}Done"),
+                &format!("{name:?}"),
+                message,
+            )
+            .await
+        }
+        _ => {}
+    }
+}
+
+/// The status of a run that cannot start its steps (no Worker, Worker refused).
+fn early_status(
+    rec: &WorkerRecovery,
+    phase: RecoveryPhase,
+    started: Timestamp,
+    reason: &'static str,
+    message: String,
+) -> WorkerRecoveryStatus {
+    let previous = rec.status.clone().unwrap_or_default();
+    WorkerRecoveryStatus {
+        phase: Some(phase),
+        conditions: merge(
+            &previous.conditions,
+            &[
+                ConditionState {
+                    type_: DIAGNOSED,
+                    status: ConditionStatus::False,
+                    reason,
+                    message: message.clone(),
+                },
+                ConditionState {
+                    type_: COMPLETED,
+                    status: ConditionStatus::False,
+                    reason,
+                    message,
+                },
+            ],
+            rec.metadata.generation,
+            Timestamp::now(),
+        ),
+        observed_generation: rec.metadata.generation,
+        start_time: Some(Time(started)),
+        ..Default::default()
+    }
+}
+
 /// "root cause: OutOfMemory (...); 14 findings, 3 critical"
-fn verdict_summary(d: &Diagnosis) -> String {
+pub(crate) fn verdict_summary(d: &Diagnosis) -> String {
     let critical = d
         .findings
         .iter()
@@ -163,34 +384,65 @@ fn verdict_summary(d: &Diagnosis) -> String {
     )
 }
 
-fn step_status(
-    rec: &WorkerRecovery,
-    phase: RecoveryPhase,
-    start_time: &Time,
-    diagnosed: ConditionStatus,
-    reason: &'static str,
-    message: String,
-    diagnosis: Option<Diagnosis>,
-) -> WorkerRecoveryStatus {
-    let previous = rec.status.clone().unwrap_or_default();
-    WorkerRecoveryStatus {
-        phase: Some(phase),
-        conditions: merge(
-            &previous.conditions,
-            &[ConditionState {
-                type_: DIAGNOSED,
-                status: diagnosed,
-                reason,
-                message,
-            }],
-            rec.metadata.generation,
-            Timestamp::now(),
-        ),
-        observed_generation: rec.metadata.generation,
-        start_time: Some(start_time.clone()),
-        completion_time: None,
-        diagnosis,
+async fn ensure_finalizer(rec: &WorkerRecovery, api: &Api<WorkerRecovery>) -> Result<(), Error> {
+    if rec.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
     }
+    let mut finalizers = rec.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    // The resourceVersion makes this a compare-and-swap with other writers of the list.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": rec.resource_version()}});
+    api.patch(
+        &rec.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A deleted run: remove the debug container it created, then let the object go.
+async fn clean_up(
+    rec: &WorkerRecovery,
+    ctx: &Context,
+    api: &Api<WorkerRecovery>,
+) -> Result<Action, Error> {
+    if !rec.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    // The container name is taken from the Worker when it still exists, else from the step.
+    let workers: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
+    let container = match workers.get_opt(&rec.spec.worker_ref.name).await? {
+        Some(w) => Some(w.spec.container),
+        None => rec
+            .status
+            .as_ref()
+            .and_then(|s| s.steps.iter().find(|s| s.name == StepName::DebugStart))
+            .and_then(|s| s.details.get("container")?.first().cloned())
+            .and_then(|n| n.strip_suffix("-debug").map(String::from)),
+    };
+    if let Some(container) = container {
+        if steps::remove_debug_container(ctx, rec, &container).await? {
+            info!(container = %format!("{container}-debug"), "removed the run's debug container");
+        }
+    }
+    let finalizers: Vec<String> = rec
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": rec.resource_version()}});
+    api.patch(
+        &rec.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(Action::await_change())
 }
 
 fn error_policy(rec: Arc<WorkerRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -222,10 +474,14 @@ mod tests {
     const WORKER: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie";
 
     fn recovery() -> WorkerRecovery {
+        recovery_with(json!({"workerRef": {"name": "marie"}}))
+    }
+
+    fn recovery_with(spec: Value) -> WorkerRecovery {
         serde_json::from_value(json!({
             "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
-            "metadata": {"name": "marie-1", "namespace": "default", "generation": 1},
-            "spec": {"workerRef": {"name": "marie"}}
+            "metadata": {"name": "marie-1", "namespace": "default", "generation": 1, "uid": "0b5e4a4c-run"},
+            "spec": spec
         }))
         .unwrap()
     }
@@ -237,6 +493,19 @@ mod tests {
         root: &std::path::Path,
         allowed: &[std::path::PathBuf],
     ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
+        let (ctx, requests, _) = context_with_fake(worker_exists, root, allowed);
+        (ctx, requests)
+    }
+
+    fn context_with_fake(
+        worker_exists: bool,
+        root: &std::path::Path,
+        allowed: &[std::path::PathBuf],
+    ) -> (
+        Context,
+        Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>,
+        Arc<FakeRuntime>,
+    ) {
         let mut worker = testing::worker();
         worker.spec.shared_root = root.display().to_string();
         let (client, requests) =
@@ -254,15 +523,15 @@ mod tests {
                 }
                 _ => mock_api::not_found(path),
             });
-        let fake = FakeRuntime::with_container(testing::exited(3));
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
         let ctx = Context::new(
             client,
-            Arc::new(fake),
+            fake.clone(),
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
             AllowedRoots::new(allowed).unwrap(),
         );
-        (ctx, requests)
+        (ctx, requests, fake)
     }
 
     fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
@@ -290,7 +559,9 @@ mod tests {
     async fn a_diagnosis_is_written_once() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, requests) = context(true, dir.path(), &[dir.path().into()]);
-        run_steps(&recovery(), &ctx).await.unwrap();
+        let diagnose_only =
+            recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Diagnose"}));
+        run_steps(&diagnose_only, &ctx).await.unwrap();
         let status = last_status(&requests);
         assert_eq!(status["phase"], "Succeeded");
         assert_eq!(status["conditions"][0]["type"], DIAGNOSED);
@@ -310,8 +581,13 @@ mod tests {
             .unwrap()
             .contains("ApplicationCrash"));
 
+        assert_eq!(status["steps"][0]["name"], "Diagnose");
+        assert_eq!(status["steps"][0]["state"], "Succeeded");
+        assert_eq!(status["steps"][0]["attempt"], 1);
+        assert_eq!(status["failureReason"], "worker_crash");
+
         // The finished run, as the watch brings it back, is not run again.
-        let mut done = recovery();
+        let mut done = diagnose_only.clone();
         done.status = Some(serde_json::from_value(status).unwrap());
         let before = requests.lock().unwrap().len();
         assert_eq!(
@@ -342,5 +618,110 @@ mod tests {
         assert!(recorded
             .iter()
             .any(|r| r.body["reason"] == "SharedRootNotAllowed" && r.body["type"] == "Warning"));
+    }
+
+    fn fresh_heartbeat(root: &std::path::Path) {
+        let dir = root.join("workers/marie");
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = json!({"timestamp": Timestamp::now().to_string(), "status": "idle"});
+        std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
+    }
+
+    fn step<'a>(status: &'a Value, name: &str) -> &'a Value {
+        status["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {status}"))
+    }
+
+    #[tokio::test]
+    async fn a_quick_run_diagnoses_restarts_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let action = run_steps(&recovery(), &ctx).await.unwrap();
+        assert_eq!(action, Action::await_change());
+        assert_eq!(*fake.starts.lock().unwrap(), 1, "started once");
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Succeeded", "{status:#}");
+        for name in ["Diagnose", "Restart", "VerifyHealth"] {
+            assert_eq!(
+                step(&status, name)["state"],
+                "Succeeded",
+                "{name}: {status:#}"
+            );
+        }
+        assert_eq!(status["currentStep"], "VerifyHealth");
+        assert!(status["containerStartedAt"].is_string());
+        let completed = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == COMPLETED)
+            .unwrap();
+        assert_eq!(completed["status"], "True");
+        // Each step was written Running before it ran.
+        let recorded = requests.lock().unwrap().clone();
+        assert!(recorded
+            .iter()
+            .any(|r| r.body["status"]["currentStep"] == "Restart"
+                && step(&r.body["status"], "Restart")["state"] == "Running"));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let dry =
+            recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Quick", "dryRun": true}));
+        run_steps(&dry, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
+        assert!(fake.actions.lock().unwrap().is_empty());
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Succeeded");
+        let restart = step(&status, "Restart");
+        assert!(
+            restart["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("dry run: would start"),
+            "{restart}"
+        );
+        assert_eq!(step(&status, "VerifyHealth")["state"], "Skipped");
+    }
+
+    #[tokio::test]
+    async fn verify_waits_for_a_heartbeat_then_fails_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, requests, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let rec = recovery_with(json!({"workerRef": {"name": "marie"}, "verifyTimeoutSeconds": 1}));
+        // No heartbeat file: the verify step waits ...
+        let action = run_steps(&rec, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Running");
+        let verify = step(&status, "VerifyHealth");
+        assert_eq!(verify["state"], "Running");
+        assert!(
+            verify["message"].as_str().unwrap().contains("no heartbeat"),
+            "{verify}"
+        );
+        // ... and, past its deadline, fails the run.
+        let mut again = rec.clone();
+        let mut st: WorkerRecoveryStatus = serde_json::from_value(status).unwrap();
+        st.steps[2].start_time = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        again.status = Some(st);
+        run_steps(&again, &ctx).await.unwrap();
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Failed", "{status:#}");
+        let verify = step(&status, "VerifyHealth");
+        assert_eq!(verify["state"], "Failed");
+        assert_eq!(verify["attempt"], 1, "polling is one attempt");
+        let recorded = requests.lock().unwrap().clone();
+        assert!(recorded
+            .iter()
+            .any(|r| r.body["reason"] == "StepFailed" && r.body["type"] == "Warning"));
     }
 }

@@ -207,6 +207,17 @@ pub struct HttpResponse {
     pub truncated: bool,
 }
 
+/// Whether `url` answers with a 2xx status within `timeout`: `Ok(status)` or why not.
+pub async fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
+    let target = HttpUrl::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    match tokio::time::timeout(timeout, get(&target)).await {
+        Ok(Ok(r)) if (200..300).contains(&r.status) => Ok(r.status),
+        Ok(Ok(r)) => Err(format!("answered with status {}", r.status)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
 async fn get(url: &HttpUrl) -> Result<HttpResponse, String> {
     let mut stream = TcpStream::connect((url.host.as_str(), url.port))
         .await

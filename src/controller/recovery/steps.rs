@@ -1,0 +1,481 @@
+//! The steps of a recovery run. Each is idempotent: run again after an operator restart, it
+//! finds what it already did and finishes the rest. A dry run computes and records what each
+//! step would do and changes nothing.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use super::Error;
+use crate::{
+    controller::Context,
+    crd::{
+        diagnosis::Diagnosis,
+        worker::Worker,
+        worker_recovery::{StepState, StepStatus, WorkerRecovery},
+    },
+    diagnose::{self, checks::metrics_endpoint, CheckContext},
+    docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
+    observe::{
+        fs_safe::{self, EntryKind, Listing},
+        heartbeat::{self, HeartbeatObservation},
+    },
+    recover::clean_state::{self, CleanStateInput, CleanStateReport},
+    trust::Admission,
+};
+
+/// Label on a debug container naming the run that created it (`<namespace>/<run>`): only a
+/// container carrying it is ever removed by the run.
+pub const RUN_LABEL: &str = "workerrecovery.io/recovery";
+/// How often the verify step looks again.
+const VERIFY_POLL: Duration = Duration::from_secs(1);
+/// How long one probe of the metrics endpoint may take.
+const METRICS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a step may use.
+pub struct Run<'a> {
+    pub ctx: &'a Context,
+    pub rec: &'a WorkerRecovery,
+    pub worker: &'a Worker,
+    pub admission: &'a Admission,
+    /// The run's start time: `last_failure` of requeued tasks, the same on every attempt.
+    pub started: Timestamp,
+    /// From the diagnosis: `oom`, `deadlock`, ..., `worker_crash`.
+    pub failure_reason: String,
+    /// When the run started the worker (restart or debug start).
+    pub container_started_at: Option<Timestamp>,
+}
+
+/// What running a step gave.
+pub enum Outcome {
+    Done(StepResult),
+    /// Not finished: look again after this long (the verify step polls).
+    Wait {
+        after: Duration,
+        message: String,
+    },
+}
+
+/// A finished step, and what it adds to the run's status.
+#[derive(Default)]
+pub struct StepResult {
+    pub succeeded: bool,
+    pub skipped: bool,
+    pub message: String,
+    pub figures: BTreeMap<String, i64>,
+    pub details: BTreeMap<String, Vec<String>>,
+    pub diagnosis: Option<Diagnosis>,
+    pub container_started_at: Option<Timestamp>,
+}
+
+impl StepResult {
+    fn ok(message: impl Into<String>) -> Self {
+        Self {
+            succeeded: true,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    fn skipped(message: impl Into<String>) -> Self {
+        Self {
+            succeeded: true,
+            skipped: true,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn state(&self) -> StepState {
+        match (self.succeeded, self.skipped) {
+            (true, true) => StepState::Skipped,
+            (true, false) => StepState::Succeeded,
+            _ => StepState::Failed,
+        }
+    }
+}
+
+impl Run<'_> {
+    fn dry_run(&self) -> bool {
+        self.rec.spec.dry_run
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(u64::from(self.rec.spec.stop_grace_period_seconds))
+    }
+
+    /// The consenting container as admitted (`None` when it does not exist).
+    fn admitted_container(&self) -> Option<&ContainerInfo> {
+        match &self.admission.container {
+            ContainerObservation::Found(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The container as it is now, by the ID it had when it consented.
+    async fn current(&self, id: &str) -> Result<Option<ContainerInfo>, Error> {
+        Ok(self.ctx.docker.inspect(id).await?)
+    }
+
+    fn debug_name(&self) -> String {
+        format!("{}-debug", self.worker.spec.container)
+    }
+
+    fn run_key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.rec.namespace().unwrap_or_default(),
+            self.rec.name_any()
+        )
+    }
+}
+
+/// Diagnose: the runbook's checks, the ranked root cause feeding the steps after it.
+pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
+    let check_ctx = CheckContext::new(
+        run.worker,
+        run.admission.clone(),
+        run.ctx.docker.clone(),
+        run.ctx.host.clone(),
+    );
+    let diagnosis = diagnose::diagnose(&check_ctx).await;
+    let mut result = StepResult::ok(super::verdict_summary(&diagnosis));
+    result
+        .figures
+        .insert("findings".into(), diagnosis.findings.len() as i64);
+    result.diagnosis = Some(diagnosis);
+    Ok(Outcome::Done(result))
+}
+
+/// Clean state (runbook `clean_recovery`), with the container stopped so that the worker and
+/// the operator never move the same task at once.
+pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
+    let mut figures = BTreeMap::new();
+    let mut running = false;
+    if let Some(c) = run.admitted_container() {
+        if let Some(now) = run.current(&c.id).await? {
+            running = now.running || now.status == "restarting" || now.status == "paused";
+        }
+        if running && !run.dry_run() {
+            run.ctx.docker.stop(&c.id, run.grace()).await?;
+            figures.insert("containerStopped".into(), 1);
+            running = false;
+        }
+    }
+    let input = CleanStateInput {
+        paths: run.admission.paths.clone(),
+        run_id: run.rec.uid().unwrap_or_else(|| run.run_key()),
+        failure_time: run.started,
+        failure_reason: run.failure_reason.clone(),
+        max_retries: run.worker.spec.max_retries,
+        stale_lock_seconds: u64::from(run.worker.spec.diagnostics.stale_lock_seconds),
+        // Stopped (or absent), the worker holds no lock any more.
+        holder_gone: !running,
+        dry_run: run.dry_run(),
+        now: Timestamp::now(),
+    };
+    let report = tokio::task::spawn_blocking(move || clean_state::clean_state(&input))
+        .await
+        .map_err(|e| Error::Blocking(e.to_string()))?
+        .map_err(|e| Error::CleanState(e.to_string()))?;
+    let mut result = StepResult::ok(clean_summary(&report, run.dry_run()));
+    result.figures = figures;
+    add_report(&mut result, &report);
+    Ok(Outcome::Done(result))
+}
+
+fn clean_summary(r: &CleanStateReport, dry_run: bool) -> String {
+    let verb = if dry_run { "would requeue" } else { "requeued" };
+    format!(
+        "{}{verb} {} task(s), dead-lettered {}, quarantined {}; {} lock(s) and {} tmp entr(ies) removed",
+        if dry_run { "dry run: " } else { "" },
+        r.requeued,
+        r.dead_lettered,
+        r.quarantined,
+        r.locks_removed,
+        r.tmp_entries_removed
+    )
+}
+
+fn add_report(result: &mut StepResult, r: &CleanStateReport) {
+    let figures = [
+        ("requeued", r.requeued),
+        ("deadLettered", r.dead_lettered),
+        ("quarantined", r.quarantined),
+        ("locksRemoved", r.locks_removed),
+        ("tmpEntriesRemoved", r.tmp_entries_removed),
+    ];
+    for (k, v) in figures {
+        result
+            .figures
+            .insert(k.into(), i64::try_from(v).unwrap_or(i64::MAX));
+    }
+    if let Some(count) = r.recovery_count {
+        result.figures.insert(
+            "recoveryCount".into(),
+            i64::try_from(count).unwrap_or(i64::MAX),
+        );
+    }
+    let details = [
+        ("requeuedTasks", &r.requeued_tasks),
+        ("deadLetteredTasks", &r.dead_lettered_tasks),
+        ("quarantinedTasks", &r.quarantined_tasks),
+        ("removedLocks", &r.removed_locks),
+        ("removedTmpEntries", &r.removed_tmp_entries),
+        ("skipped", &r.skipped),
+    ];
+    for (k, v) in details {
+        if !v.is_empty() {
+            result.details.insert(k.into(), v.clone());
+        }
+    }
+}
+
+/// Restart: start the container (stopping it first when it runs, with the spec's grace period)
+/// and record its new start time. Resumed after the start, it only records it.
+pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error> {
+    let Some(c) = run.admitted_container() else {
+        return Ok(Outcome::Done(StepResult::failed(format!(
+            "container {:?} does not exist: nothing to restart",
+            run.worker.spec.container
+        ))));
+    };
+    if run.dry_run() {
+        let mut result = StepResult::ok(format!(
+            "dry run: would {} container {} ({})",
+            if c.running { "restart" } else { "start" },
+            c.name,
+            c.short_id()
+        ));
+        result
+            .details
+            .insert("container".into(), vec![c.name.clone()]);
+        return Ok(Outcome::Done(result));
+    }
+    let step_start = step.start_time.as_ref().map(|t| t.0);
+    let now = run
+        .current(&c.id)
+        .await?
+        .ok_or_else(|| DockerError::NotFound(c.id.clone()))?;
+    let already =
+        now.running && matches!((now.started_at, step_start), (Some(s), Some(t)) if s >= t);
+    if !already {
+        if now.running {
+            run.ctx.docker.restart(&c.id, run.grace()).await?;
+        } else {
+            run.ctx.docker.start(&c.id).await?;
+        }
+        run.ctx.metrics.record_restart(super::CONTROLLER);
+    }
+    let after = run
+        .current(&c.id)
+        .await?
+        .ok_or_else(|| DockerError::NotFound(c.id.clone()))?;
+    let mut result = StepResult::ok(format!(
+        "container {} started at {}",
+        after.name,
+        after
+            .started_at
+            .map_or("an unknown time".to_string(), |t| t.to_string())
+    ));
+    result.container_started_at = after.started_at;
+    Ok(Outcome::Done(result))
+}
+
+/// Debug start (runbook "Start with Debugging"): `<container>-debug`, a copy with debug
+/// logging, tracing and core dumps; the original stays stopped.
+pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
+    let Some(c) = run.admitted_container() else {
+        return Ok(Outcome::Done(StepResult::failed(format!(
+            "container {:?} does not exist: nothing to copy",
+            run.worker.spec.container
+        ))));
+    };
+    let name = run.debug_name();
+    let endpoint = run.rec.spec.debug.otlp_endpoint.clone();
+    if run.dry_run() {
+        let mut result = StepResult::ok(format!(
+            "dry run: would create and start {name} from {} with LOG_LEVEL=DEBUG, OTLP traces to {endpoint} and unlimited core dumps",
+            c.name
+        ));
+        result.details.insert("container".into(), vec![name]);
+        return Ok(Outcome::Done(result));
+    }
+    let id = match run.ctx.docker.inspect(&name).await? {
+        Some(existing) if existing.labels.get(RUN_LABEL) == Some(&run.run_key()) => existing.id,
+        Some(_) => {
+            return Ok(Outcome::Done(StepResult::failed(format!(
+            "a container named {name} exists and was not created by this run; remove or rename it"
+        ))))
+        }
+        None => {
+            let spec = CloneSpec {
+                name: name.clone(),
+                env: vec![
+                    ("LOG_LEVEL".into(), "DEBUG".into()),
+                    ("OTEL_TRACES_EXPORTER".into(), "otlp".into()),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint),
+                ],
+                labels: [(RUN_LABEL.to_string(), run.run_key())].into(),
+                core_unlimited: true,
+            };
+            run.ctx.docker.create_clone(&c.id, &spec).await?
+        }
+    };
+    run.ctx.docker.start(&id).await?;
+    let started = run
+        .current(&id)
+        .await?
+        .ok_or_else(|| DockerError::NotFound(id.clone()))?;
+    let mut result = StepResult::ok(format!(
+        "debug container {name} ({}) started; {} stays stopped",
+        started.short_id(),
+        c.name
+    ));
+    result.details.insert("container".into(), vec![name]);
+    result.container_started_at = started.started_at;
+    Ok(Outcome::Done(result))
+}
+
+/// Verify health: running, a heartbeat newer than the start, the metrics endpoint answering
+/// when declared; waits up to the spec's deadline.
+pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error> {
+    if run.dry_run() {
+        return Ok(Outcome::Done(StepResult::skipped(
+            "dry run: nothing was started, so nothing to verify",
+        )));
+    }
+    let debug = run.rec.spec.mode == crate::crd::worker_recovery::RecoveryMode::Debug;
+    let target = if debug {
+        run.debug_name()
+    } else {
+        match run.admitted_container() {
+            Some(c) => c.id.clone(),
+            None => {
+                return Ok(Outcome::Done(StepResult::failed(
+                    "the container does not exist",
+                )))
+            }
+        }
+    };
+    let mut missing = Vec::new();
+    let container = run.current(&target).await?;
+    let started_at = container
+        .as_ref()
+        .and_then(|c| c.started_at)
+        .or(run.container_started_at);
+    match &container {
+        Some(c) if c.running => {}
+        Some(c) => missing.push(format!("container {} is {}", c.name, c.status)),
+        None => missing.push(format!("container {target} does not exist")),
+    }
+    let paths = &run.admission.paths;
+    let mut heartbeat_age = None;
+    match heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await {
+        HeartbeatObservation::Present(hb) if started_at.is_none_or(|s| hb.at > s) => {
+            heartbeat_age = Some(Timestamp::now().duration_since(hb.at));
+        }
+        HeartbeatObservation::Present(hb) => {
+            missing.push(format!("no heartbeat since the start (last {})", hb.at))
+        }
+        HeartbeatObservation::Missing => missing.push("no heartbeat file".into()),
+        HeartbeatObservation::Unreadable(e) | HeartbeatObservation::Invalid(e) => {
+            missing.push(format!("heartbeat unreadable: {e}"))
+        }
+    }
+    if let Some(metrics) = &run.worker.spec.metrics {
+        if let Err(e) = metrics_endpoint::probe(&metrics.url, METRICS_PROBE_TIMEOUT).await {
+            missing.push(format!("metrics endpoint {}: {e}", metrics.url));
+        }
+    }
+    if missing.is_empty() {
+        let mut result = StepResult::ok(format!(
+            "healthy: container running, heartbeat {}{}",
+            heartbeat_age.map_or("fresh".into(), |a| format!(
+                "{:.1}s old",
+                a.as_secs_f64().max(0.0)
+            )),
+            if run.worker.spec.metrics.is_some() {
+                ", metrics endpoint answering"
+            } else {
+                ""
+            }
+        ));
+        if let Some(age) = heartbeat_age {
+            result
+                .figures
+                .insert("heartbeatAgeMs".into(), age.as_millis().max(0) as i64);
+        }
+        return Ok(Outcome::Done(result));
+    }
+    let since = step.start_time.as_ref().map_or(Timestamp::now(), |t| t.0);
+    let deadline = since
+        .checked_add(SignedDuration::from_secs(i64::from(
+            run.rec.spec.verify_timeout_seconds,
+        )))
+        .unwrap_or(since);
+    let message = missing.join("; ");
+    if Timestamp::now() < deadline {
+        return Ok(Outcome::Wait {
+            after: VERIFY_POLL,
+            message: format!("waiting until {deadline}: {message}"),
+        });
+    }
+    Ok(Outcome::Done(StepResult::failed(format!(
+        "not healthy within {}s: {message}",
+        run.rec.spec.verify_timeout_seconds
+    ))))
+}
+
+/// Resume (mode `Clean`): the requeued tasks wait in `pending/`. Gradual resume in batches by a
+/// ResumePlan owned by the run hooks in here.
+pub async fn resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Error> {
+    let paths = run.admission.paths.clone();
+    let pending = paths.tasks_dir.join("pending");
+    let listing = fs_safe::off_thread(move || {
+        fs_safe::list_dir(&paths.trusted_root, &pending, fs_safe::DEFAULT_MAX_ENTRIES)
+    })
+    .await
+    .map_err(Error::Blocking)?
+    .map_err(|e| Error::CleanState(e.to_string()))?;
+    let waiting = match listing {
+        Listing::Missing => 0,
+        Listing::Present { entries, .. } => entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.name.ends_with(".json"))
+            .count(),
+    };
+    let mut result = StepResult::ok(format!(
+        "{waiting} task(s) wait in pending/ for the worker{}",
+        requeued.map_or(String::new(), |n| format!(
+            ", {n} of them requeued by this run"
+        ))
+    ));
+    result.figures.insert("pending".into(), waiting as i64);
+    if let Some(n) = requeued {
+        result.figures.insert("requeued".into(), n);
+    }
+    Ok(Outcome::Done(result))
+}
+
+/// Remove the run's debug container, only when it carries this run's label.
+pub async fn remove_debug_container(
+    ctx: &Context,
+    rec: &WorkerRecovery,
+    container: &str,
+) -> Result<bool, Error> {
+    let name = format!("{container}-debug");
+    let key = format!("{}/{}", rec.namespace().unwrap_or_default(), rec.name_any());
+    match ctx.docker.inspect(&name).await? {
+        Some(c) if c.labels.get(RUN_LABEL) == Some(&key) => Ok(ctx.docker.remove(&c.id).await?),
+        _ => Ok(false),
+    }
+}
