@@ -61,8 +61,13 @@ fn bare(root: &Path, worker: &str) -> u64 {
     let (active, pending) = (tasks.join("active"), tasks.join("pending"));
     let now = Timestamp::now().as_millisecond() as f64 / 1000.0;
     let mut n = 0;
-    for entry in std::fs::read_dir(&active).unwrap() {
-        let path = entry.unwrap().path();
+    // In name order, as the operator's step goes.
+    let mut paths: Vec<_> = std::fs::read_dir(&active)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
         let mut task: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         let retry = task

@@ -61,17 +61,15 @@ for i in range(20):
 PY
 }
 
-printf '%-8s %-9s %9s %10s\n' size impl seconds tasks/s
-for n in "${SIZES[@]}"; do
-	make_tree "${WORK}/seed" "${n}"
-	for impl in python operator bare; do
-		rm -rf "${WORK}/${impl}"
-		cp -a "${WORK}/seed" "${WORK}/${impl}"
-	done
+settle() {
 	sync
-	# python: /shared and /tmp replaced by the copy inside a private mount namespace.
+	echo 3 >/proc/sys/vm/drop_caches
+	sleep 2
+}
+
+run_python() { # tree -> seconds
 	mkdir -p "${WORK}/python-tmp/${WORKER}"
-	py_secs="$(CODE="$(cat "${WORK}/clean_recovery.py")" unshare --mount --propagation private bash -c '
+	CODE="$(cat "${WORK}/clean_recovery.py")" unshare --mount --propagation private bash -c '
 		mkdir -p /shared && mount --bind "$1" /shared && mount --bind "$2" /tmp
 		python3 -c "
 import os, sys, time
@@ -79,14 +77,52 @@ exec(os.environ[\"CODE\"])
 t = time.perf_counter()
 clean_recovery(sys.argv[1])
 print(f\"{time.perf_counter() - t:.3f}\", file=sys.stderr)
-" "$3" >/dev/null' _ "${WORK}/python" "${WORK}/python-tmp" "${WORKER}" 2>&1 | tail -n 1)"
-	py_rate="$(python3 -c "print(round(${n} / ${py_secs}))")"
-	printf '%-8s %-9s %9s %10s\n' "${n}" python "${py_secs}" "${py_rate}"
-	read -r _ op_n op_secs op_rate < <("${BIN}" operator "${WORK}/operator" "${WORKER}")
-	printf '%-8s %-9s %9s %10s\n' "${n}" operator "${op_secs}" "${op_rate}"
-	read -r _ bare_n bare_secs bare_rate < <("${BIN}" bare "${WORK}/bare" "${WORKER}")
-	printf '%-8s %-9s %9s %10s\n' "${n}" bare "${bare_secs}" "${bare_rate}"
-	[[ "${op_n}" == "${n}" && "${bare_n}" == "${n}" ]] || { echo "task counts differ: ${op_n} ${bare_n} ${n}" >&2; exit 1; }
-	python3 -c "print(f'{${n}:<8} operator/python {${op_rate}/${py_rate}:.2f}x   operator/bare {${op_rate}/${bare_rate}:.2f}')"
+" "$3" >/dev/null' _ "$1" "${WORK}/python-tmp" "${WORKER}" 2>&1 | tail -n 1
+}
+
+run_rust() { # impl tree -> seconds (and checks the count)
+	local out n secs
+	out="$("${BIN}" "$1" "$2" "${WORKER}" 2>/dev/null)"
+	read -r _ n secs _ <<<"${out}"
+	[[ "${n}" == "${SIZE}" ]] || { echo "$1 moved ${n} of ${SIZE} tasks" >&2; exit 1; }
+	echo "${secs}"
+}
+
+# Each size: REPEATS rounds on fresh copies of one tree, the order of the three rotating from
+# round to round, and the median of each (the disk of a VM is noisy).
+REPEATS="${REPEATS:-3}"
+printf '%-8s %-9s %-28s %10s\n' size impl "seconds (rounds)" "tasks/s"
+for SIZE in "${SIZES[@]}"; do
+	make_tree "${WORK}/seed" "${SIZE}"
+	declare -A secs=([python]="" [operator]="" [bare]="")
+	order=(python operator bare)
+	for ((round = 0; round < REPEATS; round++)); do
+		for impl in "${order[@]}"; do
+			rm -rf "${WORK}/${impl}"
+			cp -a "${WORK}/seed" "${WORK}/${impl}"
+		done
+		for impl in "${order[@]}"; do
+			# Each timed run starts alike: nothing dirty, caches dropped, the journal settled.
+			settle
+			case "${impl}" in
+			python) t="$(run_python "${WORK}/python")" ;;
+			*) t="$(run_rust "${impl}" "${WORK}/${impl}")" ;;
+			esac
+			secs[${impl}]+="${t} "
+		done
+		order=("${order[@]:1}" "${order[0]}")
+	done
+	python3 - "${SIZE}" "${secs[python]}" "${secs[operator]}" "${secs[bare]}" <<'PY'
+import statistics, sys
+size = int(sys.argv[1])
+rates = {}
+for impl, raw in zip(("python", "operator", "bare"), sys.argv[2:]):
+    times = [float(t) for t in raw.split()]
+    med = statistics.median(times)
+    rates[impl] = size / med
+    print(f"{size:<8} {impl:<9} {med:>7.3f} ({' '.join(f'{t:.2f}' for t in times)}){'':<4} {rates[impl]:>10.0f}")
+print(f"{size:<8} operator/python {rates['operator'] / rates['python']:.2f}x   "
+      f"operator/bare {rates['operator'] / rates['bare']:.2f}")
+PY
 	rm -rf "${WORK}/seed" "${WORK}/python" "${WORK}/operator" "${WORK}/bare" "${WORK}/python-tmp"
 done

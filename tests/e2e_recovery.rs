@@ -77,7 +77,8 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// A worker that crashed in the middle of `task-1` (left in active/ with its lock), plus bad
-/// input in active/: a corrupt file, a symlink to a file outside, and a lock directory.
+/// input in active/ (corrupt, empty, not UTF-8, huge, a directory named like a task, a symlink
+/// to a file outside: six) and a lock directory.
 /// Returns the container and the outside file the symlink points to.
 fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) {
     let wc = WorkerContainer::start_with_tasks(
@@ -98,6 +99,14 @@ fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) 
     assert_eq!(wait_exited(&wc), 3);
     let active = wc.tasks_dir("active");
     std::fs::write(active.join("corrupt.json"), b"{ not json").unwrap();
+    std::fs::write(active.join("empty.json"), b"").unwrap();
+    std::fs::write(active.join("latin1.json"), b"{\"id\": \"caf\xe9\"}").unwrap();
+    // Over the 16 MiB a task may have (sparse: nothing is written).
+    std::fs::File::create(active.join("huge.json"))
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    std::fs::create_dir(active.join("dir-named-like-a-task.json")).unwrap();
     let outside = tempfile::tempdir().unwrap();
     std::fs::write(outside.path().join("target.json"), br#"{"id":"outside"}"#).unwrap();
     std::os::unix::fs::symlink(
@@ -187,7 +196,7 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
-    assert_eq!(clean["figures"]["quarantined"], 2, "{clean}");
+    assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(clean["figures"]["deadLettered"], 0, "{clean}");
     assert!(
         clean["figures"]["locksRemoved"].as_i64().unwrap() >= 1,
@@ -221,7 +230,14 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     );
     // Bad input was quarantined with reasons; the symlink's target is untouched.
     let quarantine = wc.tasks_dir("quarantine");
-    for name in ["corrupt.json", "escape.json"] {
+    for name in [
+        "corrupt.json",
+        "empty.json",
+        "latin1.json",
+        "huge.json",
+        "dir-named-like-a-task.json",
+        "escape.json",
+    ] {
         assert!(
             quarantine.join(name).symlink_metadata().is_ok(),
             "{name} quarantined"
@@ -283,7 +299,7 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
-    assert_eq!(clean["figures"]["quarantined"], 2, "{clean}");
+    assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(
         clean["details"]["requeuedTasks"][0], "task-1.json",
         "{clean}"

@@ -1892,26 +1892,38 @@ fn dir_owner(dir: &DirH) -> Result<Owner> {
 /// may give a file away), fsynced when `sync`.
 fn write_new(dir: &DirH, name: &OsStr, bytes: &[u8], owner: Owner, sync: bool) -> Result<()> {
     let path = || dir.path.join(name);
-    dir.remove_file(name)?;
     let mut opts = OpenOptions::new();
     opts.write(true)
         .create_new(true)
         .follow(FollowSymlinks::No)
         .mode(owner.mode & 0o777);
-    let mut file = dir
-        .dir
-        .open_with(name, &opts)
-        .map_err(|e| io_err("create", path(), e))?;
+    // Temps left by a crash are removed when the step starts; a name still taken (a file
+    // created meanwhile) is cleared and the create tried once more.
+    let mut file = match dir.dir.open_with(name, &opts) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            dir.remove_file(name)?;
+            dir.dir.open_with(name, &opts)
+        }
+        other => other,
+    }
+    .map_err(|e| io_err("create", path(), e))?;
     file.write_all(bytes)
         .map_err(|e| io_err("write", path(), e))?;
     // Keep the replaced file's owner so the worker can still rewrite its own files; the
     // umask may have narrowed the mode. Both are cosmetic for safety: errors are ignored.
-    let _ = rustix::fs::fchown(
-        &file,
-        Some(Uid::from_raw(owner.uid)),
-        Some(Gid::from_raw(owner.gid)),
-    );
-    let _ = file.set_permissions(Permissions::from_mode(owner.mode & 0o777));
+    // Only changed when they differ: each change is one more inode update per task.
+    if let Ok(md) = file.metadata() {
+        if md.uid() != owner.uid || md.gid() != owner.gid {
+            let _ = rustix::fs::fchown(
+                &file,
+                Some(Uid::from_raw(owner.uid)),
+                Some(Gid::from_raw(owner.gid)),
+            );
+        }
+        if md.mode() & 0o777 != owner.mode & 0o777 {
+            let _ = file.set_permissions(Permissions::from_mode(owner.mode & 0o777));
+        }
+    }
     if sync {
         file.sync_all().map_err(|e| io_err("fsync", path(), e))?;
     }

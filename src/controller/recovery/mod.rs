@@ -385,16 +385,28 @@ pub(crate) fn verdict_summary(d: &Diagnosis) -> String {
 }
 
 async fn ensure_finalizer(rec: &WorkerRecovery, api: &Api<WorkerRecovery>) -> Result<(), Error> {
-    if rec.finalizers().iter().any(|f| f == FINALIZER) {
+    // Read the object as it is now: the status writes of the steps before changed its
+    // resourceVersion since the reconcile began.
+    let fresh = api.get(&rec.name_any()).await?;
+    if fresh.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
-    let mut finalizers = rec.finalizers().to_vec();
+    let mut finalizers = fresh.finalizers().to_vec();
     finalizers.push(FINALIZER.into());
-    // The resourceVersion makes this a compare-and-swap with other writers of the list.
+    set_finalizers(api, &fresh, finalizers).await
+}
+
+/// Replace the finalizer list; the resourceVersion makes it a compare-and-swap with other
+/// writers of the list (a conflict is retried with backoff).
+async fn set_finalizers(
+    api: &Api<WorkerRecovery>,
+    obj: &WorkerRecovery,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
     let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": rec.resource_version()}});
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
     api.patch(
-        &rec.name_any(),
+        &obj.name_any(),
         &PatchParams::default(),
         &Patch::Merge(&patch),
     )
@@ -428,20 +440,14 @@ async fn clean_up(
             info!(container = %format!("{container}-debug"), "removed the run's debug container");
         }
     }
-    let finalizers: Vec<String> = rec
+    let fresh = api.get(&rec.name_any()).await?;
+    let finalizers: Vec<String> = fresh
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": rec.resource_version()}});
-    api.patch(
-        &rec.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
+    set_finalizers(api, &fresh, finalizers).await?;
     Ok(Action::await_change())
 }
 

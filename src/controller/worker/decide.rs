@@ -8,8 +8,11 @@ pub use crate::docker::ContainerObservation;
 
 use crate::{
     controller::conditions::{self, ConditionState, ConditionStatus},
-    crd::worker::{
-        ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, WorkerPhase, WorkerStatus,
+    crd::{
+        worker::{
+            ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, WorkerPhase, WorkerStatus,
+        },
+        worker_recovery::{RecoveryMode, RecoveryPhase, WorkerRecovery},
     },
     docker::ContainerInfo,
     observe::heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource},
@@ -219,6 +222,24 @@ pub fn plan(container: &ContainerObservation, auto_recovery: bool) -> Plan {
         }
         _ => Plan::Nothing,
     }
+}
+
+/// The name of a recovery run of `worker` that owns its container now: one that is not
+/// finished and not read-only (mode `Diagnose` or a dry run), or a `Debug` run whose debug copy
+/// runs in the original's place until the run is deleted.
+pub fn recovery_in_progress(worker: &str, runs: &[WorkerRecovery]) -> Option<String> {
+    runs.iter()
+        .find(|r| {
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            let holds = !phase.is_some_and(RecoveryPhase::is_terminal)
+                || (r.spec.mode == RecoveryMode::Debug && phase == Some(RecoveryPhase::Succeeded));
+            r.spec.worker_ref.name == worker
+                && r.spec.mode != RecoveryMode::Diagnose
+                && !r.spec.dry_run
+                && r.metadata.deletion_timestamp.is_none()
+                && holds
+        })
+        .and_then(|r| r.metadata.name.clone())
 }
 
 /// A restart the controller performed during this reconcile.
@@ -758,5 +779,61 @@ mod tests {
             requeue_interval(Duration::from_secs(3600)),
             Duration::from_secs(15)
         );
+    }
+
+    #[test]
+    fn only_an_unfinished_acting_run_holds_auto_recovery_back() {
+        use serde_json::json;
+        let run = |worker: &str, spec: serde_json::Value, phase: Option<&str>| -> WorkerRecovery {
+            let mut spec = spec;
+            spec["workerRef"] = serde_json::json!({"name": worker});
+            let mut r: WorkerRecovery = serde_json::from_value(serde_json::json!({
+                "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+                "metadata": {"name": format!("{worker}-run")}, "spec": spec
+            }))
+            .unwrap();
+            if let Some(p) = phase {
+                r.status = Some(serde_json::from_value(serde_json::json!({"phase": p})).unwrap());
+            }
+            r
+        };
+        assert_eq!(
+            recovery_in_progress(
+                "marie",
+                &[run("marie", json!({"mode": "Clean"}), Some("Running"))]
+            ),
+            Some("marie-run".into())
+        );
+        assert_eq!(
+            recovery_in_progress("marie", &[run("marie", json!({}), None)]),
+            Some("marie-run".into()),
+            "a new Quick run will act"
+        );
+        assert_eq!(
+            recovery_in_progress(
+                "marie",
+                &[run("marie", json!({"mode": "Debug"}), Some("Succeeded"))]
+            ),
+            Some("marie-run".into()),
+            "the debug copy runs in the original's place until the run is deleted"
+        );
+        for quiet in [
+            run("marie", json!({"mode": "Diagnose"}), Some("Running")),
+            run(
+                "marie",
+                json!({"mode": "Clean", "dryRun": true}),
+                Some("Running"),
+            ),
+            run("marie", json!({"mode": "Clean"}), Some("Succeeded")),
+            run("marie", json!({"mode": "Clean"}), Some("Failed")),
+            run("anga", json!({"mode": "Clean"}), Some("Running")),
+        ] {
+            assert_eq!(
+                recovery_in_progress("marie", std::slice::from_ref(&quiet)),
+                None,
+                "{:?}",
+                quiet.spec
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::Api,
+    api::{Api, ListParams},
     runtime::{
         controller::{Action, Controller},
         events::EventType,
@@ -22,7 +22,10 @@ pub use error::Error;
 use self::decide::{ContainerObservation, Observation, Plan, RestartRecord};
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
-    crd::worker::{Worker, WorkerPhase, WorkerStatus},
+    crd::{
+        worker::{Worker, WorkerPhase, WorkerStatus},
+        worker_recovery::WorkerRecovery,
+    },
     docker::StartOutcome,
     observe::heartbeat,
     trust::{self, AdmitError},
@@ -100,10 +103,21 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     // Decide and act. Only a consenting container is ever found here, and it is addressed by
     // its ID, so a container that took its name since cannot be started in its place.
     let mut restart = None;
-    if let (Plan::StartContainer { why }, ContainerObservation::Found(found)) = (
-        decide::plan(&obs.container, worker.spec.auto_recovery.enabled),
-        &obs.container,
-    ) {
+    let mut plan = decide::plan(&obs.container, worker.spec.auto_recovery.enabled);
+    if matches!(plan, Plan::StartContainer { .. }) {
+        // A recovery run that stopped the container to clean its state owns it until it ends:
+        // starting it now would let the worker and the run move the same tasks.
+        let runs: Api<WorkerRecovery> =
+            Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+        let runs = runs.list(&ListParams::default()).await?.items;
+        if let Some(run) = decide::recovery_in_progress(&worker.name_any(), &runs) {
+            info!(recovery = %run, "auto-recovery waits for the recovery run in progress");
+            plan = Plan::Nothing;
+        }
+    }
+    if let (Plan::StartContainer { why }, ContainerObservation::Found(found)) =
+        (plan, &obs.container)
+    {
         match ctx.docker.start(&found.id).await? {
             StartOutcome::Started => {
                 info!(container = %worker.spec.container, %why, "started exited container");
@@ -246,6 +260,13 @@ mod tests {
             (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
                 (201, body.clone())
             }
+            (
+                &Method::GET,
+                "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries",
+            ) => (
+                200,
+                json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecoveryList", "metadata": {}, "items": []}),
+            ),
             _ => mock_api::not_found(path),
         }
     }
