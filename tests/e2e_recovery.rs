@@ -8,8 +8,6 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use serde_json::Value;
 use support::*;
 
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// A task with fields the operator must keep exactly: nesting, unicode, number formats.
 fn task(id: &str) -> String {
     format!(
@@ -20,20 +18,6 @@ fn task(id: &str) -> String {
 fn recovery_yaml(name: &str, ns: &str, worker: &str, extra: &str) -> String {
     format!(
         "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  stopGracePeriodSeconds: 2\n  verifyTimeoutSeconds: 60\n{extra}"
-    )
-}
-
-fn wait_run(stack: &Stack, ns: &str, name: &str) -> Value {
-    wait_for(
-        &format!("WorkerRecovery {name} to finish"),
-        RUN_TIMEOUT,
-        || {
-            let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
-            match r["status"]["phase"].as_str() {
-                Some("Succeeded" | "Failed") => Ok(r),
-                _ => Err(r["status"].to_string()),
-            }
-        },
     )
 }
 
@@ -141,7 +125,7 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
 
     let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", ""));
     assert!(ok, "{out}");
-    let run = wait_run(stack, &ns, "quick-1");
+    let run = wait_run_finished(stack, &ns, "quick-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     assert_eq!(run["spec"]["mode"], "Quick", "the default mode");
     for name in ["Diagnose", "Restart", "VerifyHealth"] {
@@ -192,7 +176,7 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
 
     let (ok, out) = stack.apply(&recovery_yaml("clean-1", &ns, "cleany", "  mode: Clean\n"));
     assert!(ok, "{out}");
-    let run = wait_run(stack, &ns, "clean-1");
+    let run = wait_run_finished(stack, &ns, "clean-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
@@ -295,7 +279,7 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
         "  mode: Clean\n  dryRun: true\n",
     ));
     assert!(ok, "{out}");
-    let run = wait_run(stack, &ns, "dry-1");
+    let run = wait_run_finished(stack, &ns, "dry-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
@@ -335,7 +319,7 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
         "  mode: Debug\n  debug:\n    otlpEndpoint: http://127.0.0.1:4317\n",
     ));
     assert!(ok, "{out}");
-    let run = wait_run(stack, &ns, "debug-1");
+    let run = wait_run_finished(stack, &ns, "debug-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     assert_eq!(step(&run, "DebugStart")["state"], "Succeeded");
     assert_eq!(
@@ -461,7 +445,7 @@ fn clean_state_is_exactly_once_under_sigkill() {
         op.kill();
     }
     let _op = Operator::start_allowing(stack, &ns, wc.dir.path(), &allowed);
-    let run = wait_run(stack, &ns, "kill-1");
+    let run = wait_run_finished(stack, &ns, "kill-1");
     let clean = step(&run, "CleanState");
     assert_eq!(clean["state"], "Succeeded", "{:#}", run["status"]);
     assert!(

@@ -10,7 +10,6 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,16 +24,6 @@ fn recovery_yaml(name: &str, ns: &str, worker: &str) -> String {
     format!(
         "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n"
     )
-}
-
-fn wait_recovery_finished(stack: &Stack, ns: &str, name: &str) -> Value {
-    wait_for(&format!("WorkerRecovery {name} to finish"), TIMEOUT, || {
-        let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
-        match r["status"]["phase"].as_str() {
-            Some("Succeeded" | "Failed") => Ok(r),
-            _ => Err(r["status"].to_string()),
-        }
-    })
 }
 
 /// Wait until the Worker controller has reconciled at least `rounds` more times.
@@ -144,7 +133,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     // A WorkerRecovery is refused the same way, with no diagnosis.
     let (ok, out) = stack.apply(&recovery_yaml("stranger-diag", &ns, "stranger"));
     assert!(ok, "{out}");
-    let rec = wait_recovery_finished(stack, &ns, "stranger-diag");
+    let rec = wait_run_finished(stack, &ns, "stranger-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert_eq!(
         condition(&rec, "Diagnosed").unwrap()["reason"],
@@ -216,7 +205,7 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
     }
     let (ok, out) = stack.apply(&recovery_yaml("linked-diag", &ns, "linked"));
     assert!(ok, "{out}");
-    let rec = wait_recovery_finished(stack, &ns, "linked-diag");
+    let rec = wait_run_finished(stack, &ns, "linked-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert!(rec["status"].get("diagnosis").is_none());
     let (ok, cli) = diagnose_cli(stack, &ns, "direct", allowed.path());

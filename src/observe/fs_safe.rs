@@ -269,22 +269,26 @@ pub fn confine(root: &Path, relative: &str) -> Result<PathBuf, SafeError> {
     Ok(out)
 }
 
-/// The components of `path` below `root`, each a plain name.
-fn components_below(root: &Path, path: &Path) -> Result<Vec<OsString>, SafeError> {
-    let outside = || SafeError::Outside {
-        path: path.to_path_buf(),
-        root: root.to_path_buf(),
-    };
-    let rest = path.strip_prefix(root).map_err(|_| outside())?;
+/// The components of `path` below `root`, each a plain name; `None` when `path` is not below
+/// `root` or has a `..` or root component. Shared with the write path (`crate::recover`).
+pub fn names_below(root: &Path, path: &Path) -> Option<Vec<OsString>> {
+    let rest = path.strip_prefix(root).ok()?;
     let mut out = Vec::new();
     for component in rest.components() {
         match component {
             Component::Normal(c) => out.push(c.to_os_string()),
             Component::CurDir => {}
-            _ => return Err(outside()),
+            _ => return None,
         }
     }
-    Ok(out)
+    Some(out)
+}
+
+fn components_below(root: &Path, path: &Path) -> Result<Vec<OsString>, SafeError> {
+    names_below(root, path).ok_or_else(|| SafeError::Outside {
+        path: path.to_path_buf(),
+        root: root.to_path_buf(),
+    })
 }
 
 fn cstring(path: &Path, name: &OsStr) -> Result<CString, SafeError> {

@@ -66,7 +66,7 @@ use std::{
         fd::OwnedFd,
         unix::ffi::{OsStrExt, OsStringExt},
     },
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
@@ -302,20 +302,10 @@ fn kind_word(ft: FileType) -> &'static str {
 
 /// The names of the directories from `root` down to `path`; `.` components are dropped.
 fn components_below(root: &Path, path: &Path) -> Result<Vec<OsString>> {
-    let not_confined = || CleanStateError::NotConfined {
+    crate::observe::fs_safe::names_below(root, path).ok_or_else(|| CleanStateError::NotConfined {
         path: path.to_path_buf(),
         root: root.to_path_buf(),
-    };
-    let rel = path.strip_prefix(root).map_err(|_| not_confined())?;
-    let mut names = Vec::new();
-    for c in rel.components() {
-        match c {
-            Component::Normal(n) => names.push(n.to_os_string()),
-            Component::CurDir => {}
-            _ => return Err(not_confined()),
-        }
-    }
-    Ok(names)
+    })
 }
 
 /// Open `parent/name` as a directory without following a symlink; `None` when it does not
@@ -914,6 +904,22 @@ struct Batch {
     moved: Vec<Moved>,
 }
 
+impl Batch {
+    /// The journal lines of the batch: its placed tasks, and its quarantine moves marked
+    /// `moved_kind` (`q` for an intent, `Q` for a move done).
+    fn journal_lines(&self, moved_kind: u8) -> Vec<JLine> {
+        self.placed
+            .iter()
+            .map(|p| JLine::new(p.kind, &p.name, &p.target, ""))
+            .chain(
+                self.moved
+                    .iter()
+                    .map(|m| JLine::new(moved_kind, &m.name, &m.qname, &m.reason)),
+            )
+            .collect()
+    }
+}
+
 /// The task directories; the target ones may be missing in a dry run.
 struct TaskDirs {
     tasks: DirH,
@@ -1245,18 +1251,8 @@ impl<'a> Engine<'a> {
             self.plan_entry(dirs, active, name, &mut batch)?;
         }
         if self.dry() {
-            let mut lines: Vec<JLine> = batch
-                .placed
-                .iter()
-                .map(|p| JLine::new(p.kind, &p.name, &p.target, ""))
-                .collect();
-            lines.extend(
-                batch
-                    .moved
-                    .iter()
-                    .map(|m| JLine::new(b'Q', &m.name, &m.qname, &m.reason)),
-            );
-            return journal.append(lines);
+            // A dry run's journal lives in memory only: the moves are recorded as done.
+            return journal.append(batch.journal_lines(b'Q'));
         }
         crash_point!(self, AfterTemps);
 
@@ -1288,18 +1284,7 @@ impl<'a> Engine<'a> {
             }
         }
 
-        let mut lines: Vec<JLine> = batch
-            .placed
-            .iter()
-            .map(|p| JLine::new(p.kind, &p.name, &p.target, ""))
-            .collect();
-        lines.extend(
-            batch
-                .moved
-                .iter()
-                .map(|m| JLine::new(b'q', &m.name, &m.qname, &m.reason)),
-        );
-        journal.append(lines)?;
+        journal.append(batch.journal_lines(b'q'))?;
         crash_point!(self, AfterJournal);
 
         let quarantine = dirs.target_dir(Target::Quarantine)?;

@@ -597,6 +597,21 @@ pub fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
     )
 }
 
+/// Wait until the WorkerRecovery `name` has finished (Succeeded or Failed); returns it.
+pub fn wait_run_finished(stack: &Stack, ns: &str, name: &str) -> Value {
+    wait_for(
+        &format!("WorkerRecovery {name} to finish"),
+        Duration::from_secs(120),
+        || {
+            let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
+            match r["status"]["phase"].as_str() {
+                Some("Succeeded" | "Failed") => Ok(r),
+                _ => Err(r["status"].to_string()),
+            }
+        },
+    )
+}
+
 /// A Worker's status condition by type.
 pub fn condition<'a>(worker: &'a Value, type_: &str) -> Option<&'a Value> {
     worker["status"]["conditions"]
