@@ -21,6 +21,12 @@ fn recovery_yaml(name: &str, ns: &str, worker: &str, extra: &str) -> String {
     )
 }
 
+/// `kubectl apply` a WorkerRecovery; it must be accepted.
+fn apply_recovery(stack: &Stack, name: &str, ns: &str, worker: &str, extra: &str) {
+    let (ok, out) = stack.apply(&recovery_yaml(name, ns, worker, extra));
+    assert!(ok, "{out}");
+}
+
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["status"]["steps"]
         .as_array()
@@ -123,8 +129,7 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", ""));
-    assert!(ok, "{out}");
+    apply_recovery(stack, "quick-1", &ns, "quick", "");
     let run = wait_run_finished(stack, &ns, "quick-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     assert_eq!(run["spec"]["mode"], "Quick", "the default mode");
@@ -151,8 +156,7 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", "  mode: Clean\n"));
     assert!(!ok, "a changed spec was accepted: {out}");
     assert!(out.contains("immutable"), "{out}");
-    let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", ""));
-    assert!(ok, "{out}");
+    apply_recovery(stack, "quick-1", &ns, "quick", "");
     std::thread::sleep(Duration::from_secs(2));
     let again = stack.get_json(&ns, "workerrecovery/quick-1");
     assert_eq!(
@@ -174,8 +178,7 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let (ok, out) = stack.apply(&recovery_yaml("clean-1", &ns, "cleany", "  mode: Clean\n"));
-    assert!(ok, "{out}");
+    apply_recovery(stack, "clean-1", &ns, "cleany", "  mode: Clean\n");
     let run = wait_run_finished(stack, &ns, "clean-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
@@ -272,13 +275,13 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let (ok, out) = stack.apply(&recovery_yaml(
+    apply_recovery(
+        stack,
         "dry-1",
         &ns,
         "dry",
         "  mode: Clean\n  dryRun: true\n",
-    ));
-    assert!(ok, "{out}");
+    );
     let run = wait_run_finished(stack, &ns, "dry-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
@@ -312,13 +315,13 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
     let debug = format!("{}-debug", wc.container);
     let _cleanup = RemoveOnDrop(debug.clone());
 
-    let (ok, out) = stack.apply(&recovery_yaml(
+    apply_recovery(
+        stack,
         "debug-1",
         &ns,
         "dbg",
         "  mode: Debug\n  debug:\n    otlpEndpoint: http://127.0.0.1:4317\n",
-    ));
-    assert!(ok, "{out}");
+    );
     let run = wait_run_finished(stack, &ns, "debug-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     assert_eq!(step(&run, "DebugStart")["state"], "Succeeded");
@@ -416,13 +419,13 @@ fn clean_state_is_exactly_once_under_sigkill() {
         originals.insert(id, (i, retry, body));
     }
     apply_worker(stack, &wc, "killy", &ns);
-    let (ok, out) = stack.apply(&recovery_yaml(
+    apply_recovery(
+        stack,
         "kill-1",
         &ns,
         "killy",
         "  mode: Clean\n  verifyTimeoutSeconds: 1\n",
-    ));
-    assert!(ok, "{out}");
+    );
 
     let seed = unix_now();
     eprintln!("kill delays seeded with {seed}");

@@ -1663,9 +1663,7 @@ impl<'a> Engine<'a> {
                 removed = true;
             }
             self.report.locks_removed += 1;
-            if self.report.removed_locks.len() < SAMPLE_LIMIT {
-                self.report.removed_locks.push(lossy(&name));
-            }
+            sample(&mut self.report.removed_locks, lossy(&name));
         }
         if removed {
             dir.fsync()?;
@@ -1841,14 +1839,19 @@ impl<'a> Engine<'a> {
                 }
             }
             self.report.tmp_entries_removed += 1;
-            if self.report.removed_tmp_entries.len() < SAMPLE_LIMIT {
-                self.report.removed_tmp_entries.push(lossy(&name));
-            }
+            sample(&mut self.report.removed_tmp_entries, lossy(&name));
         }
         if removed {
             dir.fsync()?;
         }
         Ok(())
+    }
+}
+
+/// Keep `name` among the first [`SAMPLE_LIMIT`] names of a report list.
+fn sample(list: &mut Vec<String>, name: String) {
+    if list.len() < SAMPLE_LIMIT {
+        list.push(name);
     }
 }
 
