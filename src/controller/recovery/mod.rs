@@ -143,7 +143,6 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     // restart of the operator sees the same start time (the `last_failure` it writes).
     status.start_time = Some(Time(started));
     status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
-    status.completion_time = None;
     let run_key = object_key(rec);
     while let Some(i) = plan::next_step(&status.steps) {
         let name = status.steps[i].name;
@@ -233,7 +232,6 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             }
         }
     }
-    status.completion_time = Some(Time(Timestamp::now()));
     write_progress(rec, &api, &mut status).await?;
     let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
     let (type_, reason) = match status.phase {
@@ -251,7 +249,15 @@ async fn write_progress(
     api: &Api<WorkerRecovery>,
     status: &mut WorkerRecoveryStatus,
 ) -> Result<(), Error> {
-    status.phase = Some(plan::phase(&status.steps));
+    let phase = plan::phase(&status.steps);
+    status.phase = Some(phase);
+    // Written with the terminal phase, never after it: a reader that sees the run finished
+    // also sees when.
+    if !phase.is_terminal() {
+        status.completion_time = None;
+    } else if status.completion_time.is_none() {
+        status.completion_time = Some(Time(Timestamp::now()));
+    }
     status.current_step = plan::current_step(&status.steps);
     status.observed_generation = rec.metadata.generation;
     let previous = rec
@@ -668,8 +674,13 @@ mod tests {
             .find(|c| c["type"] == COMPLETED)
             .unwrap();
         assert_eq!(completed["status"], "True");
-        // Each step was written Running before it ran.
+        // Each step was written Running before it ran, and no write shows the run finished
+        // without its completion time.
         let recorded = requests.lock().unwrap().clone();
+        assert!(recorded
+            .iter()
+            .filter(|r| r.body["status"]["phase"] == "Succeeded")
+            .all(|r| r.body["status"]["completionTime"].is_string()));
         assert!(recorded
             .iter()
             .any(|r| r.body["status"]["currentStep"] == "Restart"
