@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # Local stack for tests and the demo: a real etcd + kube-apiserver (envtest
-# style: no kubelet, no controller-manager) and a Docker engine.
+# style: no kubelet, no controller-manager), a Jaeger v2 and a Docker engine.
 #
 #   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
 #   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state)
 #   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
 #
-# Binaries are built from source with Go (hack/k8s, hack/etcd) on first use and
-# cached outside the repo, keyed by version:
+# Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger) on
+# first use (in parallel) and cached outside the repo, keyed by version:
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/kubernetes-vX.Y.Z/{kube-apiserver,kubectl}
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/etcd-vX.Y.Z/etcd
+#   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/jaeger-vX.Y.Z/jaeger
 # and symlinked into <repo>/.stack/bin/. Runtime state lives in <repo>/.stack/:
 #   kubeconfig (admin, system:masters), pki/, etcd-data/, logs/*.log, *.pid
+# (Jaeger keeps its traces in memory only: they are gone after 'down'.)
+#
+# Ports, all on 127.0.0.1:
+#   etcd            12379 (client), 12380 (peer)
+#   kube-apiserver  16443 (https)
+#   jaeger          4318 (OTLP/HTTP in), 16686 (query API + UI), 16685 (query gRPC), 13133 (health, /status)
+#                   config: hack/jaeger/config.yaml
 #
 # Environment knobs (all optional):
 #   WRO_CACHE_DIR               binary cache root (see above)
 #   WRO_STACK_TIMEOUT           seconds to wait for each component to become ready (default 180)
 #   WRO_APISERVER_EXTRA_ARGS    extra kube-apiserver flags, space separated
+#   WRO_SKIP_JAEGER=1           do not build/start Jaeger
 #   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
 #   DOCKER_HOST=unix:///path    use (or start) a private engine on that socket, state in .stack/docker/
 #   GO                          go binary to use (default: go on PATH, else /usr/local/go/bin/go)
@@ -34,6 +43,8 @@ KUBECONFIG_PATH="${STACK_DIR}/kubeconfig"
 
 K8S_MOD_DIR="${REPO_ROOT}/hack/k8s"
 ETCD_MOD_DIR="${REPO_ROOT}/hack/etcd"
+JAEGER_MOD_DIR="${REPO_ROOT}/hack/jaeger"
+JAEGER_CONFIG="${JAEGER_MOD_DIR}/config.yaml"
 
 CACHE_DIR="${WRO_CACHE_DIR:-${HOME}/.cache/worker-recovery-operator}"
 TIMEOUT="${WRO_STACK_TIMEOUT:-180}"
@@ -45,6 +56,14 @@ ETCD_URL="http://127.0.0.1:${ETCD_CLIENT_PORT}"
 APISERVER_URL="https://127.0.0.1:${APISERVER_PORT}"
 SERVICE_CIDR="10.0.0.0/24"
 SERVICE_FIRST_IP="10.0.0.1"
+# Jaeger's ports are set in hack/jaeger/config.yaml; keep the two in sync.
+JAEGER_OTLP_HTTP_PORT=4318
+JAEGER_QUERY_PORT=16686
+JAEGER_QUERY_GRPC_PORT=16685
+JAEGER_HEALTH_PORT=13133
+JAEGER_OTLP_URL="http://127.0.0.1:${JAEGER_OTLP_HTTP_PORT}"
+JAEGER_QUERY_URL="http://127.0.0.1:${JAEGER_QUERY_PORT}"
+JAEGER_HEALTH_URL="http://127.0.0.1:${JAEGER_HEALTH_PORT}/status"
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() {
@@ -64,7 +83,9 @@ show_log_tail() {
 	fi
 }
 
-# Version pinned in a hack/*/go.mod: the version of module $2 in file $1.
+# Version pinned in a hack/*/go.mod: the version of module $2 in file $1, from
+# a `require M vX` line or a `M vX [// indirect]` line inside a require block
+# (hack/jaeger pins its module as an indirect requirement of a `tool` line).
 mod_version() {
 	local gomod="$1" module="$2" v
 	v="$(awk -v m="${module}" '$1 == m && $2 ~ /^v/ { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "${gomod}")"
@@ -74,8 +95,12 @@ mod_version() {
 
 K8S_VERSION="$(mod_version "${K8S_MOD_DIR}/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(mod_version "${ETCD_MOD_DIR}/go.mod" go.etcd.io/etcd/server/v3)"
+JAEGER_VERSION="$(mod_version "${JAEGER_MOD_DIR}/go.mod" github.com/jaegertracing/jaeger)"
 K8S_BIN_DIR="${CACHE_DIR}/bin/kubernetes-${K8S_VERSION}"
 ETCD_BIN_DIR="${CACHE_DIR}/bin/etcd-${ETCD_VERSION}"
+JAEGER_BIN_DIR="${CACHE_DIR}/bin/jaeger-${JAEGER_VERSION}"
+
+skip_jaeger() { [[ "${WRO_SKIP_JAEGER:-0}" == 1 ]]; }
 
 # ---------------------------------------------------------------- processes
 
@@ -207,7 +232,7 @@ find_go() {
 		g="$(command -v go 2>/dev/null || true)"
 		[[ -n "${g}" ]] || g=/usr/local/go/bin/go
 	fi
-	[[ -x "${g}" ]] || die "Go toolchain not found (set GO=/path/to/go or put go on PATH); it is needed to build kube-apiserver/kubectl/etcd"
+	[[ -x "${g}" ]] || die "Go toolchain not found (set GO=/path/to/go or put go on PATH); it is needed to build kube-apiserver/kubectl/etcd/jaeger"
 	printf '%s\n' "${g}"
 }
 
@@ -255,12 +280,28 @@ build_etcd() {
 	mv "${tmp}" "${ETCD_BIN_DIR}"
 }
 
+build_jaeger() {
+	local go="$1" tmp
+	tmp="${JAEGER_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${JAEGER_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "-s -w" -o "${tmp}/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger
+	)
+	[[ -x "${tmp}/jaeger" ]] || die "jaeger build produced no binary in ${tmp}"
+	rm -rf "${JAEGER_BIN_DIR}"
+	mv "${tmp}" "${JAEGER_BIN_DIR}"
+}
+
 ensure_binaries() {
-	local need_k8s=0 need_etcd=0
+	local need_k8s=0 need_etcd=0 need_jaeger=0
 	[[ -x "${K8S_BIN_DIR}/kube-apiserver" && -x "${K8S_BIN_DIR}/kubectl" ]] || need_k8s=1
 	[[ -x "${ETCD_BIN_DIR}/etcd" ]] || need_etcd=1
-	if ((need_k8s || need_etcd)); then
-		local go start k8s_pid="" etcd_pid="" failed=0
+	skip_jaeger || [[ -x "${JAEGER_BIN_DIR}/jaeger" ]] || need_jaeger=1
+	if ((need_k8s || need_etcd || need_jaeger)); then
+		local go start k8s_pid="" etcd_pid="" jaeger_pid="" failed=0
 		go="$(find_go)"
 		mkdir -p "${CACHE_DIR}/bin"
 		start=${SECONDS}
@@ -275,6 +316,11 @@ ensure_binaries() {
 			build_etcd "${go}" >"${LOG_DIR}/build-etcd.log" 2>&1 &
 			etcd_pid=$!
 		fi
+		if ((need_jaeger)); then
+			log "  jaeger ${JAEGER_VERSION} -> ${JAEGER_BIN_DIR} (log: ${LOG_DIR}/build-jaeger.log)"
+			build_jaeger "${go}" >"${LOG_DIR}/build-jaeger.log" 2>&1 &
+			jaeger_pid=$!
+		fi
 		if [[ -n "${k8s_pid}" ]] && ! wait "${k8s_pid}"; then
 			show_log_tail "${LOG_DIR}/build-kubernetes.log" 60
 			log "building kube-apiserver/kubectl ${K8S_VERSION} FAILED (full log: ${LOG_DIR}/build-kubernetes.log)"
@@ -285,6 +331,11 @@ ensure_binaries() {
 			log "building etcd ${ETCD_VERSION} FAILED (full log: ${LOG_DIR}/build-etcd.log)"
 			failed=1
 		fi
+		if [[ -n "${jaeger_pid}" ]] && ! wait "${jaeger_pid}"; then
+			show_log_tail "${LOG_DIR}/build-jaeger.log" 60
+			log "building jaeger ${JAEGER_VERSION} FAILED (full log: ${LOG_DIR}/build-jaeger.log)"
+			failed=1
+		fi
 		((failed == 0)) || die "binary build failed"
 		log "built in $((SECONDS - start))s"
 	fi
@@ -292,6 +343,10 @@ ensure_binaries() {
 	ln -sfn "${K8S_BIN_DIR}/kube-apiserver" "${STACK_BIN}/kube-apiserver"
 	ln -sfn "${K8S_BIN_DIR}/kubectl" "${STACK_BIN}/kubectl"
 	ln -sfn "${ETCD_BIN_DIR}/etcd" "${STACK_BIN}/etcd"
+	# With WRO_SKIP_JAEGER=1 jaeger is not built, but a cached one is still linked.
+	if [[ -x "${JAEGER_BIN_DIR}/jaeger" ]]; then
+		ln -sfn "${JAEGER_BIN_DIR}/jaeger" "${STACK_BIN}/jaeger"
+	fi
 }
 
 # ---------------------------------------------------------------- certificates
@@ -440,6 +495,51 @@ ensure_etcd() {
 		sleep 0.2
 	done
 	log "etcd ready (pid ${pid})"
+}
+
+# ---------------------------------------------------------------- jaeger
+
+# Healthy per the health-check extension, and the query API answers.
+jaeger_healthy() {
+	local out
+	out="$(curl -fsS --max-time 3 "${JAEGER_HEALTH_URL}" 2>/dev/null)" || return 1
+	[[ "${out}" == *'"healthy":true'* ]] || return 1
+	curl -fsS --max-time 3 -o /dev/null "${JAEGER_QUERY_URL}/api/services" 2>/dev/null
+}
+
+ensure_jaeger() {
+	if skip_jaeger; then
+		log "jaeger: skipped (WRO_SKIP_JAEGER=1)"
+		return 0
+	fi
+	local pid
+	if pid="$(running_pid jaeger)"; then
+		if jaeger_healthy; then
+			return 0
+		fi
+		log "jaeger (pid ${pid}) is running but not healthy yet; waiting"
+	else
+		require_port_free "${JAEGER_OTLP_HTTP_PORT}" jaeger
+		require_port_free "${JAEGER_QUERY_PORT}" jaeger
+		require_port_free "${JAEGER_QUERY_GRPC_PORT}" jaeger
+		require_port_free "${JAEGER_HEALTH_PORT}" jaeger
+		log "starting jaeger ${JAEGER_VERSION}: OTLP/HTTP ${JAEGER_OTLP_URL}, query ${JAEGER_QUERY_URL}"
+		start_daemon jaeger "${STACK_BIN}/jaeger" --config "file:${JAEGER_CONFIG}"
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until jaeger_healthy; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/jaeger.log"
+			die "jaeger exited during startup (log: ${LOG_DIR}/jaeger.log)"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${LOG_DIR}/jaeger.log"
+			die "jaeger did not become healthy at ${JAEGER_HEALTH_URL} (and ${JAEGER_QUERY_URL}/api/services) within ${TIMEOUT}s (log: ${LOG_DIR}/jaeger.log)"
+		fi
+		sleep 0.2
+	done
+	log "jaeger ready (pid ${pid})"
 }
 
 # ---------------------------------------------------------------- kube-apiserver
@@ -615,6 +715,13 @@ print_versions() {
 	log "  kube-apiserver: ${apiserver_v}"
 	log "  kubectl:        ${kubectl_v}"
 	log "  etcd:           ${etcd_v}"
+	if ! skip_jaeger; then
+		# The binary carries no version stamp (plain -ldflags "-s -w"): run it as a
+		# sanity check and report the version pinned in hack/jaeger/go.mod.
+		local jaeger_out
+		jaeger_out="$("${STACK_BIN}/jaeger" version 2>&1)" || die "jaeger version failed: ${jaeger_out}"
+		log "  jaeger:         ${JAEGER_VERSION} (pinned in hack/jaeger/go.mod)"
+	fi
 	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]]; then
 		docker_v="$(timeout 10 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})' 2>&1 || true)"
 		log "  docker:         ${docker_v}"
@@ -638,6 +745,8 @@ cmd_up() {
 	lock_stack
 	mkdir -p "${STACK_DIR}" "${LOG_DIR}" "${STACK_BIN}"
 	ensure_binaries
+	# Jaeger needs neither etcd nor the API server.
+	ensure_jaeger
 	ensure_pki
 	ensure_kubeconfig
 	ensure_etcd
@@ -652,6 +761,7 @@ cmd_up() {
 	fi
 	print_versions
 	log "stack is up in $((SECONDS - start))s: KUBECONFIG=${KUBECONFIG_PATH}, apiserver ${APISERVER_URL}, etcd ${ETCD_URL}"
+	skip_jaeger || log "jaeger: OTLP/HTTP ${JAEGER_OTLP_URL}, query API/UI ${JAEGER_QUERY_URL}"
 	log "use: eval \"\$(scripts/stack.sh env)\""
 }
 
@@ -669,8 +779,8 @@ cmd_down() {
 	if [[ -d "${STACK_DIR}/demo" ]]; then
 		bash "${SCRIPT_DIR}/demo.sh" clean || log "demo clean-up failed (continuing)"
 	fi
-	# Reverse start order: dockerd, kube-apiserver, etcd.
-	for name in dockerd kube-apiserver etcd; do
+	# Reverse start order: dockerd, kube-apiserver, etcd, jaeger.
+	for name in dockerd kube-apiserver etcd jaeger; do
 		if pid="$(running_pid "${name}")"; then
 			grace=20
 			[[ "${name}" == dockerd ]] && grace=40
@@ -720,6 +830,20 @@ cmd_status() {
 		printf '%-15s %-9s %-8s %-40s %s\n' kube-apiserver stopped - "${v}" no
 		all_ok=1
 	fi
+	# jaeger
+	v="${JAEGER_VERSION}"
+	if pid="$(running_pid jaeger)"; then
+		if jaeger_healthy; then ans="yes (${JAEGER_HEALTH_URL}, ${JAEGER_QUERY_URL}/api/services)"; else
+			ans="NO"
+			skip_jaeger || all_ok=1
+		fi
+		printf '%-15s %-9s %-8s %-40s %s\n' jaeger running "${pid}" "${v}" "${ans}"
+	elif skip_jaeger; then
+		printf '%-15s %-9s %-8s %-40s %s\n' jaeger skipped - - -
+	else
+		printf '%-15s %-9s %-8s %-40s %s\n' jaeger stopped - "${v}" no
+		all_ok=1
+	fi
 	# docker
 	if [[ "${WRO_SKIP_DOCKER:-0}" == 1 ]]; then
 		printf '%-15s %-9s %-8s %-40s %s\n' dockerd skipped - - -
@@ -738,7 +862,8 @@ cmd_status() {
 		all_ok=1
 	fi
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
-	printf 'binaries:   %s -> %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}"
+	printf 'binaries:   %s -> %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}"
+	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
 	return "${all_ok}"
 }
 
@@ -746,6 +871,8 @@ cmd_env() {
 	printf 'export KUBECONFIG=%q\n' "${KUBECONFIG_PATH}"
 	# shellcheck disable=SC2016 # $PATH is meant to expand where the output is eval'ed
 	printf 'export PATH=%q:"$PATH"\n' "${STACK_BIN}"
+	printf 'export WRO_JAEGER_OTLP_ENDPOINT=%q\n' "${JAEGER_OTLP_URL}"
+	printf 'export WRO_JAEGER_QUERY_URL=%q\n' "${JAEGER_QUERY_URL}"
 }
 
 usage() {

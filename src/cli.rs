@@ -101,7 +101,7 @@ enum Command {
 /// Parse the command line and run the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let _telemetry = telemetry::init(cli.log_format);
     let result = match cli.command {
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout),
         Command::Run {

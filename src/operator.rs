@@ -50,13 +50,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(server::serve(opts.listen, metrics.clone(), ready.clone()));
 
-    let (workers, recoveries): (Api<Worker>, Api<WorkerRecovery>) = match &opts.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (workers, recoveries, plans): (Api<Worker>, Api<WorkerRecovery>, Api<ResumePlan>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
     let ctx = Arc::new(Context::new(
         client,
         Arc::new(docker),
@@ -74,6 +80,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         tokio::join!(
             controller::worker::run(ctx.clone(), workers),
             controller::recovery::run(ctx.clone(), recoveries),
+            controller::resume::run(ctx.clone(), plans),
         )
     };
     tokio::select! {

@@ -178,7 +178,13 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(stack, "clean-1", &ns, "cleany", "  mode: Clean\n");
+    apply_recovery(
+        stack,
+        "clean-1",
+        &ns,
+        "cleany",
+        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
+    );
     let run = wait_run_finished(stack, &ns, "clean-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     let clean = step(&run, "CleanState");
@@ -192,9 +198,9 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     assert_eq!(step(&run, "Resume")["state"], "Succeeded");
     assert_eq!(run["status"]["failureReason"], "worker_crash");
 
-    // task-1 went back to pending/ exactly once (the restarted worker may have claimed it
-    // again since): retry_count 1, the failure recorded, every other field as it was.
-    let places: Vec<_> = ["pending", "active", "failed"]
+    // task-1 went back to pending/ exactly once, then through the resume plan to the restarted
+    // worker: retry_count 1, the failure recorded, every other field as it was.
+    let places: Vec<_> = ["pending", "staged", "active", "done", "failed"]
         .iter()
         .map(|d| wc.tasks_dir(d).join("task-1.json"))
         .filter(|p| p.exists())
@@ -252,7 +258,10 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
         serde_json::from_slice(&std::fs::read(root.join("workers/cleany/state.json")).unwrap())
             .unwrap();
     assert_eq!(state["recovery_count"], 1, "{state}");
-    assert_eq!(state["status"], "recovering");
+    assert_eq!(
+        state["status"], "running",
+        "the resume plan gave the worker its queue back"
+    );
     // (The crashed worker left its own work file there too; the restarted one may write again.)
     let removed = clean["details"]["removedTmpEntries"].to_string();
     assert!(

@@ -27,7 +27,9 @@
 //!   UTC, ms),"status" ("starting"|"idle"|"working"),"current_task" (id or
 //!   null),"progress" (tasks completed since start),"pid"}`, rewritten
 //!   atomically every interval by its own thread.
-//! * `<root>/workers/<name>/state.json`: read and logged at start if present.
+//! * `<root>/workers/<name>/state.json`: read and logged at start if present;
+//!   while its `"status"` is `"recovering"` (set by a clean recovery and by a
+//!   gradual resume), tasks are taken from `staged/` only.
 //! * `<root>/workers/<name>/fault`: one-shot fault trigger (content = mode
 //!   name); checked every loop iteration and during a task (every 100 ms),
 //!   deleted before acting on it.

@@ -42,6 +42,8 @@ pub struct Worker {
     fault_file_errors: Throttle,
     /// Tasks already reported as blocked by an existing lock file.
     lock_warned: HashSet<String>,
+    /// Whether the last look at state.json found `"status": "recovering"`.
+    recovering: bool,
 }
 
 impl Worker {
@@ -56,6 +58,7 @@ impl Worker {
             loop_errors: Throttle::new(Duration::from_secs(10)),
             fault_file_errors: Throttle::new(Duration::from_secs(10)),
             lock_warned: HashSet::new(),
+            recovering: false,
         }
     }
 
@@ -78,9 +81,25 @@ impl Worker {
     // ----- task handling -------------------------------------------------
 
     /// Picks the next task (`staged/` first, then `pending/`, oldest first),
-    /// takes its lock and moves it to `active/`.
+    /// takes its lock and moves it to `active/`. While state.json says
+    /// `"status": "recovering"` (a gradual resume is releasing tasks in
+    /// batches), only `staged/` is taken from.
     fn claim_next(&mut self) -> io::Result<Option<ActiveTask>> {
-        for from in ["staged", "pending"] {
+        let recovering = is_recovering(&self.layout.state());
+        if recovering != self.recovering {
+            self.recovering = recovering;
+            log::info(if recovering {
+                "state.json says recovering: taking tasks from staged/ only"
+            } else {
+                "state.json no longer says recovering: taking tasks from staged/ and pending/"
+            });
+        }
+        let sources: &[&'static str] = if recovering {
+            &["staged"]
+        } else {
+            &["staged", "pending"]
+        };
+        for &from in sources {
             let dir = self.layout.tasks(from);
             for name in list_candidates(&dir)? {
                 if let Some(t) = self.try_claim(from, &dir, name)? {
@@ -424,6 +443,15 @@ fn reason_path(task_file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Whether state.json holds `"status": "recovering"`. A missing, unreadable
+/// or malformed file means not recovering (the worker keeps working).
+fn is_recovering(path: &Path) -> bool {
+    fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("recovering"))
+}
+
 /// Task file candidates of a directory, oldest mtime first.
 fn list_candidates(dir: &Path) -> io::Result<Vec<OsString>> {
     let mut v = Vec::new();
@@ -527,6 +555,32 @@ mod tests {
             .unwrap()
             .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime_secs))
             .unwrap();
+    }
+
+    #[test]
+    fn a_recovering_worker_takes_only_staged_tasks() {
+        let root = std::env::temp_dir().join(format!("sw-recovering-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mut w = worker_in(&root);
+        let l = w.layout.clone();
+        fs::create_dir_all(l.worker_dir()).unwrap();
+        write_task(&l.tasks("pending").join("p.json"), r#"{"id":"p"}"#, 1_700_000_000);
+        fs::write(l.state(), r#"{"status":"recovering","recovery_count":1}"#).unwrap();
+        assert!(w.claim_next().unwrap().is_none(), "pending/ is held back");
+        assert!(l.tasks("pending").join("p.json").exists());
+        write_task(&l.tasks("staged").join("s.json"), r#"{"id":"s"}"#, 1_700_000_010);
+        let t = w.claim_next().unwrap().unwrap();
+        assert_eq!(t.task.id, "s");
+        w.finish(t);
+        // Back to normal: pending/ is taken from again.
+        fs::write(l.state(), r#"{"status":"running","recovery_count":1}"#).unwrap();
+        let t = w.claim_next().unwrap().unwrap();
+        assert_eq!(t.task.id, "p");
+        w.finish(t);
+        // A malformed state file does not stop the worker.
+        fs::write(l.state(), b"{oops").unwrap();
+        assert!(!is_recovering(&l.state()));
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

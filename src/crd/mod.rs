@@ -1,6 +1,7 @@
 //! Custom resources of the `workerrecovery.io/v1alpha1` API and the generator of their YAML.
 
 pub mod diagnosis;
+pub mod monitoring;
 pub mod resume_plan;
 pub mod worker;
 pub mod worker_recovery;

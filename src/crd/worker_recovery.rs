@@ -40,6 +40,13 @@ use serde::{Deserialize, Serialize};
         description = "Most likely root cause found by the diagnosis"
     ),
     printcolumn(
+        name = "Trace",
+        type_ = "string",
+        json_path = ".status.trace.traceId",
+        description = "OpenTelemetry trace id of the run",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Dry Run",
         type_ = "boolean",
         json_path = ".spec.dryRun",
@@ -58,7 +65,7 @@ pub struct WorkerRecoverySpec {
     pub worker_ref: WorkerReference,
     /// What the run does: `Diagnose` (read only), `Quick` (diagnose, restart, verify), `Clean`
     /// (diagnose, clean state, restart, verify, resume) or `Debug` (diagnose, clean state,
-    /// start a debug copy of the container, verify).
+    /// start a debug copy of the container, verify, resume).
     #[serde(default)]
     pub mode: RecoveryMode,
     /// Compute and record what every step would do, and change nothing.
@@ -77,6 +84,56 @@ pub struct WorkerRecoverySpec {
     /// Settings of the debug container (mode `Debug`).
     #[serde(default)]
     pub debug: DebugSpec,
+    /// The gradual resume of the `Resume` step (modes `Clean` and `Debug`): the ResumePlan it
+    /// creates.
+    #[serde(default)]
+    pub resume: ResumeSettings,
+    /// Seconds between two scrapes of the worker's metrics endpoint while the run verifies and
+    /// resumes (the runbook's monitor polls every 10 s).
+    #[serde(default = "default_monitor_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub monitor_interval_seconds: u32,
+}
+
+/// How the `Resume` step releases the pending tasks: the spec of the ResumePlan it creates.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeSettings {
+    /// Tasks moved from `pending/` to `staged/` per batch.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub batch_size: u32,
+    /// Seconds a batch is given before it is judged and the next one is released.
+    #[serde(default = "default_batch_delay")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub batch_delay_seconds: u32,
+    /// Halt when a batch's failures exceed this fraction of the batch.
+    #[serde(default = "default_max_failure_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_failure_ratio: f64,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            batch_delay_seconds: default_batch_delay(),
+            max_failure_ratio: default_max_failure_ratio(),
+        }
+    }
+}
+
+fn default_batch_size() -> u32 {
+    5
+}
+fn default_batch_delay() -> u32 {
+    30
+}
+fn default_max_failure_ratio() -> f64 {
+    0.5
+}
+fn default_monitor_interval() -> u32 {
+    10
 }
 
 /// What a recovery run does.
@@ -91,7 +148,7 @@ pub enum RecoveryMode {
     /// state, clear tmp) with the container stopped, restart, verify, resume.
     Clean,
     /// Start with debugging: diagnose, clean state, start `<container>-debug` with debug logging,
-    /// tracing and core dumps, verify it. The original stays stopped.
+    /// tracing and core dumps, verify it, resume gradually into it. The original stays stopped.
     Debug,
 }
 
@@ -103,7 +160,7 @@ impl RecoveryMode {
             Self::Diagnose => &[Diagnose],
             Self::Quick => &[Diagnose, Restart, VerifyHealth],
             Self::Clean => &[Diagnose, CleanState, Restart, VerifyHealth, Resume],
-            Self::Debug => &[Diagnose, CleanState, DebugStart, VerifyHealth],
+            Self::Debug => &[Diagnose, CleanState, DebugStart, VerifyHealth, Resume],
         }
     }
 }
@@ -183,6 +240,27 @@ pub struct WorkerRecoveryStatus {
     /// What the diagnosis found: findings with evidence and the ranked root cause.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<super::diagnosis::Diagnosis>,
+    /// The run's OpenTelemetry trace: one trace per run, kept across operator restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceRef>,
+    /// The worker's `active_tasks` and `task_failed_total` while the run verifies and resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<super::monitoring::MetricsWatch>,
+    /// The ResumePlan created by the `Resume` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_plan: Option<String>,
+}
+
+/// Where a run's spans are: its trace and the id of its root span `worker_recovery`.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceRef {
+    /// W3C trace id, 32 lowercase hex digits: search it in the trace backend.
+    #[schemars(regex(pattern = r"^[0-9a-f]{32}$"))]
+    pub trace_id: String,
+    /// Span id of the root span, 16 lowercase hex digits.
+    #[schemars(regex(pattern = r"^[0-9a-f]{16}$"))]
+    pub span_id: String,
 }
 
 /// A step of a recovery run.
@@ -244,6 +322,9 @@ pub struct StepStatus {
     /// were (or, in a dry run, would be) touched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, Vec<String>>,
+    /// Span id of the step's span in the run's trace (fixed when the step first starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 impl StepStatus {
@@ -257,6 +338,7 @@ impl StepStatus {
             message: None,
             figures: BTreeMap::new(),
             details: BTreeMap::new(),
+            span_id: None,
         }
     }
 }

@@ -2,3 +2,4 @@
 
 pub mod fs_safe;
 pub mod heartbeat;
+pub mod monitor;

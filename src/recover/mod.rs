@@ -1,4 +1,7 @@
-//! Recovery steps that change a worker's files: the runbook's `clean_recovery`, carried out
-//! crash-safely through directory handles confined below the Worker's allowed root.
+//! Recovery steps that change a worker's files: the runbook's `clean_recovery` and the file
+//! moves of its gradual resume, carried out crash-safely through directory handles confined
+//! below the Worker's allowed root ([`confined`]).
 
 pub mod clean_state;
+pub mod confined;
+pub mod resume;

@@ -214,20 +214,50 @@ impl Operator {
         allowed_roots: &[&Path],
     ) -> Self {
         let mut op = Self::spawn(stack, namespace, log_dir, allowed_roots);
-        op.listen = wait_for("the operator to listen", Duration::from_secs(30), || {
-            op.bound_address().ok_or_else(|| op.log_tail())
-        });
-        wait_for("operator /readyz", Duration::from_secs(30), || {
-            http_get(&op.listen, "/readyz")
-                .filter(|(code, _)| *code == 200)
-                .ok_or_else(|| op.log_tail())
-        });
+        op.wait_ready();
         op
     }
 
     /// Start the operator process and return at once (its log is appended to, so that a
     /// test that starts and kills it many times keeps every run's log).
     pub fn spawn(stack: &Stack, namespace: &str, log_dir: &Path, allowed_roots: &[&Path]) -> Self {
+        Self::spawn_with_env(stack, namespace, log_dir, allowed_roots, &[])
+    }
+
+    /// Start the operator with extra environment variables (e.g. `OTEL_*`) and wait until it
+    /// is ready.
+    pub fn start_with_env(
+        stack: &Stack,
+        namespace: &str,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut op = Self::spawn_with_env(stack, namespace, log_dir, &[log_dir], env);
+        op.wait_ready();
+        op
+    }
+
+    fn wait_ready(&mut self) {
+        let op = &*self;
+        let listen = wait_for("the operator to listen", Duration::from_secs(30), || {
+            op.bound_address().ok_or_else(|| op.log_tail())
+        });
+        wait_for("operator /readyz", Duration::from_secs(30), || {
+            http_get(&listen, "/readyz")
+                .filter(|(code, _)| *code == 200)
+                .ok_or_else(|| op.log_tail())
+        });
+        self.listen = listen;
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables.
+    pub fn spawn_with_env(
+        stack: &Stack,
+        namespace: &str,
+        log_dir: &Path,
+        allowed_roots: &[&Path],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = log_dir.join("operator.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
         // Port 0: the operator binds a free port itself and logs it, so that tests running in
@@ -247,6 +277,7 @@ impl Operator {
             .env("KUBECONFIG", &stack.kubeconfig)
             .env("RUST_LOG", "info,worker_recovery_operator=debug")
             .env_remove("WRO_ALLOWED_ROOTS")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()

@@ -9,6 +9,7 @@
 mod error;
 pub mod plan;
 pub mod steps;
+mod trace;
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,7 +25,7 @@ use kube::{
     ResourceExt,
 };
 use serde_json::json;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument, warn, Instrument};
 
 pub use error::Error;
 
@@ -39,12 +40,15 @@ use super::{
 };
 use crate::{
     crd::{
+        monitoring::MetricsWatch,
         worker::Worker,
         worker_recovery::{
             RecoveryPhase, StepName, StepState, StepStatus, WorkerRecovery, WorkerRecoveryStatus,
         },
     },
     diagnose::{self, Diagnosis},
+    observe::monitor,
+    telemetry::recovery_trace,
     trust::{self, AdmitError},
 };
 
@@ -132,7 +136,16 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             let mut failed =
                 early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
             failed.completion_time = Some(Time(Timestamp::now()));
+            failed.trace = Some(
+                status
+                    .trace
+                    .clone()
+                    .unwrap_or_else(recovery_trace::new_trace),
+            );
             apply_status(&api, rec, &failed).await?;
+            if let Some(span) = trace::root_span(rec, &failed) {
+                recovery_trace::emit(span);
+            }
             ctx.publish(rec, EventType::Warning, reason, "Recover", message)
                 .await;
             return Ok(Action::await_change());
@@ -142,6 +155,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     // The steps and the start time are recorded before any step runs: a step resumed after a
     // restart of the operator sees the same start time (the `last_failure` it writes).
     status.start_time = Some(Time(started));
+    status.trace.get_or_insert_with(recovery_trace::new_trace);
     status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
     let run_key = object_key(rec);
     while let Some(i) = plan::next_step(&status.steps) {
@@ -151,18 +165,33 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             // A step counts as a new attempt unless this process is already carrying it out
             // (a verify step polling); after an operator restart it is attempted again.
             let fresh = ctx.running_steps.lock().unwrap().insert(active_key.clone());
+            if fresh {
+                ctx.fresh_attempts
+                    .lock()
+                    .unwrap()
+                    .insert(active_key.clone());
+            }
             let step = &mut status.steps[i];
             if fresh || step.state == StepState::Pending {
                 step.attempt += 1;
             }
             step.state = StepState::Running;
             step.start_time.get_or_insert(Time(Timestamp::now()));
+            step.span_id.get_or_insert_with(recovery_trace::new_span_id);
         }
         if name == StepName::DebugStart && !rec.spec.dry_run {
             ensure_finalizer(rec, &api).await?;
         }
+        if matches!(name, StepName::VerifyHealth | StepName::Resume) {
+            watch_metrics(rec, &worker, &mut status).await;
+        }
         write_progress(rec, &api, &mut status).await?;
+        // Work of the step is traced under the step's span; polls of a waiting step are not.
+        let attempt_span = trace::attempt_span(&status, i, fresh_attempt(ctx, &active_key));
         info!(step = ?name, attempt = status.steps[i].attempt, "step started");
+        if name == StepName::Resume && !rec.spec.dry_run {
+            status.resume_plan = Some(steps::resume_plan_name(rec));
+        }
 
         let run = Run {
             ctx,
@@ -177,21 +206,24 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             container_started_at: status.container_started_at.as_ref().map(|t| t.0),
         };
         let step = status.steps[i].clone();
-        let outcome = match name {
-            StepName::Diagnose => steps::diagnose(&run).await,
-            StepName::CleanState => steps::clean_state(&run).await,
-            StepName::Restart => steps::restart(&run, &step).await,
-            StepName::DebugStart => steps::debug_start(&run).await,
-            StepName::VerifyHealth => steps::verify_health(&run, &step).await,
-            StepName::Resume => {
-                let requeued = status
-                    .steps
-                    .iter()
-                    .find(|s| s.name == StepName::CleanState)
-                    .and_then(|s| s.figures.get("requeued").copied());
-                steps::resume(&run, requeued).await
+        let requeued = status
+            .steps
+            .iter()
+            .find(|s| s.name == StepName::CleanState)
+            .and_then(|s| s.figures.get("requeued").copied());
+        let trace_ref = status.trace.clone();
+        let outcome = async {
+            match name {
+                StepName::Diagnose => steps::diagnose(&run).await,
+                StepName::CleanState => steps::clean_state(&run).await,
+                StepName::Restart => steps::restart(&run, &step).await,
+                StepName::DebugStart => steps::debug_start(&run).await,
+                StepName::VerifyHealth => steps::verify_health(&run, &step).await,
+                StepName::Resume => steps::resume(&run, &step, requeued, trace_ref.as_ref()).await,
             }
-        };
+        }
+        .instrument(attempt_span.clone())
+        .await;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -201,6 +233,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
                     "attempt {} failed, retrying: {e}",
                     status.steps[i].attempt
                 ));
+                trace::attempt_failed(&attempt_span, &e.to_string());
                 write_progress(rec, &api, &mut status).await?;
                 return Err(e);
             }
@@ -227,12 +260,21 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
                     status.container_started_at = Some(Time(at));
                 }
                 info!(step = ?name, state = ?status.steps[i].state, message = %result.message, "step finished");
+                if status.steps[i].state == StepState::Failed {
+                    trace::attempt_failed(&attempt_span, &result.message);
+                }
                 write_progress(rec, &api, &mut status).await?;
                 step_event(ctx, rec, name, &status.steps[i]).await;
+                if let Some(span) = trace::step_span(rec, &status, i) {
+                    recovery_trace::emit(span);
+                }
             }
         }
     }
     write_progress(rec, &api, &mut status).await?;
+    if let Some(span) = trace::root_span(rec, &status) {
+        recovery_trace::emit(span);
+    }
     let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
     let (type_, reason) = match status.phase {
         Some(RecoveryPhase::Succeeded) => (EventType::Normal, "RecoveryComplete"),
@@ -241,6 +283,31 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     ctx.publish(rec, type_, reason, "Recover", completed.message)
         .await;
     Ok(Action::await_change())
+}
+
+/// Whether this reconcile starts an attempt of the step in this process (its first poll), to
+/// be traced as such; later polls of the same attempt are not.
+fn fresh_attempt(ctx: &Context, key: &str) -> bool {
+    ctx.fresh_attempts.lock().unwrap().remove(key)
+}
+
+/// The runbook's "Monitoring During Recovery": while the run verifies and resumes, scrape the
+/// worker's metrics endpoint (when it declares one) every `monitorIntervalSeconds`.
+async fn watch_metrics(rec: &WorkerRecovery, worker: &Worker, status: &mut WorkerRecoveryStatus) {
+    let Some(metrics) = &worker.spec.metrics else {
+        return;
+    };
+    let now = Timestamp::now();
+    let interval = Duration::from_secs(u64::from(rec.spec.monitor_interval_seconds));
+    if rec.spec.dry_run || !monitor::due(status.monitoring.as_ref(), interval, now) {
+        return;
+    }
+    let scraped = monitor::scrape(&metrics.url).await;
+    monitor::record(
+        status.monitoring.get_or_insert_with(MetricsWatch::default),
+        scraped,
+        now,
+    );
 }
 
 /// Sum the steps up into phase, current step and conditions, and write the status.

@@ -157,7 +157,7 @@ mod tests {
         );
         assert_eq!(
             names(RecoveryMode::Debug),
-            [Diagnose, CleanState, DebugStart, VerifyHealth]
+            [Diagnose, CleanState, DebugStart, VerifyHealth, Resume]
         );
         assert!(initial_steps(RecoveryMode::Clean)
             .iter()

@@ -5,15 +5,19 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::ResourceExt;
+use kube::{
+    api::{Api, PostParams},
+    Resource, ResourceExt,
+};
 
 use super::Error;
 use crate::{
-    controller::Context,
+    controller::{resume, Context},
     crd::{
         diagnosis::Diagnosis,
+        resume_plan::{ResumePhase, ResumePlan, ResumePlanSpec},
         worker::Worker,
-        worker_recovery::{StepState, StepStatus, WorkerRecovery},
+        worker_recovery::{StepState, StepStatus, TraceRef, WorkerRecovery},
     },
     diagnose::{self, checks::metrics_endpoint, CheckContext},
     docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
@@ -22,6 +26,7 @@ use crate::{
         heartbeat::{self, HeartbeatObservation},
     },
     recover::clean_state::{self, CleanStateInput, CleanStateReport},
+    telemetry::recovery_trace,
     trust::Admission,
 };
 
@@ -30,6 +35,8 @@ use crate::{
 pub const RUN_LABEL: &str = "workerrecovery.io/recovery";
 /// How often the verify step looks again.
 const VERIFY_POLL: Duration = Duration::from_secs(1);
+/// How often the resume step looks at its plan.
+const RESUME_POLL: Duration = Duration::from_secs(2);
 /// How long one probe of the metrics endpoint may take.
 const METRICS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -437,7 +444,143 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
 
 /// Resume (mode `Clean`): the requeued tasks wait in `pending/`. Gradual resume in batches by a
 /// ResumePlan owned by the run hooks in here.
-pub async fn resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Error> {
+/// Name of the ResumePlan a run creates: `<run>-resume`, cut to the 253 characters a name may
+/// have.
+pub fn resume_plan_name(rec: &WorkerRecovery) -> String {
+    let run = rec.name_any();
+    let keep = run.len().min(253 - "-resume".len());
+    let mut cut = run[..keep].trim_end_matches(['-', '.']).to_string();
+    cut.push_str("-resume");
+    cut
+}
+
+/// Resume: hand the pending tasks (the ones this run requeued among them) to a ResumePlan owned
+/// by the run, and wait for it to complete. The plan is created once; after an operator restart
+/// the step finds it and goes on waiting. A dry run only counts what the plan would release.
+pub async fn resume(
+    run: &Run<'_>,
+    step: &StepStatus,
+    requeued: Option<i64>,
+    trace: Option<&TraceRef>,
+) -> Result<Outcome, Error> {
+    if run.dry_run() {
+        return dry_resume(run, requeued).await;
+    }
+    let ns = run.rec.namespace().unwrap_or_default();
+    let api: Api<ResumePlan> = Api::namespaced(run.ctx.client.clone(), &ns);
+    let name = resume_plan_name(run.rec);
+    let plan = match api.get_opt(&name).await? {
+        Some(plan) => plan,
+        None => {
+            let plan = new_plan(run, &name, step, trace);
+            match api.create(&PostParams::default(), &plan).await {
+                Ok(created) => created,
+                // Created meanwhile (a retry after a lost answer): use it.
+                Err(kube::Error::Api(e)) if e.code == 409 => api.get(&name).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let owned = plan
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == run.rec.metadata.uid.as_ref());
+    if !owned {
+        return Ok(Outcome::Done(StepResult::failed(format!(
+            "a ResumePlan named {name} exists and does not belong to this run; not used"
+        ))));
+    }
+    let status = plan.status.clone().unwrap_or_default();
+    let progress = format!(
+        "ResumePlan {name}: {} of {} task(s) released in {} batch(es), {} failure(s)",
+        status.tasks_staged, status.tasks_total, status.batches_done, status.tasks_failed
+    );
+    let figures = |result: &mut StepResult| {
+        for (k, v) in [
+            ("tasksTotal", status.tasks_total),
+            ("tasksStaged", status.tasks_staged),
+            ("tasksFailed", status.tasks_failed),
+            ("batches", u64::from(status.batches_done)),
+        ] {
+            result.figures.insert(k.into(), v as i64);
+        }
+        if let Some(n) = requeued {
+            result.figures.insert("requeued".into(), n);
+        }
+    };
+    match status.phase {
+        Some(ResumePhase::Completed) => {
+            let mut result = StepResult::ok(progress);
+            figures(&mut result);
+            Ok(Outcome::Done(result))
+        }
+        Some(ResumePhase::Halted) => {
+            let mut result = StepResult::failed(format!(
+                "ResumePlan {name} halted: {}",
+                status.halt_reason.unwrap_or_default()
+            ));
+            figures(&mut result);
+            Ok(Outcome::Done(result))
+        }
+        Some(ResumePhase::Failed) => {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == crate::controller::resume::COMPLETED)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            Ok(Outcome::Done(StepResult::failed(format!(
+                "ResumePlan {name} failed: {why}"
+            ))))
+        }
+        Some(ResumePhase::Paused) => Ok(Outcome::Wait {
+            after: RESUME_POLL,
+            message: format!("{progress}; paused"),
+        }),
+        _ => Ok(Outcome::Wait {
+            after: RESUME_POLL,
+            message: progress,
+        }),
+    }
+}
+
+/// The plan of a run: the run's resume settings, owned by the run (deleted with it), its
+/// batch spans under the step's span.
+fn new_plan(run: &Run<'_>, name: &str, step: &StepStatus, trace: Option<&TraceRef>) -> ResumePlan {
+    let settings = &run.rec.spec.resume;
+    let mut plan = ResumePlan::new(
+        name,
+        ResumePlanSpec {
+            worker_ref: run.rec.spec.worker_ref.clone(),
+            batch_size: settings.batch_size,
+            batch_delay_seconds: settings.batch_delay_seconds,
+            max_failure_ratio: settings.max_failure_ratio,
+            paused: false,
+            mark_worker_state: true,
+            monitor_interval_seconds: run.rec.spec.monitor_interval_seconds,
+        },
+    );
+    plan.metadata.namespace = run.rec.namespace();
+    plan.metadata.owner_references = run.rec.controller_owner_ref(&()).map(|o| vec![o]);
+    plan.metadata.labels = Some(
+        [(RUN_LABEL.to_string(), run.rec.name_any())]
+            .into_iter()
+            .collect(),
+    );
+    if let (Some(t), Some(span)) = (trace, &step.span_id) {
+        plan.metadata.annotations = Some(
+            [(
+                resume::TRACEPARENT_ANNOTATION.to_string(),
+                recovery_trace::traceparent(&t.trace_id, span),
+            )]
+            .into_iter()
+            .collect(),
+        );
+    }
+    plan
+}
+
+async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Error> {
     let paths = run.admission.paths.clone();
     let pending = paths.tasks_dir.join("pending");
     let listing = fs_safe::off_thread(move || {
@@ -453,11 +596,13 @@ pub async fn resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Err
             .filter(|e| e.kind == EntryKind::File && e.name.ends_with(".json"))
             .count(),
     };
+    let settings = &run.rec.spec.resume;
     let mut result = StepResult::ok(format!(
-        "{waiting} task(s) wait in pending/ for the worker{}",
-        requeued.map_or(String::new(), |n| format!(
-            ", {n} of them requeued by this run"
-        ))
+        "dry run: would create ResumePlan {} to release {waiting} pending task(s){} in batches of {} every {}s",
+        resume_plan_name(run.rec),
+        requeued.map_or(String::new(), |n| format!(" ({n} of them requeued by this run)")),
+        settings.batch_size,
+        settings.batch_delay_seconds,
     ));
     result.figures.insert("pending".into(), waiting as i64);
     if let Some(n) = requeued {

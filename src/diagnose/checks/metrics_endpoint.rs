@@ -218,6 +218,17 @@ pub async fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
     }
 }
 
+/// Fetch `url` and parse it as Prometheus text, within `timeout`: the samples, or why not.
+pub async fn scrape(url: &str, timeout: Duration) -> Result<prometheus::Parsed, String> {
+    let target = HttpUrl::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    match tokio::time::timeout(timeout, get(&target)).await {
+        Ok(Ok(r)) if r.status == 200 => Ok(prometheus::parse(&String::from_utf8_lossy(&r.body))),
+        Ok(Ok(r)) => Err(format!("answered with status {}", r.status)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
+    }
+}
+
 async fn get(url: &HttpUrl) -> Result<HttpResponse, String> {
     let mut stream = TcpStream::connect((url.host.as_str(), url.port))
         .await

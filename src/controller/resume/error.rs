@@ -1,0 +1,27 @@
+//! Errors of the ResumePlan controller. Problems of the plan itself (a missing or refused
+//! Worker, a halted batch) are reported in status, not here; every variant is transient and
+//! retried with backoff.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Reading or moving the worker's task files failed.
+    #[error("worker files: {0}")]
+    Files(String),
+    /// A blocking task could not finish.
+    #[error("background task: {0}")]
+    Blocking(String),
+}
+
+impl Error {
+    /// Label for the `error` dimension of the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_api",
+            Self::Files(_) => "worker_files",
+            Self::Blocking(_) => "blocking_task",
+        }
+    }
+}

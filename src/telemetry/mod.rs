@@ -1,0 +1,224 @@
+//! Logs and traces through `tracing`.
+//!
+//! Logs go to stderr, human-readable by default or JSON for log pipelines. Traces are exported
+//! with OTLP over HTTP when the standard `OTEL_*` environment says so (see [`export_wanted`]),
+//! and cost nothing otherwise: the recovery trace (`recovery_trace`) then goes to a no-op
+//! tracer.
+
+pub mod recovery_trace;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::{
+    filter::filter_fn, fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
+
+/// Name of the instrumentation scope of every span of the operator.
+pub const SCOPE: &str = "worker-recovery-operator";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Keeps the trace exporter alive; dropping it flushes the spans not sent yet.
+#[must_use = "dropping the guard shuts the trace exporter down"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("warning: could not flush the last trace spans: {e}");
+            }
+        }
+    }
+}
+
+/// Install the global subscriber and, when the environment asks for it, the OTLP exporter.
+/// `RUST_LOG` overrides the default log filter. Call it before any async runtime starts: the
+/// exporter's HTTP client must not be built inside one.
+pub fn init(format: LogFormat) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn,hyper=warn"));
+    let logs = match format {
+        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let (provider, problem) = match export_wanted(|k| std::env::var(k).ok()) {
+        Ok(true) => match build_provider() {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("trace export is off: {e}"))),
+        },
+        Ok(false) => (None, None),
+        Err(e) => (None, Some(e)),
+    };
+    // Only the spans of recovery runs (and the events inside them) become OpenTelemetry data;
+    // the controllers' own reconcile spans stay in the logs.
+    let traces = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(SCOPE))
+            .with_filter(filter_fn(|meta| {
+                if meta.is_span() {
+                    meta.target() == recovery_trace::TARGET
+                } else {
+                    *meta.level() <= Level::INFO
+                }
+            }))
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .init();
+    if let Some(p) = &provider {
+        opentelemetry::global::set_tracer_provider(p.clone());
+        tracing::info!("exporting recovery traces with OTLP over HTTP");
+    }
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}");
+    }
+    Telemetry { provider }
+}
+
+/// Whether the standard environment asks for trace export: `OTEL_TRACES_EXPORTER=otlp`, or an
+/// OTLP endpoint set (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), and
+/// not `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`. Only OTLP over HTTP with protobuf
+/// is built in; another protocol or exporter is refused with a message.
+pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, String> {
+    let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return Ok(false);
+    }
+    let exporter = set("OTEL_TRACES_EXPORTER").map(|v| v.trim().to_ascii_lowercase());
+    match exporter.as_deref() {
+        Some("none") => return Ok(false),
+        Some("otlp") | None => {}
+        Some(other) => {
+            return Err(format!(
+            "trace export is off: OTEL_TRACES_EXPORTER={other} is not supported (use otlp or none)"
+        ))
+        }
+    }
+    for key in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(p) = set(key) {
+            if p.trim() != "http/protobuf" {
+                return Err(format!(
+                    "trace export is off: {key}={p} is not supported; this build exports OTLP over HTTP (http/protobuf, usually port 4318)"
+                ));
+            }
+            break;
+        }
+    }
+    Ok(exporter.is_some()
+        || set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
+}
+
+/// The SDK provider: batch export over OTLP/HTTP, ids from [`recovery_trace::PinnedIds`] so a
+/// run's spans keep the ids recorded in its status. Endpoint, headers, timeout, batch delays and
+/// the service name come from the `OTEL_*` variables.
+fn build_provider() -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| SCOPE.to_string()),
+        )
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_id_generator(recovery_trace::PinnedIds)
+        .with_resource(resource)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn export_is_off_unless_the_environment_asks() {
+        assert_eq!(export_wanted(env(&[])), Ok(false));
+        assert_eq!(
+            export_wanted(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])),
+            Ok(false)
+        );
+        assert_eq!(
+            export_wanted(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4318")])),
+            Ok(true)
+        );
+        assert_eq!(
+            export_wanted(env(&[(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://j:4318/v1/traces"
+            )])),
+            Ok(true)
+        );
+        assert_eq!(
+            export_wanted(env(&[("OTEL_TRACES_EXPORTER", "otlp")])),
+            Ok(true)
+        );
+        assert_eq!(
+            export_wanted(env(&[
+                ("OTEL_TRACES_EXPORTER", "none"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4318")
+            ])),
+            Ok(false)
+        );
+        assert_eq!(
+            export_wanted(env(&[
+                ("OTEL_SDK_DISABLED", "true"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4318")
+            ])),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn an_unsupported_protocol_or_exporter_is_refused_with_the_fix() {
+        let err = export_wanted(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .unwrap_err();
+        assert!(err.contains("http/protobuf"), "{err}");
+        // The signal-specific protocol wins over the generic one.
+        assert_eq!(
+            export_wanted(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4318"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ])),
+            Ok(true)
+        );
+        assert!(export_wanted(env(&[("OTEL_TRACES_EXPORTER", "zipkin")]))
+            .unwrap_err()
+            .contains("zipkin"));
+    }
+}
