@@ -43,8 +43,6 @@ pub struct Context {
     /// Recovery steps this process is carrying out now (`<run>/<step>`), so that a step polled
     /// again is not counted as a new attempt, while one resumed after a restart is.
     pub running_steps: std::sync::Mutex<std::collections::HashSet<String>>,
-    /// Steps whose attempt began in this process and has not been traced yet.
-    pub fresh_attempts: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -70,7 +68,6 @@ impl Context {
             metrics,
             backoff: backoff::Backoff::default(),
             running_steps: Default::default(),
-            fresh_attempts: Default::default(),
         }
     }
 }

@@ -161,16 +161,13 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     while let Some(i) = plan::next_step(&status.steps) {
         let name = status.steps[i].name;
         let active_key = format!("{run_key}/{name:?}");
+        // Only the first poll of an attempt in this process is traced as the attempt.
+        let traced;
         {
             // A step counts as a new attempt unless this process is already carrying it out
             // (a verify step polling); after an operator restart it is attempted again.
             let fresh = ctx.running_steps.lock().unwrap().insert(active_key.clone());
-            if fresh {
-                ctx.fresh_attempts
-                    .lock()
-                    .unwrap()
-                    .insert(active_key.clone());
-            }
+            traced = fresh;
             let step = &mut status.steps[i];
             if fresh || step.state == StepState::Pending {
                 step.attempt += 1;
@@ -187,7 +184,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         }
         write_progress(rec, &api, &mut status).await?;
         // Work of the step is traced under the step's span; polls of a waiting step are not.
-        let attempt_span = trace::attempt_span(&status, i, fresh_attempt(ctx, &active_key));
+        let attempt_span = trace::attempt_span(&status, i, traced);
         info!(step = ?name, attempt = status.steps[i].attempt, "step started");
         if name == StepName::Resume && !rec.spec.dry_run {
             status.resume_plan = Some(steps::resume_plan_name(rec));
@@ -283,12 +280,6 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     ctx.publish(rec, type_, reason, "Recover", completed.message)
         .await;
     Ok(Action::await_change())
-}
-
-/// Whether this reconcile starts an attempt of the step in this process (its first poll), to
-/// be traced as such; later polls of the same attempt are not.
-fn fresh_attempt(ctx: &Context, key: &str) -> bool {
-    ctx.fresh_attempts.lock().unwrap().remove(key)
 }
 
 /// The runbook's "Monitoring During Recovery": while the run verifies and resumes, scrape the

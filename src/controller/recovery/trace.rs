@@ -180,3 +180,103 @@ pub fn root_span(rec: &WorkerRecovery, status: &WorkerRecoveryStatus) -> Option<
         events,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    use super::*;
+    use crate::crd::worker_recovery::{StepStatus, TraceRef};
+
+    fn rec() -> WorkerRecovery {
+        serde_json::from_value(json!({
+            "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+            "metadata": {"name": "marie-1", "namespace": "default"},
+            "spec": {"workerRef": {"name": "marie"}, "mode": "Clean"}
+        }))
+        .unwrap()
+    }
+
+    fn at(s: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + s).unwrap())
+    }
+
+    fn status(clean_state: StepState) -> WorkerRecoveryStatus {
+        let mut step = StepStatus::pending(StepName::CleanState);
+        step.state = clean_state;
+        step.start_time = Some(at(1));
+        step.finish_time = Some(at(3));
+        step.attempt = 2;
+        step.span_id = Some("00f067aa0ba902b7".into());
+        step.message = Some("requeued 4 task(s)".into());
+        step.figures.insert("requeued".into(), 4);
+        WorkerRecoveryStatus {
+            phase: Some(match clean_state {
+                StepState::Failed => RecoveryPhase::Failed,
+                _ => RecoveryPhase::Succeeded,
+            }),
+            start_time: Some(at(0)),
+            completion_time: Some(at(5)),
+            failure_reason: Some("oom".into()),
+            trace: Some(TraceRef {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+                span_id: "a3ce929d0e0e4736".into(),
+            }),
+            steps: vec![step],
+            ..Default::default()
+        }
+    }
+
+    fn attr(span: &SpanRecord, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn a_step_span_sits_under_the_root_with_its_recorded_id_times_and_figures() {
+        let st = status(StepState::Succeeded);
+        let span = step_span(&rec(), &st, 0).unwrap();
+        assert_eq!(span.name, "clean_state");
+        assert_eq!(span.span_id, "00f067aa0ba902b7");
+        assert_eq!(span.parent_span_id.as_deref(), Some("a3ce929d0e0e4736"));
+        assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span.start, at(1).0.into());
+        assert_eq!(span.end, at(3).0.into());
+        assert_eq!(attr(&span, "step.requeued").as_deref(), Some("4"));
+        assert_eq!(attr(&span, "step.attempt").as_deref(), Some("2"));
+        assert_eq!(attr(&span, "worker.name").as_deref(), Some("marie"));
+        assert_eq!(attr(&span, "recovery.mode").as_deref(), Some("Clean"));
+        assert_eq!(span.error, None);
+        // A step that has not finished has no span yet.
+        let mut running = st.clone();
+        running.steps[0].finish_time = None;
+        assert!(step_span(&rec(), &running, 0).is_none());
+    }
+
+    #[test]
+    fn the_root_span_ends_with_the_run_ok_with_its_event_or_error_with_the_failed_step() {
+        let ok = root_span(&rec(), &status(StepState::Succeeded)).unwrap();
+        assert_eq!(ok.name, "worker_recovery");
+        assert_eq!(ok.parent_span_id, None);
+        assert_eq!(ok.span_id, "a3ce929d0e0e4736");
+        assert_eq!((ok.start, ok.end), (at(0).0.into(), at(5).0.into()));
+        assert_eq!(ok.error, None);
+        assert_eq!(ok.events[0].0, "recovery_completed");
+        assert_eq!(attr(&ok, "recovery.failure_reason").as_deref(), Some("oom"));
+        assert_eq!(attr(&ok, "recovery.type").as_deref(), Some("crash"));
+
+        let failed = root_span(&rec(), &status(StepState::Failed)).unwrap();
+        assert!(failed.events.is_empty());
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("step CleanState failed: requeued 4 task(s)")
+        );
+        // A run still going has no root span yet.
+        let mut running = status(StepState::Running);
+        running.phase = Some(RecoveryPhase::Running);
+        assert!(root_span(&rec(), &running).is_none());
+    }
+}
