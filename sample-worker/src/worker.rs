@@ -564,11 +564,19 @@ mod tests {
         let mut w = worker_in(&root);
         let l = w.layout.clone();
         fs::create_dir_all(l.worker_dir()).unwrap();
-        write_task(&l.tasks("pending").join("p.json"), r#"{"id":"p"}"#, 1_700_000_000);
+        write_task(
+            &l.tasks("pending").join("p.json"),
+            r#"{"id":"p"}"#,
+            1_700_000_000,
+        );
         fs::write(l.state(), r#"{"status":"recovering","recovery_count":1}"#).unwrap();
         assert!(w.claim_next().unwrap().is_none(), "pending/ is held back");
         assert!(l.tasks("pending").join("p.json").exists());
-        write_task(&l.tasks("staged").join("s.json"), r#"{"id":"s"}"#, 1_700_000_010);
+        write_task(
+            &l.tasks("staged").join("s.json"),
+            r#"{"id":"s"}"#,
+            1_700_000_010,
+        );
         let t = w.claim_next().unwrap().unwrap();
         assert_eq!(t.task.id, "s");
         w.finish(t);
