@@ -14,6 +14,8 @@ pub struct Metrics {
     failures: IntCounterVec,
     duration: HistogramVec,
     restarts: IntCounterVec,
+    docker_events: IntCounterVec,
+    event_stream_breaks: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -52,11 +54,26 @@ impl Default for Metrics {
             &["controller"],
         )
         .expect("valid metric");
+        let docker_events = IntCounterVec::new(
+            opts!(
+                "workerrecovery_docker_events_total",
+                "Docker events about consenting containers, per action"
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        let event_stream_breaks = prometheus::IntCounter::new(
+            "workerrecovery_docker_event_stream_breaks_total",
+            "Times the Docker event stream ended or failed and was followed again",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(restarts.clone()),
+            Box::new(docker_events.clone()),
+            Box::new(event_stream_breaks.clone()),
         ] {
             registry.register(m).expect("metric registered once");
         }
@@ -66,6 +83,8 @@ impl Default for Metrics {
             failures,
             duration,
             restarts,
+            docker_events,
+            event_stream_breaks,
         }
     }
 }
@@ -98,6 +117,16 @@ impl Metrics {
 
     pub fn record_restart(&self, controller: &str) {
         self.restarts.with_label_values(&[controller]).inc();
+    }
+
+    pub fn record_docker_event(&self, action: &str) {
+        // `health_status: healthy` and the like count as one action.
+        let action = action.split(':').next().unwrap_or(action).trim();
+        self.docker_events.with_label_values(&[action]).inc();
+    }
+
+    pub fn record_event_stream_break(&self) {
+        self.event_stream_breaks.inc();
     }
 
     /// The Prometheus text exposition of every metric.

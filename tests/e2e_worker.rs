@@ -248,3 +248,56 @@ fn invalid_workers_are_rejected_by_the_schema() {
     let list = stack.kubectl_ok(&["get", "workers", "-n", &ns, "-o", "name"]);
     assert!(list.trim().is_empty(), "nothing invalid was stored: {list}");
 }
+
+/// The value of the metric line starting with `prefix` in the operator's /metrics.
+fn metric(op: &Operator, prefix: &str) -> f64 {
+    op.metrics()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_looks() {
+    let stack = stack();
+    let ns = stack.namespace("events");
+    let wc = WorkerContainer::start(&ns, "evy", &[], &[]);
+    // A 600 s heartbeat timeout: a healthy worker is next looked at in 300 s (the safety net),
+    // and a polling controller would look every 15 s. Only an event explains a quick restart.
+    let (ok, out) = stack.apply(&wc.worker_yaml("evy", &ns, 600, true));
+    assert!(ok, "{out}");
+    let op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "evy", "Healthy");
+
+    // Idle: nothing happens, nothing is looked at.
+    std::thread::sleep(Duration::from_secs(1));
+    let looks = metric(
+        &op,
+        r#"workerrecovery_reconciliations_total{controller="worker"}"#,
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        metric(
+            &op,
+            r#"workerrecovery_reconciliations_total{controller="worker"}"#
+        ),
+        looks,
+        "a healthy worker is not polled"
+    );
+
+    wc.inject_fault("crash");
+    wait_for("the restart", Duration::from_secs(10), || {
+        let w = worker_json(stack, &ns, "evy");
+        (w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true")
+            .then_some(())
+            .ok_or(w["status"].to_string())
+    });
+    assert!(
+        metric(&op, r#"workerrecovery_docker_events_total{action="die"}"#) >= 1.0,
+        "{}",
+        op.metrics()
+    );
+    assert!(metric(&op, r#"workerrecovery_docker_events_total{action="start"}"#) >= 1.0);
+}

@@ -18,8 +18,8 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    CloneSpec, ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat,
-    StartOutcome,
+    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
+    MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -223,6 +223,44 @@ impl ContainerRuntime for DockerEngine {
             }) => Ok(false),
             Err(e) => Err(map_error("remove", e)),
         }
+    }
+
+    fn events(
+        &self,
+        label: &str,
+        since: Option<Timestamp>,
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "event".to_string(),
+                WATCHED_ACTIONS.iter().map(|a| a.to_string()).collect(),
+            ),
+            ("label".to_string(), vec![label.to_string()]),
+        ]);
+        let options = EventsOptions {
+            since: since.map(|t| format!("{}.{:09}", t.as_second(), t.subsec_nanosecond())),
+            until: None,
+            filters: Some(filters),
+        };
+        self.docker
+            .events(Some(options))
+            .map(|event| {
+                let event = event.map_err(|e| map_error("events", e))?;
+                let actor = event.actor.unwrap_or_default();
+                let time = match (event.time_nano, event.time) {
+                    (Some(nanos), _) => Timestamp::from_nanosecond(i128::from(nanos)).ok(),
+                    (None, Some(secs)) => Timestamp::from_second(secs).ok(),
+                    _ => None,
+                };
+                Ok(ContainerEvent {
+                    action: event.action.unwrap_or_default(),
+                    container_id: actor.id.unwrap_or_default(),
+                    labels: actor.attributes.unwrap_or_default().into_iter().collect(),
+                    time,
+                })
+            })
+            .boxed()
     }
 
     async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {

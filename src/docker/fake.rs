@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    CloneSpec, ContainerInfo, ContainerRuntime, DockerError, ExecOutput, MemoryStats, PathStat,
-    StartOutcome,
+    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
+    MemoryStats, PathStat, StartOutcome,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -182,5 +182,14 @@ impl ContainerRuntime for FakeRuntime {
         containers.remove(&key);
         self.actions.lock().unwrap().push(format!("remove {key}"));
         Ok(true)
+    }
+
+    fn events(
+        &self,
+        _label: &str,
+        _since: Option<Timestamp>,
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        // No engine behind the fake: nothing ever happens.
+        Box::pin(futures::stream::pending())
     }
 }

@@ -114,6 +114,21 @@ pub struct CloneSpec {
     pub core_unlimited: bool,
 }
 
+/// One event of the engine about a container that carries the consent label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `die`, `oom`, `start`, `stop`, `destroy`, `health_status: unhealthy`, ...
+    pub action: String,
+    pub container_id: String,
+    /// The container's labels, as the engine reports them with the event.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// When it happened (the engine's clock).
+    pub time: Option<Timestamp>,
+}
+
+/// Actions of the event stream that can change what the Worker controller sees.
+pub const WATCHED_ACTIONS: [&str; 6] = ["die", "oom", "health_status", "start", "stop", "destroy"];
+
 /// Errors talking to the container engine.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -166,4 +181,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
     async fn remove(&self, container: &str) -> Result<bool, DockerError>;
+    /// The engine's events ([`WATCHED_ACTIONS`]) about containers that carry the label
+    /// `label`, from `since` (replayed by the engine) on. The stream ends or fails when the
+    /// engine goes away.
+    fn events(
+        &self,
+        label: &str,
+        since: Option<Timestamp>,
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>>;
 }

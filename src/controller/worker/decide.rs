@@ -419,6 +419,44 @@ pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
 }
 
+/// Safety net: every Worker is looked at least this often even when nothing happens.
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// How far past a heartbeat's deadline the controller looks, so that the look finds it stale.
+const PAST_DEADLINE: Duration = Duration::from_millis(20);
+
+/// When to look at the Worker again, when no Docker event comes first.
+///
+/// * A running container with a fresh heartbeat: just after that heartbeat's deadline. If the
+///   worker wrote a newer one meanwhile, the look finds it fresh and sets the next deadline;
+///   if not, the look marks it stale within [`PAST_DEADLINE`].
+/// * A running container without a fresh heartbeat: polled (a new heartbeat is a file write,
+///   which sends no event).
+/// * A container that is not running, or missing: the event stream says when that changes;
+///   only the safety net.
+pub fn next_look(obs: &Observation, heartbeat_timeout: Duration) -> Duration {
+    let poll = requeue_interval(heartbeat_timeout);
+    let running = match &obs.container {
+        ContainerObservation::Found(c) => c.running,
+        ContainerObservation::NotFound => return RESYNC,
+        ContainerObservation::Unavailable(_) => return poll,
+    };
+    if !running {
+        return RESYNC;
+    }
+    match &obs.heartbeat {
+        HeartbeatObservation::Present(hb) => {
+            let f = heartbeat::freshness(hb.at, obs.now, heartbeat_timeout);
+            if !f.fresh {
+                return poll;
+            }
+            let until_deadline =
+                heartbeat_timeout.saturating_sub(f.age.try_into().unwrap_or(Duration::ZERO));
+            (until_deadline + PAST_DEADLINE).min(RESYNC)
+        }
+        _ => poll,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +505,41 @@ mod tests {
     }
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn the_next_look_is_just_past_the_heartbeat_deadline_or_left_to_events() {
+        let running = || ContainerObservation::Found(container("running", true));
+        // 5 s old against 30 s: the deadline is in 25 s.
+        assert_eq!(
+            next_look(&obs(running(), beat(5)), TIMEOUT),
+            Duration::from_secs(25) + PAST_DEADLINE
+        );
+        // Stale or missing: polled, since a new heartbeat sends no event.
+        assert_eq!(
+            next_look(&obs(running(), beat(31)), TIMEOUT),
+            requeue_interval(TIMEOUT)
+        );
+        assert_eq!(
+            next_look(&obs(running(), HeartbeatObservation::Missing), TIMEOUT),
+            requeue_interval(TIMEOUT)
+        );
+        // Not running or gone: the event stream says when that changes.
+        let exited = ContainerObservation::Found(container("exited", false));
+        assert_eq!(next_look(&obs(exited, beat(5)), TIMEOUT), RESYNC);
+        assert_eq!(
+            next_look(&obs(ContainerObservation::NotFound, beat(5)), TIMEOUT),
+            RESYNC
+        );
+        // A long timeout is capped by the safety net; a heartbeat from the future counts from now.
+        assert_eq!(
+            next_look(&obs(running(), beat(5)), Duration::from_secs(3600)),
+            RESYNC
+        );
+        assert_eq!(
+            next_look(&obs(running(), beat(-3)), TIMEOUT),
+            TIMEOUT + PAST_DEADLINE
+        );
+    }
 
     #[test]
     fn running_with_fresh_heartbeat_is_healthy() {

@@ -1,6 +1,7 @@
 //! The Worker controller: observe the container and heartbeat, decide, act, write status.
 
 pub mod decide;
+pub mod engine_events;
 mod error;
 
 use std::{sync::Arc, time::Duration};
@@ -36,7 +37,11 @@ pub const CONTROLLER: &str = "worker";
 /// Run the Worker controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>, workers: Api<Worker>) {
     let (reader, trigger) = spec_changes(workers);
+    let (container_events, resync) =
+        engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
     Controller::for_stream(trigger, reader)
+        .reconcile_on(container_events)
+        .reconcile_all_on(resync)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(log_failure(CONTROLLER))
@@ -172,10 +177,11 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         ctx.publish(worker, type_, reason, "ObserveWorker", note)
             .await;
     }
+    let next = decide::next_look(&obs, timeout);
     if let ContainerObservation::Unavailable(e) = obs.container {
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
-    Ok(Action::requeue(decide::requeue_interval(timeout)))
+    Ok(Action::requeue(next))
 }
 
 /// Report a spec the operator cannot act on, in status and as an Event.
