@@ -301,3 +301,67 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
     );
     assert!(metric(&op, r#"workerrecovery_docker_events_total{action="start"}"#) >= 1.0);
 }
+
+#[test]
+fn a_paused_worker_is_left_alone_until_its_pause_ends() {
+    let stack = stack();
+    let ns = stack.namespace("pause");
+    let wc = WorkerContainer::start(&ns, "pau", &[], &[]);
+    let until = std::time::SystemTime::now() + Duration::from_secs(12);
+    let until = k8s_time(until);
+    let extra = format!("    pause:\n      until: {until}\n      reason: disk swap on the host\n");
+    // `worker_yaml` ends inside `autoRecovery:`; the pause goes there.
+    let (ok, out) = stack.apply(&format!("{}{extra}", wc.worker_yaml("pau", &ns, 10, true)));
+    assert!(ok, "{out}");
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "pau", "Healthy");
+
+    wc.inject_fault("crash");
+    wait_exited(&wc);
+    let down = wait_phase(stack, &ns, "pau", "Down");
+    assert_eq!(
+        down["status"]["paused"]["until"],
+        until.as_str(),
+        "{:#}",
+        down["status"]
+    );
+    assert_eq!(down["status"]["paused"]["reason"], "disk swap on the host");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        wc.inspect("{{.State.Status}}"),
+        "exited",
+        "left alone while paused"
+    );
+    assert_eq!(worker_json(stack, &ns, "pau")["status"]["restartCount"], 0);
+
+    // The pause ends by itself: the held-back restart happens.
+    let back = wait_for("the restart after the pause", PHASE_TIMEOUT, || {
+        let w = worker_json(stack, &ns, "pau");
+        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    assert!(
+        back["status"].get("paused").is_none(),
+        "{:#}",
+        back["status"]
+    );
+    let reasons: Vec<_> = stack
+        .events_for(&ns, "pau")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for want in ["AutoRecoveryPaused", "AutoRecoveryResumed", "Restarted"] {
+        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
+    }
+}
+
+/// RFC 3339 in UTC with whole seconds, as `metav1.Time` keeps it.
+fn k8s_time(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}

@@ -239,6 +239,23 @@ pub struct AutoRecoverySpec {
     /// Start the container again when it has exited. Off by default: opt in per Worker.
     #[serde(default)]
     pub enabled: bool,
+    /// Stop every automatic action for this Worker (maintenance, an investigation), while the
+    /// operator keeps observing it. Recovery runs applied by hand still run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseSpec>,
+}
+
+/// A pause of automatic actions.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseSpec {
+    /// The pause ends by itself at this time; without it, it lasts until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
+    /// Why, for the humans who find the Worker paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
 }
 
 /// Observed state of a Worker.
@@ -279,6 +296,9 @@ pub struct WorkerStatus {
     /// When the operator last observed the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_observed_time: Option<Time>,
+    /// Automatic actions are paused (`spec.autoRecovery.pause`): until when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PauseSpec>,
 }
 
 /// Health summary of a Worker.

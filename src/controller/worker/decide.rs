@@ -10,7 +10,8 @@ use crate::{
     controller::conditions::{self, ConditionState, ConditionStatus},
     crd::{
         worker::{
-            ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, WorkerPhase, WorkerStatus,
+            ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, PauseSpec, WorkerPhase,
+            WorkerStatus,
         },
         worker_recovery::{RecoveryMode, RecoveryPhase, WorkerRecovery},
     },
@@ -211,10 +212,13 @@ fn heartbeat_condition(
 
 /// Decide whether to act. Only an exited (or never started) container is started again:
 /// a paused one was paused on purpose, a restarting one is Docker's own policy at work.
-pub fn plan(container: &ContainerObservation, auto_recovery: bool) -> Plan {
+pub fn plan(container: &ContainerObservation, auto_recovery: bool, paused: bool) -> Plan {
     match container {
         ContainerObservation::Found(c)
-            if auto_recovery && !c.running && matches!(c.status.as_str(), "exited" | "created") =>
+            if auto_recovery
+                && !paused
+                && !c.running
+                && matches!(c.status.as_str(), "exited" | "created") =>
         {
             Plan::StartContainer {
                 why: exit_description(c),
@@ -330,6 +334,7 @@ pub fn next_status(
             .or_else(|| previous.and_then(|s| s.last_restart_time.clone())),
         last_progress_time,
         last_observed_time: Some(Time(obs.now)),
+        paused: None,
     }
 }
 
@@ -417,6 +422,12 @@ pub fn refused_status(
 /// How soon to look again: often enough to see a heartbeat go stale close to its timeout.
 pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
+}
+
+/// The pause in force at `now`: `spec.autoRecovery.pause` without an end, or with one still
+/// ahead.
+pub fn active_pause(pause: Option<&PauseSpec>, now: Timestamp) -> Option<&PauseSpec> {
+    pause.filter(|p| p.until.as_ref().is_none_or(|until| until.0 > now))
 }
 
 /// Safety net: every Worker is looked at least this often even when nothing happens.
@@ -736,12 +747,34 @@ mod tests {
     }
 
     #[test]
+    fn a_pause_holds_until_its_end() {
+        let at = |s: i64| Time(Timestamp::from_second(NOW + s).unwrap());
+        let forever = PauseSpec {
+            until: None,
+            reason: Some("disk swap".into()),
+        };
+        assert_eq!(active_pause(Some(&forever), now()), Some(&forever));
+        let later = PauseSpec {
+            until: Some(at(60)),
+            reason: None,
+        };
+        assert_eq!(active_pause(Some(&later), now()), Some(&later));
+        let over = PauseSpec {
+            until: Some(at(0)),
+            reason: None,
+        };
+        assert_eq!(active_pause(Some(&over), now()), None, "ends at its time");
+        assert_eq!(active_pause(None, now()), None);
+    }
+
+    #[test]
     fn only_exited_containers_with_auto_recovery_are_started() {
         let exited = ContainerObservation::Found(container("exited", false));
         assert!(
-            matches!(plan(&exited, true), Plan::StartContainer { why } if why.contains("exit code 3"))
+            matches!(plan(&exited, true, false), Plan::StartContainer { why } if why.contains("exit code 3"))
         );
-        assert_eq!(plan(&exited, false), Plan::Nothing);
+        assert_eq!(plan(&exited, false, false), Plan::Nothing);
+        assert_eq!(plan(&exited, true, true), Plan::Nothing, "paused");
         for other in [
             ContainerObservation::Found(container("running", true)),
             ContainerObservation::Found(container("paused", true)),
@@ -750,12 +783,13 @@ mod tests {
             ContainerObservation::NotFound,
             ContainerObservation::Unavailable("x".into()),
         ] {
-            assert_eq!(plan(&other, true), Plan::Nothing, "{other:?}");
+            assert_eq!(plan(&other, true, false), Plan::Nothing, "{other:?}");
         }
         assert!(matches!(
             plan(
                 &ContainerObservation::Found(container("created", false)),
-                true
+                true,
+                false
             ),
             Plan::StartContainer { .. }
         ));

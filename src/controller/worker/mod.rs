@@ -108,7 +108,19 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     // Decide and act. Only a consenting container is ever found here, and it is addressed by
     // its ID, so a container that took its name since cannot be started in its place.
     let mut restart = None;
-    let mut plan = decide::plan(&obs.container, worker.spec.auto_recovery.enabled);
+    let pause = decide::active_pause(worker.spec.auto_recovery.pause.as_ref(), obs.now);
+    let mut plan = decide::plan(
+        &obs.container,
+        worker.spec.auto_recovery.enabled,
+        pause.is_some(),
+    );
+    if pause.is_some() && worker.spec.auto_recovery.enabled {
+        if let ContainerObservation::Found(c) = &obs.container {
+            if !c.running {
+                info!("automatic recovery is paused: the exited container is left as it is");
+            }
+        }
+    }
     if matches!(plan, Plan::StartContainer { .. }) {
         // A recovery run that stopped the container to clean its state owns it until it ends:
         // starting it now would let the worker and the run move the same tasks.
@@ -147,13 +159,14 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         obs.container = ContainerObservation::of(ctx.docker.as_ref(), &found.id).await;
     }
     let assessment = decide::assess(&obs, timeout);
-    let status = decide::next_status(
+    let mut status = decide::next_status(
         previous,
         worker.metadata.generation,
         &obs,
         &assessment,
         restart.as_ref(),
     );
+    status.paused = pause.cloned();
 
     // Write status, then tell humans about changes of health.
     apply_status(&api, worker, &status).await?;
@@ -177,11 +190,59 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         ctx.publish(worker, type_, reason, "ObserveWorker", note)
             .await;
     }
-    let next = decide::next_look(&obs, timeout);
+    pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
+    let mut next = decide::next_look(&obs, timeout);
+    if let Some(until) = pause.and_then(|p| p.until.as_ref()) {
+        // Look again when the pause ends, to act on what it held back.
+        let left = obs.now.duration_until(until.0).unsigned_abs();
+        next = next.min(left + Duration::from_millis(20));
+    }
     if let ContainerObservation::Unavailable(e) = obs.container {
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
     Ok(Action::requeue(next))
+}
+
+/// Tell humans when automatic actions are paused and when they resume.
+async fn pause_events(
+    ctx: &Context,
+    worker: &Worker,
+    before: Option<&crate::crd::worker::PauseSpec>,
+    now: Option<&crate::crd::worker::PauseSpec>,
+) {
+    match (before, now) {
+        (None, Some(p)) => {
+            let until = p
+                .until
+                .as_ref()
+                .map_or("until the pause is removed".to_string(), |t| {
+                    format!("until {}", t.0)
+                });
+            let why = p
+                .reason
+                .as_deref()
+                .map_or(String::new(), |r| format!(": {r}"));
+            ctx.publish(
+                worker,
+                EventType::Normal,
+                "AutoRecoveryPaused",
+                "Pause",
+                format!("automatic actions paused {until}{why}"),
+            )
+            .await;
+        }
+        (Some(_), None) => {
+            ctx.publish(
+                worker,
+                EventType::Normal,
+                "AutoRecoveryResumed",
+                "Pause",
+                "the pause ended; automatic actions resume".into(),
+            )
+            .await;
+        }
+        _ => {}
+    }
 }
 
 /// Report a spec the operator cannot act on, in status and as an Event.
