@@ -101,6 +101,165 @@ pub struct WorkerSpec {
     /// Thresholds and expectations of the diagnosis; defaults are the runbook's.
     #[serde(default)]
     pub diagnostics: DiagnosticsSpec,
+
+    /// Resource limits the container should run with (the runbook's compose file: `mem_limit`,
+    /// `memswap_limit`, `cpu_quota`, `ulimits`). Drift from them is reported in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<DeclaredResources>,
+
+    /// The runbook's escalation path: levels with the time after which each one is reached,
+    /// a webhook told of every level change, and backup Workers for the last level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationSpec>,
+}
+
+/// Declared limits of the worker's container. Sizes are bytes with an optional unit: `512m`,
+/// `2g`, `2Gi`, `1073741824`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredResources {
+    /// Memory limit (`mem_limit`, `docker run -m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([kKmMgGtT]i?[bB]?)?$"))]
+    pub memory: Option<String>,
+    /// Memory plus swap limit (`memswap_limit`); equal to `memory` means no swap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([kKmMgGtT]i?[bB]?)?$"))]
+    pub memory_swap: Option<String>,
+    /// CPU quota in microseconds per 100 ms period (`cpu_quota`; 100000 is one CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1000, max = 100000000))]
+    pub cpu_quota: Option<i64>,
+    /// Open files limit (`ulimits.nofile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<UlimitSpec>,
+    /// Processes limit (`ulimits.nproc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<UlimitSpec>,
+    /// The container's health check (Docker `HEALTHCHECK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Put the declared settings in place when the container differs: `Never` only reports
+    /// the drift; `OnRestart` recreates the container with them at its next automatic restart
+    /// (keeping its image, command, environment, labels and mounts), and updates the memory
+    /// limits in place, which needs no recreate.
+    #[serde(default)]
+    pub apply: ApplyPolicy,
+}
+
+/// A soft and hard ulimit.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.soft <= self.hard").message("soft must not exceed hard"))]
+pub struct UlimitSpec {
+    #[schemars(range(min = 1))]
+    pub soft: i64,
+    #[schemars(range(min = 1))]
+    pub hard: i64,
+}
+
+/// A container health check.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// Command run in the container (`CMD` form, no shell): exit 0 is healthy.
+    #[schemars(length(min = 1, max = 64))]
+    pub command: Vec<String>,
+    #[serde(default = "default_health_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: u32,
+    #[serde(default = "default_health_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+    #[serde(default = "default_health_retries")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retries: u32,
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 3600))]
+    pub start_period_seconds: u32,
+}
+
+/// Whether declared settings are put in place.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApplyPolicy {
+    /// Report drift only.
+    #[default]
+    Never,
+    /// Recreate the container with the declared settings at its next automatic restart.
+    OnRestart,
+}
+
+/// The escalation path (runbook "Escalation Path").
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationSpec {
+    /// Levels in order, each reached `afterSeconds` after the incident began (the first failed
+    /// automatic recovery). Default: the runbook's Automated (0), L1 (300), L2 (900), L3 (1800).
+    #[serde(default = "default_levels")]
+    #[schemars(length(min = 1, max = 10))]
+    #[x_kube(validation = Rule::new("self.all(i, i == 0 || self[i].afterSeconds >= self[i-1].afterSeconds)").message("levels must be in order of afterSeconds"))]
+    pub levels: Vec<EscalationLevel>,
+    /// Told of every level change with a JSON POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+    /// Workers (same namespace) that take this Worker's pending tasks at the last level.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub backup_workers: Vec<String>,
+}
+
+/// One level of the escalation path.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationLevel {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[schemars(range(min = 0, max = 604800))]
+    pub after_seconds: u32,
+}
+
+/// Where escalations are posted.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// `http://` or `https://` URL that receives `{"worker", "namespace", "level", "rootCause",
+    /// "run", ...}`.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http(s):// URL"))]
+    #[schemars(length(min = 8, max = 2048))]
+    pub url: String,
+    /// Attempts per notification before it is given up (with backoff between them).
+    #[serde(default = "default_webhook_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: u32,
+    /// Seconds one attempt may take.
+    #[serde(default = "default_webhook_timeout")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: u32,
+}
+
+fn default_health_interval() -> u32 {
+    30
+}
+fn default_health_timeout() -> u32 {
+    10
+}
+fn default_health_retries() -> u32 {
+    3
+}
+fn default_webhook_attempts() -> u32 {
+    5
+}
+fn default_webhook_timeout() -> u32 {
+    5
+}
+fn default_levels() -> Vec<EscalationLevel> {
+    [("Automated", 0), ("L1", 300), ("L2", 900), ("L3", 1800)]
+        .into_iter()
+        .map(|(name, after_seconds)| EscalationLevel {
+            name: name.into(),
+            after_seconds,
+        })
+        .collect()
 }
 
 /// Where the worker serves `/metrics`.
@@ -232,17 +391,179 @@ const RELATIVE_PATH_RULE: &str =
     "!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && self != ''";
 const RELATIVE_PATH_MESSAGE: &str = "must be a non-empty relative path without '..'";
 
-/// Automatic recovery switch (restart policy knobs join it later).
-#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+/// Automatic recovery: the runbook's supervisor as a policy. Each automatic attempt is a
+/// WorkerRecovery owned by the Worker.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoRecoverySpec {
-    /// Start the container again when it has exited. Off by default: opt in per Worker.
+    /// Recover the worker when its container exits or its heartbeat is missed. Off by default:
+    /// opt in per Worker.
     #[serde(default)]
     pub enabled: bool,
+    /// How an automatic attempt recovers: `Quick` (restart at once, then diagnose and verify)
+    /// or `Clean` (diagnose, clean state, restart, verify, resume).
+    #[serde(default)]
+    pub mode: AutoRecoveryMode,
+    /// Attempts allowed within `windowSeconds`; when they are used up the worker is left
+    /// stopped and escalated (runbook: 3).
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_restarts: u32,
+    /// The window in which attempts are counted.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub window_seconds: u32,
+    /// Least time between two attempts (runbook: 60). The first attempt after a healthy spell
+    /// is immediate.
+    #[serde(default = "default_cooldown")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_seconds: u32,
+    /// Growing wait between attempts while the worker keeps failing (as kubelet does).
+    #[serde(default)]
+    pub backoff: BackoffSpec,
+    /// Automatic recovery runs kept; older ones are deleted.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub history_limit: u32,
+    /// A task found in `active/` at this many consecutive crashes is moved to `failed/` with
+    /// reason `poison`, so one bad task cannot keep the worker crash-looping. 0 turns it off.
+    #[serde(default = "default_poison_after")]
+    #[schemars(range(min = 0, max = 100))]
+    pub poison_after_crashes: u32,
+    /// What the diagnosis may change before a restart, within bounds.
+    #[serde(default)]
+    pub remediation: RemediationSpec,
     /// Stop every automatic action for this Worker (maintenance, an investigation), while the
     /// operator keeps observing it. Recovery runs applied by hand still run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseSpec>,
+}
+
+impl Default for AutoRecoverySpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: AutoRecoveryMode::default(),
+            max_restarts: default_max_restarts(),
+            window_seconds: default_window(),
+            cooldown_seconds: default_cooldown(),
+            backoff: BackoffSpec::default(),
+            history_limit: default_history_limit(),
+            poison_after_crashes: default_poison_after(),
+            remediation: RemediationSpec::default(),
+            pause: None,
+        }
+    }
+}
+
+/// How an automatic attempt recovers.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AutoRecoveryMode {
+    #[default]
+    Quick,
+    Clean,
+}
+
+/// Exponential backoff between attempts: `initialSeconds`, times `factor` per further failure,
+/// at most `maxSeconds`; back to immediate after `resetAfterSeconds` healthy (kubelet: 10 s
+/// doubling to 300 s, reset after 10 minutes).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackoffSpec {
+    #[serde(default = "default_backoff_initial")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub initial_seconds: u32,
+    #[serde(default = "default_backoff_factor")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub factor: f64,
+    #[serde(default = "default_backoff_max")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub max_seconds: u32,
+    #[serde(default = "default_backoff_reset")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub reset_after_seconds: u32,
+}
+
+impl Default for BackoffSpec {
+    fn default() -> Self {
+        Self {
+            initial_seconds: default_backoff_initial(),
+            factor: default_backoff_factor(),
+            max_seconds: default_backoff_max(),
+            reset_after_seconds: default_backoff_reset(),
+        }
+    }
+}
+
+/// Remediations the diagnosis may choose, within bounds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationSpec {
+    /// After an OOM kill, multiply the container's memory limit by this factor before the
+    /// restart (in place, no recreate), up to `memoryCeiling`. Unset: no change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 16.0))]
+    pub memory_factor: Option<f64>,
+    /// The highest memory limit a remediation may set (`4g`, `8Gi`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?([kKmMgGtT]i?[bB]?)?$"))]
+    pub memory_ceiling: Option<String>,
+    /// After file-descriptor exhaustion, multiply the `nofile` limit by this factor, up to
+    /// `nofileCeiling`; needs a recreate of the container, so only with `resources.apply:
+    /// OnRestart`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 16.0))]
+    pub nofile_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub nofile_ceiling: Option<i64>,
+    /// A missing dependency is not restarted in a loop (a restart cannot install it): escalate
+    /// at once. On by default.
+    #[serde(default = "default_true")]
+    pub escalate_missing_dependency: bool,
+}
+
+impl Default for RemediationSpec {
+    fn default() -> Self {
+        Self {
+            memory_factor: None,
+            memory_ceiling: None,
+            nofile_factor: None,
+            nofile_ceiling: None,
+            escalate_missing_dependency: true,
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_window() -> u32 {
+    600
+}
+fn default_cooldown() -> u32 {
+    60
+}
+fn default_history_limit() -> u32 {
+    10
+}
+fn default_poison_after() -> u32 {
+    3
+}
+fn default_backoff_initial() -> u32 {
+    10
+}
+fn default_backoff_factor() -> f64 {
+    2.0
+}
+fn default_backoff_max() -> u32 {
+    300
+}
+fn default_backoff_reset() -> u32 {
+    600
+}
+fn default_true() -> bool {
+    true
 }
 
 /// A pause of automatic actions.
@@ -299,6 +620,137 @@ pub struct WorkerStatus {
     /// Automatic actions are paused (`spec.autoRecovery.pause`): until when, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<PauseSpec>,
+    /// The automatic recovery policy's record: attempts in the window, backoff, the next
+    /// attempt, crash counts of active tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_recovery: Option<AutoRecoveryStatus>,
+    /// Where the worker stands on the escalation path, once automatic recovery gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalation: Option<EscalationStatus>,
+    /// Differences between the running container and `spec.resources`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftItem>,
+}
+
+/// The record of the automatic recovery policy.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoRecoveryStatus {
+    /// Automatic attempts, oldest first (those within the window, at most 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+    /// Failures in a row without a healthy spell of `backoff.resetAfterSeconds` between them.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// The wait before the next attempt, in seconds (0: the next one is immediate).
+    #[serde(default)]
+    pub backoff_seconds: u32,
+    /// When the next attempt may start, while one is held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+    /// Why the next attempt is held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
+    /// Since when the worker has been healthy without a break.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<Time>,
+    /// The failure being handled, so that one crash gets one attempt: the container's
+    /// `finishedAt` for a crash, the last heartbeat's time for a hang.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_failure: Option<String>,
+    /// For each task in `active/` at the last crashes, at how many consecutive crashes it was
+    /// there (poison detection; at most 1000 tasks).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_crash_counts: std::collections::BTreeMap<String, u32>,
+    /// Tasks moved to `failed/` as poison (the last 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poisoned_tasks: Vec<String>,
+}
+
+/// One automatic attempt.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRecord {
+    pub time: Time,
+    /// The WorkerRecovery that carries it out.
+    pub run: String,
+    /// What triggered it: `exit code 3`, `OOM-killed`, `heartbeat missed`, ...
+    pub trigger: String,
+    /// What was changed before the restart (`memory 256Mi -> 384Mi`), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<String>,
+}
+
+/// Where the worker stands on the escalation path.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationStatus {
+    /// The level reached (`spec.escalation.levels[].name`).
+    pub level: String,
+    /// Its index in `spec.escalation.levels`.
+    pub level_index: u32,
+    /// When the incident began: when automatic recovery gave up.
+    pub since: Option<Time>,
+    /// When this level was reached.
+    pub level_time: Option<Time>,
+    /// Why automatic recovery gave up.
+    pub reason: String,
+    /// The root cause of the last attempt, when one was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_cause: Option<String>,
+    /// The last automatic recovery run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The webhook's answer for the last level change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<NotificationStatus>,
+    /// The failover of pending tasks to a backup Worker at the last level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+}
+
+/// A webhook notification.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationStatus {
+    /// The level it told of.
+    pub level: String,
+    /// `Delivered`, `Failed` (attempts used up), or `Pending`.
+    pub state: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// The move of pending tasks to a backup Worker. The batch's names are recorded before the
+/// first one moves, like a resume plan's.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// The backup Worker.
+    pub to: String,
+    /// `Moving`, `Done` or `Failed`.
+    pub state: String,
+    /// Tasks of the batch being moved (recorded before the move).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<String>,
+    /// Tasks moved so far.
+    #[serde(default)]
+    pub moved: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One setting of the running container that differs from `spec.resources`.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftItem {
+    /// `memory`, `memorySwap`, `cpuQuota`, `nofile`, `nproc`, `healthCheck`.
+    pub field: String,
+    pub declared: String,
+    pub actual: String,
 }
 
 /// Health summary of a Worker.
@@ -315,6 +767,9 @@ pub enum WorkerPhase {
     /// The operator may not manage this Worker: its shared root is outside the allowed roots,
     /// or its container does not carry the consent label. Nothing is read or touched.
     Refused,
+    /// Automatic recovery gave up (restarts used up, or a failure a restart cannot fix): the
+    /// worker is left stopped and escalated (`status.escalation`).
+    Escalated,
 }
 
 impl std::fmt::Display for WorkerPhase {

@@ -335,6 +335,10 @@ pub fn next_status(
         last_progress_time,
         last_observed_time: Some(Time(obs.now)),
         paused: None,
+        // The policy's record is carried over; the reconcile updates it.
+        auto_recovery: previous.and_then(|s| s.auto_recovery.clone()),
+        escalation: previous.and_then(|s| s.escalation.clone()),
+        drift: previous.map(|s| s.drift.clone()).unwrap_or_default(),
     }
 }
 

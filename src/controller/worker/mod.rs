@@ -180,6 +180,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             WorkerPhase::Down => (EventType::Warning, "WorkerDown"),
             WorkerPhase::Unknown => (EventType::Warning, "WorkerUnknown"),
             WorkerPhase::Refused => (EventType::Warning, "WorkerRefused"),
+            WorkerPhase::Escalated => (EventType::Warning, "WorkerEscalated"),
         };
         let note = format!(
             "{} -> {}: {}",
