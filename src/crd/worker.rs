@@ -639,6 +639,9 @@ pub struct AutoRecoveryStatus {
     /// Automatic attempts, oldest first (those within the window, at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
+    /// Automatic attempts ever made for this Worker (names the runs: `<worker>-auto-<n>`).
+    #[serde(default)]
+    pub attempts_total: u64,
     /// Failures in a row without a healthy spell of `backoff.resetAfterSeconds` between them.
     #[serde(default)]
     pub consecutive_failures: u32,

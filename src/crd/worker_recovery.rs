@@ -88,11 +88,37 @@ pub struct WorkerRecoverySpec {
     /// creates.
     #[serde(default)]
     pub resume: ResumeSettings,
+    /// Set by the operator on the runs of automatic recovery: what triggered the run, and what
+    /// was seen of the failure before anything changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<RecoveryTrigger>,
     /// Seconds between two scrapes of the worker's metrics endpoint while the run verifies and
     /// resumes (the runbook's monitor polls every 10 s).
     #[serde(default = "default_monitor_interval")]
     #[schemars(range(min = 1, max = 3600))]
     pub monitor_interval_seconds: u32,
+}
+
+/// What started an automatic run, as the operator saw it.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryTrigger {
+    /// `exit code 3`, `OOM-killed`, `heartbeat missed`, ...
+    pub reason: String,
+    /// The container's exit code at the crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Docker's OOMKilled flag at the crash (it is cleared by the next start).
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// When the container stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The operator already started (or restarted) the container at this time, before the run
+    /// was created, so that a crash costs as little downtime as possible; the Restart step then
+    /// only records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<Time>,
 }
 
 /// How the `Resume` step releases the pending tasks: the spec of the ResumePlan it creates.

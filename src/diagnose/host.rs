@@ -153,6 +153,7 @@ pub mod testing {
             host: Arc::new(FakeHost(kernel_log)),
             now: "2026-11-27T10:10:00Z".parse::<Timestamp>().unwrap(),
             worker_process: Default::default(),
+            crash: None,
         }
     }
 }

@@ -44,6 +44,17 @@ pub struct CheckContext {
     pub now: Timestamp,
     /// The worker's own process, found once and shared by the checks that look at it.
     pub worker_process: tokio::sync::OnceCell<Result<checks::process::Located, String>>,
+    /// How the container ended before automatic recovery started it again (the next start
+    /// clears Docker's exit code and OOMKilled flag).
+    pub crash: Option<CrashEvidence>,
+}
+
+/// The container's end as seen before it was started again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CrashEvidence {
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub finished_at: Option<Timestamp>,
 }
 
 /// What a check returns: its findings, or why it could not run.
@@ -73,6 +84,7 @@ impl CheckContext {
             host,
             now: Timestamp::now(),
             worker_process: Default::default(),
+            crash: None,
         }
     }
 

@@ -147,12 +147,25 @@ impl Run<'_> {
 
 /// Diagnose: the runbook's checks, the ranked root cause feeding the steps after it.
 pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
-    let check_ctx = CheckContext::new(
+    let mut check_ctx = CheckContext::new(
         run.worker,
         run.admission.clone(),
         run.ctx.docker.clone(),
         run.ctx.host.clone(),
     );
+    if let Some(t) = run
+        .rec
+        .spec
+        .trigger
+        .as_ref()
+        .filter(|t| t.restarted_at.is_some())
+    {
+        check_ctx.crash = Some(diagnose::CrashEvidence {
+            exit_code: t.exit_code,
+            oom_killed: t.oom_killed,
+            finished_at: t.finished_at.as_ref().map(|f| f.0),
+        });
+    }
     let diagnosis = diagnose::diagnose(&check_ctx).await;
     let mut result = StepResult::ok(super::verdict_summary(&diagnosis));
     result
@@ -272,6 +285,33 @@ pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error>
         .current(&c.id)
         .await?
         .ok_or_else(|| DockerError::NotFound(c.id.clone()))?;
+    if let Some(at) = run
+        .rec
+        .spec
+        .trigger
+        .as_ref()
+        .and_then(|t| t.restarted_at.as_ref())
+    {
+        // Automatic recovery started the container before it created this run: record that
+        // start. A crash since is the policy's to handle (with its backoff), not this step's.
+        let mut result = if now.running {
+            StepResult::ok(format!(
+                "container {} was started by automatic recovery at {}",
+                now.name, at.0
+            ))
+        } else {
+            StepResult::failed(format!(
+                "container {} was started by automatic recovery at {} and is {} again{}",
+                now.name,
+                at.0,
+                now.status,
+                now.exit_code
+                    .map_or(String::new(), |c| format!(" (exit code {c})"))
+            ))
+        };
+        result.container_started_at = now.started_at;
+        return Ok(Outcome::Done(result));
+    }
     let already =
         now.running && matches!((now.started_at, step_start), (Some(s), Some(t)) if s >= t);
     if !already {
@@ -381,6 +421,16 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
         .or(run.container_started_at);
     match &container {
         Some(c) if c.running => {}
+        // It ran and stopped again since the run started it: waiting longer cannot help.
+        Some(c)
+            if c.status == "exited"
+                && matches!((c.finished_at, started_at), (Some(f), Some(s)) if f >= s) =>
+        {
+            return Ok(Outcome::Done(StepResult::failed(format!(
+                "the worker exited again after its start: {}",
+                crate::controller::worker::decide::exit_description(c)
+            ))));
+        }
         Some(c) => missing.push(format!("container {} is {}", c.name, c.status)),
         None => missing.push(format!("container {target} does not exist")),
     }

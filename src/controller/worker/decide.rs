@@ -428,6 +428,73 @@ pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))
 }
 
+/// What failed, for the automatic recovery policy: a container that stopped (`exited`, or
+/// `created` and never started), or a running container whose last heartbeat, and its start,
+/// are both older than the timeout (a hang: the worker stopped writing it).
+pub fn failure(obs: &Observation, heartbeat_timeout: Duration) -> Option<FailureKind> {
+    let ContainerObservation::Found(c) = &obs.container else {
+        return None;
+    };
+    if !c.running {
+        return matches!(c.status.as_str(), "exited" | "created").then(|| FailureKind::Stopped {
+            trigger: match (c.oom_killed, c.exit_code) {
+                (true, Some(code)) => format!("OOM-killed (exit code {code})"),
+                (true, None) => "OOM-killed".to_string(),
+                (false, Some(code)) if c.status == "exited" => format!("exit code {code}"),
+                _ => format!("container {}", c.status),
+            },
+        });
+    }
+    let HeartbeatObservation::Present(hb) = &obs.heartbeat else {
+        return None;
+    };
+    let stale = !heartbeat::freshness(hb.at, obs.now, heartbeat_timeout).fresh;
+    let started_long_ago = c
+        .started_at
+        .is_none_or(|s| !heartbeat::freshness(s, obs.now, heartbeat_timeout).fresh);
+    (stale && started_long_ago).then(|| FailureKind::Hung {
+        trigger: format!(
+            "heartbeat missed: the last one is {}s old (timeout {}s)",
+            obs.now.duration_since(hb.at).as_secs(),
+            heartbeat_timeout.as_secs()
+        ),
+    })
+}
+
+/// A failure the policy acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The container is not running: start it.
+    Stopped { trigger: String },
+    /// The container runs but the worker is hung: restart it.
+    Hung { trigger: String },
+}
+
+impl FailureKind {
+    pub fn trigger(&self) -> &str {
+        match self {
+            Self::Stopped { trigger } | Self::Hung { trigger } => trigger,
+        }
+    }
+}
+
+/// An escalated worker: phase `Escalated`, and `Ready` says where it stands on the path.
+pub fn escalated(assessment: &mut Assessment, e: &crate::crd::worker::EscalationStatus) {
+    if assessment.phase == WorkerPhase::Healthy {
+        return;
+    }
+    assessment.phase = WorkerPhase::Escalated;
+    assessment.ready = ConditionState {
+        type_: READY,
+        status: ConditionStatus::False,
+        reason: "Escalated",
+        message: format!(
+            "automatic recovery gave up; escalation level {}: {}",
+            e.level, e.reason
+        ),
+    };
+}
+
 /// The pause in force at `now`: `spec.autoRecovery.pause` without an end, or with one still
 /// ahead.
 pub fn active_pause(pause: Option<&PauseSpec>, now: Timestamp) -> Option<&PauseSpec> {
@@ -748,6 +815,62 @@ mod tests {
         assert_eq!(a.phase, WorkerPhase::Unknown);
         assert_eq!(a.container_running.status, ConditionStatus::Unknown);
         assert_eq!(a.ready.status, ConditionStatus::Unknown);
+    }
+
+    #[test]
+    fn a_stopped_container_or_a_hang_is_a_failure() {
+        let exited = obs(
+            ContainerObservation::Found(container("exited", false)),
+            beat(5),
+        );
+        assert_eq!(
+            failure(&exited, TIMEOUT),
+            Some(FailureKind::Stopped {
+                trigger: "exit code 3".into()
+            })
+        );
+        let mut oom = container("exited", false);
+        oom.oom_killed = true;
+        oom.exit_code = Some(137);
+        assert_eq!(
+            failure(&obs(ContainerObservation::Found(oom), beat(5)), TIMEOUT)
+                .unwrap()
+                .trigger(),
+            "OOM-killed (exit code 137)"
+        );
+        // Running for 100 s with a 31 s old heartbeat: hung.
+        let hung = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(31),
+        );
+        assert!(
+            matches!(failure(&hung, TIMEOUT), Some(FailureKind::Hung { trigger }) if trigger.contains("31s old"))
+        );
+        // Just restarted: its old heartbeat is not a hang yet.
+        let mut fresh_start = container("running", true);
+        fresh_start.started_at = Some(Timestamp::from_second(NOW - 2).unwrap());
+        assert_eq!(
+            failure(
+                &obs(ContainerObservation::Found(fresh_start), beat(31)),
+                TIMEOUT
+            ),
+            None
+        );
+        let healthy = obs(
+            ContainerObservation::Found(container("running", true)),
+            beat(5),
+        );
+        assert_eq!(failure(&healthy, TIMEOUT), None);
+        // No heartbeat file at all is not taken for a hang (the path may be wrong).
+        let silent = obs(
+            ContainerObservation::Found(container("running", true)),
+            HeartbeatObservation::Missing,
+        );
+        assert_eq!(failure(&silent, TIMEOUT), None);
+        assert_eq!(
+            failure(&obs(ContainerObservation::NotFound, beat(5)), TIMEOUT),
+            None
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot serialize status: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// Moving the worker's task files (poison tasks, failover) failed; retried with backoff.
+    #[error("worker files: {0}")]
+    Files(String),
 }
 
 impl Error {
@@ -27,6 +30,7 @@ impl Error {
             Self::Docker(DockerError::Refused { .. }) => "docker_refused",
             Self::Kube(_) => "kube_api",
             Self::Serialize(_) => "serialization",
+            Self::Files(_) => "worker_files",
         }
     }
 

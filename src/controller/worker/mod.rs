@@ -3,6 +3,8 @@
 pub mod decide;
 pub mod engine_events;
 mod error;
+pub mod escalate;
+pub mod policy;
 
 use std::{sync::Arc, time::Duration};
 

@@ -30,7 +30,23 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         }
         Ok(Some(c)) => c,
     };
-    Ok(findings(ctx, container))
+    let mut out = findings(ctx, container);
+    if let (Some(crash), true) = (&ctx.crash, container.running) {
+        // Restarted by automatic recovery: the end it had is the evidence that counts.
+        let ended = ContainerInfo {
+            status: "exited".into(),
+            running: false,
+            exit_code: crash.exit_code,
+            oom_killed: crash.oom_killed,
+            finished_at: crash.finished_at,
+            ..container.clone()
+        };
+        for mut f in findings(ctx, &ended) {
+            f.summary = format!("before automatic recovery started it again, {}", f.summary);
+            out.push(f.with("restartedByAutoRecovery", true));
+        }
+    }
+    Ok(out)
 }
 
 fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
@@ -280,5 +296,33 @@ mod tests {
         assert_eq!(exit_meaning(3), "error exit of the process");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(2 * 1024 * 1024 * 1024), "2.0 GiB");
+    }
+
+    #[tokio::test]
+    async fn a_crash_seen_before_an_automatic_restart_is_still_evidence() {
+        let mut ctx = context(
+            &worker(),
+            Ok(Some(running())),
+            FakeRuntime::default(),
+            Ok(String::new()),
+        );
+        ctx.crash = Some(crate::diagnose::CrashEvidence {
+            exit_code: Some(137),
+            oom_killed: true,
+            finished_at: None,
+        });
+        let found = run(&ctx).await.unwrap();
+        let kinds: Vec<_> = found.iter().map(|f| f.kind).collect();
+        assert!(kinds.contains(&FindingKind::ContainerRunning), "{kinds:?}");
+        let oom = found
+            .iter()
+            .find(|f| f.kind == FindingKind::OomKilled)
+            .expect("OomKilled");
+        assert!(
+            oom.summary
+                .starts_with("before automatic recovery started it again"),
+            "{}",
+            oom.summary
+        );
     }
 }
