@@ -12,6 +12,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// Work the tasks a previous run left in `active/` first (`RESUME_ACTIVE=1`).
+    pub resume_active: bool,
     pub worker_name: String,
     pub shared_root: PathBuf,
     pub heartbeat_interval: Duration,
@@ -63,6 +65,15 @@ impl Config {
             .filter(|l| !l.is_empty());
         let oom_max_mib = parse_u64("OOM_MAX_MIB", var("OOM_MAX_MIB"), 1024)?;
         let fd_leak_max = parse_u64("FD_LEAK_MAX", var("FD_LEAK_MAX"), 100_000)?;
+        let resume_active = match var("RESUME_ACTIVE").as_deref().map(str::trim) {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => {
+                return Err(format!(
+                    "RESUME_ACTIVE: expected 1/true or 0/false, got {other:?}"
+                ))
+            }
+        };
 
         Ok(Config {
             worker_name,
@@ -76,6 +87,7 @@ impl Config {
             required_binaries,
             oom_max_mib,
             fd_leak_max,
+            resume_active,
         })
     }
 

@@ -18,6 +18,7 @@
 //! | `REQUIRED_BINARIES`       | (unset)        | Comma list that must be on `PATH` at start, else exit 127. `missing-dependency` defaults it to `claude`. |
 //! | `OOM_MAX_MIB`             | `1024`         | Safety cap of the `oom` fault (exit 137 if reached without an OOM kill). |
 //! | `FD_LEAK_MAX`             | `100000`       | Safety cap of the `fd-leak` fault. |
+//! | `RESUME_ACTIVE`           | `0`            | `1`: at start, work the tasks a previous run left in `active/` first (taking over its own stale locks). |
 //!
 //! Invalid configuration: `FATAL: configuration error: ...`, exit code 2.
 //!
@@ -36,7 +37,9 @@
 //! * `<root>/tasks/<name>/{pending,active,staged,done,failed}/*.json`: tasks
 //!   are taken from `staged/` first, then `pending/`, oldest mtime first
 //!   (name breaks ties), renamed to `active/`, worked on, renamed to `done/`
-//!   (or `failed/` plus `<file>.reason` if the task has `"fail": true`).
+//!   (or `failed/` plus `<file>.reason` if the task has `"fail": true`). A task
+//!   with `"crash": true` makes the worker exit with code 3 when it starts it
+//!   (a poison task).
 //!   Malformed files (not JSON, not an object, bad `id`) go to `failed/` with
 //!   a `<file>.reason`; nothing is ever deleted. Task id = `"id"` (string or
 //!   number), else the file stem.
@@ -215,5 +218,10 @@ fn main() {
         ));
     }
     log::info("ready: watching staged/ and pending/");
-    worker::Worker::new(cfg, layout, shared).run();
+    let resume = cfg.resume_active;
+    let mut w = worker::Worker::new(cfg, layout, shared);
+    if resume {
+        w.resume_left_active();
+    }
+    w.run();
 }

@@ -87,6 +87,8 @@ pub struct Task {
     pub fail: bool,
     /// Optional per-task `"duration_ms"` overriding `TASK_DURATION_MS`.
     pub duration: Option<Duration>,
+    /// `"crash": true` makes the worker crash (exit 3) when it works on the task: a poison task.
+    pub crash: bool,
 }
 
 /// Parses a task file. `Err` carries the human-readable reason written next to
@@ -119,6 +121,7 @@ pub fn parse_task(bytes: &[u8], file_stem: &str) -> Result<Task, String> {
         _ => None,
     };
     let fail = matches!(obj.get("fail"), Some(Value::Bool(true)));
+    let crash = matches!(obj.get("crash"), Some(Value::Bool(true)));
     let duration = obj
         .get("duration_ms")
         .and_then(Value::as_u64)
@@ -128,6 +131,7 @@ pub fn parse_task(bytes: &[u8], file_stem: &str) -> Result<Task, String> {
         kind,
         fail,
         duration,
+        crash,
     })
 }
 
@@ -216,8 +220,14 @@ mod tests {
                 id: "t1".into(),
                 kind: Some("review".into()),
                 fail: false,
-                duration: None
+                duration: None,
+                crash: false,
             }
+        );
+        assert!(
+            parse_task(br#"{"id":"p","crash":true}"#, "p")
+                .unwrap()
+                .crash
         );
     }
 

@@ -62,6 +62,62 @@ impl Worker {
         }
     }
 
+    /// `RESUME_ACTIVE=1`: work the tasks a previous run of this worker left in `active/`
+    /// before anything else. Their lock files, held by this worker's name, are its own stale
+    /// ones and are taken over; a lock held by another worker leaves the task alone.
+    pub fn resume_left_active(&mut self) {
+        let dir = self.layout.tasks("active");
+        let names = match list_candidates(&dir) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn(&format!("could not list active/: {e}"));
+                return;
+            }
+        };
+        for name in names {
+            let path = dir.join(&name);
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(task) = tasks::parse_task(&bytes, tasks::file_stem(&name.to_string_lossy()))
+            else {
+                continue;
+            };
+            let lock_path = self.layout.lock_file(&task.id);
+            let holder = fs::read(&lock_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("holder").and_then(|h| h.as_str()).map(String::from));
+            match holder.as_deref() {
+                Some(h) if h != self.layout.name => continue,
+                Some(_) => {
+                    let _ = fs::remove_file(&lock_path);
+                }
+                None => {}
+            }
+            let body = tasks::lock_json(
+                &self.layout.name,
+                std::process::id(),
+                &task.id,
+                &now_rfc3339(),
+            );
+            if create_new(&lock_path, body.as_bytes()).is_err() {
+                continue;
+            }
+            log::info(&format!("resuming task {} left in active/", task.id));
+            let scratch_path = self
+                .layout
+                .tmp_dir()
+                .join(format!("{}.work", file_safe(&task.id)));
+            self.work(ActiveTask {
+                task,
+                file_name: name,
+                from: "active",
+                active_path: path,
+                lock_path,
+                scratch_path,
+            });
+        }
+    }
+
     /// Main loop; never returns (exit happens via signals or faults).
     pub fn run(&mut self) -> ! {
         loop {
@@ -226,6 +282,13 @@ impl Worker {
 
     fn work(&mut self, t: ActiveTask) {
         self.start_task(&t);
+        if t.task.crash {
+            log::error(&format!(
+                "FATAL: task {} crashes the worker (\"crash\": true); exiting with code 3",
+                t.task.id
+            ));
+            std::process::exit(3);
+        }
         let duration = t.task.duration.unwrap_or(self.cfg.task_duration);
         let deadline = Instant::now() + duration;
         loop {
@@ -588,6 +651,37 @@ mod tests {
         // A malformed state file does not stop the worker.
         fs::write(l.state(), b"{oops").unwrap();
         assert!(!is_recovering(&l.state()));
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn left_active_tasks_are_resumed_with_their_own_stale_lock_taken_over() {
+        let root = std::env::temp_dir().join(format!("sw-resume-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let mut w = worker_in(&root);
+        let l = w.layout.clone();
+        write_task(
+            &l.tasks("active").join("a.json"),
+            r#"{"id":"a","duration_ms":1}"#,
+            1_700_000_000,
+        );
+        write_task(
+            &l.tasks("active").join("b.json"),
+            r#"{"id":"b","duration_ms":1}"#,
+            1_700_000_001,
+        );
+        fs::write(l.lock_file("a"), r#"{"holder":"w","pid":1,"task":"a"}"#).unwrap();
+        fs::write(l.lock_file("b"), r#"{"holder":"other","pid":1,"task":"b"}"#).unwrap();
+        w.resume_left_active();
+        assert!(
+            l.tasks("done").join("a.json").exists(),
+            "its own task is resumed"
+        );
+        assert!(!l.lock_file("a").exists());
+        assert!(
+            l.tasks("active").join("b.json").exists(),
+            "another holder's task is left"
+        );
         let _ = fs::remove_dir_all(&root);
     }
 
