@@ -8,6 +8,7 @@ pub mod controller;
 pub mod crd;
 pub mod diagnose;
 pub mod docker;
+pub mod escalation;
 pub mod metrics;
 pub mod observe;
 pub mod operator;

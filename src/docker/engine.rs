@@ -7,7 +7,7 @@ use bollard::{
     container::LogOutput,
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecOptions, StartExecResults},
-    models::{ContainerCreateBody, ResourcesUlimits},
+    models::{ContainerCreateBody, ContainerUpdateBody, ResourcesUlimits},
     query_parameters::{
         ContainerArchiveInfoOptions, CreateContainerOptions, EventsOptions, LogsOptions,
         RemoveContainerOptions, RestartContainerOptions, StatsOptions, StopContainerOptions,
@@ -89,6 +89,7 @@ impl ContainerRuntime for DockerEngine {
                     restart_count: resp.restart_count.unwrap_or(0),
                     // 0 means "no limit".
                     memory_limit: host_config.memory.filter(|m| *m > 0),
+                    memory_swap: host_config.memory_swap.filter(|m| *m != 0),
                     nofile_limit: nofile_limit(host_config.ulimits.as_deref()),
                     env: config.env.unwrap_or_default(),
                     init: host_config.init.unwrap_or(false),
@@ -223,6 +224,25 @@ impl ContainerRuntime for DockerEngine {
             }) => Ok(false),
             Err(e) => Err(map_error("remove", e)),
         }
+    }
+
+    async fn update_resources(
+        &self,
+        container: &str,
+        memory: Option<i64>,
+        memory_swap: Option<i64>,
+        cpu_quota: Option<i64>,
+    ) -> Result<(), DockerError> {
+        let body = ContainerUpdateBody {
+            memory,
+            memory_swap,
+            cpu_quota,
+            ..Default::default()
+        };
+        self.docker
+            .update_container(container, body)
+            .await
+            .map_err(|e| map_error("update", e))
     }
 
     fn events(

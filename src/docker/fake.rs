@@ -184,6 +184,29 @@ impl ContainerRuntime for FakeRuntime {
         Ok(true)
     }
 
+    async fn update_resources(
+        &self,
+        container: &str,
+        memory: Option<i64>,
+        memory_swap: Option<i64>,
+        cpu_quota: Option<i64>,
+    ) -> Result<(), DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let key = Self::key_of(&containers, container)
+            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+        let c = containers.get_mut(&key).expect("found by key");
+        if memory.is_some() {
+            c.memory_limit = memory;
+        }
+        if memory_swap.is_some() {
+            c.memory_swap = memory_swap;
+        }
+        self.actions.lock().unwrap().push(format!(
+            "update {key} memory={memory:?} swap={memory_swap:?} cpu={cpu_quota:?}"
+        ));
+        Ok(())
+    }
+
     fn events(
         &self,
         _label: &str,

@@ -4,6 +4,7 @@
 mod engine;
 #[cfg(test)]
 pub mod fake;
+pub mod resources;
 
 pub use engine::DockerEngine;
 
@@ -28,6 +29,8 @@ pub struct ContainerInfo {
     pub restart_count: i64,
     /// Memory limit in bytes (`-m`), when one is set.
     pub memory_limit: Option<i64>,
+    /// Memory plus swap limit in bytes (`--memory-swap`), when one is set (-1: unlimited).
+    pub memory_swap: Option<i64>,
     /// `nofile` ulimit (soft, hard) set on the container, when one is set.
     pub nofile_limit: Option<(i64, i64)>,
     /// The container's environment (`KEY=value`), for its PATH.
@@ -181,6 +184,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
     async fn remove(&self, container: &str) -> Result<bool, DockerError>;
+    /// Change the memory, memory+swap and CPU quota limits of a container in place (`docker
+    /// update`); `None` leaves a limit as it is.
+    async fn update_resources(
+        &self,
+        container: &str,
+        memory: Option<i64>,
+        memory_swap: Option<i64>,
+        cpu_quota: Option<i64>,
+    ) -> Result<(), DockerError>;
     /// The engine's events ([`WATCHED_ACTIONS`]) about containers that carry the label
     /// `label`, from `since` (replayed by the engine) on. The stream ends or fails when the
     /// engine goes away.

@@ -4,4 +4,6 @@
 
 pub mod clean_state;
 pub mod confined;
+pub mod failover;
+pub mod poison;
 pub mod resume;

@@ -43,16 +43,6 @@ pub struct Assessment {
     pub ready: ConditionState,
 }
 
-/// What the controller should do about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Plan {
-    Nothing,
-    /// Start the exited container again; the text says why, for the Event.
-    StartContainer {
-        why: String,
-    },
-}
-
 /// Judge the worker's health.
 pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
     let container_running = container_condition(&obs.container);
@@ -207,24 +197,6 @@ fn heartbeat_condition(
         status,
         reason,
         message,
-    }
-}
-
-/// Decide whether to act. Only an exited (or never started) container is started again:
-/// a paused one was paused on purpose, a restarting one is Docker's own policy at work.
-pub fn plan(container: &ContainerObservation, auto_recovery: bool, paused: bool) -> Plan {
-    match container {
-        ContainerObservation::Found(c)
-            if auto_recovery
-                && !paused
-                && !c.running
-                && matches!(c.status.as_str(), "exited" | "created") =>
-        {
-            Plan::StartContainer {
-                why: exit_description(c),
-            }
-        }
-        _ => Plan::Nothing,
     }
 }
 
@@ -429,7 +401,8 @@ pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
 }
 
 /// What failed, for the automatic recovery policy: a container that stopped (`exited`, or
-/// `created` and never started), or a running container whose last heartbeat, and its start,
+/// `created` and never started; a paused one was paused on purpose, a restarting one is
+/// Docker's own policy at work), or a running container whose last heartbeat, and its start,
 /// are both older than the timeout (a hang: the worker stopped writing it).
 pub fn failure(obs: &Observation, heartbeat_timeout: Duration) -> Option<FailureKind> {
     let ContainerObservation::Found(c) = &obs.container else {
@@ -895,31 +868,32 @@ mod tests {
     }
 
     #[test]
-    fn only_exited_containers_with_auto_recovery_are_started() {
-        let exited = ContainerObservation::Found(container("exited", false));
-        assert!(
-            matches!(plan(&exited, true, false), Plan::StartContainer { why } if why.contains("exit code 3"))
-        );
-        assert_eq!(plan(&exited, false, false), Plan::Nothing);
-        assert_eq!(plan(&exited, true, true), Plan::Nothing, "paused");
+    fn only_an_exited_or_never_started_container_is_a_stop_failure() {
+        // Paused on purpose, or Docker's own restart policy at work: left alone.
         for other in [
-            ContainerObservation::Found(container("running", true)),
-            ContainerObservation::Found(container("paused", true)),
+            ContainerObservation::Found(container("paused", false)),
             ContainerObservation::Found(container("restarting", false)),
             ContainerObservation::Found(container("dead", false)),
-            ContainerObservation::NotFound,
             ContainerObservation::Unavailable("x".into()),
         ] {
-            assert_eq!(plan(&other, true, false), Plan::Nothing, "{other:?}");
+            assert_eq!(
+                failure(&obs(other.clone(), beat(5)), TIMEOUT),
+                None,
+                "{other:?}"
+            );
         }
-        assert!(matches!(
-            plan(
-                &ContainerObservation::Found(container("created", false)),
-                true,
-                false
+        assert_eq!(
+            failure(
+                &obs(
+                    ContainerObservation::Found(container("created", false)),
+                    beat(5)
+                ),
+                TIMEOUT
             ),
-            Plan::StartContainer { .. }
-        ));
+            Some(FailureKind::Stopped {
+                trigger: "container created".into()
+            })
+        );
     }
 
     #[test]

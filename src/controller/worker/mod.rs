@@ -5,13 +5,14 @@ pub mod engine_events;
 mod error;
 pub mod escalate;
 pub mod policy;
+mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    api::{Api, ListParams},
+    api::Api,
     runtime::{
         controller::{Action, Controller},
         events::EventType,
@@ -22,14 +23,10 @@ use tracing::{info, instrument, warn};
 
 pub use error::Error;
 
-use self::decide::{ContainerObservation, Observation, Plan, RestartRecord};
+use self::decide::{ContainerObservation, Observation};
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
-    crd::{
-        worker::{Worker, WorkerPhase, WorkerStatus},
-        worker_recovery::WorkerRecovery,
-    },
-    docker::StartOutcome,
+    crd::worker::{Worker, WorkerPhase, WorkerStatus},
     observe::heartbeat,
     trust::{self, AdmitError},
 };
@@ -102,20 +99,14 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     // Observe.
     let heartbeat = heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await;
     let mut obs = Observation {
-        container: admission.container,
+        container: admission.container.clone(),
         heartbeat,
         now: Timestamp::now(),
     };
 
     // Decide and act. Only a consenting container is ever found here, and it is addressed by
     // its ID, so a container that took its name since cannot be started in its place.
-    let mut restart = None;
     let pause = decide::active_pause(worker.spec.auto_recovery.pause.as_ref(), obs.now);
-    let mut plan = decide::plan(
-        &obs.container,
-        worker.spec.auto_recovery.enabled,
-        pause.is_some(),
-    );
     if pause.is_some() && worker.spec.auto_recovery.enabled {
         if let ContainerObservation::Found(c) = &obs.container {
             if !c.running {
@@ -123,52 +114,37 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             }
         }
     }
-    if matches!(plan, Plan::StartContainer { .. }) {
-        // A recovery run that stopped the container to clean its state owns it until it ends:
-        // starting it now would let the worker and the run move the same tasks.
-        let runs: Api<WorkerRecovery> =
-            Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
-        let runs = runs.list(&ListParams::default()).await?.items;
-        if let Some(run) = decide::recovery_in_progress(&worker.name_any(), &runs) {
-            info!(recovery = %run, "auto-recovery waits for the recovery run in progress");
-            plan = Plan::Nothing;
-        }
-    }
-    if let (Plan::StartContainer { why }, ContainerObservation::Found(found)) =
-        (plan, &obs.container)
-    {
-        match ctx.docker.start(&found.id).await? {
-            StartOutcome::Started => {
-                info!(container = %worker.spec.container, %why, "started exited container");
-                ctx.metrics.record_restart(CONTROLLER);
-                let record = RestartRecord {
-                    at: Timestamp::now(),
-                };
-                let count = previous.map(|s| s.restart_count).unwrap_or(0) + 1;
-                ctx.publish(
-                    worker,
-                    EventType::Normal,
-                    "Restarted",
-                    "RestartContainer",
-                    format!("{why}; auto-recovery started it again (restart {count})"),
-                )
-                .await;
-                restart = Some(record);
-            }
-            StartOutcome::AlreadyRunning => {}
-        }
+    let supervision = supervise::supervise(
+        ctx,
+        worker,
+        &admission,
+        &obs,
+        previous,
+        timeout,
+        pause.is_some(),
+    )
+    .await?;
+    if supervision.restart.is_some() {
         // Report the container as it is now, not as it was before the start.
-        obs.container = ContainerObservation::of(ctx.docker.as_ref(), &found.id).await;
+        if let ContainerObservation::Found(found) = &obs.container {
+            let id = found.id.clone();
+            obs.container = ContainerObservation::of(ctx.docker.as_ref(), &id).await;
+        }
     }
-    let assessment = decide::assess(&obs, timeout);
+    let mut assessment = decide::assess(&obs, timeout);
+    if let Some(e) = &supervision.escalation {
+        decide::escalated(&mut assessment, e);
+    }
     let mut status = decide::next_status(
         previous,
         worker.metadata.generation,
         &obs,
         &assessment,
-        restart.as_ref(),
+        supervision.restart.as_ref(),
     );
     status.paused = pause.cloned();
+    status.auto_recovery = Some(supervision.record.clone());
+    status.escalation = supervision.escalation.clone();
 
     // Write status, then tell humans about changes of health.
     apply_status(&api, worker, &status).await?;
@@ -195,6 +171,9 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     }
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
     let mut next = decide::next_look(&obs, timeout);
+    if let Some(due) = supervision.next_look {
+        next = next.min(due);
+    }
     if let Some(until) = pause.and_then(|p| p.until.as_ref()) {
         // Look again when the pause ends, to act on what it held back.
         let left = obs.now.duration_until(until.0).unsigned_abs();
@@ -337,6 +316,10 @@ mod tests {
                 200,
                 json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecoveryList", "metadata": {}, "items": []}),
             ),
+            (
+                &Method::POST,
+                "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries",
+            ) => (201, body.clone()),
             _ => mock_api::not_found(path),
         }
     }
@@ -406,6 +389,17 @@ mod tests {
             note.contains("exit code 3") && note.contains("restart 1"),
             "{note}"
         );
+        // The attempt is a recovery run that records the start and the crash it saw.
+        let run = recorded
+            .iter()
+            .find(|r| r.method == Method::POST && r.body["kind"] == "WorkerRecovery")
+            .expect("a recovery run");
+        assert_eq!(run.body["metadata"]["name"], "marie-auto-1");
+        assert_eq!(run.body["spec"]["mode"], "Quick");
+        assert_eq!(run.body["spec"]["trigger"]["exitCode"], 3);
+        assert!(run.body["spec"]["trigger"]["restartedAt"].is_string());
+        assert_eq!(status["autoRecovery"]["attempts"][0]["run"], "marie-auto-1");
+        assert_eq!(status["autoRecovery"]["consecutiveFailures"], 1);
 
         // Next round, with the status written: the running container is left alone.
         worker.status = Some(serde_json::from_value(status.clone()).unwrap());

@@ -1,0 +1,661 @@
+//! Automatic recovery, acted out: the policy's decision (`policy`) becomes a recovery run owned
+//! by the Worker, the escalation path (`escalate`) becomes Events, a webhook and a failover.
+//!
+//! A `Quick` attempt starts (or, for a hang, restarts) the container at once, before anything
+//! else, so that a crash costs as little downtime as the engine allows; the run it creates
+//! records that start, diagnoses the failure with what was seen before the start (exit code,
+//! OOM kill) and verifies the worker. A `Clean` attempt leaves everything to its run, which
+//! cleans the state before it starts the container.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    api::{Api, DeleteParams, ListParams, PostParams},
+    runtime::events::EventType,
+    Resource, ResourceExt,
+};
+use tracing::{info, warn};
+
+use super::{
+    decide::{self, FailureKind, Observation, RestartRecord},
+    escalate,
+    policy::{self, Decision, Failure},
+    Error,
+};
+use crate::{
+    controller::Context,
+    crd::{
+        worker::{
+            AutoRecoveryMode, AutoRecoveryStatus, EscalationStatus, FailoverStatus,
+            NotificationStatus, Worker, WorkerPhase, WorkerStatus,
+        },
+        worker_recovery::{
+            RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
+            WorkerReference,
+        },
+    },
+    docker::{resources, ContainerInfo, ContainerObservation, StartOutcome},
+    escalation::webhook::{self, EscalationPayload},
+    observe::fs_safe::off_thread,
+    recover::{failover, poison},
+    trust::{self, Admission},
+};
+
+/// Label on the runs of automatic recovery: the Worker they belong to.
+pub const AUTO_RUN_LABEL: &str = "workerrecovery.io/auto-recovery-of";
+/// Tasks moved to a backup Worker per batch.
+const FAILOVER_BATCH: usize = 100;
+/// Grace period of a restart of a hung worker.
+const HANG_RESTART_GRACE: Duration = Duration::from_secs(10);
+
+/// What supervision decided and did, for the status and the next look.
+pub struct Supervision {
+    pub record: AutoRecoveryStatus,
+    pub escalation: Option<EscalationStatus>,
+    /// The container was started (or restarted) now.
+    pub restart: Option<RestartRecord>,
+    /// Look again no later than this (a held-back attempt, the next escalation level).
+    pub next_look: Option<Duration>,
+}
+
+/// Supervise one Worker: decide about what failed, act, climb the escalation path.
+pub async fn supervise(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    obs: &Observation,
+    previous: Option<&WorkerStatus>,
+    timeout: Duration,
+    paused: bool,
+) -> Result<Supervision, Error> {
+    let spec = &worker.spec.auto_recovery;
+    let now = obs.now;
+    let mut out = Supervision {
+        record: previous
+            .and_then(|s| s.auto_recovery.clone())
+            .unwrap_or_default(),
+        escalation: previous.and_then(|s| s.escalation.clone()),
+        restart: None,
+        next_look: None,
+    };
+    let healthy = decide::assess(obs, timeout).phase == WorkerPhase::Healthy;
+    policy::observe_health(spec, &mut out.record, healthy, now);
+    policy::prune(spec, &mut out.record, now);
+    let levels = escalate::levels(worker.spec.escalation.as_ref());
+
+    if healthy {
+        if let Some(e) = out.escalation.take() {
+            let note = format!(
+                "the worker is healthy again; the escalation (level {}) is closed",
+                e.level
+            );
+            info!("{note}");
+            ctx.publish(worker, EventType::Normal, "Recovered", "Escalate", note)
+                .await;
+        }
+    }
+
+    if spec.enabled && !paused && out.escalation.is_none() {
+        if let Some(failure) = decide::failure(obs, timeout) {
+            let runs = list_runs(ctx, worker).await?;
+            let in_progress = decide::recovery_in_progress(&worker.name_any(), &runs);
+            let last_run = out
+                .record
+                .attempts
+                .last()
+                .and_then(|a| runs.iter().find(|r| r.name_any() == a.run));
+            let cannot_fix = spec
+                .remediation
+                .escalate_missing_dependency
+                .then(|| missing_dependency(&failure, last_run))
+                .flatten();
+            let decision = match cannot_fix {
+                Some(reason) if in_progress.is_none() => Decision::GiveUp { reason },
+                _ => policy::decide(
+                    spec,
+                    &out.record,
+                    Some(&Failure {
+                        trigger: failure.trigger().to_string(),
+                    }),
+                    in_progress.is_some(),
+                    now,
+                ),
+            };
+            match decision {
+                Decision::Nothing => {}
+                Decision::Attempt => {
+                    attempt(ctx, worker, admission, obs, &failure, &mut out).await?
+                }
+                Decision::Wait { until, reason } => {
+                    if out.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
+                        info!(%reason, "automatic recovery backs off");
+                        ctx.publish(
+                            worker,
+                            EventType::Warning,
+                            "BackOff",
+                            "AutoRecover",
+                            reason.clone(),
+                        )
+                        .await;
+                    }
+                    out.record.next_attempt_time = Some(Time(until));
+                    out.record.waiting_reason = Some(reason);
+                    out.next_look = Some(now.duration_until(until).unsigned_abs());
+                }
+                Decision::GiveUp { reason } => {
+                    let root_cause = last_run.and_then(root_cause_of);
+                    let run = out.record.attempts.last().map(|a| a.run.clone());
+                    let e = escalate::begin(&levels, reason.clone(), root_cause, run, now);
+                    warn!(level = %e.level, %reason, "automatic recovery gave up: escalated");
+                    ctx.publish(
+                        worker,
+                        EventType::Warning,
+                        "Escalated",
+                        "Escalate",
+                        format!("escalated to level {}: {reason}", e.level),
+                    )
+                    .await;
+                    out.escalation = Some(e);
+                }
+            }
+        }
+    }
+
+    if let Some(e) = out.escalation.as_mut() {
+        if let Some(previous_level) = escalate::advance(e, &levels, now) {
+            let note = format!(
+                "escalation level {} (was {previous_level}): {}",
+                e.level, e.reason
+            );
+            warn!("{note}");
+            ctx.publish(
+                worker,
+                EventType::Warning,
+                "EscalationLevel",
+                "Escalate",
+                note,
+            )
+            .await;
+        }
+        notify(worker, e).await;
+        if escalate::at_last_level(e, &levels) {
+            fail_over(ctx, worker, admission, e).await?;
+        }
+        if let Some(at) = escalate::next_level_time(e, &levels) {
+            let left = now.duration_until(at).unsigned_abs() + Duration::from_millis(20);
+            out.next_look = Some(out.next_look.map_or(left, |n| n.min(left)));
+        }
+    }
+    Ok(out)
+}
+
+/// One automatic attempt: poison tasks out, remediation, the fast start, the run.
+async fn attempt(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    obs: &Observation,
+    failure: &FailureKind,
+    out: &mut Supervision,
+) -> Result<(), Error> {
+    let spec = &worker.spec.auto_recovery;
+    let now = obs.now;
+    let ContainerObservation::Found(container) = &obs.container else {
+        return Ok(());
+    };
+    let mut remediation = Vec::new();
+    if let FailureKind::Stopped { .. } = failure {
+        remove_poison_tasks(ctx, worker, admission, &mut out.record, now).await?;
+        if let Some(change) = raise_memory(ctx, worker, container).await? {
+            remediation.push(change);
+        }
+    }
+    let mut restarted_at = None;
+    if spec.mode == AutoRecoveryMode::Quick {
+        match failure {
+            FailureKind::Stopped { .. } => {
+                if ctx.docker.start(&container.id).await? == StartOutcome::Started {
+                    restarted_at = Some(Timestamp::now());
+                }
+            }
+            FailureKind::Hung { .. } => {
+                ctx.docker
+                    .restart(&container.id, HANG_RESTART_GRACE)
+                    .await?;
+                restarted_at = Some(Timestamp::now());
+            }
+        }
+    }
+    let n = out.record.attempts_total + 1;
+    let run = policy::run_name(&worker.name_any(), n);
+    create_run(ctx, worker, &run, failure, container, restarted_at).await?;
+    let remediation = (!remediation.is_empty()).then(|| remediation.join("; "));
+    policy::record_attempt(
+        spec,
+        &mut out.record,
+        &run,
+        failure.trigger(),
+        remediation.clone(),
+        now,
+    );
+    if let Some(at) = restarted_at {
+        ctx.metrics.record_restart(super::CONTROLLER);
+        out.restart = Some(RestartRecord { at });
+        let count = worker.status.as_ref().map_or(0, |s| s.restart_count) + 1;
+        ctx.publish(
+            worker,
+            EventType::Normal,
+            "Restarted",
+            "RestartContainer",
+            format!(
+                "{}; auto-recovery started it again (restart {count}, run {run}){}",
+                describe(failure, container),
+                remediation.map_or(String::new(), |r| format!("; {r}"))
+            ),
+        )
+        .await;
+    } else {
+        ctx.publish(
+            worker,
+            EventType::Normal,
+            "AutoRecovery",
+            "Recover",
+            format!(
+                "{}; recovery run {run} started",
+                describe(failure, container)
+            ),
+        )
+        .await;
+    }
+    info!(%run, trigger = failure.trigger(), "automatic recovery attempt");
+    prune_runs(ctx, worker).await?;
+    Ok(())
+}
+
+fn describe(failure: &FailureKind, container: &ContainerInfo) -> String {
+    match failure {
+        FailureKind::Stopped { .. } => decide::exit_description(container),
+        FailureKind::Hung { trigger } => format!("container {} is hung: {trigger}", container.name),
+    }
+}
+
+/// The WorkerRecovery of an attempt, owned by the Worker. A run of that name already there
+/// (created before an operator restart) is the attempt's.
+async fn create_run(
+    ctx: &Context,
+    worker: &Worker,
+    name: &str,
+    failure: &FailureKind,
+    container: &ContainerInfo,
+    restarted_at: Option<Timestamp>,
+) -> Result<(), Error> {
+    let ns = worker.namespace().unwrap_or_default();
+    let mode = match worker.spec.auto_recovery.mode {
+        AutoRecoveryMode::Quick => RecoveryMode::Quick,
+        AutoRecoveryMode::Clean => RecoveryMode::Clean,
+    };
+    let stopped = matches!(failure, FailureKind::Stopped { .. });
+    let spec: WorkerRecoverySpec = serde_json::from_value(serde_json::json!({
+        "workerRef": {"name": worker.name_any()},
+        "mode": mode,
+    }))?;
+    let mut run = WorkerRecovery::new(
+        name,
+        WorkerRecoverySpec {
+            worker_ref: WorkerReference {
+                name: worker.name_any(),
+            },
+            trigger: Some(RecoveryTrigger {
+                reason: failure.trigger().to_string(),
+                exit_code: stopped.then_some(container.exit_code).flatten(),
+                oom_killed: stopped && container.oom_killed,
+                finished_at: stopped.then_some(container.finished_at).flatten().map(Time),
+                restarted_at: restarted_at.map(Time),
+            }),
+            ..spec
+        },
+    );
+    run.metadata.namespace = Some(ns.clone());
+    run.metadata.labels = Some(BTreeMap::from([(
+        AUTO_RUN_LABEL.to_string(),
+        worker.name_any(),
+    )]));
+    // Owned by the Worker: deleted with it (a Worker read from the API always has a UID).
+    run.metadata.owner_references = worker.controller_owner_ref(&()).map(|o| vec![o]);
+    let api: Api<WorkerRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &run).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn list_runs(ctx: &Context, worker: &Worker) -> Result<Vec<WorkerRecovery>, Error> {
+    let api: Api<WorkerRecovery> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    Ok(api.list(&ListParams::default()).await?.items)
+}
+
+/// Keep the last `historyLimit` finished automatic runs of the Worker.
+async fn prune_runs(ctx: &Context, worker: &Worker) -> Result<(), Error> {
+    let api: Api<WorkerRecovery> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let selector = format!("{AUTO_RUN_LABEL}={}", worker.name_any());
+    let mut runs = api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    let limit = worker.spec.auto_recovery.history_limit as usize;
+    if runs.len() <= limit {
+        return Ok(());
+    }
+    runs.sort_by_key(|r| r.metadata.creation_timestamp.clone().map(|t| t.0));
+    let excess = runs.len() - limit;
+    for run in runs.iter().take(excess) {
+        let finished = run
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(RecoveryPhase::is_terminal);
+        if finished {
+            match api.delete(&run.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A restart cannot install a missing binary: say so when the last attempt's run found one
+/// missing, or the worker exited with 127 (command not found).
+fn missing_dependency(failure: &FailureKind, last_run: Option<&WorkerRecovery>) -> Option<String> {
+    let diagnosed = last_run
+        .and_then(root_cause_of)
+        .is_some_and(|c| c == "MissingDependency");
+    let exit_127 = failure.trigger() == "exit code 127";
+    (diagnosed || exit_127).then(|| {
+        format!(
+            "{}: a missing dependency, which a restart cannot fix",
+            failure.trigger()
+        )
+    })
+}
+
+fn root_cause_of(run: &WorkerRecovery) -> Option<String> {
+    let cause = run
+        .status
+        .as_ref()?
+        .diagnosis
+        .as_ref()?
+        .verdict
+        .causes
+        .first()?
+        .cause;
+    Some(format!("{cause:?}"))
+}
+
+/// Tasks found in `active/` at `poisonAfterCrashes` consecutive crashes go to `failed/`.
+async fn remove_poison_tasks(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    record: &mut AutoRecoveryStatus,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let threshold = worker.spec.auto_recovery.poison_after_crashes;
+    if threshold == 0 {
+        return Ok(());
+    }
+    let paths = admission.paths.clone();
+    let active = off_thread(move || poison::active_tasks(&paths))
+        .await
+        .map_err(Error::Files)?
+        .map_err(|e| Error::Files(e.to_string()))?;
+    let (counts, poisoned) = poison::count_crash(&record.task_crash_counts, &active, threshold);
+    record.task_crash_counts = counts;
+    for name in poisoned {
+        let crashes = record
+            .task_crash_counts
+            .get(&name)
+            .copied()
+            .unwrap_or(threshold);
+        let (paths, task) = (admission.paths.clone(), name.clone());
+        let moved = off_thread(move || poison::quarantine_poison(&paths, &task, crashes, now))
+            .await
+            .map_err(Error::Files)?
+            .map_err(|e| Error::Files(e.to_string()))?;
+        record.task_crash_counts.remove(&name);
+        if let poison::PoisonMove::Moved { to } = moved {
+            let note = format!(
+                "task {name} was in active/ at {crashes} crashes in a row: moved to failed/{to} as poison"
+            );
+            warn!("{note}");
+            ctx.publish(
+                worker,
+                EventType::Warning,
+                "PoisonTask",
+                "AutoRecover",
+                note,
+            )
+            .await;
+            record.poisoned_tasks.push(name);
+            let excess = record.poisoned_tasks.len().saturating_sub(50);
+            record.poisoned_tasks.drain(..excess);
+        }
+    }
+    Ok(())
+}
+
+/// After an OOM kill: raise the memory limit by `memoryFactor` up to `memoryCeiling`, in place.
+async fn raise_memory(
+    ctx: &Context,
+    worker: &Worker,
+    container: &ContainerInfo,
+) -> Result<Option<String>, Error> {
+    let r = &worker.spec.auto_recovery.remediation;
+    let (true, Some(factor), Some(limit)) = (
+        container.oom_killed,
+        r.memory_factor,
+        container.memory_limit,
+    ) else {
+        return Ok(None);
+    };
+    let ceiling = match r.memory_ceiling.as_deref().map(resources::parse_size) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            warn!(error = %e, "memoryCeiling is not a size; memory not raised");
+            return Ok(None);
+        }
+        None => i64::MAX,
+    };
+    let raised = ((limit as f64) * factor).round() as i64;
+    let new = raised.min(ceiling);
+    if new <= limit {
+        let note = format!(
+            "OOM-killed at the memory ceiling {}: limit not raised",
+            resources::format_size(limit)
+        );
+        ctx.publish(
+            worker,
+            EventType::Warning,
+            "MemoryAtCeiling",
+            "Remediate",
+            note,
+        )
+        .await;
+        return Ok(None);
+    }
+    // Docker refuses a memory limit above the memory+swap limit: raise that one with it.
+    let swap = container.memory_swap.filter(|s| *s > 0).map(|s| s.max(new));
+    ctx.docker
+        .update_resources(&container.id, Some(new), swap, None)
+        .await?;
+    let change = format!(
+        "memory limit {} -> {} after an OOM kill",
+        resources::format_size(limit),
+        resources::format_size(new)
+    );
+    info!("{change}");
+    ctx.publish(
+        worker,
+        EventType::Normal,
+        "MemoryRaised",
+        "Remediate",
+        change.clone(),
+    )
+    .await;
+    Ok(Some(change))
+}
+
+/// Tell the webhook of the level reached, once per level (retries within `deliver`).
+async fn notify(worker: &Worker, e: &mut EscalationStatus) {
+    let Some(hook) = worker
+        .spec
+        .escalation
+        .as_ref()
+        .and_then(|s| s.webhook.as_ref())
+    else {
+        return;
+    };
+    if e.notification
+        .as_ref()
+        .is_some_and(|n| n.level == e.level && n.state != "Pending")
+    {
+        return;
+    }
+    let now = Timestamp::now();
+    let payload = EscalationPayload {
+        worker: worker.name_any(),
+        namespace: worker.namespace().unwrap_or_default(),
+        level: e.level.clone(),
+        level_index: e.level_index,
+        previous_level: None,
+        reason: e.reason.clone(),
+        root_cause: e.root_cause.clone(),
+        run: e.run.clone(),
+        since: e.since.as_ref().map_or(now, |t| t.0).to_string(),
+        time: now.to_string(),
+    };
+    let delivery = webhook::deliver(
+        &hook.url,
+        &payload,
+        Duration::from_secs(u64::from(hook.timeout_seconds)),
+        hook.max_attempts,
+    )
+    .await;
+    let (state, last_error) = match &delivery.result {
+        Ok(_) => ("Delivered", None),
+        Err(err) => {
+            warn!(error = %err, level = %e.level, "the escalation webhook was not delivered");
+            ("Failed", Some(err.clone()))
+        }
+    };
+    e.notification = Some(NotificationStatus {
+        level: e.level.clone(),
+        state: state.into(),
+        attempts: delivery.attempts,
+        last_error,
+        time: Some(Time(now)),
+    });
+}
+
+/// At the last level: move the pending tasks to the first healthy backup Worker, in batches
+/// whose names are recorded before they move.
+async fn fail_over(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    e: &mut EscalationStatus,
+) -> Result<(), Error> {
+    let backups = match &worker.spec.escalation {
+        Some(s) if !s.backup_workers.is_empty() => s.backup_workers.clone(),
+        _ => return Ok(()),
+    };
+    if e.failover.as_ref().is_some_and(|f| f.state != "Moving") {
+        return Ok(());
+    }
+    let workers: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    // The backup chosen stays the backup while the move goes on.
+    let mut target = None;
+    let candidates = match &e.failover {
+        Some(f) => vec![f.to.clone()],
+        None => backups,
+    };
+    for name in candidates {
+        let Some(backup) = workers.get_opt(&name).await? else {
+            continue;
+        };
+        let healthy = backup
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == WorkerPhase::Healthy);
+        if !healthy && e.failover.is_none() {
+            continue;
+        }
+        if let Ok(a) = trust::admit(&backup, &ctx.allowed_roots, ctx.docker.as_ref()).await {
+            target = Some((name, a));
+            break;
+        }
+    }
+    let Some((to, backup)) = target else {
+        if e.failover.is_none() {
+            e.failover = Some(FailoverStatus {
+                to: String::new(),
+                state: "Failed".into(),
+                message: Some("no backup Worker is healthy and admitted".into()),
+                ..Default::default()
+            });
+        }
+        return Ok(());
+    };
+    let mut f = e.failover.take().unwrap_or(FailoverStatus {
+        to: to.clone(),
+        state: "Moving".into(),
+        ..Default::default()
+    });
+    loop {
+        if f.batch.is_empty() {
+            let from = admission.paths.clone();
+            let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
+                .await
+                .map_err(Error::Files)?
+                .map_err(|e| Error::Files(e.to_string()))?;
+            if scan.oldest.is_empty() {
+                f.state = "Done".into();
+                f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
+                ctx.publish(
+                    worker,
+                    EventType::Warning,
+                    "FailedOver",
+                    "Escalate",
+                    format!("{} pending task(s) moved to backup Worker {to}", f.moved),
+                )
+                .await;
+                break;
+            }
+            // The batch is recorded (by the caller's status write) before it moves: hand it
+            // back and move it on the next look.
+            f.batch = scan.oldest;
+            e.failover = Some(f);
+            return Ok(());
+        }
+        let (from, to_paths, names) = (
+            admission.paths.clone(),
+            backup.paths.clone(),
+            f.batch.clone(),
+        );
+        let moved = off_thread(move || failover::move_tasks(&from, &to_paths, &names))
+            .await
+            .map_err(Error::Files)?
+            .map_err(|e| Error::Files(e.to_string()))?;
+        f.moved += (moved.moved.len() + moved.renamed.len()) as u64;
+        f.batch.clear();
+    }
+    e.failover = Some(f);
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Telling humans that automatic recovery gave up: the escalation webhook.
+
+pub mod webhook;

@@ -1,0 +1,398 @@
+//! End-to-end tests of auto-healing: the Worker's recovery policy (backoff, maxRestarts,
+//! escalation with a webhook), remediation chosen by the failure, poison tasks, hangs and
+//! failover, against the real kube-apiserver, etcd, Docker engine and sample worker.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
+    stack.get_json(ns, &format!("worker/{name}"))
+}
+
+fn apply(stack: &Stack, yaml: &str) {
+    let (ok, out) = stack.apply(yaml);
+    assert!(ok, "{out}");
+}
+
+/// A webhook receiver on loopback: every POST body it got.
+struct Hook {
+    url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Hook {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let seen = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    seen.lock().unwrap().push(v);
+                }
+                let mut stream = reader.into_inner();
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { url, bodies }
+    }
+
+    fn levels(&self) -> Vec<String> {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b["level"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
+    stack
+        .events_for(ns, name)
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn attempt_times(w: &Value) -> Vec<f64> {
+    w["status"]["autoRecovery"]["attempts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    let t = x["time"].as_str().unwrap();
+                    let out = std::process::Command::new("date")
+                        .args(["-u", "-d", t, "+%s"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8(out.stdout)
+                        .unwrap()
+                        .trim()
+                        .parse()
+                        .unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path() {
+    let stack = stack();
+    let ns = stack.namespace("loop");
+    let hook = Hook::start();
+    // Crashes one second after every start.
+    let wc = WorkerContainer::start(
+        &ns,
+        "loopy",
+        &[],
+        &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
+    );
+    let extra = format!(
+        "    maxRestarts: 3\n    cooldownSeconds: 0\n    backoff:\n      initialSeconds: 2\n      factor: 2\n      maxSeconds: 30\n  escalation:\n    levels:\n    - {{name: Automated, afterSeconds: 0}}\n    - {{name: L1, afterSeconds: 3}}\n    - {{name: L2, afterSeconds: 6}}\n    webhook:\n      url: {}\n      maxAttempts: 3\n      timeoutSeconds: 2\n",
+        hook.url
+    );
+    apply(
+        stack,
+        &format!("{}{extra}", wc.worker_yaml("loopy", &ns, 10, true)),
+    );
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+
+    let escalated = wait_for("Escalated", Duration::from_secs(90), || {
+        let w = worker_json(stack, &ns, "loopy");
+        (w["status"]["phase"] == "Escalated")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    let st = &escalated["status"];
+    let times = attempt_times(&escalated);
+    assert_eq!(times.len(), 3, "three attempts: {st:#}");
+    // The first attempt is immediate; then the wait grows: 2 s, then 4 s.
+    assert!(times[1] - times[0] >= 2.0, "{times:?}");
+    assert!(times[2] - times[1] >= 4.0, "{times:?}");
+    assert!(
+        st["escalation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maxRestarts 3"),
+        "{st:#}"
+    );
+    // The runs of the attempts are the history.
+    let runs = stack.kubectl_ok(&[
+        "get",
+        "wrec",
+        "-n",
+        &ns,
+        "-l",
+        "workerrecovery.io/auto-recovery-of=loopy",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(runs.lines().count(), 3, "{runs}");
+    // Left stopped: no start after the escalation.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
+
+    // The path is climbed, each level told to the webhook.
+    let top = wait_for("level L2", Duration::from_secs(30), || {
+        let w = worker_json(stack, &ns, "loopy");
+        (w["status"]["escalation"]["level"] == "L2")
+            .then_some(w.clone())
+            .ok_or(w["status"]["escalation"].to_string())
+    });
+    assert_eq!(
+        top["status"]["escalation"]["notification"]["state"], "Delivered",
+        "{:#}",
+        top["status"]
+    );
+    wait_for("three webhook calls", Duration::from_secs(10), || {
+        let levels = hook.levels();
+        (levels == ["Automated", "L1", "L2"])
+            .then_some(())
+            .ok_or(format!("{levels:?}"))
+    });
+    let body = hook.bodies.lock().unwrap()[0].clone();
+    assert_eq!(body["worker"], "loopy");
+    assert_eq!(body["namespace"], ns.as_str());
+    assert!(
+        body["run"].as_str().unwrap().starts_with("loopy-auto-"),
+        "{body}"
+    );
+    let reasons = event_reasons(stack, &ns, "loopy");
+    for want in ["Restarted", "BackOff", "Escalated", "EscalationLevel"] {
+        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
+    }
+}
+
+#[test]
+fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
+    let stack = stack();
+    let ns = stack.namespace("oomfix");
+    let wc = WorkerContainer::start(&ns, "oomy", &["-m", "64m", "--memory-swap", "64m"], &[]);
+    let extra = "    remediation:\n      memoryFactor: 2\n      memoryCeiling: 256m\n";
+    apply(
+        stack,
+        &format!("{}{extra}", wc.worker_yaml("oomy", &ns, 10, true)),
+    );
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_for("Healthy", Duration::from_secs(60), || {
+        let w = worker_json(stack, &ns, "oomy");
+        (w["status"]["phase"] == "Healthy")
+            .then_some(())
+            .ok_or(w["status"].to_string())
+    });
+    wc.inject_fault("oom");
+    let back = wait_for(
+        "restarted after the OOM kill",
+        Duration::from_secs(60),
+        || {
+            let w = worker_json(stack, &ns, "oomy");
+            (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
+                .then_some(w.clone())
+                .ok_or(w["status"].to_string())
+        },
+    );
+    assert_eq!(
+        wc.inspect("{{.HostConfig.Memory}}"),
+        (128u64 << 20).to_string()
+    );
+    let attempt = &back["status"]["autoRecovery"]["attempts"][0];
+    assert!(
+        attempt["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("OOM-killed"),
+        "{attempt}"
+    );
+    assert!(
+        attempt["remediation"]
+            .as_str()
+            .unwrap()
+            .contains("64Mi -> 128Mi"),
+        "{attempt}"
+    );
+    assert!(event_reasons(stack, &ns, "oomy").contains(&"MemoryRaised".to_string()));
+    // The run diagnosed the OOM from what was seen before the restart.
+    let run = attempt["run"].as_str().unwrap().to_string();
+    let run = wait_run_finished(stack, &ns, &run);
+    assert_eq!(
+        run["status"]["diagnosis"]["verdict"]["topCause"], "OutOfMemory",
+        "{:#}",
+        run["status"]
+    );
+}
+
+#[test]
+fn a_hung_worker_is_restarted_after_its_heartbeat_deadline() {
+    let stack = stack();
+    let ns = stack.namespace("hang");
+    let wc = WorkerContainer::start(&ns, "hangy", &[], &[]);
+    apply(stack, &wc.worker_yaml("hangy", &ns, 5, true));
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_for("Healthy", Duration::from_secs(60), || {
+        let w = worker_json(stack, &ns, "hangy");
+        (w["status"]["phase"] == "Healthy")
+            .then_some(())
+            .ok_or(w["status"].to_string())
+    });
+    let started = wc.inspect("{{.State.StartedAt}}");
+    wc.inject_fault("hang");
+    let back = wait_for("a restart for the hang", Duration::from_secs(60), || {
+        let w = worker_json(stack, &ns, "hangy");
+        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    assert_ne!(wc.inspect("{{.State.StartedAt}}"), started, "restarted");
+    let attempt = &back["status"]["autoRecovery"]["attempts"][0];
+    assert!(
+        attempt["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("heartbeat missed"),
+        "{attempt}"
+    );
+}
+
+#[test]
+fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
+    let stack = stack();
+    let ns = stack.namespace("poison");
+    // The worker picks its active tasks up again after a restart; one of them kills it.
+    let wc = WorkerContainer::start_with_tasks(
+        &ns,
+        "poisy",
+        &[],
+        &[("RESUME_ACTIVE", "1"), ("TASK_DURATION_MS", "100")],
+        &[("bad", r#"{"id":"bad","crash":true}"#)],
+    );
+    let extra = "    cooldownSeconds: 0\n    maxRestarts: 5\n    poisonAfterCrashes: 3\n    backoff:\n      initialSeconds: 1\n      maxSeconds: 2\n";
+    apply(
+        stack,
+        &format!("{}{extra}", wc.worker_yaml("poisy", &ns, 10, true)),
+    );
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    let w = wait_for(
+        "the poison task out and the worker healthy",
+        Duration::from_secs(90),
+        || {
+            let w = worker_json(stack, &ns, "poisy");
+            let out = w["status"]["autoRecovery"]["poisonedTasks"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|t| t == "bad.json"));
+            (out && w["status"]["phase"] == "Healthy")
+                .then_some(w.clone())
+                .ok_or(w["status"].to_string())
+        },
+    );
+    assert!(wc.tasks_dir("failed").join("bad.json").exists());
+    let reason: Value = serde_json::from_slice(
+        &std::fs::read(wc.tasks_dir("failed").join("bad.json.reason")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reason["reason"], "poison", "{reason}");
+    assert!(!wc.tasks_dir("active").join("bad.json").exists());
+    assert_eq!(
+        w["status"]["autoRecovery"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(event_reasons(stack, &ns, "poisy").contains(&"PoisonTask".to_string()));
+    // A good task after that is done.
+    wc.add_task("good", r#"{"id":"good"}"#);
+    wait_for("the good task done", Duration::from_secs(30), || {
+        wc.tasks_dir("done")
+            .join("good.json")
+            .exists()
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+}
+
+#[test]
+fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
+    let stack = stack();
+    let ns = stack.namespace("failover");
+    // Both workers under one allowed root (the backup's dir is inside the primary's).
+    let backup = WorkerContainer::start(&ns, "backy", &[], &[("TASK_DURATION_MS", "50")]);
+    let primary =
+        WorkerContainer::start(&ns, "primy", &[], &[("FAULT_MODE", "missing-dependency")]);
+    let tasks: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+    wait_exited(&primary);
+    for t in &tasks {
+        primary.add_task(t, &format!(r#"{{"id":"{t}"}}"#));
+    }
+    apply(stack, &backup.worker_yaml("backy", &ns, 10, true));
+    let extra = "  escalation:\n    levels:\n    - {name: Automated, afterSeconds: 0}\n    - {name: L3, afterSeconds: 2}\n    backupWorkers: [backy]\n";
+    apply(
+        stack,
+        &format!("{}{extra}", primary.worker_yaml("primy", &ns, 10, true)),
+    );
+    let common = tempfile::tempdir().unwrap();
+    let allowed = [primary.dir.path(), backup.dir.path()];
+    let _op = Operator::start_allowing(stack, &ns, common.path(), &allowed);
+
+    let w = wait_for("failed over", Duration::from_secs(90), || {
+        let w = worker_json(stack, &ns, "primy");
+        (w["status"]["escalation"]["failover"]["state"] == "Done")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    let st = &w["status"];
+    assert_eq!(st["phase"], "Escalated");
+    assert!(
+        st["escalation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing dependency"),
+        "escalated at once, not restarted in a loop: {st:#}"
+    );
+    assert_eq!(st["escalation"]["failover"]["to"], "backy");
+    assert_eq!(st["escalation"]["failover"]["moved"], 20);
+    // Every task exactly once, done by the backup; none left behind.
+    wait_for("the backup did them all", Duration::from_secs(60), || {
+        let done = std::fs::read_dir(backup.tasks_dir("done"))
+            .map(|d| d.flatten().count())
+            .unwrap_or(0);
+        (done == 20).then_some(()).ok_or(format!("{done} done"))
+    });
+    assert_eq!(
+        std::fs::read_dir(primary.tasks_dir("pending"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(event_reasons(stack, &ns, "primy").contains(&"FailedOver".to_string()));
+}
