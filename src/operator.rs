@@ -78,7 +78,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let controllers = async {
         tokio::join!(
-            controller::worker::run(ctx.clone(), workers),
+            controller::worker::run(ctx.clone(), workers, recoveries.clone()),
             controller::recovery::run(ctx.clone(), recoveries),
             controller::resume::run(ctx.clone(), plans),
         )

@@ -92,7 +92,7 @@ fn hung_worker_turns_heartbeat_stale() {
     let ns = stack.namespace("hang");
     let wc = WorkerContainer::start(&ns, "anga", &[], &[]);
     wc.add_task("stuck", r#"{"id":"stuck","type":"demo"}"#);
-    let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, true));
+    let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, false));
     assert!(ok, "{out}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "anga", "Healthy");

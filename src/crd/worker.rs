@@ -193,11 +193,11 @@ pub enum ApplyPolicy {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationSpec {
-    /// Levels in order, each reached `afterSeconds` after the incident began (the first failed
-    /// automatic recovery). Default: the runbook's Automated (0), L1 (300), L2 (900), L3 (1800).
+    /// Levels, each reached `afterSeconds` after the incident began (when automatic recovery
+    /// gave up); taken in order of `afterSeconds`. Default: the runbook's Automated (0), L1
+    /// (300), L2 (900), L3 (1800).
     #[serde(default = "default_levels")]
     #[schemars(length(min = 1, max = 10))]
-    #[x_kube(validation = Rule::new("self.all(i, i == 0 || self[i].afterSeconds >= self[i-1].afterSeconds)").message("levels must be in order of afterSeconds"))]
     pub levels: Vec<EscalationLevel>,
     /// Told of every level change with a JSON POST.
     #[serde(default, skip_serializing_if = "Option::is_none")]

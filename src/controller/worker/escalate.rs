@@ -8,10 +8,15 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::crd::worker::{EscalationLevel, EscalationSpec, EscalationStatus};
 
-/// The levels in force: the spec's, or the runbook's when the Worker declares none.
+/// The levels in force, in order of `afterSeconds`: the spec's, or the runbook's when the
+/// Worker declares none.
 pub fn levels(spec: Option<&EscalationSpec>) -> Vec<EscalationLevel> {
     match spec {
-        Some(s) if !s.levels.is_empty() => s.levels.clone(),
+        Some(s) if !s.levels.is_empty() => {
+            let mut levels = s.levels.clone();
+            levels.sort_by_key(|l| l.after_seconds);
+            levels
+        }
         _ => [("Automated", 0), ("L1", 300), ("L2", 900), ("L3", 1800)]
             .into_iter()
             .map(|(name, after_seconds)| EscalationLevel {

@@ -16,6 +16,7 @@ use kube::{
     runtime::{
         controller::{Action, Controller},
         events::EventType,
+        watcher,
     },
     ResourceExt,
 };
@@ -26,7 +27,10 @@ pub use error::Error;
 use self::decide::{ContainerObservation, Observation};
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
-    crd::worker::{Worker, WorkerPhase, WorkerStatus},
+    crd::{
+        worker::{Worker, WorkerPhase, WorkerStatus},
+        worker_recovery::WorkerRecovery,
+    },
     observe::heartbeat,
     trust::{self, AdmitError},
 };
@@ -34,11 +38,17 @@ use crate::{
 pub const CONTROLLER: &str = "worker";
 
 /// Run the Worker controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, workers: Api<Worker>) {
+pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecovery>) {
     let (reader, trigger) = spec_changes(workers);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
+    // Only the runs this controller created (automatic attempts) point back to a Worker; a
+    // change of one (it finished) is when the policy decides about the next attempt.
+    let auto_runs = watcher::Config::default()
+        .labels(supervise::AUTO_RUN_LABEL)
+        .any_semantic();
     Controller::for_stream(trigger, reader)
+        .owns(runs, auto_runs)
         .reconcile_on(container_events)
         .reconcile_all_on(resync)
         .shutdown_on_signal()

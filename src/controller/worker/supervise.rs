@@ -110,6 +110,11 @@ pub async fn supervise(
                 .escalate_missing_dependency
                 .then(|| missing_dependency(&failure, last_run))
                 .flatten();
+            if in_progress.is_some() {
+                // Its end is seen through the watch of owned runs; look again soon anyway (a
+                // run applied by hand is not owned by the Worker).
+                out.next_look = Some(Duration::from_secs(2));
+            }
             let decision = match cannot_fix {
                 Some(reason) if in_progress.is_none() => Decision::GiveUp { reason },
                 _ => policy::decide(
@@ -181,6 +186,10 @@ pub async fn supervise(
         notify(worker, e).await;
         if escalate::at_last_level(e, &levels) {
             fail_over(ctx, worker, admission, e).await?;
+            if e.failover.as_ref().is_some_and(|f| f.state == "Moving") {
+                // The batch just recorded moves on the next look, once the record is written.
+                out.next_look = Some(Duration::from_millis(100));
+            }
         }
         if let Some(at) = escalate::next_level_time(e, &levels) {
             let left = now.duration_until(at).unsigned_abs() + Duration::from_millis(20);
