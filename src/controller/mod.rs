@@ -43,6 +43,9 @@ pub struct Context {
     /// Recovery steps this process is carrying out now (`<run>/<step>`), so that a step polled
     /// again is not counted as a new attempt, while one resumed after a restart is.
     pub running_steps: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The Worker status this process wrote last, per Worker (`object_key`).
+    pub worker_status:
+        std::sync::Mutex<std::collections::HashMap<String, crate::crd::worker::WorkerStatus>>,
 }
 
 impl Context {
@@ -68,6 +71,7 @@ impl Context {
             metrics,
             backoff: backoff::Backoff::default(),
             running_steps: Default::default(),
+            worker_status: Default::default(),
         }
     }
 }

@@ -7,10 +7,13 @@ use bollard::{
     container::LogOutput,
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecOptions, StartExecResults},
-    models::{ContainerCreateBody, ContainerUpdateBody, ResourcesUlimits},
+    models::{
+        ContainerCreateBody, ContainerUpdateBody, HealthConfig, HostConfig, ResourcesUlimits,
+    },
     query_parameters::{
         ContainerArchiveInfoOptions, CreateContainerOptions, EventsOptions, LogsOptions,
-        RemoveContainerOptions, RestartContainerOptions, StatsOptions, StopContainerOptions,
+        RemoveContainerOptions, RenameContainerOptions, RestartContainerOptions, StatsOptions,
+        StopContainerOptions,
     },
     Docker,
 };
@@ -18,6 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
+    resources::{Declared, HealthCheck, NEW_SUFFIX},
     CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
     MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
 };
@@ -90,7 +94,10 @@ impl ContainerRuntime for DockerEngine {
                     // 0 means "no limit".
                     memory_limit: host_config.memory.filter(|m| *m > 0),
                     memory_swap: host_config.memory_swap.filter(|m| *m != 0),
-                    nofile_limit: nofile_limit(host_config.ulimits.as_deref()),
+                    nofile_limit: ulimit(host_config.ulimits.as_deref(), "nofile"),
+                    nproc_limit: ulimit(host_config.ulimits.as_deref(), "nproc"),
+                    cpu_quota: host_config.cpu_quota.filter(|q| *q > 0),
+                    health_check: config.healthcheck.as_ref().and_then(health_check),
                     env: config.env.unwrap_or_default(),
                     init: host_config.init.unwrap_or(false),
                     labels: config.labels.unwrap_or_default().into_iter().collect(),
@@ -224,6 +231,104 @@ impl ContainerRuntime for DockerEngine {
             }) => Ok(false),
             Err(e) => Err(map_error("remove", e)),
         }
+    }
+
+    async fn recreate(
+        &self,
+        container: &str,
+        declared: &Declared,
+        grace: Duration,
+    ) -> Result<String, DockerError> {
+        let original = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| container_error("inspect", container, e))?;
+        let name = original
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
+        let old_id = original.id.clone().unwrap_or_default();
+        let config = original.config.unwrap_or_default();
+        let mut host = original.host_config.unwrap_or_default();
+        let mut body = ContainerCreateBody {
+            hostname: config.hostname,
+            domainname: config.domainname,
+            user: config.user,
+            env: config.env,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            image: config.image,
+            working_dir: config.working_dir,
+            labels: config.labels.clone(),
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            exposed_ports: config.exposed_ports,
+            tty: config.tty,
+            open_stdin: config.open_stdin,
+            healthcheck: config.healthcheck,
+            volumes: config.volumes,
+            ..Default::default()
+        };
+        apply_declared(&mut body, &mut host, declared);
+        body.host_config = Some(host);
+        // A leftover of an interrupted recreate of this same container is replaced.
+        let temp = format!("{name}{NEW_SUFFIX}");
+        if let Ok(left) = self.docker.inspect_container(&temp, None).await {
+            if left.config.and_then(|c| c.labels) == config.labels {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        &temp,
+                        Some(RemoveContainerOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        }
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(temp.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| map_error("create", e))?;
+        // The old one goes, the new one takes its name and starts. A crash in between leaves
+        // `<name>-wro-new`, which the Worker controller adopts.
+        self.stop(&old_id, grace).await?;
+        self.docker
+            .remove_container(
+                &old_id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| container_error("remove", &old_id, e))?;
+        self.rename(&created.id, &name).await?;
+        self.start(&created.id).await?;
+        Ok(created.id)
+    }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError> {
+        self.docker
+            .rename_container(
+                container,
+                RenameContainerOptions {
+                    name: new_name.to_string(),
+                },
+            )
+            .await
+            .map_err(|e| container_error("rename", container, e))
     }
 
     async fn update_resources(
@@ -506,12 +611,80 @@ fn container_error(operation: &'static str, container: &str, e: BollardError) ->
 }
 
 /// The `nofile` ulimit set on the container (`--ulimit nofile=soft:hard`).
-fn nofile_limit(ulimits: Option<&[ResourcesUlimits]>) -> Option<(i64, i64)> {
-    let u = ulimits?
-        .iter()
-        .find(|u| u.name.as_deref() == Some("nofile"))?;
+fn ulimit(ulimits: Option<&[ResourcesUlimits]>, name: &str) -> Option<(i64, i64)> {
+    let u = ulimits?.iter().find(|u| u.name.as_deref() == Some(name))?;
     let soft = u.soft?;
     Some((soft, u.hard.unwrap_or(soft)))
+}
+
+/// A `CMD` health check as the operator declares them (a `CMD-SHELL` one keeps its shell
+/// command as one word; `NONE` is none).
+fn health_check(h: &HealthConfig) -> Option<HealthCheck> {
+    let test = h.test.as_ref()?;
+    let (kind, rest) = test.split_first()?;
+    let command = match kind.as_str() {
+        "CMD" => rest.to_vec(),
+        "CMD-SHELL" => vec!["/bin/sh".into(), "-c".into(), rest.join(" ")],
+        _ => return None,
+    };
+    let dur = |ns: Option<i64>, default: u64| {
+        Duration::from_nanos(
+            ns.filter(|n| *n > 0)
+                .map_or(default * 1_000_000_000, |n| n as u64),
+        )
+    };
+    Some(HealthCheck {
+        command,
+        interval: dur(h.interval, 30),
+        timeout: dur(h.timeout, 30),
+        retries: h.retries.filter(|r| *r > 0).map_or(3, |r| r as u32),
+        start_period: dur(h.start_period, 0),
+    })
+}
+
+/// Apply `declared` to a container's settings.
+fn apply_declared(config: &mut ContainerCreateBody, host: &mut HostConfig, declared: &Declared) {
+    if let Some(m) = declared.memory {
+        host.memory = Some(m);
+        // Docker refuses a memory limit above the memory+swap limit.
+        if host.memory_swap.is_some_and(|s| s > 0 && s < m) && declared.memory_swap.is_none() {
+            host.memory_swap = Some(m);
+        }
+    }
+    if let Some(s) = declared.memory_swap {
+        host.memory_swap = Some(s);
+    }
+    if let Some(q) = declared.cpu_quota {
+        host.cpu_quota = Some(q);
+        host.cpu_period = Some(100_000);
+    }
+    let mut ulimits = host.ulimits.take().unwrap_or_default();
+    for (name, limit) in [("nofile", declared.nofile), ("nproc", declared.nproc)] {
+        if let Some((soft, hard)) = limit {
+            ulimits.retain(|u| u.name.as_deref() != Some(name));
+            ulimits.push(ResourcesUlimits {
+                name: Some(name.into()),
+                soft: Some(soft),
+                hard: Some(hard),
+            });
+        }
+    }
+    host.ulimits = (!ulimits.is_empty()).then_some(ulimits);
+    if let Some(h) = &declared.health_check {
+        let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        config.healthcheck = Some(HealthConfig {
+            test: Some(
+                std::iter::once("CMD".to_string())
+                    .chain(h.command.iter().cloned())
+                    .collect(),
+            ),
+            interval: Some(ns(h.interval)),
+            timeout: Some(ns(h.timeout)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(ns(h.start_period)),
+            start_interval: None,
+        });
+    }
 }
 
 /// Memory in use as `docker stats` shows it: the cgroup's usage minus inactive page cache

@@ -184,6 +184,45 @@ impl ContainerRuntime for FakeRuntime {
         Ok(true)
     }
 
+    async fn recreate(
+        &self,
+        container: &str,
+        declared: &super::resources::Declared,
+        _grace: std::time::Duration,
+    ) -> Result<String, DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let key = Self::key_of(&containers, container)
+            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+        let mut c = containers.remove(&key).expect("found by key");
+        c.id = format!("{}-recreated", c.id);
+        c.memory_limit = declared.memory.or(c.memory_limit);
+        c.memory_swap = declared.memory_swap.or(c.memory_swap);
+        c.cpu_quota = declared.cpu_quota.or(c.cpu_quota);
+        c.nofile_limit = declared.nofile.or(c.nofile_limit);
+        c.nproc_limit = declared.nproc.or(c.nproc_limit);
+        c.health_check = declared.health_check.clone().or(c.health_check);
+        c.running = true;
+        c.status = "running".into();
+        let id = c.id.clone();
+        containers.insert(key.clone(), c);
+        self.actions.lock().unwrap().push(format!("recreate {key}"));
+        Ok(id)
+    }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError> {
+        let mut containers = self.containers.lock().unwrap();
+        let key = Self::key_of(&containers, container)
+            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+        let mut c = containers.remove(&key).expect("found by key");
+        c.name = new_name.to_string();
+        containers.insert(new_name.to_string(), c);
+        self.actions
+            .lock()
+            .unwrap()
+            .push(format!("rename {key} {new_name}"));
+        Ok(())
+    }
+
     async fn update_resources(
         &self,
         container: &str,

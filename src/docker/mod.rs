@@ -33,6 +33,12 @@ pub struct ContainerInfo {
     pub memory_swap: Option<i64>,
     /// `nofile` ulimit (soft, hard) set on the container, when one is set.
     pub nofile_limit: Option<(i64, i64)>,
+    /// `nproc` ulimit (soft, hard), when one is set.
+    pub nproc_limit: Option<(i64, i64)>,
+    /// CPU quota in microseconds per period, when one is set.
+    pub cpu_quota: Option<i64>,
+    /// The container's health check (`HEALTHCHECK`), when it has one.
+    pub health_check: Option<resources::HealthCheck>,
     /// The container's environment (`KEY=value`), for its PATH.
     pub env: Vec<String>,
     /// Entrypoint followed by command: what PID 1 runs (or its child, under `--init`).
@@ -193,6 +199,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         memory_swap: Option<i64>,
         cpu_quota: Option<i64>,
     ) -> Result<(), DockerError>;
+    /// Replace a container by one with the same name, image, command, environment, labels,
+    /// mounts and other settings, with `declared` applied on top, and start it; returns the new
+    /// ID. The new one is created first under `<name>-wro-new`; after a crash in the middle,
+    /// [`resources::NEW_SUFFIX`] names the container to adopt.
+    async fn recreate(
+        &self,
+        container: &str,
+        declared: &resources::Declared,
+        grace: std::time::Duration,
+    ) -> Result<String, DockerError>;
+    /// Rename a container.
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError>;
     /// The engine's events ([`WATCHED_ACTIONS`]) about containers that carry the label
     /// `label`, from `since` (replayed by the engine) on. The stream ends or fails when the
     /// engine goes away.

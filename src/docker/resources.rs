@@ -1,4 +1,127 @@
-//! Sizes as Docker and the runbook's compose file write them (`512m`, `2g`, `2Gi`, bytes).
+//! Declared container settings (the runbook's compose file: `mem_limit`, `memswap_limit`,
+//! `cpu_quota`, `ulimits`, a health check), sizes as Docker writes them, and the drift of a
+//! running container from them.
+
+use std::time::Duration;
+
+use super::ContainerInfo;
+use crate::crd::worker::{DeclaredResources, DriftItem};
+
+/// Suffix of the container a recreate creates before it takes the original's name.
+pub const NEW_SUFFIX: &str = "-wro-new";
+
+/// A container health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `CMD` form: the command and its arguments.
+    pub command: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub start_period: Duration,
+}
+
+/// The declared settings, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declared {
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub cpu_quota: Option<i64>,
+    pub nofile: Option<(i64, i64)>,
+    pub nproc: Option<(i64, i64)>,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Parse the spec's declaration.
+pub fn declared(spec: &DeclaredResources) -> Result<Declared, String> {
+    let size = |v: &Option<String>, what: &str| {
+        v.as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    Ok(Declared {
+        memory: size(&spec.memory, "memory")?,
+        memory_swap: size(&spec.memory_swap, "memorySwap")?,
+        cpu_quota: spec.cpu_quota,
+        nofile: spec.nofile.map(|u| (u.soft, u.hard)),
+        nproc: spec.nproc.map(|u| (u.soft, u.hard)),
+        health_check: spec.health_check.as_ref().map(|h| HealthCheck {
+            command: h.command.clone(),
+            interval: Duration::from_secs(u64::from(h.interval_seconds)),
+            timeout: Duration::from_secs(u64::from(h.timeout_seconds)),
+            retries: h.retries,
+            start_period: Duration::from_secs(u64::from(h.start_period_seconds)),
+        }),
+    })
+}
+
+/// The declared settings the running container does not have. A setting not declared is
+/// never drift.
+pub fn drift(declared: &Declared, actual: &ContainerInfo) -> Vec<DriftItem> {
+    let mut out = Vec::new();
+    let mut check = |field: &str, want: Option<String>, have: Option<String>| {
+        if let Some(want) = want {
+            let have = have.unwrap_or_else(|| "unset".into());
+            if want != have {
+                out.push(DriftItem {
+                    field: field.into(),
+                    declared: want,
+                    actual: have,
+                });
+            }
+        }
+    };
+    let pair = |p: Option<(i64, i64)>| p.map(|(s, h)| format!("{s}:{h}"));
+    check(
+        "memory",
+        declared.memory.map(format_size),
+        actual.memory_limit.map(format_size),
+    );
+    check(
+        "memorySwap",
+        declared.memory_swap.map(format_size),
+        actual.memory_swap.map(|s| {
+            if s < 0 {
+                "unlimited".into()
+            } else {
+                format_size(s)
+            }
+        }),
+    );
+    check(
+        "cpuQuota",
+        declared.cpu_quota.map(|q| q.to_string()),
+        actual.cpu_quota.map(|q| q.to_string()),
+    );
+    check("nofile", pair(declared.nofile), pair(actual.nofile_limit));
+    check("nproc", pair(declared.nproc), pair(actual.nproc_limit));
+    check(
+        "healthCheck",
+        declared.health_check.as_ref().map(describe_health),
+        actual.health_check.as_ref().map(describe_health),
+    );
+    out
+}
+
+fn describe_health(h: &HealthCheck) -> String {
+    format!(
+        "{} every {}s (timeout {}s, {} retries, start period {}s)",
+        h.command.join(" "),
+        h.interval.as_secs(),
+        h.timeout.as_secs(),
+        h.retries,
+        h.start_period.as_secs()
+    )
+}
+
+/// Whether putting the declaration in place needs a new container: anything but the memory
+/// and CPU limits, which `docker update` changes in place.
+pub fn needs_recreate(drift: &[DriftItem]) -> bool {
+    drift
+        .iter()
+        .any(|d| !matches!(d.field.as_str(), "memory" | "memorySwap" | "cpuQuota"))
+}
 
 /// Bytes from `1073741824`, `512m`, `512M`, `512mb`, `2g`, `2Gi`, `1.5g`, `100k`, `1t`. Units
 /// are binary (1024-based), as Docker's `-m` reads them.
@@ -57,6 +180,48 @@ pub fn format_size(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_lists_only_declared_settings_that_differ() {
+        let actual = ContainerInfo {
+            memory_limit: Some(256 << 20),
+            nofile_limit: Some((64, 64)),
+            ..Default::default()
+        };
+        assert!(
+            drift(&Declared::default(), &actual).is_empty(),
+            "nothing declared"
+        );
+        let want = Declared {
+            memory: Some(256 << 20),
+            nofile: Some((1024, 1024)),
+            nproc: Some((512, 512)),
+            ..Default::default()
+        };
+        let d = drift(&want, &actual);
+        let fields: Vec<_> = d
+            .iter()
+            .map(|d| (d.field.as_str(), d.declared.as_str(), d.actual.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("nofile", "1024:1024", "64:64"),
+                ("nproc", "512:512", "unset")
+            ]
+        );
+        assert!(needs_recreate(&d));
+        let mem_only = drift(
+            &Declared {
+                memory: Some(512 << 20),
+                ..Default::default()
+            },
+            &actual,
+        );
+        assert_eq!(mem_only[0].declared, "512Mi");
+        assert_eq!(mem_only[0].actual, "256Mi");
+        assert!(!needs_recreate(&mem_only));
+    }
 
     #[test]
     fn sizes_parse_as_docker_reads_them() {

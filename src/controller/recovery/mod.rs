@@ -84,7 +84,14 @@ pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
 
 #[instrument(skip_all, fields(recovery = %rec.name_any(), namespace = rec.namespace().unwrap_or_default()))]
 async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.measured(CONTROLLER, rec.as_ref(), run_steps(&rec, &ctx))
+    // The run's status is the record of its steps: read it as it is now, not as the cache had
+    // it (a requeued reconcile can start before the watch brought the last write back).
+    let api: Api<WorkerRecovery> =
+        Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
+    let Some(fresh) = api.get_opt(&rec.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    ctx.measured(CONTROLLER, &fresh, run_steps(&fresh, &ctx))
         .await
 }
 

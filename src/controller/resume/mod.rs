@@ -83,8 +83,14 @@ pub async fn run(ctx: Arc<Context>, plans: Api<ResumePlan>) {
 
 #[instrument(skip_all, fields(plan = %plan.name_any(), namespace = plan.namespace().unwrap_or_default()))]
 async fn reconcile(plan: Arc<ResumePlan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.measured(CONTROLLER, plan.as_ref(), drive(&plan, &ctx))
-        .await
+    // The plan's status is the record of what moved: read it as it is now, not as the cache
+    // had it (a requeued reconcile can start before the watch brought the last write back).
+    let api: Api<ResumePlan> =
+        Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
+    let Some(fresh) = api.get_opt(&plan.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    ctx.measured(CONTROLLER, &fresh, drive(&fresh, &ctx)).await
 }
 
 /// What is writing the status needs besides the status itself.

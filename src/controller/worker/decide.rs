@@ -451,6 +451,21 @@ impl FailureKind {
     }
 }
 
+/// Of the cached object's status and the one this process wrote last, the newer (by
+/// `lastObservedTime`, which every write sets).
+pub fn newest_status<'a>(
+    cached: Option<&'a WorkerStatus>,
+    written: Option<&'a WorkerStatus>,
+) -> Option<&'a WorkerStatus> {
+    let time =
+        |s: Option<&WorkerStatus>| s.and_then(|s| s.last_observed_time.as_ref()).map(|t| t.0);
+    match (cached, written) {
+        (Some(c), Some(w)) if time(Some(w)) > time(Some(c)) => Some(w),
+        (None, w) => w,
+        (c, _) => c,
+    }
+}
+
 /// An escalated worker: phase `Escalated`, and `Ready` says where it stands on the path.
 pub fn escalated(assessment: &mut Assessment, e: &crate::crd::worker::EscalationStatus) {
     if assessment.phase == WorkerPhase::Healthy {
@@ -844,6 +859,20 @@ mod tests {
             failure(&obs(ContainerObservation::NotFound, beat(5)), TIMEOUT),
             None
         );
+    }
+
+    #[test]
+    fn the_newest_status_wins_over_a_stale_cache() {
+        let at = |s: i64| WorkerStatus {
+            last_observed_time: Some(Time(Timestamp::from_second(NOW + s).unwrap())),
+            restart_count: s as i32,
+            ..Default::default()
+        };
+        let (old, new) = (at(1), at(2));
+        assert_eq!(newest_status(Some(&old), Some(&new)), Some(&new));
+        assert_eq!(newest_status(Some(&new), Some(&old)), Some(&new));
+        assert_eq!(newest_status(None, Some(&old)), Some(&old));
+        assert_eq!(newest_status(Some(&old), None), Some(&old));
     }
 
     #[test]

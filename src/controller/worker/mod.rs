@@ -66,7 +66,12 @@ async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Err
 async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Error> {
     let api: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
-    let previous = worker.status.as_ref();
+    // The status this process wrote last may be newer than the cached object's: a reconcile
+    // triggered by a Docker event can start before the watch brought our own write back, and
+    // the policy's record (attempts, backoff) must not go back in time.
+    let key = object_key(worker);
+    let remembered = ctx.worker_status.lock().unwrap().get(&key).cloned();
+    let previous = decide::newest_status(worker.status.as_ref(), remembered.as_ref());
     let timeout = Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds));
 
     // Admit: nothing is read or touched for a Worker the operator may not manage.
@@ -124,6 +129,11 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             }
         }
     }
+    if matches!(obs.container, ContainerObservation::NotFound)
+        && supervise::adopt_recreated(ctx, worker).await?
+    {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let supervision = supervise::supervise(
         ctx,
         worker,
@@ -154,10 +164,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     );
     status.paused = pause.cloned();
     status.auto_recovery = Some(supervision.record.clone());
+    status.drift = supervision.drift.clone();
     status.escalation = supervision.escalation.clone();
 
     // Write status, then tell humans about changes of health.
     apply_status(&api, worker, &status).await?;
+    ctx.worker_status
+        .lock()
+        .unwrap()
+        .insert(key, status.clone());
     let previous_phase = previous.and_then(|s| s.phase);
     if previous_phase != Some(assessment.phase)
         && !(previous_phase.is_none() && assessment.phase == WorkerPhase::Healthy)

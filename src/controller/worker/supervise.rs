@@ -27,8 +27,8 @@ use crate::{
     controller::Context,
     crd::{
         worker::{
-            AutoRecoveryMode, AutoRecoveryStatus, EscalationStatus, FailoverStatus,
-            NotificationStatus, Worker, WorkerPhase, WorkerStatus,
+            ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationStatus,
+            FailoverStatus, NotificationStatus, Worker, WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -57,6 +57,8 @@ pub struct Supervision {
     pub restart: Option<RestartRecord>,
     /// Look again no later than this (a held-back attempt, the next escalation level).
     pub next_look: Option<Duration>,
+    /// How the container differs from `spec.resources`.
+    pub drift: Vec<DriftItem>,
 }
 
 /// Supervise one Worker: decide about what failed, act, climb the escalation path.
@@ -78,7 +80,14 @@ pub async fn supervise(
         escalation: previous.and_then(|s| s.escalation.clone()),
         restart: None,
         next_look: None,
+        drift: Vec::new(),
     };
+    if let (Some(spec), ContainerObservation::Found(c)) = (&worker.spec.resources, &obs.container) {
+        match resources::declared(spec) {
+            Ok(declared) => out.drift = resources::drift(&declared, c),
+            Err(e) => warn!(error = %e, "spec.resources cannot be read"),
+        }
+    }
     let healthy = decide::assess(obs, timeout).phase == WorkerPhase::Healthy;
     policy::observe_health(spec, &mut out.record, healthy, now);
     policy::prune(spec, &mut out.record, now);
@@ -130,7 +139,8 @@ pub async fn supervise(
             match decision {
                 Decision::Nothing => {}
                 Decision::Attempt => {
-                    attempt(ctx, worker, admission, obs, &failure, &mut out).await?
+                    let restarts = previous.map_or(0, |s| s.restart_count);
+                    attempt(ctx, worker, admission, obs, &failure, restarts, &mut out).await?
                 }
                 Decision::Wait { until, reason } => {
                     if out.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
@@ -206,6 +216,7 @@ async fn attempt(
     admission: &Admission,
     obs: &Observation,
     failure: &FailureKind,
+    restarts_before: i32,
     out: &mut Supervision,
 ) -> Result<(), Error> {
     let spec = &worker.spec.auto_recovery;
@@ -221,7 +232,38 @@ async fn attempt(
         }
     }
     let mut restarted_at = None;
-    if spec.mode == AutoRecoveryMode::Quick {
+    // Declared settings (and a raised nofile limit after fd exhaustion) that need a new
+    // container: recreate it, which also starts it.
+    let mut container = container.clone();
+    if let Some((declared, change)) = apply_declared(ctx, worker, &container, &out.record).await? {
+        let grace = Duration::from_secs(10);
+        if resources::needs_recreate(&resources::drift(&declared, &container)) {
+            let id = ctx.docker.recreate(&container.id, &declared, grace).await?;
+            restarted_at = Some(Timestamp::now());
+            container.id = id;
+            remediation.push(format!("recreated with {change}"));
+        } else {
+            ctx.docker
+                .update_resources(
+                    &container.id,
+                    declared.memory,
+                    declared.memory_swap,
+                    declared.cpu_quota,
+                )
+                .await?;
+            remediation.push(format!("updated in place: {change}"));
+        }
+        ctx.publish(
+            worker,
+            EventType::Normal,
+            "DeclaredSettingsApplied",
+            "Remediate",
+            remediation.last().cloned().unwrap_or_default(),
+        )
+        .await;
+    }
+    let container = &container;
+    if spec.mode == AutoRecoveryMode::Quick && restarted_at.is_none() {
         match failure {
             FailureKind::Stopped { .. } => {
                 if ctx.docker.start(&container.id).await? == StartOutcome::Started {
@@ -251,7 +293,7 @@ async fn attempt(
     if let Some(at) = restarted_at {
         ctx.metrics.record_restart(super::CONTROLLER);
         out.restart = Some(RestartRecord { at });
-        let count = worker.status.as_ref().map_or(0, |s| s.restart_count) + 1;
+        let count = restarts_before + 1;
         ctx.publish(
             worker,
             EventType::Normal,
@@ -517,6 +559,95 @@ async fn raise_memory(
     )
     .await;
     Ok(Some(change))
+}
+
+/// The declared settings to put in place at this restart, with what changes, when the Worker
+/// allows it (`resources.apply: OnRestart`) and the container differs from them. After a
+/// file-descriptor exhaustion (the last run's root cause), the `nofile` limit is raised by
+/// `remediation.nofileFactor` up to `nofileCeiling` too.
+async fn apply_declared(
+    ctx: &Context,
+    worker: &Worker,
+    container: &ContainerInfo,
+    record: &AutoRecoveryStatus,
+) -> Result<Option<(resources::Declared, String)>, Error> {
+    let Some(spec) = worker.spec.resources.as_ref() else {
+        return Ok(None);
+    };
+    if spec.apply != ApplyPolicy::OnRestart {
+        return Ok(None);
+    }
+    let mut declared = match resources::declared(spec) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %e, "spec.resources cannot be applied");
+            return Ok(None);
+        }
+    };
+    let r = &worker.spec.auto_recovery.remediation;
+    if let (Some(factor), Some(last)) = (r.nofile_factor, record.attempts.last()) {
+        let runs: Api<WorkerRecovery> =
+            Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+        let exhausted = runs
+            .get_opt(&last.run)
+            .await?
+            .and_then(|run| root_cause_of(&run))
+            .is_some_and(|c| c == "FdExhaustion");
+        if exhausted {
+            let (soft, hard) = container
+                .nofile_limit
+                .or(declared.nofile)
+                .unwrap_or((1024, 1024));
+            let ceiling = r.nofile_ceiling.unwrap_or(1 << 20);
+            let raise = |v: i64| ((v as f64 * factor).round() as i64).min(ceiling).max(v);
+            declared.nofile = Some((raise(soft), raise(hard).max(raise(soft))));
+        }
+    }
+    let drift = resources::drift(&declared, container);
+    if drift.is_empty() {
+        return Ok(None);
+    }
+    let change = drift
+        .iter()
+        .map(|d| format!("{} {} -> {}", d.field, d.actual, d.declared))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Some((declared, change)))
+}
+
+/// A recreate interrupted after the old container went: its new container still has the
+/// temporary name. Give it the Worker's container name; true when one was adopted.
+pub async fn adopt_recreated(ctx: &Context, worker: &Worker) -> Result<bool, Error> {
+    let temp = format!("{}{}", worker.spec.container, resources::NEW_SUFFIX);
+    let Some(found) = ctx.docker.inspect(&temp).await? else {
+        return Ok(false);
+    };
+    let ours = found.labels.get(trust::CONSENT_LABEL)
+        == Some(&trust::consent_value(
+            &worker.namespace().unwrap_or_default(),
+            &worker.name_any(),
+        ));
+    if !ours {
+        return Ok(false);
+    }
+    ctx.docker.rename(&found.id, &worker.spec.container).await?;
+    if !found.running {
+        ctx.docker.start(&found.id).await?;
+    }
+    let note = format!(
+        "an interrupted recreate left {temp}: renamed to {} and started",
+        worker.spec.container
+    );
+    info!("{note}");
+    ctx.publish(
+        worker,
+        EventType::Normal,
+        "RecreateCompleted",
+        "Remediate",
+        note,
+    )
+    .await;
+    Ok(true)
 }
 
 /// Tell the webhook of the level reached, once per level (retries within `deliver`).
