@@ -396,3 +396,83 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
     );
     assert!(event_reasons(stack, &ns, "primy").contains(&"FailedOver".to_string()));
 }
+
+#[test]
+fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() {
+    let stack = stack();
+    let ns = stack.namespace("drift");
+    let wc = WorkerContainer::start(
+        &ns,
+        "drifty",
+        &["--ulimit", "nofile=64:64", "-m", "128m"],
+        &[],
+    );
+    let extra = "  resources:\n    memory: 256m\n    nofile: {soft: 1024, hard: 2048}\n    apply: OnRestart\n";
+    apply(
+        stack,
+        &format!("{}{extra}", wc.worker_yaml("drifty", &ns, 10, true)),
+    );
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    let w = wait_for("the drift reported", Duration::from_secs(60), || {
+        let w = worker_json(stack, &ns, "drifty");
+        (w["status"]["drift"].as_array().map_or(0, Vec::len) == 2)
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    let drift = w["status"]["drift"].to_string();
+    assert!(
+        drift.contains(r#""declared":"1024:2048""#) && drift.contains(r#""actual":"64:64""#),
+        "{drift}"
+    );
+    assert!(
+        drift.contains(r#""declared":"256Mi""#) && drift.contains(r#""actual":"128Mi""#),
+        "{drift}"
+    );
+    let id_before = wc.inspect("{{.Id}}");
+    let mounts_before = wc.inspect("{{json .HostConfig.Binds}}");
+    let labels_before = wc.inspect("{{json .Config.Labels}}");
+
+    // The next crash is the restart that puts the declaration in place.
+    wc.inject_fault("crash");
+    let w = wait_for("recreated and healthy", Duration::from_secs(60), || {
+        let w = worker_json(stack, &ns, "drifty");
+        let no_drift = w["status"].get("drift").is_none();
+        (no_drift && w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1)
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    assert_ne!(wc.inspect("{{.Id}}"), id_before, "a new container");
+    assert_eq!(
+        wc.inspect("{{.HostConfig.Memory}}"),
+        (256u64 << 20).to_string()
+    );
+    let ulimits = wc.inspect("{{json .HostConfig.Ulimits}}");
+    assert!(
+        ulimits.contains(r#""Name":"nofile","Hard":2048,"Soft":1024"#),
+        "{ulimits}"
+    );
+    assert_eq!(
+        wc.inspect("{{json .HostConfig.Binds}}"),
+        mounts_before,
+        "same mounts"
+    );
+    assert_eq!(
+        wc.inspect("{{json .Config.Labels}}"),
+        labels_before,
+        "same labels"
+    );
+    let env = wc.inspect("{{json .Config.Env}}");
+    assert!(
+        env.contains("WORKER_NAME=drifty"),
+        "same environment: {env}"
+    );
+    let attempt = &w["status"]["autoRecovery"]["attempts"][0];
+    assert!(
+        attempt["remediation"]
+            .as_str()
+            .unwrap()
+            .starts_with("recreated with"),
+        "{attempt}"
+    );
+    assert!(event_reasons(stack, &ns, "drifty").contains(&"DeclaredSettingsApplied".to_string()));
+}

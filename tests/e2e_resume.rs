@@ -603,7 +603,11 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     // 7 tasks in batches of 2: four batch spans, less one a killed operator emitted but had
     // not exported yet (the batch exporter holds spans for OTEL_BSP_SCHEDULE_DELAY).
     let batches = &by_name["resume_batch"];
-    assert!((3..=4).contains(&batches.len()), "{} batch spans", batches.len());
+    assert!(
+        (3..=4).contains(&batches.len()),
+        "{} batch spans",
+        batches.len()
+    );
     assert!(batches
         .iter()
         .all(|b| parent_of(b) == Some(resume_id.clone())));
