@@ -95,6 +95,10 @@ pub async fn supervise(
 
     if healthy {
         if let Some(e) = out.escalation.take() {
+            // Someone fixed it: automatic recovery starts afresh.
+            out.record.attempts.clear();
+            out.record.consecutive_failures = 0;
+            out.record.backoff_seconds = 0;
             let note = format!(
                 "the worker is healthy again; the escalation (level {}) is closed",
                 e.level
