@@ -136,6 +136,9 @@ pub fn main() -> ExitCode {
 fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // File reads run on blocking threads; 512 of them (tokio's default) after a look at a
+        // thousand Workers would each keep a stack and a malloc arena.
+        .max_blocking_threads(16)
         .build()?
         .block_on(future)
 }

@@ -63,6 +63,8 @@ pub async fn run(ctx: Arc<Context>, plans: Api<ResumePlan>) {
     // Spec changes (pause, continue) and deletions trigger a reconcile; status writes do not.
     let trigger = watcher(plans, watcher::Config::default().any_semantic())
         .default_backoff()
+        // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
