@@ -135,6 +135,12 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
             .ok_or(w["status"].to_string())
     });
     let st = &escalated["status"];
+    let cond = condition(&escalated, "Escalated").expect("an Escalated condition");
+    assert_eq!(cond["status"], "True", "{cond}");
+    assert!(
+        cond["message"].as_str().unwrap().contains("maxRestarts 3"),
+        "{cond}"
+    );
     let times = attempt_times(&escalated);
     assert_eq!(times.len(), 3, "three attempts: {st:#}");
     // The first attempt is immediate; then the wait grows: 2 s, then 4 s.

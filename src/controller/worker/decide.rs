@@ -23,6 +23,8 @@ use crate::{
 pub const CONTAINER_RUNNING: &str = "ContainerRunning";
 pub const HEARTBEAT_FRESH: &str = "HeartbeatFresh";
 pub const READY: &str = "Ready";
+/// Condition: automatic recovery gave up and the worker is on the escalation path.
+pub const ESCALATED: &str = "Escalated";
 /// Whether the operator may manage the Worker at all (`crate::trust`).
 pub const ACCEPTED: &str = "Accepted";
 
@@ -41,6 +43,8 @@ pub struct Assessment {
     pub container_running: ConditionState,
     pub heartbeat_fresh: ConditionState,
     pub ready: ConditionState,
+    /// Set when the worker is escalated (`escalated`).
+    pub escalated: Option<ConditionState>,
 }
 
 /// Judge the worker's health.
@@ -89,6 +93,7 @@ pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
         container_running,
         heartbeat_fresh,
         ready,
+        escalated: None,
     }
 }
 
@@ -242,6 +247,12 @@ pub fn next_status(
             assessment.container_running.clone(),
             assessment.heartbeat_fresh.clone(),
             assessment.ready.clone(),
+            assessment.escalated.clone().unwrap_or(ConditionState {
+                type_: ESCALATED,
+                status: ConditionStatus::False,
+                reason: "NotEscalated",
+                message: "automatic recovery has not given up".into(),
+            }),
         ],
         generation,
         obs.now,
@@ -471,6 +482,20 @@ pub fn escalated(assessment: &mut Assessment, e: &crate::crd::worker::Escalation
     if assessment.phase == WorkerPhase::Healthy {
         return;
     }
+    assessment.escalated = Some(ConditionState {
+        type_: ESCALATED,
+        status: ConditionStatus::True,
+        reason: "AutoRecoveryGaveUp",
+        message: format!(
+            "level {} (#{}) since {}: {}",
+            e.level,
+            e.level_index + 1,
+            e.level_time
+                .as_ref()
+                .map_or("an unknown time".to_string(), |t| t.0.to_string()),
+            e.reason
+        ),
+    });
     assessment.phase = WorkerPhase::Escalated;
     assessment.ready = ConditionState {
         type_: READY,
@@ -970,7 +995,16 @@ mod tests {
         assert_eq!(third.restart_count, 1);
         assert_eq!(third.last_restart_time, Some(Time(now())));
         let types: Vec<_> = third.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, [ACCEPTED, CONTAINER_RUNNING, HEARTBEAT_FRESH, READY]);
+        assert_eq!(
+            types,
+            [
+                ACCEPTED,
+                CONTAINER_RUNNING,
+                HEARTBEAT_FRESH,
+                READY,
+                ESCALATED
+            ]
+        );
     }
 
     #[test]
