@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{
     api::Api,
     runtime::{
-        controller::{Action, Controller},
+        controller::{self, Action, Controller},
         events::EventType,
         watcher,
     },
@@ -36,6 +36,8 @@ use crate::{
 };
 
 pub const CONTROLLER: &str = "worker";
+/// Workers reconciled at the same time.
+const WORKER_CONCURRENCY: u16 = 32;
 
 /// Run the Worker controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecovery>) {
@@ -48,6 +50,10 @@ pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecove
         .labels(supervise::AUTO_RUN_LABEL)
         .any_semantic();
     Controller::for_stream(trigger, reader)
+        // A thousand Workers looked at all at once (at start, after the engine came back)
+        // would each hold a Docker connection and buffers; a bounded number at a time keeps
+        // the memory high-water mark low at no cost in latency for a single crash.
+        .with_config(controller::Config::default().concurrency(WORKER_CONCURRENCY))
         .owns(runs, auto_runs)
         .reconcile_on(container_events)
         .reconcile_all_on(resync)
