@@ -98,6 +98,9 @@ def cleanup(ns=None):
     if ids:
         sh("docker", "rm", "-f", *ids, check=False)
     if ns:
+        # The local stack has no namespace controller: delete what is in the namespace first.
+        sh("kubectl", "delete", "workers,workerrecoveries,resumeplans", "--all", "-n", ns,
+           "--wait=false", check=False)
         sh("kubectl", "delete", "namespace", ns, "--wait=false", check=False)
 
 
