@@ -8,7 +8,10 @@ use bollard::{
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecOptions, StartExecResults},
     models::{
-        ContainerCreateBody, ContainerUpdateBody, HealthConfig, HostConfig, ResourcesUlimits,
+        ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerState,
+        ContainerStateStatusEnum, ContainerUpdateBody, EndpointSettings, HealthConfig,
+        HealthStatusEnum, HostConfig, MountPoint, NetworkConnectRequest, NetworkingConfig,
+        ResourcesUlimits,
     },
     query_parameters::{
         ContainerArchiveInfoOptions, CreateContainerOptions, EventsOptions, LogsOptions,
@@ -20,10 +23,12 @@ use bollard::{
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::trust::CONSENT_LABEL;
+
 use super::{
-    resources::{Declared, HealthCheck, NEW_SUFFIX},
+    resources::{swap_for_update, Declared, NEW_SUFFIX},
     CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
-    MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
+    HealthCheck, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -64,6 +69,159 @@ impl DockerEngine {
     }
 }
 
+/// The CPU period a declared quota is for: 100 ms.
+const CPU_PERIOD_US: i64 = 100_000;
+
+/// What a container built from an inspected one is to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A copy next to it (the debugging copy): its own network identity and anonymous volumes.
+    Sibling,
+    /// Its replacement: also its network aliases, static addresses and other networks, and
+    /// its anonymous volumes (with their data).
+    Replacement,
+}
+
+/// A create body built from an inspected container.
+struct Blueprint {
+    body: ContainerCreateBody,
+    /// Networks to connect the new container to after its creation: API 1.41 takes only the
+    /// network of the network mode at create.
+    more_networks: Vec<(String, EndpointSettings)>,
+}
+
+impl DockerEngine {
+    /// The settings of `original` as a create body: its config (image, command, entrypoint,
+    /// environment, labels, working dir, user, health check, ...) and its whole `HostConfig`
+    /// (mounts, network mode, init, restart policy, limits, ...).
+    async fn blueprint(&self, original: ContainerInspectResponse, kind: Kind) -> Blueprint {
+        let old_id = original.id.unwrap_or_default();
+        let config = original.config.unwrap_or_default();
+        let mut host = original.host_config.unwrap_or_default();
+        let network_mode = host.network_mode.clone().unwrap_or_default();
+        // Docker names a container's host after its short ID unless told otherwise, and
+        // takes the host's or the other container's name in those network modes.
+        let short_id = &old_id[..old_id.len().min(12)];
+        let hostname = config.hostname.filter(|h| {
+            !h.is_empty()
+                && h != short_id
+                && network_mode != "host"
+                && !network_mode.starts_with("container:")
+        });
+        if let Some(links) = host.links.as_mut() {
+            links.iter_mut().for_each(|l| *l = create_link(l));
+        }
+        let mut networking_config = None;
+        let mut more_networks = Vec::new();
+        if kind == Kind::Replacement {
+            keep_anonymous_volumes(&mut host, config.volumes.as_deref(), original.mounts);
+            let primary = match network_mode.as_str() {
+                "" | "default" => "bridge",
+                other => other,
+            };
+            let networks = original
+                .network_settings
+                .and_then(|n| n.networks)
+                .unwrap_or_default();
+            for (network, endpoint) in networks {
+                let Some(endpoint) = endpoint_settings(endpoint, &old_id) else {
+                    continue;
+                };
+                if network == primary {
+                    networking_config = Some(NetworkingConfig {
+                        endpoints_config: Some(HashMap::from([(network, endpoint)])),
+                    });
+                } else if !matches!(network.as_str(), "host" | "none") {
+                    more_networks.push((network, endpoint));
+                }
+            }
+            more_networks.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let image = self.same_image(config.image, original.image).await;
+        let body = ContainerCreateBody {
+            hostname,
+            domainname: config.domainname,
+            user: config.user,
+            attach_stdin: config.attach_stdin,
+            attach_stdout: config.attach_stdout,
+            attach_stderr: config.attach_stderr,
+            exposed_ports: config.exposed_ports,
+            tty: config.tty,
+            open_stdin: config.open_stdin,
+            stdin_once: config.stdin_once,
+            env: config.env,
+            cmd: config.cmd,
+            healthcheck: config.healthcheck,
+            args_escaped: config.args_escaped,
+            image,
+            volumes: config.volumes,
+            working_dir: config.working_dir,
+            entrypoint: config.entrypoint,
+            network_disabled: config.network_disabled,
+            on_build: config.on_build,
+            labels: config.labels,
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            shell: config.shell,
+            host_config: Some(host),
+            networking_config,
+        };
+        Blueprint {
+            body,
+            more_networks,
+        }
+    }
+
+    /// The image to create a copy from: the name the original was created with while that
+    /// name still points at the original's image, else the image's ID (a tag moved since
+    /// must not change what runs).
+    async fn same_image(&self, name: Option<String>, id: Option<String>) -> Option<String> {
+        let (Some(name), Some(id)) = (&name, &id) else {
+            return name.or(id);
+        };
+        match self.docker.inspect_image(name).await {
+            Ok(image) if image.id.as_deref() == Some(id.as_str()) => Some(name.clone()),
+            _ => Some(id.clone()),
+        }
+    }
+
+    /// Force-remove a container (its anonymous volumes stay); gone already is fine.
+    async fn discard(&self, container: &str) -> Result<(), DockerError> {
+        self.remove(container).await.map(|_| ())
+    }
+
+    /// Remove a stopped container and make sure it is gone: one started with `--rm` removes
+    /// itself when it stops, and Docker refuses a second removal while that one runs.
+    async fn remove_gone(&self, container: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let err = match self.docker.remove_container(container, Some(options)).await {
+            Ok(())
+            | Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(()),
+            Err(e) => e,
+        };
+        for _ in 0..50 {
+            match self.docker.inspect_container(container, None).await {
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Ok(c)
+                    if c.state.as_ref().and_then(|s| s.status)
+                        != Some(ContainerStateStatusEnum::REMOVING) =>
+                {
+                    break
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Err(map_error("remove", err))
+    }
+}
+
 #[async_trait]
 impl ContainerRuntime for DockerEngine {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
@@ -96,8 +254,9 @@ impl ContainerRuntime for DockerEngine {
                     memory_swap: host_config.memory_swap.filter(|m| *m != 0),
                     nofile_limit: ulimit(host_config.ulimits.as_deref(), "nofile"),
                     nproc_limit: ulimit(host_config.ulimits.as_deref(), "nproc"),
-                    cpu_quota: host_config.cpu_quota.filter(|q| *q > 0),
+                    cpu_quota: cpu_quota(&host_config),
                     health_check: config.healthcheck.as_ref().and_then(health_check),
+                    health: health_state(&state),
                     env: config.env.unwrap_or_default(),
                     init: host_config.init.unwrap_or(false),
                     labels: config.labels.unwrap_or_default().into_iter().collect(),
@@ -161,11 +320,12 @@ impl ContainerRuntime for DockerEngine {
             .inspect_container(source, None)
             .await
             .map_err(|e| container_error("inspect", source, e))?;
-        let config = original.config.unwrap_or_default();
-        let mut host_config = original.host_config.unwrap_or_default();
+        let Blueprint { mut body, .. } = self.blueprint(original, Kind::Sibling).await;
+        let mut host = body.host_config.take().unwrap_or_default();
         // Environment: the original's, with the clone's variables replacing same-named ones.
-        let mut env: Vec<String> = config
+        let mut env: Vec<String> = body
             .env
+            .take()
             .unwrap_or_default()
             .into_iter()
             .filter(|kv| {
@@ -174,39 +334,17 @@ impl ContainerRuntime for DockerEngine {
             })
             .collect();
         env.extend(clone.env.iter().map(|(k, v)| format!("{k}={v}")));
-        let mut labels = config.labels.unwrap_or_default();
+        body.env = Some(env);
+        let mut labels = body.labels.take().unwrap_or_default();
         labels.extend(clone.labels.clone());
+        body.labels = Some(labels);
         if clone.core_unlimited {
-            let mut ulimits: Vec<ResourcesUlimits> = host_config
-                .ulimits
-                .take()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|u| u.name.as_deref() != Some("core"))
-                .collect();
-            ulimits.push(ResourcesUlimits {
-                name: Some("core".into()),
-                soft: Some(-1),
-                hard: Some(-1),
-            });
-            host_config.ulimits = Some(ulimits);
+            set_ulimit(&mut host, "core", -1, -1);
         }
         // The copy is started and removed by the run, never by Docker's restart policy.
-        host_config.restart_policy = None;
-        host_config.auto_remove = Some(false);
-        let body = ContainerCreateBody {
-            user: config.user,
-            env: Some(env),
-            cmd: config.cmd,
-            entrypoint: config.entrypoint,
-            image: config.image,
-            working_dir: config.working_dir,
-            labels: Some(labels),
-            stop_signal: config.stop_signal,
-            stop_timeout: config.stop_timeout,
-            host_config: Some(host_config),
-            ..Default::default()
-        };
+        host.restart_policy = None;
+        host.auto_remove = Some(false);
+        body.host_config = Some(host);
         let options = CreateContainerOptions {
             name: Some(clone.name.clone()),
             ..Default::default()
@@ -246,49 +384,39 @@ impl ContainerRuntime for DockerEngine {
             .map_err(|e| container_error("inspect", container, e))?;
         let name = original
             .name
-            .clone()
+            .as_deref()
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_string();
         let old_id = original.id.clone().unwrap_or_default();
-        let config = original.config.unwrap_or_default();
-        let mut host = original.host_config.unwrap_or_default();
-        let mut body = ContainerCreateBody {
-            hostname: config.hostname,
-            domainname: config.domainname,
-            user: config.user,
-            env: config.env,
-            cmd: config.cmd,
-            entrypoint: config.entrypoint,
-            image: config.image,
-            working_dir: config.working_dir,
-            labels: config.labels.clone(),
-            stop_signal: config.stop_signal,
-            stop_timeout: config.stop_timeout,
-            exposed_ports: config.exposed_ports,
-            tty: config.tty,
-            open_stdin: config.open_stdin,
-            healthcheck: config.healthcheck,
-            volumes: config.volumes,
-            ..Default::default()
-        };
+        let consent = consent_of(original.config.as_ref());
+        let Blueprint {
+            mut body,
+            more_networks,
+        } = self.blueprint(original, Kind::Replacement).await;
+        let mut host = body.host_config.take().unwrap_or_default();
         apply_declared(&mut body, &mut host, declared);
         body.host_config = Some(host);
-        // A leftover of an interrupted recreate of this same container is replaced.
+
+        // A leftover of an interrupted recreate of this same container goes first.
         let temp = format!("{name}{NEW_SUFFIX}");
-        if let Ok(left) = self.docker.inspect_container(&temp, None).await {
-            if left.config.and_then(|c| c.labels) == config.labels {
-                let _ = self
-                    .docker
-                    .remove_container(
-                        &temp,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+        match self.docker.inspect_container(&temp, None).await {
+            Ok(left) => {
+                if consent.is_none() || consent_of(left.config.as_ref()) != consent {
+                    return Err(DockerError::Refused {
+                        operation: "recreate",
+                        message: format!(
+                            "{temp:?} exists and is not a leftover of a recreate of {name:?} \
+                             (its {CONSENT_LABEL} label differs): it is left alone"
+                        ),
+                    });
+                }
+                self.discard(left.id.as_deref().unwrap_or(&temp)).await?;
             }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(map_error("inspect", e)),
         }
         let created = self
             .docker
@@ -301,22 +429,36 @@ impl ContainerRuntime for DockerEngine {
             )
             .await
             .map_err(|e| map_error("create", e))?;
-        // The old one goes, the new one takes its name and starts. A crash in between leaves
-        // `<name>-wro-new`, which the Worker controller adopts.
-        self.stop(&old_id, grace).await?;
-        self.docker
-            .remove_container(
-                &old_id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| container_error("remove", &old_id, e))?;
-        self.rename(&created.id, &name).await?;
-        self.start(&created.id).await?;
-        Ok(created.id)
+        let new_id = created.id;
+
+        // Until the old one is gone, a failure takes the new one back: the old one stays.
+        let replaced = async {
+            for (network, endpoint) in more_networks {
+                self.docker
+                    .connect_network(
+                        &network,
+                        NetworkConnectRequest {
+                            container: new_id.clone(),
+                            endpoint_config: Some(endpoint),
+                        },
+                    )
+                    .await
+                    .map_err(|e| map_error("network connect", e))?;
+            }
+            self.stop(&old_id, grace).await?;
+            self.remove_gone(&old_id).await
+        }
+        .await;
+        if let Err(e) = replaced {
+            if self.docker.inspect_container(&old_id, None).await.is_ok() {
+                let _ = self.discard(&new_id).await;
+            }
+            return Err(e);
+        }
+        // The old one is gone: from here on `<name>-wro-new` is the container to adopt.
+        self.rename(&new_id, &name).await?;
+        self.start(&new_id).await?;
+        Ok(new_id)
     }
 
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError> {
@@ -338,16 +480,34 @@ impl ContainerRuntime for DockerEngine {
         memory_swap: Option<i64>,
         cpu_quota: Option<i64>,
     ) -> Result<(), DockerError> {
-        let body = ContainerUpdateBody {
+        let current = self
+            .docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| container_error("inspect", container, e))?;
+        let host = current.host_config.unwrap_or_default();
+        let mut body = ContainerUpdateBody {
             memory,
-            memory_swap,
-            cpu_quota,
+            memory_swap: swap_for_update(host.memory_swap, memory, memory_swap),
             ..Default::default()
         };
+        if let Some(quota) = cpu_quota {
+            if host.nano_cpus.is_some_and(|n| n > 0) {
+                // `--cpus`: Docker refuses a quota next to it; the same limit as `--cpus`.
+                body.nano_cpus = Some(quota.saturating_mul(10_000));
+            } else {
+                body.cpu_quota = Some(quota);
+                body.cpu_period = Some(CPU_PERIOD_US);
+            }
+        }
+        if body == ContainerUpdateBody::default() {
+            return Ok(());
+        }
+        let id = current.id.as_deref().unwrap_or(container);
         self.docker
-            .update_container(container, body)
+            .update_container(id, body)
             .await
-            .map_err(|e| map_error("update", e))
+            .map_err(|e| container_error("update", container, e))
     }
 
     fn events(
@@ -610,15 +770,38 @@ fn container_error(operation: &'static str, container: &str, e: BollardError) ->
     }
 }
 
-/// The `nofile` ulimit set on the container (`--ulimit nofile=soft:hard`).
+/// A ulimit set on the container (`--ulimit nofile=soft:hard`).
 fn ulimit(ulimits: Option<&[ResourcesUlimits]>, name: &str) -> Option<(i64, i64)> {
     let u = ulimits?.iter().find(|u| u.name.as_deref() == Some(name))?;
     let soft = u.soft?;
     Some((soft, u.hard.unwrap_or(soft)))
 }
 
-/// A `CMD` health check as the operator declares them (a `CMD-SHELL` one keeps its shell
-/// command as one word; `NONE` is none).
+/// Set (or replace) the ulimit `name`.
+fn set_ulimit(host: &mut HostConfig, name: &str, soft: i64, hard: i64) {
+    let ulimits = host.ulimits.get_or_insert_with(Vec::new);
+    ulimits.retain(|u| u.name.as_deref() != Some(name));
+    ulimits.push(ResourcesUlimits {
+        name: Some(name.into()),
+        soft: Some(soft),
+        hard: Some(hard),
+    });
+}
+
+/// The CPU limit as a quota per 100 ms period: `--cpu-quota` with another `--cpu-period`
+/// and `--cpus` converted (`--cpus 1.5` is 150000).
+fn cpu_quota(host: &HostConfig) -> Option<i64> {
+    if let Some(nano) = host.nano_cpus.filter(|n| *n > 0) {
+        return Some(nano / 10_000);
+    }
+    let quota = host.cpu_quota.filter(|q| *q > 0)?;
+    let period = host.cpu_period.filter(|p| *p > 0).unwrap_or(CPU_PERIOD_US);
+    i64::try_from(i128::from(quota) * i128::from(CPU_PERIOD_US) / i128::from(period)).ok()
+}
+
+/// The health check as the operator declares them: `CMD` keeps its words, `CMD-SHELL` reads
+/// as `/bin/sh -c <command>`, `NONE` is none. Durations Docker leaves at 0 are its defaults
+/// (30 s interval and timeout, 3 retries, no start period).
 fn health_check(h: &HealthConfig) -> Option<HealthCheck> {
     let test = h.test.as_ref()?;
     let (kind, rest) = test.split_first()?;
@@ -642,34 +825,115 @@ fn health_check(h: &HealthConfig) -> Option<HealthCheck> {
     })
 }
 
-/// Apply `declared` to a container's settings.
+/// `State.Health.Status` when the container has a health check.
+fn health_state(state: &ContainerState) -> Option<String> {
+    let status = state.health.as_ref()?.status?;
+    match status {
+        HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Inspect writes a legacy link `/db:/web/db`; create takes `db:db`.
+fn create_link(link: &str) -> String {
+    match link.split_once(':') {
+        Some((target, alias)) if target.starts_with('/') => format!(
+            "{}:{}",
+            target.trim_start_matches('/'),
+            alias.rsplit('/').next().unwrap_or(alias)
+        ),
+        _ => link.to_string(),
+    }
+}
+
+/// The value of the consent label.
+fn consent_of(config: Option<&ContainerConfig>) -> Option<String> {
+    config?.labels.as_ref()?.get(CONSENT_LABEL).cloned()
+}
+
+/// What a replacement keeps of an endpoint: what was asked for it (aliases, static
+/// addresses, links, driver options), not what the engine gave the old container (its IP,
+/// MAC, endpoint ID); the old short ID, an alias Docker adds itself, goes. `None` when
+/// nothing is left to ask for.
+fn endpoint_settings(endpoint: EndpointSettings, old_id: &str) -> Option<EndpointSettings> {
+    let short_id = &old_id[..old_id.len().min(12)];
+    let aliases: Vec<String> = endpoint
+        .aliases
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a != short_id && a != old_id)
+        .collect();
+    let ipam = endpoint.ipam_config.filter(|i| {
+        i.ipv4_address.as_deref().is_some_and(|a| !a.is_empty())
+            || i.ipv6_address.as_deref().is_some_and(|a| !a.is_empty())
+            || i.link_local_ips.as_ref().is_some_and(|l| !l.is_empty())
+    });
+    let out = EndpointSettings {
+        ipam_config: ipam,
+        links: endpoint.links.filter(|l| !l.is_empty()),
+        aliases: (!aliases.is_empty()).then_some(aliases),
+        driver_opts: endpoint.driver_opts.filter(|d| !d.is_empty()),
+        ..Default::default()
+    };
+    (out != EndpointSettings::default()).then_some(out)
+}
+
+/// Anonymous volumes (`-v /data`, an image's `VOLUME`) of the old container, mounted by name
+/// in the new one, so that their data stays with the worker (as `docker compose` does).
+fn keep_anonymous_volumes(
+    host: &mut HostConfig,
+    volumes: Option<&[String]>,
+    mounts: Option<Vec<MountPoint>>,
+) {
+    let Some(volumes) = volumes else { return };
+    let taken = |host: &HostConfig, dest: &str| {
+        host.binds.iter().flatten().any(|b| {
+            let mut parts = b.split(':');
+            parts.next();
+            parts.next() == Some(dest)
+        }) || host
+            .mounts
+            .iter()
+            .flatten()
+            .any(|m| m.target.as_deref() == Some(dest))
+    };
+    for m in mounts.unwrap_or_default() {
+        let (Some("volume"), Some(name), Some(dest)) = (
+            m.typ.as_deref(),
+            m.name.as_deref(),
+            m.destination.as_deref(),
+        ) else {
+            continue;
+        };
+        if !volumes.iter().any(|v| v == dest) || taken(host, dest) {
+            continue;
+        }
+        let ro = if m.rw == Some(false) { ":ro" } else { "" };
+        host.binds
+            .get_or_insert_with(Vec::new)
+            .push(format!("{name}:{dest}{ro}"));
+    }
+}
+
+/// Apply `declared` to a new container's settings.
 fn apply_declared(config: &mut ContainerCreateBody, host: &mut HostConfig, declared: &Declared) {
+    if let Some(swap) = swap_for_update(host.memory_swap, declared.memory, declared.memory_swap) {
+        host.memory_swap = Some(swap);
+    }
     if let Some(m) = declared.memory {
         host.memory = Some(m);
-        // Docker refuses a memory limit above the memory+swap limit.
-        if host.memory_swap.is_some_and(|s| s > 0 && s < m) && declared.memory_swap.is_none() {
-            host.memory_swap = Some(m);
-        }
-    }
-    if let Some(s) = declared.memory_swap {
-        host.memory_swap = Some(s);
     }
     if let Some(q) = declared.cpu_quota {
         host.cpu_quota = Some(q);
-        host.cpu_period = Some(100_000);
+        host.cpu_period = Some(CPU_PERIOD_US);
+        // Docker refuses `--cpus` next to a quota.
+        host.nano_cpus = None;
     }
-    let mut ulimits = host.ulimits.take().unwrap_or_default();
     for (name, limit) in [("nofile", declared.nofile), ("nproc", declared.nproc)] {
         if let Some((soft, hard)) = limit {
-            ulimits.retain(|u| u.name.as_deref() != Some(name));
-            ulimits.push(ResourcesUlimits {
-                name: Some(name.into()),
-                soft: Some(soft),
-                hard: Some(hard),
-            });
+            set_ulimit(host, name, soft, hard);
         }
     }
-    host.ulimits = (!ulimits.is_empty()).then_some(ulimits);
     if let Some(h) = &declared.health_check {
         let ns = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
         config.healthcheck = Some(HealthConfig {
@@ -736,7 +1000,7 @@ fn parse_docker_time(raw: Option<&str>) -> Option<Timestamp> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_docker_time;
+    use super::*;
 
     #[test]
     fn docker_zero_time_means_never() {
@@ -745,5 +1009,229 @@ mod tests {
         assert_eq!(parse_docker_time(Some("garbage")), None);
         let t = parse_docker_time(Some("2026-11-27T23:59:01.123456789Z")).unwrap();
         assert_eq!(t.as_second(), 1_795_823_941);
+    }
+
+    #[test]
+    fn cpu_limits_read_as_a_quota_per_100ms() {
+        let host = |quota, period, nano| HostConfig {
+            cpu_quota: quota,
+            cpu_period: period,
+            nano_cpus: nano,
+            ..Default::default()
+        };
+        assert_eq!(
+            cpu_quota(&host(Some(50_000), Some(0), Some(0))),
+            Some(50_000)
+        );
+        assert_eq!(cpu_quota(&host(Some(50_000), None, None)), Some(50_000));
+        assert_eq!(
+            cpu_quota(&host(Some(50_000), Some(50_000), None)),
+            Some(100_000)
+        );
+        assert_eq!(
+            cpu_quota(&host(Some(0), Some(0), Some(1_500_000_000))),
+            Some(150_000)
+        );
+        assert_eq!(cpu_quota(&host(Some(0), Some(0), Some(0))), None);
+        assert_eq!(cpu_quota(&host(Some(-1), None, None)), None);
+    }
+
+    #[test]
+    fn health_checks_read_in_cmd_form_with_docker_defaults() {
+        let cmd = HealthConfig {
+            test: Some(vec!["CMD".into(), "/bin/worker".into(), "--check".into()]),
+            interval: Some(5_000_000_000),
+            timeout: Some(0),
+            retries: Some(0),
+            start_period: Some(1_500_000_000),
+            start_interval: None,
+        };
+        assert_eq!(
+            health_check(&cmd),
+            Some(HealthCheck {
+                command: vec!["/bin/worker".into(), "--check".into()],
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(30),
+                retries: 3,
+                start_period: Duration::from_millis(1500),
+            })
+        );
+        let shell = HealthConfig {
+            test: Some(vec![
+                "CMD-SHELL".into(),
+                "curl -f localhost || exit 1".into(),
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(
+            health_check(&shell).unwrap().command,
+            ["/bin/sh", "-c", "curl -f localhost || exit 1"]
+        );
+        let none = HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
+        assert_eq!(health_check(&none), None);
+        assert_eq!(health_check(&HealthConfig::default()), None);
+        let state = |status| ContainerState {
+            health: Some(bollard::models::Health {
+                status: Some(status),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            health_state(&state(HealthStatusEnum::UNHEALTHY)).as_deref(),
+            Some("unhealthy")
+        );
+        assert_eq!(
+            health_state(&state(HealthStatusEnum::STARTING)).as_deref(),
+            Some("starting")
+        );
+        assert_eq!(health_state(&state(HealthStatusEnum::NONE)), None);
+        assert_eq!(health_state(&ContainerState::default()), None);
+    }
+
+    #[test]
+    fn declared_settings_go_on_top_of_the_old_ones() {
+        let mut body = ContainerCreateBody::default();
+        let mut host = HostConfig {
+            memory: Some(256 << 20),
+            memory_swap: Some(512 << 20),
+            nano_cpus: Some(2_000_000_000),
+            ulimits: Some(vec![
+                ResourcesUlimits {
+                    name: Some("core".into()),
+                    soft: Some(-1),
+                    hard: Some(-1),
+                },
+                ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(64),
+                    hard: Some(64),
+                },
+            ]),
+            init: Some(true),
+            ..Default::default()
+        };
+        let declared = Declared {
+            memory: Some(1 << 30),
+            cpu_quota: Some(50_000),
+            nofile: Some((1024, 2048)),
+            nproc: Some((100, 100)),
+            health_check: Some(HealthCheck {
+                command: vec!["true".into()],
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                retries: 2,
+                start_period: Duration::ZERO,
+            }),
+            ..Default::default()
+        };
+        apply_declared(&mut body, &mut host, &declared);
+        assert_eq!(host.memory, Some(1 << 30));
+        assert_eq!(host.memory_swap, Some(1 << 30), "swap follows memory");
+        assert_eq!(
+            (host.cpu_quota, host.cpu_period, host.nano_cpus),
+            (Some(50_000), Some(100_000), None)
+        );
+        let ulimits = host.ulimits.as_deref();
+        assert_eq!(ulimit(ulimits, "core"), Some((-1, -1)), "kept");
+        assert_eq!(ulimit(ulimits, "nofile"), Some((1024, 2048)));
+        assert_eq!(ulimit(ulimits, "nproc"), Some((100, 100)));
+        assert_eq!(host.ulimits.as_ref().unwrap().len(), 3);
+        assert_eq!(host.init, Some(true));
+        let h = body.healthcheck.clone().unwrap();
+        assert_eq!(h.test.unwrap(), ["CMD", "true"]);
+        assert_eq!((h.interval, h.retries), (Some(5_000_000_000), Some(2)));
+        assert_eq!(
+            health_check(&HealthConfig {
+                test: Some(vec!["CMD".into(), "true".into()]),
+                interval: h.interval,
+                timeout: h.timeout,
+                retries: h.retries,
+                start_period: h.start_period,
+                start_interval: None,
+            }),
+            declared.health_check
+        );
+        // Nothing declared changes nothing.
+        let before = host.clone();
+        apply_declared(&mut body, &mut host, &Declared::default());
+        assert_eq!(host, before);
+    }
+
+    #[test]
+    fn replacements_keep_what_was_asked_of_the_network_not_what_was_given() {
+        let old_id = "0123456789abcdef0123";
+        let endpoint = EndpointSettings {
+            aliases: Some(vec!["worker".into(), "0123456789ab".into()]),
+            ipam_config: Some(bollard::models::EndpointIpamConfig {
+                ipv4_address: Some("172.30.0.10".into()),
+                ..Default::default()
+            }),
+            ip_address: Some("172.30.0.10".into()),
+            mac_address: Some("02:42:ac:1e:00:0a".into()),
+            endpoint_id: Some("e".into()),
+            network_id: Some("n".into()),
+            gateway: Some("172.30.0.1".into()),
+            ..Default::default()
+        };
+        let kept = endpoint_settings(endpoint, old_id).unwrap();
+        assert_eq!(kept.aliases.as_deref(), Some(&["worker".to_string()][..]));
+        assert_eq!(
+            kept.ipam_config.unwrap().ipv4_address.as_deref(),
+            Some("172.30.0.10")
+        );
+        assert_eq!(
+            (kept.ip_address, kept.endpoint_id, kept.mac_address),
+            (None, None, None)
+        );
+        // The default bridge: nothing asked.
+        let bridge = EndpointSettings {
+            ip_address: Some("172.17.0.2".into()),
+            aliases: Some(vec!["0123456789ab".into()]),
+            ipam_config: Some(Default::default()),
+            ..Default::default()
+        };
+        assert_eq!(endpoint_settings(bridge, old_id), None);
+        assert_eq!(create_link("/db:/web/db"), "db:db");
+        assert_eq!(create_link("/db:/web/database"), "db:database");
+        assert_eq!(create_link("db:alias"), "db:alias");
+    }
+
+    #[test]
+    fn anonymous_volumes_are_mounted_by_name_in_the_replacement() {
+        let mount = |typ: &str, name: &str, dest: &str, rw| MountPoint {
+            typ: Some(typ.into()),
+            name: Some(name.into()),
+            destination: Some(dest.into()),
+            rw: Some(rw),
+            ..Default::default()
+        };
+        let mut host = HostConfig {
+            binds: Some(vec!["/srv/shared:/shared".into(), "named:/named:ro".into()]),
+            ..Default::default()
+        };
+        let volumes = ["/data".to_string(), "/cache".into(), "/named".into()];
+        keep_anonymous_volumes(
+            &mut host,
+            Some(&volumes),
+            Some(vec![
+                mount("bind", "", "/shared", true),
+                mount("volume", "named", "/named", false),
+                mount("volume", "f00d", "/data", true),
+                mount("volume", "beef", "/cache", false),
+            ]),
+        );
+        assert_eq!(
+            host.binds.unwrap(),
+            [
+                "/srv/shared:/shared",
+                "named:/named:ro",
+                "f00d:/data",
+                "beef:/cache:ro"
+            ]
+        );
     }
 }

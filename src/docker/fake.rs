@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
-    MemoryStats, PathStat, StartOutcome,
+    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime,
+    DockerError, ExecOutput, MemoryStats, PathStat, StartOutcome,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -194,15 +194,21 @@ impl ContainerRuntime for FakeRuntime {
         let key = Self::key_of(&containers, container)
             .ok_or_else(|| DockerError::NotFound(container.into()))?;
         let mut c = containers.remove(&key).expect("found by key");
+        // A new container: new ID, same name and settings, the declared ones on top, started.
         c.id = format!("{}-recreated", c.id);
+        c.memory_swap =
+            swap_for_update(c.memory_swap, declared.memory, declared.memory_swap).or(c.memory_swap);
         c.memory_limit = declared.memory.or(c.memory_limit);
-        c.memory_swap = declared.memory_swap.or(c.memory_swap);
         c.cpu_quota = declared.cpu_quota.or(c.cpu_quota);
         c.nofile_limit = declared.nofile.or(c.nofile_limit);
         c.nproc_limit = declared.nproc.or(c.nproc_limit);
         c.health_check = declared.health_check.clone().or(c.health_check);
+        c.health = c.health_check.as_ref().map(|_| "starting".into());
         c.running = true;
         c.status = "running".into();
+        c.exit_code = None;
+        c.oom_killed = false;
+        c.restart_count = 0;
         let id = c.id.clone();
         containers.insert(key.clone(), c);
         self.actions.lock().unwrap().push(format!("recreate {key}"));
@@ -234,14 +240,22 @@ impl ContainerRuntime for FakeRuntime {
         let key = Self::key_of(&containers, container)
             .ok_or_else(|| DockerError::NotFound(container.into()))?;
         let c = containers.get_mut(&key).expect("found by key");
-        if memory.is_some() {
-            c.memory_limit = memory;
+        // As the engine does it: the swap limit follows a memory limit raised above it.
+        let swap = swap_for_update(c.memory_swap, memory, memory_swap);
+        if let (Some(m), Some(s)) = (memory.or(c.memory_limit), swap.or(c.memory_swap)) {
+            if s > 0 && m > s {
+                return Err(DockerError::Refused {
+                    operation: "update",
+                    message: "Memory limit should be smaller than already set memoryswap limit"
+                        .into(),
+                });
+            }
         }
-        if memory_swap.is_some() {
-            c.memory_swap = memory_swap;
-        }
+        c.memory_limit = memory.or(c.memory_limit);
+        c.memory_swap = swap.or(c.memory_swap);
+        c.cpu_quota = cpu_quota.or(c.cpu_quota);
         self.actions.lock().unwrap().push(format!(
-            "update {key} memory={memory:?} swap={memory_swap:?} cpu={cpu_quota:?}"
+            "update {key} memory={memory:?} swap={swap:?} cpu={cpu_quota:?}"
         ));
         Ok(())
     }
@@ -253,5 +267,126 @@ impl ContainerRuntime for FakeRuntime {
     ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
         // No engine behind the fake: nothing ever happens.
         Box::pin(futures::stream::pending())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::docker::{resources::Declared, HealthCheck};
+
+    const MI: i64 = 1 << 20;
+
+    fn fake() -> FakeRuntime {
+        FakeRuntime::with_container(ContainerInfo {
+            id: "abc".into(),
+            name: "w".into(),
+            image: Some("wro-sample-worker:dev".into()),
+            status: "exited".into(),
+            exit_code: Some(137),
+            oom_killed: true,
+            memory_limit: Some(256 * MI),
+            memory_swap: Some(512 * MI),
+            cpu_quota: Some(50_000),
+            nofile_limit: Some((64, 64)),
+            env: vec!["A=1".into()],
+            ..Default::default()
+        })
+    }
+
+    fn get(f: &FakeRuntime, name: &str) -> ContainerInfo {
+        f.containers.lock().unwrap()[name].clone()
+    }
+
+    #[tokio::test]
+    async fn update_changes_the_limits_in_place() {
+        let f = fake();
+        f.update_resources("abc", Some(384 * MI), None, Some(100_000))
+            .await
+            .unwrap();
+        let c = get(&f, "w");
+        assert_eq!(
+            (c.id.as_str(), c.memory_limit, c.memory_swap, c.cpu_quota),
+            ("abc", Some(384 * MI), Some(512 * MI), Some(100_000))
+        );
+        // Raised above the swap limit: the swap limit comes along.
+        f.update_resources("w", Some(1024 * MI), None, None)
+            .await
+            .unwrap();
+        let c = get(&f, "w");
+        assert_eq!(
+            (c.memory_limit, c.memory_swap),
+            (Some(1024 * MI), Some(1024 * MI))
+        );
+        assert_eq!(c.cpu_quota, Some(100_000), "None leaves a limit as it is");
+        // A swap limit below the memory limit is refused, as Docker does.
+        assert!(f
+            .update_resources("w", None, Some(512 * MI), None)
+            .await
+            .is_err());
+        assert_eq!(
+            *f.actions.lock().unwrap(),
+            [
+                format!(
+                    "update w memory=Some({}) swap=None cpu=Some(100000)",
+                    384 * MI
+                ),
+                format!(
+                    "update w memory=Some({}) swap=Some({}) cpu=None",
+                    1024 * MI,
+                    1024 * MI
+                ),
+            ]
+        );
+        assert!(matches!(
+            f.update_resources("gone", Some(MI), None, None).await,
+            Err(DockerError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn recreate_gives_a_new_started_container_with_the_declared_settings() {
+        let f = fake();
+        let check = HealthCheck {
+            command: vec!["true".into()],
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            retries: 3,
+            start_period: Duration::ZERO,
+        };
+        let declared = Declared {
+            memory: Some(1024 * MI),
+            nofile: Some((4096, 4096)),
+            nproc: Some((512, 512)),
+            health_check: Some(check.clone()),
+            ..Default::default()
+        };
+        let id = f
+            .recreate("w", &declared, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(id, "abc-recreated");
+        let c = get(&f, "w");
+        assert_eq!(c.id, id);
+        assert!(c.running && !c.oom_killed && c.exit_code.is_none());
+        assert_eq!(c.memory_limit, Some(1024 * MI));
+        assert_eq!(c.memory_swap, Some(1024 * MI), "swap follows memory");
+        assert_eq!(c.cpu_quota, Some(50_000), "not declared: kept");
+        assert_eq!(c.nofile_limit, Some((4096, 4096)));
+        assert_eq!(c.nproc_limit, Some((512, 512)));
+        assert_eq!(c.health_check, Some(check));
+        assert_eq!(c.health.as_deref(), Some("starting"));
+        assert_eq!(
+            (c.image, c.env),
+            (Some("wro-sample-worker:dev".into()), vec!["A=1".into()])
+        );
+        assert!(crate::docker::resources::drift(&declared, &get(&f, "w")).is_empty());
+        assert_eq!(*f.actions.lock().unwrap(), ["recreate w"]);
+        assert!(matches!(
+            f.recreate("gone", &declared, Duration::ZERO).await,
+            Err(DockerError::NotFound(_))
+        ));
     }
 }

@@ -35,10 +35,15 @@ pub struct ContainerInfo {
     pub nofile_limit: Option<(i64, i64)>,
     /// `nproc` ulimit (soft, hard), when one is set.
     pub nproc_limit: Option<(i64, i64)>,
-    /// CPU quota in microseconds per period, when one is set.
+    /// CPU limit as a quota in microseconds per 100 ms period, when one is set (`--cpu-quota`
+    /// with another `--cpu-period`, and `--cpus`, converted: `--cpus 1.5` is 150000).
     pub cpu_quota: Option<i64>,
-    /// The container's health check (`HEALTHCHECK`), when it has one.
-    pub health_check: Option<resources::HealthCheck>,
+    /// The container's health check (`HEALTHCHECK`, image's or `docker run --health-*`), when
+    /// it has one.
+    pub health_check: Option<HealthCheck>,
+    /// State of the health check: `starting`, `healthy` or `unhealthy` (`State.Health.Status`);
+    /// `None` without a health check.
+    pub health: Option<String>,
     /// The container's environment (`KEY=value`), for its PATH.
     pub env: Vec<String>,
     /// Entrypoint followed by command: what PID 1 runs (or its child, under `--init`).
@@ -47,6 +52,19 @@ pub struct ContainerInfo {
     pub init: bool,
     /// The container's labels, among them the operator's consent label.
     pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A container health check (Docker `HEALTHCHECK`), as the operator declares and reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What runs, `CMD` form (no shell): the command and its arguments. A `CMD-SHELL` check
+    /// reads as `["/bin/sh", "-c", "<its command>"]`.
+    pub command: Vec<String>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    /// Consecutive failures that make the container `unhealthy`.
+    pub retries: u32,
+    pub start_period: std::time::Duration,
 }
 
 /// Output of a command run inside a container.
@@ -190,8 +208,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
     async fn remove(&self, container: &str) -> Result<bool, DockerError>;
-    /// Change the memory, memory+swap and CPU quota limits of a container in place (`docker
-    /// update`); `None` leaves a limit as it is.
+    /// Change the memory, memory+swap and CPU quota limits of a running or stopped container in
+    /// place (`docker update`); `None` leaves a limit as it is. Sizes are bytes, the CPU quota
+    /// is microseconds per 100 ms period.
+    ///
+    /// Docker refuses a memory limit above the container's memory+swap limit, so when
+    /// `memory` is raised above the current swap limit and `memory_swap` is `None`, the swap
+    /// limit is raised to `memory` with it (no swap; see [`resources::swap_for_update`]). A
+    /// container limited with `--cpus` gets the quota as `--cpus` (Docker cannot switch one
+    /// to a quota in place).
     async fn update_resources(
         &self,
         container: &str,
@@ -199,10 +224,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         memory_swap: Option<i64>,
         cpu_quota: Option<i64>,
     ) -> Result<(), DockerError>;
-    /// Replace a container by one with the same name, image, command, environment, labels,
-    /// mounts and other settings, with `declared` applied on top, and start it; returns the new
-    /// ID. The new one is created first under `<name>-wro-new`; after a crash in the middle,
-    /// [`resources::NEW_SUFFIX`] names the container to adopt.
+    /// Replace a container by one with the same name, image, command, entrypoint, environment,
+    /// labels, mounts (anonymous volumes included: the new one gets the same volumes), network
+    /// (mode, aliases, other networks), working dir, user, init flag, restart policy and every
+    /// other `HostConfig` setting, with `declared` applied on top, and start it; returns the
+    /// new ID.
+    ///
+    /// Crash-aware: the new container is created under `<name>`[`resources::NEW_SUFFIX`]
+    /// first (a leftover of that name carrying the same consent label is removed before),
+    /// then the old one is stopped (SIGTERM, SIGKILL after `grace`) and removed, then the new
+    /// one is renamed to `<name>` and started. Interrupted after the old one went, the
+    /// container to adopt is `<name>-wro-new`; interrupted before, the old one is still there
+    /// and a later recreate starts over.
     async fn recreate(
         &self,
         container: &str,

@@ -1,3 +1,4 @@
-//! Telling humans that automatic recovery gave up: the escalation webhook.
+//! Telling humans that automatic recovery gave up: the runbook's escalation ladder (Automated
+//! 0-5 min, L1 5-15, L2 15-30, L3 30+) is announced to a webhook at each level change.
 
 pub mod webhook;
