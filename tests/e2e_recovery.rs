@@ -359,6 +359,10 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
     );
     let mounts = docker_ok(&["inspect", "-f", "{{json .HostConfig.Binds}}", &debug]);
     assert!(mounts.contains(":/shared"), "{mounts}");
+    // One container consents for one Worker: the copy carries the run's label, not the consent.
+    let labels = docker_ok(&["inspect", "-f", "{{json .Config.Labels}}", &debug]);
+    assert!(!labels.contains(CONSENT_LABEL), "{labels}");
+    assert!(labels.contains("workerrecovery.io/recovery"), "{labels}");
 
     // Deleting the run removes what it created.
     stack.kubectl_ok(&[

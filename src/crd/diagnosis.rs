@@ -163,6 +163,13 @@ pub enum RootCause {
     MetricsEndpointDown,
 }
 
+impl std::fmt::Display for RootCause {
+    /// The variant's name, as the API spells it (`OutOfMemory`, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// One ranked cause with the findings that support it.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

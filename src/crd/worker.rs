@@ -700,7 +700,7 @@ pub struct EscalationStatus {
     pub reason: String,
     /// The root cause of the last attempt, when one was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub root_cause: Option<String>,
+    pub root_cause: Option<crate::crd::diagnosis::RootCause>,
     /// The last automatic recovery run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -734,8 +734,7 @@ pub struct NotificationStatus {
 pub struct FailoverStatus {
     /// The backup Worker.
     pub to: String,
-    /// `Moving`, `Done` or `Failed`.
-    pub state: String,
+    pub state: FailoverState,
     /// Tasks of the batch being moved (recorded before the move).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch: Vec<String>,
@@ -744,6 +743,18 @@ pub struct FailoverStatus {
     pub moved: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Where a failover stands.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailoverState {
+    /// Tasks are being moved, a batch at a time.
+    #[default]
+    Moving,
+    /// Every pending task was moved.
+    Done,
+    /// No backup Worker could take them.
+    Failed,
 }
 
 /// One setting of the running container that differs from `spec.resources`.

@@ -87,6 +87,7 @@ pub mod testing {
     use crate::{
         crd::worker::Worker,
         diagnose::CheckContext,
+        docker::ContainerState,
         docker::{fake::FakeRuntime, ContainerInfo},
     };
 
@@ -104,7 +105,7 @@ pub mod testing {
             id: "3f2a9c1e7b4d5a6f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f".into(),
             name: "marie".into(),
             image: Some("wro-sample-worker:dev".into()),
-            status: "running".into(),
+            status: ContainerState::Running,
             running: true,
             exit_code: Some(0),
             pid: Some(4242),
@@ -126,7 +127,7 @@ pub mod testing {
     /// The same container after it exited with `code`.
     pub fn exited(code: i64) -> ContainerInfo {
         ContainerInfo {
-            status: "exited".into(),
+            status: ContainerState::Exited,
             running: false,
             exit_code: Some(code),
             pid: None,

@@ -8,10 +8,10 @@ use bollard::{
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecOptions, StartExecResults},
     models::{
-        ContainerConfig, ContainerCreateBody, ContainerInspectResponse, ContainerState,
-        ContainerStateStatusEnum, ContainerUpdateBody, EndpointSettings, HealthConfig,
-        HealthStatusEnum, HostConfig, MountPoint, NetworkConnectRequest, NetworkingConfig,
-        ResourcesUlimits,
+        ContainerConfig, ContainerCreateBody, ContainerInspectResponse,
+        ContainerState as EngineState, ContainerStateStatusEnum, ContainerUpdateBody,
+        EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig, MountPoint,
+        NetworkConnectRequest, NetworkingConfig, ResourcesUlimits,
     },
     query_parameters::{
         ContainerArchiveInfoOptions, CreateContainerOptions, EventsOptions, LogsOptions,
@@ -27,8 +27,8 @@ use crate::trust::CONSENT_LABEL;
 
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
-    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, DockerError, ExecOutput,
-    HealthCheck, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
+    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerError,
+    ExecOutput, HealthCheck, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -66,6 +66,19 @@ impl DockerEngine {
             v.version.unwrap_or_default(),
             v.api_version.unwrap_or_default()
         ))
+    }
+}
+
+fn container_state(s: ContainerStateStatusEnum) -> ContainerState {
+    match s {
+        ContainerStateStatusEnum::CREATED => ContainerState::Created,
+        ContainerStateStatusEnum::RUNNING => ContainerState::Running,
+        ContainerStateStatusEnum::PAUSED => ContainerState::Paused,
+        ContainerStateStatusEnum::RESTARTING => ContainerState::Restarting,
+        ContainerStateStatusEnum::REMOVING => ContainerState::Removing,
+        ContainerStateStatusEnum::EXITED => ContainerState::Exited,
+        ContainerStateStatusEnum::DEAD => ContainerState::Dead,
+        _ => ContainerState::Unknown,
     }
 }
 
@@ -240,8 +253,7 @@ impl ContainerRuntime for DockerEngine {
                     image: config.image,
                     status: state
                         .status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "unknown".into()),
+                        .map_or(ContainerState::Unknown, container_state),
                     running: state.running.unwrap_or(false),
                     exit_code: state.exit_code,
                     oom_killed: state.oom_killed.unwrap_or(false),
@@ -336,6 +348,8 @@ impl ContainerRuntime for DockerEngine {
         env.extend(clone.env.iter().map(|(k, v)| format!("{k}={v}")));
         body.env = Some(env);
         let mut labels = body.labels.take().unwrap_or_default();
+        // One container consents for one Worker: the copy is the run's, not the Worker's.
+        labels.remove(CONSENT_LABEL);
         labels.extend(clone.labels.clone());
         body.labels = Some(labels);
         if clone.core_unlimited {
@@ -826,7 +840,7 @@ fn health_check(h: &HealthConfig) -> Option<HealthCheck> {
 }
 
 /// `State.Health.Status` when the container has a health check.
-fn health_state(state: &ContainerState) -> Option<String> {
+fn health_state(state: &EngineState) -> Option<String> {
     let status = state.health.as_ref()?.status?;
     match status {
         HealthStatusEnum::EMPTY | HealthStatusEnum::NONE => None,
@@ -1073,7 +1087,7 @@ mod tests {
         };
         assert_eq!(health_check(&none), None);
         assert_eq!(health_check(&HealthConfig::default()), None);
-        let state = |status| ContainerState {
+        let state = |status| EngineState {
             health: Some(bollard::models::Health {
                 status: Some(status),
                 ..Default::default()
@@ -1089,7 +1103,7 @@ mod tests {
             Some("starting")
         );
         assert_eq!(health_state(&state(HealthStatusEnum::NONE)), None);
-        assert_eq!(health_state(&ContainerState::default()), None);
+        assert_eq!(health_state(&EngineState::default()), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! An in-memory [`ContainerRuntime`] for unit tests of checks and controllers.
 
+use super::ContainerState;
 use std::{collections::HashMap, sync::Mutex};
 
 use async_trait::async_trait;
@@ -62,7 +63,7 @@ impl ContainerRuntime for FakeRuntime {
             return Ok(StartOutcome::AlreadyRunning);
         }
         info.running = true;
-        info.status = "running".into();
+        info.status = ContainerState::Running;
         *self.starts.lock().unwrap() += 1;
         Ok(StartOutcome::Started)
     }
@@ -122,7 +123,7 @@ impl ContainerRuntime for FakeRuntime {
             .and_then(|k| containers.get_mut(&k))
             .ok_or_else(|| DockerError::NotFound(container.into()))?;
         info.running = false;
-        info.status = "exited".into();
+        info.status = ContainerState::Exited;
         self.actions
             .lock()
             .unwrap()
@@ -161,9 +162,10 @@ impl ContainerRuntime for FakeRuntime {
         copy.id = format!("{}-clone", original.id);
         copy.name = clone.name.clone();
         copy.running = false;
-        copy.status = "created".into();
+        copy.status = ContainerState::Created;
         copy.env
             .extend(clone.env.iter().map(|(k, v)| format!("{k}={v}")));
+        copy.labels.remove(crate::trust::CONSENT_LABEL);
         copy.labels.extend(clone.labels.clone());
         let id = copy.id.clone();
         containers.insert(clone.name.clone(), copy);
@@ -205,7 +207,7 @@ impl ContainerRuntime for FakeRuntime {
         c.health_check = declared.health_check.clone().or(c.health_check);
         c.health = c.health_check.as_ref().map(|_| "starting".into());
         c.running = true;
-        c.status = "running".into();
+        c.status = ContainerState::Running;
         c.exit_code = None;
         c.oom_killed = false;
         c.restart_count = 0;
@@ -284,7 +286,7 @@ mod tests {
             id: "abc".into(),
             name: "w".into(),
             image: Some("wro-sample-worker:dev".into()),
-            status: "exited".into(),
+            status: ContainerState::Exited,
             exit_code: Some(137),
             oom_killed: true,
             memory_limit: Some(256 * MI),

@@ -17,8 +17,8 @@ pub struct ContainerInfo {
     pub id: String,
     pub name: String,
     pub image: Option<String>,
-    /// Docker's state word: created, running, paused, restarting, removing, exited, dead.
-    pub status: String,
+    /// Docker's state.
+    pub status: ContainerState,
     pub running: bool,
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
@@ -65,6 +65,59 @@ pub struct HealthCheck {
     /// Consecutive failures that make the container `unhealthy`.
     pub retries: u32,
     pub start_period: std::time::Duration,
+}
+
+/// Docker's state of a container (`State.Status`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// The engine gave no state, or one this operator does not know.
+    #[default]
+    Unknown,
+}
+
+impl ContainerState {
+    /// Docker's word for it, as `docker ps` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Docker's word read back (the fake engine and tests use it).
+    pub fn from_word(word: &str) -> Self {
+        [
+            Self::Created,
+            Self::Running,
+            Self::Paused,
+            Self::Restarting,
+            Self::Removing,
+            Self::Exited,
+            Self::Dead,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == word)
+        .unwrap_or(Self::Unknown)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Output of a command run inside a container.

@@ -2,6 +2,7 @@
 //! finds what it already did and finishes the rest. A dry run computes and records what each
 //! step would do and changes nothing.
 
+use crate::docker::ContainerState;
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -182,7 +183,9 @@ pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
     let mut running = false;
     if let Some(c) = run.admitted_container() {
         if let Some(now) = run.current(&c.id).await? {
-            running = now.running || now.status == "restarting" || now.status == "paused";
+            running = now.running
+                || now.status == ContainerState::Restarting
+                || now.status == ContainerState::Paused;
         }
         if running && !run.dry_run() {
             run.ctx.docker.stop(&c.id, run.grace()).await?;
@@ -423,7 +426,7 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
         Some(c) if c.running => {}
         // It ran and stopped again since the run started it: waiting longer cannot help.
         Some(c)
-            if c.status == "exited"
+            if c.status == ContainerState::Exited
                 && matches!((c.finished_at, started_at), (Some(f), Some(s)) if f >= s) =>
         {
             return Ok(Outcome::Done(StepResult::failed(format!(

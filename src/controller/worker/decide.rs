@@ -1,5 +1,6 @@
 //! Pure decisions of the Worker controller: from what was observed to health, action and status.
 
+use crate::docker::ContainerState;
 use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -109,12 +110,12 @@ fn container_condition(container: &ContainerObservation) -> ConditionState {
             "ContainerNotFound",
             "no such container on this host".to_string(),
         ),
-        ContainerObservation::Found(c) if c.status == "paused" => (
+        ContainerObservation::Found(c) if c.status == ContainerState::Paused => (
             ConditionStatus::False,
             "Paused",
             format!("container {} is paused", c.name),
         ),
-        ContainerObservation::Found(c) if c.status == "restarting" => (
+        ContainerObservation::Found(c) if c.status == ContainerState::Restarting => (
             ConditionStatus::False,
             "Restarting",
             format!("Docker's restart policy is restarting container {}", c.name),
@@ -268,7 +269,7 @@ pub fn next_status(
     let container = match &obs.container {
         ContainerObservation::Found(c) => Some(ContainerSummary {
             id: Some(c.short_id().to_string()),
-            state: c.status.clone(),
+            state: c.status.to_string(),
             exit_code: (!c.running).then_some(c.exit_code).flatten(),
             oom_killed: c.oom_killed,
             started_at: c.started_at.map(Time),
@@ -420,13 +421,12 @@ pub fn failure(obs: &Observation, heartbeat_timeout: Duration) -> Option<Failure
         return None;
     };
     if !c.running {
-        return matches!(c.status.as_str(), "exited" | "created").then(|| FailureKind::Stopped {
-            trigger: match (c.oom_killed, c.exit_code) {
-                (true, Some(code)) => format!("OOM-killed (exit code {code})"),
-                (true, None) => "OOM-killed".to_string(),
-                (false, Some(code)) if c.status == "exited" => format!("exit code {code}"),
-                _ => format!("container {}", c.status),
-            },
+        return matches!(c.status, ContainerState::Exited | ContainerState::Created).then(|| {
+            FailureKind::Stopped {
+                state: c.status,
+                exit_code: c.exit_code,
+                oom_killed: c.oom_killed,
+            }
         });
     }
     let HeartbeatObservation::Present(hb) = &obs.heartbeat else {
@@ -437,28 +437,67 @@ pub fn failure(obs: &Observation, heartbeat_timeout: Duration) -> Option<Failure
         .started_at
         .is_none_or(|s| !heartbeat::freshness(s, obs.now, heartbeat_timeout).fresh);
     (stale && started_long_ago).then(|| FailureKind::Hung {
-        trigger: format!(
-            "heartbeat missed: the last one is {}s old (timeout {}s)",
-            obs.now.duration_since(hb.at).as_secs(),
-            heartbeat_timeout.as_secs()
-        ),
+        heartbeat_age: obs.now.duration_since(hb.at).unsigned_abs(),
+        timeout: heartbeat_timeout,
     })
 }
 
 /// A failure the policy acts on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The container is not running: start it.
-    Stopped { trigger: String },
-    /// The container runs but the worker is hung: restart it.
-    Hung { trigger: String },
+    /// The container is not running (`exited`, or `created` and never started): start it.
+    Stopped {
+        state: ContainerState,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+    },
+    /// The container runs but the worker is hung (its heartbeat is this old): restart it.
+    Hung {
+        heartbeat_age: Duration,
+        timeout: Duration,
+    },
 }
 
 impl FailureKind {
-    pub fn trigger(&self) -> &str {
+    /// What triggered the attempt, for humans: `exit code 3`, `OOM-killed (exit code 137)`,
+    /// `heartbeat missed: ...`.
+    pub fn trigger(&self) -> String {
         match self {
-            Self::Stopped { trigger } | Self::Hung { trigger } => trigger,
+            Self::Stopped {
+                oom_killed: true,
+                exit_code: Some(code),
+                ..
+            } => format!("OOM-killed (exit code {code})"),
+            Self::Stopped {
+                oom_killed: true, ..
+            } => "OOM-killed".to_string(),
+            Self::Stopped {
+                state: ContainerState::Exited,
+                exit_code: Some(code),
+                ..
+            } => format!("exit code {code}"),
+            Self::Stopped { state, .. } => format!("container {state}"),
+            Self::Hung {
+                heartbeat_age,
+                timeout,
+            } => format!(
+                "heartbeat missed: the last one is {}s old (timeout {}s)",
+                heartbeat_age.as_secs(),
+                timeout.as_secs()
+            ),
         }
+    }
+
+    /// The worker exited with 127, a shell's "command not found": a missing dependency.
+    pub fn command_not_found(&self) -> bool {
+        matches!(
+            self,
+            Self::Stopped {
+                exit_code: Some(127),
+                oom_killed: false,
+                ..
+            }
+        )
     }
 }
 
@@ -568,7 +607,7 @@ mod tests {
             id: "0123456789abcdef0123".into(),
             name: "marie".into(),
             image: Some("wro-sample-worker:dev".into()),
-            status: status.into(),
+            status: ContainerState::from_word(status),
             running,
             exit_code: Some(if running { 0 } else { 3 }),
             oom_killed: false,
@@ -836,12 +875,9 @@ mod tests {
             ContainerObservation::Found(container("exited", false)),
             beat(5),
         );
-        assert_eq!(
-            failure(&exited, TIMEOUT),
-            Some(FailureKind::Stopped {
-                trigger: "exit code 3".into()
-            })
-        );
+        let stopped = failure(&exited, TIMEOUT).unwrap();
+        assert_eq!(stopped.trigger(), "exit code 3");
+        assert!(!stopped.command_not_found());
         let mut oom = container("exited", false);
         oom.oom_killed = true;
         oom.exit_code = Some(137);
@@ -857,7 +893,7 @@ mod tests {
             beat(31),
         );
         assert!(
-            matches!(failure(&hung, TIMEOUT), Some(FailureKind::Hung { trigger }) if trigger.contains("31s old"))
+            matches!(failure(&hung, TIMEOUT), Some(f @ FailureKind::Hung { .. }) if f.trigger().contains("31s old"))
         );
         // Just restarted: its old heartbeat is not a hang yet.
         let mut fresh_start = container("running", true);
@@ -945,9 +981,18 @@ mod tests {
                 TIMEOUT
             ),
             Some(FailureKind::Stopped {
-                trigger: "container created".into()
+                state: ContainerState::Created,
+                exit_code: Some(3),
+                oom_killed: false,
             })
         );
+        let mut not_found = container("exited", false);
+        not_found.exit_code = Some(127);
+        let failure = failure(
+            &obs(ContainerObservation::Found(not_found), beat(5)),
+            TIMEOUT,
+        );
+        assert!(failure.unwrap().command_not_found(), "exit 127");
     }
 
     #[test]

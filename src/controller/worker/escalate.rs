@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use crate::crd::worker::{EscalationLevel, EscalationSpec, EscalationStatus};
+use crate::crd::{
+    diagnosis::RootCause,
+    worker::{EscalationLevel, EscalationSpec, EscalationStatus},
+};
 
 /// The levels in force, in order of `afterSeconds`: the spec's, or the runbook's when the
 /// Worker declares none.
@@ -40,7 +43,7 @@ pub fn level_at(levels: &[EscalationLevel], since: Timestamp, now: Timestamp) ->
 pub fn begin(
     levels: &[EscalationLevel],
     reason: String,
-    root_cause: Option<String>,
+    root_cause: Option<RootCause>,
     run: Option<String>,
     now: Timestamp,
 ) -> EscalationStatus {

@@ -313,6 +313,7 @@ mod tests {
     use std::sync::Arc;
 
     use http::Method;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::{json, Value};
 
     use super::*;
@@ -355,7 +356,6 @@ mod tests {
         }
     }
 
-    /// A context over `docker` and the mock API server; also returns what the server saw.
     /// A context over `docker` and the mock API server that allows shared roots under
     /// `allowed`; also returns what the server saw.
     fn context(
@@ -580,5 +580,98 @@ mod tests {
         let (ctx, _) = context(fake.clone(), &[dir.path()]);
         reconcile_worker(&worker, &ctx).await.unwrap();
         assert_eq!(*fake.starts.lock().unwrap(), 0);
+    }
+
+    /// After a run that found file-descriptor exhaustion, the next automatic attempt recreates
+    /// the container with `nofile` raised by `nofileFactor`, up to `nofileCeiling`.
+    #[tokio::test]
+    async fn fd_exhaustion_raises_nofile_within_the_ceiling_at_the_next_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let mut exited = testing::exited(1);
+        exited.nofile_limit = Some((64, 64));
+        let fake = Arc::new(FakeRuntime::with_container(exited));
+        let earlier = serde_json::json!({
+            "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+            "metadata": {"name": "marie-auto-1", "namespace": "default"},
+            "spec": {"workerRef": {"name": "marie"}},
+            "status": {"phase": "Succeeded", "diagnosis": {
+                "worker": "marie", "container": "marie",
+                "startedAt": "2026-11-27T10:00:00Z", "completedAt": "2026-11-27T10:00:01Z",
+                "findings": [],
+                "verdict": {"topCause": "FileDescriptorExhaustion", "causes": [{
+                    "cause": "FileDescriptorExhaustion", "score": 30,
+                    "summary": "Too many open files", "supporting": []}]}}}
+        });
+        let (client, requests) = mock_api::client(move |method, path, body| {
+            let runs = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
+            match (method, path) {
+                (&Method::GET, p) if p == format!("{runs}/marie-auto-1") => (200, earlier.clone()),
+                (&Method::GET, p) if p == runs => (
+                    200,
+                    json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecoveryList",
+                           "metadata": {}, "items": [earlier.clone()]}),
+                ),
+                _ => api_server(method, path, body),
+            }
+        });
+        let roots = AllowedRoots::new(&[dir.path().to_path_buf()]).unwrap();
+        let host = Arc::new(FakeHost(Ok(String::new())));
+        let ctx = Context::new(
+            client,
+            fake.clone(),
+            host,
+            Arc::new(Metrics::default()),
+            roots,
+        );
+        let mut worker = worker_at(dir.path());
+        worker.spec.resources = Some(
+            serde_json::from_value(json!({
+            "nofile": {"soft": 64, "hard": 64}, "apply": "OnRestart"}))
+            .unwrap(),
+        );
+        worker.spec.auto_recovery = serde_json::from_value(json!({
+            "enabled": true, "cooldownSeconds": 0, "backoff": {"initialSeconds": 0},
+            "remediation": {"nofileFactor": 4.0, "nofileCeiling": 200}}))
+        .unwrap();
+        let before = Time(Timestamp::now() - Duration::from_secs(5));
+        worker.status = Some(WorkerStatus {
+            auto_recovery: Some(
+                serde_json::from_value(json!({
+                "attempts": [{"time": before, "run": "marie-auto-1", "trigger": "exit code 1"}],
+                "attemptsTotal": 1, "consecutiveFailures": 1}))
+                .unwrap(),
+            ),
+            last_observed_time: Some(before),
+            ..Default::default()
+        });
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let c = fake.containers.lock().unwrap()["marie"].clone();
+        assert!(c.running, "recreated and started");
+        assert_eq!(
+            c.nofile_limit,
+            Some((200, 200)),
+            "64 x 4 = 256, held at 200"
+        );
+        assert!(fake
+            .actions
+            .lock()
+            .unwrap()
+            .contains(&"recreate marie".to_string()));
+        let recorded = requests.lock().unwrap().clone();
+        let status = &recorded
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH)
+            .unwrap()
+            .body["status"];
+        let attempt = &status["autoRecovery"]["attempts"][1];
+        assert_eq!(attempt["run"], "marie-auto-2");
+        let remediation = attempt["remediation"].as_str().unwrap();
+        assert!(
+            remediation.contains("nofile 64:64 -> 200:200"),
+            "{remediation}"
+        );
     }
 }

@@ -26,9 +26,10 @@ use super::{
 use crate::{
     controller::Context,
     crd::{
+        diagnosis::RootCause,
         worker::{
             ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationStatus,
-            FailoverStatus, NotificationStatus, Worker, WorkerPhase, WorkerStatus,
+            FailoverState, FailoverStatus, NotificationStatus, Worker, WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -134,7 +135,7 @@ pub async fn supervise(
                     spec,
                     &out.record,
                     Some(&Failure {
-                        trigger: failure.trigger().to_string(),
+                        trigger: failure.trigger(),
                     }),
                     in_progress.is_some(),
                     now,
@@ -200,7 +201,10 @@ pub async fn supervise(
         notify(worker, e).await;
         if escalate::at_last_level(e, &levels) {
             fail_over(ctx, worker, admission, e).await?;
-            if e.failover.as_ref().is_some_and(|f| f.state == "Moving") {
+            if e.failover
+                .as_ref()
+                .is_some_and(|f| f.state == FailoverState::Moving)
+            {
                 // The batch just recorded moves on the next look, once the record is written.
                 out.next_look = Some(Duration::from_millis(100));
             }
@@ -290,7 +294,7 @@ async fn attempt(
         spec,
         &mut out.record,
         &run,
-        failure.trigger(),
+        &failure.trigger(),
         remediation.clone(),
         now,
     );
@@ -323,7 +327,7 @@ async fn attempt(
         )
         .await;
     }
-    info!(%run, trigger = failure.trigger(), "automatic recovery attempt");
+    info!(%run, trigger = %failure.trigger(), "automatic recovery attempt");
     prune_runs(ctx, worker).await?;
     Ok(())
 }
@@ -331,7 +335,13 @@ async fn attempt(
 fn describe(failure: &FailureKind, container: &ContainerInfo) -> String {
     match failure {
         FailureKind::Stopped { .. } => decide::exit_description(container),
-        FailureKind::Hung { trigger } => format!("container {} is hung: {trigger}", container.name),
+        FailureKind::Hung { .. } => {
+            format!(
+                "container {} is hung: {}",
+                container.name,
+                failure.trigger()
+            )
+        }
     }
 }
 
@@ -362,7 +372,7 @@ async fn create_run(
                 name: worker.name_any(),
             },
             trigger: Some(RecoveryTrigger {
-                reason: failure.trigger().to_string(),
+                reason: failure.trigger(),
                 exit_code: stopped.then_some(container.exit_code).flatten(),
                 oom_killed: stopped && container.oom_killed,
                 finished_at: stopped.then_some(container.finished_at).flatten().map(Time),
@@ -427,11 +437,8 @@ async fn prune_runs(ctx: &Context, worker: &Worker) -> Result<(), Error> {
 /// A restart cannot install a missing binary: say so when the last attempt's run found one
 /// missing, or the worker exited with 127 (command not found).
 fn missing_dependency(failure: &FailureKind, last_run: Option<&WorkerRecovery>) -> Option<String> {
-    let diagnosed = last_run
-        .and_then(root_cause_of)
-        .is_some_and(|c| c == "MissingDependency");
-    let exit_127 = failure.trigger() == "exit code 127";
-    (diagnosed || exit_127).then(|| {
+    let diagnosed = last_run.and_then(root_cause_of) == Some(RootCause::MissingDependency);
+    (diagnosed || failure.command_not_found()).then(|| {
         format!(
             "{}: a missing dependency, which a restart cannot fix",
             failure.trigger()
@@ -439,17 +446,9 @@ fn missing_dependency(failure: &FailureKind, last_run: Option<&WorkerRecovery>) 
     })
 }
 
-fn root_cause_of(run: &WorkerRecovery) -> Option<String> {
-    let cause = run
-        .status
-        .as_ref()?
-        .diagnosis
-        .as_ref()?
-        .verdict
-        .causes
-        .first()?
-        .cause;
-    Some(format!("{cause:?}"))
+fn root_cause_of(run: &WorkerRecovery) -> Option<RootCause> {
+    let diagnosis = run.status.as_ref()?.diagnosis.as_ref()?;
+    Some(diagnosis.verdict.causes.first()?.cause)
 }
 
 /// Tasks found in `active/` at `poisonAfterCrashes` consecutive crashes go to `failed/`.
@@ -596,7 +595,7 @@ async fn apply_declared(
             .get_opt(&last.run)
             .await?
             .and_then(|run| root_cause_of(&run))
-            .is_some_and(|c| c == "FdExhaustion");
+            == Some(RootCause::FileDescriptorExhaustion);
         if exhausted {
             let (soft, hard) = container
                 .nofile_limit
@@ -678,7 +677,7 @@ async fn notify(worker: &Worker, e: &mut EscalationStatus) {
         level_index: e.level_index,
         previous_level: None,
         reason: e.reason.clone(),
-        root_cause: e.root_cause.clone(),
+        root_cause: e.root_cause.map(|c| c.to_string()),
         run: e.run.clone(),
         since: e.since.as_ref().map_or(now, |t| t.0).to_string(),
         time: now.to_string(),
@@ -718,7 +717,10 @@ async fn fail_over(
         Some(s) if !s.backup_workers.is_empty() => s.backup_workers.clone(),
         _ => return Ok(()),
     };
-    if e.failover.as_ref().is_some_and(|f| f.state != "Moving") {
+    if e.failover
+        .as_ref()
+        .is_some_and(|f| f.state != FailoverState::Moving)
+    {
         return Ok(());
     }
     let workers: Api<Worker> =
@@ -750,7 +752,7 @@ async fn fail_over(
         if e.failover.is_none() {
             e.failover = Some(FailoverStatus {
                 to: String::new(),
-                state: "Failed".into(),
+                state: FailoverState::Failed,
                 message: Some("no backup Worker is healthy and admitted".into()),
                 ..Default::default()
             });
@@ -759,7 +761,7 @@ async fn fail_over(
     };
     let mut f = e.failover.take().unwrap_or(FailoverStatus {
         to: to.clone(),
-        state: "Moving".into(),
+        state: FailoverState::Moving,
         ..Default::default()
     });
     loop {
@@ -770,7 +772,7 @@ async fn fail_over(
                 .map_err(Error::Files)?
                 .map_err(|e| Error::Files(e.to_string()))?;
             if scan.oldest.is_empty() {
-                f.state = "Done".into();
+                f.state = FailoverState::Done;
                 f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
                 ctx.publish(
                     worker,

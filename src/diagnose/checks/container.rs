@@ -5,6 +5,7 @@
 //! `OomKilled` for OutOfMemory and `ContainerExited` for ApplicationCrash, and an OOM kill is
 //! not a crash of the application's own making.
 
+use crate::docker::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     docker::ContainerInfo,
@@ -34,7 +35,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     if let (Some(crash), true) = (&ctx.crash, container.running) {
         // Restarted by automatic recovery: the end it had is the evidence that counts.
         let ended = ContainerInfo {
-            status: "exited".into(),
+            status: ContainerState::Exited,
             running: false,
             exit_code: crash.exit_code,
             oom_killed: crash.oom_killed,
@@ -125,7 +126,7 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
 /// The evidence every container finding carries.
 fn evidence(mut f: Finding, c: &ContainerInfo) -> Finding {
     f = f
-        .with("state", &c.status)
+        .with("state", c.status)
         .with("containerId", &c.id)
         .with("oomKilled", c.oom_killed)
         .with("dockerRestartCount", c.restart_count);
@@ -254,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn restarting_container_reports_the_last_exit_too() {
         let c = ContainerInfo {
-            status: "restarting".into(),
+            status: ContainerState::Restarting,
             running: true,
             restart_count: 4,
             ..exited(3)
@@ -274,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn paused_missing_and_unreachable() {
         let paused = ContainerInfo {
-            status: "paused".into(),
+            status: ContainerState::Paused,
             ..running()
         };
         assert_eq!(

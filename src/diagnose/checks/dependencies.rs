@@ -6,6 +6,7 @@
 //! whether it runs or not: a worker that exited because a binary is missing is still checked.
 //! `--version` and `pip` need a running container.
 
+use crate::docker::ContainerState;
 use std::time::Duration;
 
 use crate::{
@@ -40,7 +41,8 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         }
         Ok(Some(c)) => c,
     };
-    let running = c.running && c.status != "restarting" && c.status != "paused";
+    let running =
+        c.running && c.status != ContainerState::Restarting && c.status != ContainerState::Paused;
     let mut findings = Vec::new();
     for binary in &d.required_binaries {
         findings.push(check_binary(ctx, c, running, binary).await?);

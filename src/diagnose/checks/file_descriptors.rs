@@ -10,6 +10,7 @@
 
 use super::process::Located;
 use crate::diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity};
+use crate::docker::ContainerState;
 
 /// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
 pub fn script(pid: u32) -> String {
@@ -33,7 +34,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Ok(None) => return Err(format!("container {name:?} does not exist")),
         Ok(Some(c)) => c,
     };
-    if !c.running || c.status == "restarting" || c.status == "paused" {
+    if !c.running || c.status == ContainerState::Restarting || c.status == ContainerState::Paused {
         return Err(format!(
             "container is not running ({}); file descriptors can only be counted in a running container",
             c.status

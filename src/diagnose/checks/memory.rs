@@ -4,6 +4,7 @@
 //!
 //! The `OomKilled` finding itself comes from the container check; here the flag is evidence.
 
+use crate::docker::ContainerState;
 use std::collections::BTreeSet;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -133,7 +134,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
 
 async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
     let name = &ctx.spec.container;
-    if !c.running || c.status == "restarting" {
+    if !c.running || c.status == ContainerState::Restarting {
         let summary = match c.memory_limit {
             Some(l) => format!(
                 "container {name:?} is {}: no usage to measure; memory limit {} ({l} bytes)",
@@ -152,7 +153,7 @@ async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
                 Severity::Info,
                 summary,
             )
-            .with("containerState", &c.status)
+            .with("containerState", c.status)
             .with("oomKilled", c.oom_killed)
             .with_opt("memoryLimitBytes", c.memory_limit);
         return vec![f];

@@ -7,6 +7,7 @@
 //! (`docker run --init`, or PID 1 is a known init such as `tini`), PID 1's main child; PID 1
 //! otherwise. The finding says which PID was examined and how it was chosen.
 
+use crate::docker::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, FindingKind, Severity},
     docker::ContainerInfo,
@@ -205,7 +206,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Ok(Some(c)) => c,
     };
     // A restarting container's process is gone until Docker starts it again (its PID is 0).
-    if !c.running || c.status == "restarting" {
+    if !c.running || c.status == ContainerState::Restarting {
         return Ok(vec![missing(
             ctx,
             c,
@@ -218,7 +219,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             ),
         )]);
     }
-    if c.status == "paused" {
+    if c.status == ContainerState::Paused {
         return Err(format!(
             "container {name:?} is paused: its process is frozen and exec is refused"
         ));
@@ -295,7 +296,7 @@ fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::dia
         Severity::Critical,
         summary,
     )
-    .with("containerState", &c.status)
+    .with("containerState", c.status)
     .with_opt("exitCode", c.exit_code.filter(|_| !c.running))
 }
 
