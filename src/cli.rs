@@ -9,7 +9,7 @@ use crate::{
     diagnose::{self, host::DmesgProbe, report},
     docker::DockerEngine,
     operator, telemetry,
-    trust::{self, AllowedRoots},
+    trust::{self, AllowedRoots, FileOnlyGrants, RootGrant, Trust},
 };
 
 #[derive(Parser, Debug)]
@@ -35,28 +35,41 @@ pub struct Cli {
 /// Where the operator may look and act (see `crate::trust`).
 #[derive(clap::Args, Debug, Clone)]
 struct TrustArgs {
-    /// A directory that may hold Workers' shared roots; repeat for several. A Worker whose
-    /// sharedRoot (resolved through symlinks) is outside all of them is refused. None given:
+    /// A directory that may hold Workers' shared roots, for every namespace (`DIR`) or for one
+    /// namespace only (`NAMESPACE=DIR`); repeat for several. A Worker whose sharedRoot
+    /// (resolved through symlinks) is outside all of its namespace's is refused. None given:
     /// every Worker is refused.
     #[arg(
         long = "allowed-root",
-        value_name = "DIR",
+        value_name = "[NAMESPACE=]DIR",
         env = "WRO_ALLOWED_ROOTS",
         value_delimiter = ','
     )]
-    allowed_roots: Vec<PathBuf>,
+    allowed_roots: Vec<RootGrant>,
+    /// A Worker (`NAMESPACE/NAME`, or `NAMESPACE/*`) whose files may be read and changed while
+    /// it has no container: by default a Worker's files are reached only through a container
+    /// that consents. Repeat for several.
+    #[arg(
+        long = "file-only-worker",
+        value_name = "NAMESPACE/NAME",
+        env = "WRO_FILE_ONLY_WORKERS",
+        value_delimiter = ','
+    )]
+    file_only_workers: Vec<String>,
 }
 
 impl TrustArgs {
-    fn resolve(&self) -> anyhow::Result<AllowedRoots> {
-        let roots = AllowedRoots::new(&self.allowed_roots)
+    fn resolve(&self) -> anyhow::Result<Trust> {
+        let roots = AllowedRoots::from_grants(&self.allowed_roots)
             .map_err(|e| anyhow::anyhow!("--allowed-root: {e}"))?;
         if roots.is_empty() {
             tracing::warn!(
                 "no --allowed-root (WRO_ALLOWED_ROOTS) is configured: every Worker will be refused"
             );
         }
-        Ok(roots)
+        let file_only = FileOnlyGrants::parse(&self.file_only_workers)
+            .map_err(|e| anyhow::anyhow!("--file-only-worker: {e}"))?;
+        Ok(Trust { roots, file_only })
     }
 }
 
@@ -108,11 +121,11 @@ pub fn main() -> ExitCode {
             listen,
             namespace,
             trust,
-        } => trust.resolve().and_then(|allowed_roots| {
+        } => trust.resolve().and_then(|trust| {
             block_on(operator::run(operator::RunOptions {
                 listen,
                 namespace,
-                allowed_roots,
+                trust,
             }))
         }),
         Command::Diagnose {
@@ -122,7 +135,7 @@ pub fn main() -> ExitCode {
             trust,
         } => trust
             .resolve()
-            .and_then(|roots| block_on(diagnose(worker, namespace, output, roots))),
+            .and_then(|trust| block_on(diagnose(worker, namespace, output, trust))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,7 +160,7 @@ async fn diagnose(
     name: String,
     namespace: Option<String>,
     output: report::Format,
-    allowed_roots: AllowedRoots,
+    trust: Trust,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::sync::Arc;
@@ -166,8 +179,9 @@ async fn diagnose(
         .await
         .context("cannot reach the Docker engine (set DOCKER_HOST or start dockerd)")?;
     // The same trust rules as the operator's: nothing outside the allowed roots, no container
-    // without consent.
-    let admission = trust::admit(&worker, &allowed_roots, &docker)
+    // without consent. Path claims are the operator's to settle: this command only reads, and
+    // prints to its caller.
+    let admission = trust::admit(&worker, &trust, &docker, None)
         .await
         .with_context(|| format!("Worker {ns}/{name} cannot be diagnosed"))?;
     let ctx =

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use kube::{
     api::{Api, ListParams},
+    runtime::reflector,
     Client, CustomResourceExt, Resource,
 };
 use serde::de::DeserializeOwned;
@@ -20,7 +21,7 @@ use crate::{
     docker::DockerEngine,
     metrics::Metrics,
     server,
-    trust::AllowedRoots,
+    trust::Trust,
 };
 
 /// Options of the `run` command.
@@ -29,8 +30,8 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// Watch only this namespace; all namespaces when `None`.
     pub namespace: Option<String>,
-    /// Where Workers' shared roots may be.
-    pub allowed_roots: AllowedRoots,
+    /// Where Workers' shared roots may be, and file-only grants.
+    pub trust: Trust,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -63,22 +64,32 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Api::all(client.clone()),
             ),
         };
-    let ctx = Arc::new(Context::new(
-        client,
-        Arc::new(docker),
-        Arc::new(DmesgProbe),
-        metrics,
-        opts.allowed_roots.clone(),
-    ));
+    // The Worker controller's cache is also where path claims are checked.
+    let (worker_cache, worker_cache_writer) = reflector::store();
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Arc::new(docker),
+            Arc::new(DmesgProbe),
+            metrics,
+            opts.trust.clone(),
+        )
+        .with_workers(worker_cache.clone()),
+    );
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
-        allowed_roots = ?opts.allowed_roots.roots(),
+        allowed_roots = %opts.trust.roots.describe_all(),
         "starting controllers"
     );
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     let controllers = async {
         tokio::join!(
-            controller::worker::run(ctx.clone(), workers, recoveries.clone()),
+            controller::worker::run(
+                ctx.clone(),
+                workers,
+                recoveries.clone(),
+                (worker_cache, worker_cache_writer)
+            ),
             controller::recovery::run(ctx.clone(), recoveries),
             controller::resume::run(ctx.clone(), plans),
         )

@@ -5,6 +5,7 @@ pub mod conditions;
 pub mod recovery;
 pub mod resume;
 pub mod worker;
+pub mod writer;
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -23,7 +24,13 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use crate::{diagnose::HostProbe, docker::ContainerRuntime, metrics::Metrics, trust::AllowedRoots};
+use crate::{
+    crd::worker::Worker,
+    diagnose::HostProbe,
+    docker::ContainerRuntime,
+    metrics::Metrics,
+    trust::{self, claims, Admission, AdmitError, Trust},
+};
 
 /// Field manager under which the operator server-side-applies status.
 pub const FIELD_MANAGER: &str = "worker-recovery-operator";
@@ -33,8 +40,11 @@ pub const FIELD_MANAGER: &str = "worker-recovery-operator";
 pub struct Context {
     pub client: kube::Client,
     pub docker: Arc<dyn ContainerRuntime>,
-    /// Where shared roots may be (`crate::trust`).
-    pub allowed_roots: AllowedRoots,
+    /// Where shared roots may be, and which Workers may reach files without a container
+    /// (`crate::trust`).
+    pub trust: Trust,
+    /// Which Worker claims which paths, from the Workers the operator watches.
+    pub claims: claims::Registry,
     /// Host facts for the diagnosis (kernel log).
     pub host: Arc<dyn HostProbe>,
     pub recorder: Recorder,
@@ -54,7 +64,7 @@ impl Context {
         docker: Arc<dyn ContainerRuntime>,
         host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
-        allowed_roots: AllowedRoots,
+        trust: impl Into<Trust>,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -66,7 +76,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             docker,
-            allowed_roots,
+            trust: trust.into(),
+            claims: claims::Registry::new(empty_store()),
             host,
             metrics,
             backoff: backoff::Backoff::default(),
@@ -76,7 +87,33 @@ impl Context {
     }
 }
 
+/// A Workers' cache that holds none and is ready: what a context has until the operator hands
+/// it the Worker controller's cache.
+fn empty_store() -> Store<Worker> {
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    reader
+}
+
 impl Context {
+    /// Check path claims against the Workers in `workers` (the Worker controller's cache).
+    pub fn with_workers(mut self, workers: Store<Worker>) -> Self {
+        self.claims = claims::Registry::new(workers);
+        self
+    }
+
+    /// Apply the trust rules to `worker` (see [`trust::admit`]): only an [`Admission`] lets
+    /// a controller read or change the Worker's files or act on its container.
+    pub async fn admit(&self, worker: &Worker) -> Result<Admission, AdmitError> {
+        trust::admit(
+            worker,
+            &self.trust,
+            self.docker.as_ref(),
+            Some(&self.claims),
+        )
+        .await
+    }
+
     /// Run one reconcile of `obj` by `controller`: count and time it, and forget the object's
     /// backoff when it succeeds.
     pub async fn measured<K: Resource<DynamicType = ()>, T, E>(
@@ -115,29 +152,25 @@ impl Context {
     }
 }
 
-/// The objects of `api` whose spec changed (a new generation), with the store they are cached in.
+/// The objects of `api` whose spec changed (a new generation), cached into `writer`'s store.
 ///
 /// Only spec changes trigger a reconcile: the operator's own status writes must not, or every
-/// status patch would loop back. What happens outside the API (Docker, files) is polled by
-/// requeueing.
+/// status patch would loop back. What happens outside the API (Docker, files) reaches the
+/// controllers through the engine's event stream and requeues.
 pub fn spec_changes<K>(
     api: Api<K>,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let trigger = watcher(api, watcher::Config::default().any_semantic())
+    watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
         .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-    (reader, trigger)
+        .predicate_filter(predicates::generation, PredicateConfig::default())
 }
 
 /// Server-side apply `status` to `obj` under the operator's field manager.
@@ -199,22 +232,35 @@ pub mod mock_api {
     }
 
     /// A client whose every request is recorded and answered by `answer(method, path, body)`
-    /// with a status code and a JSON body.
+    /// with a status code and a JSON body; Leases are kept by a [`Leases`] store.
     pub fn client(
         answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
     ) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>) {
+        let (client, log, _) = client_and_leases(answer);
+        (client, log)
+    }
+
+    /// [`client`], and the store of the Leases it keeps.
+    pub fn client_and_leases(
+        answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
+    ) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>, Leases) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let recorded = log.clone();
+        let leases = Leases::default();
+        let store = leases.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.expect("request body");
                 let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let (code, reply) = answer(&parts.method, parts.uri.path(), &body);
+                let path = parts.uri.path();
+                let (code, reply) = store
+                    .answer(&parts.method, path, &body)
+                    .unwrap_or_else(|| answer(&parts.method, path, &body));
                 recorded.lock().unwrap().push(Recorded {
                     method: parts.method,
-                    path: parts.uri.path().to_string(),
+                    path: path.to_string(),
                     body,
                 });
                 let response = Response::builder()
@@ -224,7 +270,91 @@ pub mod mock_api {
                 send.send_response(response);
             }
         });
-        (kube::Client::new(service, "default"), log)
+        (kube::Client::new(service, "default"), log, leases)
+    }
+
+    /// Leases as an API server keeps them: a create conflicts with an existing one, a replace
+    /// or a delete with a stale resourceVersion conflicts.
+    #[derive(Clone, Default)]
+    pub struct Leases {
+        pub objects: Arc<Mutex<std::collections::HashMap<String, Value>>>,
+        /// Put this Lease in place just before the next create, as a racing writer would.
+        pub race: Arc<Mutex<Option<Value>>>,
+    }
+
+    impl Leases {
+        fn answer(&self, method: &Method, path: &str, body: &Value) -> Option<(u16, Value)> {
+            let rest = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")?;
+            let (_, rest) = rest.split_once("/leases")?;
+            let name = rest.trim_start_matches('/').to_string();
+            let mut leases = self.objects.lock().unwrap();
+            let conflict = (
+                409,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": "Conflict", "code": 409, "message": "conflict"}),
+            );
+            let version = |l: &Value| -> u64 {
+                l["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let stored = |mut l: Value, rv: u64| {
+                l["metadata"]["resourceVersion"] = serde_json::json!(rv.to_string());
+                l["metadata"]["uid"] = serde_json::json!("lease-uid");
+                l
+            };
+            Some(match *method {
+                Method::GET => match leases.get(&name) {
+                    Some(l) => (200, l.clone()),
+                    None => not_found(path),
+                },
+                Method::POST => {
+                    if let Some(winner) = self.race.lock().unwrap().take() {
+                        let n = winner["metadata"]["name"].as_str().unwrap().to_string();
+                        leases.insert(n, stored(winner, 1));
+                    }
+                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                    if leases.contains_key(name) {
+                        return Some(conflict);
+                    }
+                    let l = stored(body.clone(), 1);
+                    leases.insert(name.to_string(), l.clone());
+                    (201, l)
+                }
+                Method::PUT => {
+                    let current = leases.get(&name).cloned().unwrap_or_default();
+                    if current["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]
+                    {
+                        return Some(conflict);
+                    }
+                    let l = stored(body.clone(), version(&current) + 1);
+                    leases.insert(name, l.clone());
+                    (200, l)
+                }
+                Method::DELETE => {
+                    let current = leases.get(&name).cloned().unwrap_or_default();
+                    let wanted = &body["preconditions"]["resourceVersion"];
+                    if !wanted.is_null() && current["metadata"]["resourceVersion"] != *wanted {
+                        return Some(conflict);
+                    }
+                    leases.remove(&name);
+                    (
+                        200,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    )
+                }
+                _ => not_found(path),
+            })
+        }
+
+        /// The `holderIdentity` of the Lease `name`.
+        pub fn holder(&self, name: &str) -> Option<String> {
+            let leases = self.objects.lock().unwrap();
+            leases.get(name)?["spec"]["holderIdentity"]
+                .as_str()
+                .map(String::from)
+        }
     }
 
     /// The `Status` an API server sends with a 404.

@@ -18,7 +18,7 @@ pub use crate::crd::diagnosis::{
 
 use crate::{
     crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
-    docker::{ContainerInfo, ContainerObservation, ContainerRuntime},
+    docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
     trust::Admission,
 };
 
@@ -102,12 +102,13 @@ impl CheckContext {
             .clone()
     }
 
-    /// What to call the container in engine requests: its ID once inspected (the container
-    /// that consented, not whichever takes its name later), the spec's name otherwise.
-    pub fn container_ref(&self) -> &str {
+    /// What to call the container in engine requests: the ID of the container that consented
+    /// at admission, never its name (a container that takes the name later is not this
+    /// Worker's). No container was admitted (a file-only Worker): `NotFound`.
+    pub fn container_ref(&self) -> Result<&str, DockerError> {
         match &self.container {
-            Ok(Some(c)) if !c.id.is_empty() => &c.id,
-            _ => &self.spec.container,
+            Ok(Some(c)) if !c.id.is_empty() => Ok(&c.id),
+            _ => Err(DockerError::NotFound(self.spec.container.clone())),
         }
     }
 

@@ -26,6 +26,8 @@ pub struct FakeRuntime {
     pub actions: Mutex<Vec<String>>,
     /// Every exec hangs this long first (a stuck `docker exec`).
     pub exec_delay: Option<std::time::Duration>,
+    /// The engine does not answer: every call fails with `Unavailable`.
+    pub engine_down: std::sync::atomic::AtomicBool,
 }
 
 impl FakeRuntime {
@@ -35,6 +37,13 @@ impl FakeRuntime {
             .iter()
             .find(|(name, info)| *name == container || info.id == container)
             .map(|(name, _)| name.clone())
+    }
+
+    fn answering(&self) -> Result<(), DockerError> {
+        if self.engine_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(DockerError::Unavailable("connection refused (fake)".into()));
+        }
+        Ok(())
     }
 
     pub fn with_container(info: ContainerInfo) -> Self {
@@ -50,11 +59,13 @@ impl FakeRuntime {
 #[async_trait]
 impl ContainerRuntime for FakeRuntime {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        self.answering()?;
         let containers = self.containers.lock().unwrap();
         Ok(Self::key_of(&containers, container).and_then(|k| containers.get(&k).cloned()))
     }
 
     async fn start(&self, container: &str) -> Result<StartOutcome, DockerError> {
+        self.answering()?;
         let mut containers = self.containers.lock().unwrap();
         let info = Self::key_of(&containers, container)
             .and_then(|k| containers.get_mut(&k))

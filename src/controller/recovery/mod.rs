@@ -36,20 +36,21 @@ use self::{
 use super::{
     apply_status,
     conditions::{merge, ConditionState, ConditionStatus},
-    log_failure, object_key, Context,
+    log_failure, object_key, writer, Context,
 };
 use crate::{
     crd::{
         monitoring::MetricsWatch,
         worker::Worker,
         worker_recovery::{
-            RecoveryPhase, StepName, StepState, StepStatus, WorkerRecovery, WorkerRecoveryStatus,
+            RecoveryMode, RecoveryPhase, StepName, StepState, StepStatus, WorkerRecovery,
+            WorkerRecoveryStatus,
         },
     },
     diagnose::{self, Diagnosis},
     observe::monitor,
     telemetry::recovery_trace,
-    trust::{self, AdmitError},
+    trust::AdmitError,
 };
 
 pub const CONTROLLER: &str = "workerrecovery";
@@ -110,7 +111,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         return Ok(Action::await_change());
     }
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
-    let worker_name = &rec.spec.worker_ref.name;
+    let worker_name = rec.spec.worker_ref.name.clone();
     // Whole seconds: `metav1.Time` keeps no more, and a step resumed after a restart must see
     // exactly the time the first attempt used (it is written into requeued tasks).
     let started = status.start_time.as_ref().map_or_else(
@@ -118,7 +119,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         |t| t.0,
     );
 
-    let Some(worker) = workers.get_opt(worker_name).await? else {
+    let Some(worker) = workers.get_opt(&worker_name).await? else {
         let next = early_status(
             rec,
             RecoveryPhase::Pending,
@@ -129,44 +130,48 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         apply_status(&api, rec, &next).await?;
         return Ok(Action::requeue(WORKER_WAIT));
     };
-    let admission = match trust::admit(&worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
+    let admission = match ctx.admit(&worker).await {
         Ok(admission) => admission,
-        Err(e) => {
-            let (reason, message) = match &e {
-                AdmitError::InvalidSpec(e) => (
-                    "InvalidWorkerSpec",
-                    format!("Worker {worker_name} has an invalid spec: {e}"),
-                ),
-                AdmitError::Refused(refusal) => (
-                    refusal.reason.as_str(),
-                    format!("Worker {worker_name} is refused: {refusal}"),
-                ),
-            };
-            let mut failed =
-                early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
-            failed.completion_time = Some(Time(Timestamp::now()));
-            failed.trace = Some(
-                status
-                    .trace
-                    .clone()
-                    .unwrap_or_else(recovery_trace::new_trace),
+        Err(AdmitError::ContainerStateUnknown(e)) => {
+            // Nothing is read or changed while the engine cannot vouch for the container.
+            let message = format!(
+                "the Docker engine cannot say whether container {:?} exists and consents ({e}); nothing is read or changed until it can",
+                worker.spec.container
             );
-            apply_status(&api, rec, &failed).await?;
-            if let Some(span) = trace::root_span(rec, &failed) {
-                recovery_trace::emit(span);
-            }
-            ctx.publish(rec, EventType::Warning, reason, "Recover", message)
-                .await;
-            return Ok(Action::await_change());
+            wait(
+                ctx,
+                rec,
+                &api,
+                status,
+                Waiting::ContainerStateUnknown,
+                message,
+            )
+            .await?;
+            return Ok(Action::requeue(WAIT_POLL));
         }
+        Err(e) => return refuse(ctx, rec, &api, &status, started, &worker_name, e).await,
     };
+    if acts(rec) {
+        let me = writer::Holder::Run(rec.name_any());
+        let uid = rec.uid();
+        if let writer::Acquired::HeldBy(holder) =
+            writer::acquire(&ctx.client, &worker, &me, uid.as_deref()).await?
+        {
+            let message = format!(
+                "{holder} is changing Worker {worker_name}; this run starts when it finishes"
+            );
+            wait(ctx, rec, &api, status, Waiting::AnotherRunActive, message).await?;
+            return Ok(Action::requeue(WAIT_POLL));
+        }
+    }
 
     // The steps and the start time are recorded before any step runs: a step resumed after a
     // restart of the operator sees the same start time (the `last_failure` it writes).
     status.start_time = Some(Time(started));
     status.trace.get_or_insert_with(recovery_trace::new_trace);
     status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
-    let run_key = object_key(rec);
+    // By UID: a run deleted and created again under its name starts its steps afresh.
+    let run_key = rec.uid().unwrap_or_else(|| object_key(rec));
     while let Some(i) = plan::next_step(&status.steps) {
         let name = status.steps[i].name;
         let active_key = format!("{run_key}/{name:?}");
@@ -278,6 +283,15 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         }
     }
     write_progress(rec, &api, &mut status).await?;
+    if acts(rec) && !debug_copy_stands(rec, &status) {
+        writer::release(
+            &ctx.client,
+            &ns,
+            &worker_name,
+            &writer::Holder::Run(rec.name_any()),
+        )
+        .await?;
+    }
     if let Some(span) = trace::root_span(rec, &status) {
         recovery_trace::emit(span);
     }
@@ -287,6 +301,123 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
         _ => (EventType::Warning, "RecoveryFailed"),
     };
     ctx.publish(rec, type_, reason, "Recover", completed.message)
+        .await;
+    Ok(Action::await_change())
+}
+
+/// How often a waiting run looks again.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+/// The condition of a run that waits before acting.
+pub const WAITING: &str = "Waiting";
+
+/// Why a run waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Another run or plan is changing the Worker.
+    AnotherRunActive,
+    /// The engine cannot say whether the container exists and consents.
+    ContainerStateUnknown,
+}
+
+impl Waiting {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::AnotherRunActive => "AnotherRunActive",
+            Self::ContainerStateUnknown => "ContainerStateUnknown",
+        }
+    }
+}
+
+/// Whether the run changes the Worker's files or container: every mode but `Diagnose`,
+/// unless it is a dry run. Only those take the Worker's writer lease.
+fn acts(rec: &WorkerRecovery) -> bool {
+    rec.spec.mode != RecoveryMode::Diagnose && !rec.spec.dry_run
+}
+
+/// A succeeded `Debug` run whose copy stands in for the worker keeps the lease until deleted.
+fn debug_copy_stands(rec: &WorkerRecovery, status: &WorkerRecoveryStatus) -> bool {
+    rec.spec.mode == RecoveryMode::Debug && status.phase == Some(RecoveryPhase::Succeeded)
+}
+
+/// Record that the run waits, and why; nothing of the run is lost. A run that has not begun
+/// stays `Pending`. An Event tells when the waiting begins.
+async fn wait(
+    ctx: &Context,
+    rec: &WorkerRecovery,
+    api: &Api<WorkerRecovery>,
+    mut status: WorkerRecoveryStatus,
+    why: Waiting,
+    message: String,
+) -> Result<(), Error> {
+    let was_waiting = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == WAITING)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.clone());
+    if status.steps.iter().all(|s| s.state == StepState::Pending) {
+        status.phase = Some(RecoveryPhase::Pending);
+    }
+    status.observed_generation = rec.metadata.generation;
+    let waiting = ConditionState {
+        type_: WAITING,
+        status: ConditionStatus::True,
+        reason: why.reason(),
+        message: message.clone(),
+    };
+    status.conditions = merge(
+        &status.conditions,
+        &[
+            diagnosed_condition(&status),
+            plan::completed_condition(&status.steps, rec.spec.dry_run),
+            waiting,
+        ],
+        rec.metadata.generation,
+        Timestamp::now(),
+    );
+    apply_status(api, rec, &status).await?;
+    if was_waiting.as_deref() != Some(why.reason()) {
+        info!(reason = why.reason(), %message, "the run waits");
+        ctx.publish(rec, EventType::Normal, why.reason(), "Recover", message)
+            .await;
+    }
+    Ok(())
+}
+
+/// A Worker that is not admitted fails the run, which says why.
+async fn refuse(
+    ctx: &Context,
+    rec: &WorkerRecovery,
+    api: &Api<WorkerRecovery>,
+    status: &WorkerRecoveryStatus,
+    started: Timestamp,
+    worker_name: &str,
+    error: AdmitError,
+) -> Result<Action, Error> {
+    let (reason, message) = match &error {
+        AdmitError::InvalidSpec(e) => (
+            "InvalidWorkerSpec",
+            format!("Worker {worker_name} has an invalid spec: {e}"),
+        ),
+        AdmitError::Refused(refusal) => (
+            refusal.reason.as_str(),
+            format!("Worker {worker_name} is refused: {refusal}"),
+        ),
+        AdmitError::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
+    };
+    let mut failed = early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
+    failed.completion_time = Some(Time(Timestamp::now()));
+    failed.trace = Some(
+        status
+            .trace
+            .clone()
+            .unwrap_or_else(recovery_trace::new_trace),
+    );
+    apply_status(api, rec, &failed).await?;
+    if let Some(span) = trace::root_span(rec, &failed) {
+        recovery_trace::emit(span);
+    }
+    ctx.publish(rec, EventType::Warning, reason, "Recover", message)
         .await;
     Ok(Action::await_change())
 }
@@ -332,11 +463,22 @@ async fn write_progress(
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let not_waiting = ConditionState {
+        type_: WAITING,
+        status: ConditionStatus::False,
+        reason: if acts(rec) { "Writer" } else { "ReadOnly" },
+        message: if acts(rec) {
+            "this run is the only one changing the Worker".into()
+        } else {
+            "a diagnosis or a dry run changes nothing and never waits".into()
+        },
+    };
     status.conditions = merge(
         previous,
         &[
             diagnosed_condition(status),
             plan::completed_condition(&status.steps, rec.spec.dry_run),
+            not_waiting,
         ],
         rec.metadata.generation,
         Timestamp::now(),
@@ -496,6 +638,7 @@ async fn clean_up(
     if !rec.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
+    let ns = rec.namespace().unwrap_or_default();
     // The container name is taken from the Worker when it still exists, else from the step.
     let workers: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
@@ -513,6 +656,9 @@ async fn clean_up(
             info!(container = %format!("{container}-debug"), "removed the run's debug container");
         }
     }
+    // The debug copy stood in for the worker: the Worker is free for the next writer.
+    let me = writer::Holder::Run(rec.name_any());
+    writer::release(&ctx.client, &ns, &rec.spec.worker_ref.name, &me).await?;
     let fresh = api.get(&rec.name_any()).await?;
     let finalizers: Vec<String> = fresh
         .finalizers()
@@ -551,6 +697,7 @@ mod tests {
     const RECOVERY_STATUS: &str =
         "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries/marie-1/status";
     const WORKER: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie";
+    const RUNS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
 
     fn recovery() -> WorkerRecovery {
         recovery_with(json!({"workerRef": {"name": "marie"}}))
@@ -585,8 +732,28 @@ mod tests {
         Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>,
         Arc<FakeRuntime>,
     ) {
+        let (ctx, requests, fake, _) = context_with_runs(worker_exists, root, allowed);
+        (ctx, requests, fake)
+    }
+
+    /// Other runs the API server knows, by name.
+    type Runs = Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
+
+    fn context_with_runs(
+        worker_exists: bool,
+        root: &std::path::Path,
+        allowed: &[std::path::PathBuf],
+    ) -> (
+        Context,
+        Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>,
+        Arc<FakeRuntime>,
+        Runs,
+    ) {
         let mut worker = testing::worker();
         worker.spec.shared_root = root.display().to_string();
+        worker.metadata.uid = Some("worker-uid".into());
+        let runs = Runs::default();
+        let others = runs.clone();
         let (client, requests) =
             mock_api::client(move |method, path, body: &Value| match (method, path) {
                 (&Method::GET, WORKER) if worker_exists => {
@@ -600,6 +767,13 @@ mod tests {
                 (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
                     (201, body.clone())
                 }
+                (&Method::GET, p) if p.starts_with(RUNS) => {
+                    let name = p.rsplit('/').next().unwrap_or_default();
+                    match others.lock().unwrap().get(name) {
+                        Some(r) => (200, r.clone()),
+                        None => mock_api::not_found(path),
+                    }
+                }
                 _ => mock_api::not_found(path),
             });
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
@@ -610,7 +784,7 @@ mod tests {
             Arc::new(Metrics::default()),
             AllowedRoots::new(allowed).unwrap(),
         );
-        (ctx, requests, fake)
+        (ctx, requests, fake, runs)
     }
 
     fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
@@ -618,7 +792,7 @@ mod tests {
         let patch = recorded
             .iter()
             .rev()
-            .find(|r| r.method == Method::PATCH)
+            .find(|r| r.method == Method::PATCH && r.path == RECOVERY_STATUS)
             .expect("a status patch");
         patch.body["status"].clone()
     }
@@ -807,5 +981,102 @@ mod tests {
         assert!(recorded
             .iter()
             .any(|r| r.body["reason"] == "StepFailed" && r.body["type"] == "Warning"));
+    }
+
+    /// One writer per Worker: a run applied while another is changing the Worker waits in
+    /// `Pending` with `Waiting=True` (AnotherRunActive) and touches nothing, then starts when
+    /// the other one has finished. A diagnosis never waits.
+    #[tokio::test]
+    async fn a_second_acting_run_waits_for_the_first_to_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let (ctx, requests, fake, runs) = context_with_runs(true, dir.path(), &[dir.path().into()]);
+        let first = json!({
+            "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+            "metadata": {"name": "clean-1", "namespace": "default", "uid": "uid-clean-1"},
+            "spec": {"workerRef": {"name": "marie"}, "mode": "Clean"},
+            "status": {"phase": "Running", "currentStep": "CleanState"},
+        });
+        runs.lock().unwrap().insert("clean-1".into(), first.clone());
+        let worker: Worker = serde_json::from_value(
+            json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "Worker",
+                "metadata": {"name": "marie", "namespace": "default", "uid": "worker-uid"},
+                "spec": {"container": "marie"}}),
+        )
+        .unwrap();
+        let held = writer::acquire(
+            &ctx.client,
+            &worker,
+            &writer::Holder::Run("clean-1".into()),
+            Some("uid-clean-1"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(held, writer::Acquired::Yes);
+
+        let quick = recovery();
+        let action = run_steps(&quick, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(WAIT_POLL));
+        assert!(fake.actions.lock().unwrap().is_empty() && *fake.starts.lock().unwrap() == 0);
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Pending", "{status:#}");
+        let waiting = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == WAITING)
+            .unwrap();
+        assert_eq!(waiting["status"], "True");
+        assert_eq!(waiting["reason"], "AnotherRunActive");
+        assert!(waiting["message"]
+            .as_str()
+            .unwrap()
+            .contains("WorkerRecovery clean-1"));
+
+        let diagnose = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Diagnose"}));
+        run_steps(&diagnose, &ctx).await.unwrap();
+        assert_eq!(
+            last_status(&requests)["phase"],
+            "Succeeded",
+            "a diagnosis never waits"
+        );
+
+        // The first run finishes: the second one starts and restarts the worker.
+        let mut done = first;
+        done["status"]["phase"] = json!("Succeeded");
+        runs.lock().unwrap().insert("clean-1".into(), done);
+        run_steps(&quick, &ctx).await.unwrap();
+        assert_eq!(*fake.starts.lock().unwrap(), 1);
+        assert_eq!(last_status(&requests)["phase"], "Succeeded");
+    }
+
+    /// No writes while blind: with the engine not answering, a run waits (ContainerStateUnknown)
+    /// and nothing moves; when it answers, the run goes on.
+    #[tokio::test]
+    async fn a_run_waits_while_the_engine_cannot_vouch_for_the_container() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let active = dir.path().join("tasks/marie/active");
+        std::fs::create_dir_all(&active).unwrap();
+        std::fs::write(active.join("t1.json"), r#"{"id":"t1"}"#).unwrap();
+        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        fake.engine_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let clean = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Clean"}));
+        assert_eq!(
+            run_steps(&clean, &ctx).await.unwrap(),
+            Action::requeue(WAIT_POLL)
+        );
+        let status = last_status(&requests);
+        assert_eq!(status["phase"], "Pending");
+        assert!(status.get("diagnosis").is_none());
+        assert!(active.join("t1.json").exists(), "nothing moved");
+        let waiting = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == WAITING)
+            .unwrap();
+        assert_eq!(waiting["reason"], "ContainerStateUnknown");
     }
 }

@@ -180,8 +180,11 @@ pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
 /// the operator never move the same task at once.
 pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
     let mut figures = BTreeMap::new();
-    let mut running = false;
+    // A file-only Worker has no container to stop: whether its worker still runs is not
+    // known, so only locks stale by age are taken as abandoned.
+    let mut running = run.admitted_container().is_none();
     if let Some(c) = run.admitted_container() {
+        running = false;
         if let Some(now) = run.current(&c.id).await? {
             running = now.running
                 || now.status == ContainerState::Restarting
@@ -200,7 +203,7 @@ pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
         failure_reason: run.failure_reason.clone(),
         max_retries: run.worker.spec.max_retries,
         stale_lock_seconds: u64::from(run.worker.spec.diagnostics.stale_lock_seconds),
-        // Stopped (or absent), the worker holds no lock any more.
+        // Stopped (or removed since), the worker holds no lock any more.
         holder_gone: !running,
         dry_run: run.dry_run(),
         now: Timestamp::now(),

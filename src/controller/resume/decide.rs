@@ -93,18 +93,45 @@ pub fn record(status: &mut ResumePlanStatus, result: BatchResult) {
 }
 
 /// The conditions of the plan in `phase`.
+/// The condition of a plan that waits before it moves anything.
+pub const WAITING: &str = "Waiting";
+
+/// What keeps a plan from going on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+    /// It waits (for the Worker, for another writer, for the engine) rather than having
+    /// failed.
+    pub waits: bool,
+}
+
 pub fn conditions(
     phase: ResumePhase,
     status: &ResumePlanStatus,
     spec: &ResumePlanSpec,
-    waiting: Option<(&'static str, String)>,
+    blocked: Option<&Blocked>,
 ) -> Vec<ConditionState> {
     let progress = format!(
         "{} of {} tasks released in {} batches, {} failures",
         status.tasks_staged, status.tasks_total, status.batches_done, status.tasks_failed
     );
-    let (completed, reason, message) = match (phase, waiting) {
-        (_, Some((reason, message))) => (ConditionStatus::False, reason, message),
+    let waiting = match blocked {
+        Some(b) if b.waits => ConditionState {
+            type_: WAITING,
+            status: ConditionStatus::True,
+            reason: b.reason,
+            message: b.message.clone(),
+        },
+        _ => ConditionState {
+            type_: WAITING,
+            status: ConditionStatus::False,
+            reason: "NotWaiting",
+            message: "nothing keeps the plan waiting".into(),
+        },
+    };
+    let (completed, reason, message) = match (phase, blocked) {
+        (_, Some(b)) => (ConditionStatus::False, b.reason, b.message.clone()),
         (ResumePhase::Completed, _) => (ConditionStatus::True, "AllTasksReleased", progress),
         (ResumePhase::Halted, _) => (
             ConditionStatus::False,
@@ -147,6 +174,7 @@ pub fn conditions(
             message,
         },
         halted,
+        waiting,
     ]
 }
 

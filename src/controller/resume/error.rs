@@ -7,6 +7,9 @@ pub enum Error {
     /// The Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The Docker engine failed or could not be reached.
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
     /// Reading or moving the worker's task files failed.
     #[error("worker files: {0}")]
     Files(String),
@@ -20,6 +23,9 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube_api",
+            Self::Docker(crate::docker::DockerError::Unavailable(_)) => "docker_unavailable",
+            Self::Docker(crate::docker::DockerError::NotFound(_)) => "docker_not_found",
+            Self::Docker(crate::docker::DockerError::Refused { .. }) => "docker_refused",
             Self::Files(_) => "worker_files",
             Self::Blocking(_) => "blocking_task",
         }

@@ -31,10 +31,12 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-pub use decide::{COMPLETED, HALTED};
+pub use decide::{COMPLETED, HALTED, WAITING};
+
+use self::decide::Blocked;
 pub use error::Error;
 
-use super::{apply_status, conditions::merge, log_failure, object_key, Context};
+use super::{apply_status, conditions::merge, log_failure, object_key, writer, Context};
 use crate::{
     crd::{
         monitoring::MetricsWatch,
@@ -44,7 +46,7 @@ use crate::{
     observe::{fs_safe::off_thread, monitor},
     recover::resume::{self as files, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
-    trust::{self, AdmitError},
+    trust::AdmitError,
 };
 
 pub const CONTROLLER: &str = "resumeplan";
@@ -106,7 +108,7 @@ impl Writer<'_> {
         &self,
         status: &mut ResumePlanStatus,
         phase: ResumePhase,
-        waiting: Option<(&'static str, String)>,
+        blocked: Option<Blocked>,
     ) -> Result<(), Error> {
         status.phase = Some(phase);
         if !phase.is_final() {
@@ -123,7 +125,7 @@ impl Writer<'_> {
             .unwrap_or_default();
         status.conditions = merge(
             previous,
-            &decide::conditions(phase, status, &self.plan.spec, waiting),
+            &decide::conditions(phase, status, &self.plan.spec, blocked.as_ref()),
             self.plan.metadata.generation,
             Timestamp::now(),
         );
@@ -172,38 +174,39 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
     let Some(worker) = workers.get_opt(worker_name).await? else {
         let message =
             format!("Worker {worker_name:?} does not exist in namespace {ns}; waiting for it");
-        out.write(
-            &mut status,
-            ResumePhase::Pending,
-            Some(("WorkerNotFound", message)),
-        )
-        .await?;
+        let blocked = Blocked {
+            reason: "WorkerNotFound",
+            message,
+            waits: true,
+        };
+        out.write(&mut status, ResumePhase::Pending, Some(blocked))
+            .await?;
         return Ok(Action::requeue(WORKER_WAIT));
     };
-    let admission = match trust::admit(&worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
+    let admission = match ctx.admit(&worker).await {
         Ok(a) => a,
-        Err(e) => {
-            let (reason, message) = match &e {
-                AdmitError::InvalidSpec(e) => (
-                    "InvalidWorkerSpec",
-                    format!("Worker {worker_name} has an invalid spec: {e}"),
+        Err(AdmitError::ContainerStateUnknown(e)) => {
+            let blocked = Blocked {
+                reason: "ContainerStateUnknown",
+                message: format!(
+                    "the Docker engine cannot say whether the Worker's container exists and consents ({e}); nothing moves until it can"
                 ),
-                AdmitError::Refused(r) => (
-                    r.reason.as_str(),
-                    format!("Worker {worker_name} is refused: {r}"),
-                ),
+                waits: true,
             };
-            out.write(
-                &mut status,
-                ResumePhase::Failed,
-                Some((reason, message.clone())),
-            )
-            .await?;
-            ctx.publish(plan, EventType::Warning, reason, "Resume", message)
-                .await;
-            return Ok(Action::await_change());
+            return wait(&out, &mut status, blocked).await;
         }
+        Err(e) => return refuse(ctx, &out, &mut status, worker_name, e).await,
     };
+    if let Some(holder) = writer_elsewhere(ctx, &worker, plan).await? {
+        let blocked = Blocked {
+            reason: "AnotherRunActive",
+            message: format!(
+                "{holder} is changing Worker {worker_name}; this plan goes on when it finishes"
+            ),
+            waits: true,
+        };
+        return wait(&out, &mut status, blocked).await;
+    }
     let paths = admission.paths.clone();
     let spec = &plan.spec;
     let delay = spec.batch_delay_seconds;
@@ -309,6 +312,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                     status.halt_reason = Some(reason.clone());
                     status.next_batch_time = None;
                     out.write(&mut status, ResumePhase::Halted, None).await?;
+                    release_writer(ctx, plan).await?;
                     warn!(%reason, "gradual resume halted");
                     ctx.publish(plan, EventType::Warning, "ResumeHalted", "Resume", reason)
                         .await;
@@ -340,6 +344,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                         note_state_write(ctx, plan, "running", &wrote).await;
                     }
                     out.write(&mut status, ResumePhase::Completed, None).await?;
+                    release_writer(ctx, plan).await?;
                     let message = format!(
                         "{} task(s) released in {} batch(es), {} failure(s)",
                         status.tasks_staged, status.batches_done, status.tasks_failed
@@ -368,6 +373,83 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
+}
+
+/// How often a waiting plan looks again.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+
+/// Write that the plan waits (phase `Pending` until it has begun) and look again soon.
+async fn wait(
+    out: &Writer<'_>,
+    status: &mut ResumePlanStatus,
+    blocked: Blocked,
+) -> Result<Action, Error> {
+    let phase = match status.phase {
+        Some(p) if status.start_time.is_some() && !p.is_final() => p,
+        _ => ResumePhase::Pending,
+    };
+    out.write(status, phase, Some(blocked)).await?;
+    Ok(Action::requeue(WAIT_POLL))
+}
+
+/// A Worker that is not admitted fails the plan, which says why.
+async fn refuse(
+    ctx: &Context,
+    out: &Writer<'_>,
+    status: &mut ResumePlanStatus,
+    worker_name: &str,
+    error: AdmitError,
+) -> Result<Action, Error> {
+    let (reason, message) = match &error {
+        AdmitError::InvalidSpec(e) => (
+            "InvalidWorkerSpec",
+            format!("Worker {worker_name} has an invalid spec: {e}"),
+        ),
+        AdmitError::Refused(r) => (
+            r.reason.as_str(),
+            format!("Worker {worker_name} is refused: {r}"),
+        ),
+        AdmitError::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
+    };
+    let blocked = Blocked {
+        reason,
+        message: message.clone(),
+        waits: false,
+    };
+    out.write(status, ResumePhase::Failed, Some(blocked))
+        .await?;
+    ctx.publish(out.plan, EventType::Warning, reason, "Resume", message)
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Who else changes the Worker now, if anyone: a plan created by the run that holds the
+/// Worker's writer lease acts under it; any other plan takes the lease itself.
+async fn writer_elsewhere(
+    ctx: &Context,
+    worker: &Worker,
+    plan: &ResumePlan,
+) -> Result<Option<writer::Holder>, Error> {
+    if writer::held_by_owner_run(&ctx.client, worker, plan).await? {
+        return Ok(None);
+    }
+    let me = writer::Holder::Plan(plan.name_any());
+    let uid = plan.uid();
+    Ok(
+        match writer::acquire(&ctx.client, worker, &me, uid.as_deref()).await? {
+            writer::Acquired::Yes => None,
+            writer::Acquired::HeldBy(holder) => Some(holder),
+        },
+    )
+}
+
+/// Give the writer lease back once the plan has stopped moving tasks (completed, halted,
+/// failed). A plan acting under its run's hold has none to give.
+async fn release_writer(ctx: &Context, plan: &ResumePlan) -> Result<(), Error> {
+    let ns = plan.namespace().unwrap_or_default();
+    let me = writer::Holder::Plan(plan.name_any());
+    writer::release(&ctx.client, &ns, &plan.spec.worker_ref.name, &me).await?;
+    Ok(())
 }
 
 /// Remember a task left in pending/ (bounded; the first reasons are kept).
@@ -480,14 +562,7 @@ async fn clean_up(
         let workers: Api<Worker> =
             Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
         if let Some(worker) = workers.get_opt(&plan.spec.worker_ref.name).await? {
-            // A Worker refused now is left alone: its files are not ours to touch.
-            if let Ok(admission) =
-                trust::admit(&worker, &ctx.allowed_roots, ctx.docker.as_ref()).await
-            {
-                let p: ResolvedPaths = admission.paths;
-                let wrote = blocking(move || files::set_worker_status(&p, "running")).await?;
-                note_state_write(ctx, plan, "running", &wrote).await;
-            }
+            give_queue_back(ctx, plan, &worker).await?;
         }
     }
     let fresh = api.get(&plan.name_any()).await?;
@@ -499,6 +574,28 @@ async fn clean_up(
         .collect();
     set_finalizers(api, &fresh, finalizers).await?;
     Ok(Action::await_change())
+}
+
+/// A deleted plan that did not complete sets the worker's state back to `running`, unless the
+/// Worker is refused now (its files are not ours to touch) or another run or plan is its
+/// writer now (which sets the state itself). An engine that cannot vouch for the container is
+/// waited for.
+async fn give_queue_back(ctx: &Context, plan: &ResumePlan, worker: &Worker) -> Result<(), Error> {
+    let admission = match ctx.admit(worker).await {
+        Ok(a) => a,
+        Err(AdmitError::ContainerStateUnknown(e)) => {
+            return Err(crate::docker::DockerError::Unavailable(e).into())
+        }
+        Err(_) => return Ok(()),
+    };
+    if let Some(holder) = writer_elsewhere(ctx, worker, plan).await? {
+        info!(%holder, "state.json left as it is: another writer has the Worker");
+        return Ok(());
+    }
+    let p: ResolvedPaths = admission.paths;
+    let wrote = blocking(move || files::set_worker_status(&p, "running")).await?;
+    note_state_write(ctx, plan, "running", &wrote).await;
+    release_writer(ctx, plan).await
 }
 
 fn error_policy(plan: Arc<ResumePlan>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -9,12 +9,9 @@ pub use crate::docker::ContainerObservation;
 
 use crate::{
     controller::conditions::{self, ConditionState, ConditionStatus},
-    crd::{
-        worker::{
-            ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, PauseSpec, WorkerPhase,
-            WorkerStatus,
-        },
-        worker_recovery::{RecoveryMode, RecoveryPhase, WorkerRecovery},
+    crd::worker::{
+        ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, PauseSpec, WorkerPhase,
+        WorkerStatus,
     },
     docker::ContainerInfo,
     observe::heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource},
@@ -33,7 +30,8 @@ pub const ACCEPTED: &str = "Accepted";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
     pub container: ContainerObservation,
-    pub heartbeat: HeartbeatObservation,
+    /// `None`: not read, as no container consents to this Worker's files being read.
+    pub heartbeat: Option<HeartbeatObservation>,
     pub now: Timestamp,
 }
 
@@ -51,7 +49,7 @@ pub struct Assessment {
 /// Judge the worker's health.
 pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
     let container_running = container_condition(&obs.container);
-    let heartbeat_fresh = heartbeat_condition(&obs.heartbeat, obs.now, heartbeat_timeout);
+    let heartbeat_fresh = heartbeat_condition(obs.heartbeat.as_ref(), obs.now, heartbeat_timeout);
     let phase = match (
         &obs.container,
         container_running.status,
@@ -155,10 +153,19 @@ pub fn exit_description(c: &ContainerInfo) -> String {
 }
 
 fn heartbeat_condition(
-    heartbeat: &HeartbeatObservation,
+    heartbeat: Option<&HeartbeatObservation>,
     now: Timestamp,
     timeout: Duration,
 ) -> ConditionState {
+    let Some(heartbeat) = heartbeat else {
+        return ConditionState {
+            type_: HEARTBEAT_FRESH,
+            status: ConditionStatus::Unknown,
+            reason: "NotRead",
+            message: "the heartbeat is read only while the Worker's container exists and consents"
+                .into(),
+        };
+    };
     let (status, reason, message) = match heartbeat {
         HeartbeatObservation::Missing => (
             ConditionStatus::False,
@@ -178,19 +185,23 @@ fn heartbeat_condition(
                     None => " (by the file's modification time)".to_string(),
                 },
             };
-            let age = judged.age.as_secs_f64().max(0.0);
+            // No age in the message: it would change at every look, and so would the status
+            // (lastHeartbeatTime has the time; the stale message names the heartbeat's time).
             if judged.fresh {
                 (
                     ConditionStatus::True,
                     "HeartbeatFresh",
-                    format!("last heartbeat {age:.1}s ago{source}"),
+                    format!(
+                        "the worker heartbeats within the {}s timeout{source}",
+                        timeout.as_secs()
+                    ),
                 )
             } else {
                 (
                     ConditionStatus::False,
                     "HeartbeatStale",
                     format!(
-                        "last heartbeat {age:.1}s ago at {}, over the {}s timeout{source}",
+                        "no heartbeat since {}, over the {}s timeout{source}",
                         hb.at,
                         timeout.as_secs()
                     ),
@@ -204,24 +215,6 @@ fn heartbeat_condition(
         reason,
         message,
     }
-}
-
-/// The name of a recovery run of `worker` that owns its container now: one that is not
-/// finished and not read-only (mode `Diagnose` or a dry run), or a `Debug` run whose debug copy
-/// runs in the original's place until the run is deleted.
-pub fn recovery_in_progress(worker: &str, runs: &[WorkerRecovery]) -> Option<String> {
-    runs.iter()
-        .find(|r| {
-            let phase = r.status.as_ref().and_then(|s| s.phase);
-            let holds = !phase.is_some_and(RecoveryPhase::is_terminal)
-                || (r.spec.mode == RecoveryMode::Debug && phase == Some(RecoveryPhase::Succeeded));
-            r.spec.worker_ref.name == worker
-                && r.spec.mode != RecoveryMode::Diagnose
-                && !r.spec.dry_run
-                && r.metadata.deletion_timestamp.is_none()
-                && holds
-        })
-        .and_then(|r| r.metadata.name.clone())
 }
 
 /// A restart the controller performed during this reconcile.
@@ -244,7 +237,7 @@ pub fn next_status(
     let conditions = conditions::merge(
         previous_conditions,
         &[
-            accepted_condition(&obs.container),
+            accepted_condition(&obs.container, obs.heartbeat.is_some()),
             assessment.container_running.clone(),
             assessment.heartbeat_fresh.clone(),
             assessment.ready.clone(),
@@ -259,7 +252,7 @@ pub fn next_status(
         obs.now,
     );
     let (last_heartbeat_time, heartbeat) = match &obs.heartbeat {
-        HeartbeatObservation::Present(hb) => (Some(Time(hb.at)), Some(summarize(hb))),
+        Some(HeartbeatObservation::Present(hb)) => (Some(Time(hb.at)), Some(summarize(hb))),
         // Keep what we knew: the column then shows how long the worker has been silent.
         _ => (
             previous.and_then(|s| s.last_heartbeat_time.clone()),
@@ -299,10 +292,12 @@ pub fn next_status(
         &obs.heartbeat,
         previous.and_then(|s| s.last_progress_time.clone()),
     ) {
-        (HeartbeatObservation::Present(_), Some(t)) if previous_progress == current_progress => {
+        (Some(HeartbeatObservation::Present(_)), Some(t))
+            if previous_progress == current_progress =>
+        {
             Some(t)
         }
-        (HeartbeatObservation::Present(hb), _) => Some(Time(hb.at)),
+        (Some(HeartbeatObservation::Present(hb)), _) => Some(Time(hb.at)),
         (_, kept) => kept,
     };
     WorkerStatus {
@@ -326,18 +321,36 @@ pub fn next_status(
     }
 }
 
-/// `Accepted=True`: only an admitted Worker is observed at all.
-fn accepted_condition(container: &ContainerObservation) -> ConditionState {
-    let container = match container {
-        ContainerObservation::Found(_) => "its container carries the consent label",
-        ContainerObservation::NotFound => "its container does not exist yet",
-        ContainerObservation::Unavailable(_) => "its container could not be inspected",
+/// `Accepted`: whether the operator may read and change the Worker's files. `files_read`
+/// says whether they were (a consenting container, or a file-only grant).
+fn accepted_condition(container: &ContainerObservation, files_read: bool) -> ConditionState {
+    let (status, reason, message) = match (container, files_read) {
+        (ContainerObservation::Found(_), _) => (
+            ConditionStatus::True,
+            "Accepted",
+            "the shared root is inside an allowed root; its container carries the consent label",
+        ),
+        (ContainerObservation::NotFound, true) => (
+            ConditionStatus::True,
+            "FileOnly",
+            "the shared root is inside an allowed root; the operator's administrator lets this Worker's files be reached without a container",
+        ),
+        (ContainerObservation::NotFound, false) => (
+            ConditionStatus::False,
+            "ContainerNotFound",
+            "its container does not exist: a Worker's files are read and changed only while its container consents (label workerrecovery.io/worker)",
+        ),
+        (ContainerObservation::Unavailable(_), _) => (
+            ConditionStatus::Unknown,
+            "ContainerStateUnknown",
+            "the Docker engine cannot say whether its container exists and consents; nothing is read or changed until it can",
+        ),
     };
     ConditionState {
         type_: ACCEPTED,
-        status: ConditionStatus::True,
-        reason: "Accepted",
-        message: format!("the shared root is inside an allowed root; {container}"),
+        status,
+        reason,
+        message: message.to_string(),
     }
 }
 
@@ -429,7 +442,7 @@ pub fn failure(obs: &Observation, heartbeat_timeout: Duration) -> Option<Failure
             }
         });
     }
-    let HeartbeatObservation::Present(hb) = &obs.heartbeat else {
+    let Some(HeartbeatObservation::Present(hb)) = &obs.heartbeat else {
         return None;
     };
     let stale = !heartbeat::freshness(hb.at, obs.now, heartbeat_timeout).fresh;
@@ -578,7 +591,7 @@ pub fn next_look(obs: &Observation, heartbeat_timeout: Duration) -> Duration {
         return RESYNC;
     }
     match &obs.heartbeat {
-        HeartbeatObservation::Present(hb) => {
+        Some(HeartbeatObservation::Present(hb)) => {
             let f = heartbeat::freshness(hb.at, obs.now, heartbeat_timeout);
             if !f.fresh {
                 return poll;
@@ -633,7 +646,7 @@ mod tests {
     fn obs(container: ContainerObservation, heartbeat: HeartbeatObservation) -> Observation {
         Observation {
             container,
-            heartbeat,
+            heartbeat: Some(heartbeat),
             now: now(),
         }
     }
@@ -717,7 +730,8 @@ mod tests {
         );
         assert_eq!(a.heartbeat_fresh.reason, "HeartbeatStale");
         assert!(
-            a.heartbeat_fresh.message.contains("31.0s ago"),
+            a.heartbeat_fresh.message.contains("no heartbeat since")
+                && a.heartbeat_fresh.message.contains("over the 30s timeout"),
             "{}",
             a.heartbeat_fresh.message
         );
@@ -1095,61 +1109,5 @@ mod tests {
             requeue_interval(Duration::from_secs(3600)),
             Duration::from_secs(15)
         );
-    }
-
-    #[test]
-    fn only_an_unfinished_acting_run_holds_auto_recovery_back() {
-        use serde_json::json;
-        let run = |worker: &str, spec: serde_json::Value, phase: Option<&str>| -> WorkerRecovery {
-            let mut spec = spec;
-            spec["workerRef"] = serde_json::json!({"name": worker});
-            let mut r: WorkerRecovery = serde_json::from_value(serde_json::json!({
-                "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
-                "metadata": {"name": format!("{worker}-run")}, "spec": spec
-            }))
-            .unwrap();
-            if let Some(p) = phase {
-                r.status = Some(serde_json::from_value(serde_json::json!({"phase": p})).unwrap());
-            }
-            r
-        };
-        assert_eq!(
-            recovery_in_progress(
-                "marie",
-                &[run("marie", json!({"mode": "Clean"}), Some("Running"))]
-            ),
-            Some("marie-run".into())
-        );
-        assert_eq!(
-            recovery_in_progress("marie", &[run("marie", json!({}), None)]),
-            Some("marie-run".into()),
-            "a new Quick run will act"
-        );
-        assert_eq!(
-            recovery_in_progress(
-                "marie",
-                &[run("marie", json!({"mode": "Debug"}), Some("Succeeded"))]
-            ),
-            Some("marie-run".into()),
-            "the debug copy runs in the original's place until the run is deleted"
-        );
-        for quiet in [
-            run("marie", json!({"mode": "Diagnose"}), Some("Running")),
-            run(
-                "marie",
-                json!({"mode": "Clean", "dryRun": true}),
-                Some("Running"),
-            ),
-            run("marie", json!({"mode": "Clean"}), Some("Succeeded")),
-            run("marie", json!({"mode": "Clean"}), Some("Failed")),
-            run("anga", json!({"mode": "Clean"}), Some("Running")),
-        ] {
-            assert_eq!(
-                recovery_in_progress("marie", std::slice::from_ref(&quiet)),
-                None,
-                "{:?}",
-                quiet.spec
-            );
-        }
     }
 }

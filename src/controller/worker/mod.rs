@@ -16,32 +16,41 @@ use kube::{
     runtime::{
         controller::{self, Action, Controller},
         events::EventType,
+        reflector::{self, Store},
         watcher,
     },
     ResourceExt,
 };
-use tracing::{info, instrument, warn};
+use tracing::{instrument, warn};
 
 pub use error::Error;
 
-use self::decide::{ContainerObservation, Observation};
+use self::decide::Observation;
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
     crd::{
         worker::{Worker, WorkerPhase, WorkerStatus},
         worker_recovery::WorkerRecovery,
     },
+    docker::ContainerObservation,
     observe::heartbeat,
-    trust::{self, AdmitError},
+    trust::{Admission, AdmitError, Refusal, RefusalReason},
 };
 
 pub const CONTROLLER: &str = "worker";
 /// Workers reconciled at the same time.
 const WORKER_CONCURRENCY: u16 = 32;
 
-/// Run the Worker controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecovery>) {
-    let (reader, trigger) = spec_changes(workers);
+/// Run the Worker controller until a shutdown signal. `cache` is the store the context checks
+/// path claims against: this controller fills it.
+pub async fn run(
+    ctx: Arc<Context>,
+    workers: Api<Worker>,
+    runs: Api<WorkerRecovery>,
+    cache: (Store<Worker>, reflector::store::Writer<Worker>),
+) {
+    let (reader, writer) = cache;
+    let trigger = spec_changes(workers, writer);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
     // Only the runs this controller created (automatic attempts) point back to a Worker; a
@@ -49,6 +58,7 @@ pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecove
     let auto_runs = watcher::Config::default()
         .labels(supervise::AUTO_RUN_LABEL)
         .any_semantic();
+    let pruner = tokio::spawn(forget_deleted(ctx.clone(), reader.clone()));
     Controller::for_stream(trigger, reader)
         // A thousand Workers looked at all at once (at start, after the engine came back)
         // would each hold a Docker connection and buffers; a bounded number at a time keeps
@@ -61,6 +71,28 @@ pub async fn run(ctx: Arc<Context>, workers: Api<Worker>, runs: Api<WorkerRecove
         .run(reconcile, error_policy, ctx)
         .for_each(log_failure(CONTROLLER))
         .await;
+    pruner.abort();
+}
+
+/// How often the memory of deleted Workers is dropped.
+const FORGET_EVERY: Duration = Duration::from_secs(30);
+
+/// Drop what this process remembers of Workers that are gone (their last written status), so
+/// that memory does not grow with every Worker ever seen.
+async fn forget_deleted(ctx: Arc<Context>, workers: Store<Worker>) {
+    let mut every = tokio::time::interval(FORGET_EVERY);
+    loop {
+        every.tick().await;
+        if workers.wait_until_ready().await.is_err() {
+            return;
+        }
+        let live: std::collections::HashSet<String> =
+            workers.state().iter().map(|w| memory_key(w)).collect();
+        ctx.worker_status
+            .lock()
+            .unwrap()
+            .retain(|key, _| live.contains(key));
+    }
 }
 
 #[instrument(skip_all, fields(worker = %worker.name_any(), namespace = worker.namespace().unwrap_or_default()))]
@@ -69,81 +101,60 @@ async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Err
         .await
 }
 
+/// What the operator may look at for a Worker.
+enum Access {
+    /// Admitted: its files and its consenting container.
+    Admitted(Admission),
+    /// Its container does not exist, or the engine cannot say: nothing of its files is read
+    /// or changed, only the container's absence (or the engine's silence) is reported.
+    Blind(ContainerObservation),
+}
+
 async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Error> {
     let api: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
     // The status this process wrote last may be newer than the cached object's: a reconcile
     // triggered by a Docker event can start before the watch brought our own write back, and
-    // the policy's record (attempts, backoff) must not go back in time.
-    let key = object_key(worker);
+    // the policy's record (attempts, backoff) must not go back in time. Keyed by UID: a new
+    // Worker of an old name starts with nothing of the old one's.
+    let key = memory_key(worker);
     let remembered = ctx.worker_status.lock().unwrap().get(&key).cloned();
     let previous = decide::newest_status(worker.status.as_ref(), remembered.as_ref());
     let timeout = Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds));
 
     // Admit: nothing is read or touched for a Worker the operator may not manage.
-    let admission = match trust::admit(worker, &ctx.allowed_roots, ctx.docker.as_ref()).await {
-        Ok(admission) => admission,
+    let access = match ctx.admit(worker).await {
+        Ok(admission) => Access::Admitted(admission),
         Err(AdmitError::InvalidSpec(e)) => {
             write_invalid_spec(&api, worker, ctx, &e.to_string()).await?;
             return Err(e.into());
         }
-        Err(AdmitError::Refused(refusal)) => {
-            let status = decide::refused_status(
-                previous,
-                worker.metadata.generation,
-                &refusal,
-                Timestamp::now(),
-            );
-            apply_status(&api, worker, &status).await?;
-            // One Event per refusal reason, not one per look.
-            let refused_before = previous
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == decide::ACCEPTED))
-                .filter(|c| c.status == "False")
-                .map(|c| c.reason.as_str());
-            if refused_before != Some(refusal.reason.as_str()) {
-                warn!(reason = refusal.reason.as_str(), %refusal, "worker refused");
-                ctx.publish(
-                    worker,
-                    EventType::Warning,
-                    refusal.reason.as_str(),
-                    "AdmitWorker",
-                    refusal.message.clone(),
-                )
-                .await;
+        Err(AdmitError::Refused(r)) if r.reason == RefusalReason::ContainerNotFound => {
+            if supervise::adopt_recreated(ctx, worker).await? {
+                return Ok(Action::requeue(Duration::from_millis(100)));
             }
-            // A label added to the container is not an API change: look again later.
-            return Ok(Action::requeue(decide::requeue_interval(timeout)));
+            Access::Blind(ContainerObservation::NotFound)
+        }
+        Err(AdmitError::Refused(refusal)) => {
+            return refuse(ctx, &api, worker, previous, &refusal, timeout).await
+        }
+        Err(AdmitError::ContainerStateUnknown(e)) => {
+            Access::Blind(ContainerObservation::Unavailable(e))
         }
     };
-    let paths = &admission.paths;
-
-    // Observe.
-    let heartbeat = heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await;
-    let mut obs = Observation {
-        container: admission.container.clone(),
-        heartbeat,
-        now: Timestamp::now(),
+    let admission = match &access {
+        Access::Admitted(a) => Some(a),
+        Access::Blind(_) => None,
     };
+    let mut obs = observe(&access).await;
 
     // Decide and act. Only a consenting container is ever found here, and it is addressed by
     // its ID, so a container that took its name since cannot be started in its place.
     let pause = decide::active_pause(worker.spec.auto_recovery.pause.as_ref(), obs.now);
-    if pause.is_some() && worker.spec.auto_recovery.enabled {
-        if let ContainerObservation::Found(c) = &obs.container {
-            if !c.running {
-                info!("automatic recovery is paused: the exited container is left as it is");
-            }
-        }
-    }
-    if matches!(obs.container, ContainerObservation::NotFound)
-        && supervise::adopt_recreated(ctx, worker).await?
-    {
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    }
     let supervision = supervise::supervise(
         ctx,
         worker,
-        &admission,
+        admission,
         &obs,
         previous,
         timeout,
@@ -179,27 +190,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         .lock()
         .unwrap()
         .insert(key, status.clone());
-    let previous_phase = previous.and_then(|s| s.phase);
-    if previous_phase != Some(assessment.phase)
-        && !(previous_phase.is_none() && assessment.phase == WorkerPhase::Healthy)
-    {
-        let (type_, reason) = match assessment.phase {
-            WorkerPhase::Healthy => (EventType::Normal, "WorkerHealthy"),
-            WorkerPhase::Degraded => (EventType::Warning, "WorkerDegraded"),
-            WorkerPhase::Down => (EventType::Warning, "WorkerDown"),
-            WorkerPhase::Unknown => (EventType::Warning, "WorkerUnknown"),
-            WorkerPhase::Refused => (EventType::Warning, "WorkerRefused"),
-            WorkerPhase::Escalated => (EventType::Warning, "WorkerEscalated"),
-        };
-        let note = format!(
-            "{} -> {}: {}",
-            previous_phase.map_or("none".to_string(), |p| p.to_string()),
-            assessment.phase,
-            assessment.ready.message
-        );
-        ctx.publish(worker, type_, reason, "ObserveWorker", note)
-            .await;
-    }
+    phase_event(ctx, worker, previous.and_then(|s| s.phase), &assessment).await;
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
     let mut next = decide::next_look(&obs, timeout);
     if let Some(due) = supervision.next_look {
@@ -214,6 +205,95 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
     Ok(Action::requeue(next))
+}
+
+/// The key of a Worker in the operator's memory: its UID.
+fn memory_key(worker: &Worker) -> String {
+    worker.uid().unwrap_or_else(|| object_key(worker))
+}
+
+/// Read what the access allows: the heartbeat only for an admitted Worker.
+async fn observe(access: &Access) -> Observation {
+    match access {
+        Access::Admitted(a) => {
+            let hb = heartbeat::read(&a.paths.trusted_root, &a.paths.heartbeat_file).await;
+            Observation {
+                container: a.container.clone(),
+                heartbeat: Some(hb),
+                now: Timestamp::now(),
+            }
+        }
+        Access::Blind(container) => Observation {
+            container: container.clone(),
+            heartbeat: None,
+            now: Timestamp::now(),
+        },
+    }
+}
+
+/// A refused Worker: status says why, one Event per refusal reason; look again later, as a
+/// label added to the container is not an API change.
+async fn refuse(
+    ctx: &Context,
+    api: &Api<Worker>,
+    worker: &Worker,
+    previous: Option<&WorkerStatus>,
+    refusal: &Refusal,
+    timeout: Duration,
+) -> Result<Action, Error> {
+    let status = decide::refused_status(
+        previous,
+        worker.metadata.generation,
+        refusal,
+        Timestamp::now(),
+    );
+    apply_status(api, worker, &status).await?;
+    let refused_before = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == decide::ACCEPTED))
+        .filter(|c| c.status == "False")
+        .map(|c| c.reason.as_str());
+    if refused_before != Some(refusal.reason.as_str()) {
+        warn!(reason = refusal.reason.as_str(), %refusal, "worker refused");
+        ctx.publish(
+            worker,
+            EventType::Warning,
+            refusal.reason.as_str(),
+            "AdmitWorker",
+            refusal.message.clone(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(decide::requeue_interval(timeout)))
+}
+
+/// An Event when the phase changes (not for a first look that finds the worker healthy).
+async fn phase_event(
+    ctx: &Context,
+    worker: &Worker,
+    previous: Option<WorkerPhase>,
+    assessment: &decide::Assessment,
+) {
+    if previous == Some(assessment.phase)
+        || (previous.is_none() && assessment.phase == WorkerPhase::Healthy)
+    {
+        return;
+    }
+    let (type_, reason) = match assessment.phase {
+        WorkerPhase::Healthy => (EventType::Normal, "WorkerHealthy"),
+        WorkerPhase::Degraded => (EventType::Warning, "WorkerDegraded"),
+        WorkerPhase::Down => (EventType::Warning, "WorkerDown"),
+        WorkerPhase::Unknown => (EventType::Warning, "WorkerUnknown"),
+        WorkerPhase::Refused => (EventType::Warning, "WorkerRefused"),
+        WorkerPhase::Escalated => (EventType::Warning, "WorkerEscalated"),
+    };
+    let note = format!(
+        "{} -> {}: {}",
+        previous.map_or("none".to_string(), |p| p.to_string()),
+        assessment.phase,
+        assessment.ready.message
+    );
+    ctx.publish(worker, type_, reason, "ObserveWorker", note)
+        .await;
 }
 
 /// Tell humans when automatic actions are paused and when they resume.
@@ -673,5 +753,93 @@ mod tests {
             remediation.contains("nofile 64:64 -> 200:200"),
             "{remediation}"
         );
+    }
+
+    fn last_patch(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
+        requests
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+            .expect("a status patch")
+            .body["status"]
+            .clone()
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap_or_else(|| panic!("no {type_} in {status}"))
+    }
+
+    /// Files follow consent: a Worker whose container does not exist reads nothing of its
+    /// files (its heartbeat file names a worker someone else runs), unless the administrator
+    /// granted it file-only access.
+    #[tokio::test]
+    async fn without_a_container_no_file_is_read_unless_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::default());
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
+        let worker = worker_at(dir.path());
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let status = last_patch(&requests);
+        assert_eq!(status["phase"], "Down", "{status}");
+        assert_eq!(status["container"]["state"], "notFound");
+        let accepted = condition(&status, "Accepted");
+        assert_eq!(
+            (&accepted["status"], &accepted["reason"]),
+            (&json!("False"), &json!("ContainerNotFound"))
+        );
+        assert_eq!(condition(&status, "HeartbeatFresh")["reason"], "NotRead");
+        assert!(
+            status.get("heartbeat").is_none() && status.get("lastHeartbeatTime").is_none(),
+            "nothing of the heartbeat file reaches status: {status}"
+        );
+
+        let mut ctx = ctx;
+        ctx.trust.file_only =
+            crate::trust::FileOnlyGrants::parse(&["default/marie".into()]).unwrap();
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let status = last_patch(&requests);
+        assert_eq!(condition(&status, "Accepted")["reason"], "FileOnly");
+        assert_eq!(status["heartbeat"]["status"], "idle", "{status}");
+    }
+
+    /// No reads while blind: an engine that does not answer leaves the Worker Unknown, with
+    /// nothing of its files read, and the reconcile is retried.
+    #[tokio::test]
+    async fn an_engine_that_does_not_answer_reads_nothing_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
+        fake.engine_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
+        let worker = worker_at(dir.path());
+
+        let err = reconcile_worker(&worker, &ctx).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
+        let status = last_patch(&requests);
+        assert_eq!(status["phase"], "Unknown");
+        assert_eq!(condition(&status, "Accepted")["status"], "Unknown");
+        assert_eq!(
+            condition(&status, "Accepted")["reason"],
+            "ContainerStateUnknown"
+        );
+        assert!(status.get("heartbeat").is_none(), "{status}");
+        let runs = requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == Method::POST && r.body["kind"] == "WorkerRecovery")
+            .count();
+        assert_eq!(runs, 0, "no automatic attempt");
     }
 }

@@ -24,7 +24,7 @@ use super::{
     Error,
 };
 use crate::{
-    controller::Context,
+    controller::{writer, Context},
     crd::{
         diagnosis::RootCause,
         worker::{
@@ -63,10 +63,13 @@ pub struct Supervision {
 }
 
 /// Supervise one Worker: decide about what failed, act, climb the escalation path.
+/// `admission` is `None` when the Worker's files may not be reached (its container is gone, or
+/// the engine cannot say): then nothing is attempted and no task moves, while the escalation
+/// path still advances.
 pub async fn supervise(
     ctx: &Context,
     worker: &Worker,
-    admission: &Admission,
+    admission: Option<&Admission>,
     obs: &Observation,
     previous: Option<&WorkerStatus>,
     timeout: Duration,
@@ -110,10 +113,13 @@ pub async fn supervise(
         }
     }
 
-    if spec.enabled && !paused && out.escalation.is_none() {
+    if let (true, false, None, Some(admission)) = (spec.enabled, paused, &out.escalation, admission)
+    {
         if let Some(failure) = decide::failure(obs, timeout) {
             let runs = list_runs(ctx, worker).await?;
-            let in_progress = decide::recovery_in_progress(&worker.name_any(), &runs);
+            // A run, plan or failover that is the Worker's writer now holds automatic
+            // recovery back (the same Lease every writer takes).
+            let in_progress = writer::current_holder(&ctx.client, worker).await?;
             let last_run = out
                 .record
                 .attempts
@@ -199,9 +205,11 @@ pub async fn supervise(
             .await;
         }
         notify(worker, e).await;
-        if escalate::at_last_level(e, &levels) {
-            fail_over(ctx, worker, admission, e).await?;
-            if e.failover
+        if let (true, Some(admission)) = (escalate::at_last_level(e, &levels), admission) {
+            if fail_over(ctx, worker, admission, e).await? {
+                out.next_look = Some(Duration::from_secs(2));
+            } else if e
+                .failover
                 .as_ref()
                 .is_some_and(|f| f.state == FailoverState::Moving)
             {
@@ -232,6 +240,18 @@ async fn attempt(
     let ContainerObservation::Found(container) = &obs.container else {
         return Ok(());
     };
+    // The Worker's writer Lease first, for the run this attempt creates: no manual run or
+    // plan changes the worker while the attempt acts on it.
+    let n = out.record.attempts_total + 1;
+    let run = policy::run_name(&worker.name_any(), n);
+    let me = writer::Holder::Run(run.clone());
+    if let writer::Acquired::HeldBy(holder) =
+        writer::acquire(&ctx.client, worker, &me, None).await?
+    {
+        info!(%holder, "automatic recovery waits: another writer has the Worker");
+        out.next_look = Some(Duration::from_secs(2));
+        return Ok(());
+    }
     let mut remediation = Vec::new();
     if let FailureKind::Stopped { .. } = failure {
         remove_poison_tasks(ctx, worker, admission, &mut out.record, now).await?;
@@ -286,8 +306,6 @@ async fn attempt(
             }
         }
     }
-    let n = out.record.attempts_total + 1;
-    let run = policy::run_name(&worker.name_any(), n);
     create_run(ctx, worker, &run, failure, container, restarted_at).await?;
     let remediation = (!remediation.is_empty()).then(|| remediation.join("; "));
     policy::record_attempt(
@@ -706,22 +724,22 @@ async fn notify(worker: &Worker, e: &mut EscalationStatus) {
 }
 
 /// At the last level: move the pending tasks to the first healthy backup Worker, in batches
-/// whose names are recorded before they move.
+/// whose names are recorded before they move. `Ok(true)`: it waits for another writer.
 async fn fail_over(
     ctx: &Context,
     worker: &Worker,
     admission: &Admission,
     e: &mut EscalationStatus,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let backups = match &worker.spec.escalation {
         Some(s) if !s.backup_workers.is_empty() => s.backup_workers.clone(),
-        _ => return Ok(()),
+        _ => return Ok(false),
     };
     if e.failover
         .as_ref()
         .is_some_and(|f| f.state != FailoverState::Moving)
     {
-        return Ok(());
+        return Ok(false);
     }
     let workers: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
@@ -743,12 +761,12 @@ async fn fail_over(
         if !healthy && e.failover.is_none() {
             continue;
         }
-        if let Ok(a) = trust::admit(&backup, &ctx.allowed_roots, ctx.docker.as_ref()).await {
-            target = Some((name, a));
+        if let Ok(a) = ctx.admit(&backup).await {
+            target = Some((name, backup, a));
             break;
         }
     }
-    let Some((to, backup)) = target else {
+    let Some((to, backup_worker, backup)) = target else {
         if e.failover.is_none() {
             e.failover = Some(FailoverStatus {
                 to: String::new(),
@@ -757,8 +775,19 @@ async fn fail_over(
                 ..Default::default()
             });
         }
-        return Ok(());
+        return Ok(false);
     };
+    // Both Workers' files change: the failover is the writer of both, or waits.
+    let me = writer::Holder::Failover(worker.name_any());
+    for w in [worker, &backup_worker] {
+        let uid = worker.uid();
+        if let writer::Acquired::HeldBy(holder) =
+            writer::acquire(&ctx.client, w, &me, uid.as_deref()).await?
+        {
+            info!(%holder, backup = %to, "the failover waits: another writer has a Worker");
+            return Ok(true);
+        }
+    }
     let mut f = e.failover.take().unwrap_or(FailoverStatus {
         to: to.clone(),
         state: FailoverState::Moving,
@@ -782,13 +811,17 @@ async fn fail_over(
                     format!("{} pending task(s) moved to backup Worker {to}", f.moved),
                 )
                 .await;
+                let ns = worker.namespace().unwrap_or_default();
+                for name in [worker.name_any(), to.clone()] {
+                    writer::release(&ctx.client, &ns, &name, &me).await?;
+                }
                 break;
             }
             // The batch is recorded (by the caller's status write) before it moves: hand it
             // back and move it on the next look.
             f.batch = scan.oldest;
             e.failover = Some(f);
-            return Ok(());
+            return Ok(false);
         }
         let (from, to_paths, names) = (
             admission.paths.clone(),
@@ -803,5 +836,5 @@ async fn fail_over(
         f.batch.clear();
     }
     e.failover = Some(f);
-    Ok(())
+    Ok(false)
 }

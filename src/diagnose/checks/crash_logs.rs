@@ -263,7 +263,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Ok(None) => Err(format!("container {container:?} does not exist")),
         _ => ctx
             .docker
-            .logs(ctx.container_ref(), tail, since)
+            .logs(ctx.container_ref().map_err(|e| e.to_string())?, tail, since)
             .await
             .map_err(|e| format!("cannot read the logs of container {container:?}: {e}")),
     };

@@ -104,7 +104,7 @@ enum Lookup {
 }
 
 async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, DockerError> {
-    let Some(mut stat) = ctx.docker.stat_path(ctx.container_ref(), path).await? else {
+    let Some(mut stat) = ctx.docker.stat_path(ctx.container_ref()?, path).await? else {
         return Ok(Lookup::Absent);
     };
     let mut target = None;
@@ -124,7 +124,7 @@ async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, DockerError> {
                 .map_or("/", |(p, _)| if p.is_empty() { "/" } else { p });
             join_path(parent, &link)
         };
-        match ctx.docker.stat_path(ctx.container_ref(), &link).await? {
+        match ctx.docker.stat_path(ctx.container_ref()?, &link).await? {
             Some(next) => {
                 stat = next;
                 target = Some(link);
@@ -273,7 +273,7 @@ async fn version(
     }
     match tokio::time::timeout(
         VERSION_TIMEOUT,
-        ctx.docker.exec(ctx.container_ref(), &[path, "--version"]),
+        ctx.docker.exec(&c.id, &[path, "--version"]),
     )
     .await
     {
@@ -331,7 +331,7 @@ async fn check_packages(ctx: &CheckContext, c: &ContainerInfo, running: bool) ->
             &["python3", "-m", "pip", "list", "--format=freeze"][..],
         ),
     ] {
-        match ctx.docker.exec(ctx.container_ref(), cmd).await {
+        match ctx.docker.exec(&c.id, cmd).await {
             Ok(out) if out.exit_code == Some(0) => {
                 listed = Some((label, out.stdout));
                 break;

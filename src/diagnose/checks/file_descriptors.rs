@@ -47,7 +47,10 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let script = script(pid);
     let out = ctx
         .docker
-        .exec(ctx.container_ref(), &["sh", "-c", &script])
+        .exec(
+            ctx.container_ref().map_err(|e| e.to_string())?,
+            &["sh", "-c", &script],
+        )
         .await
         .map_err(|e| format!("cannot exec into {name:?} to count descriptors: {e}"))?;
     let sections: Vec<&str> = out.stdout.split("---\n").collect();

@@ -54,7 +54,11 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         .unwrap_or(Timestamp::UNIX_EPOCH);
     match ctx
         .docker
-        .oom_events(ctx.container_ref(), since, ctx.now)
+        .oom_events(
+            ctx.container_ref().map_err(|e| e.to_string())?,
+            since,
+            ctx.now,
+        )
         .await
     {
         Ok(times) if !times.is_empty() => {
@@ -158,7 +162,7 @@ async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
             .with_opt("memoryLimitBytes", c.memory_limit);
         return vec![f];
     }
-    let stats = match ctx.docker.memory_stats(ctx.container_ref()).await {
+    let stats = match ctx.docker.memory_stats(&c.id).await {
         Ok(s) => s,
         Err(e) => {
             return vec![failed(ctx, format!("cannot read memory stats: {e}"))

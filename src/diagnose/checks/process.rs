@@ -125,7 +125,10 @@ async fn read_status(ctx: &CheckContext, pid: u32) -> Result<ProcStatus, String>
     let path = format!("/proc/{pid}/status");
     let out = ctx
         .docker
-        .exec(ctx.container_ref(), &["cat", &path])
+        .exec(
+            ctx.container_ref().map_err(|e| e.to_string())?,
+            &["cat", &path],
+        )
         .await
         .map_err(|e| format!("cannot exec `cat {path}` in {name:?}: {e}"))?;
     if out.exit_code != Some(0) {
@@ -149,7 +152,10 @@ async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, String> {
     let name = &ctx.spec.container;
     let ls = ctx
         .docker
-        .exec(ctx.container_ref(), &["ls", "/proc"])
+        .exec(
+            ctx.container_ref().map_err(|e| e.to_string())?,
+            &["ls", "/proc"],
+        )
         .await
         .map_err(|e| format!("cannot exec `ls /proc` in {name:?}: {e}"))?;
     let paths: Vec<String> = ls
@@ -169,7 +175,7 @@ async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, String> {
     cmd.extend(paths.iter().map(String::as_str));
     let out = ctx
         .docker
-        .exec(ctx.container_ref(), &cmd)
+        .exec(ctx.container_ref().map_err(|e| e.to_string())?, &cmd)
         .await
         .map_err(|e| format!("cannot exec `cat /proc/*/status` in {name:?}: {e}"))?;
     Ok(split_statuses(&out.stdout))
@@ -232,7 +238,10 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let cmdline_path = format!("/proc/{pid}/cmdline");
     let cmdline = match ctx
         .docker
-        .exec(ctx.container_ref(), &["cat", &cmdline_path])
+        .exec(
+            ctx.container_ref().map_err(|e| e.to_string())?,
+            &["cat", &cmdline_path],
+        )
         .await
     {
         Ok(out) if out.exit_code == Some(0) => Some(parse_cmdline(&out.stdout)),
