@@ -630,6 +630,26 @@ pub struct WorkerStatus {
     /// Differences between the running container and `spec.resources`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<DriftItem>,
+    /// The paths this Worker holds since it was admitted with them: no other Worker may use
+    /// them (`PathsClaimed`). Kept while its container is briefly gone; dropped when the Worker
+    /// is refused or its paths change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<PathClaim>,
+}
+
+/// Paths a Worker holds, as resolved through symlinks when it was admitted.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathClaim {
+    /// Since when: of two Workers that claim the same path, the earlier keeps it.
+    pub since: Option<Time>,
+    pub task_directory: String,
+    pub state_file: String,
+    pub heartbeat_file: String,
+    pub tmp_directory: String,
+    /// The locks directory, shared by design, and the name whose `<name>_` prefix is held in it.
+    pub locks_directory: String,
+    pub worker_name: String,
 }
 
 /// The record of the automatic recovery policy.

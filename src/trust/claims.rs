@@ -4,12 +4,15 @@
 //! lock prefix `<worker>_` in its locks directory. Two claims conflict when a path of one is
 //! the same as, or inside, a path of the other (a tmp directory pointed at another worker's
 //! task directory would otherwise be emptied), or when both use the same locks directory with
-//! the same worker name. Of two conflicting Workers the older one (by creation time, then
-//! namespace and name, so that every replica and every restart picks the same) keeps its
-//! claim; the other is refused with `PathsClaimed`.
+//! the same worker name.
 //!
-//! Claims are computed from the Workers the operator watches, each resolved through symlinks
-//! as its own admission does, and cached for a short while.
+//! Who keeps a contested path: the Worker that was admitted with it first. An admitted Worker
+//! records its claim in status (`status.claim`, written by the operator only), and keeps it
+//! while its container is briefly gone; a Worker refused for any reason holds nothing. A Worker
+//! the operator has not looked at yet holds a tentative claim, after every recorded one, and
+//! among such newcomers the older (by creation time, then namespace and name) goes first, so
+//! that every replica and every restart decides alike. An older Worker that creates a
+//! consenting container later cannot take a younger, admitted Worker's paths.
 
 use std::{
     collections::HashMap,
@@ -18,11 +21,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{runtime::reflector::Store, ResourceExt};
 
 use super::{roots::AllowedRoots, Refusal, RefusalReason};
-use crate::crd::worker::{ResolvedPaths, Worker};
+use crate::crd::worker::{PathClaim, ResolvedPaths, Worker};
 
 /// How long another Worker's resolved claim is reused before it is resolved again.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
@@ -36,6 +39,9 @@ pub struct Claim {
     pub namespace: String,
     pub name: String,
     pub created: Option<Timestamp>,
+    /// When the Worker was admitted with these paths (its recorded claim); `None` for a
+    /// tentative claim.
+    pub since: Option<Timestamp>,
     /// Task directory, state file, heartbeat file, tmp directory: nobody else's.
     files: Vec<(&'static str, PathBuf)>,
     /// The locks directory, shared, and the worker name whose prefix is claimed in it.
@@ -44,18 +50,15 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// The claim of `worker` with `paths`: established since its recorded claim when that
+    /// names the same paths, tentative otherwise.
     pub fn of(worker: &Worker, paths: &ResolvedPaths) -> Self {
-        Self {
-            uid: worker.uid().unwrap_or_else(|| {
-                format!(
-                    "{}/{}",
-                    worker.namespace().unwrap_or_default(),
-                    worker.name_any()
-                )
-            }),
+        let mut claim = Self {
+            uid: worker_uid(worker),
             namespace: worker.namespace().unwrap_or_default(),
             name: worker.name_any(),
             created: worker.creation_timestamp().map(|t| t.0),
+            since: None,
             files: vec![
                 ("task directory", paths.tasks_dir.clone()),
                 ("state file", paths.state_file.clone()),
@@ -64,14 +67,55 @@ impl Claim {
             ],
             locks_dir: paths.locks_dir.clone(),
             worker_name: paths.worker_name.clone(),
+        };
+        let recorded = worker.status.as_ref().and_then(|s| s.claim.as_ref());
+        if let Some(r) = recorded.filter(|r| claim.record(r.since.clone()) == **r) {
+            claim.since = r.since.as_ref().map(|t| t.0);
+        }
+        claim
+    }
+
+    /// A claim recorded in another Worker's status.
+    fn recorded(worker: &Worker, r: &PathClaim) -> Self {
+        Self {
+            uid: worker_uid(worker),
+            namespace: worker.namespace().unwrap_or_default(),
+            name: worker.name_any(),
+            created: worker.creation_timestamp().map(|t| t.0),
+            // A recorded claim without a time still goes before every tentative one.
+            since: Some(r.since.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0)),
+            files: vec![
+                ("task directory", PathBuf::from(&r.task_directory)),
+                ("state file", PathBuf::from(&r.state_file)),
+                ("heartbeat file", PathBuf::from(&r.heartbeat_file)),
+                ("tmp directory", PathBuf::from(&r.tmp_directory)),
+            ],
+            locks_dir: PathBuf::from(&r.locks_directory),
+            worker_name: r.worker_name.clone(),
         }
     }
 
-    /// Whether this claim goes before `other`: the older Worker keeps its claim.
+    /// The claim as status records it, held since `since`.
+    pub fn record(&self, since: Option<Time>) -> PathClaim {
+        let path = |i: usize| self.files[i].1.display().to_string();
+        PathClaim {
+            since,
+            task_directory: path(0),
+            state_file: path(1),
+            heartbeat_file: path(2),
+            tmp_directory: path(3),
+            locks_directory: self.locks_dir.display().to_string(),
+            worker_name: self.worker_name.clone(),
+        }
+    }
+
+    /// Whether this claim goes before `other`: recorded claims by when they were made, then
+    /// tentative ones by the Worker's age; a Worker without a creation time comes last.
     fn precedes(&self, other: &Claim) -> bool {
-        // A Worker without a creation time (not from the API) comes last.
         let key = |c: &Claim| {
             (
+                c.since.is_none(),
+                c.since.map_or(i128::MAX, |t| t.as_nanosecond()),
                 c.created.map_or(i128::MAX, |t| t.as_nanosecond()),
                 c.namespace.clone(),
                 c.name.clone(),
@@ -160,21 +204,41 @@ impl Registry {
         })
     }
 
-    /// Every other Worker's claim, resolved again when older than [`CLAIM_TTL`].
+    /// Every other Worker's claim: the one recorded in its status, or, for a Worker the
+    /// operator has not looked at yet, the tentative one its admission would make (resolved
+    /// again when older than [`CLAIM_TTL`]). A Worker refused for any reason claims nothing.
     async fn claims(&self, me: &Claim, roots: &AllowedRoots) -> Result<Vec<Claim>, String> {
         tokio::time::timeout(STORE_WAIT, self.workers.wait_until_ready())
             .await
             .map_err(|_| "the Workers' cache is not filled yet".to_string())?
             .map_err(|e| e.to_string())?;
         let workers = self.workers.state();
+        let mut claims = Vec::new();
+        let mut newcomers = Vec::new();
+        for w in workers.iter().filter(|w| worker_uid(w) != me.uid) {
+            let status = w.status.as_ref();
+            match status.and_then(|s| s.claim.as_ref()) {
+                Some(r) => claims.push(Claim::recorded(w, r)),
+                None if status.is_none_or(|s| s.conditions.is_empty()) => newcomers.push(w.clone()),
+                None => {}
+            }
+        }
+        claims.extend(self.tentative(newcomers, roots).await?);
+        Ok(claims)
+    }
+
+    /// Tentative claims of Workers not looked at yet, from the cache or resolved anew.
+    async fn tentative(
+        &self,
+        workers: Vec<std::sync::Arc<Worker>>,
+        roots: &AllowedRoots,
+    ) -> Result<Vec<Claim>, String> {
         let stale: Vec<_> = {
             let cache = self.cache.lock().unwrap();
             workers
                 .iter()
-                .filter(|w| w.uid().as_deref() != Some(me.uid.as_str()))
                 .filter(|w| {
-                    let uid = w.uid().unwrap_or_default();
-                    cache.get(&uid).is_none_or(|c| {
+                    cache.get(&worker_uid(w)).is_none_or(|c| {
                         c.generation != w.metadata.generation || c.at.elapsed() > CLAIM_TTL
                     })
                 })
@@ -186,13 +250,7 @@ impl Registry {
             let resolved = tokio::task::spawn_blocking(move || {
                 stale
                     .iter()
-                    .map(|w| {
-                        (
-                            w.uid().unwrap_or_default(),
-                            w.metadata.generation,
-                            resolve(w, &roots),
-                        )
-                    })
+                    .map(|w| (worker_uid(w), w.metadata.generation, resolve(w, &roots)))
                     .collect::<Vec<_>>()
             })
             .await
@@ -211,16 +269,22 @@ impl Registry {
             }
         }
         let mut cache = self.cache.lock().unwrap();
-        let live: std::collections::HashSet<String> =
-            workers.iter().filter_map(|w| w.uid()).collect();
-        // Forget deleted Workers.
-        cache.retain(|uid, _| live.contains(uid));
-        Ok(cache
-            .iter()
-            .filter(|(uid, _)| **uid != me.uid)
-            .filter_map(|(_, c)| c.claim.clone())
-            .collect())
+        let wanted: std::collections::HashSet<String> =
+            workers.iter().map(|w| worker_uid(w)).collect();
+        // Only newcomers are kept: a Worker looked at since, or deleted, is forgotten.
+        cache.retain(|uid, _| wanted.contains(uid));
+        Ok(cache.values().filter_map(|c| c.claim.clone()).collect())
     }
+}
+
+fn worker_uid(worker: &Worker) -> String {
+    worker.uid().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            worker.namespace().unwrap_or_default(),
+            worker.name_any()
+        )
+    })
 }
 
 /// A Worker's claim as its own admission would resolve it; `None` when it is not admitted
@@ -359,5 +423,58 @@ mod tests {
                 && !refused.message.contains("Worker marie"),
             "{refused}"
         );
+    }
+
+    /// The Worker admitted first keeps its paths: an older Worker that was refused (no
+    /// container) and later gets a consenting container cannot take them; a refused Worker
+    /// holds nothing.
+    #[tokio::test]
+    async fn an_admitted_worker_keeps_its_paths_against_an_older_newcomer() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let spec = serde_json::json!({"container": "c", "sharedRoot": root, "workerName": "marie"});
+        let paths = |w: &Worker| w.resolved_paths_at(&root, &root).unwrap();
+        let mut victim = worker("team-a", "marie", 200, spec.clone());
+        let mut older = worker("team-a", "older", 100, spec);
+        // The victim was admitted at 300 and recorded its claim; the older one was refused.
+        let accepted = |status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Accepted".into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        };
+        let recorded = Claim::of(&victim, &paths(&victim))
+            .record(Some(Time(Timestamp::from_second(300).unwrap())));
+        victim.status = Some(crate::crd::worker::WorkerStatus {
+            claim: Some(recorded),
+            conditions: vec![accepted("True")],
+            ..Default::default()
+        });
+        older.status = Some(crate::crd::worker::WorkerStatus {
+            conditions: vec![accepted("False")],
+            ..Default::default()
+        });
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        for w in [&victim, &older] {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::InitApply(w.clone()));
+        }
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        let registry = Registry::new(reader);
+        let roots = AllowedRoots::new(std::slice::from_ref(&root)).unwrap();
+
+        let mine = Claim::of(&victim, &paths(&victim));
+        assert!(mine.since.is_some(), "its recorded claim is its own");
+        assert!(
+            registry.check(&mine, &roots).await.is_ok(),
+            "a refused Worker holds nothing"
+        );
+        let err = registry
+            .check(&Claim::of(&older, &paths(&older)), &roots)
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("by Worker marie"), "{err}");
     }
 }

@@ -132,7 +132,7 @@ impl AllowedRoots {
             Refusal {
             reason: RefusalReason::SharedRootNotAllowed,
             message: format!(
-                "sharedRoot {} is not inside a root the operator allows for namespace {namespace} (allowed: {}); nothing was read",
+                "sharedRoot {} is not inside an allowed root of the operator for namespace {namespace} (allowed: {}); nothing was read",
                 shared_root.display(),
                 self.describe(namespace)
             ),

@@ -318,6 +318,9 @@ pub fn next_status(
         auto_recovery: previous.and_then(|s| s.auto_recovery.clone()),
         escalation: previous.and_then(|s| s.escalation.clone()),
         drift: previous.map(|s| s.drift.clone()).unwrap_or_default(),
+        // Kept while the Worker is blind (its container briefly gone); the reconcile records
+        // it anew when the Worker is admitted.
+        claim: previous.and_then(|s| s.claim.clone()),
     }
 }
 

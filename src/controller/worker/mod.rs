@@ -10,7 +10,7 @@ mod supervise;
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::Api,
     runtime::{
@@ -29,12 +29,12 @@ use self::decide::Observation;
 use super::{apply_status, log_failure, object_key, spec_changes, Context};
 use crate::{
     crd::{
-        worker::{Worker, WorkerPhase, WorkerStatus},
+        worker::{PathClaim, Worker, WorkerPhase, WorkerStatus},
         worker_recovery::WorkerRecovery,
     },
     docker::ContainerObservation,
     observe::heartbeat,
-    trust::{Admission, AdmitError, Refusal, RefusalReason},
+    trust::{claims, Admission, AdmitError, Refusal, RefusalReason},
 };
 
 pub const CONTROLLER: &str = "worker";
@@ -183,6 +183,9 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     status.auto_recovery = Some(supervision.record.clone());
     status.drift = supervision.drift.clone();
     status.escalation = supervision.escalation.clone();
+    if let Access::Admitted(a) = &access {
+        status.claim = Some(record_claim(worker, a, previous, obs.now));
+    }
 
     // Write status, then tell humans about changes of health.
     apply_status(&api, worker, &status).await?;
@@ -205,6 +208,20 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
     Ok(Action::requeue(next))
+}
+
+/// The paths an admitted Worker holds, since when it was first admitted with them.
+fn record_claim(
+    worker: &Worker,
+    admission: &Admission,
+    previous: Option<&WorkerStatus>,
+    now: Timestamp,
+) -> PathClaim {
+    let claim = claims::Claim::of(worker, &admission.paths);
+    let kept = previous
+        .and_then(|s| s.claim.clone())
+        .filter(|p| claim.record(p.since.clone()) == *p);
+    kept.unwrap_or_else(|| claim.record(Some(Time(now))))
 }
 
 /// The key of a Worker in the operator's memory: its UID.
@@ -361,6 +378,8 @@ async fn write_invalid_spec(
             Timestamp::now(),
         ),
         observed_generation: worker.metadata.generation,
+        // An invalid spec claims no paths.
+        claim: None,
         ..previous
     };
     apply_status(api, worker, &status).await?;
