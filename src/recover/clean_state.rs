@@ -66,7 +66,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{File, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use indexmap::IndexMap;
 use k8s_openapi::jiff::Timestamp;
@@ -78,6 +78,7 @@ use super::confined::{
     open_root, parse_object, read_capped, rename_noreplace, replace_fields, write_new, DirH,
     FsError, Owner, Pairs, ReadOutcome,
 };
+use super::remove_tree::remove_tree;
 use crate::crd::worker::ResolvedPaths;
 
 /// Most names each list of the report holds.
@@ -1440,21 +1441,16 @@ impl<'a> Engine<'a> {
         };
         let mut removed = false;
         for name in dir.names()? {
-            let Some(md) = dir.lstat(&name)? else {
+            if dir.lstat(&name)?.is_none() {
                 continue;
-            };
+            }
             if !self.dry() {
-                // remove_dir_all does not follow symlinks inside; a symlink is unlinked.
-                let r = if md.is_dir() {
-                    dir.dir.remove_dir_all(&name)
-                } else {
-                    dir.dir.remove_file_or_symlink(&name)
-                };
-                match r {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("remove", dir.path.join(&name), e)),
+                // Iterative, a bounded number of directories open, symlinks unlinked as links:
+                // a tmp tree of any depth or width is removed (see `remove_tree`).
+                if remove_tree(dir, &name)? == 0 {
+                    continue;
                 }
+                removed = true;
             }
             self.report.tmp_entries_removed += 1;
             sample(&mut self.report.removed_tmp_entries, lossy(&name));

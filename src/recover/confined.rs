@@ -49,6 +49,10 @@ pub enum FsError {
         kind: &'static str,
         expected: &'static str,
     },
+    /// A directory being removed was moved out of the tree meanwhile: the removal stopped
+    /// rather than follow `..` out of the tree.
+    #[error("{path} was moved while it was being removed; stopped, nothing outside it removed")]
+    Moved { path: PathBuf },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
