@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::confined::{
     dir_owner, io_err, open_child, open_path, open_root, rename_noreplace, write_new, DirH, FsError,
 };
-use crate::crd::worker::ResolvedPaths;
+use crate::{bounded::Smallest, crd::worker::ResolvedPaths};
 
 /// Most tasks whose crash counts are kept.
 pub const MAX_COUNTED: usize = 1000;
@@ -48,23 +48,25 @@ fn task_dir(paths: &ResolvedPaths, sub: &str, create: bool) -> Result<Option<Dir
     Ok(open_child(&tasks, OsStr::new(sub), create)?)
 }
 
-/// The task files in `<tasks>/active/` (regular `*.json` files with UTF-8 names), sorted.
+/// The task files in `<tasks>/active/` (regular `*.json` files with UTF-8 names), sorted;
+/// at most [`MAX_COUNTED`], the first by name (the same ones at every crash, so their counts
+/// go on), streamed: memory does not grow with the directory.
 pub fn active_tasks(paths: &ResolvedPaths) -> Result<Vec<String>> {
     let Some(active) = task_dir(paths, "active", false)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for name in active.names()? {
+    let mut first = Smallest::new(MAX_COUNTED);
+    for name in active.stream_names()? {
+        let name = name?;
         let Some(text) = name.to_str() else { continue };
         if !text.ends_with(".json") || text.starts_with('.') {
             continue;
         }
         if active.lstat(&name)?.is_some_and(|md| md.is_file()) {
-            out.push(text.to_string());
+            first.offer(text.to_string());
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(first.into_sorted_vec())
 }
 
 /// The crash counts after a crash at which `active` were in `active/`: one more for each of
