@@ -51,6 +51,14 @@ impl<T: Ord> Smallest<T> {
     }
 }
 
+/// At most `max_chars` characters of `s`, marked with `…` when cut.
+pub fn clip(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// Bytes `s` takes as a JSON string in a list: quotes, escapes and the separating comma.
 pub fn json_len(s: &str) -> usize {
     // Escapes: `\"`, `\\` and the short forms take 2 bytes; other controls `\u00XX` take 6.
