@@ -22,7 +22,7 @@ use crate::{
     diagnose::{self, checks::metrics_endpoint, CheckContext},
     docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
     observe::{
-        fs_safe::{self, EntryKind, Listing},
+        fs_safe::{self, EntryKind},
         heartbeat::{self, HeartbeatObservation},
     },
     recover::clean_state::{self, CleanStateInput, CleanStateReport},
@@ -651,19 +651,17 @@ fn new_plan(run: &Run<'_>, name: &str, step: &StepStatus, trace: Option<&TraceRe
 async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Error> {
     let paths = run.admission.paths.clone();
     let pending = paths.tasks_dir.join("pending");
-    let listing = fs_safe::off_thread(move || {
-        fs_safe::list_dir(&paths.trusted_root, &pending, fs_safe::DEFAULT_MAX_ENTRIES)
+    // Counted streaming: exact for a pending/ of any size, nothing kept.
+    let waiting = fs_safe::off_thread(move || {
+        let mut count = 0usize;
+        fs_safe::visit_dir(&paths.trusted_root, &pending, |e| {
+            count += usize::from(e.kind == EntryKind::File && e.name.ends_with(".json"));
+        })
+        .map(|_| count)
     })
     .await
     .map_err(Error::Blocking)?
     .map_err(|e| Error::CleanState(e.to_string()))?;
-    let waiting = match listing {
-        Listing::Missing => 0,
-        Listing::Present { entries, .. } => entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && e.name.ends_with(".json"))
-            .count(),
-    };
     let settings = &run.rec.spec.resume;
     let mut result = StepResult::ok(format!(
         "dry run: would create ResumePlan {} to release {waiting} pending task(s){} in batches of {} every {}s",
