@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{monitoring::MetricsWatch, worker_recovery::WorkerReference};
 
-/// Most batch results kept in status (the totals count every batch).
-pub const MAX_BATCH_HISTORY: usize = 100;
+/// Most batch results kept in status (the totals count every batch): with their name samples,
+/// the status stays far below the API server's object size limit.
+pub const MAX_BATCH_HISTORY: usize = 20;
 
 /// Gradual resume of a Worker's pending tasks in batches, halted when failures climb.
 // Repeated `printcolumn(type_ = ...)` arguments are distinct columns, not duplicates.
@@ -149,7 +150,7 @@ pub struct ResumePlanStatus {
     /// moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_batch: Option<CurrentBatch>,
-    /// The judged batches, latest last (at most 100).
+    /// The judged batches, latest last (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batches: Vec<BatchResult>,
     /// When the next batch is released.
@@ -159,7 +160,7 @@ pub struct ResumePlanStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt_reason: Option<String>,
     /// Tasks in `pending/` the plan leaves there (a name already taken in `staged/`, not a
-    /// regular file, not UTF-8), with why; at most 50.
+    /// regular file, not UTF-8), with why; at most 20.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
     /// The worker's `active_tasks` and `task_failed_total` while the plan runs.
@@ -173,7 +174,8 @@ pub struct ResumePlanStatus {
 pub struct CurrentBatch {
     /// 1 for the first batch.
     pub number: u32,
-    /// File names of the batch's tasks, oldest first.
+    /// File names of the batch's tasks, oldest first (at most 32 KiB of names: a batch of
+    /// long names is smaller than `batchSize`).
     pub tasks: Vec<String>,
     /// Tasks of the batch already in `failed/` when it was chosen: not counted as its failures.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -204,10 +206,11 @@ pub struct BatchResult {
     pub failed_files: u32,
     /// Rise of `task_failed_total` while the batch ran.
     pub metric_failures: u32,
-    /// File names of the batch's tasks, oldest first (at most 50).
+    /// File names of the batch's first tasks, oldest first (a sample: at most 5, 2 KiB).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
-    /// Names of the batch's tasks in `failed/` (at most 50).
+    /// Names of the batch's tasks in `failed/` (a sample: at most 5, 2 KiB; `failedFiles`
+    /// counts them all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed_tasks: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -682,7 +682,7 @@ pub struct AutoRecoveryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_failure: Option<String>,
     /// For each task in `active/` at the last crashes, at how many consecutive crashes it was
-    /// there (poison detection; at most 1000 tasks).
+    /// there (poison detection; at most 100 tasks, fewer when their names are long).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub task_crash_counts: std::collections::BTreeMap<String, u32>,
     /// Tasks moved to `failed/` as poison (the last 50).

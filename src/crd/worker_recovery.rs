@@ -344,8 +344,8 @@ pub struct StepStatus {
     /// `tmpEntriesRemoved`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub figures: BTreeMap<String, i64>,
-    /// What is behind the figures (at most 50 names each): which tasks, locks and tmp entries
-    /// were (or, in a dry run, would be) touched.
+    /// What is behind the figures (a sample of at most 20 names and 8 KiB each): which tasks,
+    /// locks and tmp entries were (or, in a dry run, would be) touched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, Vec<String>>,
     /// Span id of the step's span in the run's trace (fixed when the step first starts).

@@ -181,7 +181,9 @@ pub async fn diagnose(ctx: &CheckContext) -> Diagnosis {
     }))
     .await;
     let findings: Vec<Finding> = results.into_iter().flatten().collect();
+    // Ranked on every finding; only the status copy is bounded.
     let verdict = verdict::rank(&findings);
+    let findings = bounded_findings(findings, ctx.now);
     Diagnosis {
         worker: ctx.worker_name.clone(),
         container: ctx.spec.container.clone(),
@@ -190,6 +192,59 @@ pub async fn diagnose(ctx: &CheckContext) -> Diagnosis {
         findings,
         verdict,
     }
+}
+
+/// Most bytes the findings take in a WorkerRecovery's status (as JSON): with the rest of the
+/// run's status far below the API server's object size limit.
+pub const MAX_FINDINGS_BYTES: usize = 96 * 1024;
+/// Longest summary kept (a summary may quote a worker's task id or log line).
+pub const MAX_SUMMARY_CHARS: usize = 512;
+
+/// The findings as the status keeps them: summaries cut at [`MAX_SUMMARY_CHARS`], then the
+/// most severe first (in their order) while they fit in [`MAX_FINDINGS_BYTES`]; one more
+/// finding tells how many were left out.
+pub fn bounded_findings(findings: Vec<Finding>, now: Timestamp) -> Vec<Finding> {
+    let mut findings: Vec<(usize, Finding)> = findings
+        .into_iter()
+        .map(|mut f| {
+            f.summary = crate::bounded::clip(&f.summary, MAX_SUMMARY_CHARS);
+            f
+        })
+        .enumerate()
+        .collect();
+    findings.sort_by_key(|(i, f)| (std::cmp::Reverse(f.severity), *i));
+    // Room for the note about the ones left out.
+    let mut used = 1024;
+    let (mut kept, mut left_out) = (Vec::new(), 0usize);
+    for (i, f) in findings {
+        let size = serde_json::to_vec(&f).map_or(usize::MAX, |b| b.len() + 1);
+        if used + size <= MAX_FINDINGS_BYTES {
+            used += size;
+            kept.push((i, f));
+        } else {
+            left_out += 1;
+        }
+    }
+    kept.sort_by_key(|(i, _)| *i);
+    let mut kept: Vec<Finding> = kept.into_iter().map(|(_, f)| f).collect();
+    if left_out > 0 {
+        let check = kept.first().map_or(CheckName::Container, |f| f.check);
+        kept.push(
+            Finding {
+                check,
+                kind: FindingKind::CheckFailed,
+                severity: Severity::Info,
+                summary: format!(
+                    "{left_out} less severe finding(s) not kept: the findings would not fit in \
+                     {MAX_FINDINGS_BYTES} bytes of status"
+                ),
+                evidence: Default::default(),
+                observed_at: Time(now),
+            }
+            .with("notKept", left_out),
+        );
+    }
+    kept
 }
 
 fn check_failed(ctx: &CheckContext, check: CheckName, reason: String) -> Finding {

@@ -643,16 +643,25 @@ impl ContainerRuntime for DockerEngine {
             ..Default::default()
         };
         let mut stream = self.docker.logs(container, Some(options));
-        let mut lines = Vec::new();
+        let mut lines = std::collections::VecDeque::new();
+        let mut read = 0usize;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| container_error("logs", container, e))?;
-            let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
-            lines.extend(split_log_lines(&text));
+            let chunk = chunk
+                .map_err(|e| container_error("logs", container, e))?
+                .into_bytes();
+            read += chunk.len();
+            lines.extend(split_log_lines(&String::from_utf8_lossy(&chunk)));
+            // A long line may come in several frames and split into more lines than asked for.
+            let skip = lines.len().saturating_sub(tail as usize);
+            lines.drain(..skip);
+            // The tail is in lines: a worker writing megabytes without a newline must not
+            // make the operator read (and hold) them all. Dropping the stream stops the read.
+            if read >= MAX_LOG_BYTES {
+                tracing::debug!(container, read, "container log cut at the byte cap");
+                break;
+            }
         }
-        // A long line may come in several frames and split into more lines than asked for.
-        let skip = lines.len().saturating_sub(tail as usize);
-        lines.drain(..skip);
-        Ok(lines)
+        Ok(lines.into())
     }
 
     async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError> {
@@ -984,6 +993,9 @@ fn working_set(usage: u64, stats: Option<&HashMap<String, u64>>) -> u64 {
 }
 
 /// Split a chunk of `docker logs` output into lines (without their newline).
+/// Most bytes of a container's log read for one tail (the rest is not read).
+pub const MAX_LOG_BYTES: usize = 1 << 20;
+
 fn split_log_lines(text: &str) -> impl Iterator<Item = String> + '_ {
     text.strip_suffix('\n')
         .unwrap_or(text)

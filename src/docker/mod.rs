@@ -232,7 +232,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn start(&self, container: &str) -> Result<StartOutcome, DockerError>;
     /// Run `cmd` inside a running container and collect its output.
     async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError>;
-    /// The last `tail` lines of the container's log (stdout and stderr) since `since`.
+    /// The last `tail` lines of the container's log (stdout and stderr) since `since`; at most
+    /// 1 MiB is read (`engine::MAX_LOG_BYTES`): a log of huge lines gives what fits.
     async fn logs(
         &self,
         container: &str,

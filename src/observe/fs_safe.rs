@@ -21,6 +21,7 @@ use std::{
     ffi::{CStr, CString, OsStr, OsString},
     fs::File,
     io::{self, Read, Seek, SeekFrom},
+    ops::ControlFlow,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::{OsStrExt, OsStringExt},
@@ -499,6 +500,86 @@ pub fn stat(root: &Path, path: &Path) -> Result<Option<Entry>, SafeError> {
     }
 }
 
+/// Call `f` with each entry name of the open directory `fd` (`.` and `..` left out), streamed
+/// in directory order until `f` breaks.
+fn for_each_name(
+    fd: &OwnedFd,
+    dir_path: &Path,
+    mut f: impl FnMut(&[u8]) -> ControlFlow<()>,
+) -> Result<(), SafeError> {
+    // fdopendir takes ownership of the descriptor it gets: give it a duplicate.
+    let dup = fd.try_clone().map_err(|e| io_error(dir_path, e))?;
+    let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
+    // SAFETY: `raw` is an open directory descriptor whose ownership passes to the DIR.
+    let dirp = unsafe { libc::fdopendir(raw) };
+    if dirp.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so the descriptor is still ours to close.
+        unsafe { libc::close(raw) };
+        return Err(io_error(dir_path, e));
+    }
+    loop {
+        // SAFETY: `dirp` is a valid DIR stream used by this thread only.
+        let ent = unsafe { libc::readdir(dirp) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid dirent whose d_name is NUL-terminated.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        if f(bytes).is_break() {
+            break;
+        }
+    }
+    // SAFETY: `dirp` is valid and closed exactly once (this closes `raw` too).
+    unsafe { libc::closedir(dirp) };
+    Ok(())
+}
+
+/// Call `f` with each entry of `dir` (below or equal to `root`) as `lstat` sees it, streamed
+/// in directory order and never kept: memory does not grow with the directory (a worker's
+/// may hold millions of entries). `Ok(false)` when the directory is missing.
+pub fn visit_dir(root: &Path, dir: &Path, mut f: impl FnMut(Entry)) -> Result<bool, SafeError> {
+    let names = components_below(root, dir)?;
+    let Some((fd, dir_path)) = walk_dirs(root, &names)? else {
+        return Ok(false);
+    };
+    let mut failed = None;
+    for_each_name(&fd, &dir_path, |name| {
+        let name = OsStr::from_bytes(name);
+        let path = dir_path.join(name);
+        let c = match cstring(&path, name) {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(e);
+                return ControlFlow::Break(());
+            }
+        };
+        match lstat_at(&fd, &c) {
+            Ok(st) => f(entry_from_stat(&fd, &c, name, path, &st)),
+            // Removed between readdir and lstat (a worker moving a task): not there any more.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(_) => f(Entry {
+                name: name.to_string_lossy().into_owned(),
+                path,
+                kind: EntryKind::Unknown,
+                size: 0,
+                permissions: 0,
+                modified: None,
+                link_target: None,
+            }),
+        }
+        ControlFlow::Continue(())
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(true),
+    }
+}
+
 /// List `dir` (below or equal to `root`), classifying each entry without following it and
 /// without recursing. At most `max_entries` entries are returned.
 pub fn list_dir(root: &Path, dir: &Path, max_entries: usize) -> Result<Listing, SafeError> {
@@ -508,39 +589,14 @@ pub fn list_dir(root: &Path, dir: &Path, max_entries: usize) -> Result<Listing, 
     };
     let mut raw_names: Vec<OsString> = Vec::new();
     let mut truncated = false;
-    {
-        // fdopendir takes ownership of the descriptor it gets: give it a duplicate.
-        let dup = fd.try_clone().map_err(|e| io_error(&dir_path, e))?;
-        let raw = std::os::fd::IntoRawFd::into_raw_fd(dup);
-        // SAFETY: `raw` is an open directory descriptor whose ownership passes to the DIR.
-        let dirp = unsafe { libc::fdopendir(raw) };
-        if dirp.is_null() {
-            let e = io::Error::last_os_error();
-            // SAFETY: fdopendir failed, so the descriptor is still ours to close.
-            unsafe { libc::close(raw) };
-            return Err(io_error(&dir_path, e));
+    for_each_name(&fd, &dir_path, |name| {
+        if raw_names.len() >= max_entries {
+            truncated = true;
+            return ControlFlow::Break(());
         }
-        loop {
-            // SAFETY: `dirp` is a valid DIR stream used by this thread only.
-            let ent = unsafe { libc::readdir(dirp) };
-            if ent.is_null() {
-                break;
-            }
-            // SAFETY: readdir returned a valid dirent whose d_name is NUL-terminated.
-            let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-            let bytes = name.to_bytes();
-            if bytes == b"." || bytes == b".." {
-                continue;
-            }
-            if raw_names.len() >= max_entries {
-                truncated = true;
-                break;
-            }
-            raw_names.push(OsString::from_vec(bytes.to_vec()));
-        }
-        // SAFETY: `dirp` is valid and closed exactly once (this closes `raw` too).
-        unsafe { libc::closedir(dirp) };
-    }
+        raw_names.push(OsString::from_vec(name.to_vec()));
+        ControlFlow::Continue(())
+    })?;
     raw_names.sort();
     let mut entries = Vec::with_capacity(raw_names.len());
     for name in raw_names {

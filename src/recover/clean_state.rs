@@ -4,7 +4,9 @@
 //! What it does, in the runbook's order: every entry of `<tasks>/active/` is requeued to
 //! `pending/` with `retry_count + 1`, dead-lettered to `failed/` once it reached `maxRetries`,
 //! or quarantined to `quarantine/` when it is not a task file at all; stale lock files of this
-//! worker are removed; `state.json` is marked `recovering` with `recovery_count + 1`; the
+//! worker are removed (`<worker>_<task>.lock` where `<task>` is one of its tasks: a
+//! `<task>.json` in one of its task directories, or the `"id"` of a task it had in active/,
+//! so that worker `marie` never takes `marie_x`'s locks); `state.json` is marked `recovering` with `recovery_count + 1`; the
 //! worker's tmp dir is emptied.
 //!
 //! # Confinement
@@ -50,8 +52,19 @@
 //! `recovery_run`: a state already written by this run is left alone, so `recovery_count`
 //! goes up once per run. Lock and tmp removals are idempotent.
 //!
-//! Counts in the report are the distinct names per kind in the journal, so a task journaled
-//! twice around a crash counts once and a second call after success reports the same counts.
+//! Each batch's lines in the journal follow a line `B`. Only the last batch can have sources
+//! left in active/ by a crash (a batch's sources are unlinked, and active/ fsynced, before
+//! the next batch is journaled), so a call first handles the names of the journal's last
+//! batch, as one batch: those whose copy is in place are journaled again as `r` / `d`,
+//! which are not counted, and unlinked; should this call crash too, that batch is the last
+//! one again. Counts in the report are then the `R`, `D` and `Q` lines of the journal: a
+//! task counts once whatever the crashes, and a second call after success reports the same
+//! counts. The journal is read streaming, line by line, never kept in memory: memory stays
+//! bounded whatever the size of active/ (a journal over `MAX_JOURNAL_BYTES`, more than any
+//! run writes, fails the step unread).
+//!
+//! active/ is read streaming too, in batches, while its entries leave it; a reading that
+//! moved something is followed by another, until one finds nothing to do.
 //!
 //! Assumptions: the worker is stopped during the step (the caller stops its container), and
 //! one process at a time runs a given run (the journal is `flock`ed; a second caller fails).
@@ -61,23 +74,25 @@
 use std::{
     collections::HashSet,
     ffi::{OsStr, OsString},
-    io::{self, Read, Write},
+    io::{self, BufRead, Read, Write},
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Path, PathBuf},
 };
 
-use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{File, Metadata, MetadataExt, OpenOptions, OpenOptionsExt};
 use indexmap::IndexMap;
 use k8s_openapi::jiff::Timestamp;
 use rustix::{fs::FlockOperation, io::Errno};
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::confined::{
     self, dir_owner, json_f64, json_string, kind_word, last_value, lossy, open_child, open_path,
     open_root, parse_object, read_capped, rename_noreplace, replace_fields, write_new, DirH,
     FsError, Owner, Pairs, ReadOutcome,
 };
+use super::remove_tree::remove_tree;
 use crate::crd::worker::ResolvedPaths;
 
 /// Most names each list of the report holds.
@@ -86,8 +101,17 @@ pub const SAMPLE_LIMIT: usize = 50;
 pub const MAX_TASK_BYTES: u64 = 16 << 20;
 /// Largest `state.json` read; a larger one is kept aside as corrupt.
 pub const MAX_STATE_BYTES: u64 = 1 << 20;
-/// Largest journal read in a dry run (a real run reads it through its open handle).
-const MAX_JOURNAL_BYTES: u64 = 1 << 32;
+/// Largest journal read: a run journals a line of at most a few KiB per entry of active/,
+/// most of them under 100 bytes. A larger one is refused, not read.
+const MAX_JOURNAL_BYTES: u64 = 256 << 20;
+/// Longest journal line taken (names and reasons are at most a few KiB encoded): a longer
+/// one is not ours and is skipped unread.
+const MAX_JOURNAL_LINE: usize = 16 << 10;
+/// Readings of active/ at most: each one after the first only finds what entries leaving the
+/// directory while it was read hid, or what someone adds meanwhile (the worker is stopped).
+const MAX_PASSES: usize = 16;
+/// Most names of the last journaled batch kept (a batch journals at most [`BATCH_SIZE`]).
+const MAX_GROUP_NAMES: usize = 4 * BATCH_SIZE;
 /// Tasks made durable by one `syncfs` and journaled together.
 const BATCH_SIZE: usize = 512;
 /// Longest entry name handled: the longest name derived from it (the temp of a quarantine
@@ -255,6 +279,21 @@ fn transform_task(
     Ok((replace_fields(&pairs, &fields), retry))
 }
 
+/// A task's `"id"` as its worker names its lock: a string as it is, a number as written.
+fn task_id(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    let raw = serde_json::from_slice::<Id<'_>>(bytes).ok()?.id?;
+    match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        serde_json::Value::Number(_) => Some(raw.get().to_string()),
+        _ => None,
+    }
+}
+
 /// At most `max` characters of `s`, marked when cut.
 fn clip(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -308,7 +347,9 @@ fn dec_lossy(s: &str) -> String {
 }
 
 /// One journal line: `<kind> <name> <target>[ <reason>]`, fields encoded with [`enc`].
-/// Kinds: `R` requeued, `D` dead-lettered, `q` about to be quarantined, `Q` quarantined.
+/// Kinds: `R` requeued, `D` dead-lettered, `q` about to be quarantined, `Q` quarantined;
+/// `r`, `d`: a task of the last batch journaled again after a crash, counted once (by its
+/// `R` or `D`). A line `B` starts each batch's lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct JLine {
     kind: u8,
@@ -343,7 +384,9 @@ impl JLine {
         let (name, target) = (f.next()?, f.next()?);
         let reason = f.next().unwrap_or("");
         match kind {
-            [k @ (b'R' | b'D' | b'q' | b'Q')] if !name.is_empty() && !target.is_empty() => {
+            [k @ (b'R' | b'D' | b'r' | b'd' | b'q' | b'Q')]
+                if !name.is_empty() && !target.is_empty() =>
+            {
                 Some(Self {
                     kind: *k,
                     name: name.into(),
@@ -372,15 +415,162 @@ impl JLine {
     }
 }
 
+/// What the journal's lines add up to, folded line by line as they are read or appended:
+/// never the lines themselves, so memory stays bounded whatever the journal's length.
+#[derive(Default)]
+struct Tally {
+    /// `R`, `D`, `Q` lines: requeued, dead-lettered, quarantined.
+    counts: [u64; 3],
+    /// The first [`SAMPLE_LIMIT`] of each, as the report shows them.
+    samples: [Vec<String>; 3],
+    /// Names journaled (`R`, `D`, `r`, `d`) since the last batch marker: the only batch whose
+    /// sources may still be in active/ after a crash. At most [`MAX_GROUP_NAMES`], the latest.
+    group: Group,
+    /// Quarantine intents (`q`) of that batch not followed by their move (`Q`).
+    open_intents: IndexMap<String, JLine>,
+}
+
+/// The names of the last journaled batch, bounded: a journal this step did not write (or one
+/// from before batch markers) keeps only its latest names.
+#[derive(Default)]
+struct Group {
+    order: std::collections::VecDeque<String>,
+    names: HashSet<String>,
+}
+
+impl Group {
+    fn clear(&mut self) {
+        self.order.clear();
+        self.names.clear();
+    }
+
+    fn insert(&mut self, name: &str) {
+        if self.names.insert(name.to_string()) {
+            self.order.push_back(name.to_string());
+            if self.order.len() > MAX_GROUP_NAMES {
+                let old = self.order.pop_front().expect("not empty");
+                self.names.remove(&old);
+            }
+        }
+    }
+}
+
+impl Tally {
+    fn add(&mut self, entry: JEntry) {
+        let line = match entry {
+            JEntry::BatchStart => {
+                self.group.clear();
+                self.open_intents.clear();
+                return;
+            }
+            JEntry::Line(line) => line,
+        };
+        match line.kind {
+            b'R' | b'D' | b'Q' => {
+                let i = match line.kind {
+                    b'R' => 0,
+                    b'D' => 1,
+                    _ => 2,
+                };
+                self.counts[i] += 1;
+                if self.samples[i].len() < SAMPLE_LIMIT {
+                    self.samples[i].push(line.sample());
+                }
+            }
+            _ => {}
+        }
+        match line.kind {
+            b'R' | b'D' | b'r' | b'd' => self.group.insert(&line.name),
+            b'q' if self.open_intents.len() < MAX_GROUP_NAMES => {
+                self.open_intents.insert(line.name.clone(), line);
+            }
+            b'Q' => {
+                self.open_intents.shift_remove(&line.name);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One journal line as read.
+enum JEntry {
+    /// `B`: the lines of a new batch follow.
+    BatchStart,
+    Line(JLine),
+}
+
+impl JEntry {
+    fn parse(line: &[u8]) -> Option<Self> {
+        // Fields are written encoded (printable UTF-8); anything else is not our line.
+        let text = std::str::from_utf8(line).ok()?;
+        if text == "B" {
+            return Some(Self::BatchStart);
+        }
+        JLine::parse(text).map(Self::Line)
+    }
+}
+
+/// Call `f` with each complete line of `reader` (without its `\n`); a line longer than
+/// `max_line` is skipped, never buffered whole. Returns the bytes up to the end of the last
+/// complete line, and the length of a torn last line without its `\n` (0 when none).
+fn for_each_line(
+    mut reader: impl BufRead,
+    max_line: usize,
+    mut f: impl FnMut(&[u8]),
+) -> io::Result<(u64, u64)> {
+    // Bytes through the last `\n`; bytes of the current line so far; that line while short.
+    let (mut whole, mut pending) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        let avail = reader.fill_buf()?;
+        if avail.is_empty() {
+            return Ok((whole, pending));
+        }
+        let newline = avail.iter().position(|&b| b == b'\n');
+        let take = newline.unwrap_or(avail.len());
+        pending += take as u64;
+        if pending <= max_line as u64 {
+            buf.extend_from_slice(&avail[..take]);
+        }
+        reader.consume(take + usize::from(newline.is_some()));
+        if newline.is_some() {
+            if pending <= max_line as u64 {
+                f(&buf);
+            }
+            whole += pending + 1;
+            pending = 0;
+            buf.clear();
+        }
+    }
+}
+
 /// The run's append-only journal. In a dry run it is read (if it exists) but never written:
-/// appended lines stay in memory, so the report counts what a real run would journal.
+/// appended lines are only tallied, so the report counts what a real run would journal.
 struct Journal {
     file: Option<File>,
     path: PathBuf,
-    lines: Vec<JLine>,
+    tally: Tally,
+    /// The last batch journaled before this call: its tasks may still be in active/ (a crash
+    /// before their unlink), and are handled first, as that batch again (`r`, `d`).
+    resumed: Group,
 }
 
 impl Journal {
+    fn empty(path: PathBuf) -> Self {
+        Self {
+            file: None,
+            path,
+            tally: Tally::default(),
+            resumed: Group::default(),
+        }
+    }
+
+    /// Whether `name` was journaled in the batch a crash interrupted: a copy of it in place
+    /// is that batch's, already counted.
+    fn journaled_before(&self, name: &OsStr) -> bool {
+        self.resumed.names.contains(&enc(name.as_bytes()))
+    }
+
     fn open(tasks: &DirH, token: &str, dry_run: bool) -> Result<Self> {
         let name = OsString::from(format!(".wro-recovery-{token}.journal"));
         let path = tasks.path.join(&name);
@@ -395,38 +585,23 @@ impl Journal {
                 .into());
             }
         }
-        if dry_run {
-            let mut journal = Self {
-                file: None,
-                path,
-                lines: Vec::new(),
-            };
-            if existing.is_some() {
-                match read_capped(tasks, &name, MAX_JOURNAL_BYTES)? {
-                    ReadOutcome::Bytes(b, _) => journal.parse(&b),
-                    ReadOutcome::Missing => {}
-                    ReadOutcome::TooLarge(_) | ReadOutcome::NotRegular(_) => {
-                        return Err(io_err(
-                            "read journal",
-                            journal.path,
-                            io::Error::other("not a regular file"),
-                        ))
-                    }
-                }
-            }
-            return Ok(journal);
-        }
         let mut opts = OpenOptions::new();
         opts.read(true)
-            .append(true)
-            .create(true)
             .follow(FollowSymlinks::No)
-            .mode(0o600)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-        let mut file = tasks
-            .dir
-            .open_with(&name, &opts)
-            .map_err(|e| io_err("open journal", &path, e))?;
+        if !dry_run {
+            opts.append(true).create(true).mode(0o600);
+        } else if existing.is_none() {
+            return Ok(Self::empty(path));
+        }
+        let file = match tasks.dir.open_with(&name, &opts) {
+            Ok(f) => f,
+            // A dry run found it gone since the lstat: nothing journaled.
+            Err(e) if dry_run && e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Self::empty(path));
+            }
+            Err(e) => return Err(io_err("open journal", &path, e)),
+        };
         let md = file
             .metadata()
             .map_err(|e| io_err("inspect journal", &path, e))?;
@@ -438,53 +613,87 @@ impl Journal {
             }
             .into());
         }
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Err(CleanStateError::Busy { path }),
-            Err(e) => return Err(io_err("lock journal", &path, e.into())),
-        }
-        if existing.is_none() {
-            // The journal's own entry must survive a crash before anything relies on it.
-            tasks.fsync()?;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| io_err("read journal", &path, e))?;
-        // A line torn by a crash in the middle of an append is dropped (never completed: the
-        // batch it belonged to was not journaled, and is redone).
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if whole < bytes.len() {
-            file.set_len(whole as u64)
-                .map_err(|e| io_err("truncate journal", &path, e))?;
-            bytes.truncate(whole);
+        if !dry_run {
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(Errno::WOULDBLOCK) => return Err(CleanStateError::Busy { path }),
+                Err(e) => return Err(io_err("lock journal", &path, e.into())),
+            }
+            if existing.is_none() {
+                // The journal's own entry must survive a crash before anything relies on it.
+                tasks.fsync()?;
+            }
         }
         let mut journal = Self {
             file: Some(file),
-            path,
-            lines: Vec::new(),
+            ..Self::empty(path)
         };
-        journal.parse(&bytes);
+        journal.read(md.len(), !dry_run)?;
+        journal.resumed = std::mem::take(&mut journal.tally.group);
+        if dry_run {
+            // Read, never written: the handle is not kept.
+            journal.file = None;
+        }
         Ok(journal)
     }
 
-    fn parse(&mut self, bytes: &[u8]) {
-        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let text = String::from_utf8_lossy(&bytes[..whole]);
-        self.lines.extend(text.lines().filter_map(JLine::parse));
+    /// Fold the journal's lines into the tally, streaming, refusing one larger than a run
+    /// writes (its size is checked first, its growth while read is noticed).
+    fn read(&mut self, size: u64, truncate_torn: bool) -> Result<()> {
+        let too_large = |n: u64| {
+            io_err(
+                "read journal",
+                &self.path,
+                io::Error::other(format!(
+                    "{n} bytes, more than the {MAX_JOURNAL_BYTES} bytes a run journals; \
+                     refused rather than read (move it aside to redo the step afresh)"
+                )),
+            )
+        };
+        if size > MAX_JOURNAL_BYTES {
+            return Err(too_large(size));
+        }
+        let file = self.file.as_ref().expect("opened");
+        let reader = io::BufReader::with_capacity(64 << 10, file.take(MAX_JOURNAL_BYTES + 1));
+        let tally = &mut self.tally;
+        let (whole, torn) = for_each_line(reader, MAX_JOURNAL_LINE, |line| {
+            if let Some(entry) = JEntry::parse(line) {
+                tally.add(entry);
+            }
+        })
+        .map_err(|e| io_err("read journal", &self.path, e))?;
+        if whole + torn > MAX_JOURNAL_BYTES {
+            return Err(too_large(whole + torn));
+        }
+        // A line torn by a crash in the middle of an append is dropped (never completed: the
+        // batch it belonged to was not journaled, and is redone). Only a real run truncates.
+        if torn > 0 && truncate_torn {
+            file.set_len(whole)
+                .map_err(|e| io_err("truncate journal", &self.path, e))?;
+        }
+        Ok(())
     }
 
-    /// Append `lines` and make them durable before returning.
-    fn append(&mut self, lines: Vec<JLine>) -> Result<()> {
-        if lines.is_empty() {
+    /// Append `entries` and make them durable before returning.
+    fn append(&mut self, entries: Vec<JEntry>) -> Result<()> {
+        if entries.is_empty() {
             return Ok(());
         }
         if let Some(file) = &mut self.file {
-            let text: String = lines.iter().map(JLine::render).collect();
+            let text: String = entries
+                .iter()
+                .map(|e| match e {
+                    JEntry::BatchStart => "B\n".to_string(),
+                    JEntry::Line(l) => l.render(),
+                })
+                .collect();
             file.write_all(text.as_bytes())
                 .and_then(|()| file.sync_data())
                 .map_err(|e| io_err("append to journal", &self.path, e))?;
         }
-        self.lines.extend(lines);
+        for e in entries {
+            self.tally.add(e);
+        }
         Ok(())
     }
 }
@@ -509,6 +718,8 @@ struct Placed {
     kind: u8,
     name: OsString,
     target: OsString,
+    /// Its copy was in place already (an earlier attempt of this run).
+    in_place: bool,
 }
 
 /// An entry quarantined in the current batch.
@@ -527,17 +738,22 @@ struct Batch {
 }
 
 impl Batch {
-    /// The journal lines of the batch: its placed tasks, and its quarantine moves marked
-    /// `moved_kind` (`q` for an intent, `Q` for a move done).
-    fn journal_lines(&self, moved_kind: u8) -> Vec<JLine> {
-        self.placed
+    /// The journal lines of the batch, after its marker: its placed tasks, and its
+    /// quarantine moves marked `moved_kind` (`q` for an intent, `Q` for a move done).
+    fn journal_lines(&self, moved_kind: u8) -> Vec<JEntry> {
+        if self.placed.is_empty() && self.moved.is_empty() {
+            return Vec::new();
+        }
+        let placed = self
+            .placed
             .iter()
-            .map(|p| JLine::new(p.kind, &p.name, &p.target, ""))
-            .chain(
-                self.moved
-                    .iter()
-                    .map(|m| JLine::new(moved_kind, &m.name, &m.qname, &m.reason)),
-            )
+            .map(|p| JLine::new(p.kind, &p.name, &p.target, ""));
+        let moved = self
+            .moved
+            .iter()
+            .map(|m| JLine::new(moved_kind, &m.name, &m.qname, &m.reason));
+        std::iter::once(JEntry::BatchStart)
+            .chain(placed.chain(moved).map(JEntry::Line))
             .collect()
     }
 }
@@ -598,6 +814,8 @@ impl TaskDirs {
 /// How an entry of active/ is to be handled.
 enum Verdict {
     Task {
+        /// Its `"id"`: the worker names its lock by it.
+        id: Option<String>,
         bytes: Vec<u8>,
         retry: u64,
         owner: Owner,
@@ -625,6 +843,48 @@ struct QuarantineReason<'a> {
     time: f64,
 }
 
+/// A set of names kept as keyed 64-bit hashes: 8 bytes a name whatever its length, and a
+/// worker cannot craft collisions (the key is random per call).
+#[derive(Default)]
+struct Hashes {
+    hasher: std::hash::RandomState,
+    set: HashSet<u64>,
+}
+
+impl Hashes {
+    fn key(&self, value: impl std::hash::Hash) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(value)
+    }
+
+    fn contains(&self, value: impl std::hash::Hash) -> bool {
+        self.set.contains(&self.key(value))
+    }
+
+    fn insert(&mut self, value: impl std::hash::Hash) {
+        let key = self.key(value);
+        self.set.insert(key);
+    }
+}
+
+/// Names given to files in this call, per target.
+#[derive(Default)]
+struct Reserved(Hashes);
+
+impl Reserved {
+    fn contains(&self, target: Target, name: &OsStr) -> bool {
+        self.0.contains((target, name.as_bytes()))
+    }
+
+    fn insert(&mut self, target: Target, name: &OsStr) {
+        self.0.insert((target, name.as_bytes()));
+    }
+
+    fn clear(&mut self) {
+        self.0.set.clear();
+    }
+}
+
 struct Engine<'a> {
     input: &'a CleanStateInput,
     /// The run id made safe for file names.
@@ -633,9 +893,15 @@ struct Engine<'a> {
     run8: String,
     report: CleanStateReport,
     skipped_dropped: usize,
+    /// While active/ is read: what the current pass left there. Only the last pass's are
+    /// reported (each pass meets again what the previous one left).
+    pass_skips: Option<(Vec<String>, usize)>,
     /// Names given to files in this call, per target: not yet on disk in a dry run (or before
-    /// the batch's renames), and never to be given twice.
-    reserved: HashSet<(Target, OsString)>,
+    /// the batch's renames), and never to be given twice. A real run clears it after each
+    /// batch's renames: the disk tells then.
+    reserved: Reserved,
+    /// The `"id"`s of the tasks found in active/: their locks are this worker's.
+    active_ids: Hashes,
     batch_size: usize,
     #[cfg(test)]
     crash_at: Option<CrashPoint>,
@@ -673,7 +939,9 @@ impl<'a> Engine<'a> {
             run8,
             report: CleanStateReport::default(),
             skipped_dropped: 0,
-            reserved: HashSet::new(),
+            pass_skips: None,
+            reserved: Reserved::default(),
+            active_ids: Hashes::default(),
             batch_size: BATCH_SIZE,
             #[cfg(test)]
             crash_at: None,
@@ -707,10 +975,14 @@ impl<'a> Engine<'a> {
     }
 
     fn skip(&mut self, what: String) {
-        if self.report.skipped.len() < SAMPLE_LIMIT {
-            self.report.skipped.push(what);
+        let (list, dropped) = match &mut self.pass_skips {
+            Some((list, dropped)) => (list, dropped),
+            None => (&mut self.report.skipped, &mut self.skipped_dropped),
+        };
+        if list.len() < SAMPLE_LIMIT {
+            list.push(what);
         } else {
-            self.skipped_dropped += 1;
+            *dropped += 1;
         }
     }
 
@@ -759,7 +1031,7 @@ impl<'a> Engine<'a> {
             self.tasks(t, j)?;
             self.count_from_journal(j);
         }
-        self.locks(locks.as_ref())?;
+        self.locks(locks.as_ref(), tasks.as_ref())?;
         self.state(state_parent.as_ref(), &state_leaf)?;
         match tmp_overlap {
             Some(why) => self.skip(why),
@@ -786,18 +1058,69 @@ impl<'a> Engine<'a> {
         let Some(active) = &dirs.active else {
             return Ok(());
         };
-        let names = active.names()?;
-        for chunk in names.chunks(self.batch_size) {
+        // The batch a crash interrupted comes first (see `Journal::resumed`).
+        let carried: Vec<OsString> = journal
+            .resumed
+            .order
+            .iter()
+            .map(|n| OsString::from_vec(dec(n)))
+            .collect();
+        self.pass_skips = Some(Default::default());
+        for chunk in carried.chunks(self.batch_size) {
             self.batch(dirs, active, journal, chunk)?;
         }
+        let carried: HashSet<OsString> = carried.into_iter().collect();
+        // Entries leave the directory while it is read; a pass that moved something is
+        // followed by another, until one finds nothing to do (a dry run moves nothing).
+        for _ in 0..MAX_PASSES {
+            self.pass_skips = Some(Default::default());
+            if self.pass(dirs, active, journal, &carried)? == 0 || self.dry() {
+                break;
+            }
+        }
+        let (skips, dropped) = self.pass_skips.take().unwrap_or_default();
+        for what in skips {
+            self.skip(what);
+        }
+        self.skipped_dropped += dropped;
         Ok(())
+    }
+
+    /// One reading of active/, streamed in batches: memory does not grow with its size.
+    /// Returns how many entries were moved (or, in a dry run, would be).
+    fn pass(
+        &mut self,
+        dirs: &TaskDirs,
+        active: &DirH,
+        journal: &mut Journal,
+        carried: &HashSet<OsString>,
+    ) -> Result<usize> {
+        let mut moved = 0;
+        let mut names = active.stream_names()?;
+        loop {
+            let mut chunk = Vec::with_capacity(self.batch_size.min(BATCH_SIZE));
+            for name in names.by_ref() {
+                let name = name?;
+                if !carried.contains(&name) {
+                    chunk.push(name);
+                    if chunk.len() >= self.batch_size {
+                        break;
+                    }
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(moved);
+            }
+            moved += self.batch(dirs, active, journal, &chunk)?;
+        }
     }
 
     /// Remove this run's temps left by a crash (`.wro-<run8>-*.tmp`): never the only copy of
     /// anything, as a source leaves active/ only after its renamed copy is durable.
     fn remove_leftover_temps(&mut self, dir: &DirH) -> Result<()> {
         let prefix = format!(".wro-{}-", self.run8);
-        for name in dir.names()? {
+        for name in dir.stream_names()? {
+            let name = name?;
             let b = name.as_bytes();
             if !(b.starts_with(prefix.as_bytes()) && b.ends_with(b".tmp")) {
                 continue;
@@ -821,20 +1144,8 @@ impl<'a> Engine<'a> {
     /// Complete the quarantine moves a crash interrupted after the move itself: the entry
     /// left active/ for its quarantine name, but the `Q` line was not journaled.
     fn finish_quarantine_intents(&mut self, dirs: &TaskDirs, journal: &mut Journal) -> Result<()> {
-        let done: HashSet<&str> = journal
-            .lines
-            .iter()
-            .filter(|l| l.kind == b'Q')
-            .map(|l| l.name.as_str())
-            .collect();
-        let mut open: IndexMap<&str, &JLine> = IndexMap::new();
-        for l in journal.lines.iter().filter(|l| l.kind == b'q') {
-            if !done.contains(l.name.as_str()) {
-                open.insert(&l.name, l);
-            }
-        }
         let mut finished = Vec::new();
-        for l in open.values() {
+        for l in journal.tally.open_intents.values() {
             let name = OsString::from_vec(dec(&l.name));
             let qname = OsString::from_vec(dec(&l.target));
             let in_active = match &dirs.active {
@@ -846,10 +1157,10 @@ impl<'a> Engine<'a> {
                 None => false,
             };
             if !in_active && in_quarantine {
-                finished.push(JLine {
+                finished.push(JEntry::Line(JLine {
                     kind: b'Q',
-                    ..(*l).clone()
-                });
+                    ..l.clone()
+                }));
             }
         }
         journal.append(finished)
@@ -863,14 +1174,23 @@ impl<'a> Engine<'a> {
         active: &DirH,
         journal: &mut Journal,
         names: &[OsString],
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let mut batch = Batch::default();
         for name in names {
             self.plan_entry(dirs, active, name, &mut batch)?;
         }
+        // Journaled before a crash: journaled again so that this batch, if it is interrupted
+        // too, is the one handled first next time; counted once.
+        for p in &mut batch.placed {
+            if p.in_place && journal.journaled_before(&p.name) {
+                p.kind = p.kind.to_ascii_lowercase();
+            }
+        }
+        let moved = batch.placed.len() + batch.moved.len();
         if self.dry() {
             // A dry run's journal lives in memory only: the moves are recorded as done.
-            return journal.append(batch.journal_lines(b'Q'));
+            journal.append(batch.journal_lines(b'Q'))?;
+            return Ok(moved);
         }
         crash_point!(self, AfterTemps);
 
@@ -923,9 +1243,12 @@ impl<'a> Engine<'a> {
             batch
                 .moved
                 .iter()
-                .map(|m| JLine::new(b'Q', &m.name, &m.qname, &m.reason))
+                .map(|m| JEntry::Line(JLine::new(b'Q', &m.name, &m.qname, &m.reason)))
                 .collect(),
-        )
+        )?;
+        // The batch's names are on disk now: the disk tells what is taken.
+        self.reserved.clear();
+        Ok(moved)
     }
 
     fn plan_entry(
@@ -949,10 +1272,16 @@ impl<'a> Engine<'a> {
         match self.classify(active, name, &md)? {
             Verdict::Vanished => Ok(()),
             Verdict::Task {
+                id,
                 bytes,
                 retry,
                 owner,
-            } => self.plan_task(dirs, active, name, &bytes, retry, owner, batch),
+            } => {
+                if let Some(id) = id {
+                    self.active_ids.insert(id.as_bytes());
+                }
+                self.plan_task(dirs, active, name, &bytes, retry, owner, batch)
+            }
             Verdict::Quarantine(reason) => self.plan_quarantine(dirs, active, name, reason, batch),
         }
     }
@@ -992,6 +1321,7 @@ impl<'a> Engine<'a> {
             ReadOutcome::Bytes(b, owner) => {
                 match transform_task(&b, self.input.failure_time, &self.input.failure_reason) {
                     Ok((bytes, retry)) => Verdict::Task {
+                        id: task_id(&b),
                         bytes,
                         retry,
                         owner,
@@ -1053,23 +1383,18 @@ impl<'a> Engine<'a> {
         // look at every candidate before choosing a free one.
         let mut chosen = None;
         for c in &candidates {
-            if !self.reserved.contains(&(target, c.clone()))
-                && probe(dir, c, bytes)? == Probe::Equal
-            {
+            if !self.reserved.contains(target, c) && probe(dir, c, bytes)? == Probe::Equal {
                 chosen = Some((c.clone(), true));
                 break;
             }
         }
         if chosen.is_none() {
             for c in &candidates {
-                if self.reserved.contains(&(target, c.clone()))
-                    || probe(dir, c, bytes)? != Probe::Absent
-                {
+                if self.reserved.contains(target, c) || probe(dir, c, bytes)? != Probe::Absent {
                     continue;
                 }
                 if let Some((rn, rb)) = reason_for(c) {
-                    if self.reserved.contains(&(target, rn.clone()))
-                        || probe(dir, &rn, &rb)? == Probe::Other
+                    if self.reserved.contains(target, &rn) || probe(dir, &rn, &rb)? == Probe::Other
                     {
                         continue;
                     }
@@ -1094,9 +1419,9 @@ impl<'a> Engine<'a> {
             self.skip(what);
             return Ok(());
         };
-        self.reserved.insert((target, placed_name.clone()));
+        self.reserved.insert(target, &placed_name);
         if let Some((rn, rb)) = reason_for(&placed_name) {
-            self.reserved.insert((target, rn.clone()));
+            self.reserved.insert(target, &rn);
             if probe(dir, &rn, &rb)? == Probe::Absent {
                 self.stage(dirs, target, &rn, &rb, owner, batch)?;
             }
@@ -1108,6 +1433,7 @@ impl<'a> Engine<'a> {
             kind,
             name: name.to_os_string(),
             target: placed_name,
+            in_place: done,
         });
         Ok(())
     }
@@ -1141,7 +1467,7 @@ impl<'a> Engine<'a> {
         for c in [base, alt] {
             let mut rn = c.clone();
             rn.push(".reason");
-            let free = |n: &OsString| !self.reserved.contains(&(Target::Quarantine, n.clone()));
+            let free = |n: &OsString| !self.reserved.contains(Target::Quarantine, n);
             if !free(&c) || !free(&rn) {
                 continue;
             }
@@ -1164,8 +1490,8 @@ impl<'a> Engine<'a> {
             self.skip(what);
             return Ok(());
         };
-        self.reserved.insert((Target::Quarantine, qname.clone()));
-        self.reserved.insert((Target::Quarantine, rn.clone()));
+        self.reserved.insert(Target::Quarantine, &qname);
+        self.reserved.insert(Target::Quarantine, &rn);
         if rp == Probe::Absent {
             let owner = match dir {
                 Some(d) => dir_owner(d)?,
@@ -1218,45 +1544,45 @@ impl<'a> Engine<'a> {
     }
 
     fn count_from_journal(&mut self, journal: &Journal) {
-        let mut kinds: [IndexMap<&str, String>; 3] = Default::default();
-        for l in &journal.lines {
-            let i = match l.kind {
-                b'R' => 0,
-                b'D' => 1,
-                b'Q' => 2,
-                _ => continue,
-            };
-            kinds[i]
-                .entry(l.name.as_str())
-                .or_insert_with(|| l.sample());
-        }
-        let sample = |m: &IndexMap<&str, String>| -> Vec<String> {
-            m.values().take(SAMPLE_LIMIT).cloned().collect()
-        };
+        let t = &journal.tally;
         let r = &mut self.report;
-        r.requeued = kinds[0].len() as u64;
-        r.dead_lettered = kinds[1].len() as u64;
-        r.quarantined = kinds[2].len() as u64;
-        r.requeued_tasks = sample(&kinds[0]);
-        r.dead_lettered_tasks = sample(&kinds[1]);
-        r.quarantined_tasks = sample(&kinds[2]);
+        [r.requeued, r.dead_lettered, r.quarantined] = t.counts;
+        r.requeued_tasks = t.samples[0].clone();
+        r.dead_lettered_tasks = t.samples[1].clone();
+        r.quarantined_tasks = t.samples[2].clone();
     }
 
     // ---------------------------------------------------------------- locks
 
-    fn locks(&mut self, locks: Option<&DirH>) -> Result<()> {
+    fn locks(&mut self, locks: Option<&DirH>, tasks: Option<&TaskDirs>) -> Result<()> {
         let Some(dir) = locks else {
             return Ok(());
         };
         let prefix = format!("{}_", self.input.paths.worker_name);
         let stale_after = i64::try_from(self.input.stale_lock_seconds).unwrap_or(i64::MAX);
+        // staged/ is only looked in: one that is not a plain directory holds no task of ours.
+        let staged = tasks
+            .and_then(|t| open_child(&t.tasks, OsStr::new("staged"), false).ok())
+            .flatten();
+        let task_dirs: Vec<&DirH> = tasks
+            .map(|t| [t.active.as_ref(), t.pending.as_ref(), t.failed.as_ref()])
+            .into_iter()
+            .flatten()
+            .chain([staged.as_ref()])
+            .flatten()
+            .collect();
         let mut removed = false;
-        for name in dir.names()? {
-            let b = name.as_bytes();
-            if !(b.len() >= prefix.len() + 5
-                && b.starts_with(prefix.as_bytes())
-                && b.ends_with(b".lock"))
-            {
+        // Streamed: the locks directory is shared by every worker, of any size.
+        for name in dir.stream_names()? {
+            let name = name?;
+            let task = name
+                .as_bytes()
+                .strip_prefix(prefix.as_bytes())
+                .and_then(|t| t.strip_suffix(b".lock"))
+                .filter(|t| !t.is_empty());
+            let Some(task) = task else { continue };
+            // `marie_x_1.lock` is worker marie_x's lock of task 1, not marie's of task x_1.
+            if !self.is_own_task(task, &task_dirs)? {
                 continue;
             }
             let Some(md) = dir.lstat(&name)? else {
@@ -1287,6 +1613,27 @@ impl<'a> Engine<'a> {
             dir.fsync()?;
         }
         Ok(())
+    }
+
+    /// Whether `task` is one of this worker's tasks: `<task>.json` in one of its task
+    /// directories (a few `lstat`s, never a listing), or the `"id"` of a task it had in
+    /// active/ at this clean state (requeued by now).
+    fn is_own_task(&self, task: &[u8], dirs: &[&DirH]) -> Result<bool> {
+        if self.active_ids.contains(task) {
+            return Ok(true);
+        }
+        let mut file = task.to_vec();
+        file.extend_from_slice(b".json");
+        if file.len() > 255 {
+            return Ok(false);
+        }
+        let file = OsString::from_vec(file);
+        for dir in dirs {
+            if dir.lstat(&file)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     // ---------------------------------------------------------------- state.json
@@ -1439,22 +1786,18 @@ impl<'a> Engine<'a> {
             return Ok(());
         };
         let mut removed = false;
-        for name in dir.names()? {
-            let Some(md) = dir.lstat(&name)? else {
+        for name in dir.stream_names()? {
+            let name = name?;
+            if dir.lstat(&name)?.is_none() {
                 continue;
-            };
+            }
             if !self.dry() {
-                // remove_dir_all does not follow symlinks inside; a symlink is unlinked.
-                let r = if md.is_dir() {
-                    dir.dir.remove_dir_all(&name)
-                } else {
-                    dir.dir.remove_file_or_symlink(&name)
-                };
-                match r {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err("remove", dir.path.join(&name), e)),
+                // Iterative, a bounded number of directories open, symlinks unlinked as links:
+                // a tmp tree of any depth or width is removed (see `remove_tree`).
+                if remove_tree(dir, &name)? == 0 {
+                    continue;
                 }
+                removed = true;
             }
             self.report.tmp_entries_removed += 1;
             sample(&mut self.report.removed_tmp_entries, lossy(&name));
@@ -1702,7 +2045,7 @@ mod tests {
         let journal = f.text(&format!("tasks/marie/.wro-recovery-{RUN}.journal"));
         assert_eq!(
             journal,
-            "R a.json a.json\nR b.json b.json\nR c.json c.json\n"
+            "B\nR a.json a.json\nR b.json b.json\nR c.json c.json\n"
         );
     }
 
@@ -2000,6 +2343,51 @@ mod tests {
     }
 
     #[test]
+    fn crashes_in_a_row_still_move_and_count_each_task_once() {
+        for (first, second) in [
+            (CrashPoint::AfterJournal, CrashPoint::AfterJournal),
+            (CrashPoint::AfterJournal, CrashPoint::AfterRenames),
+            (CrashPoint::AfterMoves, CrashPoint::AfterJournal),
+        ] {
+            let f = fixture();
+            let tasks = populate(&f);
+            assert!(run_with(&f.input, Some(first), 3).is_err());
+            assert!(run_with(&f.input, Some(second), 2).is_err());
+            let dry = clean_state(&f.dry()).unwrap();
+            let report = run_with(&f.input, None, 2).unwrap();
+            assert_eq!(dry, report, "{first:?} {second:?}");
+            assert_eq!(
+                (report.requeued, report.dead_lettered, report.quarantined),
+                (2, 3, 2),
+                "{first:?} {second:?}: {report:#?}"
+            );
+            assert_exactly_once(&f, &tasks);
+        }
+    }
+
+    #[test]
+    fn a_journal_larger_than_a_run_writes_is_refused_unread() {
+        let f = fixture();
+        f.task("a.json", br#"{"id":"a"}"#);
+        let path = f.p(&format!("tasks/marie/.wro-recovery-{RUN}.journal"));
+        let file = fs::File::create(&path).unwrap();
+        file.set_len(MAX_JOURNAL_BYTES + 1).unwrap();
+        drop(file);
+        for input in [f.dry(), f.input.clone()] {
+            let err = clean_state(&input).unwrap_err().to_string();
+            assert!(err.contains("refused rather than read"), "{err}");
+        }
+        assert!(f.exists("tasks/marie/active/a.json"));
+        // Lines too long to be ours are skipped, never buffered; the others count.
+        let mut text = "R x.json x.json\n".to_string();
+        text.push_str(&"R ".repeat(MAX_JOURNAL_LINE));
+        text.push_str("\nR y.json y.json\n");
+        fs::write(&path, text).unwrap();
+        let report = clean_state(&f.input).unwrap();
+        assert_eq!(report.requeued_tasks, ["x.json", "y.json", "a.json"]);
+    }
+
+    #[test]
     fn twice_in_a_row_counts_from_the_journal_and_recovers_once() {
         let f = fixture();
         f.task("a.json", br#"{"id":"a"}"#);
@@ -2037,7 +2425,8 @@ mod tests {
         assert_eq!(report.requeued_tasks, ["a b\n%\u{fffd}.json"]);
         assert!(f.p("tasks/marie/pending").join(&odd).exists());
         let journal = f.text(&format!("tasks/marie/.wro-recovery-{RUN}.journal"));
-        assert_eq!(journal.lines().count(), 1);
+        assert_eq!(journal.lines().collect::<Vec<_>>()[0], "B");
+        assert_eq!(journal.lines().count(), 2);
         assert_eq!(clean_state(&f.input).unwrap(), report);
     }
 
@@ -2053,7 +2442,7 @@ mod tests {
         assert_eq!(report.requeued_tasks, ["zzz.json", "a.json"]);
         assert_eq!(
             f.text(&format!("tasks/marie/.wro-recovery-{RUN}.journal")),
-            "R zzz.json zzz.json\nR a.json a.json\n"
+            "R zzz.json zzz.json\nB\nR a.json a.json\n"
         );
     }
 
@@ -2085,21 +2474,31 @@ mod tests {
         let f = fixture();
         let target = f.base.join("outside/lock-target");
         fs::write(&target, b"keep").unwrap();
+        // Tasks of marie: by file (in any of its task dirs) or by the id of an active task.
+        f.task("a.json", br#"{"id":"a"}"#);
+        f.task("t9.json", br#"{"id":"job-9"}"#);
+        f.put("tasks/marie/pending/old.json", b"{}");
+        f.put("tasks/marie/failed/dir.json", b"{}");
+        f.put("tasks/marie/staged/link.json", b"{}");
         for n in [
             "marie_a.lock",
             "marie_old.lock",
+            "marie_job-9.lock",
+            "marie_ghost.lock",
             "mariette_x.lock",
             "other.lock",
             "marie_b.txt",
         ] {
             f.put(&format!("locks/{n}"), b"");
         }
-        age(&f.p("locks/marie_old.lock"), 1000);
-        age(&f.p("locks/mariette_x.lock"), 1000);
+        for n in ["marie_old.lock", "marie_ghost.lock", "mariette_x.lock"] {
+            age(&f.p(&format!("locks/{n}")), 1000);
+        }
         fs::create_dir(f.p("locks/marie_dir.lock")).unwrap();
         symlink(&target, f.p("locks/marie_link.lock")).unwrap();
 
         let report = clean_state(&f.input).unwrap();
+        assert_eq!(report.requeued, 2);
         assert_eq!(report.locks_removed, 1);
         assert_eq!(report.removed_locks, ["marie_old.lock"]);
         assert!(report
@@ -2109,34 +2508,72 @@ mod tests {
             .skipped
             .iter()
             .any(|s| s.starts_with("locks/marie_a.lock: held")));
+        // Not a task of marie's: neither removed nor reported.
+        assert!(!report.skipped.iter().any(|s| s.contains("ghost")));
         assert_eq!(
             f.names("locks"),
             [
                 "marie_a.lock",
                 "marie_b.txt",
                 "marie_dir.lock",
+                "marie_ghost.lock",
+                "marie_job-9.lock",
                 "marie_link.lock",
                 "mariette_x.lock",
                 "other.lock"
             ]
         );
 
+        // The container is gone: every lock of marie's tasks is stale. The requeued tasks are
+        // in pending/ now; `job-9` is known by the id read when it was requeued.
         let gone = CleanStateInput {
             holder_gone: true,
+            run_id: "second-run".into(),
             ..f.input.clone()
         };
-        let report = clean_state(&gone).unwrap();
-        assert_eq!(report.removed_locks, ["marie_a.lock", "marie_link.lock"]);
+        f.task("t9.json", br#"{"id":"job-9"}"#);
+        let mut report = clean_state(&gone).unwrap();
+        report.removed_locks.sort();
+        assert_eq!(
+            report.removed_locks,
+            ["marie_a.lock", "marie_job-9.lock", "marie_link.lock"]
+        );
         assert_eq!(
             f.names("locks"),
             [
                 "marie_b.txt",
                 "marie_dir.lock",
+                "marie_ghost.lock",
                 "mariette_x.lock",
                 "other.lock"
             ]
         );
         assert_eq!(fs::read(&target).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_worker_never_removes_the_locks_of_a_worker_whose_name_it_prefixes() {
+        let f = fixture();
+        // marie_x shares the locks directory; its task t1 is not marie's.
+        f.put("tasks/marie_x/pending/t1.json", b"{}");
+        f.put("locks/marie_x_t1.lock", b"");
+        f.put("tasks/marie/pending/t2.json", b"{}");
+        f.put("locks/marie_t2.lock", b"");
+        // A task of marie named like marie_x's lock remainder would make it marie's too.
+        let input = CleanStateInput {
+            holder_gone: true,
+            ..f.input.clone()
+        };
+        let dry = clean_state(&CleanStateInput {
+            dry_run: true,
+            ..input.clone()
+        })
+        .unwrap();
+        let report = clean_state(&input).unwrap();
+        assert_eq!(dry, report);
+        assert_eq!(report.removed_locks, ["marie_t2.lock"]);
+        assert_eq!(f.names("locks"), ["marie_x_t1.lock"]);
+        assert!(!report.skipped.iter().any(|s| s.contains("marie_x")));
     }
 
     #[test]
@@ -2219,8 +2656,10 @@ mod tests {
         symlink(outside.join("dir"), f.p("tmp/marie/link-dir")).unwrap();
         symlink(outside.join("dir"), f.p("tmp/marie/nested/link-dir")).unwrap();
         let before = snapshot(&outside);
-        let report = clean_state(&f.input).unwrap();
+        let mut report = clean_state(&f.input).unwrap();
         assert_eq!(report.tmp_entries_removed, 4);
+        // A sample in directory order.
+        report.removed_tmp_entries.sort();
         assert_eq!(
             report.removed_tmp_entries,
             ["file", "link-dir", "link-file", "nested"]
@@ -2253,6 +2692,7 @@ mod tests {
         f.put("tasks/marie/quarantine/bad1.json", b"earlier");
         f.put("locks/marie_1.lock", b"");
         age(&f.p("locks/marie_1.lock"), 1000);
+        f.put("tasks/marie/staged/1.json", b"{}");
         f.put("locks/marie_2.lock", b"");
         fs::create_dir(f.p("locks/marie_3.lock")).unwrap();
         f.put("workers/marie/state.json", b"[1]");

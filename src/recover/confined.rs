@@ -49,6 +49,10 @@ pub enum FsError {
         kind: &'static str,
         expected: &'static str,
     },
+    /// A directory being removed was moved out of the tree meanwhile: the removal stopped
+    /// rather than follow `..` out of the tree.
+    #[error("{path} was moved while it was being removed; stopped, nothing outside it removed")]
+    Moved { path: PathBuf },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -131,15 +135,12 @@ impl DirH {
         rustix::fs::syncfs(self.readable()?).map_err(|e| io_err("syncfs", &self.path, e.into()))
     }
 
-    /// Every entry name, sorted by bytes for determinism.
-    pub(crate) fn names(&self) -> Result<Vec<OsString>> {
-        let list = |e| io_err("list", &self.path, e);
-        let mut names = Vec::new();
-        for entry in self.dir.entries().map_err(list)? {
-            names.push(entry.map_err(list)?.file_name());
-        }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        Ok(names)
+    /// The entry names, streamed in directory order (`.` and `..` left out): memory does not
+    /// grow with the directory, whose entries are untrusted and may number millions.
+    pub(crate) fn stream_names(&self) -> Result<impl Iterator<Item = Result<OsString>> + '_> {
+        let list = move |e| io_err("list", &self.path, e);
+        let entries = self.dir.entries().map_err(list)?;
+        Ok(entries.map(move |e| e.map(|e| e.file_name()).map_err(list)))
     }
 
     /// Unlink a file or symlink (never followed); an entry already gone is fine.

@@ -12,7 +12,10 @@
 use std::ffi::{OsStr, OsString};
 
 use super::confined::{open_child, open_path, open_root, rename_noreplace, DirH, FsError};
-use crate::crd::worker::ResolvedPaths;
+use crate::{
+    bounded::{json_len, Smallest},
+    crd::worker::ResolvedPaths,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -52,35 +55,52 @@ fn pending(paths: &ResolvedPaths, create: bool) -> Result<Option<DirH>> {
     Ok(open_child(&tasks, OsStr::new("pending"), create)?)
 }
 
-/// Regular `*.json` files with UTF-8 names in `from`'s `pending/`, oldest first (modification
-/// time, then name), at most `limit`.
+/// Longest task name moved (the backup may need `<stem>.from-<worker>-<n>.json`).
+const MAX_NAME: usize = 200;
+/// Most bytes the names of one batch take in the Worker's status (as JSON), where they are
+/// recorded before they move: a batch of long names is smaller, never recorded in part.
+pub const MAX_BATCH_NAME_BYTES: usize = 16 * 1024;
+
+/// Regular `*.json` files with UTF-8 names of at most 200 bytes in `from`'s `pending/`, oldest
+/// first (modification time, then name), at most `limit` and [`MAX_BATCH_NAME_BYTES`] of
+/// names. Streamed: memory does not grow with the directory.
 pub fn scan(from: &ResolvedPaths, limit: usize) -> Result<FailoverScan> {
     let Some(dir) = pending(from, false)? else {
         return Ok(FailoverScan::default());
     };
-    let mut found = Vec::new();
-    for name in dir.names()? {
+    let mut oldest = Smallest::new(limit);
+    let mut eligible = 0;
+    for name in dir.stream_names()? {
+        let name = name?;
         let Some(text) = name.to_str() else { continue };
-        if !text.ends_with(".json") || text.starts_with('.') {
+        // A longer name would be refused by `move_tasks` and stall the failover.
+        if !text.ends_with(".json") || text.starts_with('.') || text.len() > MAX_NAME {
             continue;
         }
         if let Some(md) = dir.lstat(&name)? {
             if md.is_file() {
-                found.push((md.modified().ok(), text.to_string()));
+                eligible += 1;
+                oldest.offer((md.modified().ok(), text.to_string()));
             }
         }
     }
-    found.sort();
-    Ok(FailoverScan {
-        eligible: found.len() as u64,
-        oldest: found.into_iter().take(limit).map(|(_, n)| n).collect(),
-    })
+    let mut used = 0;
+    let oldest = oldest
+        .into_sorted_vec()
+        .into_iter()
+        .map(|(_, n)| n)
+        .take_while(|n| {
+            used += json_len(n);
+            used <= MAX_BATCH_NAME_BYTES
+        })
+        .collect();
+    Ok(FailoverScan { oldest, eligible })
 }
 
 /// Move each named task from `from`'s `pending/` to `to`'s `pending/`; see the module docs.
 pub fn move_tasks(from: &ResolvedPaths, to: &ResolvedPaths, names: &[String]) -> Result<Moved> {
     for n in names {
-        if n.is_empty() || n == "." || n == ".." || n.len() > 200 || n.contains(['/', '\0']) {
+        if n.is_empty() || n == "." || n == ".." || n.len() > MAX_NAME || n.contains(['/', '\0']) {
             return Err(FailoverError::InvalidName(n.clone()));
         }
     }

@@ -6,4 +6,5 @@ pub mod clean_state;
 pub mod confined;
 pub mod failover;
 pub mod poison;
+pub(crate) mod remove_tree;
 pub mod resume;

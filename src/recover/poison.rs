@@ -18,10 +18,16 @@ use k8s_openapi::jiff::Timestamp;
 use super::confined::{
     dir_owner, io_err, open_child, open_path, open_root, rename_noreplace, write_new, DirH, FsError,
 };
-use crate::crd::worker::ResolvedPaths;
+use crate::{
+    bounded::{json_len, Smallest},
+    crd::worker::ResolvedPaths,
+};
 
-/// Most tasks whose crash counts are kept.
-pub const MAX_COUNTED: usize = 1000;
+/// Most tasks whose crash counts are kept (in the Worker's status).
+pub const MAX_COUNTED: usize = 100;
+/// Most bytes their names take in the Worker's status (as JSON keys): 100 names of up to
+/// 255 bytes fit unless escapes blow them up; then the highest counts are kept.
+pub const MAX_COUNTED_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoisonError {
@@ -48,28 +54,30 @@ fn task_dir(paths: &ResolvedPaths, sub: &str, create: bool) -> Result<Option<Dir
     Ok(open_child(&tasks, OsStr::new(sub), create)?)
 }
 
-/// The task files in `<tasks>/active/` (regular `*.json` files with UTF-8 names), sorted.
+/// The task files in `<tasks>/active/` (regular `*.json` files with UTF-8 names), sorted;
+/// at most [`MAX_COUNTED`], the first by name (the same ones at every crash, so their counts
+/// go on), streamed: memory does not grow with the directory.
 pub fn active_tasks(paths: &ResolvedPaths) -> Result<Vec<String>> {
     let Some(active) = task_dir(paths, "active", false)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for name in active.names()? {
+    let mut first = Smallest::new(MAX_COUNTED);
+    for name in active.stream_names()? {
+        let name = name?;
         let Some(text) = name.to_str() else { continue };
         if !text.ends_with(".json") || text.starts_with('.') {
             continue;
         }
         if active.lstat(&name)?.is_some_and(|md| md.is_file()) {
-            out.push(text.to_string());
+            first.offer(text.to_string());
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(first.into_sorted_vec())
 }
 
 /// The crash counts after a crash at which `active` were in `active/`: one more for each of
 /// them; a task not there is dropped, since the count is of consecutive crashes. At most
-/// [`MAX_COUNTED`] entries (the highest counts kept). Returns the tasks whose count reached
+/// [`MAX_COUNTED`] entries and [`MAX_COUNTED_BYTES`] of names (the highest counts kept). Returns the tasks whose count reached
 /// `threshold` (0: never).
 pub fn count_crash(
     counts: &BTreeMap<String, u32>,
@@ -85,11 +93,19 @@ pub fn count_crash(
             )
         })
         .collect();
-    if next.len() > MAX_COUNTED {
+    let bytes = |m: &BTreeMap<String, u32>| m.keys().map(|k| json_len(k) + 12).sum::<usize>();
+    if next.len() > MAX_COUNTED || bytes(&next) > MAX_COUNTED_BYTES {
         let mut by_count: Vec<_> = next.into_iter().collect();
         by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        by_count.truncate(MAX_COUNTED);
-        next = by_count.into_iter().collect();
+        let mut used = 0;
+        next = by_count
+            .into_iter()
+            .take(MAX_COUNTED)
+            .filter(|(name, _)| {
+                used += json_len(name) + 12;
+                used <= MAX_COUNTED_BYTES
+            })
+            .collect();
     }
     let poisoned = if threshold == 0 {
         Vec::new()
@@ -216,6 +232,13 @@ mod tests {
         let many: Vec<String> = (0..1500).map(|i| format!("t{i}.json")).collect();
         let (c, _) = count_crash(&BTreeMap::new(), &many, 3);
         assert_eq!(c.len(), MAX_COUNTED);
+        // Names that JSON escapes six-fold: fewer kept, within the byte budget.
+        let worst: Vec<String> = (0..200)
+            .map(|i| format!("{i:03}{}.json", "\u{1}".repeat(247)))
+            .collect();
+        let (c, _) = count_crash(&BTreeMap::new(), &worst, 3);
+        assert!(!c.is_empty() && c.len() < MAX_COUNTED, "{}", c.len());
+        assert!(serde_json::to_vec(&c).unwrap().len() <= MAX_COUNTED_BYTES);
     }
 
     #[test]

@@ -53,13 +53,20 @@ use super::{
         FsError, Pairs, ReadOutcome,
     },
 };
-use crate::crd::worker::ResolvedPaths;
+use crate::{
+    bounded::{json_len, Smallest},
+    crd::worker::ResolvedPaths,
+};
 
 const PENDING: &str = "pending";
 const STAGED: &str = "staged";
 const FAILED: &str = "failed";
 /// Longest file name (`NAME_MAX`).
 const MAX_NAME: usize = 255;
+/// Most bytes the names of one batch take in the ResumePlan's status (as JSON), where they
+/// are recorded before the batch moves: 1,000 names of 20 bytes, or 125 of 255 bytes, fit.
+/// A batch's `failedBefore` is a part of it, so `currentBatch` stays under twice this.
+pub const MAX_BATCH_NAME_BYTES: usize = 32 * 1024;
 
 /// Why a resume file operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +88,8 @@ type Result<T, E = ResumeError> = std::result::Result<T, E>;
 /// The tasks waiting in `pending/`; see [`scan_pending`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PendingScan {
-    /// The oldest eligible tasks, oldest first (mtime, then name bytes), at most `limit`.
+    /// The oldest eligible tasks, oldest first (mtime, then name bytes), at most `limit` and
+    /// at most [`MAX_BATCH_NAME_BYTES`] of names (at least one).
     pub oldest: Vec<String>,
     /// How many eligible tasks there are in all (not capped by `limit`).
     pub eligible: u64,
@@ -175,8 +183,10 @@ pub fn scan_pending(
             scan.left_out.push(why);
         }
     };
-    let mut eligible: Vec<(SystemTime, String)> = Vec::new();
-    for name in pending.names()? {
+    // Streamed: only the `limit` oldest are kept, however many tasks wait.
+    let mut oldest = Smallest::new(limit);
+    for name in pending.stream_names()? {
+        let name = name?;
         let b = name.as_bytes();
         if b.starts_with(b".") || !b.ends_with(b".json") {
             continue;
@@ -214,17 +224,27 @@ pub fn scan_pending(
                 continue;
             }
         }
-        eligible.push((mtime, text.to_owned()));
+        scan.eligible += 1;
+        // (mtime, name): `String` orders by its bytes.
+        oldest.offer((mtime, text.to_owned()));
     }
-    scan.eligible = eligible.len() as u64;
-    // (mtime, name): `String` orders by its bytes.
-    if limit < eligible.len() {
-        eligible.select_nth_unstable(limit);
-        eligible.truncate(limit);
-    }
-    eligible.sort_unstable();
-    scan.oldest = eligible.into_iter().map(|(_, n)| n).collect();
+    scan.oldest = within_budget(oldest.into_sorted_vec().into_iter().map(|(_, n)| n));
     Ok(scan)
+}
+
+/// The batch's first names whose record fits in [`MAX_BATCH_NAME_BYTES`]: a batch of long
+/// names is smaller rather than recorded in part (every name is recorded before one moves).
+fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    for name in names {
+        used += json_len(&name);
+        if used > MAX_BATCH_NAME_BYTES && !out.is_empty() {
+            break;
+        }
+        out.push(name);
+    }
+    out
 }
 
 /// Move each named task from pending/ to staged/ with `RENAME_NOREPLACE` (staged/ is created
@@ -611,8 +631,10 @@ mod tests {
         f.pending(".hidden.json", t(1));
 
         let before = snapshot(&f.base);
-        let scan = f.scan(t(10), 10);
+        let mut scan = f.scan(t(10), 10);
         assert_eq!(snapshot(&f.base), before, "a scan changes nothing");
+        // Sampled in directory order.
+        scan.left_out.sort();
         assert_eq!(scan.oldest, strings(&["ok.json"]));
         assert_eq!(scan.eligible, 1);
         assert_eq!(scan.left_out_count, 5);
@@ -665,6 +687,58 @@ mod tests {
                 "{link}: {err}"
             );
         }
+    }
+
+    /// Peak and current resident memory of the process, in KiB (for the measurements).
+    pub(crate) fn vm_kib() -> (u64, u64) {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+
+    #[test]
+    fn a_directory_of_200000_tasks_is_streamed_keeping_only_what_is_asked() {
+        let f = fixture();
+        let n = 200_000;
+        let pending = f.p("tasks/marie/pending");
+        let start = std::time::Instant::now();
+        for i in 0..n {
+            fs::File::create(pending.join(format!("task-{i:06}.json"))).unwrap();
+        }
+        // One old task, and names long enough that a batch of 1000 would not fit the budget.
+        f.pending("old.json", t(1));
+        let long = format!("{}.json", "l".repeat(250));
+        f.pending(&long, t(2));
+        let created = start.elapsed();
+        let (peak0, rss0) = vm_kib();
+        let start = std::time::Instant::now();
+        let scan = scan_pending(&f.paths, SystemTime::now(), 1000).unwrap();
+        let took = start.elapsed();
+        let (peak1, rss1) = vm_kib();
+        eprintln!(
+            "pending/ of {} entries: created in {created:?}, scanned in {took:?}; \
+             VmRSS {rss0} -> {rss1} KiB, VmHWM {peak0} -> {peak1} KiB",
+            n + 2
+        );
+        assert_eq!(scan.eligible, n + 2);
+        assert_eq!(scan.oldest[..2], [String::from("old.json"), long.clone()]);
+        assert!(scan.oldest.len() <= 1000);
+        let bytes: usize = scan.oldest.iter().map(|n| json_len(n)).sum();
+        assert!(bytes <= MAX_BATCH_NAME_BYTES, "{bytes}");
+        let failover = crate::recover::failover::scan(&f.paths, 100).unwrap();
+        assert_eq!((failover.eligible, failover.oldest.len()), (n + 1, 100));
+        assert_eq!(failover.oldest[0], "old.json");
+        // The same directory as active/: the crash counts keep the first names only.
+        fs::rename(&pending, f.p("tasks/marie/active")).unwrap();
+        let active = crate::recover::poison::active_tasks(&f.paths).unwrap();
+        assert_eq!(active.len(), crate::recover::poison::MAX_COUNTED);
+        assert_eq!(active[0], long);
     }
 
     // ---------------------------------------------------------------- release

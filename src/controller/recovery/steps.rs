@@ -23,7 +23,7 @@ use crate::{
     diagnose::{self, checks::metrics_endpoint, CheckContext},
     docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
     observe::{
-        fs_safe::{self, EntryKind, Listing},
+        fs_safe::{self, EntryKind},
         heartbeat::{self, HeartbeatObservation},
     },
     recover::clean_state::{self, CleanStateInput, CleanStateReport},
@@ -77,18 +77,29 @@ pub struct StepResult {
     pub container_started_at: Option<Timestamp>,
 }
 
+/// Longest step message kept: one may quote a worker's file names and error texts.
+const MAX_MESSAGE_CHARS: usize = 1024;
+
+fn message_of(message: impl Into<String>) -> String {
+    let message = message.into();
+    if message.len() <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    crate::bounded::clip(&message, MAX_MESSAGE_CHARS)
+}
+
 impl StepResult {
     fn ok(message: impl Into<String>) -> Self {
         Self {
             succeeded: true,
-            message: message.into(),
+            message: message_of(message),
             ..Default::default()
         }
     }
 
     fn failed(message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
+            message: message_of(message),
             ..Default::default()
         }
     }
@@ -97,7 +108,7 @@ impl StepResult {
         Self {
             succeeded: true,
             skipped: true,
-            message: message.into(),
+            message: message_of(message),
             ..Default::default()
         }
     }
@@ -231,6 +242,11 @@ fn clean_summary(r: &CleanStateReport, dry_run: bool) -> String {
     )
 }
 
+/// Most names of each clean-state detail list kept in the run's status, and their most bytes
+/// (as JSON): the counts in `figures` stay exact.
+const DETAIL_SAMPLE: usize = 20;
+const DETAIL_SAMPLE_BYTES: usize = 8 * 1024;
+
 fn add_report(result: &mut StepResult, r: &CleanStateReport) {
     let figures = [
         ("requeued", r.requeued),
@@ -260,7 +276,9 @@ fn add_report(result: &mut StepResult, r: &CleanStateReport) {
     ];
     for (k, v) in details {
         if !v.is_empty() {
-            result.details.insert(k.into(), v.clone());
+            // A sample sized for the run's status: names may be 255 bytes, escaped six-fold.
+            let kept = crate::bounded::sample(v, DETAIL_SAMPLE, DETAIL_SAMPLE_BYTES);
+            result.details.insert(k.into(), kept);
         }
     }
 }
@@ -639,19 +657,17 @@ fn new_plan(run: &Run<'_>, name: &str, step: &StepStatus, trace: Option<&TraceRe
 async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Error> {
     let paths = run.admission.paths.clone();
     let pending = paths.tasks_dir.join("pending");
-    let listing = fs_safe::off_thread(move || {
-        fs_safe::list_dir(&paths.trusted_root, &pending, fs_safe::DEFAULT_MAX_ENTRIES)
+    // Counted streaming: exact for a pending/ of any size, nothing kept.
+    let waiting = fs_safe::off_thread(move || {
+        let mut count = 0usize;
+        fs_safe::visit_dir(&paths.trusted_root, &pending, |e| {
+            count += usize::from(e.kind == EntryKind::File && e.name.ends_with(".json"));
+        })
+        .map(|_| count)
     })
     .await
     .map_err(Error::Blocking)?
     .map_err(|e| Error::CleanState(e.to_string()))?;
-    let waiting = match listing {
-        Listing::Missing => 0,
-        Listing::Present { entries, .. } => entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && e.name.ends_with(".json"))
-            .count(),
-    };
     let settings = &run.rec.spec.resume;
     let mut result = StepResult::ok(format!(
         "dry run: would create ResumePlan {} to release {waiting} pending task(s){} in batches of {} every {}s",
@@ -678,5 +694,109 @@ pub async fn remove_debug_container(
     match ctx.docker.inspect(&name).await? {
         Some(c) if c.labels.get(RUN_LABEL) == Some(&key) => Ok(ctx.docker.remove(&c.id).await?),
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{
+        diagnosis::{CheckName, Finding, FindingKind, RankedCause, RootCause, Severity, Verdict},
+        worker_recovery::{StepName, WorkerRecoveryStatus},
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    #[test]
+    fn the_worst_run_status_stays_far_below_the_object_size_limit() {
+        let now = Timestamp::from_second(1_795_823_941).unwrap();
+        // Names JSON escapes six-fold, as long as clean state lets them be (220 bytes).
+        let esc = |n: usize| "\u{1}".repeat(n);
+        let list = |f: &dyn Fn(usize) -> String| -> Vec<String> {
+            (0..clean_state::SAMPLE_LIMIT).map(f).collect()
+        };
+        let name = |i: usize| format!("{i:04}{}.json", esc(211));
+        let report = CleanStateReport {
+            requeued: u64::MAX,
+            requeued_tasks: list(&|i| format!("{} -> {}", name(i), name(i))),
+            dead_lettered_tasks: list(&|i| format!("{} -> {}", name(i), name(i))),
+            quarantined_tasks: list(&|i| format!("{}: {} (as {})", name(i), esc(300), name(i))),
+            removed_locks: list(&|i| format!("marie_{}.lock", name(i))),
+            removed_tmp_entries: list(&|_| esc(255)),
+            skipped: list(&|i| format!("tasks/marie/active/{}: {}", name(i), esc(300))),
+            ..Default::default()
+        };
+        let mut clean = StepResult::ok("clean");
+        add_report(&mut clean, &report);
+        let k = esc(4096);
+        // Every step with the longest message it keeps; the clean-state step with its details.
+        let message = StepResult::failed(k.clone()).message;
+        let step = |name: StepName| StepStatus {
+            message: Some(message.clone()),
+            details: match name {
+                StepName::CleanState => clean.details.clone(),
+                _ => [("container".to_string(), vec!["c".repeat(255)])].into(),
+            },
+            figures: clean.figures.clone(),
+            ..StepStatus::pending(name)
+        };
+        // Every check at its worst: many findings, long summaries, evidence at its cap.
+        let findings: Vec<Finding> = (0..400)
+            .map(|i| {
+                let mut f = Finding {
+                    check: CheckName::Deadlock,
+                    kind: FindingKind::StuckTask,
+                    severity: [Severity::Info, Severity::Warning, Severity::Critical][i % 3],
+                    summary: esc(64 * 1024),
+                    evidence: Default::default(),
+                    observed_at: Time(now),
+                };
+                // One finding alone past the budget is left out; these fit a few at a time.
+                let len = if i == 0 { 4096 } else { 256 };
+                for e in 0..8 {
+                    f = f.with(&format!("key{e}"), esc(len));
+                }
+                f
+            })
+            .collect();
+        let status = WorkerRecoveryStatus {
+            steps: [
+                StepName::Diagnose,
+                StepName::CleanState,
+                StepName::Restart,
+                StepName::VerifyHealth,
+                StepName::Resume,
+            ]
+            .map(step)
+            .into(),
+            failure_reason: Some(k.clone()),
+            diagnosis: Some(Diagnosis {
+                worker: "w".repeat(253),
+                container: "c".repeat(255),
+                started_at: Time(now),
+                completed_at: Time(now),
+                findings: diagnose::bounded_findings(findings, now),
+                verdict: Verdict {
+                    top_cause: Some(RootCause::Deadlock),
+                    causes: (0..7)
+                        .map(|_| RankedCause {
+                            cause: RootCause::Deadlock,
+                            score: u32::MAX,
+                            summary: "s".repeat(1024),
+                            supporting: vec![FindingKind::StuckTask; 40],
+                        })
+                        .collect(),
+                },
+            }),
+            ..Default::default()
+        };
+        let len = serde_json::to_vec(&status).unwrap().len();
+        eprintln!("worst WorkerRecovery status: {len} bytes");
+        assert!(len < 256 * 1024, "{len}");
+        let kept = &status.diagnosis.as_ref().unwrap().findings;
+        assert!(kept.len() > 2, "{}", kept.len());
+        assert!(kept.last().unwrap().evidence.contains_key("notKept"));
+        assert!(kept[..kept.len() - 1]
+            .iter()
+            .all(|f| f.severity == Severity::Critical));
     }
 }

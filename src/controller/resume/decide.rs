@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
+    bounded::sample,
     controller::conditions::{ConditionState, ConditionStatus},
     crd::resume_plan::{
         BatchResult, CurrentBatch, ResumePhase, ResumePlanSpec, ResumePlanStatus, MAX_BATCH_HISTORY,
@@ -17,7 +18,10 @@ pub const COMPLETED: &str = "Completed";
 /// Condition: a batch failed beyond `maxFailureRatio` (True) and the plan stopped.
 pub const HALTED: &str = "Halted";
 /// Most task names kept per list in status.
-pub const NAME_SAMPLE: usize = 50;
+pub const NAME_SAMPLE: usize = 20;
+/// Most task names of a judged batch kept in its history entry, and their most bytes (JSON).
+pub const BATCH_NAME_SAMPLE: usize = 5;
+pub const BATCH_SAMPLE_BYTES: usize = 2048;
 
 /// The plan covers tasks modified at or before this time: the start, rounded up to the whole
 /// second that `metav1.Time` keeps, so a task requeued just before the plan started is in it.
@@ -63,8 +67,8 @@ pub fn judge(
         failed: failed_files.max(metric_failures),
         failed_files,
         metric_failures,
-        tasks: batch.tasks.iter().take(NAME_SAMPLE).cloned().collect(),
-        failed_tasks: failed_tasks.into_iter().take(NAME_SAMPLE).collect(),
+        tasks: sample(&batch.tasks, BATCH_NAME_SAMPLE, BATCH_SAMPLE_BYTES),
+        failed_tasks: sample(&failed_tasks, BATCH_NAME_SAMPLE, BATCH_SAMPLE_BYTES),
         released_time: batch.released_time.clone(),
         judged_time: Some(Time(now)),
     }
@@ -256,6 +260,73 @@ mod tests {
         assert_eq!(cutoff(at(5)), at(5));
         let mid = at(5) + Duration::from_millis(300);
         assert_eq!(cutoff(mid), at(6));
+    }
+
+    #[test]
+    fn the_worst_status_stays_far_below_the_object_size_limit() {
+        use crate::{
+            bounded::json_len, crd::monitoring::MetricsWatch, recover::resume::MAX_BATCH_NAME_BYTES,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        // 255-byte file names that JSON escapes six-fold.
+        let worst = |i: usize| format!("{i:04}{}.json", "\u{1}".repeat(246));
+        assert_eq!(worst(0).len(), 255);
+        let all: Vec<String> = (0..1000).map(worst).collect();
+        // The largest batch scan_pending records: as many names as its byte budget holds.
+        let mut used = 0;
+        let recorded: Vec<String> = all
+            .iter()
+            .take_while(|n| {
+                used += json_len(n);
+                used <= MAX_BATCH_NAME_BYTES
+            })
+            .cloned()
+            .collect();
+        let long = "m".repeat(4096);
+        let condition = |t: &str| Condition {
+            type_: t.into(),
+            status: "False".into(),
+            reason: "Halted".into(),
+            message: long.clone(),
+            last_transition_time: Time(at(0)),
+            observed_generation: Some(i64::MAX),
+        };
+        let mut status = ResumePlanStatus {
+            phase: Some(ResumePhase::Halted),
+            conditions: vec![condition(COMPLETED), condition(HALTED)],
+            halt_reason: Some(long.clone()),
+            left_out: (0..NAME_SAMPLE)
+                .map(|i| {
+                    format!(
+                        "{}: a FIFO, not a task file; not followed, left in pending/",
+                        worst(i)
+                    )
+                })
+                .collect(),
+            monitoring: Some(MetricsWatch {
+                last_error: Some(long.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // Every judged batch at the schema's largest size, every task of it failed.
+        let full = CurrentBatch {
+            tasks: all.clone(),
+            ..batch()
+        };
+        for n in 1..=(MAX_BATCH_HISTORY as u32 + 5) {
+            let mut r = judge(&full, &all, i64::MAX, at(30));
+            r.number = n;
+            record(&mut status, r);
+        }
+        status.current_batch = Some(CurrentBatch {
+            tasks: recorded.clone(),
+            failed_before: recorded,
+            ..batch()
+        });
+        let len = serde_json::to_vec(&status).unwrap().len();
+        eprintln!("worst ResumePlan status: {len} bytes");
+        assert!(len < 256 * 1024, "{len}");
     }
 
     #[test]

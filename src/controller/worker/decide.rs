@@ -357,19 +357,24 @@ fn accepted_condition(container: &ContainerObservation, files_read: bool) -> Con
     }
 }
 
+/// Most characters of a heartbeat's text fields kept in status: the file is the worker's,
+/// up to 64 KiB, and must not fill the Worker object.
+const MAX_HEARTBEAT_TEXT: usize = 256;
+
 /// The heartbeat as status shows it.
 fn summarize(hb: &Heartbeat) -> HeartbeatSummary {
+    let clip = |s: &String| crate::bounded::clip(s, MAX_HEARTBEAT_TEXT);
     let (time_source, time_field) = match hb.source {
         TimeSource::Content { field } => (HeartbeatTimeSource::Content, Some(field.to_string())),
         TimeSource::FileModified => (HeartbeatTimeSource::FileModified, None),
     };
     HeartbeatSummary {
-        status: hb.status.clone(),
-        current_task: hb.current_task.clone(),
+        status: hb.status.as_ref().map(clip),
+        current_task: hb.current_task.as_ref().map(clip),
         progress: hb.progress,
         time_source: Some(time_source),
         time_field,
-        content_issue: hb.issue.as_ref().map(ToString::to_string),
+        content_issue: hb.issue.as_ref().map(|i| clip(&i.to_string())),
     }
 }
 
@@ -644,6 +649,100 @@ mod tests {
             progress: Some(7),
             issue: None,
         })
+    }
+
+    #[test]
+    fn the_worst_worker_status_stays_far_below_the_object_size_limit() {
+        use crate::{
+            bounded::json_len,
+            crd::worker::{
+                AttemptRecord, AutoRecoveryStatus, DriftItem, EscalationStatus, FailoverStatus,
+                NotificationStatus,
+            },
+            recover::{failover, poison},
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        // Names and texts that JSON escapes six-fold, as long as the code lets them be.
+        let esc = |n: usize| "\u{1}".repeat(n);
+        let name = |i: usize, len: usize| format!("{i:04}{}.json", esc(len - 9));
+        let text = esc(64 * 1024);
+        let hb = Heartbeat {
+            at: now(),
+            source: TimeSource::Content { field: "timestamp" },
+            status: Some(text.clone()),
+            current_task: Some(text.clone()),
+            progress: Some(u64::MAX),
+            issue: Some(ContentIssue::Corrupt(text.clone())),
+        };
+        let active: Vec<String> = (0..2000).map(|i| name(i, 255)).collect();
+        let (counts, _) = poison::count_crash(&Default::default(), &active, 0);
+        let mut used = 0;
+        let batch = (0..100)
+            .map(|i| name(i, 200))
+            .take_while(|n| {
+                used += json_len(n);
+                used <= failover::MAX_BATCH_NAME_BYTES
+            })
+            .collect();
+        let k = "k".repeat(1024);
+        let condition = |t: &str| Condition {
+            type_: t.into(),
+            status: "False".into(),
+            reason: "Reason".into(),
+            message: k.clone(),
+            last_transition_time: Time(now()),
+            observed_generation: Some(i64::MAX),
+        };
+        let status = WorkerStatus {
+            conditions: ["Accepted", "ContainerRunning", "HeartbeatFresh", "Ready"]
+                .map(condition)
+                .into(),
+            heartbeat: Some(summarize(&hb)),
+            auto_recovery: Some(AutoRecoveryStatus {
+                attempts: (0..crate::controller::worker::policy::MAX_ATTEMPT_RECORDS)
+                    // Runs are `<worker>-auto-<n>` (253 at most); triggers (`exit code 3`,
+                    // `heartbeat missed`) and remediations (`memory 256Mi -> 384Mi`) are
+                    // the operator's own short texts.
+                    .map(|_| AttemptRecord {
+                        time: Time(now()),
+                        run: "r".repeat(253),
+                        trigger: "t".repeat(64),
+                        remediation: Some("m".repeat(128)),
+                    })
+                    .collect(),
+                waiting_reason: Some(k.clone()),
+                handled_failure: Some(k.clone()),
+                task_crash_counts: counts,
+                // The last 50, names of at most 200 bytes (`quarantine_poison` refuses more).
+                poisoned_tasks: (0..50).map(|i| name(i, 200)).collect(),
+                ..Default::default()
+            }),
+            escalation: Some(EscalationStatus {
+                level: k.clone(),
+                reason: k.clone(),
+                notification: Some(NotificationStatus {
+                    last_error: Some(k.clone()),
+                    ..Default::default()
+                }),
+                failover: Some(FailoverStatus {
+                    batch,
+                    message: Some(k.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            drift: (0..6)
+                .map(|_| DriftItem {
+                    field: "memorySwap".into(),
+                    declared: k.clone(),
+                    actual: k.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let len = serde_json::to_vec(&status).unwrap().len();
+        eprintln!("worst Worker status: {len} bytes");
+        assert!(len < 256 * 1024, "{len}");
     }
 
     fn obs(container: ContainerObservation, heartbeat: HeartbeatObservation) -> Observation {

@@ -12,8 +12,9 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
+    bounded::Smallest,
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
-    observe::fs_safe::{self, Entry, EntryKind, Listing, SafeError, DEFAULT_MAX_ENTRIES},
+    observe::fs_safe::{self, Entry, EntryKind, SafeError},
 };
 
 const CHECK: CheckName = CheckName::Deadlock;
@@ -27,6 +28,10 @@ pub const MAX_FINDINGS_PER_KIND: usize = 20;
 
 /// Task directories whose `*.json` files are read.
 const READ_DIRS: [&str; 3] = ["pending", "active", "staged"];
+/// The task directories of a worker (a lock is the worker's when its task is in one).
+const TASK_DIRS: [&str; 4] = ["pending", "active", "staged", "failed"];
+/// Most task files read per directory to find malformed ones: the rest are counted unread.
+pub const MAX_TASKS_READ: usize = 1000;
 
 /// A task's `id` and `type`, when the file has them.
 type TaskIdentity = (Option<String>, Option<String>);
@@ -40,21 +45,75 @@ struct TaskFile {
 }
 
 /// Everything read from the disk, before any judgement (built on a blocking thread).
+/// Directories are streamed, never listed whole: counts are exact, what is kept is bounded
+/// (a sample of [`MAX_FINDINGS_PER_KIND`] per kind, the oldest first where age matters).
 #[derive(Debug, Default)]
 struct Scan {
     /// Regular `*.json` files per task directory.
     counts: Vec<(&'static str, usize)>,
     /// Directories that are missing.
     missing_dirs: Vec<PathBuf>,
-    /// Directories listed only partly.
-    truncated_dirs: Vec<PathBuf>,
+    /// Task files not read (more than [`MAX_TASKS_READ`] in a directory).
+    not_read: usize,
+    /// The oldest tasks of active/.
     active: Vec<TaskFile>,
-    /// (path, reason, size when relevant)
+    /// Tasks of active/ older than `stuckTaskSeconds`, all of them.
+    stuck_total: usize,
+    oldest_active_seconds: Option<i64>,
+    /// (path, reason, size when relevant), and how many in all.
     malformed: Vec<(PathBuf, String, Option<u64>)>,
-    /// (path, what it is, link target)
+    malformed_total: usize,
+    /// (path, what it is, link target), and how many in all.
     unsafe_paths: Vec<(PathBuf, String, Option<String>)>,
+    unsafe_total: usize,
+    /// The oldest of this worker's lock files, and how many it has / are stale in all.
     locks: Vec<Entry>,
+    lock_count: usize,
+    stale_total: usize,
     locks_missing: bool,
+}
+
+impl Scan {
+    fn malformed(&mut self, item: (PathBuf, String, Option<u64>)) {
+        self.malformed_total += 1;
+        if self.malformed.len() < MAX_FINDINGS_PER_KIND {
+            self.malformed.push(item);
+        }
+    }
+
+    fn hazard(&mut self, item: (PathBuf, String, Option<String>)) {
+        self.unsafe_total += 1;
+        if self.unsafe_paths.len() < MAX_FINDINGS_PER_KIND {
+            self.unsafe_paths.push(item);
+        }
+    }
+}
+
+/// An entry ordered by modification time (oldest first), then name.
+#[derive(Debug)]
+struct ByAge(Entry);
+
+impl ByAge {
+    fn key(&self) -> (Option<Timestamp>, &str) {
+        (self.0.modified, &self.0.name)
+    }
+}
+
+impl PartialEq for ByAge {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ByAge {}
+impl PartialOrd for ByAge {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByAge {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
 }
 
 /// A lock's content, from `{"holder","pid","task","acquired_at"}`.
@@ -72,8 +131,13 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let tasks_dir = ctx.paths.tasks_dir.clone();
     let locks_dir = ctx.paths.locks_dir.clone();
     let worker = ctx.worker_name.clone();
+    let limits = Limits {
+        now: ctx.now,
+        stuck_after: i64::from(ctx.spec.diagnostics.stuck_task_seconds),
+        stale_after: i64::from(ctx.spec.diagnostics.stale_lock_seconds),
+    };
     let (scan, lock_infos) = fs_safe::off_thread(move || {
-        let scan = scan(&root, &tasks_dir, &locks_dir, &worker);
+        let scan = scan(&root, &tasks_dir, &locks_dir, &worker, &limits);
         let infos: Vec<LockInfo> = scan
             .locks
             .iter()
@@ -101,94 +165,133 @@ fn hazard(e: &Entry) -> Option<String> {
     }
 }
 
-fn scan(root: &Path, tasks_dir: &Path, locks_dir: &Path, worker: &str) -> Scan {
+/// What the scan judges by, so that it keeps only what the findings need.
+struct Limits {
+    now: Timestamp,
+    stuck_after: i64,
+    stale_after: i64,
+}
+
+fn scan(root: &Path, tasks_dir: &Path, locks_dir: &Path, worker: &str, lim: &Limits) -> Scan {
     let mut out = Scan::default();
-    for dir_name in ["pending", "active", "staged", "failed"] {
+    let mut oldest_active = Smallest::new(MAX_FINDINGS_PER_KIND + 1);
+    for dir_name in TASK_DIRS {
         let dir = tasks_dir.join(dir_name);
-        let entries = match fs_safe::list_dir(root, &dir, DEFAULT_MAX_ENTRIES) {
-            Ok(Listing::Missing) => {
-                out.missing_dirs.push(dir);
-                out.counts.push((dir_name, 0));
-                continue;
+        let (mut count, mut read) = (0, 0);
+        let judged = READ_DIRS.contains(&dir_name);
+        let visited = fs_safe::visit_dir(root, &dir, |entry| {
+            if entry.kind == EntryKind::File && entry_is_json(&entry) {
+                count += 1;
             }
-            Ok(Listing::Present { entries, truncated }) => {
-                if truncated {
-                    out.truncated_dirs.push(dir.clone());
-                }
-                entries
-            }
-            Err(e) => {
-                out.unsafe_paths.push(unsafe_from_error(&dir, &e));
-                out.counts.push((dir_name, 0));
-                continue;
-            }
-        };
-        let count = entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::File && entry_is_json(e))
-            .count();
-        out.counts.push((dir_name, count));
-        if !READ_DIRS.contains(&dir_name) {
             // failed/ holds malformed tasks by design: counted, not judged.
-            continue;
-        }
-        for entry in entries {
+            if !judged {
+                return;
+            }
             if let Some(what) = hazard(&entry) {
-                out.unsafe_paths
-                    .push((entry.path.clone(), what, entry.link_target.clone()));
-                continue;
+                out.hazard((entry.path.clone(), what, entry.link_target.clone()));
+                return;
             }
             if entry.kind != EntryKind::File || !entry_is_json(&entry) {
-                continue;
+                return;
             }
-            let stem = entry.name.trim_end_matches(".json").to_string();
-            let (id, task_type) = match read_task(root, &entry) {
-                Ok((id, task_type)) => (id.unwrap_or(stem), task_type),
-                Err((reason, size)) => {
-                    out.malformed.push((entry.path.clone(), reason, size));
-                    (stem, None)
-                }
-            };
             if dir_name == "active" {
-                out.active.push(TaskFile {
-                    entry,
-                    id,
-                    task_type,
-                });
-            }
-        }
-    }
-
-    match fs_safe::list_dir(root, locks_dir, DEFAULT_MAX_ENTRIES) {
-        Ok(Listing::Missing) => out.locks_missing = true,
-        Ok(Listing::Present { entries, truncated }) => {
-            if truncated {
-                out.truncated_dirs.push(locks_dir.to_path_buf());
-            }
-            let prefix = format!("{worker}_");
-            for entry in entries {
-                if !(entry.name.starts_with(&prefix) && entry.name.ends_with(".lock")) {
-                    continue;
+                let age = entry.age_seconds(lim.now);
+                out.stuck_total += usize::from(age > lim.stuck_after);
+                out.oldest_active_seconds = out.oldest_active_seconds.max(Some(age));
+                oldest_active.offer(ByAge(entry));
+            } else if read < MAX_TASKS_READ {
+                read += 1;
+                if let Err((reason, size)) = read_task(root, &entry) {
+                    out.malformed((entry.path.clone(), reason, size));
                 }
-                match entry.kind {
-                    EntryKind::File => out.locks.push(entry),
-                    _ => {
-                        let what = match entry.kind {
-                            EntryKind::Symlink => "a symlink (not followed)".to_string(),
-                            kind => format!("a {kind} named like a lock"),
-                        };
-                        out.unsafe_paths.push((
-                            entry.path.clone(),
-                            what,
-                            entry.link_target.clone(),
-                        ));
-                    }
-                }
+            } else {
+                out.not_read += 1;
             }
+        });
+        match visited {
+            Ok(true) => {}
+            Ok(false) => out.missing_dirs.push(dir),
+            Err(e) => out.hazard(unsafe_from_error(&dir, &e)),
         }
-        Err(e) => out.unsafe_paths.push(unsafe_from_error(locks_dir, &e)),
+        out.counts.push((dir_name, count));
     }
+    // Only the oldest tasks of active/ are read: those the findings show.
+    for ByAge(entry) in oldest_active.into_sorted_vec() {
+        let stem = entry.name.trim_end_matches(".json").to_string();
+        let (id, task_type) = match read_task(root, &entry) {
+            Ok((id, task_type)) => (id.unwrap_or(stem), task_type),
+            Err((reason, size)) => {
+                out.malformed((entry.path.clone(), reason, size));
+                (stem, None)
+            }
+        };
+        out.active.push(TaskFile {
+            entry,
+            id,
+            task_type,
+        });
+    }
+    scan_locks(&mut out, root, tasks_dir, locks_dir, worker, lim);
     out
+}
+
+/// This worker's lock files, streamed from the locks directory every worker shares. A lock
+/// is this worker's when it is `<worker>_<task>.lock` and `<task>` is one of its tasks (a
+/// `<task>.json` in its task directories, or the id of one of the active tasks read): the
+/// locks of a worker `marie_x` are never reported as `marie`'s.
+fn scan_locks(
+    out: &mut Scan,
+    root: &Path,
+    tasks_dir: &Path,
+    locks_dir: &Path,
+    worker: &str,
+    lim: &Limits,
+) {
+    let prefix = format!("{worker}_");
+    let ids: BTreeSet<String> = out.active.iter().map(|t| t.id.clone()).collect();
+    let own = |task: &str| {
+        ids.contains(task)
+            || (task.len() + 5 <= 255
+                && TASK_DIRS.iter().any(|d| {
+                    let p = tasks_dir.join(d).join(format!("{task}.json"));
+                    matches!(fs_safe::stat(root, &p), Ok(Some(_)))
+                }))
+    };
+    let mut oldest = Smallest::new(MAX_FINDINGS_PER_KIND + 1);
+    let mut hazards = Vec::new();
+    let visited = fs_safe::visit_dir(root, locks_dir, |entry| {
+        let task = entry
+            .name
+            .strip_prefix(&prefix)
+            .and_then(|t| t.strip_suffix(".lock"))
+            .filter(|t| !t.is_empty());
+        if !task.is_some_and(own) {
+            return;
+        }
+        match entry.kind {
+            EntryKind::File => {
+                out.lock_count += 1;
+                out.stale_total += usize::from(entry.age_seconds(lim.now) > lim.stale_after);
+                oldest.offer(ByAge(entry));
+            }
+            kind => {
+                let what = match kind {
+                    EntryKind::Symlink => "a symlink (not followed)".to_string(),
+                    kind => format!("a {kind} named like a lock"),
+                };
+                hazards.push((entry.path.clone(), what, entry.link_target.clone()));
+            }
+        }
+    });
+    for h in hazards {
+        out.hazard(h);
+    }
+    match visited {
+        Ok(true) => {}
+        Ok(false) => out.locks_missing = true,
+        Err(e) => out.hazard(unsafe_from_error(locks_dir, &e)),
+    }
+    out.locks = oldest.into_sorted_vec().into_iter().map(|b| b.0).collect();
 }
 
 fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<String>) {
@@ -305,20 +408,29 @@ fn modified(e: &Entry) -> String {
 }
 
 /// Cap a list of findings of one kind, summarising the rest.
-fn capped(ctx: &CheckContext, mut findings: Vec<Finding>, what: &str) -> Vec<Finding> {
-    if findings.len() <= MAX_FINDINGS_PER_KIND {
+/// Cap a list of findings of one kind, `total` of them in all, summarising the rest.
+fn capped(
+    ctx: &CheckContext,
+    mut findings: Vec<Finding>,
+    total: usize,
+    what: &str,
+) -> Vec<Finding> {
+    findings.truncate(MAX_FINDINGS_PER_KIND);
+    let rest = total.saturating_sub(findings.len());
+    let Some(last) = findings.last() else {
+        return findings;
+    };
+    if rest == 0 {
         return findings;
     }
-    let rest = findings.split_off(MAX_FINDINGS_PER_KIND);
-    let last = &rest[0];
     let summary = ctx
         .finding(
             CHECK,
             last.kind,
             last.severity,
-            format!("{} more {what} not listed", rest.len()),
+            format!("{rest} more {what} not listed"),
         )
-        .with("notListed", rest.len());
+        .with("notListed", rest);
     findings.push(summary);
     findings
 }
@@ -360,7 +472,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             .with_opt("taskType", t.task_type.as_ref())
         })
         .collect();
-    findings.extend(capped(ctx, stuck_findings, "stuck tasks"));
+    findings.extend(capped(ctx, stuck_findings, scan.stuck_total, "stuck tasks"));
 
     // Stale locks, oldest first.
     let active_ids: BTreeSet<&str> = scan.active.iter().map(|t| t.id.as_str()).collect();
@@ -416,7 +528,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             .with_opt("lockContent", info.problem.as_ref())
         })
         .collect();
-    findings.extend(capped(ctx, stale_findings, "stale locks"));
+    findings.extend(capped(ctx, stale_findings, scan.stale_total, "stale locks"));
 
     let malformed = scan
         .malformed
@@ -433,7 +545,12 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             .with_opt("sizeBytes", size.as_ref())
         })
         .collect();
-    findings.extend(capped(ctx, malformed, "malformed task files"));
+    findings.extend(capped(
+        ctx,
+        malformed,
+        scan.malformed_total,
+        "malformed task files",
+    ));
 
     let unsafe_paths = scan
         .unsafe_paths
@@ -450,7 +567,7 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             .with_opt("linkTarget", target.as_ref())
         })
         .collect();
-    findings.extend(capped(ctx, unsafe_paths, "unsafe paths"));
+    findings.extend(capped(ctx, unsafe_paths, scan.unsafe_total, "unsafe paths"));
 
     if stuck.is_empty() && stale.is_empty() {
         let count = |name: &str| {
@@ -471,20 +588,20 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
                     count("active"),
                     count("staged"),
                     count("failed"),
-                    scan.locks.len()
+                    scan.lock_count
                 ),
             )
             .with("pending", count("pending"))
             .with("active", count("active"))
             .with("staged", count("staged"))
             .with("failed", count("failed"))
-            .with("locks", scan.locks.len())
+            .with("locks", scan.lock_count)
             .with("tasksDir", ctx.paths.tasks_dir.display())
             .with("locksDir", ctx.paths.locks_dir.display());
-        f = f.with_opt(
-            "oldestActiveSeconds",
-            scan.active.iter().map(|t| t.entry.age_seconds(now)).max(),
-        );
+        f = f.with_opt("oldestActiveSeconds", scan.oldest_active_seconds);
+        if scan.not_read > 0 {
+            f = f.with("tasksNotRead", scan.not_read);
+        }
         if !scan.missing_dirs.is_empty() {
             f = f.with("missingDirs", join_paths(&scan.missing_dirs));
         }
@@ -492,22 +609,6 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
             f = f.with("locksDirMissing", true);
         }
         findings.push(f);
-    }
-    if !scan.truncated_dirs.is_empty() {
-        findings.push(
-            ctx.finding(
-                CHECK,
-                FindingKind::UnsafePath,
-                Severity::Warning,
-                format!(
-                    "more than {DEFAULT_MAX_ENTRIES} entries in {}; only the first were looked at",
-                    join_paths(&scan.truncated_dirs)
-                ),
-            )
-            .with("path", join_paths(&scan.truncated_dirs))
-            .with("what", "a directory with too many entries")
-            .with("maxEntries", DEFAULT_MAX_ENTRIES),
-        );
     }
     findings
 }
@@ -590,6 +691,11 @@ mod tests {
             900,
         );
         put(root, "locks/marie_old.lock", b"garbage", 400);
+        // A lock is marie's only for a task of marie's; marie_x's locks are not even named.
+        put(root, "tasks/marie/failed/old.json", b"{}", 10);
+        put(root, "tasks/marie_x/pending/t1.json", b"{}", 10);
+        put(root, "locks/marie_x_t1.lock", b"{}", 9000);
+        put(root, "locks/marie_ghost.lock", b"{}", 9000);
         put(
             root,
             "locks/marie_fresh.lock",
@@ -633,6 +739,11 @@ mod tests {
 
         assert!(of(&findings, FindingKind::TasksOk).is_empty());
         assert!(of(&findings, FindingKind::MalformedTask).is_empty());
+        let text = format!("{findings:?}");
+        assert!(
+            !text.contains("marie_x") && !text.contains("ghost"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
