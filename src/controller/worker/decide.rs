@@ -738,6 +738,16 @@ mod tests {
                     actual: k.clone(),
                 })
                 .collect(),
+            // A shared root and a path of 1024 characters each (the schema's limits).
+            claim: Some(crate::crd::worker::PathClaim {
+                since: Some(Time(now())),
+                task_directory: esc(2048),
+                state_file: esc(2048),
+                heartbeat_file: esc(2048),
+                tmp_directory: esc(2048),
+                locks_directory: esc(2048),
+                worker_name: esc(253),
+            }),
             ..Default::default()
         };
         let len = serde_json::to_vec(&status).unwrap().len();
