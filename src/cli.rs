@@ -101,7 +101,14 @@ enum Command {
 /// Parse the command line and run the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(cli.log_format);
+    let tls = match crate::http::tls::client_config(None) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = telemetry::init(cli.log_format, &tls);
     let result = match cli.command {
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout),
         Command::Run {
