@@ -18,6 +18,7 @@ use crate::{
     crd::{ResumePlan, Worker, WorkerRecovery},
     diagnose::host::DmesgProbe,
     docker::DockerEngine,
+    http::HttpClient,
     metrics::Metrics,
     server,
     trust::AllowedRoots,
@@ -31,6 +32,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Where Workers' shared roots may be.
     pub allowed_roots: AllowedRoots,
+    /// The client of webhooks and metrics endpoints, with the URL policy.
+    pub http: HttpClient,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -69,6 +72,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Arc::new(DmesgProbe),
         metrics,
         opts.allowed_roots.clone(),
+        opts.http.clone(),
     ));
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),

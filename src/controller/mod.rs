@@ -23,7 +23,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use tracing::warn;
 
-use crate::{diagnose::HostProbe, docker::ContainerRuntime, metrics::Metrics, trust::AllowedRoots};
+use crate::{
+    diagnose::HostProbe, docker::ContainerRuntime, http::HttpClient, metrics::Metrics,
+    trust::AllowedRoots,
+};
 
 /// Field manager under which the operator server-side-applies status.
 pub const FIELD_MANAGER: &str = "worker-recovery-operator";
@@ -37,6 +40,8 @@ pub struct Context {
     pub allowed_roots: AllowedRoots,
     /// Host facts for the diagnosis (kernel log).
     pub host: Arc<dyn HostProbe>,
+    /// Webhooks and metrics endpoints, under the operator's URL policy.
+    pub http: HttpClient,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: backoff::Backoff,
@@ -55,6 +60,7 @@ impl Context {
         host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
         allowed_roots: AllowedRoots,
+        http: HttpClient,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -68,6 +74,7 @@ impl Context {
             docker,
             allowed_roots,
             host,
+            http,
             metrics,
             backoff: backoff::Backoff::default(),
             running_steps: Default::default(),

@@ -609,6 +609,7 @@ mod tests {
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
             AllowedRoots::new(allowed).unwrap(),
+            crate::http::testing::client(),
         );
         (ctx, requests, fake)
     }

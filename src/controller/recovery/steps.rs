@@ -152,6 +152,7 @@ pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
         run.admission.clone(),
         run.ctx.docker.clone(),
         run.ctx.host.clone(),
+        run.ctx.http.clone(),
     );
     if let Some(t) = run
         .rec

@@ -572,6 +572,7 @@ mod tests {
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
             AllowedRoots::new(&[root.to_path_buf()]).unwrap(),
+            crate::http::testing::client(),
         );
         (ctx, seen)
     }

@@ -367,7 +367,14 @@ mod tests {
         let roots: Vec<_> = allowed.iter().map(|p| p.to_path_buf()).collect();
         let roots = AllowedRoots::new(&roots).unwrap();
         (
-            Context::new(client, docker, host, Arc::new(Metrics::default()), roots),
+            Context::new(
+                client,
+                docker,
+                host,
+                Arc::new(Metrics::default()),
+                roots,
+                crate::http::testing::client(),
+            ),
             requests,
         )
     }
