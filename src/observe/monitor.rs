@@ -6,8 +6,8 @@ use std::time::Duration;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
-    crd::monitoring::MetricsWatch,
-    diagnose::checks::metrics_endpoint::{self, prometheus::Parsed},
+    crd::monitoring::MetricsWatch, diagnose::checks::metrics_endpoint,
+    observe::prometheus_text::Parsed,
 };
 
 /// How long one scrape may take.
@@ -94,7 +94,7 @@ pub fn record(watch: &mut MetricsWatch, scrape: Result<TaskMetrics, String>, now
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::checks::metrics_endpoint::prometheus;
+    use crate::observe::prometheus_text as prometheus;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
