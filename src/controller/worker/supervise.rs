@@ -197,7 +197,7 @@ pub async fn supervise(
             )
             .await;
         }
-        notify(worker, e).await;
+        notify(ctx, worker, e).await;
         if escalate::at_last_level(e, &levels) {
             fail_over(ctx, worker, admission, e).await?;
             if e.failover.as_ref().is_some_and(|f| f.state == "Moving") {
@@ -655,7 +655,7 @@ pub async fn adopt_recreated(ctx: &Context, worker: &Worker) -> Result<bool, Err
 }
 
 /// Tell the webhook of the level reached, once per level (retries within `deliver`).
-async fn notify(worker: &Worker, e: &mut EscalationStatus) {
+async fn notify(ctx: &Context, worker: &Worker, e: &mut EscalationStatus) {
     let Some(hook) = worker
         .spec
         .escalation
@@ -683,13 +683,14 @@ async fn notify(worker: &Worker, e: &mut EscalationStatus) {
         since: e.since.as_ref().map_or(now, |t| t.0).to_string(),
         time: now.to_string(),
     };
-    let delivery = webhook::deliver(
-        &hook.url,
-        &payload,
-        Duration::from_secs(u64::from(hook.timeout_seconds)),
-        hook.max_attempts,
-    )
-    .await;
+    let target = webhook::Hook {
+        url: hook.url.clone(),
+        timeout: Duration::from_secs(u64::from(hook.timeout_seconds)),
+        max_attempts: hook.max_attempts,
+    };
+    // Bounded by the attempts and their timeouts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(24 * 3600);
+    let delivery = webhook::deliver(&ctx.http, &target, &payload, deadline).await;
     let (state, last_error) = match &delivery.result {
         Ok(_) => ("Delivered", None),
         Err(err) => {
