@@ -266,8 +266,10 @@ fn default_levels() -> Vec<EscalationLevel> {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsEndpointSpec {
-    /// `http://host:port/path` of the metrics endpoint (runbook: `http://<worker>:9091/metrics`).
-    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("url must be an http:// URL"))]
+    /// `http://` or `https://` URL of the metrics endpoint (runbook:
+    /// `http://<worker>:9091/metrics`). The operator's URL policy decides which addresses it may
+    /// reach.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http(s):// URL"))]
     #[schemars(length(min = 8, max = 2048))]
     pub url: String,
 }

@@ -1,6 +1,9 @@
 //! A small parser of the Prometheus text exposition format (version 0.0.4): what a worker's
 //! metrics endpoint serves, read by the diagnosis and by the monitoring during recovery.
 
+/// Largest page read from a metrics endpoint; one is a few KiB.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+
 /// Label names and values, in the order written.
 pub type Labels = Vec<(String, String)>;
 
