@@ -42,6 +42,8 @@ pub struct Context {
     pub host: Arc<dyn HostProbe>,
     /// Webhooks and metrics endpoints, under the operator's URL policy.
     pub http: HttpClient,
+    /// Escalation webhooks, delivered off the reconcile path.
+    pub notifier: crate::escalation::notifier::Notifier,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: backoff::Backoff,
@@ -74,6 +76,7 @@ impl Context {
             docker,
             allowed_roots,
             host,
+            notifier: crate::escalation::notifier::Notifier::new(http.clone()),
             http,
             metrics,
             backoff: backoff::Backoff::default(),
