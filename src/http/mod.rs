@@ -85,10 +85,6 @@ impl HttpClient {
         Ok(Self { client, policy })
     }
 
-    pub fn policy(&self) -> &UrlPolicy {
-        &self.policy
-    }
-
     /// GET `url` within `timeout`, reading at most `max_body` bytes of the body.
     pub async fn get(
         &self,
