@@ -4,10 +4,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+use ipnet::IpNet;
+
 use crate::{
     crd,
     diagnose::{self, host::DmesgProbe, report},
     docker::DockerEngine,
+    http::{self, policy, HttpClient, UrlPolicy},
     operator, telemetry,
     trust::{self, AllowedRoots, FileOnlyGrants, RootGrant, Trust},
 };
@@ -28,6 +31,11 @@ pub struct Cli {
         env = "WRO_LOG_FORMAT"
     )]
     log_format: telemetry::LogFormat,
+    /// A PEM bundle of certificate authorities to trust for https:// webhooks, metrics
+    /// endpoints and trace export, besides Mozilla's roots (the operator image has no system
+    /// trust store).
+    #[arg(long, global = true, value_name = "PEM", env = "WRO_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +81,46 @@ impl TrustArgs {
     }
 }
 
+/// What webhook and metrics URLs from Worker specs may reach (see `crate::http::policy`).
+#[derive(clap::Args, Debug, Clone)]
+struct UrlPolicyArgs {
+    /// A network (CIDR, or one address) that webhook and metrics URLs may not reach; repeat for
+    /// several. Given, it replaces the default list: 169.254.0.0/16, fe80::/10,
+    /// 100.100.100.200/32, fd00:ec2::254/128 (link-local and the cloud metadata services).
+    #[arg(
+        long = "url-deny",
+        value_name = "CIDR",
+        env = "WRO_URL_DENY",
+        value_delimiter = ',',
+        value_parser = policy::parse_network
+    )]
+    url_deny: Vec<IpNet>,
+    /// A network (CIDR, or one address) that webhook and metrics URLs may reach; repeat for
+    /// several. Given, no address outside them may be reached.
+    #[arg(
+        long = "url-allow",
+        value_name = "CIDR",
+        env = "WRO_URL_ALLOW",
+        value_delimiter = ',',
+        value_parser = policy::parse_network
+    )]
+    url_allow: Vec<IpNet>,
+}
+
+impl UrlPolicyArgs {
+    fn policy(&self) -> UrlPolicy {
+        let deny = (!self.url_deny.is_empty()).then(|| self.url_deny.clone());
+        UrlPolicy::new(deny, self.url_allow.clone())
+    }
+
+    /// The HTTP client of the command, trusting `tls`.
+    fn client(&self, tls: &rustls::ClientConfig) -> anyhow::Result<HttpClient> {
+        let policy = self.policy();
+        tracing::info!(deny = ?policy.deny(), allow = ?policy.allow(), "URL policy");
+        HttpClient::new(policy, tls.clone()).map_err(anyhow::Error::msg)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: watch Workers and keep them healthy.
@@ -85,6 +133,8 @@ enum Command {
         namespace: Option<String>,
         #[command(flatten)]
         trust: TrustArgs,
+        #[command(flatten)]
+        urls: UrlPolicyArgs,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -99,6 +149,8 @@ enum Command {
         output: report::Format,
         #[command(flatten)]
         trust: TrustArgs,
+        #[command(flatten)]
+        urls: UrlPolicyArgs,
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
@@ -114,18 +166,28 @@ enum Command {
 /// Parse the command line and run the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _telemetry = telemetry::init(cli.log_format);
+    let tls = match http::tls::load(cli.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: --ca-file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _telemetry = telemetry::init(cli.log_format, &tls);
     let result = match cli.command {
         Command::Crdgen { out_dir, stdout } => crdgen(&out_dir, stdout),
         Command::Run {
             listen,
             namespace,
             trust,
+            urls,
         } => trust.resolve().and_then(|trust| {
+            let http = urls.client(&tls)?;
             block_on(operator::run(operator::RunOptions {
                 listen,
                 namespace,
                 trust,
+                http,
             }))
         }),
         Command::Diagnose {
@@ -133,9 +195,11 @@ pub fn main() -> ExitCode {
             namespace,
             output,
             trust,
-        } => trust
-            .resolve()
-            .and_then(|trust| block_on(diagnose(worker, namespace, output, trust))),
+            urls,
+        } => trust.resolve().and_then(|trust| {
+            let http = urls.client(&tls)?;
+            block_on(diagnose(worker, namespace, output, trust, http))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +225,7 @@ async fn diagnose(
     namespace: Option<String>,
     output: report::Format,
     trust: Trust,
+    http: HttpClient,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use std::sync::Arc;
@@ -184,8 +249,13 @@ async fn diagnose(
     let admission = trust::admit(&worker, &trust, &docker, None)
         .await
         .with_context(|| format!("Worker {ns}/{name} cannot be diagnosed"))?;
-    let ctx =
-        diagnose::CheckContext::new(&worker, admission, Arc::new(docker), Arc::new(DmesgProbe));
+    let ctx = diagnose::CheckContext::new(
+        &worker,
+        admission,
+        Arc::new(docker),
+        Arc::new(DmesgProbe),
+        http,
+    );
     let diagnosis = diagnose::diagnose(&ctx).await;
     print!("{}", report::render(&diagnosis, output));
     Ok(())

@@ -10,6 +10,7 @@ pub mod crd;
 pub mod diagnose;
 pub mod docker;
 pub mod escalation;
+pub mod http;
 pub mod metrics;
 pub mod observe;
 pub mod operator;

@@ -19,6 +19,7 @@ use crate::{
     crd::{ResumePlan, Worker, WorkerRecovery},
     diagnose::host::DmesgProbe,
     docker::DockerEngine,
+    http::HttpClient,
     metrics::Metrics,
     server,
     trust::Trust,
@@ -32,6 +33,8 @@ pub struct RunOptions {
     pub namespace: Option<String>,
     /// Where Workers' shared roots may be, and file-only grants.
     pub trust: Trust,
+    /// The client of webhooks and metrics endpoints, with the URL policy.
+    pub http: HttpClient,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -73,6 +76,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             Arc::new(DmesgProbe),
             metrics,
             opts.trust.clone(),
+            opts.http.clone(),
         )
         .with_workers(worker_cache.clone()),
     );

@@ -169,15 +169,16 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
 
-    // The path is climbed, each level told to the webhook.
-    let top = wait_for("level L2", Duration::from_secs(30), || {
+    // The path is climbed, each level told to the webhook (recorded once delivered).
+    let top = wait_for("level L2 delivered", Duration::from_secs(30), || {
         let w = worker_json(stack, &ns, "loopy");
-        (w["status"]["escalation"]["level"] == "L2")
+        let e = &w["status"]["escalation"];
+        (e["level"] == "L2" && e["notification"]["state"] == "Delivered")
             .then_some(w.clone())
-            .ok_or(w["status"]["escalation"].to_string())
+            .ok_or(e.to_string())
     });
     assert_eq!(
-        top["status"]["escalation"]["notification"]["state"], "Delivered",
+        top["status"]["escalation"]["notification"]["previousLevel"], "L1",
         "{:#}",
         top["status"]
     );

@@ -28,6 +28,7 @@ use crate::{
     crd::worker::Worker,
     diagnose::HostProbe,
     docker::ContainerRuntime,
+    http::HttpClient,
     metrics::Metrics,
     trust::{self, claims, Admission, AdmitError, Trust},
 };
@@ -47,6 +48,10 @@ pub struct Context {
     pub claims: claims::Registry,
     /// Host facts for the diagnosis (kernel log).
     pub host: Arc<dyn HostProbe>,
+    /// Webhooks and metrics endpoints, under the operator's URL policy.
+    pub http: HttpClient,
+    /// Escalation webhooks, delivered off the reconcile path.
+    pub notifier: crate::escalation::notifier::Notifier,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub backoff: backoff::Backoff,
@@ -65,6 +70,7 @@ impl Context {
         host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
         trust: impl Into<Trust>,
+        http: HttpClient,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -79,6 +85,8 @@ impl Context {
             trust: trust.into(),
             claims: claims::Registry::new(empty_store()),
             host,
+            notifier: crate::escalation::notifier::Notifier::new(http.clone()),
+            http,
             metrics,
             backoff: backoff::Backoff::default(),
             running_steps: Default::default(),

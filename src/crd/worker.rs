@@ -235,6 +235,11 @@ pub struct WebhookSpec {
     #[serde(default = "default_webhook_timeout")]
     #[schemars(range(min = 1, max = 60))]
     pub timeout_seconds: u32,
+    /// Seconds after a level change by which its notification is delivered or given up, over
+    /// all attempts (also across operator restarts).
+    #[serde(default = "default_webhook_deliver_within")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub deliver_within_seconds: u32,
 }
 
 fn default_health_interval() -> u32 {
@@ -252,6 +257,9 @@ fn default_webhook_attempts() -> u32 {
 fn default_webhook_timeout() -> u32 {
     5
 }
+fn default_webhook_deliver_within() -> u32 {
+    600
+}
 fn default_levels() -> Vec<EscalationLevel> {
     [("Automated", 0), ("L1", 300), ("L2", 900), ("L3", 1800)]
         .into_iter()
@@ -266,8 +274,10 @@ fn default_levels() -> Vec<EscalationLevel> {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsEndpointSpec {
-    /// `http://host:port/path` of the metrics endpoint (runbook: `http://<worker>:9091/metrics`).
-    #[x_kube(validation = Rule::new("self.startsWith('http://')").message("url must be an http:// URL"))]
+    /// `http://` or `https://` URL of the metrics endpoint (runbook:
+    /// `http://<worker>:9091/metrics`). The operator's URL policy decides which addresses it may
+    /// reach.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http(s):// URL"))]
     #[schemars(length(min = 8, max = 2048))]
     pub url: String,
 }
@@ -732,19 +742,41 @@ pub struct EscalationStatus {
     pub failover: Option<FailoverStatus>,
 }
 
-/// A webhook notification.
+/// The webhook notification of the level reached.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationStatus {
-    /// The level it told of.
+    /// The level it tells of.
     pub level: String,
-    /// `Delivered`, `Failed` (attempts used up), or `Pending`.
-    pub state: String,
+    /// The level before it, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_level: Option<String>,
+    /// `Pending` until the delivery ends, then `Delivered`, or `Failed` (refused, out of
+    /// attempts, or past `deliverWithinSeconds`).
+    pub state: NotificationState,
+    /// Attempts made (written when the delivery ends).
     pub attempts: u32,
+    /// Why it was not delivered; a URL is named only by `scheme://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When it was queued; `deliverWithinSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_time: Option<Time>,
+    /// When the delivery ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
+}
+
+/// Where a notification stands.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotificationState {
+    /// Queued or being delivered, off the reconcile path.
+    #[default]
+    Pending,
+    /// The webhook answered with a 2xx status.
+    Delivered,
+    /// Refused, out of attempts, or past `deliverWithinSeconds`: given up.
+    Failed,
 }
 
 /// The move of pending tasks to a backup Worker. The batch's names are recorded before the

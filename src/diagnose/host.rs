@@ -152,6 +152,7 @@ pub mod testing {
             container,
             docker: Arc::new(fake),
             host: Arc::new(FakeHost(kernel_log)),
+            http: crate::http::testing::client(),
             now: "2026-11-27T10:10:00Z".parse::<Timestamp>().unwrap(),
             worker_process: Default::default(),
             crash: None,

@@ -41,6 +41,8 @@ pub struct CheckContext {
     pub container: Result<Option<ContainerInfo>, String>,
     pub docker: Arc<dyn ContainerRuntime>,
     pub host: Arc<dyn HostProbe>,
+    /// The client for the metrics endpoint, under the operator's URL policy.
+    pub http: crate::http::HttpClient,
     pub now: Timestamp,
     /// The worker's own process, found once and shared by the checks that look at it.
     pub worker_process: tokio::sync::OnceCell<Result<checks::process::Located, String>>,
@@ -68,6 +70,7 @@ impl CheckContext {
         admission: Admission,
         docker: Arc<dyn ContainerRuntime>,
         host: Arc<dyn HostProbe>,
+        http: crate::http::HttpClient,
     ) -> Self {
         let container = match admission.container {
             ContainerObservation::Found(info) => Ok(Some(*info)),
@@ -82,6 +85,7 @@ impl CheckContext {
             container,
             docker,
             host,
+            http,
             now: Timestamp::now(),
             worker_process: Default::default(),
             crash: None,

@@ -1,19 +1,13 @@
-//! The escalation webhook: a JSON POST at each level change, with retries.
-//!
-//! The request is written over a plain `tokio` TCP stream with the same small HTTP/1.x code the
-//! metrics probe uses (`diagnose::checks::metrics_endpoint`), so no HTTP client or TLS stack is
-//! added for one POST. Hence `http://` only: an `https://` URL is refused with a message (use a
-//! local relay such as an Alertmanager or a sidecar that speaks TLS).
+//! The escalation webhook: a JSON POST of [`EscalationPayload`] through the operator's HTTP
+//! client (`crate::http`: http or https, the URL policy, no redirects), retried with backoff
+//! until it is delivered, refused, out of attempts or past its deadline.
 
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::time::Instant;
 
-use crate::diagnose::checks::metrics_endpoint::{parse_response, HttpUrl};
+use crate::http::{HttpClient, Response, MESSAGE_BODY_BYTES};
 
 /// What is posted at a level change.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -31,11 +25,20 @@ pub struct EscalationPayload {
     pub time: String,
 }
 
+/// Where to post, and how hard to try.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hook {
+    pub url: String,
+    /// Longest one attempt may take.
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
 /// How a notification went.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     pub attempts: u32,
-    /// The HTTP status of a delivered notification, or what the last attempt got.
+    /// The HTTP status of a delivered notification, or why it was not delivered.
     pub result: Result<u16, String>,
 }
 
@@ -44,114 +47,108 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
 }
 
-/// POST `payload` to `url`, each attempt within `timeout`, up to `max_attempts` attempts. A
-/// 2xx answer is delivered; another 4xx than 408 and 429 is not retried.
+/// POST `payload` to the hook, attempt after attempt until `deadline`. A 2xx answer is
+/// delivered; 5xx, 408, 429, timeouts and connection failures are retried; other answers
+/// (redirects, refusals) and URLs the operator may not reach are not.
 pub async fn deliver(
-    url: &str,
+    http: &HttpClient,
+    hook: &Hook,
     payload: &EscalationPayload,
-    timeout: Duration,
-    max_attempts: u32,
+    deadline: Instant,
 ) -> Delivery {
-    deliver_with(url, payload, timeout, max_attempts, retry_delay).await
+    deliver_with(http, hook, payload, deadline, retry_delay).await
 }
 
 async fn deliver_with(
-    url: &str,
+    http: &HttpClient,
+    hook: &Hook,
     payload: &EscalationPayload,
-    timeout: Duration,
-    max_attempts: u32,
+    deadline: Instant,
     delay: impl Fn(u32) -> Duration,
 ) -> Delivery {
-    if url.trim().to_ascii_lowercase().starts_with("https://") {
-        return Delivery {
-            attempts: 0,
-            result: Err(
-                "https webhooks need TLS, which this build does not have; post to an http:// relay"
-                    .into(),
-            ),
-        };
-    }
-    let target = match HttpUrl::parse(url) {
-        Ok(t) => t,
-        Err(e) => {
-            return Delivery {
-                attempts: 0,
-                result: Err(format!("invalid webhook URL: {e}")),
-            }
-        }
-    };
     let body = serde_json::to_vec(payload).expect("the payload serializes");
-    let mut last = String::new();
-    for attempt in 1..=max_attempts.max(1) {
-        if attempt > 1 {
-            tokio::time::sleep(delay(attempt - 1)).await;
+    let max_attempts = hook.max_attempts.max(1);
+    let mut attempts = 0;
+    let mut last = None;
+    while attempts < max_attempts {
+        if attempts > 0 {
+            let wait = delay(attempts);
+            if Instant::now() + wait >= deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
         }
-        match tokio::time::timeout(timeout, post(&target, &body)).await {
-            Ok(Ok(status)) if (200..300).contains(&status) => {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        attempts += 1;
+        let answer = http
+            .post_json(
+                &hook.url,
+                body.clone(),
+                hook.timeout.min(left),
+                MESSAGE_BODY_BYTES,
+            )
+            .await;
+        let error = match answer {
+            Ok(r) if (200..300).contains(&r.status) => {
                 return Delivery {
-                    attempts: attempt,
-                    result: Ok(status),
+                    attempts,
+                    result: Ok(r.status),
                 }
             }
-            Ok(Ok(status)) => {
-                last = format!("answered with status {status}");
-                if (400..500).contains(&status) && status != 408 && status != 429 {
-                    return Delivery {
-                        attempts: attempt,
-                        result: Err(format!("{last}: refused, not retried")),
-                    };
+            Ok(r) if !retried(r.status) => Err(format!("{}; not retried", describe(&r))),
+            Ok(r) => Ok(describe(&r)),
+            Err(e) if !e.is_transient() => Err(e.to_string()),
+            Err(e) => Ok(e.to_string()),
+        };
+        match error {
+            Err(final_error) => {
+                return Delivery {
+                    attempts,
+                    result: Err(final_error),
                 }
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = format!("no answer within {}ms", timeout.as_millis()),
+            Ok(retryable) => last = Some(retryable),
         }
     }
+    let result = match last {
+        Some(last) if attempts == max_attempts => last,
+        Some(last) => {
+            format!("gave up at the delivery deadline after {attempts} attempt(s): {last}")
+        }
+        None => "gave up at the delivery deadline before any attempt".to_string(),
+    };
     Delivery {
-        attempts: max_attempts.max(1),
-        result: Err(last),
+        attempts,
+        result: Err(result),
     }
 }
 
-async fn post(url: &HttpUrl, body: &[u8]) -> Result<u16, String> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
-    let head = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: worker-recovery-operator\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        url.path,
-        url.authority,
-        body.len()
-    );
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    stream
-        .write_all(body)
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the answer: {e}"))?;
-        if n == 0 || raw.len() > 64 << 10 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
+/// Whether an answer other than 2xx may go otherwise on another attempt.
+fn retried(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
+}
+
+fn describe(r: &Response) -> String {
+    let what = match r.status {
+        300..=399 => " (redirects are not followed)",
+        _ => "",
+    };
+    match r.body_excerpt() {
+        body if body.is_empty() => format!("answered with status {}{what}", r.status),
+        body => format!("answered with status {}{what}: {body}", r.status),
     }
-    Ok(parse_response(&raw)?.status)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tokio::net::TcpListener;
-
     use super::*;
+    use crate::http::{
+        testing::{black_hole, client, closed_port, serve, serve_tls, Answer, TestTls},
+        tls, UrlPolicy,
+    };
 
     fn payload() -> EscalationPayload {
         EscalationPayload {
@@ -168,65 +165,40 @@ mod tests {
         }
     }
 
-    /// A server answering each connection with the next status of `script` (the last one
-    /// repeats); returns its URL and the requests it got.
-    async fn server(script: Vec<u16>) -> (String, Arc<Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = seen.clone();
-        tokio::spawn(async move {
-            let mut i = 0;
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                // Read until the body (after the blank line) is complete.
-                loop {
-                    let n = s.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&got).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break;
-                        }
-                    }
-                }
-                log.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&got).to_string());
-                let status = script[i.min(script.len() - 1)];
-                i += 1;
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = s.write_all(answer.as_bytes()).await;
-            }
-        });
-        (url, seen)
+    fn hook(url: &str, max_attempts: u32) -> Hook {
+        Hook {
+            url: url.into(),
+            timeout: Duration::from_secs(2),
+            max_attempts,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
     }
 
     fn no_wait(_: u32) -> Duration {
         Duration::ZERO
     }
 
+    async fn statuses(script: &[u16], max_attempts: u32) -> Delivery {
+        let server = serve(script.iter().map(|&s| Answer::status(s)).collect()).await;
+        let url = format!("{}/hook", server.url);
+        deliver_with(
+            &client(),
+            &hook(&url, max_attempts),
+            &payload(),
+            far(),
+            no_wait,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn a_2xx_is_delivered_with_the_json_body() {
-        let (url, seen) = server(vec![200]).await;
-        let d = deliver_with(&url, &payload(), Duration::from_secs(2), 3, no_wait).await;
+        let server = serve(vec![Answer::status(200)]).await;
+        let url = format!("{}/hook", server.url);
+        let d = deliver_with(&client(), &hook(&url, 3), &payload(), far(), no_wait).await;
         assert_eq!(
             d,
             Delivery {
@@ -234,62 +206,117 @@ mod tests {
                 result: Ok(200)
             }
         );
-        let req = seen.lock().unwrap()[0].clone();
-        assert!(req.starts_with("POST /hook HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("Content-Type: application/json"), "{req}");
+        let req = server.requests.lock().unwrap()[0].clone();
+        let head = req.to_ascii_lowercase();
+        assert!(head.starts_with("post /hook http/1.1\r\n"), "{req}");
+        assert!(head.contains("content-type: application/json\r\n"), "{req}");
+        assert!(
+            head.contains("user-agent: worker-recovery-operator\r\n"),
+            "{req}"
+        );
         let body: serde_json::Value =
             serde_json::from_str(req.split_once("\r\n\r\n").unwrap().1).unwrap();
         assert_eq!(body["worker"], "marie");
         assert_eq!(body["level"], "L1");
+        assert_eq!(body["previousLevel"], "Automated");
         assert_eq!(body["rootCause"], "OutOfMemory");
         assert_eq!(body["run"], "marie-auto-3");
     }
 
     #[tokio::test]
     async fn server_errors_are_retried_and_refusals_are_not() {
-        let (url, _) = server(vec![503, 200]).await;
-        let d = deliver_with(&url, &payload(), Duration::from_secs(2), 5, no_wait).await;
-        assert_eq!(
-            d,
-            Delivery {
-                attempts: 2,
-                result: Ok(200)
-            }
-        );
-        let (url, _) = server(vec![400]).await;
-        let d = deliver_with(&url, &payload(), Duration::from_secs(2), 5, no_wait).await;
+        let ok = |attempts, status| Delivery {
+            attempts,
+            result: Ok(status),
+        };
+        assert_eq!(statuses(&[503, 200], 5).await, ok(2, 200));
+        assert_eq!(statuses(&[429, 408, 202], 5).await, ok(3, 202));
+        let d = statuses(&[400], 5).await;
         assert_eq!(d.attempts, 1);
         assert!(d.result.unwrap_err().contains("status 400"));
-        let (url, _) = server(vec![429, 429, 202]).await;
-        let d = deliver_with(&url, &payload(), Duration::from_secs(2), 5, no_wait).await;
-        assert_eq!(
-            d,
-            Delivery {
-                attempts: 3,
-                result: Ok(202)
-            }
-        );
+        let d = statuses(&[302], 5).await;
+        assert_eq!(d.attempts, 1);
+        assert!(d.result.unwrap_err().contains("redirects are not followed"));
+        let d = statuses(&[500], 3).await;
+        assert_eq!(d.attempts, 3);
+        assert_eq!(d.result.unwrap_err(), "answered with status 500");
     }
 
     #[tokio::test]
-    async fn an_unreachable_hook_uses_every_attempt_and_says_why() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}/hook");
-        let d = deliver_with(&url, &payload(), Duration::from_secs(2), 3, no_wait).await;
-        assert_eq!(d.attempts, 3);
-        assert!(d.result.unwrap_err().contains("cannot connect"));
-        let d = deliver(
-            "https://hooks.local/x",
-            &payload(),
-            Duration::from_secs(1),
-            3,
-        )
+    async fn the_start_of_a_refusal_s_body_is_kept_for_the_message() {
+        let server = serve(vec![
+            Answer::status(403).body(format!("invalid\r\ntoken {}", "x".repeat(5000)))
+        ])
         .await;
-        assert!(d.result.unwrap_err().contains("TLS"));
+        let d = deliver_with(&client(), &hook(&server.url, 3), &payload(), far(), no_wait).await;
+        let err = d.result.unwrap_err();
+        assert!(
+            err.starts_with("answered with status 403: invalid token xxx"),
+            "{err}"
+        );
+        assert!(err.len() < 300, "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_or_forbidden_hook_says_why() {
+        let url = format!("http://127.0.0.1:{}/hook/s3cret", closed_port());
+        let d = deliver_with(&client(), &hook(&url, 3), &payload(), far(), no_wait).await;
+        assert_eq!(d.attempts, 3);
+        let err = d.result.unwrap_err();
+        assert!(
+            err.starts_with("cannot connect to http://127.0.0.1:"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+        // The metadata service is not retried: the policy will not change its mind.
+        let url = "http://169.254.169.254/latest/meta-data";
+        let d = deliver_with(&client(), &hook(url, 3), &payload(), far(), no_wait).await;
+        assert_eq!(d.attempts, 1);
+        assert!(d.result.unwrap_err().contains("not allowed"));
+    }
+
+    #[tokio::test]
+    async fn https_hooks_are_delivered_with_the_operator_s_extra_roots() {
+        let tls_server = TestTls::generate();
+        let server = serve_tls(vec![Answer::status(204)], &tls_server).await;
+        let http = HttpClient::new(
+            UrlPolicy::default(),
+            tls::client_config(Some(tls_server.ca_pem.as_bytes())).unwrap(),
+        )
+        .unwrap();
+        let url = format!("{}/hook?token=s3cret", server.url);
+        let d = deliver_with(&http, &hook(&url, 1), &payload(), far(), no_wait).await;
+        assert_eq!(d.result, Ok(204));
+        let req = server.requests.lock().unwrap()[0].clone();
+        assert!(
+            req.starts_with("POST /hook?token=s3cret HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("\"level\":\"L1\""), "{req}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_black_holed_hook_gives_up_at_the_deadline() {
+        let url = black_hole().await;
+        let hook = Hook {
+            url,
+            timeout: Duration::from_secs(5),
+            max_attempts: 20,
+        };
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        let d = deliver(&client(), &hook, &payload(), deadline).await;
+        // 5 s, a wait of 1 s, then the 4 s left; the next wait would pass the deadline.
+        assert_eq!(d.attempts, 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let err = d.result.unwrap_err();
+        assert!(
+            err.starts_with("gave up at the delivery deadline after 2 attempt(s): no answer from"),
+            "{err}"
+        );
+        let d = deliver(&client(), &hook, &payload(), Instant::now()).await;
+        assert_eq!(d.attempts, 0);
+        assert!(d.result.unwrap_err().contains("before any attempt"));
     }
 
     #[test]

@@ -3,3 +3,4 @@
 pub mod fs_safe;
 pub mod heartbeat;
 pub mod monitor;
+pub mod prometheus_text;

@@ -7,7 +7,8 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     crd::monitoring::MetricsWatch,
-    diagnose::checks::metrics_endpoint::{self, prometheus::Parsed},
+    http::HttpClient,
+    observe::prometheus_text::{self, Parsed},
 };
 
 /// How long one scrape may take.
@@ -45,8 +46,15 @@ pub fn task_metrics(parsed: &Parsed) -> TaskMetrics {
 }
 
 /// Scrape `url` once.
-pub async fn scrape(url: &str) -> Result<TaskMetrics, String> {
-    let parsed = metrics_endpoint::scrape(url, SCRAPE_TIMEOUT).await?;
+pub async fn scrape(http: &HttpClient, url: &str) -> Result<TaskMetrics, String> {
+    let page = http
+        .get(url, SCRAPE_TIMEOUT, prometheus_text::MAX_PAGE_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    if page.status != 200 {
+        return Err(format!("answered with status {}", page.status));
+    }
+    let parsed = prometheus_text::parse(&String::from_utf8_lossy(&page.body));
     let metrics = task_metrics(&parsed);
     if metrics.active_tasks.is_none() && metrics.task_failed_total.is_none() {
         return Err("the endpoint answered without active_tasks or task_failed_total".into());
@@ -94,7 +102,36 @@ pub fn record(watch: &mut MetricsWatch, scrape: Result<TaskMetrics, String>, now
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::checks::metrics_endpoint::prometheus;
+    use crate::{
+        http::testing::{client, serve, Answer},
+        observe::prometheus_text as prometheus,
+    };
+
+    #[tokio::test]
+    async fn a_scrape_reads_the_task_metrics_or_says_why_not() {
+        let server = serve(vec![
+            Answer::status(200).body("active_tasks 2\ntask_failed_total 5\n"),
+            Answer::status(200).body("up 1\n"),
+            Answer::status(503),
+        ])
+        .await;
+        let url = format!("{}/metrics", server.url);
+        assert_eq!(
+            scrape(&client(), &url).await,
+            Ok(TaskMetrics {
+                active_tasks: Some(2),
+                task_failed_total: Some(5)
+            })
+        );
+        assert!(scrape(&client(), &url)
+            .await
+            .unwrap_err()
+            .contains("without active_tasks"));
+        assert_eq!(
+            scrape(&client(), &url).await,
+            Err("answered with status 503".into())
+        );
+    }
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).unwrap()

@@ -39,10 +39,10 @@ impl Drop for Telemetry {
     }
 }
 
-/// Install the global subscriber and, when the environment asks for it, the OTLP exporter.
-/// `RUST_LOG` overrides the default log filter. Call it before any async runtime starts: the
-/// exporter's HTTP client must not be built inside one.
-pub fn init(format: LogFormat) -> Telemetry {
+/// Install the global subscriber and, when the environment asks for it, the OTLP exporter, whose
+/// HTTPS connections use `tls`. `RUST_LOG` overrides the default log filter. Call it before any
+/// async runtime starts: the exporter's HTTP client must not be built inside one.
+pub fn init(format: LogFormat, tls: &rustls::ClientConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn,hyper=warn"));
     let logs = match format {
@@ -55,7 +55,7 @@ pub fn init(format: LogFormat) -> Telemetry {
             .boxed(),
     };
     let (provider, problem) = match export_wanted(|k| std::env::var(k).ok()) {
-        Ok(true) => match build_provider() {
+        Ok(true) => match build_provider(tls) {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(format!("trace export is off: {e}"))),
         },
@@ -129,9 +129,15 @@ pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, Strin
 /// The SDK provider: batch export over OTLP/HTTP, ids from [`recovery_trace::PinnedIds`] so a
 /// run's spans keep the ids recorded in its status. Endpoint, headers, timeout, batch delays and
 /// the service name come from the `OTEL_*` variables.
-fn build_provider() -> Result<SdkTracerProvider, String> {
+fn build_provider(tls: &rustls::ClientConfig) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithHttpConfig;
+    // Our own client: the exporter's default one would look for a process-wide TLS crypto
+    // provider, which this program does not install.
+    let client =
+        crate::http::blocking_client(tls.clone(), export_timeout(|k| std::env::var(k).ok()))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(client)
         .build()
         .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
     let resource = opentelemetry_sdk::Resource::builder()
@@ -147,6 +153,21 @@ fn build_provider() -> Result<SdkTracerProvider, String> {
         .with_id_generator(recovery_trace::PinnedIds)
         .with_resource(resource)
         .build())
+}
+
+/// The exporter's request timeout, as the OTLP exporter reads it when it builds its own client:
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), else 10 s.
+fn export_timeout(env: impl Fn(&str) -> Option<String>) -> std::time::Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .iter()
+    .find_map(|k| env(k)?.trim().parse::<u64>().ok())
+    .map_or(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis,
+    )
 }
 
 #[cfg(test)]
@@ -220,5 +241,29 @@ mod tests {
         assert!(export_wanted(env(&[("OTEL_TRACES_EXPORTER", "zipkin")]))
             .unwrap_err()
             .contains("zipkin"));
+    }
+
+    #[test]
+    fn the_export_timeout_is_read_as_the_exporter_reads_it() {
+        let secs = |pairs| export_timeout(env(pairs)).as_millis();
+        assert_eq!(secs(&[]), 10_000);
+        assert_eq!(secs(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]), 2500);
+        assert_eq!(
+            secs(&[
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")
+            ]),
+            700
+        );
+        assert_eq!(secs(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]), 10_000);
+    }
+
+    #[test]
+    fn the_exporter_builds_without_a_process_wide_crypto_provider() {
+        // The exporter's own client would panic here: reqwest is built with TLS but without a
+        // default crypto provider.
+        let tls = crate::http::tls::client_config(None).unwrap();
+        let provider = build_provider(&tls).unwrap();
+        provider.shutdown().unwrap();
     }
 }

@@ -194,7 +194,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             ensure_finalizer(rec, &api).await?;
         }
         if matches!(name, StepName::VerifyHealth | StepName::Resume) {
-            watch_metrics(rec, &worker, &mut status).await;
+            watch_metrics(ctx, rec, &worker, &mut status).await;
         }
         write_progress(rec, &api, &mut status).await?;
         // Work of the step is traced under the step's span; polls of a waiting step are not.
@@ -424,7 +424,12 @@ async fn refuse(
 
 /// The runbook's "Monitoring During Recovery": while the run verifies and resumes, scrape the
 /// worker's metrics endpoint (when it declares one) every `monitorIntervalSeconds`.
-async fn watch_metrics(rec: &WorkerRecovery, worker: &Worker, status: &mut WorkerRecoveryStatus) {
+async fn watch_metrics(
+    ctx: &Context,
+    rec: &WorkerRecovery,
+    worker: &Worker,
+    status: &mut WorkerRecoveryStatus,
+) {
     let Some(metrics) = &worker.spec.metrics else {
         return;
     };
@@ -433,7 +438,7 @@ async fn watch_metrics(rec: &WorkerRecovery, worker: &Worker, status: &mut Worke
     if rec.spec.dry_run || !monitor::due(status.monitoring.as_ref(), interval, now) {
         return;
     }
-    let scraped = monitor::scrape(&metrics.url).await;
+    let scraped = monitor::scrape(&ctx.http, &metrics.url).await;
     monitor::record(
         status.monitoring.get_or_insert_with(MetricsWatch::default),
         scraped,
@@ -783,6 +788,7 @@ mod tests {
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
             AllowedRoots::new(allowed).unwrap(),
+            crate::http::testing::client(),
         );
         (ctx, requests, fake, runs)
     }

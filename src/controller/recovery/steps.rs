@@ -20,8 +20,9 @@ use crate::{
         worker::Worker,
         worker_recovery::{StepState, StepStatus, TraceRef, WorkerRecovery},
     },
-    diagnose::{self, checks::metrics_endpoint, CheckContext},
+    diagnose::{self, CheckContext},
     docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
+    http::MESSAGE_BODY_BYTES,
     observe::{
         fs_safe::{self, EntryKind},
         heartbeat::{self, HeartbeatObservation},
@@ -164,6 +165,7 @@ pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
         run.admission.clone(),
         run.ctx.docker.clone(),
         run.ctx.host.clone(),
+        run.ctx.http.clone(),
     );
     if let Some(t) = run
         .rec
@@ -473,8 +475,18 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
         }
     }
     if let Some(metrics) = &run.worker.spec.metrics {
-        if let Err(e) = metrics_endpoint::probe(&metrics.url, METRICS_PROBE_TIMEOUT).await {
-            missing.push(format!("metrics endpoint {}: {e}", metrics.url));
+        let probe = run
+            .ctx
+            .http
+            .get(&metrics.url, METRICS_PROBE_TIMEOUT, MESSAGE_BODY_BYTES)
+            .await;
+        match probe {
+            Ok(r) if (200..300).contains(&r.status) => {}
+            Ok(r) => missing.push(format!(
+                "metrics endpoint answered with status {}",
+                r.status
+            )),
+            Err(e) => missing.push(format!("metrics endpoint: {e}")),
         }
     }
     if missing.is_empty() {

@@ -243,8 +243,8 @@ mod tests {
         assert_eq!(span.span_id, "00f067aa0ba902b7");
         assert_eq!(span.parent_span_id.as_deref(), Some("a3ce929d0e0e4736"));
         assert_eq!(span.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(span.start, at(1).0.into());
-        assert_eq!(span.end, at(3).0.into());
+        assert_eq!(span.start, std::time::SystemTime::from(at(1).0));
+        assert_eq!(span.end, std::time::SystemTime::from(at(3).0));
         assert_eq!(attr(&span, "step.requeued").as_deref(), Some("4"));
         assert_eq!(attr(&span, "step.attempt").as_deref(), Some("2"));
         assert_eq!(attr(&span, "worker.name").as_deref(), Some("marie"));

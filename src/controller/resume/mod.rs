@@ -236,7 +236,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
         let now = Timestamp::now();
         if let Some(url) = &metrics_url {
             if monitor::due(status.monitoring.as_ref(), interval, now) {
-                let scraped = monitor::scrape(url).await;
+                let scraped = monitor::scrape(&ctx.http, url).await;
                 monitor::record(
                     status.monitoring.get_or_insert_with(MetricsWatch::default),
                     scraped,
@@ -669,6 +669,7 @@ mod tests {
             Arc::new(FakeHost(Ok(String::new()))),
             Arc::new(Metrics::default()),
             AllowedRoots::new(&[root.to_path_buf()]).unwrap(),
+            crate::http::testing::client(),
         );
         (ctx, seen)
     }

@@ -66,6 +66,8 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(WORKER_CONCURRENCY))
         .owns(runs, auto_runs)
         .reconcile_on(container_events)
+        // A webhook delivery ended: write how it went.
+        .reconcile_on(ctx.notifier.wakeups())
         .reconcile_all_on(resync)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -77,8 +79,8 @@ pub async fn run(
 /// How often the memory of deleted Workers is dropped.
 const FORGET_EVERY: Duration = Duration::from_secs(30);
 
-/// Drop what this process remembers of Workers that are gone (their last written status), so
-/// that memory does not grow with every Worker ever seen.
+/// Drop what this process remembers of Workers that are gone (their last written status, a
+/// notification in flight), so that memory does not grow with every Worker ever seen.
 async fn forget_deleted(ctx: Arc<Context>, workers: Store<Worker>) {
     let mut every = tokio::time::interval(FORGET_EVERY);
     loop {
@@ -92,6 +94,7 @@ async fn forget_deleted(ctx: Arc<Context>, workers: Store<Worker>) {
             .lock()
             .unwrap()
             .retain(|key, _| live.contains(key));
+        ctx.notifier.forget_all_but(&live);
     }
 }
 
@@ -411,8 +414,10 @@ fn error_policy(worker: Arc<Worker>, error: &Error, ctx: Arc<Context>) -> Action
 mod tests {
     use std::sync::Arc;
 
+    use futures::StreamExt;
     use http::Method;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::reflector::ObjectRef;
     use serde_json::{json, Value};
 
     use super::*;
@@ -466,7 +471,14 @@ mod tests {
         let roots: Vec<_> = allowed.iter().map(|p| p.to_path_buf()).collect();
         let roots = AllowedRoots::new(&roots).unwrap();
         (
-            Context::new(client, docker, host, Arc::new(Metrics::default()), roots),
+            Context::new(
+                client,
+                docker,
+                host,
+                Arc::new(Metrics::default()),
+                roots,
+                crate::http::testing::client(),
+            ),
             requests,
         )
     }
@@ -722,6 +734,7 @@ mod tests {
             host,
             Arc::new(Metrics::default()),
             roots,
+            crate::http::testing::client(),
         );
         let mut worker = worker_at(dir.path());
         worker.spec.resources = Some(
@@ -860,5 +873,208 @@ mod tests {
             .filter(|r| r.method == Method::POST && r.body["kind"] == "WorkerRecovery")
             .count();
         assert_eq!(runs, 0, "no automatic attempt");
+    }
+
+    /// A Worker escalated at `escalation`, whose webhook is `hook` (at most 20 attempts of 5 s
+    /// within 30 s).
+    fn escalated_worker(root: &std::path::Path, hook: &str, escalation: Value) -> Worker {
+        let mut w = worker_at(root);
+        w.metadata.uid = Some("uid-marie".into());
+        w.spec.escalation = Some(
+            serde_json::from_value(json!({"webhook": {
+                "url": hook, "maxAttempts": 20, "timeoutSeconds": 5, "deliverWithinSeconds": 30
+            }}))
+            .unwrap(),
+        );
+        w.status = Some(serde_json::from_value(json!({ "escalation": escalation })).unwrap());
+        w
+    }
+
+    fn ago(seconds: i64) -> String {
+        crate::escalation::notifier::whole_seconds(
+            Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds),
+        )
+        .to_string()
+    }
+
+    /// The status of the last status patch.
+    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
+        let recorded = requests.lock().unwrap();
+        let patch = recorded
+            .iter()
+            .rev()
+            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"));
+        patch.expect("a status patch").body["status"].clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_black_holed_webhook_does_not_hold_the_reconcile() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
+        let (ctx, requests) = context(fake, &[dir.path()]);
+        let mut woken = ctx.notifier.wakeups();
+        let hook = crate::http::testing::black_hole().await;
+        let since = ago(0);
+        let mut worker = escalated_worker(
+            dir.path(),
+            &hook,
+            json!({"level": "Automated", "levelIndex": 0, "since": since, "reason": "restarts exhausted"}),
+        );
+
+        let started = tokio::time::Instant::now();
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let status = last_status(&requests);
+        let n = &status["escalation"]["notification"];
+        assert_eq!(n["level"], "Automated");
+        assert_eq!(n["state"], "Pending");
+        assert_eq!(n["attempts"], 0);
+        assert!(n.get("previousLevel").is_none(), "{n}");
+        let queued: Timestamp = n["queuedTime"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            ctx.notifier.progress("uid-marie", "Automated", queued),
+            crate::escalation::notifier::Progress::Pending,
+            "the delivery goes on after the reconcile"
+        );
+
+        // The delivery gives up within deliverWithinSeconds and wakes the Worker, whose next
+        // reconcile writes how it went.
+        assert_eq!(woken.next().await, Some(ObjectRef::from_obj(&worker)));
+        assert!(
+            started.elapsed() <= Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+        worker.status = Some(serde_json::from_value(status).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let n = &last_status(&requests)["escalation"]["notification"];
+        assert_eq!(n["state"], "Failed", "{n}");
+        assert!(n["attempts"].as_u64().unwrap() >= 2, "{n}");
+        let error = n["lastError"].as_str().unwrap();
+        assert!(
+            error.starts_with("gave up at the delivery deadline"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("/hook"),
+            "only the origin is named: {error}"
+        );
+        assert!(n["time"].is_string(), "{n}");
+    }
+
+    #[tokio::test]
+    async fn a_level_change_is_posted_with_the_previous_level_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
+        let (ctx, requests) = context(fake, &[dir.path()]);
+        let mut woken = ctx.notifier.wakeups();
+        let server =
+            crate::http::testing::serve(vec![crate::http::testing::Answer::status(200)]).await;
+        // Automated was told 301 s ago; L1 is reached at 300 s.
+        let mut worker = escalated_worker(
+            dir.path(),
+            &format!("{}/hook", server.url),
+            json!({"level": "Automated", "levelIndex": 0, "since": ago(301), "reason": "restarts exhausted",
+                   "notification": {"level": "Automated", "state": "Delivered", "attempts": 1}}),
+        );
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let status = last_status(&requests);
+        let n = &status["escalation"]["notification"];
+        assert_eq!(
+            (&n["level"], &n["previousLevel"], &n["state"]),
+            (&json!("L1"), &json!("Automated"), &json!("Pending"))
+        );
+        tokio::time::timeout(Duration::from_secs(10), woken.next())
+            .await
+            .unwrap();
+        let posted = server.requests.lock().unwrap()[0].clone();
+        let body: Value = serde_json::from_str(posted.split_once("\r\n\r\n").unwrap().1).unwrap();
+        assert_eq!(
+            (&body["level"], &body["previousLevel"]),
+            (&json!("L1"), &json!("Automated"))
+        );
+
+        worker.status = Some(serde_json::from_value(status).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let n = &last_status(&requests)["escalation"]["notification"];
+        assert_eq!(
+            (&n["state"], &n["attempts"]),
+            (&json!("Delivered"), &json!(1)),
+            "{n}"
+        );
+        assert!(n.get("lastError").is_none(), "{n}");
+        // Written once: the next look posts nothing more.
+        worker.status = Some(serde_json::from_value(last_status(&requests)).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(server.requests.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_notification_pending_before_a_restart_is_delivered_within_its_time_left() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let server =
+            crate::http::testing::serve(vec![crate::http::testing::Answer::status(202)]).await;
+        let hook = format!("{}/hook", server.url);
+        let pending = |queued: &str| {
+            json!({"level": "Automated", "levelIndex": 0, "since": ago(20), "reason": "restarts exhausted",
+                   "notification": {"level": "Automated", "state": "Pending", "attempts": 0, "queuedTime": queued}})
+        };
+
+        // A new process (a new notifier) finds the notification Pending and hands it over again.
+        let queued = ago(5);
+        let (ctx, requests) = context(
+            Arc::new(FakeRuntime::with_container(testing::exited(3))),
+            &[dir.path()],
+        );
+        let mut woken = ctx.notifier.wakeups();
+        let mut worker = escalated_worker(dir.path(), &hook, pending(&queued));
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let status = last_status(&requests);
+        assert_eq!(
+            status["escalation"]["notification"]["queuedTime"],
+            queued.as_str(),
+            "the time bound still counts from it"
+        );
+        tokio::time::timeout(Duration::from_secs(10), woken.next())
+            .await
+            .unwrap();
+        worker.status = Some(serde_json::from_value(status).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let n = &last_status(&requests)["escalation"]["notification"];
+        assert_eq!(
+            (&n["state"], &n["attempts"]),
+            (&json!("Delivered"), &json!(1)),
+            "{n}"
+        );
+        assert_eq!(server.requests.lock().unwrap().len(), 1);
+
+        // Queued longer ago than deliverWithinSeconds: given up without an attempt.
+        let (ctx, requests) = context(
+            Arc::new(FakeRuntime::with_container(testing::exited(3))),
+            &[dir.path()],
+        );
+        let mut woken = ctx.notifier.wakeups();
+        let mut worker = escalated_worker(dir.path(), &hook, pending(&ago(31)));
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), woken.next())
+            .await
+            .unwrap();
+        worker.status = Some(serde_json::from_value(last_status(&requests)).unwrap());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        let n = &last_status(&requests)["escalation"]["notification"];
+        assert_eq!(
+            (&n["state"], &n["attempts"]),
+            (&json!("Failed"), &json!(0)),
+            "{n}"
+        );
+        assert_eq!(server.requests.lock().unwrap().len(), 1, "no second post");
     }
 }

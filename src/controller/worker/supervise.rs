@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{Api, DeleteParams, ListParams, PostParams},
-    runtime::events::EventType,
+    runtime::{events::EventType, reflector::ObjectRef},
     Resource, ResourceExt,
 };
 use tracing::{info, warn};
@@ -29,7 +29,8 @@ use crate::{
         diagnosis::RootCause,
         worker::{
             ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationStatus,
-            FailoverState, FailoverStatus, NotificationStatus, Worker, WorkerPhase, WorkerStatus,
+            FailoverState, FailoverStatus, NotificationState, NotificationStatus, Worker,
+            WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -37,7 +38,10 @@ use crate::{
         },
     },
     docker::{resources, ContainerInfo, ContainerObservation, StartOutcome},
-    escalation::webhook::{self, EscalationPayload},
+    escalation::{
+        notifier::{self, Progress},
+        webhook::{self, EscalationPayload},
+    },
     observe::fs_safe::off_thread,
     recover::{failover, poison},
     trust::{self, Admission},
@@ -189,7 +193,8 @@ pub async fn supervise(
     }
 
     if let Some(e) = out.escalation.as_mut() {
-        if let Some(previous_level) = escalate::advance(e, &levels, now) {
+        let previous_level = escalate::advance(e, &levels, now);
+        if let Some(previous_level) = &previous_level {
             let note = format!(
                 "escalation level {} (was {previous_level}): {}",
                 e.level, e.reason
@@ -204,7 +209,7 @@ pub async fn supervise(
             )
             .await;
         }
-        notify(worker, e).await;
+        notify(ctx, worker, e, previous_level);
         if let (true, Some(admission)) = (escalate::at_last_level(e, &levels), admission) {
             if fail_over(ctx, worker, admission, e).await? {
                 out.next_look = Some(Duration::from_secs(2));
@@ -671,8 +676,15 @@ pub async fn adopt_recreated(ctx: &Context, worker: &Worker) -> Result<bool, Err
     Ok(true)
 }
 
-/// Tell the webhook of the level reached, once per level (retries within `deliver`).
-async fn notify(worker: &Worker, e: &mut EscalationStatus) {
+/// Tell the webhook of the level reached, once per level, without waiting for it: a new level
+/// becomes a `Pending` notification handed to the notifier, and a later reconcile, woken when
+/// the delivery ends, writes how it went. `previous_level` is the level just left, if any.
+fn notify(
+    ctx: &Context,
+    worker: &Worker,
+    e: &mut EscalationStatus,
+    previous_level: Option<String>,
+) {
     let Some(hook) = worker
         .spec
         .escalation
@@ -681,46 +693,82 @@ async fn notify(worker: &Worker, e: &mut EscalationStatus) {
     else {
         return;
     };
-    if e.notification
-        .as_ref()
-        .is_some_and(|n| n.level == e.level && n.state != "Pending")
-    {
+    // A Worker read from the API always has a UID.
+    let Some(uid) = worker.uid() else {
         return;
-    }
-    let now = Timestamp::now();
-    let payload = EscalationPayload {
-        worker: worker.name_any(),
-        namespace: worker.namespace().unwrap_or_default(),
-        level: e.level.clone(),
-        level_index: e.level_index,
-        previous_level: None,
-        reason: e.reason.clone(),
-        root_cause: e.root_cause.map(|c| c.to_string()),
-        run: e.run.clone(),
-        since: e.since.as_ref().map_or(now, |t| t.0).to_string(),
-        time: now.to_string(),
     };
-    let delivery = webhook::deliver(
-        &hook.url,
-        &payload,
-        Duration::from_secs(u64::from(hook.timeout_seconds)),
-        hook.max_attempts,
-    )
-    .await;
-    let (state, last_error) = match &delivery.result {
-        Ok(_) => ("Delivered", None),
-        Err(err) => {
-            warn!(error = %err, level = %e.level, "the escalation webhook was not delivered");
-            ("Failed", Some(err.clone()))
+    let current = e.notification.as_ref().filter(|n| n.level == e.level);
+    let queued = match current.map(|n| (n.state, n.queued_time.as_ref().map(|t| t.0))) {
+        Some((NotificationState::Delivered | NotificationState::Failed, _)) => return,
+        Some((NotificationState::Pending, Some(queued))) => {
+            match ctx.notifier.progress(&uid, &e.level, queued) {
+                Progress::Pending => return,
+                Progress::Done(outcome) => return record_outcome(e, outcome),
+                // Queued before this process started: hand it over again, with the time left.
+                Progress::Unknown => queued,
+            }
+        }
+        _ => {
+            let queued = notifier::whole_seconds(Timestamp::now());
+            let previous_level = previous_level.or_else(|| match &e.notification {
+                Some(n) if n.level != e.level => Some(n.level.clone()),
+                Some(n) => n.previous_level.clone(),
+                None => None,
+            });
+            e.notification = Some(NotificationStatus {
+                level: e.level.clone(),
+                previous_level,
+                state: NotificationState::Pending,
+                attempts: 0,
+                last_error: None,
+                queued_time: Some(Time(queued)),
+                time: None,
+            });
+            queued
         }
     };
-    e.notification = Some(NotificationStatus {
-        level: e.level.clone(),
-        state: state.into(),
-        attempts: delivery.attempts,
-        last_error,
-        time: Some(Time(now)),
-    });
+    let now = Timestamp::now();
+    let previous_level = e
+        .notification
+        .as_ref()
+        .and_then(|n| n.previous_level.clone());
+    let request = notifier::Request {
+        worker: ObjectRef::from_obj(worker),
+        hook: webhook::Hook {
+            url: hook.url.clone(),
+            timeout: Duration::from_secs(u64::from(hook.timeout_seconds)),
+            max_attempts: hook.max_attempts,
+        },
+        payload: EscalationPayload {
+            worker: worker.name_any(),
+            namespace: worker.namespace().unwrap_or_default(),
+            level: e.level.clone(),
+            level_index: e.level_index,
+            previous_level,
+            reason: e.reason.clone(),
+            root_cause: e.root_cause.map(|c| c.to_string()),
+            run: e.run.clone(),
+            since: e.since.as_ref().map_or(now, |t| t.0).to_string(),
+            time: now.to_string(),
+        },
+        queued,
+        deliver_within: Duration::from_secs(u64::from(hook.deliver_within_seconds)),
+    };
+    ctx.notifier.notify(&uid, request);
+}
+
+/// Write how the delivery of the current level's notification went.
+fn record_outcome(e: &mut EscalationStatus, outcome: notifier::Outcome) {
+    let Some(n) = e.notification.as_mut() else {
+        return;
+    };
+    n.state = match outcome.delivery.result {
+        Ok(_) => NotificationState::Delivered,
+        Err(_) => NotificationState::Failed,
+    };
+    n.attempts = outcome.delivery.attempts;
+    n.last_error = outcome.delivery.result.err();
+    n.time = Some(Time(outcome.time));
 }
 
 /// At the last level: move the pending tasks to the first healthy backup Worker, in batches

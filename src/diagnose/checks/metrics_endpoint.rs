@@ -1,25 +1,19 @@
 //! Metrics-endpoint check (runbook: `curl -f http://marie:9091/metrics` and "Real-time Health
 //! Checks"): the endpoint answers 200 within a timeout, and `active_tasks`, `task_failed_total`
-//! and `task_completed_total` are read from its Prometheus text.
-//!
-//! A plain HTTP/1.0 GET over a tokio `TcpStream` (`Connection: close`), so no HTTP client crate
-//! is needed; only `http://` URLs are accepted (the CRD says so too).
+//! and `task_completed_total` are read from its Prometheus text. The GET goes through the
+//! operator's HTTP client (`crate::http`): `http://` or `https://`, under the URL policy.
 
 use std::time::{Duration, Instant};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use crate::{
+    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    observe::prometheus_text as prometheus,
 };
-
-use crate::diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity};
 
 const CHECK: CheckName = CheckName::MetricsEndpoint;
 
 /// Longest the whole request may take (the runbook's `requests.get(..., timeout=5)`).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response read; a metrics page is a few KiB.
-pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let Some(metrics) = &ctx.spec.metrics else {
@@ -41,26 +35,17 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             CHECK,
             FindingKind::MetricsUnreachable,
             Severity::Warning,
-            format!("metrics endpoint {url} does not answer: {error}"),
+            // The error names the endpoint by its origin, never its path or query.
+            format!("the metrics endpoint does not answer: {error}"),
         )
         .with("url", url)
         .with("error", error)
         .with("timeoutMs", timeout.as_millis())
     };
-    let target = match HttpUrl::parse(url) {
-        Ok(t) => t,
-        Err(e) => return Ok(vec![unreachable(format!("invalid URL: {e}"))]),
-    };
     let started = Instant::now();
-    let response = match tokio::time::timeout(timeout, get(&target)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Ok(vec![unreachable(e)]),
-        Err(_) => {
-            return Ok(vec![unreachable(format!(
-                "no answer within {}ms",
-                timeout.as_millis()
-            ))])
-        }
+    let response = match ctx.http.get(url, timeout, prometheus::MAX_PAGE_BYTES).await {
+        Ok(r) => r,
+        Err(e) => return Ok(vec![unreachable(e.to_string())]),
     };
     let latency_ms = started.elapsed().as_millis();
     if response.status != 200 {
@@ -114,541 +99,27 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             .with("firstParseError", &parsed.errors[0]);
     }
     if response.truncated {
-        f = f.with("truncatedAtBytes", MAX_RESPONSE_BYTES);
+        f = f.with("truncatedAtBytes", prometheus::MAX_PAGE_BYTES);
     }
     f.summary = parts.join(", ");
     Ok(vec![f])
 }
 
-/// An `http://host[:port][/path]` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl {
-    /// Host as written (brackets removed for IPv6).
-    pub host: String,
-    pub port: u16,
-    /// Path and query, starting with `/`.
-    pub path: String,
-    /// `host[:port]` as written, for the Host header.
-    pub authority: String,
-}
-
-impl HttpUrl {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let url = url.trim();
-        let rest = url
-            .get(..7)
-            .filter(|s| s.eq_ignore_ascii_case("http://"))
-            .map(|_| &url[7..])
-            .ok_or_else(|| "only http:// URLs are supported".to_string())?;
-        let (authority, path) = match rest.find(['/', '?', '#']) {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let path = path.split('#').next().unwrap_or("/");
-        let path = if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/{path}")
-        };
-        if authority.is_empty() {
-            return Err("no host".into());
-        }
-        if authority.contains('@') {
-            return Err("credentials in the URL are not supported".into());
-        }
-        if authority
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-            || path.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err("whitespace or control characters in the URL".into());
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let end = v6.find(']').ok_or("unclosed '[' in host")?;
-            let host = &v6[..end];
-            let after = &v6[end + 1..];
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p),
-                None if after.is_empty() => None,
-                None => return Err("unexpected text after ']'".into()),
-            };
-            (host.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (authority.to_string(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err("no host".into());
-        }
-        let port = match port {
-            None => 80,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| format!("invalid port {p:?}"))?,
-        };
-        Ok(Self {
-            host,
-            port,
-            path,
-            authority: authority.to_string(),
-        })
-    }
-}
-
-/// A response: status code and body (de-chunked, capped).
-#[derive(Debug, PartialEq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-    pub truncated: bool,
-}
-
-/// Whether `url` answers with a 2xx status within `timeout`: `Ok(status)` or why not.
-pub async fn probe(url: &str, timeout: Duration) -> Result<u16, String> {
-    let target = HttpUrl::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    match tokio::time::timeout(timeout, get(&target)).await {
-        Ok(Ok(r)) if (200..300).contains(&r.status) => Ok(r.status),
-        Ok(Ok(r)) => Err(format!("answered with status {}", r.status)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
-    }
-}
-
-/// Fetch `url` and parse it as Prometheus text, within `timeout`: the samples, or why not.
-pub async fn scrape(url: &str, timeout: Duration) -> Result<prometheus::Parsed, String> {
-    let target = HttpUrl::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    match tokio::time::timeout(timeout, get(&target)).await {
-        Ok(Ok(r)) if r.status == 200 => Ok(prometheus::parse(&String::from_utf8_lossy(&r.body))),
-        Ok(Ok(r)) => Err(format!("answered with status {}", r.status)),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {}ms", timeout.as_millis())),
-    }
-}
-
-async fn get(url: &HttpUrl) -> Result<HttpResponse, String> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}:{}: {e}", url.host, url.port))?;
-    let request = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nUser-Agent: worker-recovery-operator\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
-        url.path, url.authority
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut raw = Vec::new();
-    let mut truncated = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the response: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-        if raw.len() > MAX_RESPONSE_BYTES {
-            raw.truncate(MAX_RESPONSE_BYTES);
-            truncated = true;
-            break;
-        }
-    }
-    let mut response = parse_response(&raw)?;
-    response.truncated |= truncated;
-    Ok(response)
-}
-
-/// Parse a raw HTTP/1.x response: status line, headers, and a body (honouring Content-Length
-/// and chunked transfer encoding).
-pub fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    if raw.is_empty() {
-        return Err("the connection closed without a response".into());
-    }
-    let head_end = find(raw, b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| find(raw, b"\n\n").map(|i| (i, i + 2)))
-        .ok_or("incomplete HTTP response header")?;
-    let head = String::from_utf8_lossy(&raw[..head_end.0]);
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/") {
-        return Err(format!("not an HTTP response: {:?}", cut(status_line)));
-    }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line {:?}", cut(status_line)))?;
-    let mut chunked = false;
-    let mut content_length = None;
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            let value = value.trim();
-            if name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
-            } else if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length = value.parse::<usize>().ok();
-            }
-        }
-    }
-    let mut body = raw[head_end.1..].to_vec();
-    let mut truncated = false;
-    if chunked {
-        let (decoded, complete) = dechunk(&body);
-        body = decoded;
-        truncated = !complete;
-    } else if let Some(len) = content_length {
-        if body.len() > len {
-            body.truncate(len);
-        } else if body.len() < len {
-            truncated = true;
-        }
-    }
-    Ok(HttpResponse {
-        status,
-        body,
-        truncated,
-    })
-}
-
-fn cut(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Decode a chunked body; the flag says whether the terminating chunk was seen.
-fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = find(data, b"\r\n") else {
-            return (out, false);
-        };
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else {
-            return (out, false);
-        };
-        data = &data[eol + 2..];
-        if size == 0 {
-            return (out, true);
-        }
-        if data.len() < size {
-            out.extend_from_slice(data);
-            return (out, false);
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size..];
-        data = data.strip_prefix(b"\r\n").unwrap_or(data);
-    }
-}
-
-/// A small parser of the Prometheus text exposition format (version 0.0.4).
-pub mod prometheus {
-    /// Label names and values, in the order written.
-    pub type Labels = Vec<(String, String)>;
-
-    /// One sample line.
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct Sample {
-        pub name: String,
-        pub labels: Labels,
-        pub value: f64,
-        /// Milliseconds since the epoch, when the line has one.
-        pub timestamp_ms: Option<i64>,
-    }
-
-    /// Samples, and the lines that could not be parsed (`line N: reason`).
-    #[derive(Clone, Debug, Default, PartialEq)]
-    pub struct Parsed {
-        pub samples: Vec<Sample>,
-        pub errors: Vec<String>,
-    }
-
-    impl Parsed {
-        /// The sum of every series of `name` (across labels), or `None` when there is none.
-        pub fn sum(&self, name: &str) -> Option<f64> {
-            let mut values = self
-                .samples
-                .iter()
-                .filter(|s| s.name == name)
-                .map(|s| s.value)
-                .peekable();
-            values.peek()?;
-            Some(values.sum())
-        }
-    }
-
-    /// Parse exposition text: `# HELP`/`# TYPE`/comments and blank lines are skipped, bad lines
-    /// are reported in `errors` and skipped.
-    pub fn parse(text: &str) -> Parsed {
-        let mut out = Parsed::default();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match parse_line(line) {
-                Ok(s) => out.samples.push(s),
-                Err(e) => out.errors.push(format!("line {}: {e}", i + 1)),
-            }
-        }
-        out
-    }
-
-    fn is_name_start(c: char) -> bool {
-        c.is_ascii_alphabetic() || c == '_' || c == ':'
-    }
-
-    fn is_name_char(c: char) -> bool {
-        c.is_ascii_alphanumeric() || c == '_' || c == ':'
-    }
-
-    pub fn parse_line(line: &str) -> Result<Sample, String> {
-        let name_end = line.find(|c: char| !is_name_char(c)).unwrap_or(line.len());
-        let name = &line[..name_end];
-        if !name.starts_with(is_name_start) {
-            return Err(format!("bad metric name in {:?}", short(line)));
-        }
-        let mut rest = &line[name_end..];
-        let mut labels = Vec::new();
-        if let Some(after) = rest.trim_start().strip_prefix('{') {
-            let (parsed, remaining) = parse_labels(after)?;
-            labels = parsed;
-            rest = remaining;
-        }
-        let mut fields = rest.split_whitespace();
-        let value_text = fields
-            .next()
-            .ok_or_else(|| format!("no value in {:?}", short(line)))?;
-        let value = parse_value(value_text)?;
-        let timestamp_ms = match fields.next() {
-            Some(t) => Some(
-                t.parse::<i64>()
-                    .map_err(|_| format!("bad timestamp {t:?}"))?,
-            ),
-            None => None,
-        };
-        if let Some(extra) = fields.next() {
-            return Err(format!("unexpected {extra:?} after the timestamp"));
-        }
-        Ok(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-            timestamp_ms,
-        })
-    }
-
-    /// Parse `a="x",b="y"}` (after the `{`); returns the labels and the text after `}`.
-    fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
-        let mut labels = Vec::new();
-        loop {
-            s = s.trim_start();
-            if let Some(rest) = s.strip_prefix('}') {
-                return Ok((labels, rest));
-            }
-            let name_end = s
-                .find(|c: char| !is_name_char(c))
-                .ok_or("unterminated label set")?;
-            let name = &s[..name_end];
-            if name.is_empty() {
-                return Err(format!("bad label name at {:?}", short(s)));
-            }
-            s = s[name_end..].trim_start();
-            s = s
-                .strip_prefix('=')
-                .ok_or_else(|| format!("expected '=' after label {name}"))?
-                .trim_start();
-            s = s
-                .strip_prefix('"')
-                .ok_or_else(|| format!("expected '\"' for label {name}"))?;
-            let mut value = String::new();
-            let mut chars = s.char_indices();
-            let end = loop {
-                match chars.next() {
-                    None => return Err(format!("unterminated value of label {name}")),
-                    Some((i, '"')) => break i,
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, 'n')) => value.push('\n'),
-                        Some((_, '\\')) => value.push('\\'),
-                        Some((_, '"')) => value.push('"'),
-                        Some((_, c)) => {
-                            value.push('\\');
-                            value.push(c);
-                        }
-                        None => return Err(format!("unterminated value of label {name}")),
-                    },
-                    Some((_, c)) => value.push(c),
-                }
-            };
-            labels.push((name.to_string(), value));
-            s = s[end + 1..].trim_start();
-            if let Some(rest) = s.strip_prefix(',') {
-                s = rest;
-            } else if !s.starts_with('}') {
-                return Err(format!("expected ',' or '}}' after label {name}"));
-            }
-        }
-    }
-
-    pub fn parse_value(s: &str) -> Result<f64, String> {
-        match s {
-            "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
-            "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
-            "NaN" | "nan" => Ok(f64::NAN),
-            _ => s
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("bad value {s:?}")),
-        }
-    }
-
-    /// A value for evidence: integers without a fraction, others as Rust prints them.
-    pub fn format_value(v: f64) -> String {
-        if v.is_nan() {
-            "NaN".into()
-        } else if v.is_infinite() {
-            if v > 0.0 { "+Inf" } else { "-Inf" }.into()
-        } else if v.fract() == 0.0 && v.abs() < 1e15 {
-            format!("{}", v as i64)
-        } else {
-            format!("{v}")
-        }
-    }
-
-    fn short(s: &str) -> String {
-        s.chars().take(80).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{prometheus::*, *};
-    use crate::{
-        crd::worker::MetricsEndpointSpec, diagnose::host::testing, docker::fake::FakeRuntime,
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
     };
-    use tokio::net::TcpListener;
 
-    /// What the sample worker serves (`sample-worker/src/metrics.rs`).
-    const SAMPLE: &str = "# HELP worker_up 1 while the worker process is running and serving metrics.\n# TYPE worker_up gauge\nworker_up 1\n# HELP active_tasks Tasks this worker process currently holds in active/.\n# TYPE active_tasks gauge\nactive_tasks 1\n# HELP task_completed_total Tasks moved to done/ since process start.\n# TYPE task_completed_total counter\ntask_completed_total 12\n# HELP task_failed_total Tasks moved to failed/ (malformed or failing) since process start.\n# TYPE task_failed_total counter\ntask_failed_total 2\n# HELP heartbeat_timestamp_seconds Unix time of the last successful heartbeat.json write (0 = never).\n# TYPE heartbeat_timestamp_seconds gauge\nheartbeat_timestamp_seconds 1795823941.123\n# HELP worker_info Static worker information.\n# TYPE worker_info gauge\nworker_info{worker=\"marie\",version=\"0.1.0\"} 1\n";
-
-    #[test]
-    fn parses_the_sample_worker_metrics() {
-        let p = parse(SAMPLE);
-        assert!(p.errors.is_empty(), "{:?}", p.errors);
-        assert_eq!(p.samples.len(), 6);
-        assert_eq!(p.sum("active_tasks"), Some(1.0));
-        assert_eq!(p.sum("task_failed_total"), Some(2.0));
-        assert_eq!(p.sum("task_completed_total"), Some(12.0));
-        assert_eq!(p.sum("heartbeat_timestamp_seconds"), Some(1795823941.123));
-        assert_eq!(p.sum("nope"), None);
-        let info = p.samples.iter().find(|s| s.name == "worker_info").unwrap();
-        assert_eq!(
-            info.labels,
-            vec![
-                ("worker".to_string(), "marie".to_string()),
-                ("version".to_string(), "0.1.0".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn parses_labels_special_values_and_timestamps() {
-        let text = "\
-# a comment
-task_failed_total{reason=\"timeout\"} 3 1700000000000
-task_failed_total{reason=\"crash\",} 4
-task_failed_total { reason = \"quote \\\" and \\\\ and \\n\" } 1e1
-latency_bucket{le=\"+Inf\"} +Inf
-weird NaN
-neg -Inf
-:colon:name 0.5
-
-bad line here
-bad{unterminated=\"x} 1
-ok_no_value
-val 1 notatime
-";
-        let p = parse(text);
-        assert_eq!(p.sum("task_failed_total"), Some(17.0));
-        let escaped = &p.samples[2].labels[0].1;
-        assert_eq!(escaped, "quote \" and \\ and \n");
-        assert_eq!(p.samples[0].timestamp_ms, Some(1_700_000_000_000));
-        assert_eq!(p.samples[1].labels, vec![("reason".into(), "crash".into())]);
-        assert_eq!(p.sum("latency_bucket"), Some(f64::INFINITY));
-        assert!(p.sum("weird").unwrap().is_nan());
-        assert_eq!(p.sum("neg"), Some(f64::NEG_INFINITY));
-        assert_eq!(p.sum(":colon:name"), Some(0.5));
-        assert_eq!(p.errors.len(), 4, "{:?}", p.errors);
-        assert!(p.errors[0].starts_with("line 10:"), "{:?}", p.errors);
-        assert_eq!(format_value(17.0), "17");
-        assert_eq!(format_value(0.5), "0.5");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(1795823941.123), "1795823941.123");
-    }
-
-    #[test]
-    fn parses_urls() {
-        let u = HttpUrl::parse("http://marie:9091/metrics").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("marie", 9091, "/metrics")
-        );
-        assert_eq!(u.authority, "marie:9091");
-        let u = HttpUrl::parse("HTTP://127.0.0.1").unwrap();
-        assert_eq!((u.port, u.path.as_str()), (80, "/"));
-        let u = HttpUrl::parse("http://[::1]:8080/m?x=1#frag").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.path.as_str()),
-            ("::1", 8080, "/m?x=1")
-        );
-        for bad in [
-            "https://x/metrics",
-            "ftp://x",
-            "http://",
-            "http://:80/",
-            "http://x:0/",
-            "http://x:99999/",
-            "http://u:p@x/",
-            "http://x/a b",
-            "http://x/\r\nHost: evil",
-        ] {
-            assert!(HttpUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn parses_responses() {
-        let r =
-            parse_response(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nactive_tasks 1\n")
-                .unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"active_tasks 1\n");
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
-            .unwrap();
-        assert_eq!(r.body, b"hello world");
-        assert!(!r.truncated);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef").unwrap();
-        assert_eq!(r.body, b"abc");
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\n\r\nnot found\n").unwrap();
-        assert_eq!(r.status, 404);
-        assert!(parse_response(b"").is_err());
-        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nX: y").is_err());
-    }
+    use super::*;
+    use crate::{
+        crd::worker::MetricsEndpointSpec,
+        diagnose::host::testing,
+        docker::fake::FakeRuntime,
+        http::{self, HttpClient, UrlPolicy},
+        observe::prometheus_text::tests::SAMPLE,
+    };
 
     fn ctx_with(url: Option<&str>) -> CheckContext {
         let mut w = testing::worker();
@@ -753,10 +224,36 @@ val 1 notatime
         assert_eq!(f.kind, FindingKind::MetricsUnreachable);
 
         // Bad URL.
-        let f = &run(&ctx_with(Some("https://marie:9091/metrics")))
+        let f = &run(&ctx_with(Some("ftp://marie:9091/metrics")))
             .await
             .unwrap()[0];
         assert_eq!(f.kind, FindingKind::MetricsUnreachable);
         assert!(f.evidence["error"].contains("invalid URL"));
+
+        // An address the operator's URL policy denies.
+        let f = &run(&ctx_with(Some("http://169.254.169.254/latest/meta-data")))
+            .await
+            .unwrap()[0];
+        assert_eq!(f.kind, FindingKind::MetricsUnreachable);
+        assert!(f.evidence["error"].contains("not allowed"), "{f:#?}");
+        assert!(!f.summary.contains("latest"), "{}", f.summary);
+    }
+
+    #[tokio::test]
+    async fn reachable_over_https_with_the_operator_s_extra_roots() {
+        let tls = http::testing::TestTls::generate();
+        let server =
+            http::testing::serve_tls(vec![http::testing::Answer::status(200).body(SAMPLE)], &tls)
+                .await;
+        let url = format!("{}/metrics", server.url);
+        let mut ctx = ctx_with(Some(&url));
+        ctx.http = HttpClient::new(
+            UrlPolicy::default(),
+            http::tls::client_config(Some(tls.ca_pem.as_bytes())).unwrap(),
+        )
+        .unwrap();
+        let f = &run(&ctx).await.unwrap()[0];
+        assert_eq!(f.kind, FindingKind::MetricsReachable, "{f:#?}");
+        assert_eq!(f.evidence["activeTasks"], "1");
     }
 }
