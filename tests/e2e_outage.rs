@@ -1,15 +1,28 @@
-//! The Docker engine goes away and comes back: the operator keeps running, catches up and
-//! restarts the worker once. Alone in its test binary, since it restarts the engine every
-//! other test uses (test binaries run one after another).
+//! Outages of the components the operator depends on: the Docker engine goes away and comes
+//! back, and so does the Kubernetes API server. Alone in their test binary, since they stop
+//! what every other test uses (test binaries run one after another), and one at a time.
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::Path,
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
 use support::*;
 
-fn dockerd_pid() -> u32 {
-    let file = repo_root().join(".stack/dockerd.pid");
+/// One outage at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stack_pid(component: &str) -> u32 {
+    let file = repo_root().join(format!(".stack/{component}.pid"));
     let pid = std::fs::read_to_string(&file).unwrap_or_else(|_| {
         panic!(
             "{} is missing: this test restarts the Docker engine and needs the one scripts/stack.sh started",
@@ -26,36 +39,26 @@ fn alive(pid: u32) -> bool {
             .contains("State:\tZ")
 }
 
-#[test]
-fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once() {
-    let stack = stack();
-    let ns = stack.namespace("outage");
-    let wc = WorkerContainer::start(&ns, "outy", &[], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("outy", &ns, 10, true));
-    assert!(ok, "{out}");
-    let op = Operator::start(stack, &ns, wc.dir.path());
-    wait_phase(stack, &ns, "outy", "Healthy");
-
-    // Stop the engine: its containers stop with it.
-    let pid = dockerd_pid();
+/// Stop a component of the stack with `signal` (`TERM`, `KILL`) and wait until it is gone.
+fn stop_component(component: &str, signal: &str) {
+    let pid = stack_pid(component);
     Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .unwrap();
-    wait_for("dockerd to exit", Duration::from_secs(60), || {
-        (!alive(pid))
-            .then_some(())
-            .ok_or("still running".to_string())
-    });
-    wait_for("the Worker Unknown", Duration::from_secs(30), || {
-        let w = stack.get_json(&ns, "worker/outy");
-        (w["status"]["phase"] == "Unknown")
-            .then_some(())
-            .ok_or(w["status"]["phase"].to_string())
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    // Start it again, as the stack does.
-    let back_at = unix_now().to_string();
+    wait_for(
+        &format!("{component} to exit"),
+        Duration::from_secs(60),
+        || {
+            (!alive(pid))
+                .then_some(())
+                .ok_or("still running".to_string())
+        },
+    );
+}
+
+/// Start what is missing of the stack again, as `scripts/stack.sh up` does.
+fn restart_stack() {
     let up = Command::new("bash")
         .arg(repo_root().join("scripts/stack.sh"))
         .arg("up")
@@ -66,6 +69,31 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
+}
+
+#[test]
+fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once() {
+    let _one = serial();
+    let stack = stack();
+    let ns = stack.namespace("outage");
+    let wc = WorkerContainer::start(&ns, "outy", &[], &[]);
+    let (ok, out) = stack.apply(&wc.worker_yaml("outy", &ns, 10, true));
+    assert!(ok, "{out}");
+    let op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "outy", "Healthy");
+
+    // Stop the engine: its containers stop with it.
+    stop_component("dockerd", "TERM");
+    wait_for("the Worker Unknown", Duration::from_secs(30), || {
+        let w = stack.get_json(&ns, "worker/outy");
+        (w["status"]["phase"] == "Unknown")
+            .then_some(())
+            .ok_or(w["status"]["phase"].to_string())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    // Start it again, as the stack does.
+    let back_at = unix_now().to_string();
+    restart_stack();
 
     let w = wait_for("the worker running again", Duration::from_secs(90), || {
         let w = stack.get_json(&ns, "worker/outy");
@@ -93,4 +121,115 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
         metrics.contains("workerrecovery_docker_event_stream_breaks_total"),
         "{metrics}"
     );
+}
+
+/// A stopped worker with `n` tasks left in `active/` (and their locks), its Worker and an
+/// operator: what a Clean run starts from.
+fn crashed(stack: &Stack, ns: &str, name: &str, n: usize) -> (WorkerContainer, Vec<String>) {
+    let wc = WorkerContainer::start(ns, name, &[], &[("TASK_DURATION_MS", "1")]);
+    docker_ok(&["stop", "-t", "2", &wc.container]);
+    let ids = crashed_tasks(&wc.shared_root(), name, n);
+    let (ok, out) = stack.apply(&wc.worker_yaml(name, ns, 10, false));
+    assert!(ok, "{out}");
+    (wc, ids)
+}
+
+fn waiting_reason(run: &Value) -> Option<String> {
+    run["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Waiting" && c["status"] == "True")
+        .and_then(|c| c["reason"].as_str().map(String::from))
+}
+
+/// Every task once, `retry_count` up by one (counted with the worker stopped, so that no task
+/// moves while the directories are read).
+fn assert_requeued_once(wc: &WorkerContainer, ids: &[String]) {
+    docker_ok(&["stop", "-t", "2", &wc.container]);
+    let places = task_places(wc, ids);
+    assert_eq!(places.len(), ids.len(), "no task lost");
+    for (id, at) in places {
+        assert_eq!(at.len(), 1, "{id} in one place: {at:?}");
+        assert_eq!(at[0].1, 1, "{id}: retry_count went up once: {at:?}");
+    }
+}
+
+/// No writes while blind: a Clean run applied while the engine is down moves nothing and
+/// waits (ContainerStateUnknown); when the engine is back, it runs, each task once.
+#[test]
+fn a_clean_run_waits_while_the_docker_engine_is_down() {
+    let _one = serial();
+    let stack = stack();
+    let ns = stack.namespace("blind");
+    let (wc, ids) = crashed(stack, &ns, "blind", 20);
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "blind", "Down");
+    let before = tree_snapshot(&wc.shared_root());
+
+    stop_component("dockerd", "TERM");
+    let (ok, out) = stack.apply(&run_yaml(
+        "clean-blind",
+        &ns,
+        "blind",
+        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
+    ));
+    assert!(ok, "{out}");
+    let run = wait_for("the run waiting", Duration::from_secs(30), || {
+        let r = stack.get_json(&ns, "workerrecovery/clean-blind");
+        (waiting_reason(&r).as_deref() == Some("ContainerStateUnknown"))
+            .then_some(r.clone())
+            .ok_or(r["status"].to_string())
+    });
+    assert_eq!(run["status"]["phase"], "Pending");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        tree_snapshot(&wc.shared_root()),
+        before,
+        "nothing moved while blind"
+    );
+    let w = stack.get_json(&ns, "worker/blind");
+    assert_eq!(w["status"]["phase"], "Unknown", "{:#}", w["status"]);
+
+    restart_stack();
+    let run = wait_run_finished(stack, &ns, "clean-blind");
+    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_eq!(run_step(&run, "CleanState")["figures"]["requeued"], 20);
+    assert_requeued_once(&wc, &ids);
+}
+
+/// The Kubernetes API server goes away in the middle of a Clean run of a few thousand tasks
+/// and comes back: the run completes, and each task was requeued exactly once.
+#[test]
+fn a_clean_run_completes_across_an_api_server_outage() {
+    let _one = serial();
+    let stack = stack();
+    let ns = stack.namespace("apiout");
+    let (wc, ids) = crashed(stack, &ns, "apiout", 3000);
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "apiout", "Down");
+    let (ok, out) = stack.apply(&run_yaml(
+        "clean-apiout",
+        &ns,
+        "apiout",
+        "  mode: Clean\n  resume:\n    batchSize: 1000\n    batchDelaySeconds: 1\n",
+    ));
+    assert!(ok, "{out}");
+    wait_for("the run under way", Duration::from_secs(60), || {
+        let r = stack.get_json(&ns, "workerrecovery/clean-apiout");
+        let step = r["status"]["currentStep"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (!step.is_empty()).then_some(()).ok_or(step)
+    });
+    // Killed, as a crash or a lost node would (a graceful stop waits for open watches).
+    stop_component("kube-apiserver", "KILL");
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    restart_stack();
+    eprintln!("API server down for {:?}", down.elapsed());
+    let run = wait_run_finished(stack, &ns, "clean-apiout");
+    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_eq!(run_step(&run, "CleanState")["figures"]["requeued"], 3000);
+    assert_requeued_once(&wc, &ids);
 }

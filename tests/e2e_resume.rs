@@ -361,9 +361,25 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
         "each task counted once: {st:#}"
     );
     assert_eq!(st["batchesDone"], (TASKS / 6) as u64, "{st:#}");
+    // Status keeps a sample of each batch's names (its first five): each batch holds the six
+    // next oldest tasks, so batch i's sample is tasks 6i.. 6i+5.
     let batches = batch_tasks(&plan);
-    let flat: Vec<String> = batches.concat();
-    assert_eq!(flat, tasks, "every task in exactly one batch, oldest first");
+    assert_eq!(batches.len(), TASKS / 6, "{st:#}");
+    for (i, sample) in batches.iter().enumerate() {
+        assert_eq!(
+            sample[..],
+            tasks[6 * i..6 * i + 5],
+            "batch {}, oldest first",
+            i + 1
+        );
+    }
+    let sizes: Vec<_> = plan["status"]["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![6; TASKS / 6], "every task in exactly one batch");
     wait_for("every task done", Duration::from_secs(60), || {
         let done = names_in(&wc.tasks_dir("done"));
         (done.len() == TASKS)
