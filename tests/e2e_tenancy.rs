@@ -241,7 +241,9 @@ fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        (step != "" && step != "Diagnose").then_some(()).ok_or(step)
+        (!step.is_empty() && step != "Diagnose")
+            .then_some(())
+            .ok_or(step)
     });
     apply(
         stack,

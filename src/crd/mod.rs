@@ -87,7 +87,15 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Phase", "Container", "Heartbeat", "Restarts", "Auto", "Age"]
+            [
+                "Phase",
+                "Container",
+                "Heartbeat",
+                "Last Heartbeat",
+                "Restarts",
+                "Auto",
+                "Age"
+            ]
         );
         let yaml = render(&crd).unwrap();
         assert!(

@@ -32,9 +32,16 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
     printcolumn(name = "Container", type_ = "string", json_path = ".spec.container"),
     printcolumn(
         name = "Heartbeat",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"HeartbeatFresh\")].reason",
+        description = "Whether the heartbeat is fresh (HeartbeatFresh), stale, missing or not read"
+    ),
+    printcolumn(
+        name = "Last Heartbeat",
         type_ = "date",
         json_path = ".status.lastHeartbeatTime",
-        description = "Time since the worker last wrote its heartbeat"
+        description = "The worker's last heartbeat as last written (refreshed at least every 5 minutes while nothing else changes)",
+        priority = "1"
     ),
     printcolumn(
         name = "Restarts",
@@ -606,7 +613,9 @@ pub struct WorkerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Time of the worker's last heartbeat: from its content, or the file's modification time
-    /// when the content has no time (`heartbeat.timeSource` says which).
+    /// when the content has no time (`heartbeat.timeSource` says which). Status is written when
+    /// something else changes, and at least every 5 minutes; `HeartbeatFresh` says whether the
+    /// heartbeat is fresh now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_time: Option<Time>,
     /// Content of the last readable heartbeat.
@@ -624,7 +633,8 @@ pub struct WorkerStatus {
     /// When the heartbeat last showed a change of progress or current task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_progress_time: Option<Time>,
-    /// When the operator last observed the worker.
+    /// When the operator last wrote what it observed: at every change, and at least every 5
+    /// minutes while nothing changes (the operator looks more often than it writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_observed_time: Option<Time>,
     /// Automatic actions are paused (`spec.autoRecovery.pause`): until when, and why.

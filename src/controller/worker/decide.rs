@@ -428,6 +428,33 @@ pub fn refused_status(
     }
 }
 
+/// Status is written when something a reader acts on changed, and else at least this often,
+/// so that `lastObservedTime` and `lastHeartbeatTime` stay recent without a write at every look
+/// (as kubelet reports an unchanged node status every 5 minutes).
+pub const STATUS_REFRESH: Duration = Duration::from_secs(300);
+
+/// Whether `next` is worth writing over `previous`: it differs in more than the times of the
+/// last look and the last heartbeat, or the last write is [`STATUS_REFRESH`] old.
+pub fn worth_writing(previous: Option<&WorkerStatus>, next: &WorkerStatus) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let without_times = |s: &WorkerStatus| WorkerStatus {
+        last_observed_time: None,
+        last_heartbeat_time: None,
+        ..s.clone()
+    };
+    if without_times(previous) != without_times(next) {
+        return true;
+    }
+    match (&previous.last_observed_time, &next.last_observed_time) {
+        (Some(before), Some(now)) => {
+            now.0.duration_since(before.0).unsigned_abs() >= STATUS_REFRESH
+        }
+        _ => true,
+    }
+}
+
 /// How soon to look again: often enough to see a heartbeat go stale close to its timeout.
 pub fn requeue_interval(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(15))

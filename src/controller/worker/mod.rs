@@ -190,12 +190,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         status.claim = Some(record_claim(worker, a, previous, obs.now));
     }
 
-    // Write status, then tell humans about changes of health.
-    apply_status(&api, worker, &status).await?;
-    ctx.worker_status
-        .lock()
-        .unwrap()
-        .insert(key, status.clone());
+    // Write status when it changed (or is due for a refresh), then tell humans about changes
+    // of health.
+    if decide::worth_writing(previous, &status) {
+        apply_status(&api, worker, &status).await?;
+        ctx.worker_status
+            .lock()
+            .unwrap()
+            .insert(key, status.clone());
+    }
     phase_event(ctx, worker, previous.and_then(|s| s.phase), &assessment).await;
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
     let mut next = decide::next_look(&obs, timeout);
@@ -1076,5 +1079,61 @@ mod tests {
             "{n}"
         );
         assert_eq!(server.requests.lock().unwrap().len(), 1, "no second post");
+    }
+
+    /// Skip unchanged status writes: a second look that finds only a newer heartbeat writes
+    /// nothing; a change, or a status older than the refresh period, is written.
+    #[tokio::test]
+    async fn a_look_that_finds_nothing_new_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(FakeRuntime::with_container(testing::running()));
+        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
+        let mut worker = worker_at(dir.path());
+        let patches = || {
+            requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
+                .count()
+        };
+
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(patches(), 1);
+        let written: WorkerStatus = serde_json::from_value(last_patch(&requests)).unwrap();
+        worker.status = Some(written.clone());
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        fresh_heartbeat(dir.path());
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(
+            patches(),
+            1,
+            "only the heartbeat's time moved: nothing written"
+        );
+
+        // The worker stops: written at once.
+        fake.containers
+            .lock()
+            .unwrap()
+            .insert("marie".into(), testing::exited(3));
+        worker.spec.auto_recovery.enabled = false;
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(patches(), 2);
+        assert_eq!(last_patch(&requests)["phase"], "Down");
+
+        // Nothing new, but the last write is older than the refresh period: written.
+        let mut old = written;
+        old.last_observed_time = Some(Time(
+            Timestamp::now() - decide::STATUS_REFRESH - Duration::from_secs(1),
+        ));
+        fake.containers
+            .lock()
+            .unwrap()
+            .insert("marie".into(), testing::running());
+        worker.status = Some(old);
+        ctx.worker_status.lock().unwrap().clear();
+        reconcile_worker(&worker, &ctx).await.unwrap();
+        assert_eq!(patches(), 3);
     }
 }
