@@ -14,6 +14,10 @@
 #
 #   scripts/bench-autoheal.sh [restart|deadline|scale|all]     default: all
 #   CRASHES=50 CONTAINERS=5 WORKERS=1000 REAL=20 IDLE_SECONDS=60
+#   FILE_ONLY=1                  scale: every Worker file-only and healthy (heartbeats kept fresh
+#                                by the script), instead of REAL containers and absent ones
+#   WRO_STATUS_REFRESH_SECONDS   passed to the operator (0: status written at every look)
+#   OPERATOR=path                operator binary (default: a release build of this tree)
 #
 # Starts the stack and builds the images when needed; leaves the stack running.
 set -euo pipefail
@@ -22,7 +26,9 @@ MODE="${1:-all}"
 bash scripts/stack.sh up >/dev/null
 eval "$(bash scripts/stack.sh env)"
 bash scripts/build-worker-image.sh >/dev/null
-cargo build --release --locked --quiet --bin worker-recovery-operator
-export OPERATOR="${CARGO_TARGET_DIR:-$(pwd)/target}/release/worker-recovery-operator"
+if [[ -z "${OPERATOR:-}" ]]; then
+	cargo build --release --locked --quiet --bin worker-recovery-operator
+	export OPERATOR="${CARGO_TARGET_DIR:-$(pwd)/target}/release/worker-recovery-operator"
+fi
 kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 exec python3 scripts/bench_autoheal.py "${MODE}"

@@ -10,6 +10,9 @@ CONTAINERS = int(os.environ.get("CONTAINERS", "5"))
 WORKERS = int(os.environ.get("WORKERS", "1000"))
 REAL = int(os.environ.get("REAL", "20"))
 IDLE = int(os.environ.get("IDLE_SECONDS", "60"))
+# Scale: 1: every Worker is file-only (no container; granted with --file-only-worker) with a
+# heartbeat kept fresh by this script, so that all of them are healthy and looked at as such.
+FILE_ONLY = os.environ.get("FILE_ONLY", "0") == "1"
 RUN = f"{int(time.time())}"
 
 
@@ -28,11 +31,11 @@ def pct(values, p):
 
 
 class Operator:
-    def __init__(self, ns, root, log):
+    def __init__(self, ns, root, log, extra=()):
         self.log = open(log, "a")
         self.proc = subprocess.Popen(
             [OPERATOR, "run", "--listen", "127.0.0.1:0", "--log-format", "json",
-             "--namespace", ns, "--allowed-root", root],
+             "--namespace", ns, "--allowed-root", root, *extra],
             stdout=self.log, stderr=self.log, env={**os.environ, "RUST_LOG": "warn"})
         self.addr = None
 
@@ -219,31 +222,54 @@ def apiserver_requests():
     return total
 
 
-def scale_bench():
-    ns = f"bench-scale-{RUN}"
-    sh("kubectl", "create", "namespace", ns)
-    root = tempfile.mkdtemp(prefix="wro-bench-")
-    yaml = ""
+def keep_beating(paths, stop):
+    """Rewrite each heartbeat file every 2 s, as live idle workers do."""
+    while not stop.is_set():
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for p in paths:
+            tmp = p + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(json.dumps({"timestamp": now, "status": "idle", "progress": 0}))
+            os.replace(tmp, p)
+        stop.wait(2)
+
+
+def scale_workers(ns, root):
+    """Apply the Workers; returns the heartbeat files to keep fresh (file-only mode)."""
+    yaml, beats = "", []
     for i in range(WORKERS):
         n = f"s{i:04d}"
-        if i < REAL:
+        if i < REAL and not FILE_ONLY:
             c = f"s{RUN[-5:]}-{i}"
             shared = start_worker(c, root, labels=[f"{LABEL}={ns}/{n}"])
             os.makedirs(os.path.join(shared, "workers"), exist_ok=True)
             yaml += worker_yaml(ns, n, c, shared).replace(f"workerName: {n}", f"workerName: {c}")
         else:
-            os.makedirs(os.path.join(root, n), exist_ok=True)
+            hb = os.path.join(root, n, "workers", n)
+            os.makedirs(hb, exist_ok=True)
+            beats.append(os.path.join(hb, "heartbeat.json"))
             yaml += worker_yaml(ns, n, f"absent-{n}", os.path.join(root, n))
         if (i + 1) % 200 == 0:
             kubectl_apply(yaml)
             yaml = ""
     if yaml:
         kubectl_apply(yaml)
+    return beats if FILE_ONLY else []
+
+
+def scale_bench():
+    ns = f"bench-scale-{RUN}"
+    sh("kubectl", "create", "namespace", ns)
+    root = tempfile.mkdtemp(prefix="wro-bench-")
+    beats = scale_workers(ns, root)
+    stop = threading.Event()
+    threading.Thread(target=keep_beating, args=(beats, stop), daemon=True).start()
+    extra = ["--file-only-worker", f"{ns}/*"] if FILE_ONLY else []
     results = {}
     try:
         for attempt in ("first start", "restart"):
             started = time.time()
-            op = Operator(ns, root, os.path.join(root, "operator.log"))
+            op = Operator(ns, root, os.path.join(root, "operator.log"), extra)
             while True:
                 items = json.loads(sh("kubectl", "get", "-n", ns, "workers", "-o", "json"))["items"]
                 looked = sum(1 for w in items
@@ -264,8 +290,11 @@ def scale_bench():
                 results["API requests per minute when idle"] = round((a1 - a0 - 1) * 60 / IDLE, 1)
             op.stop()
     finally:
+        stop.set()
         cleanup(ns)
-    print(f"\n## {WORKERS} Workers, {REAL} with real containers")
+    mode = "file-only, all healthy" if FILE_ONLY else f"{REAL} with real containers"
+    print(f"\n## {WORKERS} Workers, {mode}, idle window {IDLE} s, "
+          f"status refresh {os.environ.get('WRO_STATUS_REFRESH_SECONDS', 'default')}")
     for k, v in results.items():
         print(f"| {k} | {v} |")
     shutil.rmtree(root, ignore_errors=True)

@@ -135,6 +135,10 @@ enum Command {
         trust: TrustArgs,
         #[command(flatten)]
         urls: UrlPolicyArgs,
+        /// Write a Worker's unchanged status at most this often (seconds): a look that finds
+        /// nothing new writes nothing until then. 0 writes at every look.
+        #[arg(long, default_value_t = 300, env = "WRO_STATUS_REFRESH_SECONDS")]
+        status_refresh_seconds: u64,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -181,6 +185,7 @@ pub fn main() -> ExitCode {
             namespace,
             trust,
             urls,
+            status_refresh_seconds,
         } => trust.resolve().and_then(|trust| {
             let http = urls.client(&tls)?;
             block_on(operator::run(operator::RunOptions {
@@ -188,6 +193,7 @@ pub fn main() -> ExitCode {
                 namespace,
                 trust,
                 http,
+                status_refresh: std::time::Duration::from_secs(status_refresh_seconds),
             }))
         }),
         Command::Diagnose {

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub trust: Trust,
     /// The client of webhooks and metrics endpoints, with the URL policy.
     pub http: HttpClient,
+    /// How often an unchanged Worker status is written anyway.
+    pub status_refresh: std::time::Duration,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -78,7 +80,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             opts.trust.clone(),
             opts.http.clone(),
         )
-        .with_workers(worker_cache.clone()),
+        .with_workers(worker_cache.clone())
+        .with_status_refresh(opts.status_refresh),
     );
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),

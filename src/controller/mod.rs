@@ -58,6 +58,8 @@ pub struct Context {
     /// Recovery steps this process is carrying out now (`<run>/<step>`), so that a step polled
     /// again is not counted as a new attempt, while one resumed after a restart is.
     pub running_steps: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// An unchanged Worker status is written at most this often.
+    pub status_refresh: std::time::Duration,
     /// The Worker status this process wrote last, per Worker (`object_key`).
     pub worker_status:
         std::sync::Mutex<std::collections::HashMap<String, crate::crd::worker::WorkerStatus>>,
@@ -90,6 +92,7 @@ impl Context {
             metrics,
             backoff: backoff::Backoff::default(),
             running_steps: Default::default(),
+            status_refresh: worker::decide::STATUS_REFRESH,
             worker_status: Default::default(),
         }
     }
@@ -107,6 +110,12 @@ impl Context {
     /// Check path claims against the Workers in `workers` (the Worker controller's cache).
     pub fn with_workers(mut self, workers: Store<Worker>) -> Self {
         self.claims = claims::Registry::new(workers);
+        self
+    }
+
+    /// Write an unchanged Worker status at most every `refresh` (zero: at every look).
+    pub fn with_status_refresh(mut self, refresh: std::time::Duration) -> Self {
+        self.status_refresh = refresh;
         self
     }
 

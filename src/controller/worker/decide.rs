@@ -434,8 +434,13 @@ pub fn refused_status(
 pub const STATUS_REFRESH: Duration = Duration::from_secs(300);
 
 /// Whether `next` is worth writing over `previous`: it differs in more than the times of the
-/// last look and the last heartbeat, or the last write is [`STATUS_REFRESH`] old.
-pub fn worth_writing(previous: Option<&WorkerStatus>, next: &WorkerStatus) -> bool {
+/// last look and the last heartbeat, or the last write is `refresh` old (by default
+/// [`STATUS_REFRESH`]).
+pub fn worth_writing(
+    previous: Option<&WorkerStatus>,
+    next: &WorkerStatus,
+    refresh: Duration,
+) -> bool {
     let Some(previous) = previous else {
         return true;
     };
@@ -449,7 +454,7 @@ pub fn worth_writing(previous: Option<&WorkerStatus>, next: &WorkerStatus) -> bo
     }
     match (&previous.last_observed_time, &next.last_observed_time) {
         (Some(before), Some(now)) => {
-            now.0.duration_since(before.0).unsigned_abs() >= STATUS_REFRESH
+            now.0.duration_since(before.0).unsigned_abs() >= refresh
         }
         _ => true,
     }

@@ -192,7 +192,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
 
     // Write status when it changed (or is due for a refresh), then tell humans about changes
     // of health.
-    if decide::worth_writing(previous, &status) {
+    if decide::worth_writing(previous, &status, ctx.status_refresh) {
         apply_status(&api, worker, &status).await?;
         ctx.worker_status
             .lock()
