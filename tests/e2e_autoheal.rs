@@ -483,3 +483,158 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
     );
     assert!(event_reasons(stack, &ns, "drifty").contains(&"DeclaredSettingsApplied".to_string()));
 }
+
+/// A webhook receiver that accepts connections and never answers.
+struct BlackHole {
+    url: String,
+}
+
+impl BlackHole {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        Self { url }
+    }
+}
+
+/// Notifications off the reconcile path: Workers whose webhook never answers are escalated
+/// and written at once (their notification Pending), and another Worker that crashes
+/// meanwhile is healed on time.
+#[test]
+fn a_webhook_that_never_answers_holds_up_no_worker() {
+    let stack = stack();
+    let ns = stack.namespace("blackhole");
+    let hole = BlackHole::start();
+    let crashing: Vec<WorkerContainer> = (0..3)
+        .map(|i| {
+            WorkerContainer::start(
+                &ns,
+                &format!("holed{i}"),
+                &[],
+                &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
+            )
+        })
+        .collect();
+    let extra = format!(
+        "    maxRestarts: 1\n    cooldownSeconds: 0\n  escalation:\n    webhook:\n      url: {}\n      maxAttempts: 20\n      timeoutSeconds: 60\n",
+        hole.url
+    );
+    for (i, wc) in crashing.iter().enumerate() {
+        let name = format!("holed{i}");
+        apply(
+            stack,
+            &format!("{}{extra}", wc.worker_yaml(&name, &ns, 10, true)),
+        );
+    }
+    let healthy = WorkerContainer::start(&ns, "fine", &[], &[]);
+    apply(stack, &healthy.worker_yaml("fine", &ns, 10, true));
+    let dirs: Vec<&std::path::Path> = crashing
+        .iter()
+        .map(|w| w.dir.path())
+        .chain([healthy.dir.path()])
+        .collect();
+    let _op = Operator::start_allowing(stack, &ns, healthy.dir.path(), &dirs);
+
+    for i in 0..3 {
+        let name = format!("holed{i}");
+        let w = wait_for(
+            "escalated, its notification pending",
+            Duration::from_secs(90),
+            || {
+                let w = worker_json(stack, &ns, &name);
+                (w["status"]["phase"] == "Escalated"
+                    && w["status"]["escalation"]["notification"]["state"] == "Pending")
+                    .then_some(w.clone())
+                    .ok_or(w["status"].to_string())
+            },
+        );
+        // Written while the delivery still waits for its first answer (a 60 s timeout).
+        let since = seconds(&w["status"]["escalation"]["since"]);
+        assert!(
+            unix_now() as i64 - since < 30,
+            "escalated {since}, seen now"
+        );
+    }
+    wait_phase(stack, &ns, "fine", "Healthy");
+    let crashed_at = std::time::Instant::now();
+    healthy.inject_fault("crash");
+    let w = wait_for("fine healed", Duration::from_secs(30), || {
+        let w = worker_json(stack, &ns, "fine");
+        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    eprintln!(
+        "crash to healthy while 3 webhooks hang: {:?}",
+        crashed_at.elapsed()
+    );
+    assert!(
+        crashed_at.elapsed() < Duration::from_secs(20),
+        "healed on time: {:?}, {:#}",
+        crashed_at.elapsed(),
+        w["status"]
+    );
+}
+
+/// After a file-descriptor exhaustion, the next automatic attempt recreates the container with
+/// `nofile` raised by `nofileFactor`, held at `nofileCeiling`.
+#[test]
+fn fd_exhaustion_then_an_automatic_attempt_raises_nofile_within_the_ceiling() {
+    let stack = stack();
+    let ns = stack.namespace("nofile");
+    let wc = WorkerContainer::start(&ns, "leaky", &["--ulimit", "nofile=64:64"], &[]);
+    let extra = "    cooldownSeconds: 0\n    maxRestarts: 10\n    backoff:\n      initialSeconds: 0\n    remediation:\n      nofileFactor: 2\n      nofileCeiling: 100\n  resources:\n    nofile: {soft: 64, hard: 64}\n    apply: OnRestart\n";
+    apply(
+        stack,
+        &format!("{}{extra}", wc.worker_yaml("leaky", &ns, 5, true)),
+    );
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, "leaky", "Healthy");
+
+    // First exhaustion: restarted, and its run finds the root cause.
+    wc.inject_fault("fd-leak");
+    wait_for("the first attempt's run", Duration::from_secs(60), || {
+        let out = stack.kubectl(&["get", "-n", &ns, "workerrecovery/leaky-auto-1"], None);
+        out.status
+            .success()
+            .then_some(())
+            .ok_or("not yet".to_string())
+    });
+    let run = wait_run_finished(stack, &ns, "leaky-auto-1");
+    assert_eq!(
+        run["status"]["diagnosis"]["verdict"]["topCause"], "FileDescriptorExhaustion",
+        "{:#}",
+        run["status"]["diagnosis"]["verdict"]
+    );
+    wait_phase(stack, &ns, "leaky", "Healthy");
+    let id_before = wc.inspect("{{.Id}}");
+
+    // The next one: recreated with nofile 64 x 2 = 128, held at the ceiling of 100.
+    wc.inject_fault("fd-leak");
+    let w = wait_for("the second attempt", Duration::from_secs(90), || {
+        let w = worker_json(stack, &ns, "leaky");
+        let attempts = w["status"]["autoRecovery"]["attempts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (attempts == 2 && w["status"]["phase"] == "Healthy")
+            .then_some(w.clone())
+            .ok_or(w["status"].to_string())
+    });
+    let remediation = w["status"]["autoRecovery"]["attempts"][1]["remediation"].to_string();
+    assert!(
+        remediation.contains("nofile 64:64 -> 100:100"),
+        "{remediation}"
+    );
+    assert_ne!(wc.inspect("{{.Id}}"), id_before, "a new container");
+    let ulimits = wc.inspect("{{json .HostConfig.Ulimits}}");
+    assert!(
+        ulimits.contains(r#""Name":"nofile","Hard":100,"Soft":100"#),
+        "{ulimits}"
+    );
+}

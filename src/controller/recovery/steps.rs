@@ -172,7 +172,12 @@ pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
         .spec
         .trigger
         .as_ref()
-        .filter(|t| t.restarted_at.is_some())
+        // Only an end (an exit, an OOM kill) is evidence of how it ended; a hung worker that
+        // automatic recovery restarted did not exit on its own.
+        .filter(|t| {
+            t.restarted_at.is_some()
+                && (t.exit_code.is_some() || t.oom_killed || t.finished_at.is_some())
+        })
     {
         check_ctx.crash = Some(diagnose::CrashEvidence {
             exit_code: t.exit_code,

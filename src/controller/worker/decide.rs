@@ -453,9 +453,7 @@ pub fn worth_writing(
         return true;
     }
     match (&previous.last_observed_time, &next.last_observed_time) {
-        (Some(before), Some(now)) => {
-            now.0.duration_since(before.0).unsigned_abs() >= refresh
-        }
+        (Some(before), Some(now)) => now.0.duration_since(before.0).unsigned_abs() >= refresh,
         _ => true,
     }
 }
