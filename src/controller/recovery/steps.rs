@@ -445,7 +445,11 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
         }
     };
     let mut missing = Vec::new();
-    let container = run.current(&target).await?;
+    // The debug copy is found by name: only the one this run labelled counts.
+    let container = run
+        .current(&target)
+        .await?
+        .filter(|c| !debug || c.labels.get(RUN_LABEL) == Some(&run.run_key()));
     let started_at = container
         .as_ref()
         .and_then(|c| c.started_at)
@@ -465,35 +469,7 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
         Some(c) => missing.push(format!("container {} is {}", c.name, c.status)),
         None => missing.push(format!("container {target} does not exist")),
     }
-    let paths = &run.admission.paths;
-    let mut heartbeat_age = None;
-    match heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await {
-        HeartbeatObservation::Present(hb) if started_at.is_none_or(|s| hb.at > s) => {
-            heartbeat_age = Some(Timestamp::now().duration_since(hb.at));
-        }
-        HeartbeatObservation::Present(hb) => {
-            missing.push(format!("no heartbeat since the start (last {})", hb.at))
-        }
-        HeartbeatObservation::Missing => missing.push("no heartbeat file".into()),
-        HeartbeatObservation::Unreadable(e) | HeartbeatObservation::Invalid(e) => {
-            missing.push(format!("heartbeat unreadable: {e}"))
-        }
-    }
-    if let Some(metrics) = &run.worker.spec.metrics {
-        let probe = run
-            .ctx
-            .http
-            .get(&metrics.url, METRICS_PROBE_TIMEOUT, MESSAGE_BODY_BYTES)
-            .await;
-        match probe {
-            Ok(r) if (200..300).contains(&r.status) => {}
-            Ok(r) => missing.push(format!(
-                "metrics endpoint answered with status {}",
-                r.status
-            )),
-            Err(e) => missing.push(format!("metrics endpoint: {e}")),
-        }
-    }
+    let heartbeat_age = heartbeat_and_metrics(run, started_at, &mut missing).await;
     if missing.is_empty() {
         let mut result = StepResult::ok(format!(
             "healthy: container running, heartbeat {}{}",
@@ -533,8 +509,45 @@ pub async fn verify_health(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, 
     ))))
 }
 
-/// Resume (mode `Clean`): the requeued tasks wait in `pending/`. Gradual resume in batches by a
-/// ResumePlan owned by the run hooks in here.
+/// The heartbeat since `started_at`, and the metrics endpoint when declared: what is missing
+/// goes into `missing`; returns the heartbeat's age when there is one since the start.
+async fn heartbeat_and_metrics(
+    run: &Run<'_>,
+    started_at: Option<Timestamp>,
+    missing: &mut Vec<String>,
+) -> Option<SignedDuration> {
+    let paths = &run.admission.paths;
+    let mut heartbeat_age = None;
+    match heartbeat::read(&paths.trusted_root, &paths.heartbeat_file).await {
+        HeartbeatObservation::Present(hb) if started_at.is_none_or(|s| hb.at > s) => {
+            heartbeat_age = Some(Timestamp::now().duration_since(hb.at));
+        }
+        HeartbeatObservation::Present(hb) => {
+            missing.push(format!("no heartbeat since the start (last {})", hb.at))
+        }
+        HeartbeatObservation::Missing => missing.push("no heartbeat file".into()),
+        HeartbeatObservation::Unreadable(e) | HeartbeatObservation::Invalid(e) => {
+            missing.push(format!("heartbeat unreadable: {e}"))
+        }
+    }
+    if let Some(metrics) = &run.worker.spec.metrics {
+        let probe = run
+            .ctx
+            .http
+            .get(&metrics.url, METRICS_PROBE_TIMEOUT, MESSAGE_BODY_BYTES)
+            .await;
+        match probe {
+            Ok(r) if (200..300).contains(&r.status) => {}
+            Ok(r) => missing.push(format!(
+                "metrics endpoint answered with status {}",
+                r.status
+            )),
+            Err(e) => missing.push(format!("metrics endpoint: {e}")),
+        }
+    }
+    heartbeat_age
+}
+
 /// Name of the ResumePlan a run creates: `<run>-resume`, cut to the 253 characters a name may
 /// have.
 pub fn resume_plan_name(rec: &WorkerRecovery) -> String {

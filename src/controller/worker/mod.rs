@@ -182,10 +182,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         &assessment,
         supervision.restart.as_ref(),
     );
-    status.paused = pause.cloned();
-    status.auto_recovery = Some(supervision.record.clone());
-    status.drift = supervision.drift.clone();
-    status.escalation = supervision.escalation.clone();
+    add_decisions(&mut status, &supervision, pause);
     if let Access::Admitted(a) = &access {
         status.claim = Some(record_claim(worker, a, previous, obs.now));
     }
@@ -214,6 +211,19 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(crate::docker::DockerError::Unavailable(e).into());
     }
     Ok(Action::requeue(next))
+}
+
+/// What supervision decided goes into status: the pause, the policy's record, drift, the
+/// escalation.
+fn add_decisions(
+    status: &mut WorkerStatus,
+    supervision: &supervise::Supervision,
+    pause: Option<&crate::crd::worker::PauseSpec>,
+) {
+    status.paused = pause.cloned();
+    status.auto_recovery = Some(supervision.record.clone());
+    status.drift = supervision.drift.clone();
+    status.escalation = supervision.escalation.clone();
 }
 
 /// The paths an admitted Worker holds, since when it was first admitted with them.

@@ -264,37 +264,9 @@ async fn attempt(
             remediation.push(change);
         }
     }
-    let mut restarted_at = None;
-    // Declared settings (and a raised nofile limit after fd exhaustion) that need a new
-    // container: recreate it, which also starts it.
     let mut container = container.clone();
-    if let Some((declared, change)) = apply_declared(ctx, worker, &container, &out.record).await? {
-        let grace = Duration::from_secs(10);
-        if resources::needs_recreate(&resources::drift(&declared, &container)) {
-            let id = ctx.docker.recreate(&container.id, &declared, grace).await?;
-            restarted_at = Some(Timestamp::now());
-            container.id = id;
-            remediation.push(format!("recreated with {change}"));
-        } else {
-            ctx.docker
-                .update_resources(
-                    &container.id,
-                    declared.memory,
-                    declared.memory_swap,
-                    declared.cpu_quota,
-                )
-                .await?;
-            remediation.push(format!("updated in place: {change}"));
-        }
-        ctx.publish(
-            worker,
-            EventType::Normal,
-            "DeclaredSettingsApplied",
-            "Remediate",
-            remediation.last().cloned().unwrap_or_default(),
-        )
-        .await;
-    }
+    let mut restarted_at =
+        put_declared_in_place(ctx, worker, &mut container, &out.record, &mut remediation).await?;
     let container = &container;
     if spec.mode == AutoRecoveryMode::Quick && restarted_at.is_none() {
         match failure {
@@ -353,6 +325,48 @@ async fn attempt(
     info!(%run, trigger = %failure.trigger(), "automatic recovery attempt");
     prune_runs(ctx, worker).await?;
     Ok(())
+}
+
+/// Declared settings (and a raised nofile limit after fd exhaustion) go in place at this
+/// restart: in place when Docker can change them, else by a recreate, which also starts the
+/// container (its new ID is put into `container`; the start time is returned).
+async fn put_declared_in_place(
+    ctx: &Context,
+    worker: &Worker,
+    container: &mut ContainerInfo,
+    record: &AutoRecoveryStatus,
+    remediation: &mut Vec<String>,
+) -> Result<Option<Timestamp>, Error> {
+    let Some((declared, change)) = apply_declared(ctx, worker, container, record).await? else {
+        return Ok(None);
+    };
+    let mut restarted_at = None;
+    if resources::needs_recreate(&resources::drift(&declared, container)) {
+        let grace = Duration::from_secs(10);
+        container.id = ctx.docker.recreate(&container.id, &declared, grace).await?;
+        restarted_at = Some(Timestamp::now());
+        remediation.push(format!("recreated with {change}"));
+    } else {
+        ctx.docker
+            .update_resources(
+                &container.id,
+                declared.memory,
+                declared.memory_swap,
+                declared.cpu_quota,
+            )
+            .await?;
+        remediation.push(format!("updated in place: {change}"));
+    }
+    let note = remediation.last().cloned().unwrap_or_default();
+    ctx.publish(
+        worker,
+        EventType::Normal,
+        "DeclaredSettingsApplied",
+        "Remediate",
+        note,
+    )
+    .await;
+    Ok(restarted_at)
 }
 
 fn describe(failure: &FailureKind, container: &ContainerInfo) -> String {
@@ -771,6 +785,39 @@ fn record_outcome(e: &mut EscalationStatus, outcome: notifier::Outcome) {
     n.time = Some(Time(outcome.time));
 }
 
+/// The backup Worker to move tasks to, with its admission: the one chosen when the move began
+/// (it stays the backup while the move goes on), else the first healthy and admitted one.
+async fn pick_backup(
+    ctx: &Context,
+    worker: &Worker,
+    e: &EscalationStatus,
+    backups: Vec<String>,
+) -> Result<Option<(String, Worker, Admission)>, Error> {
+    let workers: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
+    let candidates = match &e.failover {
+        Some(f) => vec![f.to.clone()],
+        None => backups,
+    };
+    for name in candidates {
+        let Some(backup) = workers.get_opt(&name).await? else {
+            continue;
+        };
+        let healthy = backup
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p == WorkerPhase::Healthy);
+        if !healthy && e.failover.is_none() {
+            continue;
+        }
+        if let Ok(a) = ctx.admit(&backup).await {
+            return Ok(Some((name, backup, a)));
+        }
+    }
+    Ok(None)
+}
+
 /// At the last level: move the pending tasks to the first healthy backup Worker, in batches
 /// whose names are recorded before they move. `Ok(true)`: it waits for another writer.
 async fn fail_over(
@@ -789,32 +836,7 @@ async fn fail_over(
     {
         return Ok(false);
     }
-    let workers: Api<Worker> =
-        Api::namespaced(ctx.client.clone(), &worker.namespace().unwrap_or_default());
-    // The backup chosen stays the backup while the move goes on.
-    let mut target = None;
-    let candidates = match &e.failover {
-        Some(f) => vec![f.to.clone()],
-        None => backups,
-    };
-    for name in candidates {
-        let Some(backup) = workers.get_opt(&name).await? else {
-            continue;
-        };
-        let healthy = backup
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(|p| p == WorkerPhase::Healthy);
-        if !healthy && e.failover.is_none() {
-            continue;
-        }
-        if let Ok(a) = ctx.admit(&backup).await {
-            target = Some((name, backup, a));
-            break;
-        }
-    }
-    let Some((to, backup_worker, backup)) = target else {
+    let Some((to, backup_worker, backup)) = pick_backup(ctx, worker, e, backups).await? else {
         if e.failover.is_none() {
             e.failover = Some(FailoverStatus {
                 to: String::new(),

@@ -195,25 +195,27 @@ pub fn split_statuses(text: &str) -> Vec<ProcStatus> {
     blocks.iter().filter_map(|b| parse_status(b)).collect()
 }
 
-pub async fn run(ctx: &CheckContext) -> CheckResult {
+/// The running container whose process is examined, or the check's result when there is none
+/// (absent, stopped, restarting) or it cannot be looked into (paused).
+fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
     let name = &ctx.spec.container;
     let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
+        Err(reason) => return Err(Err(format!("cannot inspect container {name:?}: {reason}"))),
         Ok(None) => {
-            return Ok(vec![ctx
+            return Err(Ok(vec![ctx
                 .finding(
                     CheckName::Process,
                     FindingKind::ProcessMissing,
                     Severity::Critical,
                     format!("no worker process: container {name:?} does not exist"),
                 )
-                .with("state", "notFound")])
+                .with("state", "notFound")]))
         }
         Ok(Some(c)) => c,
     };
     // A restarting container's process is gone until Docker starts it again (its PID is 0).
     if !c.running || c.status == ContainerState::Restarting {
-        return Ok(vec![missing(
+        return Err(Ok(vec![missing(
             ctx,
             c,
             format!(
@@ -223,13 +225,22 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                     .map(|e| format!(" (exit code {e})"))
                     .unwrap_or_default()
             ),
-        )]);
+        )]));
     }
     if c.status == ContainerState::Paused {
-        return Err(format!(
+        return Err(Err(format!(
             "container {name:?} is paused: its process is frozen and exec is refused"
-        ));
+        )));
     }
+    Ok(c)
+}
+
+pub async fn run(ctx: &CheckContext) -> CheckResult {
+    let name = &ctx.spec.container;
+    let c = match examined(ctx) {
+        Ok(c) => c,
+        Err(done) => return done,
+    };
     let (pid, proc, how) = match ctx.worker_process().await? {
         Located::Found { pid, status, how } => (pid, status, how),
         Located::Missing(why) => return Ok(vec![missing(ctx, c, why)]),
