@@ -168,6 +168,23 @@ pub enum AdmitError {
     ContainerStateUnknown(String),
 }
 
+impl AdmitError {
+    /// The condition reason and the message for a run or plan against the Worker `worker`.
+    pub fn reason_and_message(&self, worker: &str) -> (&'static str, String) {
+        match self {
+            Self::InvalidSpec(e) => (
+                "InvalidWorkerSpec",
+                format!("Worker {worker} has an invalid spec: {e}"),
+            ),
+            Self::Refused(r) => (
+                r.reason.as_str(),
+                format!("Worker {worker} is refused: {r}"),
+            ),
+            Self::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
+        }
+    }
+}
+
 /// Apply the trust rules to `worker`: the shared root first (nothing is inspected for a refused
 /// root), then path claims (when `claims` is given), then the container's consent.
 pub async fn admit(

@@ -394,17 +394,7 @@ async fn refuse(
     worker_name: &str,
     error: AdmitError,
 ) -> Result<Action, Error> {
-    let (reason, message) = match &error {
-        AdmitError::InvalidSpec(e) => (
-            "InvalidWorkerSpec",
-            format!("Worker {worker_name} has an invalid spec: {e}"),
-        ),
-        AdmitError::Refused(refusal) => (
-            refusal.reason.as_str(),
-            format!("Worker {worker_name} is refused: {refusal}"),
-        ),
-        AdmitError::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
-    };
+    let (reason, message) = error.reason_and_message(worker_name);
     let mut failed = early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
     failed.completion_time = Some(Time(Timestamp::now()));
     failed.trace = Some(

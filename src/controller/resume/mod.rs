@@ -400,17 +400,7 @@ async fn refuse(
     worker_name: &str,
     error: AdmitError,
 ) -> Result<Action, Error> {
-    let (reason, message) = match &error {
-        AdmitError::InvalidSpec(e) => (
-            "InvalidWorkerSpec",
-            format!("Worker {worker_name} has an invalid spec: {e}"),
-        ),
-        AdmitError::Refused(r) => (
-            r.reason.as_str(),
-            format!("Worker {worker_name} is refused: {r}"),
-        ),
-        AdmitError::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
-    };
+    let (reason, message) = error.reason_and_message(worker_name);
     let blocked = Blocked {
         reason,
         message: message.clone(),
