@@ -48,16 +48,25 @@ pub struct Assessment {
 
 /// Judge the worker's health.
 pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
-    let container_running = container_condition(&obs.container);
+    // A file-only Worker (no container, its files read by grant) is judged by its heartbeat.
+    let file_only =
+        matches!(obs.container, ContainerObservation::NotFound) && obs.heartbeat.is_some();
+    let container_running = if file_only {
+        ConditionState {
+            type_: CONTAINER_RUNNING,
+            status: ConditionStatus::Unknown,
+            reason: "FileOnly",
+            message: "no container: a file-only Worker is judged by its heartbeat".into(),
+        }
+    } else {
+        container_condition(&obs.container)
+    };
     let heartbeat_fresh = heartbeat_condition(obs.heartbeat.as_ref(), obs.now, heartbeat_timeout);
-    let phase = match (
-        &obs.container,
-        container_running.status,
-        heartbeat_fresh.status,
-    ) {
+    let container_ok = file_only || container_running.status == ConditionStatus::True;
+    let phase = match (&obs.container, container_ok, heartbeat_fresh.status) {
         (ContainerObservation::Unavailable(_), _, _) => WorkerPhase::Unknown,
-        (_, ConditionStatus::True, ConditionStatus::True) => WorkerPhase::Healthy,
-        (_, ConditionStatus::True, _) => WorkerPhase::Degraded,
+        (_, true, ConditionStatus::True) => WorkerPhase::Healthy,
+        (_, true, _) => WorkerPhase::Degraded,
         _ => WorkerPhase::Down,
     };
     let ready = match phase {
@@ -74,10 +83,10 @@ pub fn assess(obs: &Observation, heartbeat_timeout: Duration) -> Assessment {
             message: container_running.message.clone(),
         },
         _ => {
-            let failing = if container_running.status != ConditionStatus::True {
-                &container_running
-            } else {
+            let failing = if container_ok {
                 &heartbeat_fresh
+            } else {
+                &container_running
             };
             ConditionState {
                 type_: READY,
@@ -622,7 +631,9 @@ pub fn next_look(obs: &Observation, heartbeat_timeout: Duration) -> Duration {
     let poll = requeue_interval(heartbeat_timeout);
     let running = match &obs.container {
         ContainerObservation::Found(c) => c.running,
-        ContainerObservation::NotFound => return RESYNC,
+        // A file-only Worker (its files read without a container): its heartbeat is all there
+        // is to watch, so it is watched like a running worker's.
+        ContainerObservation::NotFound => obs.heartbeat.is_some(),
         ContainerObservation::Unavailable(_) => return poll,
     };
     if !running {
@@ -815,10 +826,16 @@ mod tests {
         // Not running or gone: the event stream says when that changes.
         let exited = ContainerObservation::Found(container("exited", false));
         assert_eq!(next_look(&obs(exited, beat(5)), TIMEOUT), RESYNC);
+        // A file-only Worker (no container, its heartbeat read) is watched by its heartbeat.
         assert_eq!(
             next_look(&obs(ContainerObservation::NotFound, beat(5)), TIMEOUT),
-            RESYNC
+            Duration::from_secs(25) + PAST_DEADLINE
         );
+        let gone = Observation {
+            heartbeat: None,
+            ..obs(ContainerObservation::NotFound, beat(5))
+        };
+        assert_eq!(next_look(&gone, TIMEOUT), RESYNC);
         // A long timeout is capped by the safety net; a heartbeat from the future counts from now.
         assert_eq!(
             next_look(&obs(running(), beat(5)), Duration::from_secs(3600)),
@@ -1004,7 +1021,12 @@ mod tests {
                 "Restarting",
             ),
         ] {
-            let a = assess(&obs(c, beat(1)), TIMEOUT);
+            let mut o = obs(c, beat(1));
+            if o.container == ContainerObservation::NotFound {
+                // Without a container nothing of the files is read.
+                o.heartbeat = None;
+            }
+            let a = assess(&o, TIMEOUT);
             assert_eq!(a.phase, WorkerPhase::Down, "{reason}");
             assert_eq!(a.container_running.reason, reason);
             assert_eq!(
@@ -1012,6 +1034,19 @@ mod tests {
                 "Ready names the first failing check"
             );
         }
+    }
+
+    #[test]
+    fn a_file_only_worker_is_judged_by_its_heartbeat() {
+        let fresh = assess(&obs(ContainerObservation::NotFound, beat(1)), TIMEOUT);
+        assert_eq!(fresh.phase, WorkerPhase::Healthy);
+        assert_eq!(fresh.container_running.reason, "FileOnly");
+        let stale = assess(&obs(ContainerObservation::NotFound, beat(31)), TIMEOUT);
+        assert_eq!(stale.phase, WorkerPhase::Degraded);
+        assert_eq!(
+            stale.ready.reason, "HeartbeatStale",
+            "Ready names the heartbeat"
+        );
     }
 
     #[test]
