@@ -169,7 +169,9 @@ fn two_clean_runs_applied_together_take_turns() {
     let ids = crashed_tasks(&wc.shared_root(), "turns", 50);
     apply(stack, &wc.worker_yaml("turns", &ns, 10, false));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let resume = "  mode: Clean\n  resume:\n    batchSize: 100\n    batchDelaySeconds: 2\n";
+    // The first run releases all 50 tasks at once and judges them 5 s later: time for the
+    // restarted worker to finish them (20 ms each) before the second run looks at active/.
+    let resume = "  mode: Clean\n  resume:\n    batchSize: 100\n    batchDelaySeconds: 5\n";
     let both = format!(
         "{}---\n{}",
         run_yaml("clean-a", &ns, "turns", resume),
