@@ -110,8 +110,10 @@ def start_worker(name, root, labels=(), restart=None, env=()):
 def crash(shared, name):
     d = os.path.join(shared, "workers", name)
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "fault"), "w") as f:
+    # Whole, by a rename: a worker that reads a half-written fault file ignores it.
+    with open(os.path.join(d, ".fault.tmp"), "w") as f:
         f.write("crash")
+    os.replace(os.path.join(d, ".fault.tmp"), os.path.join(d, "fault"))
 
 
 def cleanup(ns=None):
@@ -210,8 +212,9 @@ def deadline_bench(samples=5):
             while json.loads(sh("kubectl", "get", "-n", ns, "worker", n, "-o", "json")).get("status", {}).get("phase") != "Healthy":
                 time.sleep(0.2)
             crash_dir = os.path.join(s, "workers", n)
-            with open(os.path.join(crash_dir, "fault"), "w") as f:
+            with open(os.path.join(crash_dir, ".fault.tmp"), "w") as f:
                 f.write("hang")
+            os.replace(os.path.join(crash_dir, ".fault.tmp"), os.path.join(crash_dir, "fault"))
             time.sleep(1.5)
             hb = json.load(open(os.path.join(crash_dir, "heartbeat.json")))["timestamp"]
             last = float(sh("date", "-u", "-d", hb, "+%s.%N"))

@@ -510,11 +510,14 @@ impl WorkerContainer {
         fs::write(self.tasks_dir("pending").join(format!("{id}.json")), body).unwrap();
     }
 
-    /// Tell the running worker to enter a fault mode (one-shot control file).
+    /// Tell the running worker to enter a fault mode (one-shot control file), written whole
+    /// by a rename: a worker that reads a half-written file ignores and deletes it.
     pub fn inject_fault(&self, mode: &str) {
         let dir = self.shared_root().join("workers").join(&self.worker_name);
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("fault"), mode).unwrap();
+        let temp = dir.join(".fault.tmp");
+        fs::write(&temp, mode).unwrap();
+        fs::rename(&temp, dir.join("fault")).unwrap();
     }
 
     pub fn inspect(&self, format: &str) -> String {
