@@ -31,6 +31,28 @@ impl ConditionStatus {
     }
 }
 
+/// The condition of a run or plan that waits before it acts.
+pub const WAITING: &str = "Waiting";
+
+/// Why a run or plan waits before it changes anything of its Worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// Another run, plan or failover is the Worker's writer now.
+    AnotherRunActive,
+    /// The engine cannot say whether the Worker's container exists and consents.
+    ContainerStateUnknown,
+}
+
+impl Waiting {
+    /// The condition's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::AnotherRunActive => "AnotherRunActive",
+            Self::ContainerStateUnknown => "ContainerStateUnknown",
+        }
+    }
+}
+
 /// Build the new condition list: a condition keeps its `lastTransitionTime` while its status
 /// stays the same, as the API conventions ask.
 pub fn merge(

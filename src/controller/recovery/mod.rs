@@ -35,7 +35,7 @@ use self::{
 };
 use super::{
     apply_status,
-    conditions::{merge, ConditionState, ConditionStatus},
+    conditions::{merge, ConditionState, ConditionStatus, Waiting, WAITING},
     log_failure, object_key, writer, Context,
 };
 use crate::{
@@ -307,26 +307,6 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
 
 /// How often a waiting run looks again.
 const WAIT_POLL: Duration = Duration::from_secs(2);
-/// The condition of a run that waits before acting.
-pub const WAITING: &str = "Waiting";
-
-/// Why a run waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Waiting {
-    /// Another run or plan is changing the Worker.
-    AnotherRunActive,
-    /// The engine cannot say whether the container exists and consents.
-    ContainerStateUnknown,
-}
-
-impl Waiting {
-    fn reason(self) -> &'static str {
-        match self {
-            Self::AnotherRunActive => "AnotherRunActive",
-            Self::ContainerStateUnknown => "ContainerStateUnknown",
-        }
-    }
-}
 
 /// Whether the run changes the Worker's files or container: every mode but `Diagnose`,
 /// unless it is a dry run. Only those take the Worker's writer lease.
@@ -714,27 +694,16 @@ mod tests {
         root: &std::path::Path,
         allowed: &[std::path::PathBuf],
     ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
-        let (ctx, requests, _) = context_with_fake(worker_exists, root, allowed);
+        let (ctx, requests, _, _) = context_with_fake(worker_exists, root, allowed);
         (ctx, requests)
-    }
-
-    fn context_with_fake(
-        worker_exists: bool,
-        root: &std::path::Path,
-        allowed: &[std::path::PathBuf],
-    ) -> (
-        Context,
-        Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>,
-        Arc<FakeRuntime>,
-    ) {
-        let (ctx, requests, fake, _) = context_with_runs(worker_exists, root, allowed);
-        (ctx, requests, fake)
     }
 
     /// Other runs the API server knows, by name.
     type Runs = Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
 
-    fn context_with_runs(
+    /// A context whose API server knows the Worker `marie` (when `worker_exists`), the runs
+    /// put into the returned map and Leases; its engine has `marie` exited.
+    fn context_with_fake(
         worker_exists: bool,
         root: &std::path::Path,
         allowed: &[std::path::PathBuf],
@@ -889,7 +858,7 @@ mod tests {
     async fn a_quick_run_diagnoses_restarts_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
-        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
         let action = run_steps(&recovery(), &ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
         assert_eq!(*fake.starts.lock().unwrap(), 1, "started once");
@@ -927,7 +896,7 @@ mod tests {
     #[tokio::test]
     async fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
         let dry =
             recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Quick", "dryRun": true}));
         run_steps(&dry, &ctx).await.unwrap();
@@ -949,7 +918,7 @@ mod tests {
     #[tokio::test]
     async fn verify_waits_for_a_heartbeat_then_fails_at_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let (ctx, requests, _, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
         let rec = recovery_with(json!({"workerRef": {"name": "marie"}, "verifyTimeoutSeconds": 1}));
         // No heartbeat file: the verify step waits ...
         let action = run_steps(&rec, &ctx).await.unwrap();
@@ -986,7 +955,7 @@ mod tests {
     async fn a_second_acting_run_waits_for_the_first_to_finish() {
         let dir = tempfile::tempdir().unwrap();
         fresh_heartbeat(dir.path());
-        let (ctx, requests, fake, runs) = context_with_runs(true, dir.path(), &[dir.path().into()]);
+        let (ctx, requests, fake, runs) = context_with_fake(true, dir.path(), &[dir.path().into()]);
         let first = json!({
             "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
             "metadata": {"name": "clean-1", "namespace": "default", "uid": "uid-clean-1"},
@@ -1055,7 +1024,7 @@ mod tests {
         let active = dir.path().join("tasks/marie/active");
         std::fs::create_dir_all(&active).unwrap();
         std::fs::write(active.join("t1.json"), r#"{"id":"t1"}"#).unwrap();
-        let (ctx, requests, fake) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
         fake.engine_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let clean = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Clean"}));

@@ -7,7 +7,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     bounded::sample,
-    controller::conditions::{ConditionState, ConditionStatus},
+    controller::conditions::{ConditionState, ConditionStatus, WAITING},
     crd::resume_plan::{
         BatchResult, CurrentBatch, ResumePhase, ResumePlanSpec, ResumePlanStatus, MAX_BATCH_HISTORY,
     },
@@ -97,9 +97,6 @@ pub fn record(status: &mut ResumePlanStatus, result: BatchResult) {
 }
 
 /// The conditions of the plan in `phase`.
-/// The condition of a plan that waits before it moves anything.
-pub const WAITING: &str = "Waiting";
-
 /// What keeps a plan from going on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {

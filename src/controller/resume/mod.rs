@@ -31,12 +31,17 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-pub use decide::{COMPLETED, HALTED, WAITING};
+pub use super::conditions::WAITING;
+pub use decide::{COMPLETED, HALTED};
 
 use self::decide::Blocked;
 pub use error::Error;
 
-use super::{apply_status, conditions::merge, log_failure, object_key, writer, Context};
+use super::{
+    apply_status,
+    conditions::{merge, Waiting},
+    log_failure, object_key, writer, Context,
+};
 use crate::{
     crd::{
         monitoring::MetricsWatch,
@@ -187,7 +192,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
         Ok(a) => a,
         Err(AdmitError::ContainerStateUnknown(e)) => {
             let blocked = Blocked {
-                reason: "ContainerStateUnknown",
+                reason: Waiting::ContainerStateUnknown.reason(),
                 message: format!(
                     "the Docker engine cannot say whether the Worker's container exists and consents ({e}); nothing moves until it can"
                 ),
@@ -199,7 +204,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
     };
     if let Some(holder) = writer_elsewhere(ctx, &worker, plan).await? {
         let blocked = Blocked {
-            reason: "AnotherRunActive",
+            reason: Waiting::AnotherRunActive.reason(),
             message: format!(
                 "{holder} is changing Worker {worker_name}; this plan goes on when it finishes"
             ),

@@ -800,16 +800,14 @@ mod tests {
         );
     }
 
-    fn last_patch(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
-        requests
-            .lock()
-            .unwrap()
+    /// The status of the last status patch.
+    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
+        let recorded = requests.lock().unwrap();
+        let patch = recorded
             .iter()
             .rev()
-            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
-            .expect("a status patch")
-            .body["status"]
-            .clone()
+            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"));
+        patch.expect("a status patch").body["status"].clone()
     }
 
     fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -833,7 +831,7 @@ mod tests {
         let worker = worker_at(dir.path());
 
         reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_patch(&requests);
+        let status = last_status(&requests);
         assert_eq!(status["phase"], "Down", "{status}");
         assert_eq!(status["container"]["state"], "notFound");
         let accepted = condition(&status, "Accepted");
@@ -851,7 +849,7 @@ mod tests {
         ctx.trust.file_only =
             crate::trust::FileOnlyGrants::parse(&["default/marie".into()]).unwrap();
         reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_patch(&requests);
+        let status = last_status(&requests);
         assert_eq!(condition(&status, "Accepted")["reason"], "FileOnly");
         assert_eq!(status["heartbeat"]["status"], "idle", "{status}");
     }
@@ -871,7 +869,7 @@ mod tests {
         let err = reconcile_worker(&worker, &ctx).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
         assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
-        let status = last_patch(&requests);
+        let status = last_status(&requests);
         assert_eq!(status["phase"], "Unknown");
         assert_eq!(condition(&status, "Accepted")["status"], "Unknown");
         assert_eq!(
@@ -908,16 +906,6 @@ mod tests {
             Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds),
         )
         .to_string()
-    }
-
-    /// The status of the last status patch.
-    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
-        let recorded = requests.lock().unwrap();
-        let patch = recorded
-            .iter()
-            .rev()
-            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"));
-        patch.expect("a status patch").body["status"].clone()
     }
 
     #[tokio::test(start_paused = true)]
@@ -1111,7 +1099,7 @@ mod tests {
 
         reconcile_worker(&worker, &ctx).await.unwrap();
         assert_eq!(patches(), 1);
-        let written: WorkerStatus = serde_json::from_value(last_patch(&requests)).unwrap();
+        let written: WorkerStatus = serde_json::from_value(last_status(&requests)).unwrap();
         worker.status = Some(written.clone());
         tokio::time::sleep(Duration::from_millis(1100)).await;
         fresh_heartbeat(dir.path());
@@ -1130,7 +1118,7 @@ mod tests {
         worker.spec.auto_recovery.enabled = false;
         reconcile_worker(&worker, &ctx).await.unwrap();
         assert_eq!(patches(), 2);
-        assert_eq!(last_patch(&requests)["phase"], "Down");
+        assert_eq!(last_status(&requests)["phase"], "Down");
 
         // Nothing new, but the last write is older than the refresh period: written.
         let mut old = written;
