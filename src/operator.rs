@@ -98,7 +98,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 (worker_cache, worker_cache_writer)
             ),
             controller::recovery::run(ctx.clone(), recoveries),
-            controller::resume::run(ctx.clone(), plans),
+            controller::resume_plan::run(ctx.clone(), plans),
         )
     };
     tokio::select! {

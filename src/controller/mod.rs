@@ -3,7 +3,7 @@
 pub mod backoff;
 pub mod conditions;
 pub mod recovery;
-pub mod resume;
+pub mod resume_plan;
 pub mod worker;
 pub mod writer;
 

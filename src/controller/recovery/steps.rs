@@ -13,7 +13,7 @@ use kube::{
 
 use super::Error;
 use crate::{
-    controller::{resume, Context},
+    controller::{resume_plan, Context},
     crd::{
         diagnosis::Diagnosis,
         resume_plan::{ResumePhase, ResumePlan, ResumePlanSpec},
@@ -630,7 +630,7 @@ pub async fn resume(
             let why = status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == crate::controller::resume::COMPLETED)
+                .find(|c| c.type_ == crate::controller::resume_plan::COMPLETED)
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
             Ok(Outcome::Done(StepResult::failed(format!(
@@ -674,7 +674,7 @@ fn new_plan(run: &Run<'_>, name: &str, step: &StepStatus, trace: Option<&TraceRe
     if let (Some(t), Some(span)) = (trace, &step.span_id) {
         plan.metadata.annotations = Some(
             [(
-                resume::TRACEPARENT_ANNOTATION.to_string(),
+                resume_plan::TRACEPARENT_ANNOTATION.to_string(),
                 recovery_trace::traceparent(&t.trace_id, span),
             )]
             .into_iter()
