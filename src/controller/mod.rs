@@ -2,21 +2,26 @@
 
 pub mod backoff;
 pub mod conditions;
+pub mod error;
+pub mod finalizer;
+#[cfg(test)]
+pub mod mock_api;
 pub mod recovery;
 pub mod resume_plan;
+pub mod watch;
 pub mod worker;
 pub mod writer;
 
 use std::{fmt::Debug, sync::Arc};
 
-use futures::Stream;
+use k8s_openapi::NamespaceResourceScope;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
+        controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        predicates,
         reflector::{self, Store},
-        watcher, PredicateConfig, WatchStreamExt,
+        watcher,
     },
     Resource, ResourceExt,
 };
@@ -24,6 +29,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use serde_json::json;
 use tracing::warn;
 
+use self::conditions::Waiting;
 use crate::{
     crd::worker::Worker,
     diagnose::HostProbe,
@@ -169,25 +175,59 @@ impl Context {
     }
 }
 
-/// The objects of `api` whose spec changed (a new generation), cached into `writer`'s store.
-///
-/// Only spec changes trigger a reconcile: the operator's own status writes must not, or every
-/// status patch would loop back. What happens outside the API (Docker, files) reaches the
-/// controllers through the engine's event stream and requeues.
-pub fn spec_changes<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+/// `obj` as the API server has it now; `None` once it is gone. A run's and a plan's status is
+/// the record of their work: a requeued reconcile can start before the watch brought the last
+/// write back, so they are reconciled from a fresh read, not from the cache.
+pub async fn read_fresh<K>(client: &kube::Client, obj: &K) -> kube::Result<Option<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
-    watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default())
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    api.get_opt(&obj.name_any()).await
+}
+
+/// Whether a run or a plan may act on its Worker.
+pub enum Admitted {
+    /// It may: the Worker and its admission (and, for one that acts, the writer Lease).
+    Yes(Box<(Worker, Admission)>),
+    /// Not now, or never: its status says why; the reconcile ends with this action.
+    No(Action),
+}
+
+/// Why a run or a plan does not act on its Worker now.
+#[derive(Debug)]
+pub enum Held {
+    /// It waits, nothing of it lost, and looks again: the engine cannot vouch for the
+    /// container, or another run or plan is changing the Worker.
+    Waits { why: Waiting, message: String },
+    /// The Worker is not admitted: the run or plan fails and says why.
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Held {
+    /// What a failed admission of `worker` means for a run or plan against it.
+    pub fn of(error: AdmitError, worker: &Worker) -> Self {
+        match error {
+            // Nothing is read or changed while the engine cannot vouch for the container.
+            AdmitError::ContainerStateUnknown(e) => Self::Waits {
+                why: Waiting::ContainerStateUnknown,
+                message: format!(
+                    "the Docker engine cannot say whether container {:?} exists and consents ({e}); nothing is read or changed until it can",
+                    worker.spec.container
+                ),
+            },
+            refused => {
+                let (reason, message) = refused.reason_and_message(&worker.name_any());
+                Self::Refused { reason, message }
+            }
+        }
+    }
 }
 
 /// Server-side apply `status` to `obj` under the operator's field manager.
@@ -228,160 +268,5 @@ pub fn log_failure<T, E: std::fmt::Display>(
             warn!(controller, error = %e, "reconcile failed");
         }
         std::future::ready(())
-    }
-}
-
-/// A Kubernetes API server in memory, for fast unit tests of reconcilers.
-#[cfg(test)]
-pub mod mock_api {
-    use std::sync::{Arc, Mutex};
-
-    use http::{Method, Request, Response};
-    use kube::client::Body;
-    use serde_json::Value;
-
-    /// One request the mock answered.
-    #[derive(Clone, Debug)]
-    pub struct Recorded {
-        pub method: Method,
-        pub path: String,
-        pub body: Value,
-    }
-
-    /// A client whose every request is recorded and answered by `answer(method, path, body)`
-    /// with a status code and a JSON body; Leases are kept by a [`Leases`] store.
-    pub fn client(
-        answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
-    ) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>) {
-        let (client, log, _) = client_and_leases(answer);
-        (client, log)
-    }
-
-    /// [`client`], and the store of the Leases it keeps.
-    pub fn client_and_leases(
-        answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
-    ) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>, Leases) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let recorded = log.clone();
-        let leases = Leases::default();
-        let store = leases.clone();
-        tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.expect("request body");
-                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                let path = parts.uri.path();
-                let (code, reply) = store
-                    .answer(&parts.method, path, &body)
-                    .unwrap_or_else(|| answer(&parts.method, path, &body));
-                recorded.lock().unwrap().push(Recorded {
-                    method: parts.method,
-                    path: path.to_string(),
-                    body,
-                });
-                let response = Response::builder()
-                    .status(code)
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap();
-                send.send_response(response);
-            }
-        });
-        (kube::Client::new(service, "default"), log, leases)
-    }
-
-    /// Leases as an API server keeps them: a create conflicts with an existing one, a replace
-    /// or a delete with a stale resourceVersion conflicts.
-    #[derive(Clone, Default)]
-    pub struct Leases {
-        pub objects: Arc<Mutex<std::collections::HashMap<String, Value>>>,
-        /// Put this Lease in place just before the next create, as a racing writer would.
-        pub race: Arc<Mutex<Option<Value>>>,
-    }
-
-    impl Leases {
-        fn answer(&self, method: &Method, path: &str, body: &Value) -> Option<(u16, Value)> {
-            let rest = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/")?;
-            let (_, rest) = rest.split_once("/leases")?;
-            let name = rest.trim_start_matches('/').to_string();
-            let mut leases = self.objects.lock().unwrap();
-            let conflict = (
-                409,
-                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                   "reason": "Conflict", "code": 409, "message": "conflict"}),
-            );
-            let version = |l: &Value| -> u64 {
-                l["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            let stored = |mut l: Value, rv: u64| {
-                l["metadata"]["resourceVersion"] = serde_json::json!(rv.to_string());
-                l["metadata"]["uid"] = serde_json::json!("lease-uid");
-                l
-            };
-            Some(match *method {
-                Method::GET => match leases.get(&name) {
-                    Some(l) => (200, l.clone()),
-                    None => not_found(path),
-                },
-                Method::POST => {
-                    if let Some(winner) = self.race.lock().unwrap().take() {
-                        let n = winner["metadata"]["name"].as_str().unwrap().to_string();
-                        leases.insert(n, stored(winner, 1));
-                    }
-                    let name = body["metadata"]["name"].as_str().unwrap_or_default();
-                    if leases.contains_key(name) {
-                        return Some(conflict);
-                    }
-                    let l = stored(body.clone(), 1);
-                    leases.insert(name.to_string(), l.clone());
-                    (201, l)
-                }
-                Method::PUT => {
-                    let current = leases.get(&name).cloned().unwrap_or_default();
-                    if current["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"]
-                    {
-                        return Some(conflict);
-                    }
-                    let l = stored(body.clone(), version(&current) + 1);
-                    leases.insert(name, l.clone());
-                    (200, l)
-                }
-                Method::DELETE => {
-                    let current = leases.get(&name).cloned().unwrap_or_default();
-                    let wanted = &body["preconditions"]["resourceVersion"];
-                    if !wanted.is_null() && current["metadata"]["resourceVersion"] != *wanted {
-                        return Some(conflict);
-                    }
-                    leases.remove(&name);
-                    (
-                        200,
-                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                    )
-                }
-                _ => not_found(path),
-            })
-        }
-
-        /// The `holderIdentity` of the Lease `name`.
-        pub fn holder(&self, name: &str) -> Option<String> {
-            let leases = self.objects.lock().unwrap();
-            leases.get(name)?["spec"]["holderIdentity"]
-                .as_str()
-                .map(String::from)
-        }
-    }
-
-    /// The `Status` an API server sends with a 404.
-    pub fn not_found(what: &str) -> (u16, Value) {
-        (
-            404,
-            serde_json::json!({
-                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": format!("{what} not found"), "reason": "NotFound", "code": 404
-            }),
-        )
     }
 }

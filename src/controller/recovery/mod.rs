@@ -13,19 +13,17 @@ mod trace;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    api::{Api, Patch, PatchParams},
+    api::Api,
     runtime::{
         controller::{Action, Controller},
         events::EventType,
-        reflector, watcher, WatchStreamExt,
+        reflector,
     },
     ResourceExt,
 };
-use serde_json::json;
-use tracing::{info, instrument, warn, Instrument};
+use tracing::{info, instrument, Instrument};
 
 pub use error::Error;
 
@@ -36,7 +34,9 @@ use self::{
 use super::{
     apply_status,
     conditions::{merge, ConditionState, ConditionStatus, Waiting, WAITING},
-    log_failure, object_key, writer, Context,
+    finalizer, object_key, read_fresh,
+    watch::{self, Trigger},
+    writer, Admitted, Context, Held,
 };
 use crate::{
     crd::{
@@ -50,7 +50,7 @@ use crate::{
     diagnose::{self, Diagnosis},
     observe::monitor,
     telemetry::recovery_trace,
-    trust::AdmitError,
+    trust::Admission,
 };
 
 pub const CONTROLLER: &str = "workerrecovery";
@@ -62,36 +62,16 @@ const WORKER_WAIT: Duration = Duration::from_secs(15);
 /// Run the WorkerRecovery controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
     let (reader, writer) = reflector::store();
-    // Spec changes and deletions trigger a reconcile; the operator's own status writes do not.
-    let trigger = watcher(recoveries, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            |r: &WorkerRecovery| {
-                Some(
-                    (r.metadata.generation.unwrap_or_default() as u64) << 1
-                        | u64::from(r.metadata.deletion_timestamp.is_some()),
-                )
-            },
-            Default::default(),
-        );
-    Controller::for_stream(trigger, reader)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(log_failure(CONTROLLER))
-        .await;
+    // Spec changes and deletions (the debug container's finalizer) trigger a reconcile.
+    let trigger = watch::changes(recoveries, writer, Trigger::SpecOrDeletion);
+    let controller = Controller::for_stream(trigger, reader);
+    watch::serve(controller, CONTROLLER, reconcile, ctx).await;
 }
 
 #[instrument(skip_all, fields(recovery = %rec.name_any(), namespace = rec.namespace().unwrap_or_default()))]
 async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The run's status is the record of its steps: read it as it is now, not as the cache had
-    // it (a requeued reconcile can start before the watch brought the last write back).
-    let api: Api<WorkerRecovery> =
-        Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
-    let Some(fresh) = api.get_opt(&rec.name_any()).await? else {
+    // The run's status is the record of its steps: read it as it is now.
+    let Some(fresh) = read_fresh(&ctx.client, rec.as_ref()).await? else {
         return Ok(Action::await_change());
     };
     ctx.measured(CONTROLLER, &fresh, run_steps(&fresh, &ctx))
@@ -99,8 +79,8 @@ async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action
 }
 
 async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error> {
-    let ns = rec.namespace().unwrap_or_default();
-    let api: Api<WorkerRecovery> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<WorkerRecovery> =
+        Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
     if rec.metadata.deletion_timestamp.is_some() {
         return clean_up(rec, ctx, &api).await;
     }
@@ -110,16 +90,54 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     {
         return Ok(Action::await_change());
     }
-    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
-    let worker_name = rec.spec.worker_ref.name.clone();
     // Whole seconds: `metav1.Time` keeps no more, and a step resumed after a restart must see
     // exactly the time the first attempt used (it is written into requeued tasks).
     let started = status.start_time.as_ref().map_or_else(
         || Timestamp::from_second(Timestamp::now().as_second()).expect("now is a valid time"),
         |t| t.0,
     );
+    let (worker, admission) = match admit(rec, ctx, &api, &status, started).await? {
+        Admitted::Yes(admitted) => *admitted,
+        Admitted::No(action) => return Ok(action),
+    };
 
-    let Some(worker) = workers.get_opt(&worker_name).await? else {
+    // The steps and the start time are recorded before any step runs: a step resumed after a
+    // restart of the operator sees the same start time (the `last_failure` it writes).
+    status.start_time = Some(Time(started));
+    status.trace.get_or_insert_with(recovery_trace::new_trace);
+    status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
+    let steps = StepLoop {
+        ctx,
+        rec,
+        api: &api,
+        worker: &worker,
+        admission: &admission,
+        started,
+        // By UID: a run deleted and created again under its name starts its steps afresh.
+        run_key: rec.uid().unwrap_or_else(|| object_key(rec)),
+    };
+    while let Some(i) = plan::next_step(&status.steps) {
+        if let Some(action) = steps.run_one(&mut status, i).await? {
+            return Ok(action);
+        }
+    }
+    steps.finish(&mut status).await
+}
+
+/// Find the run's Worker, admit it and, for a run that acts, take its writer Lease. A missing
+/// Worker, an engine that cannot vouch for the container and another writer make the run
+/// wait; a refused Worker fails it.
+async fn admit(
+    rec: &WorkerRecovery,
+    ctx: &Context,
+    api: &Api<WorkerRecovery>,
+    status: &WorkerRecoveryStatus,
+    started: Timestamp,
+) -> Result<Admitted, Error> {
+    let ns = rec.namespace().unwrap_or_default();
+    let worker_name = &rec.spec.worker_ref.name;
+    let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(worker) = workers.get_opt(worker_name).await? else {
         let next = early_status(
             rec,
             RecoveryPhase::Pending,
@@ -127,182 +145,231 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
             "WorkerNotFound",
             format!("Worker {worker_name:?} does not exist in namespace {ns}; waiting for it"),
         );
-        apply_status(&api, rec, &next).await?;
-        return Ok(Action::requeue(WORKER_WAIT));
+        apply_status(api, rec, &next).await?;
+        return Ok(Admitted::No(Action::requeue(WORKER_WAIT)));
     };
-    let admission = match ctx.admit(&worker).await {
+    let admission = match ctx.admit(&worker).await.map_err(|e| Held::of(e, &worker)) {
         Ok(admission) => admission,
-        Err(AdmitError::ContainerStateUnknown(e)) => {
-            // Nothing is read or changed while the engine cannot vouch for the container.
-            let message = format!(
-                "the Docker engine cannot say whether container {:?} exists and consents ({e}); nothing is read or changed until it can",
-                worker.spec.container
-            );
-            wait(
-                ctx,
-                rec,
-                &api,
-                status,
-                Waiting::ContainerStateUnknown,
-                message,
-            )
-            .await?;
-            return Ok(Action::requeue(WAIT_POLL));
+        Err(Held::Waits { why, message }) => {
+            wait(ctx, rec, api, status.clone(), why, message).await?;
+            return Ok(Admitted::No(Action::requeue(WAIT_POLL)));
         }
-        Err(e) => return refuse(ctx, rec, &api, &status, started, &worker_name, e).await,
+        Err(Held::Refused { reason, message }) => {
+            refuse(ctx, rec, api, status, started, reason, message).await?;
+            return Ok(Admitted::No(Action::await_change()));
+        }
     };
     if acts(rec) {
         let me = writer::Holder::Run(rec.name_any());
-        let uid = rec.uid();
         if let writer::Acquired::HeldBy(holder) =
-            writer::acquire(&ctx.client, &worker, &me, uid.as_deref()).await?
+            writer::acquire(&ctx.client, &worker, &me, rec.uid().as_deref()).await?
         {
             let message = format!(
                 "{holder} is changing Worker {worker_name}; this run starts when it finishes"
             );
-            wait(ctx, rec, &api, status, Waiting::AnotherRunActive, message).await?;
-            return Ok(Action::requeue(WAIT_POLL));
+            wait(
+                ctx,
+                rec,
+                api,
+                status.clone(),
+                Waiting::AnotherRunActive,
+                message,
+            )
+            .await?;
+            return Ok(Admitted::No(Action::requeue(WAIT_POLL)));
+        }
+    }
+    Ok(Admitted::Yes(Box::new((worker, admission))))
+}
+
+/// The steps of one run against its admitted Worker.
+struct StepLoop<'a> {
+    ctx: &'a Context,
+    rec: &'a WorkerRecovery,
+    api: &'a Api<WorkerRecovery>,
+    worker: &'a Worker,
+    admission: &'a Admission,
+    started: Timestamp,
+    run_key: String,
+}
+
+/// A step being attempted, as [`StepLoop::begin`] recorded it.
+struct Attempt {
+    /// `<run uid>/<step>`, in `Context::running_steps` while this process carries it out.
+    active_key: String,
+    /// The attempt's span: the work of the step is traced under it.
+    span: tracing::Span,
+}
+
+impl StepLoop<'_> {
+    /// Attempt the step at `i`: record it running, run it, record what it gave. `Some` ends
+    /// the reconcile with that action (the step waits).
+    async fn run_one(
+        &self,
+        status: &mut WorkerRecoveryStatus,
+        i: usize,
+    ) -> Result<Option<Action>, Error> {
+        let attempt = self.begin(status, i).await?;
+        let outcome = self
+            .dispatch(status, i)
+            .instrument(attempt.span.clone())
+            .await;
+        match outcome {
+            Err(e) => {
+                // Retried with backoff; the step stays Running and is attempted again.
+                self.forget(&attempt);
+                let step = &mut status.steps[i];
+                step.message = Some(format!("attempt {} failed, retrying: {e}", step.attempt));
+                trace::attempt_failed(&attempt.span, &e.to_string());
+                write_progress(self.rec, self.api, status).await?;
+                Err(e)
+            }
+            Ok(Outcome::Wait { after, message }) => {
+                status.steps[i].message = Some(message);
+                write_progress(self.rec, self.api, status).await?;
+                Ok(Some(Action::requeue(after)))
+            }
+            Ok(Outcome::Done(result)) => {
+                self.forget(&attempt);
+                self.record_done(status, i, result, &attempt.span).await?;
+                Ok(None)
+            }
         }
     }
 
-    // The steps and the start time are recorded before any step runs: a step resumed after a
-    // restart of the operator sees the same start time (the `last_failure` it writes).
-    status.start_time = Some(Time(started));
-    status.trace.get_or_insert_with(recovery_trace::new_trace);
-    status.steps = plan::reconcile_steps(rec.spec.mode, &status.steps);
-    // By UID: a run deleted and created again under its name starts its steps afresh.
-    let run_key = rec.uid().unwrap_or_else(|| object_key(rec));
-    while let Some(i) = plan::next_step(&status.steps) {
+    /// Count the attempt, mark the step running and write that down before it runs.
+    async fn begin(&self, status: &mut WorkerRecoveryStatus, i: usize) -> Result<Attempt, Error> {
         let name = status.steps[i].name;
-        let active_key = format!("{run_key}/{name:?}");
-        // Only the first poll of an attempt in this process is traced as the attempt.
-        let traced;
-        {
-            // A step counts as a new attempt unless this process is already carrying it out
-            // (a verify step polling); after an operator restart it is attempted again.
-            let fresh = ctx.running_steps.lock().unwrap().insert(active_key.clone());
-            traced = fresh;
-            let step = &mut status.steps[i];
-            if fresh || step.state == StepState::Pending {
-                step.attempt += 1;
-            }
-            step.state = StepState::Running;
-            step.start_time.get_or_insert(Time(Timestamp::now()));
-            step.span_id.get_or_insert_with(recovery_trace::new_span_id);
+        let active_key = format!("{}/{name:?}", self.run_key);
+        // A step counts as a new attempt unless this process is already carrying it out (a
+        // verify step polling); after an operator restart it is attempted again. Only the first
+        // poll of an attempt in this process is traced as the attempt.
+        let fresh = self
+            .ctx
+            .running_steps
+            .lock()
+            .unwrap()
+            .insert(active_key.clone());
+        let step = &mut status.steps[i];
+        if fresh || step.state == StepState::Pending {
+            step.attempt += 1;
         }
-        if name == StepName::DebugStart && !rec.spec.dry_run {
-            ensure_finalizer(rec, &api).await?;
+        step.state = StepState::Running;
+        step.start_time.get_or_insert(Time(Timestamp::now()));
+        step.span_id.get_or_insert_with(recovery_trace::new_span_id);
+        if name == StepName::DebugStart && !self.rec.spec.dry_run {
+            finalizer::add(self.api, self.rec, FINALIZER).await?;
         }
         if matches!(name, StepName::VerifyHealth | StepName::Resume) {
-            watch_metrics(ctx, rec, &worker, &mut status).await;
+            watch_metrics(self.ctx, self.rec, self.worker, status).await;
         }
-        write_progress(rec, &api, &mut status).await?;
-        // Work of the step is traced under the step's span; polls of a waiting step are not.
-        let attempt_span = trace::attempt_span(&status, i, traced);
+        write_progress(self.rec, self.api, status).await?;
+        let span = trace::attempt_span(status, i, fresh);
         info!(step = ?name, attempt = status.steps[i].attempt, "step started");
-        if name == StepName::Resume && !rec.spec.dry_run {
-            status.resume_plan = Some(steps::resume_plan_name(rec));
+        if name == StepName::Resume && !self.rec.spec.dry_run {
+            status.resume_plan = Some(steps::resume_plan_name(self.rec));
         }
+        Ok(Attempt { active_key, span })
+    }
 
+    /// Carry out the step at `i`.
+    async fn dispatch(&self, status: &WorkerRecoveryStatus, i: usize) -> Result<Outcome, Error> {
         let run = Run {
-            ctx,
-            rec,
-            worker: &worker,
-            admission: &admission,
-            started,
+            ctx: self.ctx,
+            rec: self.rec,
+            worker: self.worker,
+            admission: self.admission,
+            started: self.started,
             failure_reason: status
                 .failure_reason
                 .clone()
                 .unwrap_or_else(|| "worker_crash".into()),
             container_started_at: status.container_started_at.as_ref().map(|t| t.0),
         };
-        let step = status.steps[i].clone();
-        let requeued = status
-            .steps
-            .iter()
-            .find(|s| s.name == StepName::CleanState)
-            .and_then(|s| s.figures.get("requeued").copied());
-        let trace_ref = status.trace.clone();
-        let outcome = async {
-            match name {
-                StepName::Diagnose => steps::diagnose(&run).await,
-                StepName::CleanState => steps::clean_state(&run).await,
-                StepName::Restart => steps::restart(&run, &step).await,
-                StepName::DebugStart => steps::debug_start(&run).await,
-                StepName::VerifyHealth => steps::verify_health(&run, &step).await,
-                StepName::Resume => steps::resume(&run, &step, requeued, trace_ref.as_ref()).await,
+        let step = &status.steps[i];
+        match step.name {
+            StepName::Diagnose => steps::diagnose(&run).await,
+            StepName::CleanState => steps::clean_state(&run).await,
+            StepName::Restart => steps::restart(&run, step).await,
+            StepName::DebugStart => steps::debug_start(&run).await,
+            StepName::VerifyHealth => steps::verify_health(&run, step).await,
+            StepName::Resume => {
+                let requeued = status
+                    .steps
+                    .iter()
+                    .find(|s| s.name == StepName::CleanState)
+                    .and_then(|s| s.figures.get("requeued").copied());
+                steps::resume(&run, step, requeued, status.trace.as_ref()).await
             }
         }
-        .instrument(attempt_span.clone())
-        .await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                // Retried with backoff; the step stays Running and is attempted again.
-                ctx.running_steps.lock().unwrap().remove(&active_key);
-                status.steps[i].message = Some(format!(
-                    "attempt {} failed, retrying: {e}",
-                    status.steps[i].attempt
-                ));
-                trace::attempt_failed(&attempt_span, &e.to_string());
-                write_progress(rec, &api, &mut status).await?;
-                return Err(e);
-            }
+    }
+
+    /// Record a finished step: its state, figures and what it found; then its Event and span.
+    async fn record_done(
+        &self,
+        status: &mut WorkerRecoveryStatus,
+        i: usize,
+        result: steps::StepResult,
+        span: &tracing::Span,
+    ) -> Result<(), Error> {
+        let step = &mut status.steps[i];
+        step.state = result.state();
+        step.finish_time = Some(Time(Timestamp::now()));
+        step.message = Some(result.message.clone());
+        step.figures = result.figures;
+        step.details = result.details;
+        let (name, state) = (step.name, step.state);
+        if let Some(diagnosis) = result.diagnosis {
+            status.failure_reason = Some(plan::failure_reason(&diagnosis.verdict).into());
+            status.diagnosis = Some(diagnosis);
+        }
+        if let Some(at) = result.container_started_at {
+            status.container_started_at = Some(Time(at));
+        }
+        info!(step = ?name, ?state, message = %result.message, "step finished");
+        if state == StepState::Failed {
+            trace::attempt_failed(span, &result.message);
+        }
+        write_progress(self.rec, self.api, status).await?;
+        step_event(self.ctx, self.rec, name, &status.steps[i]).await;
+        if let Some(span) = trace::step_span(self.rec, status, i) {
+            recovery_trace::emit(span);
+        }
+        Ok(())
+    }
+
+    /// This process no longer carries out the attempt.
+    fn forget(&self, attempt: &Attempt) {
+        self.ctx
+            .running_steps
+            .lock()
+            .unwrap()
+            .remove(&attempt.active_key);
+    }
+
+    /// Every step is done: write the end, give the writer Lease back, emit the root span and
+    /// tell how the run ended.
+    async fn finish(&self, status: &mut WorkerRecoveryStatus) -> Result<Action, Error> {
+        let rec = self.rec;
+        write_progress(rec, self.api, status).await?;
+        if acts(rec) && !debug_copy_stands(rec, status) {
+            let me = writer::Holder::Run(rec.name_any());
+            let ns = rec.namespace().unwrap_or_default();
+            writer::release(&self.ctx.client, &ns, &rec.spec.worker_ref.name, &me).await?;
+        }
+        if let Some(span) = trace::root_span(rec, status) {
+            recovery_trace::emit(span);
+        }
+        let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
+        let (type_, reason) = match status.phase {
+            Some(RecoveryPhase::Succeeded) => (EventType::Normal, "RecoveryComplete"),
+            _ => (EventType::Warning, "RecoveryFailed"),
         };
-        match outcome {
-            Outcome::Wait { after, message } => {
-                status.steps[i].message = Some(message);
-                write_progress(rec, &api, &mut status).await?;
-                return Ok(Action::requeue(after));
-            }
-            Outcome::Done(result) => {
-                ctx.running_steps.lock().unwrap().remove(&active_key);
-                let step = &mut status.steps[i];
-                step.state = result.state();
-                step.finish_time = Some(Time(Timestamp::now()));
-                step.message = Some(result.message.clone());
-                step.figures = result.figures;
-                step.details = result.details;
-                if let Some(diagnosis) = result.diagnosis {
-                    status.failure_reason = Some(plan::failure_reason(&diagnosis.verdict).into());
-                    status.diagnosis = Some(diagnosis);
-                }
-                if let Some(at) = result.container_started_at {
-                    status.container_started_at = Some(Time(at));
-                }
-                info!(step = ?name, state = ?status.steps[i].state, message = %result.message, "step finished");
-                if status.steps[i].state == StepState::Failed {
-                    trace::attempt_failed(&attempt_span, &result.message);
-                }
-                write_progress(rec, &api, &mut status).await?;
-                step_event(ctx, rec, name, &status.steps[i]).await;
-                if let Some(span) = trace::step_span(rec, &status, i) {
-                    recovery_trace::emit(span);
-                }
-            }
-        }
+        self.ctx
+            .publish(rec, type_, reason, "Recover", completed.message)
+            .await;
+        Ok(Action::await_change())
     }
-    write_progress(rec, &api, &mut status).await?;
-    if acts(rec) && !debug_copy_stands(rec, &status) {
-        writer::release(
-            &ctx.client,
-            &ns,
-            &worker_name,
-            &writer::Holder::Run(rec.name_any()),
-        )
-        .await?;
-    }
-    if let Some(span) = trace::root_span(rec, &status) {
-        recovery_trace::emit(span);
-    }
-    let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
-    let (type_, reason) = match status.phase {
-        Some(RecoveryPhase::Succeeded) => (EventType::Normal, "RecoveryComplete"),
-        _ => (EventType::Warning, "RecoveryFailed"),
-    };
-    ctx.publish(rec, type_, reason, "Recover", completed.message)
-        .await;
-    Ok(Action::await_change())
 }
 
 /// How often a waiting run looks again.
@@ -371,10 +438,9 @@ async fn refuse(
     api: &Api<WorkerRecovery>,
     status: &WorkerRecoveryStatus,
     started: Timestamp,
-    worker_name: &str,
-    error: AdmitError,
-) -> Result<Action, Error> {
-    let (reason, message) = error.reason_and_message(worker_name);
+    reason: &'static str,
+    message: String,
+) -> Result<(), Error> {
     let mut failed = early_status(rec, RecoveryPhase::Failed, started, reason, message.clone());
     failed.completion_time = Some(Time(Timestamp::now()));
     failed.trace = Some(
@@ -389,7 +455,7 @@ async fn refuse(
     }
     ctx.publish(rec, EventType::Warning, reason, "Recover", message)
         .await;
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// The runbook's "Monitoring During Recovery": while the run verifies and resumes, scrape the
@@ -574,43 +640,13 @@ pub(crate) fn verdict_summary(d: &Diagnosis) -> String {
     )
 }
 
-async fn ensure_finalizer(rec: &WorkerRecovery, api: &Api<WorkerRecovery>) -> Result<(), Error> {
-    // Read the object as it is now: the status writes of the steps before changed its
-    // resourceVersion since the reconcile began.
-    let fresh = api.get(&rec.name_any()).await?;
-    if fresh.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let mut finalizers = fresh.finalizers().to_vec();
-    finalizers.push(FINALIZER.into());
-    set_finalizers(api, &fresh, finalizers).await
-}
-
-/// Replace the finalizer list; the resourceVersion makes it a compare-and-swap with other
-/// writers of the list (a conflict is retried with backoff).
-async fn set_finalizers(
-    api: &Api<WorkerRecovery>,
-    obj: &WorkerRecovery,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 /// A deleted run: remove the debug container it created, then let the object go.
 async fn clean_up(
     rec: &WorkerRecovery,
     ctx: &Context,
     api: &Api<WorkerRecovery>,
 ) -> Result<Action, Error> {
-    if !rec.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::holds(rec, FINALIZER) {
         return Ok(Action::await_change());
     }
     let ns = rec.namespace().unwrap_or_default();
@@ -634,23 +670,8 @@ async fn clean_up(
     // The debug copy stood in for the worker: the Worker is free for the next writer.
     let me = writer::Holder::Run(rec.name_any());
     writer::release(&ctx.client, &ns, &rec.spec.worker_ref.name, &me).await?;
-    let fresh = api.get(&rec.name_any()).await?;
-    let finalizers: Vec<String> = fresh
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    set_finalizers(api, &fresh, finalizers).await?;
+    finalizer::remove(api, rec, FINALIZER).await?;
     Ok(Action::await_change())
-}
-
-fn error_policy(rec: Arc<WorkerRecovery>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failure(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.next_delay(&object_key(rec.as_ref()));
-    warn!(recovery = %rec.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]

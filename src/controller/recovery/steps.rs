@@ -13,6 +13,7 @@ use kube::{
 
 use super::Error;
 use crate::{
+    blocking,
     controller::{resume_plan, Context},
     crd::{
         diagnosis::Diagnosis,
@@ -226,10 +227,7 @@ pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
         dry_run: run.dry_run(),
         now: Timestamp::now(),
     };
-    let report = tokio::task::spawn_blocking(move || clean_state::clean_state(&input))
-        .await
-        .map_err(|e| Error::Blocking(e.to_string()))?
-        .map_err(|e| Error::CleanState(e.to_string()))?;
+    let report = blocking::run(move || clean_state::clean_state(&input)).await??;
     let mut result = StepResult::ok(clean_summary(&report, run.dry_run()));
     result.figures = figures;
     add_report(&mut result, &report);
@@ -688,16 +686,14 @@ async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Err
     let paths = run.admission.paths.clone();
     let pending = paths.tasks_dir.join("pending");
     // Counted streaming: exact for a pending/ of any size, nothing kept.
-    let waiting = fs_safe::off_thread(move || {
+    let waiting = blocking::run(move || {
         let mut count = 0usize;
         fs_safe::visit_dir(&paths.trusted_root, &pending, |e| {
             count += usize::from(e.kind == EntryKind::File && e.name.ends_with(".json"));
         })
         .map(|_| count)
     })
-    .await
-    .map_err(Error::Blocking)?
-    .map_err(|e| Error::CleanState(e.to_string()))?;
+    .await??;
     let settings = &run.rec.spec.resume;
     let mut result = StepResult::ok(format!(
         "dry run: would create ResumePlan {} to release {waiting} pending task(s){} in batches of {} every {}s",

@@ -7,7 +7,10 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     bounded::sample,
-    controller::conditions::{ConditionState, ConditionStatus, WAITING},
+    controller::{
+        conditions::{ConditionState, ConditionStatus, WAITING},
+        Held,
+    },
     crd::resume_plan::{
         BatchResult, CurrentBatch, ResumePhase, ResumePlanSpec, ResumePlanStatus, MAX_BATCH_HISTORY,
     },
@@ -96,7 +99,6 @@ pub fn record(status: &mut ResumePlanStatus, result: BatchResult) {
     status.batches.drain(..excess);
 }
 
-/// The conditions of the plan in `phase`.
 /// What keeps a plan from going on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blocked {
@@ -107,6 +109,24 @@ pub struct Blocked {
     pub waits: bool,
 }
 
+impl From<Held> for Blocked {
+    fn from(held: Held) -> Self {
+        match held {
+            Held::Waits { why, message } => Self {
+                reason: why.reason(),
+                message,
+                waits: true,
+            },
+            Held::Refused { reason, message } => Self {
+                reason,
+                message,
+                waits: false,
+            },
+        }
+    }
+}
+
+/// The conditions of the plan in `phase`.
 pub fn conditions(
     phase: ResumePhase,
     status: &ResumePlanStatus,

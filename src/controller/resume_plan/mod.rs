@@ -16,19 +16,17 @@ mod error;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    api::{Api, Patch, PatchParams},
+    api::Api,
     runtime::{
         controller::{Action, Controller},
         events::EventType,
-        reflector, watcher, WatchStreamExt,
+        reflector,
     },
     ResourceExt,
 };
 use opentelemetry::KeyValue;
-use serde_json::json;
 use tracing::{info, instrument, warn};
 
 pub use super::conditions::WAITING;
@@ -40,15 +38,18 @@ pub use error::Error;
 use super::{
     apply_status,
     conditions::{merge, Waiting},
-    log_failure, object_key, writer, Context,
+    finalizer, read_fresh,
+    watch::{self, Trigger},
+    writer, Admitted, Context, Held,
 };
 use crate::{
+    blocking,
     crd::{
         monitoring::MetricsWatch,
-        resume_plan::{CurrentBatch, ResumePhase, ResumePlan, ResumePlanStatus},
+        resume_plan::{BatchResult, CurrentBatch, ResumePhase, ResumePlan, ResumePlanStatus},
         worker::{ResolvedPaths, Worker},
     },
-    observe::{fs_safe::off_thread, monitor},
+    observe::monitor,
     recover::resume::{self as files, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
     trust::AdmitError,
@@ -67,48 +68,30 @@ const WORKER_WAIT: Duration = Duration::from_secs(15);
 /// Run the ResumePlan controller until a shutdown signal.
 pub async fn run(ctx: Arc<Context>, plans: Api<ResumePlan>) {
     let (reader, writer) = reflector::store();
-    // Spec changes (pause, continue) and deletions trigger a reconcile; status writes do not.
-    let trigger = watcher(plans, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(
-            |p: &ResumePlan| {
-                Some(
-                    (p.metadata.generation.unwrap_or_default() as u64) << 1
-                        | u64::from(p.metadata.deletion_timestamp.is_some()),
-                )
-            },
-            Default::default(),
-        );
-    Controller::for_stream(trigger, reader)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(log_failure(CONTROLLER))
-        .await;
+    // Spec changes (pause, continue) and deletions (the worker-state finalizer) trigger a
+    // reconcile.
+    let trigger = watch::changes(plans, writer, Trigger::SpecOrDeletion);
+    let controller = Controller::for_stream(trigger, reader);
+    watch::serve(controller, CONTROLLER, reconcile, ctx).await;
 }
 
 #[instrument(skip_all, fields(plan = %plan.name_any(), namespace = plan.namespace().unwrap_or_default()))]
 async fn reconcile(plan: Arc<ResumePlan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The plan's status is the record of what moved: read it as it is now, not as the cache
-    // had it (a requeued reconcile can start before the watch brought the last write back).
-    let api: Api<ResumePlan> =
-        Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
-    let Some(fresh) = api.get_opt(&plan.name_any()).await? else {
+    // The plan's status is the record of what moved: read it as it is now.
+    let Some(fresh) = read_fresh(&ctx.client, plan.as_ref()).await? else {
         return Ok(Action::await_change());
     };
-    ctx.measured(CONTROLLER, &fresh, drive(&fresh, &ctx)).await
+    ctx.measured(CONTROLLER, &fresh, advance(&fresh, &ctx))
+        .await
 }
 
-/// What is writing the status needs besides the status itself.
-struct Writer<'a> {
+/// Writes the plan's status: phase, completion time and conditions with it.
+struct StatusWriter<'a> {
     plan: &'a ResumePlan,
     api: Api<ResumePlan>,
 }
 
-impl Writer<'_> {
+impl StatusWriter<'_> {
     async fn write(
         &self,
         status: &mut ResumePlanStatus,
@@ -139,41 +122,85 @@ impl Writer<'_> {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, files::ResumeError> + Send + 'static,
-) -> Result<T, Error> {
-    off_thread(f)
-        .await
-        .map_err(Error::Blocking)?
-        .map_err(|e| Error::Files(e.to_string()))
-}
-
-async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
-    let ns = plan.namespace().unwrap_or_default();
-    let api: Api<ResumePlan> = Api::namespaced(ctx.client.clone(), &ns);
+/// Move the plan on as far as it can go now: release the recorded batch, judge it once its
+/// delay is over, choose the next one or complete. Each decision is written before what it
+/// decided is done.
+async fn advance(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
+    let api: Api<ResumePlan> =
+        Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
     if plan.metadata.deletion_timestamp.is_some() {
         return clean_up(plan, ctx, &api).await;
     }
-    let out = Writer {
+    let record = StatusWriter {
         plan,
         api: api.clone(),
     };
     let mut status = plan.status.clone().unwrap_or_default();
-    let spec_changed = status.observed_generation != plan.metadata.generation;
+    if let Some(action) = settle_finished(&record, &mut status).await? {
+        return Ok(action);
+    }
+    let (worker, admission) = match admit(ctx, &record, &mut status).await? {
+        Admitted::Yes(admitted) => *admitted,
+        Admitted::No(action) => return Ok(action),
+    };
+    start(ctx, plan, &api, &mut status, &admission.paths).await?;
+    let batches = Batches {
+        ctx,
+        plan,
+        record: &record,
+        paths: admission.paths,
+        metrics_url: worker.spec.metrics.as_ref().map(|m| m.url.clone()),
+        traceparent: plan
+            .annotations()
+            .get(TRACEPARENT_ANNOTATION)
+            .and_then(|v| recovery_trace::parse_traceparent(v)),
+    };
+    loop {
+        let now = Timestamp::now();
+        batches.watch_metrics(&mut status, now).await;
+        let next = match status.current_batch.clone() {
+            Some(batch) if batch.released_time.is_none() => {
+                batches.release_batch(&mut status, batch, now).await?
+            }
+            Some(batch) => batches.judge_batch(&mut status, batch, now).await?,
+            None => batches.start_or_complete(&mut status).await?,
+        };
+        if let Some(action) = next {
+            return Ok(action);
+        }
+    }
+}
+
+/// A final plan stays as it is, unless its spec changed: a completed plan only records that
+/// the change was seen, a halted or failed one goes on. `Some` ends the reconcile.
+async fn settle_finished(
+    record: &StatusWriter<'_>,
+    status: &mut ResumePlanStatus,
+) -> Result<Option<Action>, Error> {
+    let spec_changed = status.observed_generation != record.plan.metadata.generation;
     match status.phase {
         Some(ResumePhase::Completed) if spec_changed => {
-            // A completed plan has nothing left to do; only record that the change was seen.
-            out.write(&mut status, ResumePhase::Completed, None).await?;
-            return Ok(Action::await_change());
+            record.write(status, ResumePhase::Completed, None).await?;
+            Ok(Some(Action::await_change()))
         }
-        Some(p) if p.is_final() && !spec_changed => return Ok(Action::await_change()),
+        Some(p) if p.is_final() && !spec_changed => Ok(Some(Action::await_change())),
         Some(ResumePhase::Halted | ResumePhase::Failed) => {
             info!("the spec changed: the plan continues");
             status.halt_reason = None;
+            Ok(None)
         }
-        _ => {}
+        _ => Ok(None),
     }
+}
 
+/// Find the plan's Worker, admit it, and make sure nobody else is changing it.
+async fn admit(
+    ctx: &Context,
+    record: &StatusWriter<'_>,
+    status: &mut ResumePlanStatus,
+) -> Result<Admitted, Error> {
+    let plan = record.plan;
+    let ns = plan.namespace().unwrap_or_default();
     let workers: Api<Worker> = Api::namespaced(ctx.client.clone(), &ns);
     let worker_name = &plan.spec.worker_ref.name;
     let Some(worker) = workers.get_opt(worker_name).await? else {
@@ -184,199 +211,268 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
             message,
             waits: true,
         };
-        out.write(&mut status, ResumePhase::Pending, Some(blocked))
+        record
+            .write(status, ResumePhase::Pending, Some(blocked))
             .await?;
-        return Ok(Action::requeue(WORKER_WAIT));
+        return Ok(Admitted::No(Action::requeue(WORKER_WAIT)));
     };
-    let admission = match ctx.admit(&worker).await {
+    let admission = match ctx.admit(&worker).await.map_err(|e| Held::of(e, &worker)) {
         Ok(a) => a,
-        Err(AdmitError::ContainerStateUnknown(e)) => {
-            let blocked = Blocked {
-                reason: Waiting::ContainerStateUnknown.reason(),
-                message: format!(
-                    "the Docker engine cannot say whether the Worker's container exists and consents ({e}); nothing moves until it can"
-                ),
-                waits: true,
-            };
-            return wait(&out, &mut status, blocked).await;
+        Err(held @ Held::Waits { .. }) => {
+            return Ok(Admitted::No(wait(record, status, held.into()).await?))
         }
-        Err(e) => return refuse(ctx, &out, &mut status, worker_name, e).await,
+        Err(held @ Held::Refused { .. }) => {
+            return Ok(Admitted::No(
+                refuse(ctx, record, status, held.into()).await?,
+            ))
+        }
     };
     if let Some(holder) = writer_elsewhere(ctx, &worker, plan).await? {
-        let blocked = Blocked {
-            reason: Waiting::AnotherRunActive.reason(),
+        let held = Held::Waits {
+            why: Waiting::AnotherRunActive,
             message: format!(
                 "{holder} is changing Worker {worker_name}; this plan goes on when it finishes"
             ),
-            waits: true,
         };
-        return wait(&out, &mut status, blocked).await;
+        return Ok(Admitted::No(wait(record, status, held.into()).await?));
     }
-    let paths = admission.paths.clone();
-    let spec = &plan.spec;
-    let delay = spec.batch_delay_seconds;
+    Ok(Admitted::Yes(Box::new((worker, admission))))
+}
 
-    if status.start_time.is_none() {
-        let now = Timestamp::now();
-        if spec.mark_worker_state {
-            // The finalizer first: a plan deleted from here on gives the queue back.
-            ensure_finalizer(plan, &api).await?;
-            let p = paths.clone();
-            let wrote = blocking(move || files::set_worker_status(&p, "recovering")).await?;
-            note_state_write(ctx, plan, "recovering", &wrote).await;
-        }
-        status.start_time = Some(Time(now));
-        status.cutoff_time = Some(Time(decide::cutoff(now)));
+/// The first look at a plan: mark the worker `recovering` (when asked to) and fix the start
+/// and the cutoff, once.
+async fn start(
+    ctx: &Context,
+    plan: &ResumePlan,
+    api: &Api<ResumePlan>,
+    status: &mut ResumePlanStatus,
+    paths: &ResolvedPaths,
+) -> Result<(), Error> {
+    if status.start_time.is_some() {
+        return Ok(());
     }
-    let cutoff = status.cutoff_time.as_ref().expect("set above").0;
+    let now = Timestamp::now();
+    if plan.spec.mark_worker_state {
+        // The finalizer first: a plan deleted from here on gives the queue back.
+        finalizer::add(api, plan, FINALIZER).await?;
+        let p = paths.clone();
+        let wrote = blocking::run(move || files::set_worker_status(&p, "recovering")).await??;
+        note_state_write(ctx, plan, "recovering", &wrote).await;
+    }
+    status.start_time = Some(Time(now));
+    status.cutoff_time = Some(Time(decide::cutoff(now)));
+    Ok(())
+}
 
-    let metrics_url = worker.spec.metrics.as_ref().map(|m| m.url.clone());
-    let interval = Duration::from_secs(u64::from(spec.monitor_interval_seconds));
-    let traceparent = plan
-        .annotations()
-        .get(TRACEPARENT_ANNOTATION)
-        .and_then(|v| recovery_trace::parse_traceparent(v));
+/// The batches of one admitted plan.
+struct Batches<'a> {
+    ctx: &'a Context,
+    plan: &'a ResumePlan,
+    record: &'a StatusWriter<'a>,
+    paths: ResolvedPaths,
+    metrics_url: Option<String>,
+    /// Where the batch spans go: the run's `resume` span.
+    traceparent: Option<(String, String)>,
+}
 
-    loop {
-        let now = Timestamp::now();
-        if let Some(url) = &metrics_url {
-            if monitor::due(status.monitoring.as_ref(), interval, now) {
-                let scraped = monitor::scrape(&ctx.http, url).await;
-                monitor::record(
-                    status.monitoring.get_or_insert_with(MetricsWatch::default),
-                    scraped,
-                    now,
-                );
-            }
+impl Batches<'_> {
+    fn monitor_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.plan.spec.monitor_interval_seconds))
+    }
+
+    /// Scrape the worker's metrics endpoint when it declares one and a look is due.
+    async fn watch_metrics(&self, status: &mut ResumePlanStatus, now: Timestamp) {
+        let Some(url) = &self.metrics_url else {
+            return;
+        };
+        if monitor::due(status.monitoring.as_ref(), self.monitor_interval(), now) {
+            let scraped = monitor::scrape(&self.ctx.http, url).await;
+            monitor::record(
+                status.monitoring.get_or_insert_with(MetricsWatch::default),
+                scraped,
+                now,
+            );
         }
-        let increase = status
+    }
+
+    /// The increase of the worker's failed-task counter seen so far.
+    fn failed_increase(status: &ResumePlanStatus) -> i64 {
+        status
             .monitoring
             .as_ref()
-            .map_or(0, |m| m.task_failed_increase);
-        match status.current_batch.clone() {
-            Some(mut batch) if batch.released_time.is_none() => {
-                let (p, names) = (paths.clone(), batch.tasks.clone());
-                let released = blocking(move || files::release(&p, &names)).await?;
-                batch.moved = (released.moved.len() + released.gone.len()) as u32;
-                for name in &released.collided {
-                    note_left_out(
-                        &mut status,
-                        format!("{name}: staged/ has a file of that name; left in pending/"),
-                    );
-                }
-                batch.released_time = Some(Time(now));
-                batch.failed_increase_at_release = increase;
-                status.tasks_staged += u64::from(batch.moved);
-                status.tasks_remaining = status
-                    .tasks_remaining
-                    .saturating_sub(u64::from(batch.moved));
-                status.next_batch_time = Some(Time(now + Duration::from_secs(u64::from(delay))));
-                let message = format!(
-                    "batch {}: {} task(s) moved to staged/{}",
-                    batch.number,
-                    released.moved.len(),
-                    if released.gone.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", {} already taken by the worker", released.gone.len())
-                    }
-                );
-                status.current_batch = Some(batch);
-                out.write(&mut status, ResumePhase::Running, None).await?;
-                info!("{message}");
-                ctx.publish(plan, EventType::Normal, "BatchReleased", "Resume", message)
-                    .await;
-            }
-            Some(batch) => {
-                if let Some(left) = decide::wait_left(&batch, delay, now) {
-                    out.write(&mut status, ResumePhase::Running, None).await?;
-                    let next = if metrics_url.is_some() {
-                        left.min(interval)
-                    } else {
-                        left
-                    };
-                    return Ok(Action::requeue(next.max(Duration::from_millis(200))));
-                }
-                let (p, names) = (paths.clone(), batch.tasks.clone());
-                let failed_now = blocking(move || files::present_in_failed(&p, &names)).await?;
-                let result = decide::judge(&batch, &failed_now, increase, now);
-                let halt = decide::exceeds(&result, spec.max_failure_ratio);
-                if let Some((trace_id, parent)) = &traceparent {
-                    recovery_trace::emit(batch_span(
-                        trace_id,
-                        parent,
-                        &result,
-                        halt,
-                        spec.max_failure_ratio,
-                    ));
-                }
-                let reason = halt.then(|| decide::halt_reason(&result, spec.max_failure_ratio));
-                decide::record(&mut status, result);
-                status.current_batch = None;
-                if let Some(reason) = reason {
-                    status.halt_reason = Some(reason.clone());
-                    status.next_batch_time = None;
-                    out.write(&mut status, ResumePhase::Halted, None).await?;
-                    release_writer(ctx, plan).await?;
-                    warn!(%reason, "gradual resume halted");
-                    ctx.publish(plan, EventType::Warning, "ResumeHalted", "Resume", reason)
-                        .await;
-                    return Ok(Action::await_change());
-                }
-            }
-            None => {
-                if spec.paused {
-                    status.next_batch_time = None;
-                    out.write(&mut status, ResumePhase::Paused, None).await?;
-                    return Ok(Action::await_change());
-                }
-                let p = paths.clone();
-                let limit = spec.batch_size as usize;
-                let scan = blocking(move || files::scan_pending(&p, cutoff.into(), limit)).await?;
-                if status.batches_done == 0 && status.tasks_staged == 0 {
-                    status.tasks_total = scan.eligible;
-                }
-                status.tasks_remaining = scan.eligible;
-                for why in scan.left_out.iter().take(decide::NAME_SAMPLE) {
-                    note_left_out(&mut status, why.clone());
-                }
-                if scan.oldest.is_empty() {
-                    status.next_batch_time = None;
-                    if spec.mark_worker_state {
-                        let p = paths.clone();
-                        let wrote =
-                            blocking(move || files::set_worker_status(&p, "running")).await?;
-                        note_state_write(ctx, plan, "running", &wrote).await;
-                    }
-                    out.write(&mut status, ResumePhase::Completed, None).await?;
-                    release_writer(ctx, plan).await?;
-                    let message = format!(
-                        "{} task(s) released in {} batch(es), {} failure(s)",
-                        status.tasks_staged, status.batches_done, status.tasks_failed
-                    );
-                    info!("gradual resume completed: {message}");
-                    ctx.publish(
-                        plan,
-                        EventType::Normal,
-                        "ResumeCompleted",
-                        "Resume",
-                        message,
-                    )
-                    .await;
-                    return Ok(Action::await_change());
-                }
-                let (p, names) = (paths.clone(), scan.oldest.clone());
-                let failed_before = blocking(move || files::present_in_failed(&p, &names)).await?;
-                status.current_batch = Some(CurrentBatch {
-                    number: status.batches_done + 1,
-                    tasks: scan.oldest,
-                    failed_before,
-                    ..Default::default()
-                });
-                // The intent is durable before the first task moves.
-                out.write(&mut status, ResumePhase::Running, None).await?;
-            }
+            .map_or(0, |m| m.task_failed_increase)
+    }
+
+    /// Move the recorded batch's tasks still in `pending/` to `staged/` (again after a crash:
+    /// a task already gone is counted, not moved twice) and record the release.
+    async fn release_batch(
+        &self,
+        status: &mut ResumePlanStatus,
+        mut batch: CurrentBatch,
+        now: Timestamp,
+    ) -> Result<Option<Action>, Error> {
+        let (p, names) = (self.paths.clone(), batch.tasks.clone());
+        let released = blocking::run(move || files::release(&p, &names)).await??;
+        batch.moved = (released.moved.len() + released.gone.len()) as u32;
+        for name in &released.collided {
+            note_left_out(
+                status,
+                format!("{name}: staged/ has a file of that name; left in pending/"),
+            );
         }
+        batch.released_time = Some(Time(now));
+        batch.failed_increase_at_release = Self::failed_increase(status);
+        status.tasks_staged += u64::from(batch.moved);
+        status.tasks_remaining = status
+            .tasks_remaining
+            .saturating_sub(u64::from(batch.moved));
+        let delay = u64::from(self.plan.spec.batch_delay_seconds);
+        status.next_batch_time = Some(Time(now + Duration::from_secs(delay)));
+        let taken = if released.gone.is_empty() {
+            String::new()
+        } else {
+            format!(", {} already taken by the worker", released.gone.len())
+        };
+        let message = format!(
+            "batch {}: {} task(s) moved to staged/{taken}",
+            batch.number,
+            released.moved.len(),
+        );
+        status.current_batch = Some(batch);
+        self.record
+            .write(status, ResumePhase::Running, None)
+            .await?;
+        info!("{message}");
+        self.ctx
+            .publish(
+                self.plan,
+                EventType::Normal,
+                "BatchReleased",
+                "Resume",
+                message,
+            )
+            .await;
+        Ok(None)
+    }
+
+    /// Once the batch's delay is over, judge it by its failures; halt the plan when they
+    /// exceed the ratio. Until then, look again when the delay ends (or the next scrape).
+    async fn judge_batch(
+        &self,
+        status: &mut ResumePlanStatus,
+        batch: CurrentBatch,
+        now: Timestamp,
+    ) -> Result<Option<Action>, Error> {
+        let spec = &self.plan.spec;
+        if let Some(left) = decide::wait_left(&batch, spec.batch_delay_seconds, now) {
+            self.record
+                .write(status, ResumePhase::Running, None)
+                .await?;
+            let next = match self.metrics_url {
+                Some(_) => left.min(self.monitor_interval()),
+                None => left,
+            };
+            return Ok(Some(Action::requeue(next.max(Duration::from_millis(200)))));
+        }
+        let (p, names) = (self.paths.clone(), batch.tasks.clone());
+        let failed_now = blocking::run(move || files::present_in_failed(&p, &names)).await??;
+        let result = decide::judge(&batch, &failed_now, Self::failed_increase(status), now);
+        let halt = decide::exceeds(&result, spec.max_failure_ratio);
+        if let Some((trace_id, parent)) = &self.traceparent {
+            let span = batch_span(trace_id, parent, &result, halt, spec.max_failure_ratio);
+            recovery_trace::emit(span);
+        }
+        let reason = halt.then(|| decide::halt_reason(&result, spec.max_failure_ratio));
+        decide::record(status, result);
+        status.current_batch = None;
+        let Some(reason) = reason else {
+            return Ok(None);
+        };
+        status.halt_reason = Some(reason.clone());
+        status.next_batch_time = None;
+        self.record.write(status, ResumePhase::Halted, None).await?;
+        release_writer(self.ctx, self.plan).await?;
+        warn!(%reason, "gradual resume halted");
+        self.ctx
+            .publish(
+                self.plan,
+                EventType::Warning,
+                "ResumeHalted",
+                "Resume",
+                reason,
+            )
+            .await;
+        Ok(Some(Action::await_change()))
+    }
+
+    /// With no batch recorded: pause, complete when no eligible task is left, or record the
+    /// next batch (the oldest tasks) before any of it moves.
+    async fn start_or_complete(
+        &self,
+        status: &mut ResumePlanStatus,
+    ) -> Result<Option<Action>, Error> {
+        let spec = &self.plan.spec;
+        if spec.paused {
+            status.next_batch_time = None;
+            self.record.write(status, ResumePhase::Paused, None).await?;
+            return Ok(Some(Action::await_change()));
+        }
+        let (p, limit) = (self.paths.clone(), spec.batch_size as usize);
+        let cutoff = status.cutoff_time.as_ref().expect("set at the start").0;
+        let scan = blocking::run(move || files::scan_pending(&p, cutoff.into(), limit)).await??;
+        if status.batches_done == 0 && status.tasks_staged == 0 {
+            status.tasks_total = scan.eligible;
+        }
+        status.tasks_remaining = scan.eligible;
+        for why in scan.left_out.iter().take(decide::NAME_SAMPLE) {
+            note_left_out(status, why.clone());
+        }
+        if scan.oldest.is_empty() {
+            return self.complete(status).await.map(Some);
+        }
+        let (p, names) = (self.paths.clone(), scan.oldest.clone());
+        let failed_before = blocking::run(move || files::present_in_failed(&p, &names)).await??;
+        status.current_batch = Some(CurrentBatch {
+            number: status.batches_done + 1,
+            tasks: scan.oldest,
+            failed_before,
+            ..Default::default()
+        });
+        // The intent is durable before the first task moves.
+        self.record
+            .write(status, ResumePhase::Running, None)
+            .await?;
+        Ok(None)
+    }
+
+    /// Every eligible task is released: give the worker its queue back (when the plan marked
+    /// it), record the end and the writer Lease.
+    async fn complete(&self, status: &mut ResumePlanStatus) -> Result<Action, Error> {
+        status.next_batch_time = None;
+        if self.plan.spec.mark_worker_state {
+            let p = self.paths.clone();
+            let wrote = blocking::run(move || files::set_worker_status(&p, "running")).await??;
+            note_state_write(self.ctx, self.plan, "running", &wrote).await;
+        }
+        self.record
+            .write(status, ResumePhase::Completed, None)
+            .await?;
+        release_writer(self.ctx, self.plan).await?;
+        let message = format!(
+            "{} task(s) released in {} batch(es), {} failure(s)",
+            status.tasks_staged, status.batches_done, status.tasks_failed
+        );
+        info!("gradual resume completed: {message}");
+        self.ctx
+            .publish(
+                self.plan,
+                EventType::Normal,
+                "ResumeCompleted",
+                "Resume",
+                message,
+            )
+            .await;
+        Ok(Action::await_change())
     }
 }
 
@@ -385,7 +481,7 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 
 /// Write that the plan waits (phase `Pending` until it has begun) and look again soon.
 async fn wait(
-    out: &Writer<'_>,
+    record: &StatusWriter<'_>,
     status: &mut ResumePlanStatus,
     blocked: Blocked,
 ) -> Result<Action, Error> {
@@ -393,27 +489,22 @@ async fn wait(
         Some(p) if status.start_time.is_some() && !p.is_final() => p,
         _ => ResumePhase::Pending,
     };
-    out.write(status, phase, Some(blocked)).await?;
+    record.write(status, phase, Some(blocked)).await?;
     Ok(Action::requeue(WAIT_POLL))
 }
 
 /// A Worker that is not admitted fails the plan, which says why.
 async fn refuse(
     ctx: &Context,
-    out: &Writer<'_>,
+    record: &StatusWriter<'_>,
     status: &mut ResumePlanStatus,
-    worker_name: &str,
-    error: AdmitError,
+    blocked: Blocked,
 ) -> Result<Action, Error> {
-    let (reason, message) = error.reason_and_message(worker_name);
-    let blocked = Blocked {
-        reason,
-        message: message.clone(),
-        waits: false,
-    };
-    out.write(status, ResumePhase::Failed, Some(blocked))
+    let (reason, message) = (blocked.reason, blocked.message.clone());
+    record
+        .write(status, ResumePhase::Failed, Some(blocked))
         .await?;
-    ctx.publish(out.plan, EventType::Warning, reason, "Resume", message)
+    ctx.publish(record.plan, EventType::Warning, reason, "Resume", message)
         .await;
     Ok(Action::await_change())
 }
@@ -483,7 +574,7 @@ async fn note_state_write(ctx: &Context, plan: &ResumePlan, value: &str, wrote: 
 fn batch_span(
     trace_id: &str,
     parent: &str,
-    result: &crate::crd::resume_plan::BatchResult,
+    result: &BatchResult,
     halt: bool,
     ratio: f64,
 ) -> SpanRecord {
@@ -512,33 +603,6 @@ fn batch_span(
     }
 }
 
-async fn ensure_finalizer(plan: &ResumePlan, api: &Api<ResumePlan>) -> Result<(), Error> {
-    let fresh = api.get(&plan.name_any()).await?;
-    if fresh.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let mut finalizers = fresh.finalizers().to_vec();
-    finalizers.push(FINALIZER.into());
-    set_finalizers(api, &fresh, finalizers).await
-}
-
-/// Replace the finalizer list, compare-and-swap on the resourceVersion.
-async fn set_finalizers(
-    api: &Api<ResumePlan>,
-    obj: &ResumePlan,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": obj.resource_version()}});
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
 /// A deleted plan that marked the worker `recovering` and did not complete gives the worker
 /// its queue back, then lets the object go.
 async fn clean_up(
@@ -546,7 +610,7 @@ async fn clean_up(
     ctx: &Context,
     api: &Api<ResumePlan>,
 ) -> Result<Action, Error> {
-    if !plan.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::holds(plan, FINALIZER) {
         return Ok(Action::await_change());
     }
     let completed = plan
@@ -560,14 +624,7 @@ async fn clean_up(
             give_queue_back(ctx, plan, &worker).await?;
         }
     }
-    let fresh = api.get(&plan.name_any()).await?;
-    let finalizers = fresh
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    set_finalizers(api, &fresh, finalizers).await?;
+    finalizer::remove(api, plan, FINALIZER).await?;
     Ok(Action::await_change())
 }
 
@@ -588,17 +645,9 @@ async fn give_queue_back(ctx: &Context, plan: &ResumePlan, worker: &Worker) -> R
         return Ok(());
     }
     let p: ResolvedPaths = admission.paths;
-    let wrote = blocking(move || files::set_worker_status(&p, "running")).await?;
+    let wrote = blocking::run(move || files::set_worker_status(&p, "running")).await??;
     note_state_write(ctx, plan, "running", &wrote).await;
     release_writer(ctx, plan).await
-}
-
-fn error_policy(plan: Arc<ResumePlan>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failure(CONTROLLER, error.metric_label());
-    let delay = ctx.backoff.next_delay(&object_key(plan.as_ref()));
-    warn!(plan = %plan.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
 }
 
 #[cfg(test)]
@@ -693,7 +742,7 @@ mod tests {
         tasks(&root, &["c.json", "a.json", "b.json"]);
         let spec = json!({"workerRef": {"name": "marie"}, "batchSize": 2, "batchDelaySeconds": 0});
         let (ctx, seen) = context(&root, spec.clone());
-        let action = drive(&plan(spec), &ctx).await.unwrap();
+        let action = advance(&plan(spec), &ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
 
         let seen = seen.lock().unwrap().clone();
@@ -764,7 +813,7 @@ mod tests {
             ..Default::default()
         });
         let (ctx, seen) = context(&root, spec);
-        let action = drive(&p, &ctx).await.unwrap();
+        let action = advance(&p, &ctx).await.unwrap();
         assert!(
             matches!(action, a if a != Action::await_change()),
             "waits for the delay"

@@ -9,7 +9,6 @@ mod supervise;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::Api,
@@ -26,7 +25,11 @@ use tracing::{instrument, warn};
 pub use error::Error;
 
 use self::decide::Observation;
-use super::{apply_status, log_failure, object_key, spec_changes, Context};
+use super::{
+    apply_status, object_key,
+    watch::{self, Trigger},
+    Context,
+};
 use crate::{
     crd::{
         worker::{PathClaim, Worker, WorkerPhase, WorkerStatus},
@@ -50,7 +53,7 @@ pub async fn run(
     cache: (Store<Worker>, reflector::store::Writer<Worker>),
 ) {
     let (reader, writer) = cache;
-    let trigger = spec_changes(workers, writer);
+    let trigger = watch::changes(workers, writer, Trigger::Spec);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
     // Only the runs this controller created (automatic attempts) point back to a Worker; a
@@ -59,7 +62,7 @@ pub async fn run(
         .labels(supervise::AUTO_RUN_LABEL)
         .any_semantic();
     let pruner = tokio::spawn(forget_deleted(ctx.clone(), reader.clone()));
-    Controller::for_stream(trigger, reader)
+    let controller = Controller::for_stream(trigger, reader)
         // A thousand Workers looked at all at once (at start, after the engine came back)
         // would each hold a Docker connection and buffers; a bounded number at a time keeps
         // the memory high-water mark low at no cost in latency for a single crash.
@@ -68,11 +71,8 @@ pub async fn run(
         .reconcile_on(container_events)
         // A webhook delivery ended: write how it went.
         .reconcile_on(ctx.notifier.wakeups())
-        .reconcile_all_on(resync)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(log_failure(CONTROLLER))
-        .await;
+        .reconcile_all_on(resync);
+    watch::serve(controller, CONTROLLER, reconcile, ctx).await;
     pruner.abort();
 }
 
@@ -410,19 +410,6 @@ async fn write_invalid_spec(
     Ok(())
 }
 
-fn error_policy(worker: Arc<Worker>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_failure(CONTROLLER, error.metric_label());
-    if error.is_transient() {
-        let delay = ctx.backoff.next_delay(&object_key(worker.as_ref()));
-        warn!(worker = %worker.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
-        Action::requeue(delay)
-    } else {
-        warn!(worker = %worker.name_any(), error = %error, "waiting for the spec to change");
-        Action::await_change()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -435,7 +422,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        controller::mock_api,
+        controller::{error::ReconcileError, mock_api},
         diagnose::host::{testing, FakeHost},
         docker::fake::FakeRuntime,
         metrics::Metrics,
