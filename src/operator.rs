@@ -97,8 +97,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 recoveries.clone(),
                 (worker_cache, worker_cache_writer)
             ),
-            controller::recovery::run(ctx.clone(), recoveries),
-            controller::resume_plan::run(ctx.clone(), plans),
+            controller::watch::run_records(ctx.clone(), recoveries),
+            controller::watch::run_records(ctx.clone(), plans),
         )
     };
     tokio::select! {

@@ -19,9 +19,12 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
+use k8s_openapi::NamespaceResourceScope;
+use tracing::Instrument;
+
 use super::{
     error::{error_policy, ReconcileError},
-    log_failure, Context,
+    log_failure, read_fresh, Context,
 };
 
 /// Which changes of an object trigger a reconcile.
@@ -82,4 +85,53 @@ pub async fn serve<K, E, F>(
         .run(reconcile, error_policy(name), ctx)
         .for_each(log_failure(name))
         .await;
+}
+
+/// A kind whose status is the record of its own work (a run's steps, a plan's batches): it is
+/// reconciled from a fresh read, never from the cache, on spec changes and deletions.
+pub trait RecordsItsWork:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name in metrics and logs.
+    const CONTROLLER: &'static str;
+    type Error: ReconcileError + std::error::Error + From<kube::Error> + Send + 'static;
+
+    /// Move the object's work on, from `self` as the API server has it now.
+    fn advance(&self, ctx: &Context) -> impl Future<Output = Result<Action, Self::Error>> + Send;
+}
+
+/// Run the controller of `K` until a shutdown signal.
+pub async fn run_records<K: RecordsItsWork>(ctx: Arc<Context>, api: Api<K>) {
+    let (reader, writer) = reflector::store();
+    let trigger = changes(api, writer, Trigger::SpecOrDeletion);
+    let controller = Controller::for_stream(trigger, reader);
+    serve(controller, K::CONTROLLER, reconcile_fresh::<K>, ctx).await;
+}
+
+async fn reconcile_fresh<K: RecordsItsWork>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, K::Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        controller = K::CONTROLLER,
+        object = %obj.name_any(),
+        namespace = obj.namespace().unwrap_or_default(),
+    );
+    async {
+        // A requeued reconcile can start before the watch brought the last write back.
+        let Some(fresh) = read_fresh(&ctx.client, obj.as_ref()).await? else {
+            return Ok(Action::await_change());
+        };
+        ctx.measured(K::CONTROLLER, &fresh, fresh.advance(&ctx))
+            .await
+    }
+    .instrument(span)
+    .await
 }

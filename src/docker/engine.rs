@@ -417,13 +417,13 @@ impl ContainerRuntime for DockerEngine {
         match self.docker.inspect_container(&temp, None).await {
             Ok(left) => {
                 if consent.is_none() || consent_of(left.config.as_ref()) != consent {
-                    return Err(DockerError::Refused {
-                        operation: "recreate",
-                        message: format!(
+                    return Err(DockerError::refused(
+                        "recreate",
+                        format!(
                             "{temp:?} exists and is not a leftover of a recreate of {name:?} \
                              (its {CONSENT_LABEL} label differs): it is left alone"
                         ),
-                    });
+                    ));
                 }
                 self.discard(left.id.as_deref().unwrap_or(&temp)).await?;
             }
@@ -674,10 +674,7 @@ impl ContainerRuntime for DockerEngine {
             .stats(container, Some(options))
             .next()
             .await
-            .ok_or_else(|| DockerError::Refused {
-                operation: "stats",
-                message: "the engine sent no statistics".into(),
-            })?
+            .ok_or_else(|| DockerError::refused("stats", "the engine sent no statistics"))?
             .map_err(|e| container_error("stats", container, e))?;
         let memory = stats.memory_stats.unwrap_or_default();
         match (memory.usage, memory.limit) {
@@ -685,10 +682,10 @@ impl ContainerRuntime for DockerEngine {
                 usage_bytes: working_set(usage, memory.stats.as_ref()),
                 limit_bytes: limit,
             }),
-            _ => Err(DockerError::Refused {
-                operation: "stats",
-                message: format!("no memory statistics for {container:?} (is it running?)"),
-            }),
+            _ => Err(DockerError::refused(
+                "stats",
+                format!("no memory statistics for {container:?} (is it running?)"),
+            )),
         }
     }
 

@@ -85,14 +85,11 @@ impl ContainerRuntime for FakeRuntime {
         }
         match self.exec.get(&cmd.join(" ")) {
             Some(Ok(out)) => Ok(out.clone()),
-            Some(Err(e)) => Err(DockerError::Refused {
-                operation: "exec",
-                message: e.clone(),
-            }),
-            None => Err(DockerError::Refused {
-                operation: "exec",
-                message: format!("no canned answer for {cmd:?}"),
-            }),
+            Some(Err(e)) => Err(DockerError::refused("exec", e.clone())),
+            None => Err(DockerError::refused(
+                "exec",
+                format!("no canned answer for {cmd:?}"),
+            )),
         }
     }
 
@@ -164,10 +161,10 @@ impl ContainerRuntime for FakeRuntime {
             .and_then(|k| containers.get(&k).cloned())
             .ok_or_else(|| DockerError::NotFound(source.into()))?;
         if containers.contains_key(&clone.name) {
-            return Err(DockerError::Refused {
-                operation: "create",
-                message: format!("name {} in use", clone.name),
-            });
+            return Err(DockerError::refused(
+                "create",
+                format!("name {} in use", clone.name),
+            ));
         }
         let mut copy = original.clone();
         copy.id = format!("{}-clone", original.id);
@@ -257,11 +254,10 @@ impl ContainerRuntime for FakeRuntime {
         let swap = swap_for_update(c.memory_swap, memory, memory_swap);
         if let (Some(m), Some(s)) = (memory.or(c.memory_limit), swap.or(c.memory_swap)) {
             if s > 0 && m > s {
-                return Err(DockerError::Refused {
-                    operation: "update",
-                    message: "Memory limit should be smaller than already set memoryswap limit"
-                        .into(),
-                });
+                return Err(DockerError::refused(
+                    "update",
+                    "Memory limit should be smaller than already set memoryswap limit",
+                ));
             }
         }
         c.memory_limit = memory.or(c.memory_limit);

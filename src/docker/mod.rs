@@ -223,6 +223,16 @@ pub enum DockerError {
     },
 }
 
+impl DockerError {
+    /// The engine refused `operation`, saying `message`.
+    pub fn refused(operation: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            operation,
+            message: message.into(),
+        }
+    }
+}
+
 /// Side effects on containers, held in the controller context.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {

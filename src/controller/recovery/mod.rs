@@ -11,19 +11,15 @@ pub mod plan;
 pub mod steps;
 mod trace;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::Api,
-    runtime::{
-        controller::{Action, Controller},
-        events::EventType,
-        reflector,
-    },
+    runtime::{controller::Action, events::EventType},
     ResourceExt,
 };
-use tracing::{info, instrument, Instrument};
+use tracing::{info, Instrument};
 
 pub use error::Error;
 
@@ -34,8 +30,8 @@ use self::{
 use super::{
     apply_status,
     conditions::{merge, ConditionState, ConditionStatus, Waiting, WAITING},
-    finalizer, object_key, read_fresh,
-    watch::{self, Trigger},
+    finalizer, object_key,
+    watch::RecordsItsWork,
     writer, Admitted, Context, Held,
 };
 use crate::{
@@ -59,23 +55,13 @@ pub const FINALIZER: &str = "workerrecovery.io/debug-container";
 /// How long to wait for a Worker that does not exist (yet).
 const WORKER_WAIT: Duration = Duration::from_secs(15);
 
-/// Run the WorkerRecovery controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, recoveries: Api<WorkerRecovery>) {
-    let (reader, writer) = reflector::store();
-    // Spec changes and deletions (the debug container's finalizer) trigger a reconcile.
-    let trigger = watch::changes(recoveries, writer, Trigger::SpecOrDeletion);
-    let controller = Controller::for_stream(trigger, reader);
-    watch::serve(controller, CONTROLLER, reconcile, ctx).await;
-}
+impl RecordsItsWork for WorkerRecovery {
+    const CONTROLLER: &'static str = CONTROLLER;
+    type Error = Error;
 
-#[instrument(skip_all, fields(recovery = %rec.name_any(), namespace = rec.namespace().unwrap_or_default()))]
-async fn reconcile(rec: Arc<WorkerRecovery>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The run's status is the record of its steps: read it as it is now.
-    let Some(fresh) = read_fresh(&ctx.client, rec.as_ref()).await? else {
-        return Ok(Action::await_change());
-    };
-    ctx.measured(CONTROLLER, &fresh, run_steps(&fresh, &ctx))
-        .await
+    async fn advance(&self, ctx: &Context) -> Result<Action, Error> {
+        run_steps(self, ctx).await
+    }
 }
 
 async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error> {

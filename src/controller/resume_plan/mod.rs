@@ -14,20 +14,16 @@
 mod decide;
 mod error;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::Api,
-    runtime::{
-        controller::{Action, Controller},
-        events::EventType,
-        reflector,
-    },
+    runtime::{controller::Action, events::EventType},
     ResourceExt,
 };
 use opentelemetry::KeyValue;
-use tracing::{info, instrument, warn};
+use tracing::{info, warn};
 
 pub use super::conditions::WAITING;
 pub use decide::{COMPLETED, HALTED};
@@ -38,8 +34,8 @@ pub use error::Error;
 use super::{
     apply_status,
     conditions::{merge, Waiting},
-    finalizer, read_fresh,
-    watch::{self, Trigger},
+    finalizer,
+    watch::RecordsItsWork,
     writer, Admitted, Context, Held,
 };
 use crate::{
@@ -65,24 +61,13 @@ pub const TRACEPARENT_ANNOTATION: &str = "workerrecovery.io/traceparent";
 /// How long to wait for a Worker that does not exist (yet).
 const WORKER_WAIT: Duration = Duration::from_secs(15);
 
-/// Run the ResumePlan controller until a shutdown signal.
-pub async fn run(ctx: Arc<Context>, plans: Api<ResumePlan>) {
-    let (reader, writer) = reflector::store();
-    // Spec changes (pause, continue) and deletions (the worker-state finalizer) trigger a
-    // reconcile.
-    let trigger = watch::changes(plans, writer, Trigger::SpecOrDeletion);
-    let controller = Controller::for_stream(trigger, reader);
-    watch::serve(controller, CONTROLLER, reconcile, ctx).await;
-}
+impl RecordsItsWork for ResumePlan {
+    const CONTROLLER: &'static str = CONTROLLER;
+    type Error = Error;
 
-#[instrument(skip_all, fields(plan = %plan.name_any(), namespace = plan.namespace().unwrap_or_default()))]
-async fn reconcile(plan: Arc<ResumePlan>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // The plan's status is the record of what moved: read it as it is now.
-    let Some(fresh) = read_fresh(&ctx.client, plan.as_ref()).await? else {
-        return Ok(Action::await_change());
-    };
-    ctx.measured(CONTROLLER, &fresh, advance(&fresh, &ctx))
-        .await
+    async fn advance(&self, ctx: &Context) -> Result<Action, Error> {
+        advance_plan(self, ctx).await
+    }
 }
 
 /// Writes the plan's status: phase, completion time and conditions with it.
@@ -125,7 +110,7 @@ impl StatusWriter<'_> {
 /// Move the plan on as far as it can go now: release the recorded batch, judge it once its
 /// delay is over, choose the next one or complete. Each decision is written before what it
 /// decided is done.
-async fn advance(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
+async fn advance_plan(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
     let api: Api<ResumePlan> =
         Api::namespaced(ctx.client.clone(), &plan.namespace().unwrap_or_default());
     if plan.metadata.deletion_timestamp.is_some() {
@@ -742,7 +727,7 @@ mod tests {
         tasks(&root, &["c.json", "a.json", "b.json"]);
         let spec = json!({"workerRef": {"name": "marie"}, "batchSize": 2, "batchDelaySeconds": 0});
         let (ctx, seen) = context(&root, spec.clone());
-        let action = advance(&plan(spec), &ctx).await.unwrap();
+        let action = advance_plan(&plan(spec), &ctx).await.unwrap();
         assert_eq!(action, Action::await_change());
 
         let seen = seen.lock().unwrap().clone();
@@ -813,7 +798,7 @@ mod tests {
             ..Default::default()
         });
         let (ctx, seen) = context(&root, spec);
-        let action = advance(&p, &ctx).await.unwrap();
+        let action = advance_plan(&p, &ctx).await.unwrap();
         assert!(
             matches!(action, a if a != Action::await_change()),
             "waits for the delay"
