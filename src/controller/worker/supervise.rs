@@ -85,6 +85,7 @@ pub async fn supervise(
         worker,
         obs,
         levels: escalate::levels(worker.spec.escalation.as_ref()),
+        restarts_before: previous.map_or(0, |s| s.restart_count),
     };
     let mut out = Supervision::carried_over(previous);
     out.drift = drift(worker, obs);
@@ -99,8 +100,7 @@ pub async fn supervise(
     if let (true, false, None, Some(admission)) = (spec.enabled, paused, &out.escalation, admission)
     {
         if let Some(failure) = decide::failure(obs, timeout) {
-            let restarts_before = previous.map_or(0, |s| s.restart_count);
-            decide_and_act(&look, admission, &failure, restarts_before, &mut out).await?;
+            decide_and_act(&look, admission, &failure, &mut out).await?;
         }
     }
     climb_ladder(&look, admission, &mut out).await?;
@@ -114,6 +114,8 @@ struct Look<'a> {
     obs: &'a Observation,
     /// The Worker's escalation path, in order.
     levels: Vec<EscalationLevel>,
+    /// The restarts counted in the last status.
+    restarts_before: i32,
 }
 
 impl Supervision {
@@ -177,7 +179,6 @@ async fn decide_and_act(
     look: &Look<'_>,
     admission: &Admission,
     failure: &FailureKind,
-    restarts_before: i32,
     out: &mut Supervision,
 ) -> Result<(), Error> {
     let runs = list_runs(look.ctx, look.worker).await?;
@@ -198,7 +199,12 @@ async fn decide_and_act(
     }
     match decision(look, &out.record, failure, last_run, in_progress) {
         Decision::Nothing => {}
-        Decision::Attempt => attempt(look, admission, failure, restarts_before, out).await?,
+        Decision::Attempt => {
+            // A failure is only ever found in a container that was found.
+            if let ContainerObservation::Found(container) = &look.obs.container {
+                attempt(look, admission, failure, container, out).await?;
+            }
+        }
         Decision::Wait { until, reason } => back_off(look, until, reason, out).await,
         Decision::GiveUp { reason } => give_up(look, reason, last_run, out).await,
     }
@@ -339,12 +345,9 @@ async fn attempt(
     look: &Look<'_>,
     admission: &Admission,
     failure: &FailureKind,
-    restarts_before: i32,
+    container: &ContainerInfo,
     out: &mut Supervision,
 ) -> Result<(), Error> {
-    let ContainerObservation::Found(container) = &look.obs.container else {
-        return Ok(());
-    };
     let Some(mut attempt) = begin_attempt(look, container, out).await? else {
         return Ok(());
     };
@@ -363,7 +366,7 @@ async fn attempt(
         attempt.restarted_at,
     )
     .await?;
-    record_outcome(look, failure, &attempt, restarts_before, out).await;
+    record_outcome(look, failure, &attempt, out).await;
     info!(run = %attempt.run, trigger = %failure.trigger(), "automatic recovery attempt");
     prune_runs(look.ctx, look.worker).await
 }
@@ -447,7 +450,6 @@ async fn record_outcome(
     look: &Look<'_>,
     failure: &FailureKind,
     attempt: &Attempt,
-    restarts_before: i32,
     out: &mut Supervision,
 ) {
     let (spec, run, container) = (
@@ -484,7 +486,7 @@ async fn record_outcome(
     };
     look.ctx.metrics.record_restart(super::CONTROLLER);
     out.restart = Some(RestartRecord { at });
-    let count = restarts_before + 1;
+    let count = look.restarts_before + 1;
     let note = format!(
         "{}; auto-recovery started it again (restart {count}, run {run}){}",
         describe(failure, container),
