@@ -1084,3 +1084,6 @@ async fn fail_over(
     e.failover = Some(f);
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests;
