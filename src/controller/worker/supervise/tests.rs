@@ -10,11 +10,9 @@ use super::*;
 use crate::{
     controller::mock_api::{self, Leases, Recorded},
     crd::worker::AttemptRecord,
-    diagnose::host::{testing, FakeHost},
+    diagnose::host::testing,
     docker::fake::FakeRuntime,
-    metrics::Metrics,
     observe::heartbeat::{Heartbeat, HeartbeatObservation, TimeSource},
-    trust::AllowedRoots,
 };
 
 const RUNS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
@@ -44,14 +42,8 @@ fn fixture(container: ContainerInfo, runs: Vec<Value>) -> Fixture {
     let (client, requests, leases) =
         mock_api::client_and_leases(move |method, path, body| answer(&runs, method, path, body));
     let fake = Arc::new(FakeRuntime::with_container(container));
-    let ctx = Context::new(
-        client,
-        fake.clone(),
-        Arc::new(FakeHost(Ok(String::new()))),
-        Arc::new(Metrics::default()),
-        AllowedRoots::new(&[dir.path().to_path_buf()]).unwrap(),
-        crate::http::testing::client(),
-    );
+    let ctx =
+        crate::controller::recovery::steps::testing::context(client, fake.clone(), dir.path());
     Fixture {
         dir,
         worker,
