@@ -16,6 +16,7 @@ use crate::{
 };
 
 const RUNS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
+const WORKERS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/default/leases";
 const LEASE: &str = "wro-writer.marie";
@@ -23,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Worker `marie` (UID `uid-marie`, automatic recovery on) with its shared root in a tempdir,
 /// its container in a fake engine, and an API server that keeps Leases, creates Events and
-/// runs, and serves the runs in `runs`.
+/// runs, and serves the runs and Workers in `objects`.
 struct Fixture {
     dir: tempfile::TempDir,
     worker: Worker,
@@ -33,14 +34,18 @@ struct Fixture {
     leases: Leases,
 }
 
-fn fixture(container: ContainerInfo, runs: Vec<Value>) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+fn fixture(container: ContainerInfo, objects: Vec<Value>) -> Fixture {
+    fixture_at(tempfile::tempdir().unwrap(), container, objects)
+}
+
+/// [`fixture`] with its shared root at `dir`.
+fn fixture_at(dir: tempfile::TempDir, container: ContainerInfo, objects: Vec<Value>) -> Fixture {
     let mut worker = testing::worker();
     worker.metadata.uid = Some("uid-marie".into());
     worker.spec.shared_root = dir.path().display().to_string();
     worker.spec.auto_recovery.enabled = true;
     let (client, requests, leases) =
-        mock_api::client_and_leases(move |method, path, body| answer(&runs, method, path, body));
+        mock_api::client_and_leases(move |method, path, body| answer(&objects, method, path, body));
     let fake = Arc::new(FakeRuntime::with_container(container));
     let ctx =
         crate::controller::recovery::steps::testing::context(client, fake.clone(), dir.path());
@@ -54,20 +59,27 @@ fn fixture(container: ContainerInfo, runs: Vec<Value>) -> Fixture {
     }
 }
 
-fn answer(runs: &[Value], method: &Method, path: &str, body: &Value) -> (u16, Value) {
-    let named = |name: &str| runs.iter().find(|r| r["metadata"]["name"] == name).cloned();
-    match (method, path.strip_prefix(RUNS)) {
-        (&Method::GET, Some("")) => (
+/// The API server: the runs and Workers in `objects` are listed and read; runs and Events
+/// are created.
+fn answer(objects: &[Value], method: &Method, path: &str, body: &Value) -> (u16, Value) {
+    let (kind, rest) = match (path.strip_prefix(RUNS), path.strip_prefix(WORKERS)) {
+        (Some(rest), _) => ("WorkerRecovery", rest),
+        (None, Some(rest)) => ("Worker", rest),
+        _ if method == Method::POST && path == EVENTS => return (201, body.clone()),
+        _ => return mock_api::not_found(path),
+    };
+    let mut of_kind = objects.iter().filter(|o| o["kind"] == kind).cloned();
+    match (method, rest.trim_start_matches('/')) {
+        (&Method::GET, "") => (
             200,
-            json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecoveryList",
-                   "metadata": {}, "items": runs}),
+            json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": format!("{kind}List"),
+                   "metadata": {}, "items": of_kind.collect::<Vec<_>>()}),
         ),
-        (&Method::GET, Some(name)) => match named(name.trim_start_matches('/')) {
-            Some(run) => (200, run),
+        (&Method::GET, name) => match of_kind.find(|o| o["metadata"]["name"] == name) {
+            Some(object) => (200, object),
             None => mock_api::not_found(path),
         },
-        (&Method::POST, Some("")) => (201, body.clone()),
-        _ if method == Method::POST && path == EVENTS => (201, body.clone()),
+        (&Method::POST, "") => (201, body.clone()),
         _ => mock_api::not_found(path),
     }
 }
@@ -447,4 +459,97 @@ async fn a_crash_moves_a_task_found_active_at_the_poison_threshold_to_failed() {
     assert!(out.record.task_crash_counts.is_empty());
     assert_eq!(f.events("PoisonTask").len(), 1);
     assert_eq!(f.starts(), 1, "and the worker is started without it");
+}
+
+/// Pending tasks in `tasks/<worker>/pending/`.
+fn pending(f: &Fixture, worker: &str) -> Vec<String> {
+    let dir = f.dir.path().join(format!("tasks/{worker}/pending"));
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn at_the_last_level_pending_tasks_fail_over_in_batches_recorded_first() {
+    // Backup Worker `anga`, healthy, its container consenting, on the same shared root.
+    let mut anga = testing::running();
+    anga.id = "anga-id".into();
+    anga.name = "anga".into();
+    anga.labels = [(
+        crate::trust::CONSENT_LABEL.to_string(),
+        crate::trust::consent_value("default", "anga"),
+    )]
+    .into();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = json!({
+        "apiVersion": "workerrecovery.io/v1alpha1", "kind": "Worker",
+        "metadata": {"name": "anga", "namespace": "default", "uid": "uid-anga"},
+        "spec": {"container": "anga", "sharedRoot": dir.path().display().to_string()},
+        "status": {"phase": "Healthy"}
+    });
+    let mut f = fixture_at(dir, testing::exited(3), vec![backup]);
+    f.fake
+        .containers
+        .lock()
+        .unwrap()
+        .insert("anga".into(), anga);
+    f.worker.spec.escalation =
+        Some(serde_json::from_value(json!({"backupWorkers": ["anga"]})).unwrap());
+    let marie_pending = f.dir.path().join("tasks/marie/pending");
+    std::fs::create_dir_all(&marie_pending).unwrap();
+    for name in ["p1.json", "p2.json"] {
+        std::fs::write(marie_pending.join(name), br#"{"retry_count":0}"#).unwrap();
+    }
+    // At the last level (L3, from 1800 s) for a while.
+    let mut previous = WorkerStatus {
+        escalation: Some(EscalationStatus {
+            level: "L3".into(),
+            level_index: 3,
+            since: Some(Time(Timestamp::now() - Duration::from_secs(2000))),
+            reason: "restarts exhausted".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    // First look: the batch is chosen and handed back to be recorded; nothing moves yet.
+    let out = f.supervise(Some(&previous)).await;
+    let e = out.escalation.clone().unwrap();
+    let failover = e.failover.clone().expect("a failover");
+    assert_eq!(
+        (failover.to.as_str(), failover.state, failover.moved),
+        ("anga", FailoverState::Moving, 0)
+    );
+    assert_eq!(failover.batch, ["p1.json", "p2.json"]);
+    assert_eq!(pending(&f, "marie"), ["p1.json", "p2.json"]);
+    assert_eq!(out.next_look, Some(Duration::from_millis(100)));
+    for lease in ["wro-writer.marie", "wro-writer.anga"] {
+        assert_eq!(f.leases.holder(lease).as_deref(), Some("Worker/marie"));
+    }
+
+    // Next look, with the batch recorded: it moves, nothing is left, the failover is done.
+    previous.escalation = Some(e);
+    let out = f.supervise(Some(&previous)).await;
+    let failover = out.escalation.unwrap().failover.unwrap();
+    assert_eq!((failover.state, failover.moved), (FailoverState::Done, 2));
+    assert!(failover.batch.is_empty());
+    assert_eq!(
+        failover.message.as_deref(),
+        Some("2 pending task(s) moved to anga")
+    );
+    assert!(pending(&f, "marie").is_empty());
+    assert_eq!(pending(&f, "anga"), ["p1.json", "p2.json"]);
+    assert_eq!(
+        f.events("FailedOver"),
+        ["2 pending task(s) moved to backup Worker anga"]
+    );
+    for lease in ["wro-writer.marie", "wro-writer.anga"] {
+        assert_eq!(f.leases.holder(lease), None, "{lease} given back");
+    }
+    assert_eq!(f.starts(), 0, "an escalated Worker is not started");
 }
