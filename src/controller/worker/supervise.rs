@@ -30,7 +30,7 @@ use crate::{
         worker::{
             ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationLevel,
             EscalationStatus, FailoverState, FailoverStatus, NotificationState, NotificationStatus,
-            Worker, WorkerPhase, WorkerStatus,
+            WebhookSpec, Worker, WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -887,15 +887,33 @@ fn notify(
     let Some(uid) = worker.uid() else {
         return;
     };
+    if let Some(queued) = to_hand_over(ctx, &uid, e, previous_level) {
+        ctx.notifier
+            .notify(&uid, notification_request(worker, hook, e, queued));
+    }
+}
+
+/// When the current level's notification was queued, if it is to be handed to the notifier
+/// now: a new level is queued now (a `Pending` notification), one queued before this process
+/// started keeps its time. `None`: delivered, failed, or on its way (its end is recorded).
+fn to_hand_over(
+    ctx: &Context,
+    uid: &str,
+    e: &mut EscalationStatus,
+    previous_level: Option<String>,
+) -> Option<Timestamp> {
     let current = e.notification.as_ref().filter(|n| n.level == e.level);
-    let queued = match current.map(|n| (n.state, n.queued_time.as_ref().map(|t| t.0))) {
-        Some((NotificationState::Delivered | NotificationState::Failed, _)) => return,
+    match current.map(|n| (n.state, n.queued_time.as_ref().map(|t| t.0))) {
+        Some((NotificationState::Delivered | NotificationState::Failed, _)) => None,
         Some((NotificationState::Pending, Some(queued))) => {
-            match ctx.notifier.progress(&uid, &e.level, queued) {
-                Progress::Pending => return,
-                Progress::Done(outcome) => return record_delivery(e, outcome),
+            match ctx.notifier.progress(uid, &e.level, queued) {
+                Progress::Pending => None,
+                Progress::Done(outcome) => {
+                    record_delivery(e, outcome);
+                    None
+                }
                 // Queued before this process started: hand it over again, with the time left.
-                Progress::Unknown => queued,
+                Progress::Unknown => Some(queued),
             }
         }
         _ => {
@@ -914,15 +932,24 @@ fn notify(
                 queued_time: Some(Time(queued)),
                 time: None,
             });
-            queued
+            Some(queued)
         }
-    };
+    }
+}
+
+/// What the notifier delivers: the level reached and the incident, to the Worker's webhook.
+fn notification_request(
+    worker: &Worker,
+    hook: &WebhookSpec,
+    e: &EscalationStatus,
+    queued: Timestamp,
+) -> notifier::Request {
     let now = Timestamp::now();
     let previous_level = e
         .notification
         .as_ref()
         .and_then(|n| n.previous_level.clone());
-    let request = notifier::Request {
+    notifier::Request {
         worker: ObjectRef::from_obj(worker),
         hook: webhook::Hook {
             url: hook.url.clone(),
@@ -943,8 +970,7 @@ fn notify(
         },
         queued,
         deliver_within: Duration::from_secs(u64::from(hook.deliver_within_seconds)),
-    };
-    ctx.notifier.notify(&uid, request);
+    }
 }
 
 /// Write how the delivery of the current level's notification went.
@@ -1023,52 +1049,50 @@ async fn fail_over(
         }
         return Ok(false);
     };
-    // Both Workers' files change: the failover is the writer of both, or waits.
+    if !writer_of_both(ctx, worker, &backup_worker, &to).await? {
+        return Ok(true);
+    }
+    let f = e.failover.take().unwrap_or(FailoverStatus {
+        to: to.clone(),
+        state: FailoverState::Moving,
+        ..Default::default()
+    });
+    e.failover = Some(move_batch(ctx, worker, admission, &backup, &to, f).await?);
+    Ok(false)
+}
+
+/// Both Workers' files change: the failover becomes the writer of both, or waits (`false`).
+async fn writer_of_both(
+    ctx: &Context,
+    worker: &Worker,
+    backup_worker: &Worker,
+    to: &str,
+) -> Result<bool, Error> {
     let me = writer::Holder::Failover(worker.name_any());
-    for w in [worker, &backup_worker] {
+    for w in [worker, backup_worker] {
         let uid = worker.uid();
         if let writer::Acquired::HeldBy(holder) =
             writer::acquire(&ctx.client, w, &me, uid.as_deref()).await?
         {
             info!(%holder, backup = %to, "the failover waits: another writer has a Worker");
-            return Ok(true);
-        }
-    }
-    let mut f = e.failover.take().unwrap_or(FailoverStatus {
-        to: to.clone(),
-        state: FailoverState::Moving,
-        ..Default::default()
-    });
-    loop {
-        if f.batch.is_empty() {
-            let from = admission.paths.clone();
-            let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
-                .await
-                .map_err(Error::Files)?
-                .map_err(|e| Error::Files(e.to_string()))?;
-            if scan.oldest.is_empty() {
-                f.state = FailoverState::Done;
-                f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
-                ctx.publish(
-                    worker,
-                    EventType::Warning,
-                    "FailedOver",
-                    "Escalate",
-                    format!("{} pending task(s) moved to backup Worker {to}", f.moved),
-                )
-                .await;
-                let ns = worker.namespace().unwrap_or_default();
-                for name in [worker.name_any(), to.clone()] {
-                    writer::release(&ctx.client, &ns, &name, &me).await?;
-                }
-                break;
-            }
-            // The batch is recorded (by the caller's status write) before it moves: hand it
-            // back and move it on the next look.
-            f.batch = scan.oldest;
-            e.failover = Some(f);
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// One step of the move: the batch recorded at the last look moves, then the next batch is
+/// chosen and handed back to be recorded (by the caller's status write) before it moves.
+/// When no pending task is left, the failover is done.
+async fn move_batch(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    backup: &Admission,
+    to: &str,
+    mut f: FailoverStatus,
+) -> Result<FailoverStatus, Error> {
+    if !f.batch.is_empty() {
         let (from, to_paths, names) = (
             admission.paths.clone(),
             backup.paths.clone(),
@@ -1081,8 +1105,42 @@ async fn fail_over(
         f.moved += (moved.moved.len() + moved.renamed.len()) as u64;
         f.batch.clear();
     }
-    e.failover = Some(f);
-    Ok(false)
+    let from = admission.paths.clone();
+    let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
+        .await
+        .map_err(Error::Files)?
+        .map_err(|e| Error::Files(e.to_string()))?;
+    if scan.oldest.is_empty() {
+        finish_failover(ctx, worker, to, &mut f).await?;
+    } else {
+        f.batch = scan.oldest;
+    }
+    Ok(f)
+}
+
+/// Every pending task moved: the failover is done, said so, and gives both Leases back.
+async fn finish_failover(
+    ctx: &Context,
+    worker: &Worker,
+    to: &str,
+    f: &mut FailoverStatus,
+) -> Result<(), Error> {
+    f.state = FailoverState::Done;
+    f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
+    ctx.publish(
+        worker,
+        EventType::Warning,
+        "FailedOver",
+        "Escalate",
+        format!("{} pending task(s) moved to backup Worker {to}", f.moved),
+    )
+    .await;
+    let me = writer::Holder::Failover(worker.name_any());
+    let ns = worker.namespace().unwrap_or_default();
+    for name in [worker.name_any(), to.to_string()] {
+        writer::release(&ctx.client, &ns, &name, &me).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
