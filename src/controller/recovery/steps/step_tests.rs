@@ -462,3 +462,73 @@ async fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
     );
     assert_eq!(resumed.figures["pending"], 2);
 }
+
+impl Fixture {
+    /// The heartbeat file, written at `at`.
+    fn heartbeat(&self, at: Timestamp) {
+        let body = json!({"timestamp": at.to_string(), "status": "idle"});
+        std::fs::write(self.path("workers/marie/heartbeat.json"), body.to_string()).unwrap();
+    }
+
+    /// The verify step, begun `ago` seconds ago.
+    async fn verify(&self, ago: u64) -> Outcome {
+        let step = step_started(StepName::VerifyHealth, ago);
+        verify_health(&self.run(), &step).await.unwrap()
+    }
+}
+
+#[tokio::test]
+async fn verify_health_wants_a_heartbeat_newer_than_the_start() {
+    let mut running = testing::running();
+    let start = Timestamp::now() - Duration::from_secs(5);
+    running.started_at = Some(start);
+    let f = fixture(running, json!({"verifyTimeoutSeconds": 60})).await;
+
+    // The last heartbeat is from before the start: not yet, within the deadline.
+    f.heartbeat(start - Duration::from_secs(30));
+    let message = waiting(f.verify(1).await);
+    assert!(
+        message.contains("no heartbeat since the start"),
+        "{message}"
+    );
+    // Past the deadline: failed, saying what is missing.
+    let result = done(f.verify(61).await);
+    assert_eq!(result.state(), StepState::Failed);
+    assert!(
+        result
+            .message
+            .starts_with("not healthy within 60s: no heartbeat since the start"),
+        "{}",
+        result.message
+    );
+
+    // A heartbeat since the start: healthy.
+    f.heartbeat(Timestamp::now());
+    let result = done(f.verify(1).await);
+    assert_eq!(result.state(), StepState::Succeeded, "{}", result.message);
+    assert!(
+        result
+            .message
+            .starts_with("healthy: container running, heartbeat"),
+        "{}",
+        result.message
+    );
+    assert!(result.figures["heartbeatAgeMs"] < 5_000);
+    assert_eq!((f.starts(), f.actions()), (0, vec![]), "only looked at");
+}
+
+#[tokio::test]
+async fn verify_health_fails_at_once_when_the_worker_exited_again_after_its_start() {
+    // Started at 10:00, exited at 10:05.
+    let f = fixture(testing::exited(3), json!({})).await;
+    let result = done(f.verify(1).await);
+    assert_eq!(result.state(), StepState::Failed);
+    assert!(
+        result
+            .message
+            .starts_with("the worker exited again after its start: ")
+            && result.message.contains("exit code 3"),
+        "{}",
+        result.message
+    );
+}
