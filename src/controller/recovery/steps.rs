@@ -826,3 +826,8 @@ mod tests {
             .all(|f| f.severity == Severity::Critical));
     }
 }
+
+#[cfg(test)]
+mod step_tests;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -9,7 +9,7 @@
 //! is idempotent, so an event seen twice changes nothing: a container already running is not
 //! started again.
 
-use std::{sync::Arc, time::Duration};
+use std::{ops::ControlFlow, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::jiff::Timestamp;
@@ -52,50 +52,88 @@ pub fn follow(
 ) {
     let (refs_tx, refs_rx) = mpsc::unbounded_channel();
     let (resync_tx, resync_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut since: Option<Timestamp> = None;
-        let mut wait = RETRY_FIRST;
-        let mut broken = false;
+    let follower = Follower {
+        docker,
+        metrics,
+        store,
+        refs: refs_tx,
+        resync: resync_tx,
+        since: None,
+        wait: RETRY_FIRST,
+        broken: false,
+    };
+    tokio::spawn(follower.run());
+    (tokio_stream_from(refs_rx), tokio_stream_from(resync_rx))
+}
+
+/// Following the stream across its breaks: where to follow it again from, how long to wait
+/// before that, and whether it is broken now.
+struct Follower {
+    docker: Arc<dyn ContainerRuntime>,
+    metrics: Arc<Metrics>,
+    store: Store<Worker>,
+    refs: mpsc::UnboundedSender<ObjectRef<Worker>>,
+    resync: mpsc::UnboundedSender<()>,
+    /// The time of the last event seen: the engine replays what came after it.
+    since: Option<Timestamp>,
+    /// The wait before the next attempt to follow a broken stream.
+    wait: Duration,
+    broken: bool,
+}
+
+impl Follower {
+    /// Follow the stream, again and again with backoff, until the controller is gone.
+    async fn run(mut self) {
         loop {
-            let mut events = docker.events(CONSENT_LABEL, since);
-            if broken {
-                // What happened while the stream was down may be gone from the engine.
-                let _ = resync_tx.send(());
+            if self.follow_once().await.is_break() {
+                return;
             }
-            while let Some(item) = events.next().await {
-                match item {
-                    Ok(event) => {
-                        wait = RETRY_FIRST;
-                        if broken {
-                            info!("following the Docker event stream again");
-                            broken = false;
-                        }
-                        metrics.record_docker_event(&event.action);
-                        since = event.time.or(since);
-                        match worker_of(&event) {
-                            Some(worker) if store.get(&worker).is_some() => {
-                                debug!(action = %event.action, %worker, "container event");
-                                if refs_tx.send(worker).is_err() {
-                                    return; // the controller is gone
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "the Docker event stream failed");
-                        break;
-                    }
+            self.metrics.record_event_stream_break();
+            self.broken = true;
+            warn!(retry_in = ?self.wait, "the Docker event stream ended; following it again");
+            tokio::time::sleep(self.wait).await;
+            self.wait = (self.wait * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Follow the stream until it ends or fails; `Break` when the controller is gone.
+    async fn follow_once(&mut self) -> ControlFlow<()> {
+        let mut events = self.docker.events(CONSENT_LABEL, self.since);
+        if self.broken {
+            // What happened while the stream was down may be gone from the engine.
+            let _ = self.resync.send(());
+        }
+        while let Some(item) = events.next().await {
+            match item {
+                Ok(event) => self.handle_event(&event)?,
+                Err(e) => {
+                    warn!(error = %e, "the Docker event stream failed");
+                    break;
                 }
             }
-            metrics.record_event_stream_break();
-            broken = true;
-            warn!(retry_in = ?wait, "the Docker event stream ended; following it again");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(RETRY_MAX);
         }
-    });
-    (tokio_stream_from(refs_rx), tokio_stream_from(resync_rx))
+        ControlFlow::Continue(())
+    }
+
+    /// One event: the stream works again, and the event's Worker, when watched, is looked at.
+    /// `Break` when the controller is gone.
+    fn handle_event(&mut self, event: &ContainerEvent) -> ControlFlow<()> {
+        self.wait = RETRY_FIRST;
+        if self.broken {
+            info!("following the Docker event stream again");
+            self.broken = false;
+        }
+        self.metrics.record_docker_event(&event.action);
+        self.since = event.time.or(self.since);
+        let Some(worker) = worker_of(event).filter(|w| self.store.get(w).is_some()) else {
+            return ControlFlow::Continue(());
+        };
+        debug!(action = %event.action, %worker, "container event");
+        if self.refs.send(worker).is_err() {
+            return ControlFlow::Break(()); // the controller is gone
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -134,5 +172,64 @@ mod tests {
         ] {
             assert_eq!(worker_of(&event(bad)), None, "{bad:?}");
         }
+    }
+
+    /// A follower whose store watches Worker `prod/marie`, and what it passes on.
+    fn follower() -> (Follower, mpsc::UnboundedReceiver<ObjectRef<Worker>>) {
+        let mut marie = crate::diagnose::host::testing::worker();
+        marie.metadata.namespace = Some("prod".into());
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(marie));
+        let (refs, refs_rx) = mpsc::unbounded_channel();
+        let follower = Follower {
+            docker: Arc::new(crate::docker::fake::FakeRuntime::default()),
+            metrics: Arc::new(Metrics::default()),
+            store,
+            refs,
+            resync: mpsc::unbounded_channel().0,
+            since: None,
+            wait: RETRY_MAX,
+            broken: true,
+        };
+        (follower, refs_rx)
+    }
+
+    #[test]
+    fn an_event_of_a_watched_worker_is_passed_on_and_mends_the_stream() {
+        let (mut f, mut refs) = follower();
+        let at: Timestamp = "2026-11-27T10:05:00Z".parse().unwrap();
+        let mut die = event(Some("prod/marie"));
+        die.time = Some(at);
+
+        assert_eq!(f.handle_event(&die), ControlFlow::Continue(()));
+        assert_eq!(refs.try_recv(), Ok(ObjectRef::new("marie").within("prod")));
+        assert_eq!(
+            (f.since, f.wait, f.broken),
+            (Some(at), RETRY_FIRST, false),
+            "followed again from this event, with the backoff reset"
+        );
+
+        // Not watched, or naming no Worker: nothing passed on; an event without a time keeps
+        // the last one.
+        for label in [Some("prod/anga"), Some("staging/marie"), None] {
+            assert_eq!(f.handle_event(&event(label)), ControlFlow::Continue(()));
+        }
+        assert!(refs.try_recv().is_err());
+        assert_eq!(f.since, Some(at));
+    }
+
+    #[test]
+    fn following_ends_when_the_controller_is_gone() {
+        let (mut f, refs) = follower();
+        drop(refs);
+        assert_eq!(
+            f.handle_event(&event(Some("prod/marie"))),
+            ControlFlow::Break(())
+        );
+        // An event of no watched Worker needs nobody to send it to.
+        assert_eq!(
+            f.handle_event(&event(Some("prod/anga"))),
+            ControlFlow::Continue(())
+        );
     }
 }

@@ -28,9 +28,9 @@ use crate::{
     crd::{
         diagnosis::RootCause,
         worker::{
-            ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationStatus,
-            FailoverState, FailoverStatus, NotificationState, NotificationStatus, Worker,
-            WorkerPhase, WorkerStatus,
+            ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationLevel,
+            EscalationStatus, FailoverState, FailoverStatus, NotificationState, NotificationStatus,
+            WebhookSpec, Worker, WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -80,251 +80,427 @@ pub async fn supervise(
     paused: bool,
 ) -> Result<Supervision, Error> {
     let spec = &worker.spec.auto_recovery;
-    let now = obs.now;
-    let mut out = Supervision {
-        record: previous
-            .and_then(|s| s.auto_recovery.clone())
-            .unwrap_or_default(),
-        escalation: previous.and_then(|s| s.escalation.clone()),
-        restart: None,
-        next_look: None,
-        drift: Vec::new(),
+    let look = Look {
+        ctx,
+        worker,
+        obs,
+        levels: escalate::levels(worker.spec.escalation.as_ref()),
+        restarts_before: previous.map_or(0, |s| s.restart_count),
     };
-    if let (Some(spec), ContainerObservation::Found(c)) = (&worker.spec.resources, &obs.container) {
-        match resources::declared(spec) {
-            Ok(declared) => out.drift = resources::drift(&declared, c),
-            Err(e) => warn!(error = %e, "spec.resources cannot be read"),
-        }
-    }
+    let mut out = Supervision::carried_over(previous);
+    out.drift = drift(worker, obs);
     let healthy = decide::assess(obs, timeout).phase == WorkerPhase::Healthy;
-    policy::observe_health(spec, &mut out.record, healthy, now);
-    policy::prune(spec, &mut out.record, now);
-    let levels = escalate::levels(worker.spec.escalation.as_ref());
-
+    policy::observe_health(spec, &mut out.record, healthy, obs.now);
+    policy::prune(spec, &mut out.record, obs.now);
     if healthy {
-        if let Some(e) = out.escalation.take() {
-            // Someone fixed it: automatic recovery starts afresh.
-            out.record.attempts.clear();
-            out.record.consecutive_failures = 0;
-            out.record.backoff_seconds = 0;
-            let note = format!(
-                "the worker is healthy again; the escalation (level {}) is closed",
-                e.level
-            );
-            info!("{note}");
-            ctx.publish(worker, EventType::Normal, "Recovered", "Escalate", note)
-                .await;
-        }
+        close_if_healthy(&look, &mut out).await;
     }
-
+    // Automatic recovery acts only while it is on and not paused, before any escalation, and
+    // with the Worker's files in reach.
     if let (true, false, None, Some(admission)) = (spec.enabled, paused, &out.escalation, admission)
     {
         if let Some(failure) = decide::failure(obs, timeout) {
-            let runs = list_runs(ctx, worker).await?;
-            // A run, plan or failover that is the Worker's writer now holds automatic
-            // recovery back (the same Lease every writer takes).
-            let in_progress = writer::current_holder(&ctx.client, worker).await?;
-            let last_run = out
-                .record
-                .attempts
-                .last()
-                .and_then(|a| runs.iter().find(|r| r.name_any() == a.run));
-            let cannot_fix = spec
-                .remediation
-                .escalate_missing_dependency
-                .then(|| missing_dependency(&failure, last_run))
-                .flatten();
-            if in_progress.is_some() {
-                // Its end is seen through the watch of owned runs; look again soon anyway (a
-                // run applied by hand is not owned by the Worker).
-                out.next_look = Some(Duration::from_secs(2));
-            }
-            let decision = match cannot_fix {
-                Some(reason) if in_progress.is_none() => Decision::GiveUp { reason },
-                _ => policy::decide(
-                    spec,
-                    &out.record,
-                    Some(&Failure {
-                        trigger: failure.trigger(),
-                    }),
-                    in_progress.is_some(),
-                    now,
-                ),
-            };
-            match decision {
-                Decision::Nothing => {}
-                Decision::Attempt => {
-                    let restarts = previous.map_or(0, |s| s.restart_count);
-                    attempt(ctx, worker, admission, obs, &failure, restarts, &mut out).await?
-                }
-                Decision::Wait { until, reason } => {
-                    if out.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
-                        info!(%reason, "automatic recovery backs off");
-                        ctx.publish(
-                            worker,
-                            EventType::Warning,
-                            "BackOff",
-                            "AutoRecover",
-                            reason.clone(),
-                        )
-                        .await;
-                    }
-                    out.record.next_attempt_time = Some(Time(until));
-                    out.record.waiting_reason = Some(reason);
-                    out.next_look = Some(now.duration_until(until).unsigned_abs());
-                }
-                Decision::GiveUp { reason } => {
-                    let root_cause = last_run.and_then(root_cause_of);
-                    let run = out.record.attempts.last().map(|a| a.run.clone());
-                    let e = escalate::begin(&levels, reason.clone(), root_cause, run, now);
-                    warn!(level = %e.level, %reason, "automatic recovery gave up: escalated");
-                    ctx.publish(
-                        worker,
-                        EventType::Warning,
-                        "Escalated",
-                        "Escalate",
-                        format!("escalated to level {}: {reason}", e.level),
-                    )
-                    .await;
-                    out.escalation = Some(e);
-                }
-            }
+            decide_and_act(&look, admission, &failure, &mut out).await?;
         }
     }
-
-    if let Some(e) = out.escalation.as_mut() {
-        let previous_level = escalate::advance(e, &levels, now);
-        if let Some(previous_level) = &previous_level {
-            let note = format!(
-                "escalation level {} (was {previous_level}): {}",
-                e.level, e.reason
-            );
-            warn!("{note}");
-            ctx.publish(
-                worker,
-                EventType::Warning,
-                "EscalationLevel",
-                "Escalate",
-                note,
-            )
-            .await;
-        }
-        notify(ctx, worker, e, previous_level);
-        if let (true, Some(admission)) = (escalate::at_last_level(e, &levels), admission) {
-            if fail_over(ctx, worker, admission, e).await? {
-                out.next_look = Some(Duration::from_secs(2));
-            } else if e
-                .failover
-                .as_ref()
-                .is_some_and(|f| f.state == FailoverState::Moving)
-            {
-                // The batch just recorded moves on the next look, once the record is written.
-                out.next_look = Some(Duration::from_millis(100));
-            }
-        }
-        if let Some(at) = escalate::next_level_time(e, &levels) {
-            let left = now.duration_until(at).unsigned_abs() + Duration::from_millis(20);
-            out.next_look = Some(out.next_look.map_or(left, |n| n.min(left)));
-        }
-    }
+    climb_ladder(&look, admission, &mut out).await?;
     Ok(out)
 }
 
-/// One automatic attempt: poison tasks out, remediation, the fast start, the run.
-async fn attempt(
-    ctx: &Context,
-    worker: &Worker,
-    admission: &Admission,
-    obs: &Observation,
-    failure: &FailureKind,
+/// What one look at a Worker gives every part of its supervision.
+struct Look<'a> {
+    ctx: &'a Context,
+    worker: &'a Worker,
+    obs: &'a Observation,
+    /// The Worker's escalation path, in order.
+    levels: Vec<EscalationLevel>,
+    /// The restarts counted in the last status.
     restarts_before: i32,
+}
+
+impl Supervision {
+    /// The record and the escalation as the last status left them; nothing done yet.
+    fn carried_over(previous: Option<&WorkerStatus>) -> Self {
+        Self {
+            record: previous
+                .and_then(|s| s.auto_recovery.clone())
+                .unwrap_or_default(),
+            escalation: previous.and_then(|s| s.escalation.clone()),
+            restart: None,
+            next_look: None,
+            drift: Vec::new(),
+        }
+    }
+}
+
+/// How the container differs from `spec.resources` (nothing when either is missing).
+fn drift(worker: &Worker, obs: &Observation) -> Vec<DriftItem> {
+    let (Some(spec), ContainerObservation::Found(c)) = (&worker.spec.resources, &obs.container)
+    else {
+        return Vec::new();
+    };
+    match resources::declared(spec) {
+        Ok(declared) => resources::drift(&declared, c),
+        Err(e) => {
+            warn!(error = %e, "spec.resources cannot be read");
+            Vec::new()
+        }
+    }
+}
+
+/// A healthy worker closes its escalation: someone fixed it, so automatic recovery starts
+/// afresh.
+async fn close_if_healthy(look: &Look<'_>, out: &mut Supervision) {
+    let Some(e) = out.escalation.take() else {
+        return;
+    };
+    out.record.attempts.clear();
+    out.record.consecutive_failures = 0;
+    out.record.backoff_seconds = 0;
+    let note = format!(
+        "the worker is healthy again; the escalation (level {}) is closed",
+        e.level
+    );
+    info!("{note}");
+    look.ctx
+        .publish(
+            look.worker,
+            EventType::Normal,
+            "Recovered",
+            "Escalate",
+            note,
+        )
+        .await;
+}
+
+/// Decide about `failure` with the policy, and act on the decision: attempt, back off, or
+/// give up and escalate.
+async fn decide_and_act(
+    look: &Look<'_>,
+    admission: &Admission,
+    failure: &FailureKind,
     out: &mut Supervision,
 ) -> Result<(), Error> {
-    let spec = &worker.spec.auto_recovery;
-    let now = obs.now;
-    let ContainerObservation::Found(container) = &obs.container else {
+    let runs = list_runs(look.ctx, look.worker).await?;
+    // A run, plan or failover that is the Worker's writer now holds automatic recovery back
+    // (the same Lease every writer takes).
+    let in_progress = writer::current_holder(&look.ctx.client, look.worker)
+        .await?
+        .is_some();
+    let last_run = out
+        .record
+        .attempts
+        .last()
+        .and_then(|a| runs.iter().find(|r| r.name_any() == a.run));
+    if in_progress {
+        // Its end is seen through the watch of owned runs; look again soon anyway (a run
+        // applied by hand is not owned by the Worker).
+        out.next_look = Some(Duration::from_secs(2));
+    }
+    match decision(look, &out.record, failure, last_run, in_progress) {
+        Decision::Nothing => {}
+        Decision::Attempt => {
+            // A failure is only ever found in a container that was found.
+            if let ContainerObservation::Found(container) = &look.obs.container {
+                attempt(look, admission, failure, container, out).await?;
+            }
+        }
+        Decision::Wait { until, reason } => back_off(look, until, reason, out).await,
+        Decision::GiveUp { reason } => give_up(look, reason, last_run, out).await,
+    }
+    Ok(())
+}
+
+/// The policy's decision; a missing dependency, which no restart fixes, gives up at once
+/// (when the Worker asks for that and no writer is at work).
+fn decision(
+    look: &Look<'_>,
+    record: &AutoRecoveryStatus,
+    failure: &FailureKind,
+    last_run: Option<&WorkerRecovery>,
+    in_progress: bool,
+) -> Decision {
+    let spec = &look.worker.spec.auto_recovery;
+    let cannot_fix = spec
+        .remediation
+        .escalate_missing_dependency
+        .then(|| missing_dependency(failure, last_run))
+        .flatten();
+    match cannot_fix {
+        Some(reason) if !in_progress => Decision::GiveUp { reason },
+        _ => policy::decide(
+            spec,
+            record,
+            Some(&Failure {
+                trigger: failure.trigger(),
+            }),
+            in_progress,
+            look.obs.now,
+        ),
+    }
+}
+
+/// Hold the next attempt back until `until`. The Event is published once per wait, not at
+/// every look during it.
+async fn back_off(look: &Look<'_>, until: Timestamp, reason: String, out: &mut Supervision) {
+    if out.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
+        info!(%reason, "automatic recovery backs off");
+        look.ctx
+            .publish(
+                look.worker,
+                EventType::Warning,
+                "BackOff",
+                "AutoRecover",
+                reason.clone(),
+            )
+            .await;
+    }
+    out.record.next_attempt_time = Some(Time(until));
+    out.record.waiting_reason = Some(reason);
+    out.next_look = Some(look.obs.now.duration_until(until).unsigned_abs());
+}
+
+/// Automatic recovery gave up: the escalation begins, with the last run's root cause.
+async fn give_up(
+    look: &Look<'_>,
+    reason: String,
+    last_run: Option<&WorkerRecovery>,
+    out: &mut Supervision,
+) {
+    let root_cause = last_run.and_then(root_cause_of);
+    let run = out.record.attempts.last().map(|a| a.run.clone());
+    let e = escalate::begin(&look.levels, reason.clone(), root_cause, run, look.obs.now);
+    warn!(level = %e.level, %reason, "automatic recovery gave up: escalated");
+    look.ctx
+        .publish(
+            look.worker,
+            EventType::Warning,
+            "Escalated",
+            "Escalate",
+            format!("escalated to level {}: {reason}", e.level),
+        )
+        .await;
+    out.escalation = Some(e);
+}
+
+/// An open escalation climbs its path with time: a new level is published and notified, the
+/// last one fails over (when the files are in reach), and the next level is looked at on time.
+async fn climb_ladder(
+    look: &Look<'_>,
+    admission: Option<&Admission>,
+    out: &mut Supervision,
+) -> Result<(), Error> {
+    let Some(e) = out.escalation.as_mut() else {
         return Ok(());
     };
-    // The Worker's writer Lease first, for the run this attempt creates: no manual run or
-    // plan changes the worker while the attempt acts on it.
+    let (ctx, worker, levels) = (look.ctx, look.worker, &look.levels);
+    let previous_level = escalate::advance(e, levels, look.obs.now);
+    if let Some(previous_level) = &previous_level {
+        let note = format!(
+            "escalation level {} (was {previous_level}): {}",
+            e.level, e.reason
+        );
+        warn!("{note}");
+        ctx.publish(
+            worker,
+            EventType::Warning,
+            "EscalationLevel",
+            "Escalate",
+            note,
+        )
+        .await;
+    }
+    notify(ctx, worker, e, previous_level);
+    if let (true, Some(admission)) = (escalate::at_last_level(e, levels), admission) {
+        if fail_over(ctx, worker, admission, e).await? {
+            out.next_look = Some(Duration::from_secs(2));
+        } else if e
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.state == FailoverState::Moving)
+        {
+            // The batch just recorded moves on the next look, once the record is written.
+            out.next_look = Some(Duration::from_millis(100));
+        }
+    }
+    if let Some(at) = escalate::next_level_time(e, levels) {
+        let left = look.obs.now.duration_until(at).unsigned_abs() + Duration::from_millis(20);
+        out.next_look = Some(out.next_look.map_or(left, |n| n.min(left)));
+    }
+    Ok(())
+}
+
+/// One automatic attempt as it goes: its run, the container it acts on (the ID changes with a
+/// recreate), when it started the container, and the remediation done.
+struct Attempt {
+    run: String,
+    container: ContainerInfo,
+    restarted_at: Option<Timestamp>,
+    remediation: Vec<String>,
+}
+
+/// One automatic attempt: the writer Lease for its run, remediation, the fast start (`Quick`),
+/// the run, the record.
+async fn attempt(
+    look: &Look<'_>,
+    admission: &Admission,
+    failure: &FailureKind,
+    container: &ContainerInfo,
+    out: &mut Supervision,
+) -> Result<(), Error> {
+    let Some(mut attempt) = begin_attempt(look, container, out).await? else {
+        return Ok(());
+    };
+    remediate(look, admission, failure, &mut attempt, &mut out.record).await?;
+    if look.worker.spec.auto_recovery.mode == AutoRecoveryMode::Quick
+        && attempt.restarted_at.is_none()
+    {
+        attempt.restarted_at = dispatch(look.ctx, &attempt.container, failure).await?;
+    }
+    create_run(
+        look.ctx,
+        look.worker,
+        &attempt.run,
+        failure,
+        &attempt.container,
+        attempt.restarted_at,
+    )
+    .await?;
+    record_outcome(look, failure, &attempt, out).await;
+    info!(run = %attempt.run, trigger = %failure.trigger(), "automatic recovery attempt");
+    prune_runs(look.ctx, look.worker).await
+}
+
+/// The Worker's writer Lease first, for the run the attempt creates: no manual run or plan
+/// changes the worker while the attempt acts on it. `None` when another writer has it.
+async fn begin_attempt(
+    look: &Look<'_>,
+    container: &ContainerInfo,
+    out: &mut Supervision,
+) -> Result<Option<Attempt>, Error> {
     let n = out.record.attempts_total + 1;
-    let run = policy::run_name(&worker.name_any(), n);
+    let run = policy::run_name(&look.worker.name_any(), n);
     let me = writer::Holder::Run(run.clone());
     if let writer::Acquired::HeldBy(holder) =
-        writer::acquire(&ctx.client, worker, &me, None).await?
+        writer::acquire(&look.ctx.client, look.worker, &me, None).await?
     {
         info!(%holder, "automatic recovery waits: another writer has the Worker");
         out.next_look = Some(Duration::from_secs(2));
-        return Ok(());
+        return Ok(None);
     }
-    let mut remediation = Vec::new();
+    Ok(Some(Attempt {
+        run,
+        container: container.clone(),
+        restarted_at: None,
+        remediation: Vec::new(),
+    }))
+}
+
+/// Before the start: after a crash, poison tasks out and memory raised after an OOM kill;
+/// then the declared settings put in place (a recreate starts the container).
+async fn remediate(
+    look: &Look<'_>,
+    admission: &Admission,
+    failure: &FailureKind,
+    attempt: &mut Attempt,
+    record: &mut AutoRecoveryStatus,
+) -> Result<(), Error> {
+    let (ctx, worker) = (look.ctx, look.worker);
     if let FailureKind::Stopped { .. } = failure {
-        remove_poison_tasks(ctx, worker, admission, &mut out.record, now).await?;
-        if let Some(change) = raise_memory(ctx, worker, container).await? {
-            remediation.push(change);
+        remove_poison_tasks(ctx, worker, admission, record, look.obs.now).await?;
+        if let Some(change) = raise_memory(ctx, worker, &attempt.container).await? {
+            attempt.remediation.push(change);
         }
     }
-    let mut container = container.clone();
-    let mut restarted_at =
-        put_declared_in_place(ctx, worker, &mut container, &out.record, &mut remediation).await?;
-    let container = &container;
-    if spec.mode == AutoRecoveryMode::Quick && restarted_at.is_none() {
-        match failure {
-            FailureKind::Stopped { .. } => {
-                if ctx.docker.start(&container.id).await? == StartOutcome::Started {
-                    restarted_at = Some(Timestamp::now());
-                }
-            }
-            FailureKind::Hung { .. } => {
-                ctx.docker
-                    .restart(&container.id, HANG_RESTART_GRACE)
-                    .await?;
-                restarted_at = Some(Timestamp::now());
-            }
+    attempt.restarted_at = put_declared_in_place(
+        ctx,
+        worker,
+        &mut attempt.container,
+        record,
+        &mut attempt.remediation,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The fast start of a `Quick` attempt: a stopped container is started, a hung one restarted.
+/// Returns when it started (`None`: it was already running).
+async fn dispatch(
+    ctx: &Context,
+    container: &ContainerInfo,
+    failure: &FailureKind,
+) -> Result<Option<Timestamp>, Error> {
+    match failure {
+        FailureKind::Stopped { .. } => {
+            let started = ctx.docker.start(&container.id).await? == StartOutcome::Started;
+            Ok(started.then(Timestamp::now))
+        }
+        FailureKind::Hung { .. } => {
+            ctx.docker
+                .restart(&container.id, HANG_RESTART_GRACE)
+                .await?;
+            Ok(Some(Timestamp::now()))
         }
     }
-    create_run(ctx, worker, &run, failure, container, restarted_at).await?;
-    let remediation = (!remediation.is_empty()).then(|| remediation.join("; "));
+}
+
+/// The attempt goes into the policy's record, and an Event says what was done: `Restarted`
+/// when the container was started, else `AutoRecovery` (the run does the rest).
+async fn record_outcome(
+    look: &Look<'_>,
+    failure: &FailureKind,
+    attempt: &Attempt,
+    out: &mut Supervision,
+) {
+    let (spec, run, container) = (
+        &look.worker.spec.auto_recovery,
+        &attempt.run,
+        &attempt.container,
+    );
+    let remediation = (!attempt.remediation.is_empty()).then(|| attempt.remediation.join("; "));
+    let trigger = failure.trigger();
+    let now = look.obs.now;
     policy::record_attempt(
         spec,
         &mut out.record,
-        &run,
-        &failure.trigger(),
+        run,
+        &trigger,
         remediation.clone(),
         now,
     );
-    if let Some(at) = restarted_at {
-        ctx.metrics.record_restart(super::CONTROLLER);
-        out.restart = Some(RestartRecord { at });
-        let count = restarts_before + 1;
-        ctx.publish(
-            worker,
+    let Some(at) = attempt.restarted_at else {
+        let note = format!(
+            "{}; recovery run {run} started",
+            describe(failure, container)
+        );
+        look.ctx
+            .publish(
+                look.worker,
+                EventType::Normal,
+                "AutoRecovery",
+                "Recover",
+                note,
+            )
+            .await;
+        return;
+    };
+    look.ctx.metrics.record_restart(super::CONTROLLER);
+    out.restart = Some(RestartRecord { at });
+    let count = look.restarts_before + 1;
+    let note = format!(
+        "{}; auto-recovery started it again (restart {count}, run {run}){}",
+        describe(failure, container),
+        remediation.map_or(String::new(), |r| format!("; {r}"))
+    );
+    look.ctx
+        .publish(
+            look.worker,
             EventType::Normal,
             "Restarted",
             "RestartContainer",
-            format!(
-                "{}; auto-recovery started it again (restart {count}, run {run}){}",
-                describe(failure, container),
-                remediation.map_or(String::new(), |r| format!("; {r}"))
-            ),
+            note,
         )
         .await;
-    } else {
-        ctx.publish(
-            worker,
-            EventType::Normal,
-            "AutoRecovery",
-            "Recover",
-            format!(
-                "{}; recovery run {run} started",
-                describe(failure, container)
-            ),
-        )
-        .await;
-    }
-    info!(%run, trigger = %failure.trigger(), "automatic recovery attempt");
-    prune_runs(ctx, worker).await?;
-    Ok(())
 }
 
 /// Declared settings (and a raised nofile limit after fd exhaustion) go in place at this
@@ -711,15 +887,33 @@ fn notify(
     let Some(uid) = worker.uid() else {
         return;
     };
+    if let Some(queued) = to_hand_over(ctx, &uid, e, previous_level) {
+        ctx.notifier
+            .notify(&uid, notification_request(worker, hook, e, queued));
+    }
+}
+
+/// When the current level's notification was queued, if it is to be handed to the notifier
+/// now: a new level is queued now (a `Pending` notification), one queued before this process
+/// started keeps its time. `None`: delivered, failed, or on its way (its end is recorded).
+fn to_hand_over(
+    ctx: &Context,
+    uid: &str,
+    e: &mut EscalationStatus,
+    previous_level: Option<String>,
+) -> Option<Timestamp> {
     let current = e.notification.as_ref().filter(|n| n.level == e.level);
-    let queued = match current.map(|n| (n.state, n.queued_time.as_ref().map(|t| t.0))) {
-        Some((NotificationState::Delivered | NotificationState::Failed, _)) => return,
+    match current.map(|n| (n.state, n.queued_time.as_ref().map(|t| t.0))) {
+        Some((NotificationState::Delivered | NotificationState::Failed, _)) => None,
         Some((NotificationState::Pending, Some(queued))) => {
-            match ctx.notifier.progress(&uid, &e.level, queued) {
-                Progress::Pending => return,
-                Progress::Done(outcome) => return record_outcome(e, outcome),
+            match ctx.notifier.progress(uid, &e.level, queued) {
+                Progress::Pending => None,
+                Progress::Done(outcome) => {
+                    record_delivery(e, outcome);
+                    None
+                }
                 // Queued before this process started: hand it over again, with the time left.
-                Progress::Unknown => queued,
+                Progress::Unknown => Some(queued),
             }
         }
         _ => {
@@ -738,15 +932,24 @@ fn notify(
                 queued_time: Some(Time(queued)),
                 time: None,
             });
-            queued
+            Some(queued)
         }
-    };
+    }
+}
+
+/// What the notifier delivers: the level reached and the incident, to the Worker's webhook.
+fn notification_request(
+    worker: &Worker,
+    hook: &WebhookSpec,
+    e: &EscalationStatus,
+    queued: Timestamp,
+) -> notifier::Request {
     let now = Timestamp::now();
     let previous_level = e
         .notification
         .as_ref()
         .and_then(|n| n.previous_level.clone());
-    let request = notifier::Request {
+    notifier::Request {
         worker: ObjectRef::from_obj(worker),
         hook: webhook::Hook {
             url: hook.url.clone(),
@@ -767,12 +970,11 @@ fn notify(
         },
         queued,
         deliver_within: Duration::from_secs(u64::from(hook.deliver_within_seconds)),
-    };
-    ctx.notifier.notify(&uid, request);
+    }
 }
 
 /// Write how the delivery of the current level's notification went.
-fn record_outcome(e: &mut EscalationStatus, outcome: notifier::Outcome) {
+fn record_delivery(e: &mut EscalationStatus, outcome: notifier::Outcome) {
     let Some(n) = e.notification.as_mut() else {
         return;
     };
@@ -847,52 +1049,50 @@ async fn fail_over(
         }
         return Ok(false);
     };
-    // Both Workers' files change: the failover is the writer of both, or waits.
+    if !writer_of_both(ctx, worker, &backup_worker, &to).await? {
+        return Ok(true);
+    }
+    let f = e.failover.take().unwrap_or(FailoverStatus {
+        to: to.clone(),
+        state: FailoverState::Moving,
+        ..Default::default()
+    });
+    e.failover = Some(move_batch(ctx, worker, admission, &backup, &to, f).await?);
+    Ok(false)
+}
+
+/// Both Workers' files change: the failover becomes the writer of both, or waits (`false`).
+async fn writer_of_both(
+    ctx: &Context,
+    worker: &Worker,
+    backup_worker: &Worker,
+    to: &str,
+) -> Result<bool, Error> {
     let me = writer::Holder::Failover(worker.name_any());
-    for w in [worker, &backup_worker] {
+    for w in [worker, backup_worker] {
         let uid = worker.uid();
         if let writer::Acquired::HeldBy(holder) =
             writer::acquire(&ctx.client, w, &me, uid.as_deref()).await?
         {
             info!(%holder, backup = %to, "the failover waits: another writer has a Worker");
-            return Ok(true);
-        }
-    }
-    let mut f = e.failover.take().unwrap_or(FailoverStatus {
-        to: to.clone(),
-        state: FailoverState::Moving,
-        ..Default::default()
-    });
-    loop {
-        if f.batch.is_empty() {
-            let from = admission.paths.clone();
-            let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
-                .await
-                .map_err(Error::Files)?
-                .map_err(|e| Error::Files(e.to_string()))?;
-            if scan.oldest.is_empty() {
-                f.state = FailoverState::Done;
-                f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
-                ctx.publish(
-                    worker,
-                    EventType::Warning,
-                    "FailedOver",
-                    "Escalate",
-                    format!("{} pending task(s) moved to backup Worker {to}", f.moved),
-                )
-                .await;
-                let ns = worker.namespace().unwrap_or_default();
-                for name in [worker.name_any(), to.clone()] {
-                    writer::release(&ctx.client, &ns, &name, &me).await?;
-                }
-                break;
-            }
-            // The batch is recorded (by the caller's status write) before it moves: hand it
-            // back and move it on the next look.
-            f.batch = scan.oldest;
-            e.failover = Some(f);
             return Ok(false);
         }
+    }
+    Ok(true)
+}
+
+/// One step of the move: the batch recorded at the last look moves, then the next batch is
+/// chosen and handed back to be recorded (by the caller's status write) before it moves.
+/// When no pending task is left, the failover is done.
+async fn move_batch(
+    ctx: &Context,
+    worker: &Worker,
+    admission: &Admission,
+    backup: &Admission,
+    to: &str,
+    mut f: FailoverStatus,
+) -> Result<FailoverStatus, Error> {
+    if !f.batch.is_empty() {
         let (from, to_paths, names) = (
             admission.paths.clone(),
             backup.paths.clone(),
@@ -905,6 +1105,43 @@ async fn fail_over(
         f.moved += (moved.moved.len() + moved.renamed.len()) as u64;
         f.batch.clear();
     }
-    e.failover = Some(f);
-    Ok(false)
+    let from = admission.paths.clone();
+    let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
+        .await
+        .map_err(Error::Files)?
+        .map_err(|e| Error::Files(e.to_string()))?;
+    if scan.oldest.is_empty() {
+        finish_failover(ctx, worker, to, &mut f).await?;
+    } else {
+        f.batch = scan.oldest;
+    }
+    Ok(f)
 }
+
+/// Every pending task moved: the failover is done, said so, and gives both Leases back.
+async fn finish_failover(
+    ctx: &Context,
+    worker: &Worker,
+    to: &str,
+    f: &mut FailoverStatus,
+) -> Result<(), Error> {
+    f.state = FailoverState::Done;
+    f.message = Some(format!("{} pending task(s) moved to {to}", f.moved));
+    ctx.publish(
+        worker,
+        EventType::Warning,
+        "FailedOver",
+        "Escalate",
+        format!("{} pending task(s) moved to backup Worker {to}", f.moved),
+    )
+    .await;
+    let me = writer::Holder::Failover(worker.name_any());
+    let ns = worker.namespace().unwrap_or_default();
+    for name in [worker.name_any(), to.to_string()] {
+        writer::release(&ctx.client, &ns, &name, &me).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
