@@ -5,6 +5,8 @@
 pub mod checks;
 pub mod host;
 pub mod report;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod verdict;
 
 use std::{sync::Arc, time::Duration};
@@ -267,7 +269,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
     // Paused time: the 1 s timeout passes in simulated time once every other check is done
     // (tokio does not jump ahead while blocking work runs), so a slow machine cannot make the

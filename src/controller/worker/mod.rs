@@ -436,9 +436,9 @@ mod tests {
     use super::*;
     use crate::{
         controller::mock_api,
-        diagnose::host::{testing, FakeHost},
         docker::fake::FakeRuntime,
         metrics::Metrics,
+        testing::{self, FakeHost},
         trust::AllowedRoots,
     };
 

@@ -199,7 +199,7 @@ pub fn human_bytes(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diagnose::host::testing::*, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing::*, docker::fake::FakeRuntime};
 
     async fn check(container: Result<Option<ContainerInfo>, String>) -> CheckResult {
         run(&context(

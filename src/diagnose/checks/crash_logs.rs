@@ -366,7 +366,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
     const CRASH: &str = "2026-11-28T00:02:22.459Z FATAL: simulated crash (fault mode crash) while processing task p1; exiting with code 3";
     const FD: &str =

@@ -626,7 +626,7 @@ mod tests {
     use std::{fs::File, time::SystemTime};
 
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
     /// ctx.now of the testing context.
     const NOW: &str = "2026-11-27T10:10:00Z";

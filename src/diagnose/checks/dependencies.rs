@@ -462,7 +462,7 @@ pub fn match_package(
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ExecOutput},
     };
 

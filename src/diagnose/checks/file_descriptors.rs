@@ -239,7 +239,7 @@ pub fn parse_file_nr(text: &str) -> Option<FileNr> {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ContainerInfo, ExecOutput},
     };
 

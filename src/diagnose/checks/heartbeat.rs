@@ -291,9 +291,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::{
-        crd::worker::HeartbeatSummary, diagnose::host::testing, docker::fake::FakeRuntime,
-    };
+    use crate::{crd::worker::HeartbeatSummary, diagnose::testing, docker::fake::FakeRuntime};
 
     fn ctx_at(root: &Path) -> CheckContext {
         let mut w = testing::worker();

@@ -349,7 +349,7 @@ fn reaped_process(line: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ContainerInfo, MemoryStats},
     };
 

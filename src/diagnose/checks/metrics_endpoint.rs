@@ -115,7 +115,7 @@ mod tests {
     use super::*;
     use crate::{
         crd::worker::MetricsEndpointSpec,
-        diagnose::host::testing,
+        diagnose::testing,
         docker::fake::FakeRuntime,
         http::{self, HttpClient, UrlPolicy},
         observe::prometheus_text::tests::SAMPLE,

@@ -383,7 +383,7 @@ pub fn parse_cmdline(raw: &str) -> String {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ExecOutput},
     };
 
