@@ -439,111 +439,24 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
     let now: Timestamp = ctx.now;
     let stuck_after = i64::from(ctx.spec.diagnostics.stuck_task_seconds);
     let stale_after = i64::from(ctx.spec.diagnostics.stale_lock_seconds);
-    let mut findings = Vec::new();
-
-    // Stuck tasks, oldest first.
-    let mut stuck: Vec<&TaskFile> = scan
-        .active
-        .iter()
-        .filter(|t| t.entry.age_seconds(now) > stuck_after)
-        .collect();
-    stuck.sort_by_key(|t| std::cmp::Reverse(t.entry.age_seconds(now)));
+    let stuck = oldest_first(&scan.active, |t| t.entry.age_seconds(now), stuck_after);
+    let locks = scan.locks.iter().zip(lock_infos.iter());
+    let stale = oldest_first(locks, |(l, _)| l.age_seconds(now), stale_after);
     let stuck_ids: BTreeSet<&str> = stuck.iter().map(|t| t.id.as_str()).collect();
-    let stuck_findings = stuck
-        .iter()
-        .map(|t| {
-            let age = t.entry.age_seconds(now);
-            ctx
-                .finding(
-                    CHECK,
-                    FindingKind::StuckTask,
-                    Severity::Critical,
-                    format!(
-                        "task {} has been in active/ for {age}s ({:.1} minutes), more than {stuck_after}s",
-                        t.id,
-                        age as f64 / 60.0
-                    ),
-                )
-                .with("taskId", &t.id)
-                .with("ageSeconds", age)
-                .with("thresholdSeconds", stuck_after)
-                .with("path", t.entry.path.display())
-                .with("modifiedAt", modified(&t.entry))
-            .with_opt("taskType", t.task_type.as_ref())
-        })
-        .collect();
-    findings.extend(capped(ctx, stuck_findings, scan.stuck_total, "stuck tasks"));
 
-    // Stale locks, oldest first.
+    let mut findings = Vec::new();
+    let stuck_findings = stuck.iter().map(|t| stuck_task(ctx, t)).collect();
+    findings.extend(capped(ctx, stuck_findings, scan.stuck_total, "stuck tasks"));
     let active_ids: BTreeSet<&str> = scan.active.iter().map(|t| t.id.as_str()).collect();
-    let mut stale: Vec<(&Entry, &LockInfo)> = scan
-        .locks
-        .iter()
-        .zip(lock_infos.iter())
-        .filter(|(l, _)| l.age_seconds(now) > stale_after)
-        .collect();
-    stale.sort_by_key(|(l, _)| std::cmp::Reverse(l.age_seconds(now)));
-    let prefix = format!("{}_", ctx.worker_name);
     let stale_findings = stale
         .iter()
-        .map(|(lock, info)| {
-            let age = lock.age_seconds(now);
-            let task = info.task.clone().unwrap_or_else(|| {
-                lock.name
-                    .trim_start_matches(&prefix)
-                    .trim_end_matches(".lock")
-                    .to_string()
-            });
-            // A stale lock on a task that is also stuck in active/ corroborates a deadlock.
-            let severity = if stuck_ids.contains(task.as_str()) {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            let holder = match (&info.holder, &info.pid) {
-                (Some(h), Some(p)) => format!(" held by {h} (pid {p})"),
-                (Some(h), None) => format!(" held by {h}"),
-                (None, Some(p)) => format!(" held by pid {p}"),
-                (None, None) => String::new(),
-            };
-            ctx.finding(
-                CHECK,
-                FindingKind::StaleLock,
-                severity,
-                format!(
-                    "stale lock {}{holder}: {age}s ({:.1} minutes) old, more than {stale_after}s",
-                    lock.name,
-                    age as f64 / 60.0
-                ),
-            )
-            .with("lockFile", lock.path.display())
-            .with("ageSeconds", age)
-            .with("thresholdSeconds", stale_after)
-            .with("modifiedAt", modified(lock))
-            .with("task", &task)
-            .with("taskActive", active_ids.contains(task.as_str()))
-            .with_opt("holder", info.holder.as_ref())
-            .with_opt("holderPid", info.pid.as_ref())
-            .with_opt("acquiredAt", info.acquired_at.as_ref())
-            .with_opt("lockContent", info.problem.as_ref())
-        })
+        .map(|(lock, info)| stale_lock(ctx, lock, info, &stuck_ids, &active_ids))
         .collect();
     findings.extend(capped(ctx, stale_findings, scan.stale_total, "stale locks"));
-
     let malformed = scan
         .malformed
         .iter()
-        .map(|(path, reason, size)| {
-            ctx.finding(
-                CHECK,
-                FindingKind::MalformedTask,
-                Severity::Warning,
-                format!("task file {} is not a task: {reason}", path.display()),
-            )
-            .with("path", path.display())
-            .with("reason", reason)
-            .with_opt("sizeBytes", size.as_ref())
-        })
+        .map(|(path, reason, size)| malformed_task(ctx, path, reason, *size))
         .collect();
     findings.extend(capped(
         ctx,
@@ -551,66 +464,170 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
         scan.malformed_total,
         "malformed task files",
     ));
-
     let unsafe_paths = scan
         .unsafe_paths
         .iter()
-        .map(|(path, what, target)| {
-            ctx.finding(
-                CHECK,
-                FindingKind::UnsafePath,
-                Severity::Warning,
-                format!("{} is {what}; it was not read", path.display()),
-            )
-            .with("path", path.display())
-            .with("what", what)
-            .with_opt("linkTarget", target.as_ref())
-        })
+        .map(|(path, what, target)| unsafe_path(ctx, path, what, target.as_ref()))
         .collect();
     findings.extend(capped(ctx, unsafe_paths, scan.unsafe_total, "unsafe paths"));
-
     if stuck.is_empty() && stale.is_empty() {
-        let count = |name: &str| {
-            scan.counts
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, c)| *c)
-                .unwrap_or(0)
-        };
-        let mut f = ctx
-            .finding(
-                CHECK,
-                FindingKind::TasksOk,
-                Severity::Info,
-                format!(
-                    "no stuck task or stale lock: {} pending, {} active, {} staged, {} failed, {} locks",
-                    count("pending"),
-                    count("active"),
-                    count("staged"),
-                    count("failed"),
-                    scan.lock_count
-                ),
-            )
-            .with("pending", count("pending"))
-            .with("active", count("active"))
-            .with("staged", count("staged"))
-            .with("failed", count("failed"))
-            .with("locks", scan.lock_count)
-            .with("tasksDir", ctx.paths.tasks_dir.display())
-            .with("locksDir", ctx.paths.locks_dir.display());
-        f = f.with_opt("oldestActiveSeconds", scan.oldest_active_seconds);
-        if scan.not_read > 0 {
-            f = f.with("tasksNotRead", scan.not_read);
-        }
-        if !scan.missing_dirs.is_empty() {
-            f = f.with("missingDirs", join_paths(&scan.missing_dirs));
-        }
-        if scan.locks_missing {
-            f = f.with("locksDirMissing", true);
-        }
-        findings.push(f);
+        findings.push(tasks_ok(ctx, &scan));
     }
     findings
+}
+
+/// The items older than `threshold` seconds by `age`, the oldest first.
+fn oldest_first<T>(
+    items: impl IntoIterator<Item = T>,
+    age: impl Fn(&T) -> i64,
+    threshold: i64,
+) -> Vec<T> {
+    let mut old: Vec<T> = items.into_iter().filter(|i| age(i) > threshold).collect();
+    old.sort_by_key(|i| std::cmp::Reverse(age(i)));
+    old
+}
+
+fn stuck_task(ctx: &CheckContext, t: &TaskFile) -> Finding {
+    let stuck_after = i64::from(ctx.spec.diagnostics.stuck_task_seconds);
+    let age = t.entry.age_seconds(ctx.now);
+    ctx.finding(
+        CHECK,
+        FindingKind::StuckTask,
+        Severity::Critical,
+        format!(
+            "task {} has been in active/ for {age}s ({:.1} minutes), more than {stuck_after}s",
+            t.id,
+            age as f64 / 60.0
+        ),
+    )
+    .with("taskId", &t.id)
+    .with("ageSeconds", age)
+    .with("thresholdSeconds", stuck_after)
+    .with("path", t.entry.path.display())
+    .with("modifiedAt", modified(&t.entry))
+    .with_opt("taskType", t.task_type.as_ref())
+}
+
+fn stale_lock(
+    ctx: &CheckContext,
+    lock: &Entry,
+    info: &LockInfo,
+    stuck_ids: &BTreeSet<&str>,
+    active_ids: &BTreeSet<&str>,
+) -> Finding {
+    let stale_after = i64::from(ctx.spec.diagnostics.stale_lock_seconds);
+    let age = lock.age_seconds(ctx.now);
+    let prefix = format!("{}_", ctx.worker_name);
+    let task = info.task.clone().unwrap_or_else(|| {
+        lock.name
+            .trim_start_matches(&prefix)
+            .trim_end_matches(".lock")
+            .to_string()
+    });
+    // A stale lock on a task that is also stuck in active/ corroborates a deadlock.
+    let severity = if stuck_ids.contains(task.as_str()) {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    ctx.finding(
+        CHECK,
+        FindingKind::StaleLock,
+        severity,
+        format!(
+            "stale lock {}{}: {age}s ({:.1} minutes) old, more than {stale_after}s",
+            lock.name,
+            held_by(info),
+            age as f64 / 60.0
+        ),
+    )
+    .with("lockFile", lock.path.display())
+    .with("ageSeconds", age)
+    .with("thresholdSeconds", stale_after)
+    .with("modifiedAt", modified(lock))
+    .with("task", &task)
+    .with("taskActive", active_ids.contains(task.as_str()))
+    .with_opt("holder", info.holder.as_ref())
+    .with_opt("holderPid", info.pid.as_ref())
+    .with_opt("acquiredAt", info.acquired_at.as_ref())
+    .with_opt("lockContent", info.problem.as_ref())
+}
+
+/// Who holds a lock, as the summary says it (` held by marie (pid 7)`), or nothing.
+fn held_by(info: &LockInfo) -> String {
+    match (&info.holder, &info.pid) {
+        (Some(h), Some(p)) => format!(" held by {h} (pid {p})"),
+        (Some(h), None) => format!(" held by {h}"),
+        (None, Some(p)) => format!(" held by pid {p}"),
+        (None, None) => String::new(),
+    }
+}
+
+fn malformed_task(ctx: &CheckContext, path: &Path, reason: &str, size: Option<u64>) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::MalformedTask,
+        Severity::Warning,
+        format!("task file {} is not a task: {reason}", path.display()),
+    )
+    .with("path", path.display())
+    .with("reason", reason)
+    .with_opt("sizeBytes", size.as_ref())
+}
+
+fn unsafe_path(ctx: &CheckContext, path: &Path, what: &str, target: Option<&String>) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::UnsafePath,
+        Severity::Warning,
+        format!("{} is {what}; it was not read", path.display()),
+    )
+    .with("path", path.display())
+    .with("what", what)
+    .with_opt("linkTarget", target)
+}
+
+/// Nothing stuck and nothing stale: the counts of what was seen.
+fn tasks_ok(ctx: &CheckContext, scan: &Scan) -> Finding {
+    let count = |name: &str| {
+        scan.counts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .unwrap_or(0)
+    };
+    let mut f = ctx
+        .finding(
+            CHECK,
+            FindingKind::TasksOk,
+            Severity::Info,
+            format!(
+                "no stuck task or stale lock: {} pending, {} active, {} staged, {} failed, {} locks",
+                count("pending"),
+                count("active"),
+                count("staged"),
+                count("failed"),
+                scan.lock_count
+            ),
+        )
+        .with("pending", count("pending"))
+        .with("active", count("active"))
+        .with("staged", count("staged"))
+        .with("failed", count("failed"))
+        .with("locks", scan.lock_count)
+        .with("tasksDir", ctx.paths.tasks_dir.display())
+        .with("locksDir", ctx.paths.locks_dir.display());
+    f = f.with_opt("oldestActiveSeconds", scan.oldest_active_seconds);
+    if scan.not_read > 0 {
+        f = f.with("tasksNotRead", scan.not_read);
+    }
+    if !scan.missing_dirs.is_empty() {
+        f = f.with("missingDirs", join_paths(&scan.missing_dirs));
+    }
+    if scan.locks_missing {
+        f = f.with("locksDirMissing", true);
+    }
+    f
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
@@ -904,6 +921,28 @@ mod tests {
         assert_eq!(stuck.len(), MAX_FINDINGS_PER_KIND + 1);
         assert_eq!(stuck[0].evidence["taskId"], "t24", "oldest first");
         assert_eq!(stuck[MAX_FINDINGS_PER_KIND].evidence["notListed"], "5");
+    }
+
+    #[test]
+    fn who_holds_a_lock_and_what_is_oldest() {
+        let info = |holder: Option<&str>, pid: Option<&str>| LockInfo {
+            holder: holder.map(String::from),
+            pid: pid.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(
+            held_by(&info(Some("marie"), Some("7"))),
+            " held by marie (pid 7)"
+        );
+        assert_eq!(held_by(&info(Some("marie"), None)), " held by marie");
+        assert_eq!(held_by(&info(None, Some("7"))), " held by pid 7");
+        assert_eq!(held_by(&info(None, None)), "");
+        // Older than the threshold only, the oldest first; equal ages keep their order.
+        let ages = [(1, 5), (2, 900), (3, 301), (4, 300), (5, 900)];
+        assert_eq!(
+            oldest_first(ages, |(_, age)| *age, 300),
+            [(2, 900), (5, 900), (3, 301)]
+        );
     }
 
     #[test]
