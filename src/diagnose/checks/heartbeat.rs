@@ -11,7 +11,9 @@ use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::{
         fs_safe::{self, SafeError},
-        heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES},
+        heartbeat::{
+            self, ContentIssue, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES,
+        },
     },
 };
 
@@ -25,115 +27,131 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let path = ctx.paths.heartbeat_file.display().to_string();
     let content = match read {
         Ok(content) => content,
-        Err(SafeError::Missing(_)) => {
-            return Ok(vec![ctx
-                .finding(
-                    CHECK,
-                    FindingKind::HeartbeatMissing,
-                    Severity::Critical,
-                    format!("no heartbeat file at {path}"),
-                )
-                .with("path", &path)])
-        }
-        Err(SafeError::Io { message, .. }) => {
-            return Err(format!("cannot read the heartbeat file {path}: {message}"))
-        }
-        Err(e) => {
-            let (reason, mut finding) = match &e {
-                SafeError::Symlink { target, .. } => {
-                    let f = ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is a symlink; it is not followed"),
-                    );
-                    (
-                        "symlink",
-                        match target {
-                            Some(t) => f.with("linkTarget", t),
-                            None => f,
-                        },
-                    )
-                }
-                SafeError::TooLarge { size, limit, .. } => (
-                    "huge",
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is {size} bytes, too large to be a heartbeat; not read"),
-                    )
-                    .with("sizeBytes", size)
-                    .with("limitBytes", limit),
-                ),
-                SafeError::WrongKind { kind, .. } => (
-                    "notRegularFile",
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is a {kind}, not a regular file"),
-                    )
-                    .with("fileType", kind),
-                ),
-                _ => (
-                    e.reason(),
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} cannot be read safely: {e}"),
-                    ),
-                ),
-            };
-            finding = finding
-                .with("reason", reason)
-                .with("detail", &e)
-                .with("path", &path);
-            return Ok(vec![finding]);
-        }
+        Err(e) => return not_read(ctx, &path, e),
     };
     let hb = match heartbeat::interpret(&content) {
         HeartbeatObservation::Present(hb) => hb,
         HeartbeatObservation::Invalid(detail) => {
-            let f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::HeartbeatInvalid,
-                    Severity::Critical,
-                    format!("the heartbeat {path} has no time: {detail}"),
-                )
-                .with("reason", "noTime")
-                .with("detail", &detail)
-                .with("path", &path)
-                .with("sizeBytes", content.size);
-            return Ok(vec![f]);
+            return Ok(vec![no_time(ctx, &path, &detail, content.size)])
         }
         // `interpret` only answers Present or Invalid for a file that was read.
         other => return Err(format!("unexpected heartbeat observation {other:?}")),
     };
     let mut findings = Vec::new();
     if let Some(issue) = hb.issue.as_ref().filter(|i| i.is_unreadable()) {
-        // Still a finding, but not a dead worker: freshness is judged by the file's time below.
-        findings.push(
-            ctx.finding(
-                CHECK,
-                FindingKind::HeartbeatInvalid,
-                Severity::Warning,
-                format!(
-                    "the heartbeat {path} is {}: {issue}; its freshness is judged by the file's modification time",
-                    issue.reason()
-                ),
-            )
-            .with("reason", issue.reason())
-            .with("detail", issue)
-            .with("path", &path)
-            .with("sizeBytes", content.size)
-            .with_opt("fileModified", content.modified),
-        );
+        findings.push(unreadable_content(
+            ctx,
+            &path,
+            issue,
+            content.size,
+            content.modified,
+        ));
     }
     findings.extend(assess(ctx, &hb, &path));
     Ok(findings)
+}
+
+/// The heartbeat file could not be read: missing, or not a file to trust (a symlink, too
+/// large, not a regular file). Only an I/O error fails the check: the rest say something
+/// about the worker.
+fn not_read(ctx: &CheckContext, path: &str, e: SafeError) -> CheckResult {
+    match e {
+        SafeError::Missing(_) => Ok(vec![ctx
+            .finding(
+                CHECK,
+                FindingKind::HeartbeatMissing,
+                Severity::Critical,
+                format!("no heartbeat file at {path}"),
+            )
+            .with("path", path)]),
+        SafeError::Io { message, .. } => {
+            Err(format!("cannot read the heartbeat file {path}: {message}"))
+        }
+        e => Ok(vec![not_a_heartbeat_file(ctx, path, &e)]),
+    }
+}
+
+/// A heartbeat that is not read because of what the file is, with the reason as evidence.
+fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &SafeError) -> Finding {
+    let invalid = |summary: String| {
+        ctx.finding(
+            CHECK,
+            FindingKind::HeartbeatInvalid,
+            Severity::Critical,
+            summary,
+        )
+    };
+    let (reason, finding) = match e {
+        SafeError::Symlink { target, .. } => (
+            "symlink",
+            invalid(format!(
+                "the heartbeat {path} is a symlink; it is not followed"
+            ))
+            .with_opt("linkTarget", target.as_ref()),
+        ),
+        SafeError::TooLarge { size, limit, .. } => (
+            "huge",
+            invalid(format!(
+                "the heartbeat {path} is {size} bytes, too large to be a heartbeat; not read"
+            ))
+            .with("sizeBytes", size)
+            .with("limitBytes", limit),
+        ),
+        SafeError::WrongKind { kind, .. } => (
+            "notRegularFile",
+            invalid(format!(
+                "the heartbeat {path} is a {kind}, not a regular file"
+            ))
+            .with("fileType", kind),
+        ),
+        _ => (
+            e.reason(),
+            invalid(format!("the heartbeat {path} cannot be read safely: {e}")),
+        ),
+    };
+    finding
+        .with("reason", reason)
+        .with("detail", e)
+        .with("path", path)
+}
+
+/// A heartbeat whose content has no time and whose file has no modification time either.
+fn no_time(ctx: &CheckContext, path: &str, detail: &str, size: u64) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::HeartbeatInvalid,
+        Severity::Critical,
+        format!("the heartbeat {path} has no time: {detail}"),
+    )
+    .with("reason", "noTime")
+    .with("detail", detail)
+    .with("path", path)
+    .with("sizeBytes", size)
+}
+
+/// Content that cannot be read (empty, corrupt): still a finding, but not a dead worker, since
+/// freshness is then judged by the file's modification time.
+fn unreadable_content(
+    ctx: &CheckContext,
+    path: &str,
+    issue: &ContentIssue,
+    size: u64,
+    modified: Option<Timestamp>,
+) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::HeartbeatInvalid,
+        Severity::Warning,
+        format!(
+            "the heartbeat {path} is {}: {issue}; its freshness is judged by the file's modification time",
+            issue.reason()
+        ),
+    )
+    .with("reason", issue.reason())
+    .with("detail", issue)
+    .with("path", path)
+    .with("sizeBytes", size)
+    .with_opt("fileModified", modified)
 }
 
 /// Judge a heartbeat: fresh or stale (by the one judge the Worker controller uses too), and
