@@ -35,23 +35,39 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Ok(Some(c)) => c,
     };
     let mut findings = Vec::new();
-
     // Usage against the limit (running), or the configured limit alone (stopped).
     findings.extend(usage(ctx, c).await);
+    findings.extend(oom_events(ctx, c).await?);
+    findings.extend(kernel_oom_kill(ctx, c).await);
+    Ok(findings)
+}
 
-    // Docker's `oom` events: since the container started (or the log window, whichever is
-    // earlier, so an OOM before a Docker restart is seen too), until now.
-    let window_start = ctx
-        .now
-        .checked_sub(SignedDuration::from_secs(i64::from(
-            ctx.spec.diagnostics.log_window_seconds,
-        )))
-        .unwrap_or(ctx.now);
-    let since = c
-        .started_at
+/// From when Docker's `oom` events are looked for: since the container started or the log
+/// window began, whichever is earlier (so an OOM before a Docker restart is seen too), with a
+/// margin.
+fn oom_events_since(
+    now: Timestamp,
+    log_window_seconds: u32,
+    started_at: Option<Timestamp>,
+) -> Timestamp {
+    let window_start = now
+        .checked_sub(SignedDuration::from_secs(i64::from(log_window_seconds)))
+        .unwrap_or(now);
+    started_at
         .map_or(window_start, |s| s.min(window_start))
         .checked_sub(EVENT_MARGIN)
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Docker's `oom` events of the container until now: a finding when there are any, a partial
+/// failure when they cannot be read.
+async fn oom_events(ctx: &CheckContext, c: &ContainerInfo) -> Result<Option<Finding>, String> {
+    let name = &ctx.spec.container;
+    let since = oom_events_since(
+        ctx.now,
+        ctx.spec.diagnostics.log_window_seconds,
+        c.started_at,
+    );
     match ctx
         .docker
         .oom_events(
@@ -67,7 +83,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            findings.push(
+            Ok(Some(
                 ctx.finding(
                     CheckName::Memory,
                     FindingKind::OomEvent,
@@ -83,57 +99,63 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 .with("since", since)
                 .with("oomKilled", c.oom_killed)
                 .with_opt("memoryLimitBytes", c.memory_limit),
-            );
+            ))
         }
-        Ok(_) => {}
-        Err(e) => findings.push(failed(ctx, format!("cannot read Docker oom events: {e}"))),
+        Ok(_) => Ok(None),
+        Err(e) => Ok(Some(failed(
+            ctx,
+            format!("cannot read Docker oom events: {e}"),
+        ))),
     }
+}
 
-    // The kernel's own account, when the host log is readable.
-    match ctx.host.kernel_log().await {
-        Ok(log) => {
-            let pids: Vec<u64> = c
-                .pid
-                .and_then(|p| u64::try_from(p).ok())
-                .into_iter()
-                .collect();
-            let kill = kernel_oom_lines(&log, &c.id, &pids);
-            if !kill.lines.is_empty() {
-                let mut f = ctx
-                    .finding(
-                        CheckName::Memory,
-                        FindingKind::KernelOomKill,
-                        Severity::Critical,
-                        format!(
-                            "the kernel log shows the OOM killer acting in {name:?} ({} line(s))",
-                            kill.lines.len()
-                        ),
-                    )
-                    // The most recent kills, so that a crash loop's last one is not cut.
-                    .with(
-                        "lines",
-                        kill.lines[kill.lines.len().saturating_sub(MAX_KERNEL_LINES)..].join("\n"),
-                    )
-                    .with("lineCount", kill.lines.len())
-                    .with("containerId", &c.id);
-                if !kill.killed_pids.is_empty() {
-                    f = f.with("killedPids", join(&kill.killed_pids));
-                }
-                f = f.with_opt("task", kill.tasks.first());
-                findings.push(f);
-            }
-        }
-        Err(why) => findings.push(
-            ctx.finding(
-                CheckName::Memory,
-                FindingKind::KernelLogUnavailable,
-                Severity::Info,
-                format!("the kernel log cannot be read, OOM-killer lines not checked: {why}"),
+/// The kernel's own account of OOM kills in the container, when the host log is readable.
+async fn kernel_oom_kill(ctx: &CheckContext, c: &ContainerInfo) -> Option<Finding> {
+    let name = &ctx.spec.container;
+    let log = match ctx.host.kernel_log().await {
+        Ok(log) => log,
+        Err(why) => {
+            return Some(
+                ctx.finding(
+                    CheckName::Memory,
+                    FindingKind::KernelLogUnavailable,
+                    Severity::Info,
+                    format!("the kernel log cannot be read, OOM-killer lines not checked: {why}"),
+                )
+                .with("reason", why),
             )
-            .with("reason", why),
-        ),
+        }
+    };
+    let pids: Vec<u64> = c
+        .pid
+        .and_then(|p| u64::try_from(p).ok())
+        .into_iter()
+        .collect();
+    let kill = kernel_oom_lines(&log, &c.id, &pids);
+    if kill.lines.is_empty() {
+        return None;
     }
-    Ok(findings)
+    let mut f = ctx
+        .finding(
+            CheckName::Memory,
+            FindingKind::KernelOomKill,
+            Severity::Critical,
+            format!(
+                "the kernel log shows the OOM killer acting in {name:?} ({} line(s))",
+                kill.lines.len()
+            ),
+        )
+        // The most recent kills, so that a crash loop's last one is not cut.
+        .with(
+            "lines",
+            kill.lines[kill.lines.len().saturating_sub(MAX_KERNEL_LINES)..].join("\n"),
+        )
+        .with("lineCount", kill.lines.len())
+        .with("containerId", &c.id);
+    if !kill.killed_pids.is_empty() {
+        f = f.with("killedPids", join(&kill.killed_pids));
+    }
+    Some(f.with_opt("task", kill.tasks.first()))
 }
 
 async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
@@ -401,6 +423,23 @@ mod tests {
             .lines
             .is_empty());
         assert!(kernel_oom_lines(&dmesg(), "", &[]).lines.is_empty());
+    }
+
+    #[test]
+    fn oom_events_are_looked_for_from_the_earlier_of_start_and_window() {
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let now = at("2026-11-27T10:10:00Z");
+        // Started within the window: from the window's start, less the margin.
+        assert_eq!(
+            oom_events_since(now, 600, Some(at("2026-11-27T10:05:00Z"))),
+            at("2026-11-27T09:59:00Z")
+        );
+        // Started before it: from the start.
+        assert_eq!(
+            oom_events_since(now, 600, Some(at("2026-11-27T08:00:00Z"))),
+            at("2026-11-27T07:59:00Z")
+        );
+        assert_eq!(oom_events_since(now, 600, None), at("2026-11-27T09:59:00Z"));
     }
 
     #[test]
