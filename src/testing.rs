@@ -3,7 +3,7 @@
 
 use crate::{
     crd::worker::Worker,
-    diagnose::HostProbe,
+    diagnose::{HostProbe, KernelLogError},
     docker::{ContainerInfo, ContainerState},
 };
 
@@ -53,11 +53,11 @@ pub fn exited(code: i64) -> ContainerInfo {
 }
 
 /// A [`HostProbe`] with a canned kernel log.
-pub struct FakeHost(pub Result<String, String>);
+pub struct FakeHost(pub Result<String, KernelLogError>);
 
 #[async_trait::async_trait]
 impl HostProbe for FakeHost {
-    async fn kernel_log(&self) -> Result<String, String> {
+    async fn kernel_log(&self) -> Result<String, KernelLogError> {
         self.0.clone()
     }
 }

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 pub use crate::testing::*;
 use crate::{
     crd::worker::Worker,
-    diagnose::CheckContext,
+    diagnose::{CheckContext, KernelLogError},
     docker::{fake::FakeRuntime, ContainerInfo},
 };
 
@@ -20,7 +20,7 @@ pub fn context(
     worker: &Worker,
     container: Result<Option<ContainerInfo>, String>,
     fake: FakeRuntime,
-    kernel_log: Result<String, String>,
+    kernel_log: Result<String, KernelLogError>,
 ) -> CheckContext {
     let paths = worker.resolved_paths().expect("valid paths");
     CheckContext {

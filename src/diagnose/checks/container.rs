@@ -7,17 +7,17 @@
 
 use crate::docker::ContainerState;
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
     docker::ContainerInfo,
 };
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let container = match &ctx.container {
         Err(reason) => {
-            return Err(format!(
-                "cannot inspect container {:?}: {reason}",
-                ctx.spec.container
-            ))
+            return Err(CheckError::Uninspectable {
+                container: ctx.spec.container.clone(),
+                reason: reason.clone(),
+            })
         }
         Ok(None) => {
             return Ok(vec![ctx
@@ -287,7 +287,8 @@ mod tests {
         assert_eq!(f[0].evidence["container"], "marie");
         let err = check(Err("Docker engine unreachable: no socket".into()))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no socket"), "{err}");
     }
 

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     bounded::Smallest,
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{error, CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::fs_safe::{self, Entry, EntryKind, SafeError},
 };
 
@@ -35,6 +35,21 @@ pub const MAX_TASKS_READ: usize = 1000;
 
 /// A task's `id` and `type`, when the file has them.
 type TaskIdentity = (Option<String>, Option<String>);
+
+/// Why a file named like a task is not one.
+#[derive(Debug, thiserror::Error)]
+enum NotATask {
+    #[error("empty file")]
+    Empty,
+    #[error("not valid JSON")]
+    InvalidJson(#[from] serde_json::Error),
+    #[error("not a JSON object but {0}")]
+    NotAnObject(&'static str),
+    #[error("{size} bytes, larger than the {limit} bytes a task may have; not read")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("unreadable")]
+    Unreadable(#[source] SafeError),
+}
 
 /// What a task file gave.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +76,7 @@ struct Scan {
     stuck_total: usize,
     oldest_active_seconds: Option<i64>,
     /// (path, reason, size when relevant), and how many in all.
-    malformed: Vec<(PathBuf, String, Option<u64>)>,
+    malformed: Vec<(PathBuf, NotATask, Option<u64>)>,
     malformed_total: usize,
     /// (path, what it is, link target), and how many in all.
     unsafe_paths: Vec<(PathBuf, String, Option<String>)>,
@@ -74,7 +89,7 @@ struct Scan {
 }
 
 impl Scan {
-    fn malformed(&mut self, item: (PathBuf, String, Option<u64>)) {
+    fn malformed(&mut self, item: (PathBuf, NotATask, Option<u64>)) {
         self.malformed_total += 1;
         if self.malformed.len() < MAX_FINDINGS_PER_KIND {
             self.malformed.push(item);
@@ -311,29 +326,25 @@ fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<Stri
 }
 
 /// Read a task's id and type. `Err((reason, size))` when it is not a task.
-fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (String, Option<u64>)> {
+fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (NotATask, Option<u64>)> {
     let content = match fs_safe::read_file(root, &entry.path, MAX_TASK_BYTES) {
         Ok(c) => c,
         Err(SafeError::TooLarge { size, limit, .. }) => {
-            return Err((
-                format!("{size} bytes, larger than the {limit} bytes a task may have; not read"),
-                Some(size),
-            ))
+            return Err((NotATask::TooLarge { size, limit }, Some(size)))
         }
-        Err(e) => return Err((format!("unreadable: {e}"), None)),
+        Err(e) => return Err((NotATask::Unreadable(e), None)),
     };
     parse_task(&content.bytes).map_err(|r| (r, Some(content.size)))
 }
 
 /// Parse a task file: a JSON object whose `id` (string or number) and `type` are read.
-fn parse_task(bytes: &[u8]) -> Result<TaskIdentity, String> {
+fn parse_task(bytes: &[u8]) -> Result<TaskIdentity, NotATask> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty file".into());
+        return Err(NotATask::Empty);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
     let serde_json::Value::Object(map) = value else {
-        return Err(format!("not a JSON object but {}", json_kind(&value)));
+        return Err(NotATask::NotAnObject(json_kind(&value)));
     };
     let id = match map.get("id") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -563,7 +574,13 @@ fn held_by(info: &LockInfo) -> String {
     }
 }
 
-fn malformed_task(ctx: &CheckContext, path: &Path, reason: &str, size: Option<u64>) -> Finding {
+fn malformed_task(
+    ctx: &CheckContext,
+    path: &Path,
+    reason: &NotATask,
+    size: Option<u64>,
+) -> Finding {
+    let reason = error::message(reason);
     ctx.finding(
         CHECK,
         FindingKind::MalformedTask,
@@ -571,7 +588,7 @@ fn malformed_task(ctx: &CheckContext, path: &Path, reason: &str, size: Option<u6
         format!("task file {} is not a task: {reason}", path.display()),
     )
     .with("path", path.display())
-    .with("reason", reason)
+    .with("reason", &reason)
     .with_opt("sizeBytes", size.as_ref())
 }
 
@@ -655,7 +672,7 @@ mod tests {
             &w,
             Ok(Some(testing::running())),
             FakeRuntime::default(),
-            Err("n/a".into()),
+            Ok(String::new()),
         )
     }
 
@@ -952,8 +969,11 @@ mod tests {
             (Some("17".into()), Some("review".into()))
         );
         assert_eq!(parse_task(br#"{"type": null}"#).unwrap(), (None, None));
-        assert!(parse_task(b"\"x\"").unwrap_err().contains("a string"));
-        assert!(parse_task(b"  ").unwrap_err().contains("empty"));
+        assert!(parse_task(b"\"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("a string"));
+        assert!(parse_task(b"  ").unwrap_err().to_string().contains("empty"));
         let l = parse_lock(
             br#"{"holder":"marie","pid":12,"task":"t1","acquired_at":"2026-11-27T09:00:00Z"}"#,
         );

@@ -10,7 +10,7 @@ use crate::docker::ContainerState;
 use std::time::Duration;
 
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
     docker::{ContainerInfo, DockerError, PathStat},
 };
 
@@ -33,11 +33,17 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         return Ok(Vec::new());
     }
     let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
+        Err(reason) => {
+            return Err(CheckError::Uninspectable {
+                container: name.clone(),
+                reason: reason.clone(),
+            })
+        }
         Ok(None) => {
-            return Err(format!(
-                "container {name:?} does not exist: its filesystem cannot be searched"
-            ))
+            return Err(CheckError::NoContainer {
+                container: name.clone(),
+                so: Some("its filesystem cannot be searched"),
+            })
         }
         Ok(Some(c)) => c,
     };
@@ -149,7 +155,7 @@ async fn check_binary(
     c: &ContainerInfo,
     running: bool,
     binary: &str,
-) -> Result<Finding, String> {
+) -> Result<Finding, CheckError> {
     let name = &ctx.spec.container;
     let dirs = if binary.contains('/') {
         Vec::new()
@@ -167,9 +173,9 @@ async fn check_binary(
         let found = match lookup(ctx, candidate).await {
             Ok(found) => found,
             Err(DockerError::NotFound(_)) => {
-                return Err(format!(
-                    "container {name:?} disappeared while it was searched"
-                ))
+                return Err(CheckError::Disappeared {
+                    container: name.clone(),
+                })
             }
             Err(e) => {
                 return Ok(ctx
@@ -208,6 +214,19 @@ async fn check_binary(
             }
         }
     }
+    Ok(not_usable(ctx, binary, &dirs, not_executable, &dangling))
+}
+
+/// No executable `binary` was found: the first entry of its name that cannot be executed, or
+/// none at all; with the directories searched and the symlinks that lead nowhere.
+fn not_usable(
+    ctx: &CheckContext,
+    binary: &str,
+    dirs: &[String],
+    not_executable: Option<(String, PathStat)>,
+    dangling: &[String],
+) -> Finding {
+    let name = &ctx.spec.container;
     let mut f = match not_executable {
         Some((path, stat)) => ctx
             .finding(
@@ -242,7 +261,7 @@ async fn check_binary(
     if !dangling.is_empty() {
         f = f.with("danglingSymlinks", dangling.join(", "));
     }
-    Ok(f)
+    f
 }
 
 /// Add `<path> --version`'s first line to a present binary's finding (when running).

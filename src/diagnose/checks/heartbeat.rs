@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     crd::worker::WorkerStatus,
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::{
         fs_safe::{self, SafeError},
         heartbeat::{
@@ -35,7 +35,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             return Ok(vec![no_time(ctx, &path, &detail, content.size)])
         }
         // `interpret` only answers Present or Invalid for a file that was read.
-        other => return Err(format!("unexpected heartbeat observation {other:?}")),
+        other => return Err(CheckError::UnexpectedHeartbeat(Box::new(other))),
     };
     let mut findings = Vec::new();
     if let Some(issue) = hb.issue.as_ref().filter(|i| i.is_unreadable()) {
@@ -64,9 +64,10 @@ fn not_read(ctx: &CheckContext, path: &str, e: SafeError) -> CheckResult {
                 format!("no heartbeat file at {path}"),
             )
             .with("path", path)]),
-        SafeError::Io { message, .. } => {
-            Err(format!("cannot read the heartbeat file {path}: {message}"))
-        }
+        SafeError::Io { message, .. } => Err(CheckError::HeartbeatUnreadable {
+            path: path.to_string(),
+            message,
+        }),
         e => Ok(vec![not_a_heartbeat_file(ctx, path, &e)]),
     }
 }
@@ -318,7 +319,7 @@ mod tests {
             &w,
             Ok(Some(testing::running())),
             FakeRuntime::default(),
-            Err("n/a".into()),
+            Ok(String::new()),
         )
     }
 

@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{
+        error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
+    },
     docker::ContainerInfo,
 };
 
@@ -26,11 +28,17 @@ const EVENT_MARGIN: SignedDuration = SignedDuration::from_secs(60);
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let name = &ctx.spec.container;
     let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
+        Err(reason) => {
+            return Err(CheckError::Uninspectable {
+                container: name.clone(),
+                reason: reason.clone(),
+            })
+        }
         Ok(None) => {
-            return Err(format!(
-                "container {name:?} does not exist: no memory to look at"
-            ))
+            return Err(CheckError::NoContainer {
+                container: name.clone(),
+                so: Some("no memory to look at"),
+            })
         }
         Ok(Some(c)) => c,
     };
@@ -61,7 +69,7 @@ fn oom_events_since(
 
 /// Docker's `oom` events of the container until now: a finding when there are any, a partial
 /// failure when they cannot be read.
-async fn oom_events(ctx: &CheckContext, c: &ContainerInfo) -> Result<Option<Finding>, String> {
+async fn oom_events(ctx: &CheckContext, c: &ContainerInfo) -> Result<Option<Finding>, CheckError> {
     let name = &ctx.spec.container;
     let since = oom_events_since(
         ctx.now,
@@ -70,11 +78,7 @@ async fn oom_events(ctx: &CheckContext, c: &ContainerInfo) -> Result<Option<Find
     );
     match ctx
         .docker
-        .oom_events(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            since,
-            ctx.now,
-        )
+        .oom_events(ctx.container_ref()?, since, ctx.now)
         .await
     {
         Ok(times) if !times.is_empty() => {
@@ -114,7 +118,8 @@ async fn kernel_oom_kill(ctx: &CheckContext, c: &ContainerInfo) -> Option<Findin
     let name = &ctx.spec.container;
     let log = match ctx.host.kernel_log().await {
         Ok(log) => log,
-        Err(why) => {
+        Err(e) => {
+            let why = error::message(&e);
             return Some(
                 ctx.finding(
                     CheckName::Memory,
@@ -123,7 +128,7 @@ async fn kernel_oom_kill(ctx: &CheckContext, c: &ContainerInfo) -> Option<Findin
                     format!("the kernel log cannot be read, OOM-killer lines not checked: {why}"),
                 )
                 .with("reason", why),
-            )
+            );
         }
     };
     let pids: Vec<u64> = c
@@ -371,7 +376,7 @@ fn reaped_process(line: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::testing::*,
+        diagnose::{testing::*, KernelLogError},
         docker::{fake::FakeRuntime, ContainerInfo, MemoryStats},
     };
 
@@ -521,14 +526,19 @@ mod tests {
             &worker(),
             Ok(Some(c)),
             fake,
-            Err("dmesg is not installed".into()),
+            Err(KernelLogError::NotInstalled {
+                program: "dmesg".into(),
+            }),
         );
         let f = run(&ctx).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::MemoryNearLimit);
         assert_eq!(f[0].severity, Severity::Warning);
         assert_eq!(f[0].evidence["usagePercent"], "93.8");
         assert_eq!(f[1].kind, FindingKind::KernelLogUnavailable);
-        assert_eq!(f[1].evidence["reason"], "dmesg is not installed");
+        assert_eq!(
+            f[1].evidence["reason"],
+            "dmesg is not installed on the operator's host (not on PATH)"
+        );
     }
 
     #[tokio::test]

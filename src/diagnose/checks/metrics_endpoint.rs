@@ -128,7 +128,7 @@ mod tests {
             &w,
             Ok(Some(testing::running())),
             FakeRuntime::default(),
-            Err("n/a".into()),
+            Ok(String::new()),
         )
     }
 
