@@ -136,6 +136,30 @@ impl CheckContext {
         }
     }
 
+    /// The container as inspected, for a check that cannot run without one: an error when
+    /// Docker could not be asked or there is no container (`so`: what that prevents).
+    pub fn inspected_container(
+        &self,
+        so: Option<&'static str>,
+    ) -> Result<&ContainerInfo, CheckError> {
+        match &self.container {
+            Err(reason) => Err(self.uninspectable(reason)),
+            Ok(None) => Err(CheckError::NoContainer {
+                container: self.spec.container.clone(),
+                so,
+            }),
+            Ok(Some(c)) => Ok(c),
+        }
+    }
+
+    /// Docker could not be asked about the container when the diagnosis started (`reason`).
+    pub fn uninspectable(&self, reason: &str) -> CheckError {
+        CheckError::Uninspectable {
+            container: self.spec.container.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// The running container, or `None` when it is absent or stopped.
     pub fn running_container(&self) -> Option<&ContainerInfo> {
         self.container.as_ref().ok()?.as_ref().filter(|c| c.running)

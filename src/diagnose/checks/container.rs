@@ -7,18 +7,13 @@
 
 use crate::docker::ContainerState;
 use crate::{
-    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     docker::ContainerInfo,
 };
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let container = match &ctx.container {
-        Err(reason) => {
-            return Err(CheckError::Uninspectable {
-                container: ctx.spec.container.clone(),
-                reason: reason.clone(),
-            })
-        }
+        Err(reason) => return Err(ctx.uninspectable(reason)),
         Ok(None) => {
             return Ok(vec![ctx
                 .finding(
@@ -261,9 +256,8 @@ mod tests {
             ..exited(3)
         };
         let f = check(Ok(Some(c))).await.unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::ContainerRestarting,
                 FindingKind::ContainerExited
@@ -314,8 +308,8 @@ mod tests {
             finished_at: None,
         });
         let found = run(&ctx).await.unwrap();
-        let kinds: Vec<_> = found.iter().map(|f| f.kind).collect();
-        assert!(kinds.contains(&FindingKind::ContainerRunning), "{kinds:?}");
+        let seen = kinds(&found);
+        assert!(seen.contains(&FindingKind::ContainerRunning), "{seen:?}");
         let oom = found
             .iter()
             .find(|f| f.kind == FindingKind::OomKilled)

@@ -419,8 +419,6 @@ async fn read_app_log(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
@@ -479,16 +477,6 @@ mod tests {
         }
     }
 
-    fn ctx_with(
-        root: &Path,
-        fake: FakeRuntime,
-        container: Result<Option<crate::docker::ContainerInfo>, String>,
-    ) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(&w, container, fake, Ok(String::new()))
-    }
-
     #[tokio::test]
     async fn container_log_with_a_fatal_line() {
         let tmp = tempfile::tempdir().unwrap();
@@ -500,7 +488,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::exited(3))));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::exited(3))), fake);
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let f = &findings[0];
@@ -530,7 +518,7 @@ mod tests {
             logs,
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::running())));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::running())), fake);
         let f = &run(&ctx).await.unwrap()[0];
         assert_eq!(f.severity, Severity::Warning);
         assert_eq!(f.evidence["errorLines"], "9");
@@ -548,7 +536,7 @@ mod tests {
             logs: lines(&["INFO: a", "INFO: b"]),
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::running())));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::running())), fake);
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].kind, FindingKind::LogClean);
@@ -571,7 +559,7 @@ mod tests {
             logs: lines(&["INFO: ok"]),
             ..Default::default()
         };
-        let mut ctx = ctx_with(root, fake, Ok(Some(testing::running())));
+        let mut ctx = testing::context_in(root, Ok(Some(testing::running())), fake);
         ctx.spec.diagnostics.app_log_file = Some("logs/marie.log".into());
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 2, "{findings:#?}");
@@ -608,7 +596,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::write(root.join("app.log"), format!("{DEP}\n")).unwrap();
-        let mut ctx = ctx_with(root, FakeRuntime::default(), Ok(None));
+        let mut ctx = testing::context_in(root, Ok(None), FakeRuntime::default());
         ctx.spec.diagnostics.app_log_file = Some("app.log".into());
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 2, "{findings:#?}");

@@ -657,24 +657,12 @@ fn join_paths(paths: &[PathBuf]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, time::SystemTime};
+    use std::fs::File;
+
+    use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
-    use crate::{diagnose::testing, docker::fake::FakeRuntime};
-
-    /// ctx.now of the testing context.
-    const NOW: &str = "2026-11-27T10:10:00Z";
-
-    fn ctx_at(root: &Path) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(
-            &w,
-            Ok(Some(testing::running())),
-            FakeRuntime::default(),
-            Ok(String::new()),
-        )
-    }
+    use crate::diagnose::testing::{self, context_at as ctx_at};
 
     /// Write `content` at `rel` with an mtime `age` seconds before NOW.
     fn put(root: &Path, rel: &str, content: &[u8], age: i64) -> PathBuf {
@@ -686,15 +674,8 @@ mod tests {
     }
 
     fn set_age(p: &Path, age: i64) {
-        let now: Timestamp = NOW.parse().unwrap();
-        let t =
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs((now.as_second() - age) as u64);
-        File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        let now: Timestamp = testing::NOW.parse().unwrap();
+        testing::set_modified(p, now - SignedDuration::from_secs(age));
     }
 
     fn of(findings: &[Finding], kind: FindingKind) -> Vec<&Finding> {

@@ -27,26 +27,11 @@ const MODE_TYPE: u32 =
     MODE_DIR | MODE_SYMLINK | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19);
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let name = &ctx.spec.container;
     let d = &ctx.spec.diagnostics;
     if d.required_binaries.is_empty() && d.required_python_packages.is_empty() {
         return Ok(Vec::new());
     }
-    let c = match &ctx.container {
-        Err(reason) => {
-            return Err(CheckError::Uninspectable {
-                container: name.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Ok(None) => {
-            return Err(CheckError::NoContainer {
-                container: name.clone(),
-                so: Some("its filesystem cannot be searched"),
-            })
-        }
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(Some("its filesystem cannot be searched"))?;
     let running =
         c.running && c.status != ContainerState::Restarting && c.status != ContainerState::Paused;
     let mut findings = Vec::new();
@@ -495,14 +480,6 @@ mod tests {
         }
     }
 
-    fn ok(stdout: &str) -> Result<ExecOutput, String> {
-        Ok(ExecOutput {
-            exit_code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        })
-    }
-
     fn ctx(
         container: ContainerInfo,
         binaries: &[&str],
@@ -574,9 +551,8 @@ mod tests {
         ))
         .await
         .unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::BinaryMissing,
                 FindingKind::BinaryPresent,
@@ -610,7 +586,7 @@ mod tests {
         fake.paths.insert("/opt/claude/bin/claude".into(), exe(42));
         fake.exec.insert(
             "/bin/claude --version".into(),
-            ok("1.0.3 (Claude Code)\nmore\n"),
+            exec_ok("1.0.3 (Claude Code)\nmore\n"),
         );
         let f = run(&ctx(running(), &["claude"], &[], fake)).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::BinaryPresent);
@@ -688,8 +664,10 @@ mod tests {
                 stderr: "exec: \"pip\": executable file not found in $PATH".into(),
             }),
         );
-        fake.exec
-            .insert("python3 -m pip list --format=freeze".into(), ok(FREEZE));
+        fake.exec.insert(
+            "python3 -m pip list --format=freeze".into(),
+            exec_ok(FREEZE),
+        );
         let f = run(&ctx(
             running(),
             &[],
@@ -698,9 +676,8 @@ mod tests {
         ))
         .await
         .unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::PackagePresent,
                 FindingKind::PackagePresent,
@@ -720,7 +697,7 @@ mod tests {
         let mut fake = FakeRuntime::default();
         fake.paths.insert("/bin/tool".into(), exe(1));
         fake.exec
-            .insert("/bin/tool --version".into(), ok("tool 2\n"));
+            .insert("/bin/tool --version".into(), exec_ok("tool 2\n"));
         let f = run(&ctx(running(), &["tool"], &["structlog"], fake))
             .await
             .unwrap();

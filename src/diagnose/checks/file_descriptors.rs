@@ -8,7 +8,7 @@
 //! the main child of an init under `docker run --init`.
 //! Descriptors can only be counted in a running container: a stopped one is `Err`.
 
-use super::process::Located;
+use super::{first_line, percent, process::Located};
 use crate::diagnose::{
     CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
 };
@@ -31,21 +31,7 @@ pub const FILE_TABLE_WARN_PERCENT: f64 = 90.0;
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let name = &ctx.spec.container;
-    let c = match &ctx.container {
-        Err(reason) => {
-            return Err(CheckError::Uninspectable {
-                container: name.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Ok(None) => {
-            return Err(CheckError::NoContainer {
-                container: name.clone(),
-                so: None,
-            })
-        }
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(None)?;
     if !c.running || c.status == ContainerState::Restarting || c.status == ContainerState::Paused {
         return Err(CheckError::NotRunningToCountDescriptors { state: c.status });
     }
@@ -185,23 +171,6 @@ fn fd_finding(
         f = f.with("configuredUlimit", format!("nofile={soft}:{hard}"));
     }
     f
-}
-
-fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
-    let text = if preferred.trim().is_empty() {
-        other
-    } else {
-        preferred
-    };
-    text.trim().lines().next().unwrap_or("")
-}
-
-fn percent(used: u64, of: u64) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        used as f64 * 100.0 / of as f64
-    }
 }
 
 /// Soft and hard `Max open files` of a process; `None` means unlimited.

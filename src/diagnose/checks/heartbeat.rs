@@ -310,18 +310,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::{crd::worker::HeartbeatSummary, diagnose::testing, docker::fake::FakeRuntime};
-
-    fn ctx_at(root: &Path) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(
-            &w,
-            Ok(Some(testing::running())),
-            FakeRuntime::default(),
-            Ok(String::new()),
-        )
-    }
+    use crate::{
+        crd::worker::HeartbeatSummary,
+        diagnose::testing::{self, context_at as ctx_at},
+    };
 
     fn write_hb(root: &Path, content: &[u8]) -> std::path::PathBuf {
         let dir = root.join("workers/marie");
@@ -332,15 +324,7 @@ mod tests {
     }
 
     fn set_mtime(path: &Path, at: &str) {
-        let at: Timestamp = at.parse().unwrap();
-        let time =
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.as_millisecond() as u64);
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(time)
-            .unwrap();
+        testing::set_modified(path, at.parse().unwrap());
     }
 
     fn hb_json(ts: &str, task: Option<&str>, progress: u64) -> Vec<u8> {

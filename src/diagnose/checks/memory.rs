@@ -16,7 +16,7 @@ use crate::{
     docker::ContainerInfo,
 };
 
-use super::container::human_bytes;
+use super::{container::human_bytes, percent};
 
 /// Usage at or above this share of the limit is a warning.
 pub const NEAR_LIMIT_PERCENT: f64 = 90.0;
@@ -26,22 +26,7 @@ const MAX_KERNEL_LINES: usize = 4;
 const EVENT_MARGIN: SignedDuration = SignedDuration::from_secs(60);
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let name = &ctx.spec.container;
-    let c = match &ctx.container {
-        Err(reason) => {
-            return Err(CheckError::Uninspectable {
-                container: name.clone(),
-                reason: reason.clone(),
-            })
-        }
-        Ok(None) => {
-            return Err(CheckError::NoContainer {
-                container: name.clone(),
-                so: Some("no memory to look at"),
-            })
-        }
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(Some("no memory to look at"))?;
     let mut findings = Vec::new();
     // Usage against the limit (running), or the configured limit alone (stopped).
     findings.extend(usage(ctx, c).await);
@@ -242,14 +227,6 @@ fn failed(ctx: &CheckContext, reason: String) -> Finding {
         format!("part of the memory check could not run: {reason}"),
     )
     .with("error", reason)
-}
-
-fn percent(used: u64, of: u64) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        used as f64 * 100.0 / of as f64
-    }
 }
 
 fn join(values: &[u64]) -> String {
@@ -476,9 +453,8 @@ mod tests {
         };
         let ctx = context(&worker(), Ok(Some(oomed())), fake, Ok(dmesg()));
         let f = run(&ctx).await.unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::MemoryUsage,
                 FindingKind::OomEvent,

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::first_line;
 use crate::docker::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckError, CheckName, CheckResult, FindingKind, Severity},
@@ -245,12 +246,7 @@ pub fn split_statuses(text: &str) -> Vec<ProcStatus> {
 fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
     let name = &ctx.spec.container;
     let c = match &ctx.container {
-        Err(reason) => {
-            return Err(Err(CheckError::Uninspectable {
-                container: name.clone(),
-                reason: reason.clone(),
-            }))
-        }
+        Err(reason) => return Err(Err(ctx.uninspectable(reason))),
         Ok(None) => {
             return Err(Ok(vec![ctx
                 .finding(
@@ -367,15 +363,6 @@ fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::dia
     .with_opt("exitCode", c.exit_code.filter(|_| !c.running))
 }
 
-fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
-    let text = if preferred.trim().is_empty() {
-        other
-    } else {
-        preferred
-    };
-    text.trim().lines().next().unwrap_or("")
-}
-
 /// What `/proc/<pid>/status` says about a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcStatus {
@@ -437,20 +424,12 @@ mod tests {
     /// `/proc/1/status` of the sample worker, as read in a real container (trimmed).
     const STATUS: &str = "Name:\tsample-worker\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\nPPid:\t0\nTracerPid:\t0\nFDSize:\t64\nVmPeak:\t    4608 kB\nVmRSS:\t    2316 kB\nThreads:\t3\nSigQ:\t0/15511\n";
 
-    fn ok(stdout: &str) -> Result<ExecOutput, String> {
-        Ok(ExecOutput {
-            exit_code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        })
-    }
-
     fn fake(status: Result<ExecOutput, String>) -> FakeRuntime {
         let mut fake = FakeRuntime::default();
         fake.exec.insert("cat /proc/1/status".into(), status);
         fake.exec.insert(
             "cat /proc/1/cmdline".into(),
-            ok("/usr/local/bin/sample-worker\0"),
+            exec_ok("/usr/local/bin/sample-worker\0"),
         );
         fake
     }
@@ -472,7 +451,7 @@ mod tests {
         let ctx = context(
             &worker(),
             Ok(Some(running())),
-            fake(ok(STATUS)),
+            fake(exec_ok(STATUS)),
             Ok(String::new()),
         );
         let f = run(&ctx).await.unwrap();
@@ -493,7 +472,7 @@ mod tests {
         let ctx = context(
             &worker(),
             Ok(Some(running())),
-            fake(ok(&zombie)),
+            fake(exec_ok(&zombie)),
             Ok(String::new()),
         );
         let f = run(&ctx).await.unwrap();
@@ -534,7 +513,11 @@ mod tests {
             Ok(String::new()),
         );
         let err = crate::diagnose::error::message(&run(&ctx).await.unwrap_err());
-        assert!(err.contains("container is not running"), "{err}");
+        // The same words as when errors were strings: what failed, then why.
+        assert_eq!(
+            err,
+            "cannot exec `cat /proc/1/status` in \"marie\": Docker engine refused exec: container is not running"
+        );
     }
 
     fn status_of(pid: u32, ppid: u32, name: &str) -> String {
@@ -547,7 +530,7 @@ mod tests {
         let pids: Vec<String> = processes.iter().map(|p| p.0.to_string()).collect();
         fake.exec.insert(
             "ls /proc".into(),
-            ok(&format!("{}\nself\nsys\nuptime\n", pids.join("\n"))),
+            exec_ok(&format!("{}\nself\nsys\nuptime\n", pids.join("\n"))),
         );
         let cat = std::iter::once("cat".to_string())
             .chain(pids.iter().map(|p| format!("/proc/{p}/status")))
@@ -557,14 +540,14 @@ mod tests {
             .iter()
             .map(|&(p, pp, n)| status_of(p, pp, n))
             .collect();
-        fake.exec.insert(cat, ok(&all));
+        fake.exec.insert(cat, exec_ok(&all));
         let (_, _, init) = processes[0];
         fake.exec
-            .insert("cat /proc/1/status".into(), ok(&status_of(1, 0, init)));
+            .insert("cat /proc/1/status".into(), exec_ok(&status_of(1, 0, init)));
         for &(pid, _, name) in processes {
             fake.exec.insert(
                 format!("cat /proc/{pid}/cmdline"),
-                ok(&format!("/bin/{name}\0")),
+                exec_ok(&format!("/bin/{name}\0")),
             );
         }
         fake
