@@ -166,6 +166,8 @@ impl CheckContext {
     }
 }
 
+/// Run one check. The dependencies check also looks at the named pipes ([`checks::pipes`]):
+/// when its in-container part cannot run, the pipes' findings are kept next to that failure.
 async fn run_check(ctx: &CheckContext, check: CheckName) -> CheckResult {
     match check {
         CheckName::Container => checks::container::run(ctx).await,

@@ -4,6 +4,10 @@
 //! An OOM-killed container gives `OomKilled` *instead of* `ContainerExited`: the verdict weighs
 //! `OomKilled` for OutOfMemory and `ContainerExited` for ApplicationCrash, and an OOM kill is
 //! not a crash of the application's own making.
+//!
+//! A container that automatic recovery already started again also gets the findings of how it
+//! ended before ([`CrashEvidence`](crate::diagnose::CrashEvidence)), marked
+//! `restartedByAutoRecovery`.
 
 use crate::docker::ContainerState;
 use crate::{

@@ -418,7 +418,6 @@ fn modified(e: &Entry) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Cap a list of findings of one kind, summarising the rest.
 /// Cap a list of findings of one kind, `total` of them in all, summarising the rest.
 fn capped(
     ctx: &CheckContext,

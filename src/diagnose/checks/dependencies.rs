@@ -1,6 +1,7 @@
 //! Dependencies (runbook "Root Cause Analysis / Dependency Issues"): required binaries on the
 //! container's PATH and executable (and their `--version`), required Python packages in
-//! `pip list`. Named pipes are the file-side check's business.
+//! `pip list`. Named pipes are checked by [`super::pipes`], which the diagnosis runs next to
+//! this check and reports under it.
 //!
 //! Binaries are looked up with Docker's archive stat, which reads the container's filesystem
 //! whether it runs or not: a worker that exited because a binary is missing is still checked.

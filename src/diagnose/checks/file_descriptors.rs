@@ -4,9 +4,11 @@
 //!
 //! The runbook runs `ulimit -n` and `ls /proc/self/fd | wc -l` in a new shell, which measures
 //! the shell, not the worker; here both come from the worker's own process
-//! (`/proc/<pid>/limits`, `/proc/<pid>/fd`), found as the process check finds it: PID 1, or
-//! the main child of an init under `docker run --init`.
-//! Descriptors can only be counted in a running container: a stopped one is `Err`.
+//! (`/proc/<pid>/limits`, `/proc/<pid>/fd`), the one the process check examines
+//! ([`super::process::locate`], found once per diagnosis): the spec's `processName`, the main
+//! child of an init, or PID 1.
+//! Descriptors can only be counted in a running container: for a stopped one the check
+//! cannot run.
 
 use super::{first_line, percent, process::Located};
 use crate::diagnose::{

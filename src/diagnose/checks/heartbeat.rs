@@ -1,6 +1,8 @@
-//! Heartbeat check (runbook: "Check last heartbeat"): the heartbeat file is present, parseable
-//! and younger than the Worker's `heartbeatTimeoutSeconds`; and, compared with the previous
-//! observation in the Worker's status, the worker is making progress on its current task.
+//! Heartbeat check (runbook: "Check last heartbeat"): the heartbeat file is present, a regular
+//! file, and younger than the Worker's `heartbeatTimeoutSeconds` (by the time it holds, or by
+//! its modification time when its content has none or cannot be parsed, which is a finding
+//! of its own); and, compared with the previous observation in the Worker's status, the worker
+//! is making progress on its current task.
 
 use std::time::Duration;
 
