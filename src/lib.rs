@@ -18,4 +18,6 @@ pub mod operator;
 pub mod recover;
 pub mod server;
 pub mod telemetry;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod trust;

@@ -131,7 +131,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::mock_api;
+    use crate::testing::mock_api;
 
     #[tokio::test]
     async fn a_missing_crd_is_named_with_the_fix() {

@@ -4,8 +4,6 @@ pub mod backoff;
 pub mod conditions;
 pub mod error;
 pub mod finalizer;
-#[cfg(test)]
-pub mod mock_api;
 pub mod recovery;
 pub mod resume_plan;
 pub mod watch;

@@ -383,7 +383,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::controller::mock_api;
+    use crate::testing::mock_api;
 
     const RUNS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
 

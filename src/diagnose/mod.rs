@@ -3,8 +3,11 @@
 //! they run concurrently, each under a timeout, and a check that fails becomes a finding.
 
 pub mod checks;
+pub mod error;
 pub mod host;
 pub mod report;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod verdict;
 
 use std::{sync::Arc, time::Duration};
@@ -16,17 +19,19 @@ pub use crate::crd::diagnosis::{
     CheckName, Diagnosis, Finding, FindingKind, RootCause, Severity, Verdict,
 };
 
+pub use self::{error::CheckError, host::KernelLogError};
 use crate::{
     crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
     docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
     trust::Admission,
 };
+use checks::process::ProcessError;
 
 /// Facts about the host outside any container (kernel log).
 #[async_trait::async_trait]
 pub trait HostProbe: Send + Sync + 'static {
     /// The kernel ring buffer (`dmesg`), or why it cannot be read.
-    async fn kernel_log(&self) -> Result<String, String>;
+    async fn kernel_log(&self) -> Result<String, KernelLogError>;
 }
 
 /// Everything a check may look at. Built once per diagnosis; checks only read it.
@@ -45,7 +50,7 @@ pub struct CheckContext {
     pub http: crate::http::HttpClient,
     pub now: Timestamp,
     /// The worker's own process, found once and shared by the checks that look at it.
-    pub worker_process: tokio::sync::OnceCell<Result<checks::process::Located, String>>,
+    pub worker_process: tokio::sync::OnceCell<Result<checks::process::Located, ProcessError>>,
     /// How the container ended before automatic recovery started it again (the next start
     /// clears Docker's exit code and OOMKilled flag).
     pub crash: Option<CrashEvidence>,
@@ -60,7 +65,7 @@ pub struct CrashEvidence {
 }
 
 /// What a check returns: its findings, or why it could not run.
-pub type CheckResult = Result<Vec<Finding>, String>;
+pub type CheckResult = Result<Vec<Finding>, CheckError>;
 
 impl CheckContext {
     /// Build the context for `worker` from its admission (`crate::trust::admit`): only an
@@ -93,12 +98,9 @@ impl CheckContext {
     }
 
     /// The worker's own process in the running container (see [`checks::process::locate`]).
-    pub async fn worker_process(&self) -> Result<checks::process::Located, String> {
+    pub async fn worker_process(&self) -> Result<checks::process::Located, ProcessError> {
         let Some(c) = self.running_container() else {
-            return Err(format!(
-                "container {:?} is not running",
-                self.spec.container
-            ));
+            return Err(ProcessError::NotRunning(self.spec.container.clone()));
         };
         self.worker_process
             .get_or_init(|| checks::process::locate(self, c))
@@ -134,12 +136,38 @@ impl CheckContext {
         }
     }
 
+    /// The container as inspected, for a check that cannot run without one: an error when
+    /// Docker could not be asked or there is no container (`so`: what that prevents).
+    pub fn inspected_container(
+        &self,
+        so: Option<&'static str>,
+    ) -> Result<&ContainerInfo, CheckError> {
+        match &self.container {
+            Err(reason) => Err(self.uninspectable(reason)),
+            Ok(None) => Err(CheckError::NoContainer {
+                container: self.spec.container.clone(),
+                so,
+            }),
+            Ok(Some(c)) => Ok(c),
+        }
+    }
+
+    /// Docker could not be asked about the container when the diagnosis started (`reason`).
+    pub fn uninspectable(&self, reason: &str) -> CheckError {
+        CheckError::Uninspectable {
+            container: self.spec.container.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
     /// The running container, or `None` when it is absent or stopped.
     pub fn running_container(&self) -> Option<&ContainerInfo> {
         self.container.as_ref().ok()?.as_ref().filter(|c| c.running)
     }
 }
 
+/// Run one check. The dependencies check also looks at the named pipes ([`checks::pipes`]):
+/// when its in-container part cannot run, the pipes' findings are kept next to that failure.
 async fn run_check(ctx: &CheckContext, check: CheckName) -> CheckResult {
     match check {
         CheckName::Container => checks::container::run(ctx).await,
@@ -159,7 +187,7 @@ async fn run_check(ctx: &CheckContext, check: CheckName) -> CheckResult {
                 Ok(findings) => Ok(findings.into_iter().chain(pipes).collect()),
                 Err(reason) if pipes.is_empty() => Err(reason),
                 Err(reason) => {
-                    pipes.push(check_failed(ctx, check, reason));
+                    pipes.push(check_failed(ctx, check, &reason));
                     Ok(pipes)
                 }
             }
@@ -175,11 +203,13 @@ pub async fn diagnose(ctx: &CheckContext) -> Diagnosis {
     let results = join_all(CheckName::ALL.iter().map(|&check| async move {
         match tokio::time::timeout(timeout, run_check(ctx, check)).await {
             Ok(Ok(findings)) => findings,
-            Ok(Err(reason)) => vec![check_failed(ctx, check, reason)],
+            Ok(Err(reason)) => vec![check_failed(ctx, check, &reason)],
             Err(_) => vec![check_failed(
                 ctx,
                 check,
-                format!("did not finish within {}s", timeout.as_secs()),
+                &CheckError::TimedOut {
+                    seconds: timeout.as_secs(),
+                },
             )],
         }
     }))
@@ -251,7 +281,9 @@ pub fn bounded_findings(findings: Vec<Finding>, now: Timestamp) -> Vec<Finding> 
     kept
 }
 
-fn check_failed(ctx: &CheckContext, check: CheckName, reason: String) -> Finding {
+/// The finding of a check that could not run: where its error becomes text.
+fn check_failed(ctx: &CheckContext, check: CheckName, error: &CheckError) -> Finding {
+    let reason = error::message(error);
     let mut f = ctx.finding(
         check,
         FindingKind::CheckFailed,
@@ -267,7 +299,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
     // Paused time: the 1 s timeout passes in simulated time once every other check is done
     // (tokio does not jump ahead while blocking work runs), so a slow machine cannot make the

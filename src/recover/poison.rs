@@ -206,7 +206,7 @@ mod tests {
     use std::fs;
 
     fn paths(root: &std::path::Path) -> ResolvedPaths {
-        let mut w = crate::diagnose::host::testing::worker();
+        let mut w = crate::testing::worker();
         w.spec.shared_root = root.display().to_string();
         w.resolved_paths().unwrap()
     }

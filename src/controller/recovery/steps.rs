@@ -829,5 +829,3 @@ mod tests {
 
 #[cfg(test)]
 mod step_tests;
-#[cfg(test)]
-pub(crate) mod testing;

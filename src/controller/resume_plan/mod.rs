@@ -644,10 +644,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        controller::mock_api,
-        diagnose::host::{testing, FakeHost},
         docker::fake::FakeRuntime,
         metrics::Metrics,
+        testing::mock_api,
+        testing::{self, FakeHost},
         trust::AllowedRoots,
     };
 

@@ -176,7 +176,7 @@ mod tests {
 
     /// A follower whose store watches Worker `prod/marie`, and what it passes on.
     fn follower() -> (Follower, mpsc::UnboundedReceiver<ObjectRef<Worker>>) {
-        let mut marie = crate::diagnose::host::testing::worker();
+        let mut marie = crate::testing::worker();
         marie.metadata.namespace = Some("prod".into());
         let (store, mut writer) = kube::runtime::reflector::store();
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(marie));

@@ -422,10 +422,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        controller::{error::ReconcileError, mock_api},
-        diagnose::host::{testing, FakeHost},
+        controller::error::ReconcileError,
         docker::fake::FakeRuntime,
         metrics::Metrics,
+        testing::mock_api,
+        testing::{self, FakeHost},
         trust::AllowedRoots,
     };
 

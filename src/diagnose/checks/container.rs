@@ -4,6 +4,10 @@
 //! An OOM-killed container gives `OomKilled` *instead of* `ContainerExited`: the verdict weighs
 //! `OomKilled` for OutOfMemory and `ContainerExited` for ApplicationCrash, and an OOM kill is
 //! not a crash of the application's own making.
+//!
+//! A container that automatic recovery already started again also gets the findings of how it
+//! ended before ([`CrashEvidence`](crate::diagnose::CrashEvidence)), marked
+//! `restartedByAutoRecovery`.
 
 use crate::docker::ContainerState;
 use crate::{
@@ -13,12 +17,7 @@ use crate::{
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let container = match &ctx.container {
-        Err(reason) => {
-            return Err(format!(
-                "cannot inspect container {:?}: {reason}",
-                ctx.spec.container
-            ))
-        }
+        Err(reason) => return Err(ctx.uninspectable(reason)),
         Ok(None) => {
             return Ok(vec![ctx
                 .finding(
@@ -199,7 +198,7 @@ pub fn human_bytes(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diagnose::host::testing::*, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing::*, docker::fake::FakeRuntime};
 
     async fn check(container: Result<Option<ContainerInfo>, String>) -> CheckResult {
         run(&context(
@@ -261,9 +260,8 @@ mod tests {
             ..exited(3)
         };
         let f = check(Ok(Some(c))).await.unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::ContainerRestarting,
                 FindingKind::ContainerExited
@@ -287,7 +285,8 @@ mod tests {
         assert_eq!(f[0].evidence["container"], "marie");
         let err = check(Err("Docker engine unreachable: no socket".into()))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no socket"), "{err}");
     }
 
@@ -313,8 +312,8 @@ mod tests {
             finished_at: None,
         });
         let found = run(&ctx).await.unwrap();
-        let kinds: Vec<_> = found.iter().map(|f| f.kind).collect();
-        assert!(kinds.contains(&FindingKind::ContainerRunning), "{kinds:?}");
+        let seen = kinds(&found);
+        assert!(seen.contains(&FindingKind::ContainerRunning), "{seen:?}");
         let oom = found
             .iter()
             .find(|f| f.kind == FindingKind::OomKilled)

@@ -6,7 +6,10 @@
 use k8s_openapi::jiff::SignedDuration;
 
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{
+        error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
+    },
+    docker::DockerError,
     observe::fs_safe::{self, SafeError},
 };
 
@@ -19,6 +22,44 @@ pub const MAX_LINE_CHARS: usize = 300;
 /// Bytes read per requested line from the end of the application log (and an overall cap).
 const APP_LOG_BYTES_PER_LINE: u64 = 1024;
 const MAX_APP_LOG_BYTES: u64 = 1 << 20;
+
+/// Why one of the logs could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFailure {
+    #[error("container {0:?} does not exist")]
+    NoContainer(String),
+    #[error("cannot read the logs of container {container:?}")]
+    ContainerLog {
+        container: String,
+        #[source]
+        source: DockerError,
+    },
+    #[error(transparent)]
+    AppLog(#[from] AppLogError),
+}
+
+/// Why the application log was not read.
+#[derive(Debug, thiserror::Error)]
+#[error("application log {path}")]
+pub struct AppLogError {
+    /// Where it was looked for: under the shared root, or as declared when that was refused.
+    pub path: String,
+    /// For evidence: missing, symlink, notRegularFile, or [`SafeError::reason`]; io when the
+    /// file reader failed.
+    pub reason: &'static str,
+    #[source]
+    pub source: AppLogRead,
+}
+
+/// What went wrong reading the application log.
+#[derive(Debug, thiserror::Error)]
+pub enum AppLogRead {
+    #[error(transparent)]
+    Refused(#[from] SafeError),
+    /// The file reader on the blocking pool failed (`fs_safe::off_thread` says it in text).
+    #[error("{0}")]
+    Reader(String),
+}
 
 /// Why a line counts as an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -260,12 +301,15 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         .checked_sub(SignedDuration::from_secs(i64::from(window)))
         .unwrap_or(ctx.now);
     let docker_lines = match &ctx.container {
-        Ok(None) => Err(format!("container {container:?} does not exist")),
+        Ok(None) => Err(LogFailure::NoContainer(container.clone())),
         _ => ctx
             .docker
-            .logs(ctx.container_ref().map_err(|e| e.to_string())?, tail, since)
+            .logs(ctx.container_ref()?, tail, since)
             .await
-            .map_err(|e| format!("cannot read the logs of container {container:?}: {e}")),
+            .map_err(|source| LogFailure::ContainerLog {
+                container: container.clone(),
+                source,
+            }),
     };
     match docker_lines {
         Ok(lines) => {
@@ -295,19 +339,20 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                     .with("fileBytes", size);
                 findings.push(f);
             }
-            Err((path, reason, detail)) => {
+            Err(e) => {
+                let detail = error::message(&e.source);
                 let f = ctx
                     .finding(
                         CHECK,
                         FindingKind::AppLogUnavailable,
                         Severity::Info,
-                        format!("application log {path} not read: {detail}"),
+                        format!("application log {} not read: {detail}", e.path),
                     )
-                    .with("path", &path)
-                    .with("reason", reason)
+                    .with("path", &e.path)
+                    .with("reason", e.reason)
                     .with("detail", &detail);
                 if findings.is_empty() && !failures.is_empty() {
-                    failures.push(format!("application log {path}: {detail}"));
+                    failures.push(e.into());
                 } else {
                     findings.push(f);
                 }
@@ -316,9 +361,10 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     }
 
     if findings.is_empty() {
-        return Err(failures.join("; "));
+        return Err(CheckError::LogsUnreadable(failures));
     }
     for failure in failures {
+        let failure = error::message(&failure);
         let f = ctx
             .finding(
                 CHECK,
@@ -332,21 +378,27 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     Ok(findings)
 }
 
-/// Read the last `tail` lines of the application log: (path, lines, file size) or
-/// (path, reason, detail).
+/// Read the last `tail` lines of the application log: (path, lines, file size).
 async fn read_app_log(
     ctx: &CheckContext,
     rel: &str,
     tail: u32,
-) -> Result<(String, Vec<String>, u64), (String, &'static str, String)> {
+) -> Result<(String, Vec<String>, u64), AppLogError> {
     let root = ctx.paths.trusted_root.clone();
-    let path = fs_safe::confine(&ctx.paths.shared_root, rel)
-        .map_err(|e| (rel.to_string(), e.reason(), e.to_string()))?;
+    let path = fs_safe::confine(&ctx.paths.shared_root, rel).map_err(|e| AppLogError {
+        path: rel.to_string(),
+        reason: e.reason(),
+        source: e.into(),
+    })?;
     let shown = path.display().to_string();
     let max_bytes = (u64::from(tail) * APP_LOG_BYTES_PER_LINE).min(MAX_APP_LOG_BYTES);
     let read = fs_safe::off_thread(move || fs_safe::read_tail(&root, &path, max_bytes))
         .await
-        .map_err(|e| (shown.clone(), "io", e))?;
+        .map_err(|e| AppLogError {
+            path: shown.clone(),
+            reason: "io",
+            source: AppLogRead::Reader(e),
+        })?;
     match read {
         Ok(content) => Ok((shown, content.last_lines(tail as usize), content.size)),
         Err(e) => {
@@ -356,17 +408,19 @@ async fn read_app_log(
                 SafeError::WrongKind { .. } => "notRegularFile",
                 other => other.reason(),
             };
-            Err((shown, reason, e.to_string()))
+            Err(AppLogError {
+                path: shown,
+                reason,
+                source: e.into(),
+            })
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, docker::fake::FakeRuntime};
 
     const CRASH: &str = "2026-11-28T00:02:22.459Z FATAL: simulated crash (fault mode crash) while processing task p1; exiting with code 3";
     const FD: &str =
@@ -423,16 +477,6 @@ mod tests {
         }
     }
 
-    fn ctx_with(
-        root: &Path,
-        fake: FakeRuntime,
-        container: Result<Option<crate::docker::ContainerInfo>, String>,
-    ) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(&w, container, fake, Err("n/a".into()))
-    }
-
     #[tokio::test]
     async fn container_log_with_a_fatal_line() {
         let tmp = tempfile::tempdir().unwrap();
@@ -444,7 +488,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::exited(3))));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::exited(3))), fake);
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 1, "{findings:#?}");
         let f = &findings[0];
@@ -474,7 +518,7 @@ mod tests {
             logs,
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::running())));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::running())), fake);
         let f = &run(&ctx).await.unwrap()[0];
         assert_eq!(f.severity, Severity::Warning);
         assert_eq!(f.evidence["errorLines"], "9");
@@ -492,7 +536,7 @@ mod tests {
             logs: lines(&["INFO: a", "INFO: b"]),
             ..Default::default()
         };
-        let ctx = ctx_with(tmp.path(), fake, Ok(Some(testing::running())));
+        let ctx = testing::context_in(tmp.path(), Ok(Some(testing::running())), fake);
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 1);
         assert_eq!(findings[0].kind, FindingKind::LogClean);
@@ -515,7 +559,7 @@ mod tests {
             logs: lines(&["INFO: ok"]),
             ..Default::default()
         };
-        let mut ctx = ctx_with(root, fake, Ok(Some(testing::running())));
+        let mut ctx = testing::context_in(root, Ok(Some(testing::running())), fake);
         ctx.spec.diagnostics.app_log_file = Some("logs/marie.log".into());
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 2, "{findings:#?}");
@@ -552,7 +596,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         std::fs::write(root.join("app.log"), format!("{DEP}\n")).unwrap();
-        let mut ctx = ctx_with(root, FakeRuntime::default(), Ok(None));
+        let mut ctx = testing::context_in(root, Ok(None), FakeRuntime::default());
         ctx.spec.diagnostics.app_log_file = Some("app.log".into());
         let findings = run(&ctx).await.unwrap();
         assert_eq!(findings.len(), 2, "{findings:#?}");
@@ -563,7 +607,7 @@ mod tests {
 
         // Nothing readable at all: the check fails.
         std::fs::remove_file(root.join("app.log")).unwrap();
-        let err = run(&ctx).await.unwrap_err();
+        let err = run(&ctx).await.unwrap_err().to_string();
         assert!(
             err.contains("does not exist") && err.contains("app.log"),
             "{err}"

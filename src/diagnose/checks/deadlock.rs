@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     bounded::Smallest,
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{error, CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::fs_safe::{self, Entry, EntryKind, SafeError},
 };
 
@@ -35,6 +35,21 @@ pub const MAX_TASKS_READ: usize = 1000;
 
 /// A task's `id` and `type`, when the file has them.
 type TaskIdentity = (Option<String>, Option<String>);
+
+/// Why a file named like a task is not one.
+#[derive(Debug, thiserror::Error)]
+enum NotATask {
+    #[error("empty file")]
+    Empty,
+    #[error("not valid JSON")]
+    InvalidJson(#[from] serde_json::Error),
+    #[error("not a JSON object but {0}")]
+    NotAnObject(&'static str),
+    #[error("{size} bytes, larger than the {limit} bytes a task may have; not read")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("unreadable")]
+    Unreadable(#[source] SafeError),
+}
 
 /// What a task file gave.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,7 +76,7 @@ struct Scan {
     stuck_total: usize,
     oldest_active_seconds: Option<i64>,
     /// (path, reason, size when relevant), and how many in all.
-    malformed: Vec<(PathBuf, String, Option<u64>)>,
+    malformed: Vec<(PathBuf, NotATask, Option<u64>)>,
     malformed_total: usize,
     /// (path, what it is, link target), and how many in all.
     unsafe_paths: Vec<(PathBuf, String, Option<String>)>,
@@ -74,7 +89,7 @@ struct Scan {
 }
 
 impl Scan {
-    fn malformed(&mut self, item: (PathBuf, String, Option<u64>)) {
+    fn malformed(&mut self, item: (PathBuf, NotATask, Option<u64>)) {
         self.malformed_total += 1;
         if self.malformed.len() < MAX_FINDINGS_PER_KIND {
             self.malformed.push(item);
@@ -311,29 +326,25 @@ fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<Stri
 }
 
 /// Read a task's id and type. `Err((reason, size))` when it is not a task.
-fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (String, Option<u64>)> {
+fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (NotATask, Option<u64>)> {
     let content = match fs_safe::read_file(root, &entry.path, MAX_TASK_BYTES) {
         Ok(c) => c,
         Err(SafeError::TooLarge { size, limit, .. }) => {
-            return Err((
-                format!("{size} bytes, larger than the {limit} bytes a task may have; not read"),
-                Some(size),
-            ))
+            return Err((NotATask::TooLarge { size, limit }, Some(size)))
         }
-        Err(e) => return Err((format!("unreadable: {e}"), None)),
+        Err(e) => return Err((NotATask::Unreadable(e), None)),
     };
     parse_task(&content.bytes).map_err(|r| (r, Some(content.size)))
 }
 
 /// Parse a task file: a JSON object whose `id` (string or number) and `type` are read.
-fn parse_task(bytes: &[u8]) -> Result<TaskIdentity, String> {
+fn parse_task(bytes: &[u8]) -> Result<TaskIdentity, NotATask> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty file".into());
+        return Err(NotATask::Empty);
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
     let serde_json::Value::Object(map) = value else {
-        return Err(format!("not a JSON object but {}", json_kind(&value)));
+        return Err(NotATask::NotAnObject(json_kind(&value)));
     };
     let id = match map.get("id") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -407,7 +418,6 @@ fn modified(e: &Entry) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Cap a list of findings of one kind, summarising the rest.
 /// Cap a list of findings of one kind, `total` of them in all, summarising the rest.
 fn capped(
     ctx: &CheckContext,
@@ -439,111 +449,24 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
     let now: Timestamp = ctx.now;
     let stuck_after = i64::from(ctx.spec.diagnostics.stuck_task_seconds);
     let stale_after = i64::from(ctx.spec.diagnostics.stale_lock_seconds);
-    let mut findings = Vec::new();
-
-    // Stuck tasks, oldest first.
-    let mut stuck: Vec<&TaskFile> = scan
-        .active
-        .iter()
-        .filter(|t| t.entry.age_seconds(now) > stuck_after)
-        .collect();
-    stuck.sort_by_key(|t| std::cmp::Reverse(t.entry.age_seconds(now)));
+    let stuck = oldest_first(&scan.active, |t| t.entry.age_seconds(now), stuck_after);
+    let locks = scan.locks.iter().zip(lock_infos.iter());
+    let stale = oldest_first(locks, |(l, _)| l.age_seconds(now), stale_after);
     let stuck_ids: BTreeSet<&str> = stuck.iter().map(|t| t.id.as_str()).collect();
-    let stuck_findings = stuck
-        .iter()
-        .map(|t| {
-            let age = t.entry.age_seconds(now);
-            ctx
-                .finding(
-                    CHECK,
-                    FindingKind::StuckTask,
-                    Severity::Critical,
-                    format!(
-                        "task {} has been in active/ for {age}s ({:.1} minutes), more than {stuck_after}s",
-                        t.id,
-                        age as f64 / 60.0
-                    ),
-                )
-                .with("taskId", &t.id)
-                .with("ageSeconds", age)
-                .with("thresholdSeconds", stuck_after)
-                .with("path", t.entry.path.display())
-                .with("modifiedAt", modified(&t.entry))
-            .with_opt("taskType", t.task_type.as_ref())
-        })
-        .collect();
-    findings.extend(capped(ctx, stuck_findings, scan.stuck_total, "stuck tasks"));
 
-    // Stale locks, oldest first.
+    let mut findings = Vec::new();
+    let stuck_findings = stuck.iter().map(|t| stuck_task(ctx, t)).collect();
+    findings.extend(capped(ctx, stuck_findings, scan.stuck_total, "stuck tasks"));
     let active_ids: BTreeSet<&str> = scan.active.iter().map(|t| t.id.as_str()).collect();
-    let mut stale: Vec<(&Entry, &LockInfo)> = scan
-        .locks
-        .iter()
-        .zip(lock_infos.iter())
-        .filter(|(l, _)| l.age_seconds(now) > stale_after)
-        .collect();
-    stale.sort_by_key(|(l, _)| std::cmp::Reverse(l.age_seconds(now)));
-    let prefix = format!("{}_", ctx.worker_name);
     let stale_findings = stale
         .iter()
-        .map(|(lock, info)| {
-            let age = lock.age_seconds(now);
-            let task = info.task.clone().unwrap_or_else(|| {
-                lock.name
-                    .trim_start_matches(&prefix)
-                    .trim_end_matches(".lock")
-                    .to_string()
-            });
-            // A stale lock on a task that is also stuck in active/ corroborates a deadlock.
-            let severity = if stuck_ids.contains(task.as_str()) {
-                Severity::Critical
-            } else {
-                Severity::Warning
-            };
-            let holder = match (&info.holder, &info.pid) {
-                (Some(h), Some(p)) => format!(" held by {h} (pid {p})"),
-                (Some(h), None) => format!(" held by {h}"),
-                (None, Some(p)) => format!(" held by pid {p}"),
-                (None, None) => String::new(),
-            };
-            ctx.finding(
-                CHECK,
-                FindingKind::StaleLock,
-                severity,
-                format!(
-                    "stale lock {}{holder}: {age}s ({:.1} minutes) old, more than {stale_after}s",
-                    lock.name,
-                    age as f64 / 60.0
-                ),
-            )
-            .with("lockFile", lock.path.display())
-            .with("ageSeconds", age)
-            .with("thresholdSeconds", stale_after)
-            .with("modifiedAt", modified(lock))
-            .with("task", &task)
-            .with("taskActive", active_ids.contains(task.as_str()))
-            .with_opt("holder", info.holder.as_ref())
-            .with_opt("holderPid", info.pid.as_ref())
-            .with_opt("acquiredAt", info.acquired_at.as_ref())
-            .with_opt("lockContent", info.problem.as_ref())
-        })
+        .map(|(lock, info)| stale_lock(ctx, lock, info, &stuck_ids, &active_ids))
         .collect();
     findings.extend(capped(ctx, stale_findings, scan.stale_total, "stale locks"));
-
     let malformed = scan
         .malformed
         .iter()
-        .map(|(path, reason, size)| {
-            ctx.finding(
-                CHECK,
-                FindingKind::MalformedTask,
-                Severity::Warning,
-                format!("task file {} is not a task: {reason}", path.display()),
-            )
-            .with("path", path.display())
-            .with("reason", reason)
-            .with_opt("sizeBytes", size.as_ref())
-        })
+        .map(|(path, reason, size)| malformed_task(ctx, path, reason, *size))
         .collect();
     findings.extend(capped(
         ctx,
@@ -551,66 +474,176 @@ fn judge(ctx: &CheckContext, scan: Scan, lock_infos: Vec<LockInfo>) -> Vec<Findi
         scan.malformed_total,
         "malformed task files",
     ));
-
     let unsafe_paths = scan
         .unsafe_paths
         .iter()
-        .map(|(path, what, target)| {
-            ctx.finding(
-                CHECK,
-                FindingKind::UnsafePath,
-                Severity::Warning,
-                format!("{} is {what}; it was not read", path.display()),
-            )
-            .with("path", path.display())
-            .with("what", what)
-            .with_opt("linkTarget", target.as_ref())
-        })
+        .map(|(path, what, target)| unsafe_path(ctx, path, what, target.as_ref()))
         .collect();
     findings.extend(capped(ctx, unsafe_paths, scan.unsafe_total, "unsafe paths"));
-
     if stuck.is_empty() && stale.is_empty() {
-        let count = |name: &str| {
-            scan.counts
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, c)| *c)
-                .unwrap_or(0)
-        };
-        let mut f = ctx
-            .finding(
-                CHECK,
-                FindingKind::TasksOk,
-                Severity::Info,
-                format!(
-                    "no stuck task or stale lock: {} pending, {} active, {} staged, {} failed, {} locks",
-                    count("pending"),
-                    count("active"),
-                    count("staged"),
-                    count("failed"),
-                    scan.lock_count
-                ),
-            )
-            .with("pending", count("pending"))
-            .with("active", count("active"))
-            .with("staged", count("staged"))
-            .with("failed", count("failed"))
-            .with("locks", scan.lock_count)
-            .with("tasksDir", ctx.paths.tasks_dir.display())
-            .with("locksDir", ctx.paths.locks_dir.display());
-        f = f.with_opt("oldestActiveSeconds", scan.oldest_active_seconds);
-        if scan.not_read > 0 {
-            f = f.with("tasksNotRead", scan.not_read);
-        }
-        if !scan.missing_dirs.is_empty() {
-            f = f.with("missingDirs", join_paths(&scan.missing_dirs));
-        }
-        if scan.locks_missing {
-            f = f.with("locksDirMissing", true);
-        }
-        findings.push(f);
+        findings.push(tasks_ok(ctx, &scan));
     }
     findings
+}
+
+/// The items older than `threshold` seconds by `age`, the oldest first.
+fn oldest_first<T>(
+    items: impl IntoIterator<Item = T>,
+    age: impl Fn(&T) -> i64,
+    threshold: i64,
+) -> Vec<T> {
+    let mut old: Vec<T> = items.into_iter().filter(|i| age(i) > threshold).collect();
+    old.sort_by_key(|i| std::cmp::Reverse(age(i)));
+    old
+}
+
+fn stuck_task(ctx: &CheckContext, t: &TaskFile) -> Finding {
+    let stuck_after = i64::from(ctx.spec.diagnostics.stuck_task_seconds);
+    let age = t.entry.age_seconds(ctx.now);
+    ctx.finding(
+        CHECK,
+        FindingKind::StuckTask,
+        Severity::Critical,
+        format!(
+            "task {} has been in active/ for {age}s ({:.1} minutes), more than {stuck_after}s",
+            t.id,
+            age as f64 / 60.0
+        ),
+    )
+    .with("taskId", &t.id)
+    .with("ageSeconds", age)
+    .with("thresholdSeconds", stuck_after)
+    .with("path", t.entry.path.display())
+    .with("modifiedAt", modified(&t.entry))
+    .with_opt("taskType", t.task_type.as_ref())
+}
+
+fn stale_lock(
+    ctx: &CheckContext,
+    lock: &Entry,
+    info: &LockInfo,
+    stuck_ids: &BTreeSet<&str>,
+    active_ids: &BTreeSet<&str>,
+) -> Finding {
+    let stale_after = i64::from(ctx.spec.diagnostics.stale_lock_seconds);
+    let age = lock.age_seconds(ctx.now);
+    let prefix = format!("{}_", ctx.worker_name);
+    let task = info.task.clone().unwrap_or_else(|| {
+        lock.name
+            .trim_start_matches(&prefix)
+            .trim_end_matches(".lock")
+            .to_string()
+    });
+    // A stale lock on a task that is also stuck in active/ corroborates a deadlock.
+    let severity = if stuck_ids.contains(task.as_str()) {
+        Severity::Critical
+    } else {
+        Severity::Warning
+    };
+    ctx.finding(
+        CHECK,
+        FindingKind::StaleLock,
+        severity,
+        format!(
+            "stale lock {}{}: {age}s ({:.1} minutes) old, more than {stale_after}s",
+            lock.name,
+            held_by(info),
+            age as f64 / 60.0
+        ),
+    )
+    .with("lockFile", lock.path.display())
+    .with("ageSeconds", age)
+    .with("thresholdSeconds", stale_after)
+    .with("modifiedAt", modified(lock))
+    .with("task", &task)
+    .with("taskActive", active_ids.contains(task.as_str()))
+    .with_opt("holder", info.holder.as_ref())
+    .with_opt("holderPid", info.pid.as_ref())
+    .with_opt("acquiredAt", info.acquired_at.as_ref())
+    .with_opt("lockContent", info.problem.as_ref())
+}
+
+/// Who holds a lock, as the summary says it (` held by marie (pid 7)`), or nothing.
+fn held_by(info: &LockInfo) -> String {
+    match (&info.holder, &info.pid) {
+        (Some(h), Some(p)) => format!(" held by {h} (pid {p})"),
+        (Some(h), None) => format!(" held by {h}"),
+        (None, Some(p)) => format!(" held by pid {p}"),
+        (None, None) => String::new(),
+    }
+}
+
+fn malformed_task(
+    ctx: &CheckContext,
+    path: &Path,
+    reason: &NotATask,
+    size: Option<u64>,
+) -> Finding {
+    let reason = error::message(reason);
+    ctx.finding(
+        CHECK,
+        FindingKind::MalformedTask,
+        Severity::Warning,
+        format!("task file {} is not a task: {reason}", path.display()),
+    )
+    .with("path", path.display())
+    .with("reason", &reason)
+    .with_opt("sizeBytes", size.as_ref())
+}
+
+fn unsafe_path(ctx: &CheckContext, path: &Path, what: &str, target: Option<&String>) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::UnsafePath,
+        Severity::Warning,
+        format!("{} is {what}; it was not read", path.display()),
+    )
+    .with("path", path.display())
+    .with("what", what)
+    .with_opt("linkTarget", target)
+}
+
+/// Nothing stuck and nothing stale: the counts of what was seen.
+fn tasks_ok(ctx: &CheckContext, scan: &Scan) -> Finding {
+    let count = |name: &str| {
+        scan.counts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .unwrap_or(0)
+    };
+    let mut f = ctx
+        .finding(
+            CHECK,
+            FindingKind::TasksOk,
+            Severity::Info,
+            format!(
+                "no stuck task or stale lock: {} pending, {} active, {} staged, {} failed, {} locks",
+                count("pending"),
+                count("active"),
+                count("staged"),
+                count("failed"),
+                scan.lock_count
+            ),
+        )
+        .with("pending", count("pending"))
+        .with("active", count("active"))
+        .with("staged", count("staged"))
+        .with("failed", count("failed"))
+        .with("locks", scan.lock_count)
+        .with("tasksDir", ctx.paths.tasks_dir.display())
+        .with("locksDir", ctx.paths.locks_dir.display());
+    f = f.with_opt("oldestActiveSeconds", scan.oldest_active_seconds);
+    if scan.not_read > 0 {
+        f = f.with("tasksNotRead", scan.not_read);
+    }
+    if !scan.missing_dirs.is_empty() {
+        f = f.with("missingDirs", join_paths(&scan.missing_dirs));
+    }
+    if scan.locks_missing {
+        f = f.with("locksDirMissing", true);
+    }
+    f
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
@@ -623,24 +656,12 @@ fn join_paths(paths: &[PathBuf]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, time::SystemTime};
+    use std::fs::File;
+
+    use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
-    use crate::{diagnose::host::testing, docker::fake::FakeRuntime};
-
-    /// ctx.now of the testing context.
-    const NOW: &str = "2026-11-27T10:10:00Z";
-
-    fn ctx_at(root: &Path) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(
-            &w,
-            Ok(Some(testing::running())),
-            FakeRuntime::default(),
-            Err("n/a".into()),
-        )
-    }
+    use crate::diagnose::testing::{self, context_at as ctx_at};
 
     /// Write `content` at `rel` with an mtime `age` seconds before NOW.
     fn put(root: &Path, rel: &str, content: &[u8], age: i64) -> PathBuf {
@@ -652,15 +673,8 @@ mod tests {
     }
 
     fn set_age(p: &Path, age: i64) {
-        let now: Timestamp = NOW.parse().unwrap();
-        let t =
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs((now.as_second() - age) as u64);
-        File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(t)
-            .unwrap();
+        let now: Timestamp = testing::NOW.parse().unwrap();
+        testing::set_modified(p, now - SignedDuration::from_secs(age));
     }
 
     fn of(findings: &[Finding], kind: FindingKind) -> Vec<&Finding> {
@@ -907,14 +921,39 @@ mod tests {
     }
 
     #[test]
+    fn who_holds_a_lock_and_what_is_oldest() {
+        let info = |holder: Option<&str>, pid: Option<&str>| LockInfo {
+            holder: holder.map(String::from),
+            pid: pid.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(
+            held_by(&info(Some("marie"), Some("7"))),
+            " held by marie (pid 7)"
+        );
+        assert_eq!(held_by(&info(Some("marie"), None)), " held by marie");
+        assert_eq!(held_by(&info(None, Some("7"))), " held by pid 7");
+        assert_eq!(held_by(&info(None, None)), "");
+        // Older than the threshold only, the oldest first; equal ages keep their order.
+        let ages = [(1, 5), (2, 900), (3, 301), (4, 300), (5, 900)];
+        assert_eq!(
+            oldest_first(ages, |(_, age)| *age, 300),
+            [(2, 900), (5, 900), (3, 301)]
+        );
+    }
+
+    #[test]
     fn task_and_lock_parsing() {
         assert_eq!(
             parse_task(br#"{"id": 17, "type": "review"}"#).unwrap(),
             (Some("17".into()), Some("review".into()))
         );
         assert_eq!(parse_task(br#"{"type": null}"#).unwrap(), (None, None));
-        assert!(parse_task(b"\"x\"").unwrap_err().contains("a string"));
-        assert!(parse_task(b"  ").unwrap_err().contains("empty"));
+        assert!(parse_task(b"\"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("a string"));
+        assert!(parse_task(b"  ").unwrap_err().to_string().contains("empty"));
         let l = parse_lock(
             br#"{"holder":"marie","pid":12,"task":"t1","acquired_at":"2026-11-27T09:00:00Z"}"#,
         );

@@ -1,6 +1,7 @@
 //! Dependencies (runbook "Root Cause Analysis / Dependency Issues"): required binaries on the
 //! container's PATH and executable (and their `--version`), required Python packages in
-//! `pip list`. Named pipes are the file-side check's business.
+//! `pip list`. Named pipes are checked by [`super::pipes`], which the diagnosis runs next to
+//! this check and reports under it.
 //!
 //! Binaries are looked up with Docker's archive stat, which reads the container's filesystem
 //! whether it runs or not: a worker that exited because a binary is missing is still checked.
@@ -10,7 +11,7 @@ use crate::docker::ContainerState;
 use std::time::Duration;
 
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
     docker::{ContainerInfo, DockerError, PathStat},
 };
 
@@ -27,20 +28,11 @@ const MODE_TYPE: u32 =
     MODE_DIR | MODE_SYMLINK | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19);
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let name = &ctx.spec.container;
     let d = &ctx.spec.diagnostics;
     if d.required_binaries.is_empty() && d.required_python_packages.is_empty() {
         return Ok(Vec::new());
     }
-    let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
-        Ok(None) => {
-            return Err(format!(
-                "container {name:?} does not exist: its filesystem cannot be searched"
-            ))
-        }
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(Some("its filesystem cannot be searched"))?;
     let running =
         c.running && c.status != ContainerState::Restarting && c.status != ContainerState::Paused;
     let mut findings = Vec::new();
@@ -149,7 +141,7 @@ async fn check_binary(
     c: &ContainerInfo,
     running: bool,
     binary: &str,
-) -> Result<Finding, String> {
+) -> Result<Finding, CheckError> {
     let name = &ctx.spec.container;
     let dirs = if binary.contains('/') {
         Vec::new()
@@ -167,9 +159,9 @@ async fn check_binary(
         let found = match lookup(ctx, candidate).await {
             Ok(found) => found,
             Err(DockerError::NotFound(_)) => {
-                return Err(format!(
-                    "container {name:?} disappeared while it was searched"
-                ))
+                return Err(CheckError::Disappeared {
+                    container: name.clone(),
+                })
             }
             Err(e) => {
                 return Ok(ctx
@@ -208,6 +200,19 @@ async fn check_binary(
             }
         }
     }
+    Ok(not_usable(ctx, binary, &dirs, not_executable, &dangling))
+}
+
+/// No executable `binary` was found: the first entry of its name that cannot be executed, or
+/// none at all; with the directories searched and the symlinks that lead nowhere.
+fn not_usable(
+    ctx: &CheckContext,
+    binary: &str,
+    dirs: &[String],
+    not_executable: Option<(String, PathStat)>,
+    dangling: &[String],
+) -> Finding {
+    let name = &ctx.spec.container;
     let mut f = match not_executable {
         Some((path, stat)) => ctx
             .finding(
@@ -242,7 +247,7 @@ async fn check_binary(
     if !dangling.is_empty() {
         f = f.with("danglingSymlinks", dangling.join(", "));
     }
-    Ok(f)
+    f
 }
 
 /// Add `<path> --version`'s first line to a present binary's finding (when running).
@@ -462,7 +467,7 @@ pub fn match_package(
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ExecOutput},
     };
 
@@ -474,14 +479,6 @@ mod tests {
             size,
             ..Default::default()
         }
-    }
-
-    fn ok(stdout: &str) -> Result<ExecOutput, String> {
-        Ok(ExecOutput {
-            exit_code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        })
     }
 
     fn ctx(
@@ -555,9 +552,8 @@ mod tests {
         ))
         .await
         .unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::BinaryMissing,
                 FindingKind::BinaryPresent,
@@ -591,7 +587,7 @@ mod tests {
         fake.paths.insert("/opt/claude/bin/claude".into(), exe(42));
         fake.exec.insert(
             "/bin/claude --version".into(),
-            ok("1.0.3 (Claude Code)\nmore\n"),
+            exec_ok("1.0.3 (Claude Code)\nmore\n"),
         );
         let f = run(&ctx(running(), &["claude"], &[], fake)).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::BinaryPresent);
@@ -669,8 +665,10 @@ mod tests {
                 stderr: "exec: \"pip\": executable file not found in $PATH".into(),
             }),
         );
-        fake.exec
-            .insert("python3 -m pip list --format=freeze".into(), ok(FREEZE));
+        fake.exec.insert(
+            "python3 -m pip list --format=freeze".into(),
+            exec_ok(FREEZE),
+        );
         let f = run(&ctx(
             running(),
             &[],
@@ -679,9 +677,8 @@ mod tests {
         ))
         .await
         .unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::PackagePresent,
                 FindingKind::PackagePresent,
@@ -701,7 +698,7 @@ mod tests {
         let mut fake = FakeRuntime::default();
         fake.paths.insert("/bin/tool".into(), exe(1));
         fake.exec
-            .insert("/bin/tool --version".into(), ok("tool 2\n"));
+            .insert("/bin/tool --version".into(), exec_ok("tool 2\n"));
         let f = run(&ctx(running(), &["tool"], &["structlog"], fake))
             .await
             .unwrap();

@@ -4,12 +4,16 @@
 //!
 //! The runbook runs `ulimit -n` and `ls /proc/self/fd | wc -l` in a new shell, which measures
 //! the shell, not the worker; here both come from the worker's own process
-//! (`/proc/<pid>/limits`, `/proc/<pid>/fd`), found as the process check finds it: PID 1, or
-//! the main child of an init under `docker run --init`.
-//! Descriptors can only be counted in a running container: a stopped one is `Err`.
+//! (`/proc/<pid>/limits`, `/proc/<pid>/fd`), the one the process check examines
+//! ([`super::process::locate`], found once per diagnosis): the spec's `processName`, the main
+//! child of an init, or PID 1.
+//! Descriptors can only be counted in a running container: for a stopped one the check
+//! cannot run.
 
-use super::process::Located;
-use crate::diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity};
+use super::{first_line, percent, process::Located};
+use crate::diagnose::{
+    CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
+};
 use crate::docker::ContainerState;
 
 /// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
@@ -29,37 +33,30 @@ pub const FILE_TABLE_WARN_PERCENT: f64 = 90.0;
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let name = &ctx.spec.container;
-    let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
-        Ok(None) => return Err(format!("container {name:?} does not exist")),
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(None)?;
     if !c.running || c.status == ContainerState::Restarting || c.status == ContainerState::Paused {
-        return Err(format!(
-            "container is not running ({}); file descriptors can only be counted in a running container",
-            c.status
-        ));
+        return Err(CheckError::NotRunningToCountDescriptors { state: c.status });
     }
     let (pid, process, selected_by) = match ctx.worker_process().await? {
         Located::Found { pid, status, how } => (pid, status.name, how.as_str()),
-        Located::Missing(why) => return Err(why),
+        Located::Missing(why) => return Err(CheckError::NoWorkerProcess(why)),
     };
     let script = script(pid);
     let out = ctx
         .docker
-        .exec(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            &["sh", "-c", &script],
-        )
+        .exec(ctx.container_ref()?, &["sh", "-c", &script])
         .await
-        .map_err(|e| format!("cannot exec into {name:?} to count descriptors: {e}"))?;
+        .map_err(|source| CheckError::CountDescriptors {
+            container: name.clone(),
+            source,
+        })?;
     let sections: Vec<&str> = out.stdout.split("---\n").collect();
     if sections.len() < 3 {
-        return Err(format!(
-            "unexpected output of `sh -c '{script}'` (exit code {}): {}",
-            out.exit_code.map_or("none".into(), |c| c.to_string()),
-            first_line(&out.stderr, &out.stdout)
-        ));
+        return Err(CheckError::UnexpectedOutput {
+            exit_code: out.exit_code.map_or("none".into(), |c| c.to_string()),
+            output: first_line(&out.stderr, &out.stdout).to_string(),
+            script,
+        });
     }
     let mut findings = Vec::new();
 
@@ -85,41 +82,41 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         ),
     }
 
-    match parse_file_nr(sections[2]) {
-        Some(nr) => {
-            let percent = percent(nr.allocated, nr.max);
-            let warn = percent >= FILE_TABLE_WARN_PERCENT;
-            findings.push(
-                ctx.finding(
-                    CheckName::FileDescriptors,
-                    FindingKind::SystemFileTable,
-                    if warn {
-                        Severity::Warning
-                    } else {
-                        Severity::Info
-                    },
-                    format!(
-                        "system file table: {} of {} handles allocated ({percent:.1}%)",
-                        nr.allocated, nr.max
-                    ),
-                )
-                .with("allocated", nr.allocated)
-                .with("free", nr.free)
-                .with("max", nr.max)
-                .with("usagePercent", format!("{percent:.1}")),
-            );
-        }
-        None => findings.push(
-            ctx.finding(
+    findings.push(file_table(ctx, sections[2], &out.stderr));
+    Ok(findings)
+}
+
+/// The system-wide file table from `/proc/sys/fs/file-nr`, or why it cannot be read.
+fn file_table(ctx: &CheckContext, file_nr: &str, stderr: &str) -> Finding {
+    let Some(nr) = parse_file_nr(file_nr) else {
+        return ctx
+            .finding(
                 CheckName::FileDescriptors,
                 FindingKind::CheckFailed,
                 Severity::Warning,
                 "cannot read /proc/sys/fs/file-nr".to_string(),
             )
-            .with("error", first_line(sections[2], &out.stderr)),
+            .with("error", first_line(file_nr, stderr));
+    };
+    let percent = percent(nr.allocated, nr.max);
+    let warn = percent >= FILE_TABLE_WARN_PERCENT;
+    ctx.finding(
+        CheckName::FileDescriptors,
+        FindingKind::SystemFileTable,
+        if warn {
+            Severity::Warning
+        } else {
+            Severity::Info
+        },
+        format!(
+            "system file table: {} of {} handles allocated ({percent:.1}%)",
+            nr.allocated, nr.max
         ),
-    }
-    Ok(findings)
+    )
+    .with("allocated", nr.allocated)
+    .with("free", nr.free)
+    .with("max", nr.max)
+    .with("usagePercent", format!("{percent:.1}"))
 }
 
 fn fd_finding(
@@ -178,23 +175,6 @@ fn fd_finding(
     f
 }
 
-fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
-    let text = if preferred.trim().is_empty() {
-        other
-    } else {
-        preferred
-    };
-    text.trim().lines().next().unwrap_or("")
-}
-
-fn percent(used: u64, of: u64) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        used as f64 * 100.0 / of as f64
-    }
-}
-
 /// Soft and hard `Max open files` of a process; `None` means unlimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NofileLimit {
@@ -239,7 +219,7 @@ pub fn parse_file_nr(text: &str) -> Option<FileNr> {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ContainerInfo, ExecOutput},
     };
 
@@ -359,12 +339,15 @@ mod tests {
             FakeRuntime::default(),
             Ok(String::new()),
         );
-        let err = run(&ctx).await.unwrap_err();
+        let err = run(&ctx).await.unwrap_err().to_string();
         assert!(
             err.contains("only be counted in a running container"),
             "{err}"
         );
-        let err = run(&ctx_with("sh: not found".into())).await.unwrap_err();
+        let err = run(&ctx_with("sh: not found".into()))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unexpected output"), "{err}");
         let partial = run(&ctx_with(format!("nope\n---\nx\n---\n{}", "1 0 100")))
             .await

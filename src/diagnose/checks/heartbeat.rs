@@ -1,6 +1,8 @@
-//! Heartbeat check (runbook: "Check last heartbeat"): the heartbeat file is present, parseable
-//! and younger than the Worker's `heartbeatTimeoutSeconds`; and, compared with the previous
-//! observation in the Worker's status, the worker is making progress on its current task.
+//! Heartbeat check (runbook: "Check last heartbeat"): the heartbeat file is present, a regular
+//! file, and younger than the Worker's `heartbeatTimeoutSeconds` (by the time it holds, or by
+//! its modification time when its content has none or cannot be parsed, which is a finding
+//! of its own); and, compared with the previous observation in the Worker's status, the worker
+//! is making progress on its current task.
 
 use std::time::Duration;
 
@@ -8,10 +10,12 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     crd::worker::WorkerStatus,
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::{
         fs_safe::{self, SafeError},
-        heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES},
+        heartbeat::{
+            self, ContentIssue, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES,
+        },
     },
 };
 
@@ -25,115 +29,132 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let path = ctx.paths.heartbeat_file.display().to_string();
     let content = match read {
         Ok(content) => content,
-        Err(SafeError::Missing(_)) => {
-            return Ok(vec![ctx
-                .finding(
-                    CHECK,
-                    FindingKind::HeartbeatMissing,
-                    Severity::Critical,
-                    format!("no heartbeat file at {path}"),
-                )
-                .with("path", &path)])
-        }
-        Err(SafeError::Io { message, .. }) => {
-            return Err(format!("cannot read the heartbeat file {path}: {message}"))
-        }
-        Err(e) => {
-            let (reason, mut finding) = match &e {
-                SafeError::Symlink { target, .. } => {
-                    let f = ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is a symlink; it is not followed"),
-                    );
-                    (
-                        "symlink",
-                        match target {
-                            Some(t) => f.with("linkTarget", t),
-                            None => f,
-                        },
-                    )
-                }
-                SafeError::TooLarge { size, limit, .. } => (
-                    "huge",
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is {size} bytes, too large to be a heartbeat; not read"),
-                    )
-                    .with("sizeBytes", size)
-                    .with("limitBytes", limit),
-                ),
-                SafeError::WrongKind { kind, .. } => (
-                    "notRegularFile",
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} is a {kind}, not a regular file"),
-                    )
-                    .with("fileType", kind),
-                ),
-                _ => (
-                    e.reason(),
-                    ctx.finding(
-                        CHECK,
-                        FindingKind::HeartbeatInvalid,
-                        Severity::Critical,
-                        format!("the heartbeat {path} cannot be read safely: {e}"),
-                    ),
-                ),
-            };
-            finding = finding
-                .with("reason", reason)
-                .with("detail", &e)
-                .with("path", &path);
-            return Ok(vec![finding]);
-        }
+        Err(e) => return not_read(ctx, &path, e),
     };
     let hb = match heartbeat::interpret(&content) {
         HeartbeatObservation::Present(hb) => hb,
         HeartbeatObservation::Invalid(detail) => {
-            let f = ctx
-                .finding(
-                    CHECK,
-                    FindingKind::HeartbeatInvalid,
-                    Severity::Critical,
-                    format!("the heartbeat {path} has no time: {detail}"),
-                )
-                .with("reason", "noTime")
-                .with("detail", &detail)
-                .with("path", &path)
-                .with("sizeBytes", content.size);
-            return Ok(vec![f]);
+            return Ok(vec![no_time(ctx, &path, &detail, content.size)])
         }
         // `interpret` only answers Present or Invalid for a file that was read.
-        other => return Err(format!("unexpected heartbeat observation {other:?}")),
+        other => return Err(CheckError::UnexpectedHeartbeat(Box::new(other))),
     };
     let mut findings = Vec::new();
     if let Some(issue) = hb.issue.as_ref().filter(|i| i.is_unreadable()) {
-        // Still a finding, but not a dead worker: freshness is judged by the file's time below.
-        findings.push(
-            ctx.finding(
-                CHECK,
-                FindingKind::HeartbeatInvalid,
-                Severity::Warning,
-                format!(
-                    "the heartbeat {path} is {}: {issue}; its freshness is judged by the file's modification time",
-                    issue.reason()
-                ),
-            )
-            .with("reason", issue.reason())
-            .with("detail", issue)
-            .with("path", &path)
-            .with("sizeBytes", content.size)
-            .with_opt("fileModified", content.modified),
-        );
+        findings.push(unreadable_content(
+            ctx,
+            &path,
+            issue,
+            content.size,
+            content.modified,
+        ));
     }
     findings.extend(assess(ctx, &hb, &path));
     Ok(findings)
+}
+
+/// The heartbeat file could not be read: missing, or not a file to trust (a symlink, too
+/// large, not a regular file). Only an I/O error fails the check: the rest say something
+/// about the worker.
+fn not_read(ctx: &CheckContext, path: &str, e: SafeError) -> CheckResult {
+    match e {
+        SafeError::Missing(_) => Ok(vec![ctx
+            .finding(
+                CHECK,
+                FindingKind::HeartbeatMissing,
+                Severity::Critical,
+                format!("no heartbeat file at {path}"),
+            )
+            .with("path", path)]),
+        SafeError::Io { message, .. } => Err(CheckError::HeartbeatUnreadable {
+            path: path.to_string(),
+            message,
+        }),
+        e => Ok(vec![not_a_heartbeat_file(ctx, path, &e)]),
+    }
+}
+
+/// A heartbeat that is not read because of what the file is, with the reason as evidence.
+fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &SafeError) -> Finding {
+    let invalid = |summary: String| {
+        ctx.finding(
+            CHECK,
+            FindingKind::HeartbeatInvalid,
+            Severity::Critical,
+            summary,
+        )
+    };
+    let (reason, finding) = match e {
+        SafeError::Symlink { target, .. } => (
+            "symlink",
+            invalid(format!(
+                "the heartbeat {path} is a symlink; it is not followed"
+            ))
+            .with_opt("linkTarget", target.as_ref()),
+        ),
+        SafeError::TooLarge { size, limit, .. } => (
+            "huge",
+            invalid(format!(
+                "the heartbeat {path} is {size} bytes, too large to be a heartbeat; not read"
+            ))
+            .with("sizeBytes", size)
+            .with("limitBytes", limit),
+        ),
+        SafeError::WrongKind { kind, .. } => (
+            "notRegularFile",
+            invalid(format!(
+                "the heartbeat {path} is a {kind}, not a regular file"
+            ))
+            .with("fileType", kind),
+        ),
+        _ => (
+            e.reason(),
+            invalid(format!("the heartbeat {path} cannot be read safely: {e}")),
+        ),
+    };
+    finding
+        .with("reason", reason)
+        .with("detail", e)
+        .with("path", path)
+}
+
+/// A heartbeat whose content has no time and whose file has no modification time either.
+fn no_time(ctx: &CheckContext, path: &str, detail: &str, size: u64) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::HeartbeatInvalid,
+        Severity::Critical,
+        format!("the heartbeat {path} has no time: {detail}"),
+    )
+    .with("reason", "noTime")
+    .with("detail", detail)
+    .with("path", path)
+    .with("sizeBytes", size)
+}
+
+/// Content that cannot be read (empty, corrupt): still a finding, but not a dead worker, since
+/// freshness is then judged by the file's modification time.
+fn unreadable_content(
+    ctx: &CheckContext,
+    path: &str,
+    issue: &ContentIssue,
+    size: u64,
+    modified: Option<Timestamp>,
+) -> Finding {
+    ctx.finding(
+        CHECK,
+        FindingKind::HeartbeatInvalid,
+        Severity::Warning,
+        format!(
+            "the heartbeat {path} is {}: {issue}; its freshness is judged by the file's modification time",
+            issue.reason()
+        ),
+    )
+    .with("reason", issue.reason())
+    .with("detail", issue)
+    .with("path", path)
+    .with("sizeBytes", size)
+    .with_opt("fileModified", modified)
 }
 
 /// Judge a heartbeat: fresh or stale (by the one judge the Worker controller uses too), and
@@ -292,19 +313,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        crd::worker::HeartbeatSummary, diagnose::host::testing, docker::fake::FakeRuntime,
+        crd::worker::HeartbeatSummary,
+        diagnose::testing::{self, context_at as ctx_at},
     };
-
-    fn ctx_at(root: &Path) -> CheckContext {
-        let mut w = testing::worker();
-        w.spec.shared_root = root.display().to_string();
-        testing::context(
-            &w,
-            Ok(Some(testing::running())),
-            FakeRuntime::default(),
-            Err("n/a".into()),
-        )
-    }
 
     fn write_hb(root: &Path, content: &[u8]) -> std::path::PathBuf {
         let dir = root.join("workers/marie");
@@ -315,15 +326,7 @@ mod tests {
     }
 
     fn set_mtime(path: &Path, at: &str) {
-        let at: Timestamp = at.parse().unwrap();
-        let time =
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.as_millisecond() as u64);
-        std::fs::File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(time)
-            .unwrap();
+        testing::set_modified(path, at.parse().unwrap());
     }
 
     fn hb_json(ts: &str, task: Option<&str>, progress: u64) -> Vec<u8> {

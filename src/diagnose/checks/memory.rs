@@ -10,11 +10,13 @@ use std::collections::BTreeSet;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
+    diagnose::{
+        error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
+    },
     docker::ContainerInfo,
 };
 
-use super::container::human_bytes;
+use super::{container::human_bytes, percent};
 
 /// Usage at or above this share of the limit is a warning.
 pub const NEAR_LIMIT_PERCENT: f64 = 90.0;
@@ -24,41 +26,44 @@ const MAX_KERNEL_LINES: usize = 4;
 const EVENT_MARGIN: SignedDuration = SignedDuration::from_secs(60);
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let name = &ctx.spec.container;
-    let c = match &ctx.container {
-        Err(reason) => return Err(format!("cannot inspect container {name:?}: {reason}")),
-        Ok(None) => {
-            return Err(format!(
-                "container {name:?} does not exist: no memory to look at"
-            ))
-        }
-        Ok(Some(c)) => c,
-    };
+    let c = ctx.inspected_container(Some("no memory to look at"))?;
     let mut findings = Vec::new();
-
     // Usage against the limit (running), or the configured limit alone (stopped).
     findings.extend(usage(ctx, c).await);
+    findings.extend(oom_events(ctx, c).await?);
+    findings.extend(kernel_oom_kill(ctx, c).await);
+    Ok(findings)
+}
 
-    // Docker's `oom` events: since the container started (or the log window, whichever is
-    // earlier, so an OOM before a Docker restart is seen too), until now.
-    let window_start = ctx
-        .now
-        .checked_sub(SignedDuration::from_secs(i64::from(
-            ctx.spec.diagnostics.log_window_seconds,
-        )))
-        .unwrap_or(ctx.now);
-    let since = c
-        .started_at
+/// From when Docker's `oom` events are looked for: since the container started or the log
+/// window began, whichever is earlier (so an OOM before a Docker restart is seen too), with a
+/// margin.
+fn oom_events_since(
+    now: Timestamp,
+    log_window_seconds: u32,
+    started_at: Option<Timestamp>,
+) -> Timestamp {
+    let window_start = now
+        .checked_sub(SignedDuration::from_secs(i64::from(log_window_seconds)))
+        .unwrap_or(now);
+    started_at
         .map_or(window_start, |s| s.min(window_start))
         .checked_sub(EVENT_MARGIN)
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// Docker's `oom` events of the container until now: a finding when there are any, a partial
+/// failure when they cannot be read.
+async fn oom_events(ctx: &CheckContext, c: &ContainerInfo) -> Result<Option<Finding>, CheckError> {
+    let name = &ctx.spec.container;
+    let since = oom_events_since(
+        ctx.now,
+        ctx.spec.diagnostics.log_window_seconds,
+        c.started_at,
+    );
     match ctx
         .docker
-        .oom_events(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            since,
-            ctx.now,
-        )
+        .oom_events(ctx.container_ref()?, since, ctx.now)
         .await
     {
         Ok(times) if !times.is_empty() => {
@@ -67,7 +72,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(", ");
-            findings.push(
+            Ok(Some(
                 ctx.finding(
                     CheckName::Memory,
                     FindingKind::OomEvent,
@@ -83,57 +88,64 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 .with("since", since)
                 .with("oomKilled", c.oom_killed)
                 .with_opt("memoryLimitBytes", c.memory_limit),
+            ))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Ok(Some(failed(
+            ctx,
+            format!("cannot read Docker oom events: {e}"),
+        ))),
+    }
+}
+
+/// The kernel's own account of OOM kills in the container, when the host log is readable.
+async fn kernel_oom_kill(ctx: &CheckContext, c: &ContainerInfo) -> Option<Finding> {
+    let name = &ctx.spec.container;
+    let log = match ctx.host.kernel_log().await {
+        Ok(log) => log,
+        Err(e) => {
+            let why = error::message(&e);
+            return Some(
+                ctx.finding(
+                    CheckName::Memory,
+                    FindingKind::KernelLogUnavailable,
+                    Severity::Info,
+                    format!("the kernel log cannot be read, OOM-killer lines not checked: {why}"),
+                )
+                .with("reason", why),
             );
         }
-        Ok(_) => {}
-        Err(e) => findings.push(failed(ctx, format!("cannot read Docker oom events: {e}"))),
+    };
+    let pids: Vec<u64> = c
+        .pid
+        .and_then(|p| u64::try_from(p).ok())
+        .into_iter()
+        .collect();
+    let kill = kernel_oom_lines(&log, &c.id, &pids);
+    if kill.lines.is_empty() {
+        return None;
     }
-
-    // The kernel's own account, when the host log is readable.
-    match ctx.host.kernel_log().await {
-        Ok(log) => {
-            let pids: Vec<u64> = c
-                .pid
-                .and_then(|p| u64::try_from(p).ok())
-                .into_iter()
-                .collect();
-            let kill = kernel_oom_lines(&log, &c.id, &pids);
-            if !kill.lines.is_empty() {
-                let mut f = ctx
-                    .finding(
-                        CheckName::Memory,
-                        FindingKind::KernelOomKill,
-                        Severity::Critical,
-                        format!(
-                            "the kernel log shows the OOM killer acting in {name:?} ({} line(s))",
-                            kill.lines.len()
-                        ),
-                    )
-                    // The most recent kills, so that a crash loop's last one is not cut.
-                    .with(
-                        "lines",
-                        kill.lines[kill.lines.len().saturating_sub(MAX_KERNEL_LINES)..].join("\n"),
-                    )
-                    .with("lineCount", kill.lines.len())
-                    .with("containerId", &c.id);
-                if !kill.killed_pids.is_empty() {
-                    f = f.with("killedPids", join(&kill.killed_pids));
-                }
-                f = f.with_opt("task", kill.tasks.first());
-                findings.push(f);
-            }
-        }
-        Err(why) => findings.push(
-            ctx.finding(
-                CheckName::Memory,
-                FindingKind::KernelLogUnavailable,
-                Severity::Info,
-                format!("the kernel log cannot be read, OOM-killer lines not checked: {why}"),
-            )
-            .with("reason", why),
-        ),
+    let mut f = ctx
+        .finding(
+            CheckName::Memory,
+            FindingKind::KernelOomKill,
+            Severity::Critical,
+            format!(
+                "the kernel log shows the OOM killer acting in {name:?} ({} line(s))",
+                kill.lines.len()
+            ),
+        )
+        // The most recent kills, so that a crash loop's last one is not cut.
+        .with(
+            "lines",
+            kill.lines[kill.lines.len().saturating_sub(MAX_KERNEL_LINES)..].join("\n"),
+        )
+        .with("lineCount", kill.lines.len())
+        .with("containerId", &c.id);
+    if !kill.killed_pids.is_empty() {
+        f = f.with("killedPids", join(&kill.killed_pids));
     }
-    Ok(findings)
+    Some(f.with_opt("task", kill.tasks.first()))
 }
 
 async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
@@ -215,14 +227,6 @@ fn failed(ctx: &CheckContext, reason: String) -> Finding {
         format!("part of the memory check could not run: {reason}"),
     )
     .with("error", reason)
-}
-
-fn percent(used: u64, of: u64) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        used as f64 * 100.0 / of as f64
-    }
 }
 
 fn join(values: &[u64]) -> String {
@@ -349,7 +353,7 @@ fn reaped_process(line: &str) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::{testing::*, KernelLogError},
         docker::{fake::FakeRuntime, ContainerInfo, MemoryStats},
     };
 
@@ -404,6 +408,23 @@ mod tests {
     }
 
     #[test]
+    fn oom_events_are_looked_for_from_the_earlier_of_start_and_window() {
+        let at = |t: &str| t.parse::<Timestamp>().unwrap();
+        let now = at("2026-11-27T10:10:00Z");
+        // Started within the window: from the window's start, less the margin.
+        assert_eq!(
+            oom_events_since(now, 600, Some(at("2026-11-27T10:05:00Z"))),
+            at("2026-11-27T09:59:00Z")
+        );
+        // Started before it: from the start.
+        assert_eq!(
+            oom_events_since(now, 600, Some(at("2026-11-27T08:00:00Z"))),
+            at("2026-11-27T07:59:00Z")
+        );
+        assert_eq!(oom_events_since(now, 600, None), at("2026-11-27T09:59:00Z"));
+    }
+
+    #[test]
     fn key_value_fields() {
         assert_eq!(field("a,task=sw,pid=12,uid=0", "pid="), Some("12"));
         assert_eq!(field("a,tgid=5,pid=12", "pid="), Some("12"));
@@ -432,9 +453,8 @@ mod tests {
         };
         let ctx = context(&worker(), Ok(Some(oomed())), fake, Ok(dmesg()));
         let f = run(&ctx).await.unwrap();
-        let kinds: Vec<_> = f.iter().map(|f| f.kind).collect();
         assert_eq!(
-            kinds,
+            kinds(&f),
             [
                 FindingKind::MemoryUsage,
                 FindingKind::OomEvent,
@@ -482,14 +502,19 @@ mod tests {
             &worker(),
             Ok(Some(c)),
             fake,
-            Err("dmesg is not installed".into()),
+            Err(KernelLogError::NotInstalled {
+                program: "dmesg".into(),
+            }),
         );
         let f = run(&ctx).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::MemoryNearLimit);
         assert_eq!(f[0].severity, Severity::Warning);
         assert_eq!(f[0].evidence["usagePercent"], "93.8");
         assert_eq!(f[1].kind, FindingKind::KernelLogUnavailable);
-        assert_eq!(f[1].evidence["reason"], "dmesg is not installed");
+        assert_eq!(
+            f[1].evidence["reason"],
+            "dmesg is not installed on the operator's host (not on PATH)"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Metrics-endpoint check (runbook: `curl -f http://marie:9091/metrics` and "Real-time Health
 //! Checks"): the endpoint answers 200 within a timeout, and `active_tasks`, `task_failed_total`
-//! and `task_completed_total` are read from its Prometheus text. The GET goes through the
+//! and `task_completed_total` (with `worker_up` and `heartbeat_timestamp_seconds` as evidence
+//! when present) are read from its Prometheus text. The GET goes through the
 //! operator's HTTP client (`crate::http`): `http://` or `https://`, under the URL policy.
 
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ mod tests {
     use super::*;
     use crate::{
         crd::worker::MetricsEndpointSpec,
-        diagnose::host::testing,
+        diagnose::testing,
         docker::fake::FakeRuntime,
         http::{self, HttpClient, UrlPolicy},
         observe::prometheus_text::tests::SAMPLE,
@@ -128,7 +129,7 @@ mod tests {
             &w,
             Ok(Some(testing::running())),
             FakeRuntime::default(),
-            Err("n/a".into()),
+            Ok(String::new()),
         )
     }
 

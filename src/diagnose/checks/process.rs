@@ -7,10 +7,13 @@
 //! (`docker run --init`, or PID 1 is a known init such as `tini`), PID 1's main child; PID 1
 //! otherwise. The finding says which PID was examined and how it was chosen.
 
+use std::sync::Arc;
+
+use super::first_line;
 use crate::docker::ContainerState;
 use crate::{
-    diagnose::{CheckContext, CheckName, CheckResult, FindingKind, Severity},
-    docker::ContainerInfo,
+    diagnose::{CheckContext, CheckError, CheckName, CheckResult, FindingKind, Severity},
+    docker::{ContainerInfo, DockerError},
 };
 
 /// Names of init processes that run the real worker as their child.
@@ -53,8 +56,58 @@ pub enum Located {
     Missing(String),
 }
 
+/// Why the worker's own process could not be looked for. Clone: it is found once per
+/// diagnosis and shared by the checks that look at it ([`CheckContext::worker_process`]).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("container {0:?} is not running")]
+    NotRunning(String),
+    /// No container to ask the engine about (see [`CheckContext::container_ref`]).
+    #[error(transparent)]
+    Engine(Arc<DockerError>),
+    #[error("cannot exec `{command}` in {container:?}")]
+    Exec {
+        command: String,
+        container: String,
+        #[source]
+        source: Arc<DockerError>,
+    },
+    #[error("`{command}` in {container:?} exited with {exit_code}: {output}")]
+    Exited {
+        command: String,
+        container: String,
+        exit_code: String,
+        output: String,
+    },
+    #[error("cannot parse {path} of {container:?}: {output}")]
+    Unparseable {
+        path: String,
+        container: String,
+        output: String,
+    },
+    #[error("`ls /proc` in {container:?} listed no process: {output}")]
+    NoProcesses { container: String, output: String },
+}
+
+impl From<DockerError> for ProcessError {
+    fn from(e: DockerError) -> Self {
+        Self::Engine(Arc::new(e))
+    }
+}
+
+/// `command` run in the worker's container failed.
+fn exec_failed(ctx: &CheckContext, command: &str) -> impl FnOnce(DockerError) -> ProcessError {
+    let container = ctx.spec.container.clone();
+    let command = command.to_string();
+    move |e| ProcessError::Exec {
+        command,
+        container,
+        source: Arc::new(e),
+    }
+}
+
 /// Find the worker's own process in the running container `c` (see the module doc).
-pub async fn locate(ctx: &CheckContext, c: &ContainerInfo) -> Result<Located, String> {
+pub async fn locate(ctx: &CheckContext, c: &ContainerInfo) -> Result<Located, ProcessError> {
     let name = &ctx.spec.container;
     let pid1 = read_status(ctx, 1).await?;
     let wanted = ctx.spec.diagnostics.process_name.as_deref();
@@ -120,44 +173,37 @@ fn name_matches(comm: &str, wanted: &str) -> bool {
     comm == wanted || (comm.len() == 15 && wanted.starts_with(comm))
 }
 
-async fn read_status(ctx: &CheckContext, pid: u32) -> Result<ProcStatus, String> {
+async fn read_status(ctx: &CheckContext, pid: u32) -> Result<ProcStatus, ProcessError> {
     let name = &ctx.spec.container;
     let path = format!("/proc/{pid}/status");
     let out = ctx
         .docker
-        .exec(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            &["cat", &path],
-        )
+        .exec(ctx.container_ref()?, &["cat", &path])
         .await
-        .map_err(|e| format!("cannot exec `cat {path}` in {name:?}: {e}"))?;
+        .map_err(exec_failed(ctx, &format!("cat {path}")))?;
     if out.exit_code != Some(0) {
-        return Err(format!(
-            "`cat {path}` in {name:?} exited with {}: {}",
-            out.exit_code.map_or("no code".into(), |c| c.to_string()),
-            first_line(&out.stderr, &out.stdout)
-        ));
+        return Err(ProcessError::Exited {
+            command: format!("cat {path}"),
+            container: name.clone(),
+            exit_code: out.exit_code.map_or("no code".into(), |c| c.to_string()),
+            output: first_line(&out.stderr, &out.stdout).to_string(),
+        });
     }
-    parse_status(&out.stdout).ok_or_else(|| {
-        format!(
-            "cannot parse {path} of {name:?}: {}",
-            first_line(&out.stdout, &out.stderr)
-        )
+    parse_status(&out.stdout).ok_or_else(|| ProcessError::Unparseable {
+        path,
+        container: name.clone(),
+        output: first_line(&out.stdout, &out.stderr).to_string(),
     })
 }
 
 /// Every process of the container, from `ls /proc` and one `cat` of their status files
 /// (no shell needed). Processes that end meanwhile are simply absent.
-async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, String> {
-    let name = &ctx.spec.container;
+async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, ProcessError> {
     let ls = ctx
         .docker
-        .exec(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            &["ls", "/proc"],
-        )
+        .exec(ctx.container_ref()?, &["ls", "/proc"])
         .await
-        .map_err(|e| format!("cannot exec `ls /proc` in {name:?}: {e}"))?;
+        .map_err(exec_failed(ctx, "ls /proc"))?;
     let paths: Vec<String> = ls
         .stdout
         .split_whitespace()
@@ -166,18 +212,18 @@ async fn list_processes(ctx: &CheckContext) -> Result<Vec<ProcStatus>, String> {
         .map(|pid| format!("/proc/{pid}/status"))
         .collect();
     if paths.is_empty() {
-        return Err(format!(
-            "`ls /proc` in {name:?} listed no process: {}",
-            first_line(&ls.stderr, &ls.stdout)
-        ));
+        return Err(ProcessError::NoProcesses {
+            container: ctx.spec.container.clone(),
+            output: first_line(&ls.stderr, &ls.stdout).to_string(),
+        });
     }
     let mut cmd = vec!["cat"];
     cmd.extend(paths.iter().map(String::as_str));
     let out = ctx
         .docker
-        .exec(ctx.container_ref().map_err(|e| e.to_string())?, &cmd)
+        .exec(ctx.container_ref()?, &cmd)
         .await
-        .map_err(|e| format!("cannot exec `cat /proc/*/status` in {name:?}: {e}"))?;
+        .map_err(exec_failed(ctx, "cat /proc/*/status"))?;
     Ok(split_statuses(&out.stdout))
 }
 
@@ -200,7 +246,7 @@ pub fn split_statuses(text: &str) -> Vec<ProcStatus> {
 fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
     let name = &ctx.spec.container;
     let c = match &ctx.container {
-        Err(reason) => return Err(Err(format!("cannot inspect container {name:?}: {reason}"))),
+        Err(reason) => return Err(Err(ctx.uninspectable(reason))),
         Ok(None) => {
             return Err(Ok(vec![ctx
                 .finding(
@@ -228,9 +274,9 @@ fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
         )]));
     }
     if c.status == ContainerState::Paused {
-        return Err(Err(format!(
-            "container {name:?} is paused: its process is frozen and exec is refused"
-        )));
+        return Err(Err(CheckError::Paused {
+            container: name.clone(),
+        }));
     }
     Ok(c)
 }
@@ -249,10 +295,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let cmdline_path = format!("/proc/{pid}/cmdline");
     let cmdline = match ctx
         .docker
-        .exec(
-            ctx.container_ref().map_err(|e| e.to_string())?,
-            &["cat", &cmdline_path],
-        )
+        .exec(ctx.container_ref()?, &["cat", &cmdline_path])
         .await
     {
         Ok(out) if out.exit_code == Some(0) => Some(parse_cmdline(&out.stdout)),
@@ -320,15 +363,6 @@ fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::dia
     .with_opt("exitCode", c.exit_code.filter(|_| !c.running))
 }
 
-fn first_line<'a>(preferred: &'a str, other: &'a str) -> &'a str {
-    let text = if preferred.trim().is_empty() {
-        other
-    } else {
-        preferred
-    };
-    text.trim().lines().next().unwrap_or("")
-}
-
 /// What `/proc/<pid>/status` says about a process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcStatus {
@@ -383,27 +417,19 @@ pub fn parse_cmdline(raw: &str) -> String {
 mod tests {
     use super::*;
     use crate::{
-        diagnose::host::testing::*,
+        diagnose::testing::*,
         docker::{fake::FakeRuntime, ExecOutput},
     };
 
     /// `/proc/1/status` of the sample worker, as read in a real container (trimmed).
     const STATUS: &str = "Name:\tsample-worker\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t1\nNgid:\t0\nPid:\t1\nPPid:\t0\nTracerPid:\t0\nFDSize:\t64\nVmPeak:\t    4608 kB\nVmRSS:\t    2316 kB\nThreads:\t3\nSigQ:\t0/15511\n";
 
-    fn ok(stdout: &str) -> Result<ExecOutput, String> {
-        Ok(ExecOutput {
-            exit_code: Some(0),
-            stdout: stdout.into(),
-            stderr: String::new(),
-        })
-    }
-
     fn fake(status: Result<ExecOutput, String>) -> FakeRuntime {
         let mut fake = FakeRuntime::default();
         fake.exec.insert("cat /proc/1/status".into(), status);
         fake.exec.insert(
             "cat /proc/1/cmdline".into(),
-            ok("/usr/local/bin/sample-worker\0"),
+            exec_ok("/usr/local/bin/sample-worker\0"),
         );
         fake
     }
@@ -425,7 +451,7 @@ mod tests {
         let ctx = context(
             &worker(),
             Ok(Some(running())),
-            fake(ok(STATUS)),
+            fake(exec_ok(STATUS)),
             Ok(String::new()),
         );
         let f = run(&ctx).await.unwrap();
@@ -446,7 +472,7 @@ mod tests {
         let ctx = context(
             &worker(),
             Ok(Some(running())),
-            fake(ok(&zombie)),
+            fake(exec_ok(&zombie)),
             Ok(String::new()),
         );
         let f = run(&ctx).await.unwrap();
@@ -486,8 +512,12 @@ mod tests {
             fake(Err("container is not running".into())),
             Ok(String::new()),
         );
-        let err = run(&ctx).await.unwrap_err();
-        assert!(err.contains("container is not running"), "{err}");
+        let err = crate::diagnose::error::message(&run(&ctx).await.unwrap_err());
+        // The same words as when errors were strings: what failed, then why.
+        assert_eq!(
+            err,
+            "cannot exec `cat /proc/1/status` in \"marie\": Docker engine refused exec: container is not running"
+        );
     }
 
     fn status_of(pid: u32, ppid: u32, name: &str) -> String {
@@ -500,7 +530,7 @@ mod tests {
         let pids: Vec<String> = processes.iter().map(|p| p.0.to_string()).collect();
         fake.exec.insert(
             "ls /proc".into(),
-            ok(&format!("{}\nself\nsys\nuptime\n", pids.join("\n"))),
+            exec_ok(&format!("{}\nself\nsys\nuptime\n", pids.join("\n"))),
         );
         let cat = std::iter::once("cat".to_string())
             .chain(pids.iter().map(|p| format!("/proc/{p}/status")))
@@ -510,14 +540,14 @@ mod tests {
             .iter()
             .map(|&(p, pp, n)| status_of(p, pp, n))
             .collect();
-        fake.exec.insert(cat, ok(&all));
+        fake.exec.insert(cat, exec_ok(&all));
         let (_, _, init) = processes[0];
         fake.exec
-            .insert("cat /proc/1/status".into(), ok(&status_of(1, 0, init)));
+            .insert("cat /proc/1/status".into(), exec_ok(&status_of(1, 0, init)));
         for &(pid, _, name) in processes {
             fake.exec.insert(
                 format!("cat /proc/{pid}/cmdline"),
-                ok(&format!("/bin/{name}\0")),
+                exec_ok(&format!("/bin/{name}\0")),
             );
         }
         fake

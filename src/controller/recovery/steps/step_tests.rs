@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::{
-    controller::mock_api::{self, Recorded},
     crd::worker_recovery::StepName,
-    diagnose::host::testing,
     docker::fake::FakeRuntime,
+    testing,
+    testing::mock_api::{self, Recorded},
 };
 
 const PLANS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/resumeplans";
@@ -76,7 +76,7 @@ async fn fixture(container: ContainerInfo, spec: Value) -> Fixture {
         }
     });
     let fake = Arc::new(FakeRuntime::with_container(container));
-    let ctx = super::testing::context(client, fake.clone(), dir.path());
+    let ctx = testing::context(client, fake.clone(), dir.path());
     let admission = ctx.admit(&worker).await.expect("admitted");
     Fixture {
         dir,

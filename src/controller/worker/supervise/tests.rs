@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::{
-    controller::mock_api::{self, Leases, Recorded},
     crd::worker::AttemptRecord,
-    diagnose::host::testing,
     docker::fake::FakeRuntime,
     observe::heartbeat::{Heartbeat, HeartbeatObservation, TimeSource},
+    testing,
+    testing::mock_api::{self, Leases, Recorded},
 };
 
 const RUNS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
@@ -47,8 +47,7 @@ fn fixture_at(dir: tempfile::TempDir, container: ContainerInfo, objects: Vec<Val
     let (client, requests, leases) =
         mock_api::client_and_leases(move |method, path, body| answer(&objects, method, path, body));
     let fake = Arc::new(FakeRuntime::with_container(container));
-    let ctx =
-        crate::controller::recovery::steps::testing::context(client, fake.clone(), dir.path());
+    let ctx = testing::context(client, fake.clone(), dir.path());
     Fixture {
         dir,
         worker,
