@@ -20,7 +20,7 @@ use serde_json::Value;
 use support::*;
 use worker_recovery_operator::docker::{
     resources::{self, Declared},
-    ContainerRuntime, DockerEngine, DockerError, HealthCheck,
+    ContainerRuntime, DockerEngine, DockerError, HealthCheck, Limits,
 };
 
 const MI: i64 = 1 << 20;
@@ -162,7 +162,14 @@ async fn update_in_place_and_crash_aware_recreate() {
     // In place: memory above the swap limit takes the swap limit along; the quota of a
     // `--cpus` container is applied as `--cpus`.
     engine
-        .update_resources(&name, Some(MI << 10), None, Some(100_000))
+        .update_resources(
+            &name,
+            Limits {
+                memory: Some(MI << 10),
+                cpu_quota: Some(100_000),
+                ..Default::default()
+            },
+        )
         .await
         .expect("docker update");
     let hc = &inspect(&name)["HostConfig"];
@@ -174,7 +181,13 @@ async fn update_in_place_and_crash_aware_recreate() {
     assert_eq!(info.cpu_quota, Some(100_000));
     // Lowering memory leaves the swap limit.
     engine
-        .update_resources(&name, Some(768 * MI), None, None)
+        .update_resources(
+            &name,
+            Limits {
+                memory: Some(768 * MI),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let hc = &inspect(&name)["HostConfig"];
@@ -299,7 +312,13 @@ async fn update_in_place_and_crash_aware_recreate() {
     // Not there: NotFound.
     assert!(matches!(
         engine
-            .update_resources(&format!("{name}-missing"), Some(MI << 9), None, None)
+            .update_resources(
+                &format!("{name}-missing"),
+                Limits {
+                    memory: Some(MI << 9),
+                    ..Default::default()
+                }
+            )
             .await,
         Err(DockerError::NotFound(_))
     ));

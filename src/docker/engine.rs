@@ -28,7 +28,7 @@ use crate::trust::CONSENT_LABEL;
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
     CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerError,
-    ExecOutput, HealthCheck, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
+    ExecOutput, HealthCheck, Limits, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -487,13 +487,12 @@ impl ContainerRuntime for DockerEngine {
             .map_err(|e| container_error("rename", container, e))
     }
 
-    async fn update_resources(
-        &self,
-        container: &str,
-        memory: Option<i64>,
-        memory_swap: Option<i64>,
-        cpu_quota: Option<i64>,
-    ) -> Result<(), DockerError> {
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError> {
+        let Limits {
+            memory,
+            memory_swap,
+            cpu_quota,
+        } = limits;
         let current = self
             .docker
             .inspect_container(container, None)

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{
     resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime,
-    DockerError, ExecOutput, MemoryStats, PathStat, StartOutcome,
+    DockerError, ExecOutput, Limits, MemoryStats, PathStat, StartOutcome,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -239,13 +239,12 @@ impl ContainerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn update_resources(
-        &self,
-        container: &str,
-        memory: Option<i64>,
-        memory_swap: Option<i64>,
-        cpu_quota: Option<i64>,
-    ) -> Result<(), DockerError> {
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError> {
+        let Limits {
+            memory,
+            memory_swap,
+            cpu_quota,
+        } = limits;
         let mut containers = self.containers.lock().unwrap();
         let key = Self::key_of(&containers, container)
             .ok_or_else(|| DockerError::NotFound(container.into()))?;
@@ -312,18 +311,31 @@ mod tests {
     #[tokio::test]
     async fn update_changes_the_limits_in_place() {
         let f = fake();
-        f.update_resources("abc", Some(384 * MI), None, Some(100_000))
-            .await
-            .unwrap();
+        f.update_resources(
+            "abc",
+            Limits {
+                memory: Some(384 * MI),
+                cpu_quota: Some(100_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let c = get(&f, "w");
         assert_eq!(
             (c.id.as_str(), c.memory_limit, c.memory_swap, c.cpu_quota),
             ("abc", Some(384 * MI), Some(512 * MI), Some(100_000))
         );
         // Raised above the swap limit: the swap limit comes along.
-        f.update_resources("w", Some(1024 * MI), None, None)
-            .await
-            .unwrap();
+        f.update_resources(
+            "w",
+            Limits {
+                memory: Some(1024 * MI),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let c = get(&f, "w");
         assert_eq!(
             (c.memory_limit, c.memory_swap),
@@ -332,7 +344,13 @@ mod tests {
         assert_eq!(c.cpu_quota, Some(100_000), "None leaves a limit as it is");
         // A swap limit below the memory limit is refused, as Docker does.
         assert!(f
-            .update_resources("w", None, Some(512 * MI), None)
+            .update_resources(
+                "w",
+                Limits {
+                    memory_swap: Some(512 * MI),
+                    ..Default::default()
+                }
+            )
             .await
             .is_err());
         assert_eq!(
@@ -350,7 +368,14 @@ mod tests {
             ]
         );
         assert!(matches!(
-            f.update_resources("gone", Some(MI), None, None).await,
+            f.update_resources(
+                "gone",
+                Limits {
+                    memory: Some(MI),
+                    ..Default::default()
+                }
+            )
+            .await,
             Err(DockerError::NotFound(_))
         ));
     }

@@ -223,6 +223,15 @@ pub enum DockerError {
     },
 }
 
+/// Limits changed in place by [`ContainerRuntime::update_resources`]; `None` leaves a limit as
+/// it is. Sizes are bytes, the CPU quota is microseconds per 100 ms period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub cpu_quota: Option<i64>,
+}
+
 impl DockerError {
     /// The engine refused `operation`, saying `message`.
     pub fn refused(operation: &'static str, message: impl Into<String>) -> Self {
@@ -272,22 +281,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
     async fn remove(&self, container: &str) -> Result<bool, DockerError>;
-    /// Change the memory, memory+swap and CPU quota limits of a running or stopped container in
-    /// place (`docker update`); `None` leaves a limit as it is. Sizes are bytes, the CPU quota
-    /// is microseconds per 100 ms period.
+    /// Change the limits of a running or stopped container in place (`docker update`).
     ///
     /// Docker refuses a memory limit above the container's memory+swap limit, so when
     /// `memory` is raised above the current swap limit and `memory_swap` is `None`, the swap
     /// limit is raised to `memory` with it (no swap; see [`resources::swap_for_update`]). A
     /// container limited with `--cpus` gets the quota as `--cpus` (Docker cannot switch one
     /// to a quota in place).
-    async fn update_resources(
-        &self,
-        container: &str,
-        memory: Option<i64>,
-        memory_swap: Option<i64>,
-        cpu_quota: Option<i64>,
-    ) -> Result<(), DockerError>;
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError>;
     /// Replace a container by one with the same name, image, command, entrypoint, environment,
     /// labels, mounts (anonymous volumes included: the new one gets the same volumes), network
     /// (mode, aliases, other networks), working dir, user, init flag, restart policy and every

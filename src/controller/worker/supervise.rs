@@ -37,7 +37,7 @@ use crate::{
             WorkerReference,
         },
     },
-    docker::{resources, ContainerInfo, ContainerObservation, StartOutcome},
+    docker::{resources, ContainerInfo, ContainerObservation, Limits, StartOutcome},
     escalation::{
         notifier::{self, Progress},
         webhook::{self, EscalationPayload},
@@ -526,9 +526,11 @@ async fn put_declared_in_place(
         ctx.docker
             .update_resources(
                 &container.id,
-                declared.memory,
-                declared.memory_swap,
-                declared.cpu_quota,
+                Limits {
+                    memory: declared.memory,
+                    memory_swap: declared.memory_swap,
+                    cpu_quota: declared.cpu_quota,
+                },
             )
             .await?;
         remediation.push(format!("updated in place: {change}"));
@@ -758,7 +760,14 @@ async fn raise_memory(
     // Docker refuses a memory limit above the memory+swap limit: raise that one with it.
     let swap = container.memory_swap.filter(|s| *s > 0).map(|s| s.max(new));
     ctx.docker
-        .update_resources(&container.id, Some(new), swap, None)
+        .update_resources(
+            &container.id,
+            Limits {
+                memory: Some(new),
+                memory_swap: swap,
+                cpu_quota: None,
+            },
+        )
         .await?;
     let change = format!(
         "memory limit {} -> {} after an OOM kill",
