@@ -3,6 +3,7 @@
 //! The pipeline of every controller is observe (Docker, files) -> decide (pure functions in
 //! `decide` modules) -> act (idempotent steps behind traits) -> write status (server-side apply).
 
+pub mod blocking;
 pub mod bounded;
 pub mod cli;
 pub mod controller;

@@ -15,7 +15,7 @@
 //! * listings classify each entry (file, directory, symlink, FIFO, ...) without following or
 //!   recursing, and a missing path is an answer ([`Listing::Missing`], `Ok(None)`), not an error.
 //!
-//! Everything here is blocking; async callers use [`off_thread`].
+//! Everything here is blocking; async callers use [`crate::blocking`].
 
 use std::{
     ffi::{CStr, CString, OsStr, OsString},
@@ -742,17 +742,6 @@ pub fn read_tail(root: &Path, path: &Path, max_bytes: u64) -> Result<FileContent
         truncated: start > 0,
         starts_mid_line,
     })
-}
-
-/// Run blocking file work on tokio's blocking pool.
-pub async fn off_thread<T, F>(f: F) -> Result<T, String>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("file reader failed: {e}"))
 }
 
 #[cfg(test)]

@@ -257,12 +257,12 @@ pub fn freshness(at: Timestamp, now: Timestamp, timeout: Duration) -> Freshness 
 pub async fn read(root: &Path, path: &Path) -> HeartbeatObservation {
     let (root, path) = (root.to_path_buf(), path.to_path_buf());
     let read =
-        fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await;
+        crate::blocking::run(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await;
     match read {
         Ok(Ok(content)) => interpret(&content),
         Ok(Err(SafeError::Missing(_))) => HeartbeatObservation::Missing,
         Ok(Err(e)) => HeartbeatObservation::Unreadable(e.to_string()),
-        Err(e) => HeartbeatObservation::Unreadable(e),
+        Err(e) => HeartbeatObservation::Unreadable(e.to_string()),
     }
 }
 

@@ -688,7 +688,7 @@ async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Err
     let paths = run.admission.paths.clone();
     let pending = paths.tasks_dir.join("pending");
     // Counted streaming: exact for a pending/ of any size, nothing kept.
-    let waiting = fs_safe::off_thread(move || {
+    let waiting = crate::blocking::run(move || {
         let mut count = 0usize;
         fs_safe::visit_dir(&paths.trusted_root, &pending, |e| {
             count += usize::from(e.kind == EntryKind::File && e.name.ends_with(".json"));
@@ -696,7 +696,7 @@ async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Err
         .map(|_| count)
     })
     .await
-    .map_err(Error::Blocking)?
+    .map_err(|e| Error::Blocking(e.to_string()))?
     .map_err(|e| Error::CleanState(e.to_string()))?;
     let settings = &run.rec.spec.resume;
     let mut result = StepResult::ok(format!(

@@ -48,7 +48,7 @@ use crate::{
         resume_plan::{CurrentBatch, ResumePhase, ResumePlan, ResumePlanStatus},
         worker::{ResolvedPaths, Worker},
     },
-    observe::{fs_safe::off_thread, monitor},
+    observe::monitor,
     recover::resume::{self as files, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
     trust::AdmitError,
@@ -142,9 +142,9 @@ impl Writer<'_> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, files::ResumeError> + Send + 'static,
 ) -> Result<T, Error> {
-    off_thread(f)
+    crate::blocking::run(f)
         .await
-        .map_err(Error::Blocking)?
+        .map_err(|e| Error::Blocking(e.to_string()))?
         .map_err(|e| Error::Files(e.to_string()))
 }
 

@@ -24,6 +24,7 @@ use super::{
     Error,
 };
 use crate::{
+    blocking,
     controller::{writer, Context},
     crd::{
         diagnosis::RootCause,
@@ -42,7 +43,6 @@ use crate::{
         notifier::{self, Progress},
         webhook::{self, EscalationPayload},
     },
-    observe::fs_safe::off_thread,
     recover::{failover, poison},
     trust::{self, Admission},
 };
@@ -501,9 +501,9 @@ async fn remove_poison_tasks(
         return Ok(());
     }
     let paths = admission.paths.clone();
-    let active = off_thread(move || poison::active_tasks(&paths))
+    let active = blocking::run(move || poison::active_tasks(&paths))
         .await
-        .map_err(Error::Files)?
+        .map_err(|e| Error::Files(e.to_string()))?
         .map_err(|e| Error::Files(e.to_string()))?;
     let (counts, poisoned) = poison::count_crash(&record.task_crash_counts, &active, threshold);
     record.task_crash_counts = counts;
@@ -514,9 +514,9 @@ async fn remove_poison_tasks(
             .copied()
             .unwrap_or(threshold);
         let (paths, task) = (admission.paths.clone(), name.clone());
-        let moved = off_thread(move || poison::quarantine_poison(&paths, &task, crashes, now))
+        let moved = blocking::run(move || poison::quarantine_poison(&paths, &task, crashes, now))
             .await
-            .map_err(Error::Files)?
+            .map_err(|e| Error::Files(e.to_string()))?
             .map_err(|e| Error::Files(e.to_string()))?;
         record.task_crash_counts.remove(&name);
         if let poison::PoisonMove::Moved { to } = moved {
@@ -866,9 +866,9 @@ async fn fail_over(
     loop {
         if f.batch.is_empty() {
             let from = admission.paths.clone();
-            let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
+            let scan = blocking::run(move || failover::scan(&from, FAILOVER_BATCH))
                 .await
-                .map_err(Error::Files)?
+                .map_err(|e| Error::Files(e.to_string()))?
                 .map_err(|e| Error::Files(e.to_string()))?;
             if scan.oldest.is_empty() {
                 f.state = FailoverState::Done;
@@ -898,9 +898,9 @@ async fn fail_over(
             backup.paths.clone(),
             f.batch.clone(),
         );
-        let moved = off_thread(move || failover::move_tasks(&from, &to_paths, &names))
+        let moved = blocking::run(move || failover::move_tasks(&from, &to_paths, &names))
             .await
-            .map_err(Error::Files)?
+            .map_err(|e| Error::Files(e.to_string()))?
             .map_err(|e| Error::Files(e.to_string()))?;
         f.moved += (moved.moved.len() + moved.renamed.len()) as u64;
         f.batch.clear();

@@ -6,6 +6,7 @@
 use k8s_openapi::jiff::SignedDuration;
 
 use crate::{
+    blocking,
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::fs_safe::{self, SafeError},
 };
@@ -344,9 +345,9 @@ async fn read_app_log(
         .map_err(|e| (rel.to_string(), e.reason(), e.to_string()))?;
     let shown = path.display().to_string();
     let max_bytes = (u64::from(tail) * APP_LOG_BYTES_PER_LINE).min(MAX_APP_LOG_BYTES);
-    let read = fs_safe::off_thread(move || fs_safe::read_tail(&root, &path, max_bytes))
+    let read = blocking::run(move || fs_safe::read_tail(&root, &path, max_bytes))
         .await
-        .map_err(|e| (shown.clone(), "io", e))?;
+        .map_err(|e| (shown.clone(), "io", e.to_string()))?;
     match read {
         Ok(content) => Ok((shown, content.last_lines(tail as usize), content.size)),
         Err(e) => {

@@ -12,6 +12,7 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
+    blocking,
     bounded::Smallest,
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::fs_safe::{self, Entry, EntryKind, SafeError},
@@ -136,7 +137,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         stuck_after: i64::from(ctx.spec.diagnostics.stuck_task_seconds),
         stale_after: i64::from(ctx.spec.diagnostics.stale_lock_seconds),
     };
-    let (scan, lock_infos) = fs_safe::off_thread(move || {
+    let (scan, lock_infos) = blocking::run(move || {
         let scan = scan(&root, &tasks_dir, &locks_dir, &worker, &limits);
         let infos: Vec<LockInfo> = scan
             .locks
@@ -145,7 +146,8 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
             .collect();
         (scan, infos)
     })
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(judge(ctx, scan, lock_infos))
 }
 

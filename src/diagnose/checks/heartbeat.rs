@@ -7,6 +7,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
+    blocking,
     crd::worker::WorkerStatus,
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
     observe::{
@@ -20,8 +21,9 @@ const CHECK: CheckName = CheckName::Heartbeat;
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let root = ctx.paths.trusted_root.clone();
     let path = ctx.paths.heartbeat_file.clone();
-    let read =
-        fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await?;
+    let read = blocking::run(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES))
+        .await
+        .map_err(|e| e.to_string())?;
     let path = ctx.paths.heartbeat_file.display().to_string();
     let content = match read {
         Ok(content) => content,

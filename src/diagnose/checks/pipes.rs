@@ -4,6 +4,7 @@
 //! a FIFO. Part of the dependencies check, run by the diagnosis next to it.
 
 use crate::{
+    blocking,
     diagnose::{CheckContext, CheckName, Finding, FindingKind, Severity},
     observe::fs_safe::{self, EntryKind, SafeError},
 };
@@ -39,11 +40,14 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
     let shown = path.display().to_string();
     let looked = {
         let path = path.clone();
-        fs_safe::off_thread(move || fs_safe::stat(&root, &path)).await
+        blocking::run(move || fs_safe::stat(&root, &path)).await
     };
     let looked = match looked {
         Ok(r) => r,
-        Err(e) => Err(SafeError::Io { path, message: e }),
+        Err(e) => Err(SafeError::Io {
+            path,
+            message: e.to_string(),
+        }),
     };
     match looked {
         Ok(Some(entry)) if entry.kind == EntryKind::Fifo => ctx
