@@ -1,5 +1,5 @@
 //! Confined, symlink-refusing file access below a Worker's trusted root, shared by the
-//! recovery steps that change a worker's files ([`super::clean_state`], [`super::resume`]).
+//! recovery steps that change a worker's files ([`super::clean_state`], [`super::batches`]).
 //!
 //! Every directory is reached from the trusted root one component at a time with
 //! `open_dir_nofollow`, after an `lstat` that refuses a symlink (`open_path`,

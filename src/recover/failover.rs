@@ -1,6 +1,6 @@
 //! Failover: a failed Worker's pending tasks move to a healthy backup Worker's `pending/`.
 //!
-//! The same protocol as the gradual resume (`super::resume`): the caller records a batch's
+//! The same protocol as the gradual resume (`super::batches`): the caller records a batch's
 //! names in the Worker's status before it calls [`move_tasks`], and calls again with the same
 //! names after a crash. Each task moves by one `rename` with `RENAME_NOREPLACE` (atomic: it is
 //! in exactly one of the two directories at any instant); a name already taken at the backup

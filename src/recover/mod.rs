@@ -2,9 +2,9 @@
 //! moves of its gradual resume, carried out crash-safely through directory handles confined
 //! below the Worker's allowed root ([`confined`]).
 
+pub mod batches;
 pub mod clean_state;
 pub mod confined;
 pub mod failover;
 pub mod poison;
 pub(crate) mod remove_tree;
-pub mod resume;

@@ -49,7 +49,7 @@ use crate::{
         worker::{ResolvedPaths, Worker},
     },
     observe::monitor,
-    recover::resume::{self as files, StateWrite},
+    recover::batches::{self, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
     trust::AdmitError,
 };
@@ -140,7 +140,7 @@ impl Writer<'_> {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, files::ResumeError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, batches::BatchError> + Send + 'static,
 ) -> Result<T, Error> {
     crate::blocking::run(f)
         .await
@@ -222,7 +222,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
             // The finalizer first: a plan deleted from here on gives the queue back.
             ensure_finalizer(plan, &api).await?;
             let p = paths.clone();
-            let wrote = blocking(move || files::set_worker_status(&p, "recovering")).await?;
+            let wrote = blocking(move || batches::set_worker_status(&p, "recovering")).await?;
             note_state_write(ctx, plan, "recovering", &wrote).await;
         }
         status.start_time = Some(Time(now));
@@ -256,7 +256,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
         match status.current_batch.clone() {
             Some(mut batch) if batch.released_time.is_none() => {
                 let (p, names) = (paths.clone(), batch.tasks.clone());
-                let released = blocking(move || files::release(&p, &names)).await?;
+                let released = blocking(move || batches::release(&p, &names)).await?;
                 batch.moved = (released.moved.len() + released.gone.len()) as u32;
                 for name in &released.collided {
                     note_left_out(
@@ -298,7 +298,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                     return Ok(Action::requeue(next.max(Duration::from_millis(200))));
                 }
                 let (p, names) = (paths.clone(), batch.tasks.clone());
-                let failed_now = blocking(move || files::present_in_failed(&p, &names)).await?;
+                let failed_now = blocking(move || batches::present_in_failed(&p, &names)).await?;
                 let result = decide::judge(&batch, &failed_now, increase, now);
                 let halt = decide::exceeds(&result, spec.max_failure_ratio);
                 if let Some((trace_id, parent)) = &traceparent {
@@ -332,7 +332,8 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                 }
                 let p = paths.clone();
                 let limit = spec.batch_size as usize;
-                let scan = blocking(move || files::scan_pending(&p, cutoff.into(), limit)).await?;
+                let scan =
+                    blocking(move || batches::scan_pending(&p, cutoff.into(), limit)).await?;
                 if status.batches_done == 0 && status.tasks_staged == 0 {
                     status.tasks_total = scan.eligible;
                 }
@@ -345,7 +346,7 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                     if spec.mark_worker_state {
                         let p = paths.clone();
                         let wrote =
-                            blocking(move || files::set_worker_status(&p, "running")).await?;
+                            blocking(move || batches::set_worker_status(&p, "running")).await?;
                         note_state_write(ctx, plan, "running", &wrote).await;
                     }
                     out.write(&mut status, ResumePhase::Completed, None).await?;
@@ -366,7 +367,8 @@ async fn drive(plan: &ResumePlan, ctx: &Context) -> Result<Action, Error> {
                     return Ok(Action::await_change());
                 }
                 let (p, names) = (paths.clone(), scan.oldest.clone());
-                let failed_before = blocking(move || files::present_in_failed(&p, &names)).await?;
+                let failed_before =
+                    blocking(move || batches::present_in_failed(&p, &names)).await?;
                 status.current_batch = Some(CurrentBatch {
                     number: status.batches_done + 1,
                     tasks: scan.oldest,
@@ -588,7 +590,7 @@ async fn give_queue_back(ctx: &Context, plan: &ResumePlan, worker: &Worker) -> R
         return Ok(());
     }
     let p: ResolvedPaths = admission.paths;
-    let wrote = blocking(move || files::set_worker_status(&p, "running")).await?;
+    let wrote = blocking(move || batches::set_worker_status(&p, "running")).await?;
     note_state_write(ctx, plan, "running", &wrote).await;
     release_writer(ctx, plan).await
 }

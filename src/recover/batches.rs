@@ -68,9 +68,9 @@ const MAX_NAME: usize = 255;
 /// A batch's `failedBefore` is a part of it, so `currentBatch` stays under twice this.
 pub const MAX_BATCH_NAME_BYTES: usize = 32 * 1024;
 
-/// Why a resume file operation failed.
+/// Why a batch file operation of a resume failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
+pub enum BatchError {
     /// Not confined, a symlinked or misplaced directory, or an I/O failure; the message names
     /// the path.
     #[error(transparent)]
@@ -83,7 +83,7 @@ pub enum ResumeError {
     InvalidName(String),
 }
 
-type Result<T, E = ResumeError> = std::result::Result<T, E>;
+type Result<T, E = BatchError> = std::result::Result<T, E>;
 
 /// The tasks waiting in `pending/`; see [`scan_pending`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,7 +148,7 @@ fn checked_names(names: &[String]) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         if n.is_empty() || n == "." || n == ".." || n.len() > MAX_NAME || n.contains(['/', '\0']) {
-            return Err(ResumeError::InvalidName(n.clone()));
+            return Err(BatchError::InvalidName(n.clone()));
         }
         if seen.insert(n.as_str()) {
             out.push(n.clone());
@@ -253,7 +253,7 @@ fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
 /// Idempotent: calling it again after a crash at any instant moves each task at most once and
 /// loses none (see the module docs). Names must be single path components: "", ".", "..",
 /// a name with '/' or NUL, or longer than 255 bytes, is refused with
-/// [`ResumeError::InvalidName`] before anything moves. A missing tasks or pending/ directory
+/// [`BatchError::InvalidName`] before anything moves. A missing tasks or pending/ directory
 /// means every name is gone. A symlinked pending/ or staged/ is refused, nothing moved.
 pub fn release(paths: &ResolvedPaths, names: &[String]) -> Result<Release> {
     let names = checked_names(names)?;
@@ -683,7 +683,7 @@ mod tests {
             symlink(&outside, &p).unwrap();
             let err = scan_pending(&f.paths, t(10), 10).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::SymlinkedDir { path }) if path == &p),
                 "{link}: {err}"
             );
         }
@@ -837,13 +837,13 @@ mod tests {
             let names = strings(&["ok.json", bad]);
             let err = release(&f.paths, &names).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::InvalidName(n) if n == bad),
+                matches!(&err, BatchError::InvalidName(n) if n == bad),
                 "{bad:?}: {err}"
             );
             assert!(err.to_string().contains("single file name"), "{err}");
             assert!(matches!(
                 present_in_failed(&f.paths, &names),
-                Err(ResumeError::InvalidName(_))
+                Err(BatchError::InvalidName(_))
             ));
         }
         assert_eq!(f.names("tasks/marie/pending"), strings(&["ok.json"]));
@@ -868,7 +868,7 @@ mod tests {
             let before = snapshot(&f.base);
             let err = release(&f.paths, &strings(&["a.json"])).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::SymlinkedDir { path }) if path == &p),
                 "{link}: {err}"
             );
             assert!(err.to_string().contains("refused, not followed"), "{err}");
@@ -879,7 +879,7 @@ mod tests {
         f.paths.tasks_dir = f.base.join("outside");
         assert!(matches!(
             release(&f.paths, &strings(&["a.json"])),
-            Err(ResumeError::Fs(FsError::NotConfined { .. }))
+            Err(BatchError::Fs(FsError::NotConfined { .. }))
         ));
     }
 
@@ -916,7 +916,7 @@ mod tests {
         symlink(f.base.join("outside"), f.p("tasks/marie/failed")).unwrap();
         assert!(matches!(
             present_in_failed(&f.paths, &names),
-            Err(ResumeError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::SymlinkedDir { .. }))
         ));
     }
 
@@ -1020,7 +1020,7 @@ mod tests {
         symlink(g.base.join("outside"), g.p("workers/marie")).unwrap();
         assert!(matches!(
             set_worker_status(&g.paths, "running"),
-            Err(ResumeError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::SymlinkedDir { .. }))
         ));
         assert!(!g.base.join("outside/state.json").exists());
     }
