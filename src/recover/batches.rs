@@ -8,7 +8,7 @@
 //! failed = list(failed_dir.glob("*.json"))
 //! ```
 //!
-//! Every directory is reached from the trusted root through [`super::confined`] handles: one
+//! Every directory is reached from the trusted root through [`crate::confined`] handles: one
 //! component at a time, a symlinked directory refused (an error, nothing moved), nothing
 //! created outside the root. Nothing is ever deleted or overwritten. All functions block.
 //!
@@ -45,16 +45,15 @@ use std::{
     time::SystemTime,
 };
 
-use super::{
-    clean_state::{MAX_STATE_BYTES, SAMPLE_LIMIT},
-    confined::{
-        dir_owner, io_err, json_string, kind_word, last_value, lossy, open_child, open_path,
-        open_root, parse_object, read_capped, rename_noreplace, replace_fields, write_new, DirH,
-        FsError, Pairs, ReadOutcome,
-    },
-};
+use super::clean_state::{MAX_STATE_BYTES, SAMPLE_LIMIT};
 use crate::{
     bounded::{json_len, Smallest},
+    confined::{
+        dir_owner, io_err,
+        json_object::{json_string, last_value, parse_object, replace_fields, Pairs},
+        lossy, open_child, open_path, open_root, read_capped, rename_noreplace, write_new,
+        ConfinedDir, EntryKind, FsError, ReadOutcome,
+    },
     crd::worker::ResolvedPaths,
 };
 
@@ -129,13 +128,13 @@ pub enum StateWrite {
 }
 
 /// The worker's tasks directory, `None` when it does not exist.
-fn open_tasks(paths: &ResolvedPaths) -> Result<Option<DirH>> {
+fn open_tasks(paths: &ResolvedPaths) -> Result<Option<ConfinedDir>> {
     let root = open_root(&paths.trusted_root)?;
     Ok(open_path(&root, &paths.tasks_dir, false)?)
 }
 
 /// `<tasks>/<name>`, `None` when either does not exist.
-fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<DirH>> {
+fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<ConfinedDir>> {
     match open_tasks(paths)? {
         Some(tasks) => Ok(open_child(&tasks, OsStr::new(name), false)?),
         None => Ok(None),
@@ -205,7 +204,7 @@ pub fn scan_pending(
         if !md.is_file() {
             left_out(format!(
                 "{text}: a {}, not a task file; not followed, left in pending/",
-                kind_word(md.file_type())
+                EntryKind::of(&md)
             ));
             continue;
         }
@@ -283,8 +282,8 @@ pub fn release(paths: &ResolvedPaths, names: &[String]) -> Result<Release> {
 }
 
 fn move_all(
-    pending: &DirH,
-    staged: &DirH,
+    pending: &ConfinedDir,
+    staged: &ConfinedDir,
     names: Vec<String>,
     out: &mut Release,
 ) -> Result<(), FsError> {
@@ -336,7 +335,7 @@ pub fn present_in_failed(paths: &ResolvedPaths, names: &[String]) -> Result<Vec<
 /// [`StateWrite::Unchanged`], nothing written.
 pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWrite> {
     let file = &paths.state_file;
-    let not_confined = || FsError::NotConfined {
+    let not_confined = || FsError::Outside {
         path: file.clone(),
         root: paths.trusted_root.clone(),
     };
@@ -361,7 +360,7 @@ pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWri
             Some(md) if !md.is_file() => {
                 return left_alone(format!(
                     "a {}, not a state file; not followed, left as it is",
-                    kind_word(md.file_type())
+                    EntryKind::of(&md)
                 ))
             }
             Some(_) => match read_capped(&dir, leaf, MAX_STATE_BYTES)? {
@@ -683,7 +682,7 @@ mod tests {
             symlink(&outside, &p).unwrap();
             let err = scan_pending(&f.paths, t(10), 10).unwrap_err();
             assert!(
-                matches!(&err, BatchError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::Symlink { path, .. }) if path == &p),
                 "{link}: {err}"
             );
         }
@@ -868,7 +867,7 @@ mod tests {
             let before = snapshot(&f.base);
             let err = release(&f.paths, &strings(&["a.json"])).unwrap_err();
             assert!(
-                matches!(&err, BatchError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::Symlink { path, .. }) if path == &p),
                 "{link}: {err}"
             );
             assert!(err.to_string().contains("refused, not followed"), "{err}");
@@ -879,7 +878,7 @@ mod tests {
         f.paths.tasks_dir = f.base.join("outside");
         assert!(matches!(
             release(&f.paths, &strings(&["a.json"])),
-            Err(BatchError::Fs(FsError::NotConfined { .. }))
+            Err(BatchError::Fs(FsError::Outside { .. }))
         ));
     }
 
@@ -916,7 +915,7 @@ mod tests {
         symlink(f.base.join("outside"), f.p("tasks/marie/failed")).unwrap();
         assert!(matches!(
             present_in_failed(&f.paths, &names),
-            Err(BatchError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::Symlink { .. }))
         ));
     }
 
@@ -1020,7 +1019,7 @@ mod tests {
         symlink(g.base.join("outside"), g.p("workers/marie")).unwrap();
         assert!(matches!(
             set_worker_status(&g.paths, "running"),
-            Err(BatchError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::Symlink { .. }))
         ));
         assert!(!g.base.join("outside/state.json").exists());
     }

@@ -18,7 +18,7 @@
 //! classified by `lstat` before being opened (FIFOs, sockets and devices are never opened) and
 //! opened with `O_NOFOLLOW | O_NONBLOCK`, then checked again by `fstat`. Symlinks are moved or
 //! unlinked as links, never followed. The primitives for all this live in
-//! [`super::confined`].
+//! [`crate::confined`].
 //!
 //! # Exactly once under a crash at any instant
 //!
@@ -87,12 +87,13 @@ use rustix::{fs::FlockOperation, io::Errno};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::confined::{
-    self, dir_owner, json_f64, json_string, kind_word, last_value, lossy, open_child, open_path,
-    open_root, parse_object, read_capped, rename_noreplace, replace_fields, write_new, DirH,
-    FsError, Owner, Pairs, ReadOutcome,
+use crate::confined::{
+    self, dir_owner,
+    json_object::{json_f64, json_string, last_value, parse_object, replace_fields, Pairs},
+    lossy, open_child, open_path, open_root, read_capped,
+    remove_tree::remove_tree,
+    rename_noreplace, write_new, ConfinedDir, EntryKind, FsError, Owner, ReadOutcome,
 };
-use super::remove_tree::remove_tree;
 use crate::crd::worker::ResolvedPaths;
 
 /// Most names each list of the report holds.
@@ -228,7 +229,7 @@ enum Probe {
     Other,
 }
 
-fn probe(dir: Option<&DirH>, name: &OsStr, expected: &[u8]) -> Result<Probe> {
+fn probe(dir: Option<&ConfinedDir>, name: &OsStr, expected: &[u8]) -> Result<Probe> {
     let Some(dir) = dir else {
         return Ok(Probe::Absent);
     };
@@ -571,7 +572,7 @@ impl Journal {
         self.resumed.names.contains(&enc(name.as_bytes()))
     }
 
-    fn open(tasks: &DirH, token: &str, dry_run: bool) -> Result<Self> {
+    fn open(tasks: &ConfinedDir, token: &str, dry_run: bool) -> Result<Self> {
         let name = OsString::from(format!(".wro-recovery-{token}.journal"));
         let path = tasks.path.join(&name);
         let existing = tasks.lstat(&name)?;
@@ -579,8 +580,8 @@ impl Journal {
             if !md.is_file() {
                 return Err(FsError::WrongKind {
                     path,
-                    kind: kind_word(md.file_type()),
-                    expected: "regular file",
+                    kind: EntryKind::of(md),
+                    expected: EntryKind::File,
                 }
                 .into());
             }
@@ -608,8 +609,8 @@ impl Journal {
         if !md.is_file() {
             return Err(FsError::WrongKind {
                 path,
-                kind: kind_word(md.file_type()),
-                expected: "regular file",
+                kind: EntryKind::of(&md),
+                expected: EntryKind::File,
             }
             .into());
         }
@@ -760,15 +761,15 @@ impl Batch {
 
 /// The task directories; the target ones may be missing in a dry run.
 struct TaskDirs {
-    tasks: DirH,
-    active: Option<DirH>,
-    pending: Option<DirH>,
-    failed: Option<DirH>,
-    quarantine: Option<DirH>,
+    tasks: ConfinedDir,
+    active: Option<ConfinedDir>,
+    pending: Option<ConfinedDir>,
+    failed: Option<ConfinedDir>,
+    quarantine: Option<ConfinedDir>,
 }
 
 impl TaskDirs {
-    fn open(tasks: DirH) -> Result<Self> {
+    fn open(tasks: ConfinedDir) -> Result<Self> {
         Ok(Self {
             active: open_child(&tasks, OsStr::new("active"), false)?,
             pending: open_child(&tasks, OsStr::new("pending"), false)?,
@@ -791,7 +792,7 @@ impl TaskDirs {
         Ok(())
     }
 
-    fn target(&self, t: Target) -> Option<&DirH> {
+    fn target(&self, t: Target) -> Option<&ConfinedDir> {
         match t {
             Target::Pending => self.pending.as_ref(),
             Target::Failed => self.failed.as_ref(),
@@ -800,7 +801,7 @@ impl TaskDirs {
     }
 
     /// A target directory that must exist (outside a dry run they all do).
-    fn target_dir(&self, t: Target) -> Result<&DirH> {
+    fn target_dir(&self, t: Target) -> Result<&ConfinedDir> {
         self.target(t).ok_or_else(|| {
             io_err(
                 "open directory",
@@ -1002,7 +1003,7 @@ impl<'a> Engine<'a> {
             .state_file
             .file_name()
             .filter(|_| p.state_file.starts_with(&p.trusted_root))
-            .ok_or_else(|| FsError::NotConfined {
+            .ok_or_else(|| FsError::Outside {
                 path: p.state_file.clone(),
                 root: p.trusted_root.clone(),
             })?
@@ -1091,7 +1092,7 @@ impl<'a> Engine<'a> {
     fn pass(
         &mut self,
         dirs: &TaskDirs,
-        active: &DirH,
+        active: &ConfinedDir,
         journal: &mut Journal,
         carried: &HashSet<OsString>,
     ) -> Result<usize> {
@@ -1117,7 +1118,7 @@ impl<'a> Engine<'a> {
 
     /// Remove this run's temps left by a crash (`.wro-<run8>-*.tmp`): never the only copy of
     /// anything, as a source leaves active/ only after its renamed copy is durable.
-    fn remove_leftover_temps(&mut self, dir: &DirH) -> Result<()> {
+    fn remove_leftover_temps(&mut self, dir: &ConfinedDir) -> Result<()> {
         let prefix = format!(".wro-{}-", self.run8);
         for name in dir.stream_names()? {
             let name = name?;
@@ -1131,7 +1132,7 @@ impl<'a> Engine<'a> {
                     let what = format!(
                         "{}: a {} named like a temp of this run; left alone",
                         self.shown(&dir.path.join(&name)),
-                        kind_word(md.file_type())
+                        EntryKind::of(&md)
                     );
                     self.skip(what);
                 }
@@ -1171,7 +1172,7 @@ impl<'a> Engine<'a> {
     fn batch(
         &mut self,
         dirs: &TaskDirs,
-        active: &DirH,
+        active: &ConfinedDir,
         journal: &mut Journal,
         names: &[OsString],
     ) -> Result<usize> {
@@ -1254,7 +1255,7 @@ impl<'a> Engine<'a> {
     fn plan_entry(
         &mut self,
         dirs: &TaskDirs,
-        active: &DirH,
+        active: &ConfinedDir,
         name: &OsStr,
         batch: &mut Batch,
     ) -> Result<()> {
@@ -1287,7 +1288,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Classify by `lstat` first: only a regular `.json` file is ever opened.
-    fn classify(&self, active: &DirH, name: &OsStr, md: &Metadata) -> Result<Verdict> {
+    fn classify(&self, active: &ConfinedDir, name: &OsStr, md: &Metadata) -> Result<Verdict> {
         let ft = md.file_type();
         if ft.is_symlink() {
             let target = active
@@ -1302,7 +1303,7 @@ impl<'a> Engine<'a> {
         if !ft.is_file() {
             return Ok(Verdict::Quarantine(format!(
                 "a {}, not a task file",
-                kind_word(ft)
+                EntryKind::of(md)
             )));
         }
         if !name.as_bytes().ends_with(b".json") {
@@ -1345,7 +1346,7 @@ impl<'a> Engine<'a> {
     fn plan_task(
         &mut self,
         dirs: &TaskDirs,
-        active: &DirH,
+        active: &ConfinedDir,
         name: &OsStr,
         bytes: &[u8],
         retry: u64,
@@ -1441,7 +1442,7 @@ impl<'a> Engine<'a> {
     fn plan_quarantine(
         &mut self,
         dirs: &TaskDirs,
-        active: &DirH,
+        active: &ConfinedDir,
         name: &OsStr,
         reason: String,
         batch: &mut Batch,
@@ -1554,7 +1555,7 @@ impl<'a> Engine<'a> {
 
     // ---------------------------------------------------------------- locks
 
-    fn locks(&mut self, locks: Option<&DirH>, tasks: Option<&TaskDirs>) -> Result<()> {
+    fn locks(&mut self, locks: Option<&ConfinedDir>, tasks: Option<&TaskDirs>) -> Result<()> {
         let Some(dir) = locks else {
             return Ok(());
         };
@@ -1564,7 +1565,7 @@ impl<'a> Engine<'a> {
         let staged = tasks
             .and_then(|t| open_child(&t.tasks, OsStr::new("staged"), false).ok())
             .flatten();
-        let task_dirs: Vec<&DirH> = tasks
+        let task_dirs: Vec<&ConfinedDir> = tasks
             .map(|t| [t.active.as_ref(), t.pending.as_ref(), t.failed.as_ref()])
             .into_iter()
             .flatten()
@@ -1591,7 +1592,10 @@ impl<'a> Engine<'a> {
             let shown = self.shown(&dir.path.join(&name));
             let ft = md.file_type();
             if !(ft.is_file() || ft.is_symlink()) {
-                self.skip(format!("{shown}: a {}, not a lock file", kind_word(ft)));
+                self.skip(format!(
+                    "{shown}: a {}, not a lock file",
+                    EntryKind::of(&md)
+                ));
                 continue;
             }
             // The entry's own mtime (a symlink's, not its target's).
@@ -1618,7 +1622,7 @@ impl<'a> Engine<'a> {
     /// Whether `task` is one of this worker's tasks: `<task>.json` in one of its task
     /// directories (a few `lstat`s, never a listing), or the `"id"` of a task it had in
     /// active/ at this clean state (requeued by now).
-    fn is_own_task(&self, task: &[u8], dirs: &[&DirH]) -> Result<bool> {
+    fn is_own_task(&self, task: &[u8], dirs: &[&ConfinedDir]) -> Result<bool> {
         if self.active_ids.contains(task) {
             return Ok(true);
         }
@@ -1638,7 +1642,7 @@ impl<'a> Engine<'a> {
 
     // ---------------------------------------------------------------- state.json
 
-    fn state(&mut self, parent: Option<&DirH>, leaf: &OsStr) -> Result<()> {
+    fn state(&mut self, parent: Option<&ConfinedDir>, leaf: &OsStr) -> Result<()> {
         let path = self.input.paths.state_file.clone();
         let shown = self.shown(&path);
         let mut pairs = Pairs::new();
@@ -1652,7 +1656,7 @@ impl<'a> Engine<'a> {
                 if !md.is_file() {
                     self.skip(format!(
                         "{shown}: a {}, not a state file; not followed, not replaced",
-                        kind_word(md.file_type())
+                        EntryKind::of(&md)
                     ));
                     return Ok(());
                 }
@@ -1740,7 +1744,7 @@ impl<'a> Engine<'a> {
     }
 
     /// `<state>.corrupt-<run8>`, or `-2`, `-3`, ... when taken: never overwritten.
-    fn corrupt_name(&self, dir: &DirH, leaf: &OsStr) -> Result<OsString> {
+    fn corrupt_name(&self, dir: &ConfinedDir, leaf: &OsStr) -> Result<OsString> {
         for i in 1..=100 {
             let mut n = leaf.to_os_string();
             n.push(format!(".corrupt-{}", self.run8));
@@ -1781,7 +1785,7 @@ impl<'a> Engine<'a> {
         })
     }
 
-    fn tmp(&mut self, tmp: Option<&DirH>) -> Result<()> {
+    fn tmp(&mut self, tmp: Option<&ConfinedDir>) -> Result<()> {
         let Some(dir) = tmp else {
             return Ok(());
         };
@@ -2744,7 +2748,7 @@ mod tests {
             for input in [f.dry(), f.input.clone()] {
                 let err = clean_state(&input).unwrap_err();
                 assert!(
-                    matches!(&err, CleanStateError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                    matches!(&err, CleanStateError::Fs(FsError::Symlink { path, .. }) if path == &p),
                     "{link}: {err}"
                 );
             }
@@ -2755,7 +2759,7 @@ mod tests {
         f.input.paths.locks_dir = f.base.join("outside");
         assert!(matches!(
             clean_state(&f.input),
-            Err(CleanStateError::Fs(FsError::NotConfined { .. }))
+            Err(CleanStateError::Fs(FsError::Outside { .. }))
         ));
     }
 

@@ -11,9 +11,9 @@
 
 use std::ffi::{OsStr, OsString};
 
-use super::confined::{open_child, open_path, open_root, rename_noreplace, DirH, FsError};
 use crate::{
     bounded::{json_len, Smallest},
+    confined::{open_child, open_path, open_root, rename_noreplace, ConfinedDir, FsError},
     crd::worker::ResolvedPaths,
 };
 
@@ -47,7 +47,7 @@ pub struct Moved {
     pub renamed: Vec<(String, String)>,
 }
 
-fn pending(paths: &ResolvedPaths, create: bool) -> Result<Option<DirH>> {
+fn pending(paths: &ResolvedPaths, create: bool) -> Result<Option<ConfinedDir>> {
     let root = open_root(&paths.trusted_root)?;
     let Some(tasks) = open_path(&root, &paths.tasks_dir, create)? else {
         return Ok(None);
@@ -120,8 +120,8 @@ pub fn move_tasks(from: &ResolvedPaths, to: &ResolvedPaths, names: &[String]) ->
 }
 
 fn move_all(
-    source: &DirH,
-    target: &DirH,
+    source: &ConfinedDir,
+    target: &ConfinedDir,
     from_worker: &str,
     names: &[String],
     out: &mut Moved,

@@ -7,8 +7,8 @@ use k8s_openapi::jiff::SignedDuration;
 
 use crate::{
     blocking,
+    confined::{self, FsError},
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
-    observe::fs_safe::{self, SafeError},
 };
 
 const CHECK: CheckName = CheckName::CrashLogs;
@@ -341,20 +341,20 @@ async fn read_app_log(
     tail: u32,
 ) -> Result<(String, Vec<String>, u64), (String, &'static str, String)> {
     let root = ctx.paths.trusted_root.clone();
-    let path = fs_safe::confine(&ctx.paths.shared_root, rel)
+    let path = confined::confine(&ctx.paths.shared_root, rel)
         .map_err(|e| (rel.to_string(), e.reason(), e.to_string()))?;
     let shown = path.display().to_string();
     let max_bytes = (u64::from(tail) * APP_LOG_BYTES_PER_LINE).min(MAX_APP_LOG_BYTES);
-    let read = blocking::run(move || fs_safe::read_tail(&root, &path, max_bytes))
+    let read = blocking::run(move || confined::read_tail(&root, &path, max_bytes))
         .await
         .map_err(|e| (shown.clone(), "io", e.to_string()))?;
     match read {
         Ok(content) => Ok((shown, content.last_lines(tail as usize), content.size)),
         Err(e) => {
             let reason = match &e {
-                SafeError::Missing(_) => "missing",
-                SafeError::Symlink { .. } => "symlink",
-                SafeError::WrongKind { .. } => "notRegularFile",
+                FsError::Missing(_) => "missing",
+                FsError::Symlink { .. } => "symlink",
+                FsError::WrongKind { .. } => "notRegularFile",
                 other => other.reason(),
             };
             Err((shown, reason, e.to_string()))

@@ -8,12 +8,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     blocking,
+    confined::{self, FsError},
     crd::worker::WorkerStatus,
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
-    observe::{
-        fs_safe::{self, SafeError},
-        heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES},
-    },
+    observe::heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES},
 };
 
 const CHECK: CheckName = CheckName::Heartbeat;
@@ -21,13 +19,13 @@ const CHECK: CheckName = CheckName::Heartbeat;
 pub async fn run(ctx: &CheckContext) -> CheckResult {
     let root = ctx.paths.trusted_root.clone();
     let path = ctx.paths.heartbeat_file.clone();
-    let read = blocking::run(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES))
+    let read = blocking::run(move || confined::read_file(&root, &path, MAX_HEARTBEAT_BYTES))
         .await
         .map_err(|e| e.to_string())?;
     let path = ctx.paths.heartbeat_file.display().to_string();
     let content = match read {
         Ok(content) => content,
-        Err(SafeError::Missing(_)) => {
+        Err(FsError::Missing(_)) => {
             return Ok(vec![ctx
                 .finding(
                     CHECK,
@@ -37,12 +35,12 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 )
                 .with("path", &path)])
         }
-        Err(SafeError::Io { message, .. }) => {
-            return Err(format!("cannot read the heartbeat file {path}: {message}"))
+        Err(FsError::Io { source, .. }) => {
+            return Err(format!("cannot read the heartbeat file {path}: {source}"))
         }
         Err(e) => {
             let (reason, mut finding) = match &e {
-                SafeError::Symlink { target, .. } => {
+                FsError::Symlink { target, .. } => {
                     let f = ctx.finding(
                         CHECK,
                         FindingKind::HeartbeatInvalid,
@@ -57,7 +55,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                         },
                     )
                 }
-                SafeError::TooLarge { size, limit, .. } => (
+                FsError::TooLarge { size, limit, .. } => (
                     "huge",
                     ctx.finding(
                         CHECK,
@@ -68,7 +66,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                     .with("sizeBytes", size)
                     .with("limitBytes", limit),
                 ),
-                SafeError::WrongKind { kind, .. } => (
+                FsError::WrongKind { kind, .. } => (
                     "notRegularFile",
                     ctx.finding(
                         CHECK,

@@ -5,8 +5,8 @@
 
 use crate::{
     blocking,
+    confined::{self, EntryKind, FsError},
     diagnose::{CheckContext, CheckName, Finding, FindingKind, Severity},
-    observe::fs_safe::{self, EntryKind, SafeError},
 };
 
 const CHECK: CheckName = CheckName::Dependencies;
@@ -23,7 +23,7 @@ pub async fn check_named_pipes(ctx: &CheckContext) -> Vec<Finding> {
 
 async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
     let root = ctx.paths.trusted_root.clone();
-    let path = match fs_safe::confine(&ctx.paths.shared_root, rel) {
+    let path = match confined::confine(&ctx.paths.shared_root, rel) {
         Ok(p) => p,
         Err(e) => {
             return ctx
@@ -38,18 +38,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
         }
     };
     let shown = path.display().to_string();
-    let looked = {
-        let path = path.clone();
-        blocking::run(move || fs_safe::stat(&root, &path)).await
-    };
-    let looked = match looked {
-        Ok(r) => r,
-        Err(e) => Err(SafeError::Io {
-            path,
-            message: e.to_string(),
-        }),
-    };
-    match looked {
+    match blocking::try_run(move || confined::stat(&root, &path)).await {
         Ok(Some(entry)) if entry.kind == EntryKind::Fifo => ctx
             .finding(
                 CHECK,
@@ -94,7 +83,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
                 format!("named pipe {shown} does not exist"),
             )
             .with("path", &shown),
-        Err(SafeError::Symlink { path: at, target }) => {
+        Err(FsError::Symlink { path: at, target }) => {
             // A directory on the way is a symlink: what is behind it is not looked at.
             ctx.finding(
                 CHECK,
@@ -109,7 +98,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
             .with("what", format!("symlink on the way at {}", at.display()))
             .with_opt("linkTarget", target)
         }
-        Err(SafeError::WrongKind { path: at, kind, .. }) => ctx
+        Err(FsError::WrongKind { path: at, kind, .. }) => ctx
             .finding(
                 CHECK,
                 FindingKind::PipeNotFifo,
