@@ -144,16 +144,16 @@ fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<ConfinedDir
 /// The names, each checked to be a single path component, duplicates dropped (first kept).
 fn checked_names(names: &[String]) -> Result<Vec<String>> {
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(names.len());
+    let mut checked = Vec::with_capacity(names.len());
     for n in names {
         if n.is_empty() || n == "." || n == ".." || n.len() > MAX_NAME || n.contains(['/', '\0']) {
             return Err(BatchError::InvalidName(n.clone()));
         }
         if seen.insert(n.as_str()) {
-            out.push(n.clone());
+            checked.push(n.clone());
         }
     }
-    Ok(out)
+    Ok(checked)
 }
 
 /// The tasks of `<tasks>/pending/` that a batch may take.
@@ -235,15 +235,15 @@ pub fn scan_pending(
 /// names is smaller rather than recorded in part (every name is recorded before one moves).
 fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut used = 0;
-    let mut out = Vec::new();
+    let mut batch = Vec::new();
     for name in names {
         used += json_len(&name);
-        if used > MAX_BATCH_NAME_BYTES && !out.is_empty() {
+        if used > MAX_BATCH_NAME_BYTES && !batch.is_empty() {
             break;
         }
-        out.push(name);
+        batch.push(name);
     }
-    out
+    batch
 }
 
 /// Move each named task from pending/ to staged/ with `RENAME_NOREPLACE` (staged/ is created
@@ -256,50 +256,50 @@ fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
 /// means every name is gone. A symlinked pending/ or staged/ is refused, nothing moved.
 pub fn release(paths: &ResolvedPaths, names: &[String]) -> Result<Release> {
     let names = checked_names(names)?;
-    let mut out = Release::default();
+    let mut outcome = Release::default();
     if names.is_empty() {
-        return Ok(out);
+        return Ok(outcome);
     }
     let Some(tasks) = open_tasks(paths)? else {
-        out.gone = names;
-        return Ok(out);
+        outcome.gone = names;
+        return Ok(outcome);
     };
     let Some(pending) = open_child(&tasks, OsStr::new(PENDING), false)? else {
-        out.gone = names;
-        return Ok(out);
+        outcome.gone = names;
+        return Ok(outcome);
     };
     let Some(staged) = open_child(&tasks, OsStr::new(STAGED), true)? else {
         let missing = std::io::ErrorKind::NotFound.into();
         return Err(io_err("create directory", tasks.path.join(STAGED), missing).into());
     };
-    let moved = move_all(&pending, &staged, names, &mut out);
+    let moved = move_all(&pending, &staged, names, &mut outcome);
     // Durable before anything is reported, also when a move failed part way: a retry then
     // reports this call's moves as gone.
     let synced = staged.fsync().and_then(|()| pending.fsync());
     moved?;
     synced?;
-    Ok(out)
+    Ok(outcome)
 }
 
 fn move_all(
     pending: &ConfinedDir,
     staged: &ConfinedDir,
     names: Vec<String>,
-    out: &mut Release,
+    outcome: &mut Release,
 ) -> Result<(), FsError> {
     for name in names {
         let os = OsString::from(&name);
         match pending.lstat(&os)? {
-            None => out.gone.push(name),
-            Some(md) if !md.is_file() => out.not_regular.push(name),
+            None => outcome.gone.push(name),
+            Some(md) if !md.is_file() => outcome.not_regular.push(name),
             Some(_) => match rename_noreplace(pending, &os, staged, &os) {
-                Ok(()) => out.moved.push(name),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => out.collided.push(name),
+                Ok(()) => outcome.moved.push(name),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => outcome.collided.push(name),
                 // Claimed by the worker between the lstat and the rename.
                 Err(e)
                     if e.raw_os_error() == Some(libc::ENOENT) && pending.lstat(&os)?.is_none() =>
                 {
-                    out.gone.push(name)
+                    outcome.gone.push(name)
                 }
                 Err(e) => return Err(e),
             },

@@ -104,19 +104,19 @@ pub fn move_tasks(from: &ResolvedPaths, to: &ResolvedPaths, names: &[String]) ->
             return Err(FailoverError::InvalidName(n.clone()));
         }
     }
-    let mut out = Moved::default();
+    let mut outcome = Moved::default();
     let Some(source) = pending(from, false)? else {
-        out.gone = names.to_vec();
-        return Ok(out);
+        outcome.gone = names.to_vec();
+        return Ok(outcome);
     };
     let Some(target) = pending(to, true)? else {
         unreachable!("created when missing");
     };
-    let result = move_all(&source, &target, &from.worker_name, names, &mut out);
+    let result = move_all(&source, &target, &from.worker_name, names, &mut outcome);
     let synced = target.fsync().and_then(|()| source.fsync());
     result?;
     synced?;
-    Ok(out)
+    Ok(outcome)
 }
 
 fn move_all(
@@ -124,14 +124,14 @@ fn move_all(
     target: &ConfinedDir,
     from_worker: &str,
     names: &[String],
-    out: &mut Moved,
+    outcome: &mut Moved,
 ) -> Result<()> {
     for name in names {
         let os = OsString::from(name);
         match source.lstat(&os)? {
             Some(md) if md.is_file() => {}
             _ => {
-                out.gone.push(name.clone());
+                outcome.gone.push(name.clone());
                 continue;
             }
         }
@@ -146,9 +146,9 @@ fn move_all(
             match rename_noreplace(source, &os, target, OsStr::new(&candidate)) {
                 Ok(()) => {
                     if i == 1 {
-                        out.moved.push(name.clone());
+                        outcome.moved.push(name.clone());
                     } else {
-                        out.renamed.push((name.clone(), candidate));
+                        outcome.renamed.push((name.clone(), candidate));
                     }
                     placed = true;
                     break;
@@ -158,7 +158,7 @@ fn move_all(
                     return Err(FailoverError::CrossDevice)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    out.gone.push(name.clone());
+                    outcome.gone.push(name.clone());
                     placed = true;
                     break;
                 }
