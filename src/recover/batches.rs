@@ -417,15 +417,14 @@ pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recover::testing::{mkfifo, snapshot, Tree};
     use std::{
-        collections::BTreeMap,
-        ffi::CString,
         fs,
         os::unix::{
             ffi::OsStringExt,
             fs::{symlink, MetadataExt, PermissionsExt},
         },
-        path::{Path, PathBuf},
+        path::Path,
         time::{Duration, UNIX_EPOCH},
     };
 
@@ -434,73 +433,32 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_795_823_000 + seconds)
     }
 
-    struct Fixture {
-        _tmp: tempfile::TempDir,
-        /// Holds `shared/` (the trusted root) and `outside/`.
-        base: PathBuf,
-        root: PathBuf,
-        paths: ResolvedPaths,
+    /// A [`Tree`] with marie's pending/.
+    struct Fixture(Tree);
+
+    impl std::ops::Deref for Fixture {
+        type Target = Tree;
+        fn deref(&self) -> &Tree {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Fixture {
+        fn deref_mut(&mut self) -> &mut Tree {
+            &mut self.0
+        }
     }
 
     fn fixture() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().to_path_buf();
-        let root = base.join("shared");
-        fs::create_dir_all(root.join("tasks/marie/pending")).unwrap();
-        fs::create_dir_all(root.join("workers/marie")).unwrap();
-        fs::create_dir_all(base.join("outside")).unwrap();
-        let paths = ResolvedPaths {
-            worker_name: "marie".into(),
-            shared_root: root.clone(),
-            trusted_root: root.clone(),
-            heartbeat_file: root.join("workers/marie/heartbeat.json"),
-            tasks_dir: root.join("tasks/marie"),
-            locks_dir: root.join("locks"),
-            state_file: root.join("workers/marie/state.json"),
-            tmp_dir: root.join("tmp/marie"),
-        };
-        Fixture {
-            _tmp: tmp,
-            base,
-            root,
-            paths,
-        }
+        Fixture(Tree::new(&["tasks/marie/pending"]))
     }
 
     impl Fixture {
-        fn p(&self, rel: &str) -> PathBuf {
-            self.root.join(rel)
-        }
-        fn put(&self, rel: &str, bytes: &[u8]) {
-            let p = self.p(rel);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, bytes).unwrap();
-        }
         /// A task in `pending/` modified at `mtime`.
         fn pending(&self, name: &str, mtime: SystemTime) {
             let rel = format!("tasks/marie/pending/{name}");
             self.put(&rel, format!(r#"{{"id":"{name}"}}"#).as_bytes());
             set_mtime(&self.p(&rel), mtime);
-        }
-        fn read(&self, rel: &str) -> Vec<u8> {
-            fs::read(self.p(rel)).unwrap()
-        }
-        fn text(&self, rel: &str) -> String {
-            String::from_utf8(self.read(rel)).unwrap()
-        }
-        fn exists(&self, rel: &str) -> bool {
-            fs::symlink_metadata(self.p(rel)).is_ok()
-        }
-        /// Sorted names in a directory under the root (empty when missing).
-        fn names(&self, rel: &str) -> Vec<String> {
-            let Ok(rd) = fs::read_dir(self.p(rel)) else {
-                return Vec::new();
-            };
-            let mut v: Vec<String> = rd
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            v
         }
         fn scan(&self, cutoff: SystemTime, limit: usize) -> PendingScan {
             scan_pending(&self.paths, cutoff, limit).unwrap()
@@ -518,51 +476,6 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn mkfifo(path: &Path) {
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
-    }
-
-    /// Every entry below `dir`, by lstat, with contents, link targets, modes and mtimes.
-    fn snapshot(dir: &Path) -> BTreeMap<String, String> {
-        fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-            let mut names: Vec<_> = fs::read_dir(dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            names.sort();
-            for n in names {
-                let p = dir.join(&n);
-                let md = fs::symlink_metadata(&p).unwrap();
-                let ft = md.file_type();
-                let what = if ft.is_symlink() {
-                    format!("link {}", fs::read_link(&p).unwrap().display())
-                } else if ft.is_dir() {
-                    walk(base, &p, out);
-                    "dir".into()
-                } else if ft.is_file() {
-                    format!("file {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
-                } else {
-                    "special".into()
-                };
-                let rel = p.strip_prefix(base).unwrap().display().to_string();
-                out.insert(
-                    rel,
-                    format!(
-                        "{what} mode {:o} mtime {}.{}",
-                        md.mode(),
-                        md.mtime(),
-                        md.mtime_nsec()
-                    ),
-                );
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(dir, dir, &mut out);
-        out
     }
 
     // ---------------------------------------------------------------- scan_pending

@@ -13,3 +13,5 @@ pub mod batches;
 pub mod clean_state;
 pub mod failover;
 pub mod poison;
+#[cfg(test)]
+pub(crate) mod testing;

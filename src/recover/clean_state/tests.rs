@@ -2,12 +2,9 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::{CString, OsString},
+    ffi::OsString,
     fs,
-    os::unix::{
-        ffi::{OsStrExt, OsStringExt},
-        fs::{symlink, MetadataExt as _},
-    },
+    os::unix::{ffi::OsStringExt, fs::symlink},
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -20,40 +17,30 @@ use super::{
     task_file::transform_task,
     *,
 };
+use crate::recover::testing::{mkfifo, snapshot, Tree};
 
 const RUN: &str = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
 const RUN8: &str = "0a1b2c3d";
 /// `failure_time` as `last_failure` renders it.
 const T: &str = "1795823941.5";
 
+/// A [`Tree`] with active/ and locks/, and the step's input for it.
 struct Fixture {
-    _tmp: tempfile::TempDir,
-    /// Holds `shared/` (the trusted root) and `outside/`.
-    base: PathBuf,
-    root: PathBuf,
+    tree: Tree,
     input: CleanStateInput,
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = Tree;
+    fn deref(&self) -> &Tree {
+        &self.tree
+    }
+}
+
 fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().to_path_buf();
-    let root = base.join("shared");
-    fs::create_dir_all(root.join("tasks/marie/active")).unwrap();
-    fs::create_dir_all(root.join("locks")).unwrap();
-    fs::create_dir_all(root.join("workers/marie")).unwrap();
-    fs::create_dir_all(base.join("outside")).unwrap();
-    let paths = ResolvedPaths {
-        worker_name: "marie".into(),
-        shared_root: root.clone(),
-        trusted_root: root.clone(),
-        heartbeat_file: root.join("workers/marie/heartbeat.json"),
-        tasks_dir: root.join("tasks/marie"),
-        locks_dir: root.join("locks"),
-        state_file: root.join("workers/marie/state.json"),
-        tmp_dir: root.join("tmp/marie"),
-    };
+    let tree = Tree::new(&["tasks/marie/active", "locks"]);
     let input = CleanStateInput {
-        paths,
+        paths: tree.paths.clone(),
         run_id: RUN.into(),
         failure_time: Timestamp::new(1_795_823_941, 500_000_000).unwrap(),
         failure_reason: "oom".into(),
@@ -63,45 +50,12 @@ fn fixture() -> Fixture {
         dry_run: false,
         now: Timestamp::now(),
     };
-    Fixture {
-        _tmp: tmp,
-        base,
-        root,
-        input,
-    }
+    Fixture { tree, input }
 }
 
 impl Fixture {
-    fn p(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-    fn put(&self, rel: &str, bytes: &[u8]) {
-        let p = self.p(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, bytes).unwrap();
-    }
     fn task(&self, name: &str, bytes: &[u8]) {
         self.put(&format!("tasks/marie/active/{name}"), bytes);
-    }
-    fn read(&self, rel: &str) -> Vec<u8> {
-        fs::read(self.p(rel)).unwrap()
-    }
-    fn text(&self, rel: &str) -> String {
-        String::from_utf8(self.read(rel)).unwrap()
-    }
-    fn exists(&self, rel: &str) -> bool {
-        fs::symlink_metadata(self.p(rel)).is_ok()
-    }
-    /// Sorted names in a directory under the root (empty when missing).
-    fn names(&self, rel: &str) -> Vec<String> {
-        let Ok(rd) = fs::read_dir(self.p(rel)) else {
-            return Vec::new();
-        };
-        let mut v: Vec<String> = rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
     fn dry(&self) -> CleanStateInput {
         CleanStateInput {
@@ -124,51 +78,6 @@ fn run_with(
 
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap()
-}
-
-fn mkfifo(path: &Path) {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
-}
-
-/// Every entry below `dir`, by lstat, with contents, link targets, modes and mtimes.
-fn snapshot(dir: &Path) -> BTreeMap<String, String> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        for n in names {
-            let p = dir.join(&n);
-            let md = fs::symlink_metadata(&p).unwrap();
-            let ft = md.file_type();
-            let what = if ft.is_symlink() {
-                format!("link {}", fs::read_link(&p).unwrap().display())
-            } else if ft.is_dir() {
-                walk(base, &p, out);
-                "dir".into()
-            } else if ft.is_file() && md.len() <= 1 << 20 {
-                format!("file {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
-            } else {
-                format!("size {}", md.len())
-            };
-            let rel = p.strip_prefix(base).unwrap().display().to_string();
-            out.insert(
-                rel,
-                format!(
-                    "{what} mode {:o} mtime {}.{}",
-                    md.mode(),
-                    md.mtime(),
-                    md.mtime_nsec()
-                ),
-            );
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 fn temps_left(f: &Fixture) -> Vec<String> {
