@@ -175,27 +175,24 @@ pub fn confine(root: &Path, relative: &str) -> Result<PathBuf> {
     Ok(joined)
 }
 
-/// The components of `path` below `root`, each a plain name; `None` when `path` is not below
-/// `root` or has a `..` or root component.
-pub fn names_below(root: &Path, path: &Path) -> Option<Vec<OsString>> {
-    let rest = path.strip_prefix(root).ok()?;
+/// The names of the directories from `root` down to `path`, each a plain name (`.`
+/// components dropped); [`FsError::Outside`] when `path` is not below `root` or has a `..`
+/// or root component.
+pub(crate) fn components_below(root: &Path, path: &Path) -> Result<Vec<OsString>> {
+    let outside = || FsError::Outside {
+        path: path.to_path_buf(),
+        root: root.to_path_buf(),
+    };
+    let rest = path.strip_prefix(root).map_err(|_| outside())?;
     let mut names = Vec::new();
     for component in rest.components() {
         match component {
             Component::Normal(c) => names.push(c.to_os_string()),
             Component::CurDir => {}
-            _ => return None,
+            _ => return Err(outside()),
         }
     }
-    Some(names)
-}
-
-/// The names of the directories from `root` down to `path`; `.` components are dropped.
-pub(crate) fn components_below(root: &Path, path: &Path) -> Result<Vec<OsString>> {
-    names_below(root, path).ok_or_else(|| FsError::Outside {
-        path: path.to_path_buf(),
-        root: root.to_path_buf(),
-    })
+    Ok(names)
 }
 
 /// Open `parent/name` as a directory without following a symlink; `None` when it does not

@@ -9,7 +9,7 @@
 //! * `dir`: the `ConfinedDir` handle. Every directory is reached from the trusted root
 //!   one component at a time, an `lstat` refusing a symlink and `open_dir_nofollow` refusing
 //!   one swapped in since; every later access names a single component relative to the
-//!   handle. Also the path arithmetic ([`confine`], [`names_below`]).
+//!   handle. Also the path arithmetic ([`confine`]).
 //! * `read`: classifying (`lstat`, never followed), listing, and reading regular files
 //!   (`O_NOFOLLOW | O_NONBLOCK`, checked again by `fstat`, capped), by path from the root
 //!   ([`read_file`], [`read_tail`], [`stat`], [`visit_dir`], [`list_dir`]) or in a directory
@@ -32,11 +32,9 @@ mod read;
 pub(crate) mod remove_tree;
 mod write;
 
-pub(crate) use dir::{
-    components_below, descend, lossy, open_child, open_path, open_root, open_root_if_present,
-    ConfinedDir,
-};
-pub use dir::{confine, names_below};
+pub use dir::confine;
+use dir::{components_below, descend, open_root_if_present};
+pub(crate) use dir::{lossy, open_child, open_path, open_root, ConfinedDir};
 pub use entry::{Entry, EntryKind};
 pub use error::FsError;
 pub(crate) use error::{io_err, Result};

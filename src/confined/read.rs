@@ -14,7 +14,7 @@
 use std::{
     ffi::{OsStr, OsString},
     io::{self, Read, Seek, SeekFrom},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
@@ -46,7 +46,7 @@ pub enum Listing {
 /// Bytes read from a regular file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FileContent {
-    pub path: std::path::PathBuf,
+    pub path: PathBuf,
     pub bytes: Vec<u8>,
     /// Size of the whole file when it was opened.
     pub size: u64,
