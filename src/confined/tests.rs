@@ -262,3 +262,29 @@ fn stat_reports_the_final_entry_as_is() {
     assert_eq!(e.link_target.as_deref(), Some("/etc/passwd"));
     assert_eq!(e.age_seconds(Timestamp::UNIX_EPOCH), 0);
 }
+
+#[tokio::test]
+async fn reasons_are_the_short_labels_status_and_evidence_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::write(root.join("big"), [b'x'; 10]).unwrap();
+    symlink("/etc", root.join("link")).unwrap();
+    let reason = |r: Result<FileContent>| r.unwrap_err().reason();
+    assert_eq!(reason(read_file(root, &root.join("gone"), 1)), "missing");
+    assert_eq!(
+        reason(read_file(root, Path::new("/etc/passwd"), 1)),
+        "outside"
+    );
+    assert_eq!(
+        reason(read_file(root, &root.join("link/passwd"), 1)),
+        "symlink"
+    );
+    assert_eq!(reason(read_file(root, &root.join("big"), 1)), "tooLarge");
+    assert_eq!(reason(read_file(root, root, 1)), "wrongKind");
+    assert_eq!(confine(root, "..").unwrap_err().reason(), "notConfined");
+    // The blocking task itself failing is an I/O failure to the caller, typed end to end.
+    let panicked = crate::blocking::try_run(|| -> Result<()> { panic!("reader died") }).await;
+    let err = panicked.unwrap_err();
+    assert_eq!(err.reason(), "io");
+    assert!(err.to_string().starts_with("blocking task failed"), "{err}");
+}
