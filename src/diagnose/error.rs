@@ -4,6 +4,7 @@
 use std::error::Error;
 
 use crate::{
+    blocking::BlockingError,
     docker::{ContainerState, DockerError},
     observe::heartbeat::HeartbeatObservation,
 };
@@ -53,27 +54,23 @@ pub enum CheckError {
         output: String,
     },
     /// An I/O error reading the heartbeat file (anything else about the file is a finding).
-    #[error("cannot read the heartbeat file {path}: {message}")]
-    HeartbeatUnreadable { path: String, message: String },
+    #[error("cannot read the heartbeat file {path}")]
+    HeartbeatUnreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("unexpected heartbeat observation {0:?}")]
     UnexpectedHeartbeat(Box<HeartbeatObservation>),
     /// Neither the container's log nor the application log could be read.
     #[error("{}", join(.0))]
     LogsUnreadable(Vec<LogFailure>),
-    /// A file reader on the blocking pool failed (`fs_safe::off_thread`, which says it in text).
-    #[error("{0}")]
-    FileReader(String),
+    /// A file reader on the blocking pool did not finish.
+    #[error(transparent)]
+    FileReader(#[from] BlockingError),
     /// The check did not finish within the spec's per-check timeout.
     #[error("did not finish within {seconds}s")]
     TimedOut { seconds: u64 },
-}
-
-/// `fs_safe::off_thread` reports a failed file reader as text: `?` on it gives
-/// [`CheckError::FileReader`].
-impl From<String> for CheckError {
-    fn from(message: String) -> Self {
-        Self::FileReader(message)
-    }
 }
 
 /// The text of an error for a finding: its message, then its sources', joined by `": "`.

@@ -12,7 +12,7 @@ use std::{path::Path, time::Duration};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-use super::fs_safe::{self, FileContent, SafeError};
+use crate::confined::{self, FileContent, FsError};
 
 /// A heartbeat larger than this is not a heartbeat; it is not read.
 pub const MAX_HEARTBEAT_BYTES: u64 = 64 * 1024;
@@ -257,12 +257,12 @@ pub fn freshness(at: Timestamp, now: Timestamp, timeout: Duration) -> Freshness 
 pub async fn read(root: &Path, path: &Path) -> HeartbeatObservation {
     let (root, path) = (root.to_path_buf(), path.to_path_buf());
     let read =
-        fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await;
+        crate::blocking::try_run(move || confined::read_file(&root, &path, MAX_HEARTBEAT_BYTES))
+            .await;
     match read {
-        Ok(Ok(content)) => interpret(&content),
-        Ok(Err(SafeError::Missing(_))) => HeartbeatObservation::Missing,
-        Ok(Err(e)) => HeartbeatObservation::Unreadable(e.to_string()),
-        Err(e) => HeartbeatObservation::Unreadable(e),
+        Ok(content) => interpret(&content),
+        Err(FsError::Missing(_)) => HeartbeatObservation::Missing,
+        Err(e) => HeartbeatObservation::Unreadable(e.to_string()),
     }
 }
 

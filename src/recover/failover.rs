@@ -1,6 +1,6 @@
 //! Failover: a failed Worker's pending tasks move to a healthy backup Worker's `pending/`.
 //!
-//! The same protocol as the gradual resume (`super::resume`): the caller records a batch's
+//! The same protocol as the gradual resume (`super::batches`): the caller records a batch's
 //! names in the Worker's status before it calls [`move_tasks`], and calls again with the same
 //! names after a crash. Each task moves by one `rename` with `RENAME_NOREPLACE` (atomic: it is
 //! in exactly one of the two directories at any instant); a name already taken at the backup
@@ -11,9 +11,9 @@
 
 use std::ffi::{OsStr, OsString};
 
-use super::confined::{open_child, open_path, open_root, rename_noreplace, DirH, FsError};
 use crate::{
     bounded::{json_len, Smallest},
+    confined::{open_child, open_path, open_root, rename_noreplace, ConfinedDir, FsError},
     crd::worker::ResolvedPaths,
 };
 
@@ -47,7 +47,7 @@ pub struct Moved {
     pub renamed: Vec<(String, String)>,
 }
 
-fn pending(paths: &ResolvedPaths, create: bool) -> Result<Option<DirH>> {
+fn pending(paths: &ResolvedPaths, create: bool) -> Result<Option<ConfinedDir>> {
     let root = open_root(&paths.trusted_root)?;
     let Some(tasks) = open_path(&root, &paths.tasks_dir, create)? else {
         return Ok(None);
@@ -104,34 +104,34 @@ pub fn move_tasks(from: &ResolvedPaths, to: &ResolvedPaths, names: &[String]) ->
             return Err(FailoverError::InvalidName(n.clone()));
         }
     }
-    let mut out = Moved::default();
+    let mut outcome = Moved::default();
     let Some(source) = pending(from, false)? else {
-        out.gone = names.to_vec();
-        return Ok(out);
+        outcome.gone = names.to_vec();
+        return Ok(outcome);
     };
     let Some(target) = pending(to, true)? else {
         unreachable!("created when missing");
     };
-    let result = move_all(&source, &target, &from.worker_name, names, &mut out);
+    let result = move_all(&source, &target, &from.worker_name, names, &mut outcome);
     let synced = target.fsync().and_then(|()| source.fsync());
     result?;
     synced?;
-    Ok(out)
+    Ok(outcome)
 }
 
 fn move_all(
-    source: &DirH,
-    target: &DirH,
+    source: &ConfinedDir,
+    target: &ConfinedDir,
     from_worker: &str,
     names: &[String],
-    out: &mut Moved,
+    outcome: &mut Moved,
 ) -> Result<()> {
     for name in names {
         let os = OsString::from(name);
         match source.lstat(&os)? {
             Some(md) if md.is_file() => {}
             _ => {
-                out.gone.push(name.clone());
+                outcome.gone.push(name.clone());
                 continue;
             }
         }
@@ -146,9 +146,9 @@ fn move_all(
             match rename_noreplace(source, &os, target, OsStr::new(&candidate)) {
                 Ok(()) => {
                     if i == 1 {
-                        out.moved.push(name.clone());
+                        outcome.moved.push(name.clone());
                     } else {
-                        out.renamed.push((name.clone(), candidate));
+                        outcome.renamed.push((name.clone(), candidate));
                     }
                     placed = true;
                     break;
@@ -158,7 +158,7 @@ fn move_all(
                     return Err(FailoverError::CrossDevice)
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    out.gone.push(name.clone());
+                    outcome.gone.push(name.clone());
                     placed = true;
                     break;
                 }

@@ -15,11 +15,12 @@ use std::{
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::confined::{
-    dir_owner, io_err, open_child, open_path, open_root, rename_noreplace, write_new, DirH, FsError,
-};
 use crate::{
     bounded::{json_len, Smallest},
+    confined::{
+        dir_owner, io_err, open_child, open_path, open_root, rename_noreplace, write_new,
+        ConfinedDir, FsError,
+    },
     crd::worker::ResolvedPaths,
 };
 
@@ -46,7 +47,7 @@ pub enum PoisonMove {
     Gone,
 }
 
-fn task_dir(paths: &ResolvedPaths, sub: &str, create: bool) -> Result<Option<DirH>> {
+fn task_dir(paths: &ResolvedPaths, sub: &str, create: bool) -> Result<Option<ConfinedDir>> {
     let root = open_root(&paths.trusted_root)?;
     let Some(tasks) = open_path(&root, &paths.tasks_dir, false)? else {
         return Ok(None);

@@ -8,7 +8,7 @@
 //!   shared roots, for every namespace or per namespace (`team-a=/shared/team-a`). A Worker
 //!   whose `sharedRoot`, resolved through symlinks, is not inside a root of its namespace is
 //!   refused before any of its files is read. Every later read walks from the allowed root down
-//!   with `O_NOFOLLOW` (see [`crate::observe::fs_safe`]), so a symlink swapped in after this
+//!   with `O_NOFOLLOW` (see [`crate::confined`]), so a symlink swapped in after this
 //!   check is refused too.
 //! * **Container consent.** A container is only inspected in detail, exec'd into, read or
 //!   started when it carries the label [`CONSENT_LABEL`] whose value names exactly this Worker,

@@ -17,7 +17,7 @@ pub enum Error {
     CleanState(#[from] CleanStateError),
     /// Reading the worker's files failed.
     #[error("worker files: {0}")]
-    Files(#[from] crate::observe::fs_safe::SafeError),
+    Files(#[from] crate::confined::FsError),
 }
 
 shared_error_conversions!(Error);

@@ -14,6 +14,7 @@ use kube::{
 use super::Error;
 use crate::{
     blocking,
+    confined::{self, EntryKind},
     controller::{resume_plan, Context},
     crd::{
         diagnosis::Diagnosis,
@@ -24,10 +25,7 @@ use crate::{
     diagnose::{self, CheckContext},
     docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
     http::MESSAGE_BODY_BYTES,
-    observe::{
-        fs_safe::{self, EntryKind},
-        heartbeat::{self, HeartbeatObservation},
-    },
+    observe::heartbeat::{self, HeartbeatObservation},
     recover::clean_state::{self, CleanStateInput, CleanStateReport},
     telemetry::recovery_trace,
     trust::Admission,
@@ -688,7 +686,7 @@ async fn dry_resume(run: &Run<'_>, requeued: Option<i64>) -> Result<Outcome, Err
     // Counted streaming: exact for a pending/ of any size, nothing kept.
     let waiting = blocking::run(move || {
         let mut count = 0usize;
-        fs_safe::visit_dir(&paths.trusted_root, &pending, |e| {
+        confined::visit_dir(&paths.trusted_root, &pending, |e| {
             count += usize::from(e.kind == EntryKind::File && e.name.ends_with(".json"));
         })
         .map(|_| count)

@@ -282,7 +282,8 @@ mod tests {
     #[test]
     fn the_worst_status_stays_far_below_the_object_size_limit() {
         use crate::{
-            bounded::json_len, crd::monitoring::MetricsWatch, recover::resume::MAX_BATCH_NAME_BYTES,
+            bounded::json_len, crd::monitoring::MetricsWatch,
+            recover::batches::MAX_BATCH_NAME_BYTES,
         };
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
         // 255-byte file names that JSON escapes six-fold.

@@ -4,7 +4,7 @@
 
 use crate::{
     controller::error::{shared_error_conversions, ReconcileError, SharedError, WORKER_FILES},
-    recover::resume::ResumeError,
+    recover::batches::BatchError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +13,7 @@ pub enum Error {
     Shared(#[from] SharedError),
     /// Reading or moving the worker's task files failed.
     #[error("worker files: {0}")]
-    Files(#[from] ResumeError),
+    Files(#[from] BatchError),
 }
 
 shared_error_conversions!(Error);

@@ -46,7 +46,7 @@ use crate::{
         worker::{ResolvedPaths, Worker},
     },
     observe::monitor,
-    recover::resume::{self as files, StateWrite},
+    recover::batches::{self, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
     trust::AdmitError,
 };
@@ -241,7 +241,7 @@ async fn start(
         // The finalizer first: a plan deleted from here on gives the queue back.
         finalizer::add(api, plan, FINALIZER).await?;
         let p = paths.clone();
-        let wrote = blocking::run(move || files::set_worker_status(&p, "recovering")).await??;
+        let wrote = blocking::run(move || batches::set_worker_status(&p, "recovering")).await??;
         note_state_write(ctx, plan, "recovering", &wrote).await;
     }
     status.start_time = Some(Time(now));
@@ -297,7 +297,7 @@ impl Batches<'_> {
         now: Timestamp,
     ) -> Result<Option<Action>, Error> {
         let (p, names) = (self.paths.clone(), batch.tasks.clone());
-        let released = blocking::run(move || files::release(&p, &names)).await??;
+        let released = blocking::run(move || batches::release(&p, &names)).await??;
         batch.moved = (released.moved.len() + released.gone.len()) as u32;
         for name in &released.collided {
             note_left_out(
@@ -360,7 +360,7 @@ impl Batches<'_> {
             return Ok(Some(Action::requeue(next.max(Duration::from_millis(200)))));
         }
         let (p, names) = (self.paths.clone(), batch.tasks.clone());
-        let failed_now = blocking::run(move || files::present_in_failed(&p, &names)).await??;
+        let failed_now = blocking::run(move || batches::present_in_failed(&p, &names)).await??;
         let result = decide::judge(&batch, &failed_now, Self::failed_increase(status), now);
         let halt = decide::exceeds(&result, spec.max_failure_ratio);
         if let Some((trace_id, parent)) = &self.traceparent {
@@ -404,7 +404,7 @@ impl Batches<'_> {
         }
         let (p, limit) = (self.paths.clone(), spec.batch_size as usize);
         let cutoff = status.cutoff_time.as_ref().expect("set at the start").0;
-        let scan = blocking::run(move || files::scan_pending(&p, cutoff.into(), limit)).await??;
+        let scan = blocking::run(move || batches::scan_pending(&p, cutoff.into(), limit)).await??;
         if status.batches_done == 0 && status.tasks_staged == 0 {
             status.tasks_total = scan.eligible;
         }
@@ -416,7 +416,7 @@ impl Batches<'_> {
             return self.complete(status).await.map(Some);
         }
         let (p, names) = (self.paths.clone(), scan.oldest.clone());
-        let failed_before = blocking::run(move || files::present_in_failed(&p, &names)).await??;
+        let failed_before = blocking::run(move || batches::present_in_failed(&p, &names)).await??;
         status.current_batch = Some(CurrentBatch {
             number: status.batches_done + 1,
             tasks: scan.oldest,
@@ -436,7 +436,7 @@ impl Batches<'_> {
         status.next_batch_time = None;
         if self.plan.spec.mark_worker_state {
             let p = self.paths.clone();
-            let wrote = blocking::run(move || files::set_worker_status(&p, "running")).await??;
+            let wrote = blocking::run(move || batches::set_worker_status(&p, "running")).await??;
             note_state_write(self.ctx, self.plan, "running", &wrote).await;
         }
         self.record
@@ -630,7 +630,7 @@ async fn give_queue_back(ctx: &Context, plan: &ResumePlan, worker: &Worker) -> R
         return Ok(());
     }
     let p: ResolvedPaths = admission.paths;
-    let wrote = blocking::run(move || files::set_worker_status(&p, "running")).await??;
+    let wrote = blocking::run(move || batches::set_worker_status(&p, "running")).await??;
     note_state_write(ctx, plan, "running", &wrote).await;
     release_writer(ctx, plan).await
 }

@@ -3,6 +3,7 @@
 use crate::{
     controller::error::{shared_error_conversions, ReconcileError, SharedError, WORKER_FILES},
     crd::worker::SpecError,
+    recover::{failover::FailoverError, poison::PoisonError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +16,12 @@ pub enum Error {
     InvalidSpec(#[from] SpecError),
     #[error("cannot serialize status: {0}")]
     Serialize(#[from] serde_json::Error),
-    /// Moving the worker's task files (poison tasks, failover) failed; retried with backoff.
+    /// Moving a poison task to failed/ failed; retried with backoff.
     #[error("worker files: {0}")]
-    Files(String),
+    Poison(#[from] PoisonError),
+    /// Moving pending tasks to the backup Worker failed; retried with backoff.
+    #[error("worker files: {0}")]
+    Failover(#[from] FailoverError),
 }
 
 shared_error_conversions!(Error);
@@ -28,7 +32,7 @@ impl ReconcileError for Error {
             Self::Shared(e) => e.metric_label(),
             Self::InvalidSpec(_) => "invalid_spec",
             Self::Serialize(_) => "serialization",
-            Self::Files(_) => WORKER_FILES,
+            Self::Poison(_) | Self::Failover(_) => WORKER_FILES,
         }
     }
 

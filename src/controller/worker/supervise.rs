@@ -24,6 +24,7 @@ use super::{
     Error,
 };
 use crate::{
+    blocking,
     controller::{writer, Context},
     crd::{
         diagnosis::RootCause,
@@ -42,7 +43,6 @@ use crate::{
         notifier::{self, Progress},
         webhook::{self, EscalationPayload},
     },
-    observe::fs_safe::off_thread,
     recover::{failover, poison},
     trust::{self, Admission},
 };
@@ -679,10 +679,7 @@ async fn remove_poison_tasks(
         return Ok(());
     }
     let paths = admission.paths.clone();
-    let active = off_thread(move || poison::active_tasks(&paths))
-        .await
-        .map_err(Error::Files)?
-        .map_err(|e| Error::Files(e.to_string()))?;
+    let active = blocking::run(move || poison::active_tasks(&paths)).await??;
     let (counts, poisoned) = poison::count_crash(&record.task_crash_counts, &active, threshold);
     record.task_crash_counts = counts;
     for name in poisoned {
@@ -692,10 +689,8 @@ async fn remove_poison_tasks(
             .copied()
             .unwrap_or(threshold);
         let (paths, task) = (admission.paths.clone(), name.clone());
-        let moved = off_thread(move || poison::quarantine_poison(&paths, &task, crashes, now))
-            .await
-            .map_err(Error::Files)?
-            .map_err(|e| Error::Files(e.to_string()))?;
+        let moved =
+            blocking::run(move || poison::quarantine_poison(&paths, &task, crashes, now)).await??;
         record.task_crash_counts.remove(&name);
         if let poison::PoisonMove::Moved { to } = moved {
             let note = format!(
@@ -1107,18 +1102,12 @@ async fn move_batch(
             backup.paths.clone(),
             f.batch.clone(),
         );
-        let moved = off_thread(move || failover::move_tasks(&from, &to_paths, &names))
-            .await
-            .map_err(Error::Files)?
-            .map_err(|e| Error::Files(e.to_string()))?;
+        let moved = blocking::run(move || failover::move_tasks(&from, &to_paths, &names)).await??;
         f.moved += (moved.moved.len() + moved.renamed.len()) as u64;
         f.batch.clear();
     }
     let from = admission.paths.clone();
-    let scan = off_thread(move || failover::scan(&from, FAILOVER_BATCH))
-        .await
-        .map_err(Error::Files)?
-        .map_err(|e| Error::Files(e.to_string()))?;
+    let scan = blocking::run(move || failover::scan(&from, FAILOVER_BATCH)).await??;
     if scan.oldest.is_empty() {
         finish_failover(ctx, worker, to, &mut f).await?;
     } else {

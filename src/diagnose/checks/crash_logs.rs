@@ -6,11 +6,12 @@
 use k8s_openapi::jiff::SignedDuration;
 
 use crate::{
+    blocking,
+    confined::{self, FsError},
     diagnose::{
         error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
     },
     docker::DockerError,
-    observe::fs_safe::{self, SafeError},
 };
 
 const CHECK: CheckName = CheckName::CrashLogs;
@@ -44,21 +45,11 @@ pub enum LogFailure {
 pub struct AppLogError {
     /// Where it was looked for: under the shared root, or as declared when that was refused.
     pub path: String,
-    /// For evidence: missing, symlink, notRegularFile, or [`SafeError::reason`]; io when the
-    /// file reader failed.
+    /// For evidence: missing, symlink, notRegularFile, or [`FsError::reason`] (io when the
+    /// file reader failed).
     pub reason: &'static str,
     #[source]
-    pub source: AppLogRead,
-}
-
-/// What went wrong reading the application log.
-#[derive(Debug, thiserror::Error)]
-pub enum AppLogRead {
-    #[error(transparent)]
-    Refused(#[from] SafeError),
-    /// The file reader on the blocking pool failed (`fs_safe::off_thread` says it in text).
-    #[error("{0}")]
-    Reader(String),
+    pub source: FsError,
 }
 
 /// Why a line counts as an error.
@@ -385,33 +376,26 @@ async fn read_app_log(
     tail: u32,
 ) -> Result<(String, Vec<String>, u64), AppLogError> {
     let root = ctx.paths.trusted_root.clone();
-    let path = fs_safe::confine(&ctx.paths.shared_root, rel).map_err(|e| AppLogError {
+    let path = confined::confine(&ctx.paths.shared_root, rel).map_err(|e| AppLogError {
         path: rel.to_string(),
         reason: e.reason(),
-        source: e.into(),
+        source: e,
     })?;
     let shown = path.display().to_string();
     let max_bytes = (u64::from(tail) * APP_LOG_BYTES_PER_LINE).min(MAX_APP_LOG_BYTES);
-    let read = fs_safe::off_thread(move || fs_safe::read_tail(&root, &path, max_bytes))
-        .await
-        .map_err(|e| AppLogError {
-            path: shown.clone(),
-            reason: "io",
-            source: AppLogRead::Reader(e),
-        })?;
-    match read {
+    match blocking::try_run(move || confined::read_tail(&root, &path, max_bytes)).await {
         Ok(content) => Ok((shown, content.last_lines(tail as usize), content.size)),
         Err(e) => {
             let reason = match &e {
-                SafeError::Missing(_) => "missing",
-                SafeError::Symlink { .. } => "symlink",
-                SafeError::WrongKind { .. } => "notRegularFile",
+                FsError::Missing(_) => "missing",
+                FsError::Symlink { .. } => "symlink",
+                FsError::WrongKind { .. } => "notRegularFile",
                 other => other.reason(),
             };
             Err(AppLogError {
                 path: shown,
                 reason,
-                source: e.into(),
+                source: e,
             })
         }
     }

@@ -12,9 +12,10 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
+    blocking,
     bounded::Smallest,
+    confined::{self, Entry, EntryKind, FsError},
     diagnose::{error, CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
-    observe::fs_safe::{self, Entry, EntryKind, SafeError},
 };
 
 const CHECK: CheckName = CheckName::Deadlock;
@@ -48,7 +49,7 @@ enum NotATask {
     #[error("{size} bytes, larger than the {limit} bytes a task may have; not read")]
     TooLarge { size: u64, limit: u64 },
     #[error("unreadable")]
-    Unreadable(#[source] SafeError),
+    Unreadable(#[source] FsError),
 }
 
 /// What a task file gave.
@@ -151,7 +152,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         stuck_after: i64::from(ctx.spec.diagnostics.stuck_task_seconds),
         stale_after: i64::from(ctx.spec.diagnostics.stale_lock_seconds),
     };
-    let (scan, lock_infos) = fs_safe::off_thread(move || {
+    let (scan, lock_infos) = blocking::run(move || {
         let scan = scan(&root, &tasks_dir, &locks_dir, &worker, &limits);
         let infos: Vec<LockInfo> = scan
             .locks
@@ -194,7 +195,7 @@ fn scan(root: &Path, tasks_dir: &Path, locks_dir: &Path, worker: &str, lim: &Lim
         let dir = tasks_dir.join(dir_name);
         let (mut count, mut read) = (0, 0);
         let judged = READ_DIRS.contains(&dir_name);
-        let visited = fs_safe::visit_dir(root, &dir, |entry| {
+        let visited = confined::visit_dir(root, &dir, |entry| {
             if entry.kind == EntryKind::File && entry_is_json(&entry) {
                 count += 1;
             }
@@ -269,12 +270,12 @@ fn scan_locks(
             || (task.len() + 5 <= 255
                 && TASK_DIRS.iter().any(|d| {
                     let p = tasks_dir.join(d).join(format!("{task}.json"));
-                    matches!(fs_safe::stat(root, &p), Ok(Some(_)))
+                    matches!(confined::stat(root, &p), Ok(Some(_)))
                 }))
     };
     let mut oldest = Smallest::new(MAX_FINDINGS_PER_KIND + 1);
     let mut hazards = Vec::new();
-    let visited = fs_safe::visit_dir(root, locks_dir, |entry| {
+    let visited = confined::visit_dir(root, locks_dir, |entry| {
         let task = entry
             .name
             .strip_prefix(&prefix)
@@ -309,14 +310,14 @@ fn scan_locks(
     out.locks = oldest.into_sorted_vec().into_iter().map(|b| b.0).collect();
 }
 
-fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<String>) {
+fn unsafe_from_error(dir: &Path, e: &FsError) -> (PathBuf, String, Option<String>) {
     match e {
-        SafeError::Symlink { path, target } => (
+        FsError::Symlink { path, target } => (
             path.clone(),
             "a symlink where a directory should be (not followed)".into(),
             target.clone(),
         ),
-        SafeError::WrongKind { path, kind, .. } => (
+        FsError::WrongKind { path, kind, .. } => (
             path.clone(),
             format!("a {kind} where a directory should be"),
             None,
@@ -327,9 +328,9 @@ fn unsafe_from_error(dir: &Path, e: &SafeError) -> (PathBuf, String, Option<Stri
 
 /// Read a task's id and type. `Err((reason, size))` when it is not a task.
 fn read_task(root: &Path, entry: &Entry) -> Result<TaskIdentity, (NotATask, Option<u64>)> {
-    let content = match fs_safe::read_file(root, &entry.path, MAX_TASK_BYTES) {
+    let content = match confined::read_file(root, &entry.path, MAX_TASK_BYTES) {
         Ok(c) => c,
-        Err(SafeError::TooLarge { size, limit, .. }) => {
+        Err(FsError::TooLarge { size, limit, .. }) => {
             return Err((NotATask::TooLarge { size, limit }, Some(size)))
         }
         Err(e) => return Err((NotATask::Unreadable(e), None)),
@@ -371,7 +372,7 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 fn read_lock(root: &Path, path: &Path) -> LockInfo {
-    let content = match fs_safe::read_file(root, path, MAX_LOCK_BYTES) {
+    let content = match confined::read_file(root, path, MAX_LOCK_BYTES) {
         Ok(c) => c,
         Err(e) => {
             return LockInfo {

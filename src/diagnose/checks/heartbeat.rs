@@ -9,13 +9,12 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
+    blocking,
+    confined::{self, FsError},
     crd::worker::WorkerStatus,
     diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
-    observe::{
-        fs_safe::{self, SafeError},
-        heartbeat::{
-            self, ContentIssue, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES,
-        },
+    observe::heartbeat::{
+        self, ContentIssue, Heartbeat, HeartbeatObservation, TimeSource, MAX_HEARTBEAT_BYTES,
     },
 };
 
@@ -25,7 +24,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     let root = ctx.paths.trusted_root.clone();
     let path = ctx.paths.heartbeat_file.clone();
     let read =
-        fs_safe::off_thread(move || fs_safe::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await?;
+        blocking::run(move || confined::read_file(&root, &path, MAX_HEARTBEAT_BYTES)).await?;
     let path = ctx.paths.heartbeat_file.display().to_string();
     let content = match read {
         Ok(content) => content,
@@ -56,9 +55,9 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
 /// The heartbeat file could not be read: missing, or not a file to trust (a symlink, too
 /// large, not a regular file). Only an I/O error fails the check: the rest say something
 /// about the worker.
-fn not_read(ctx: &CheckContext, path: &str, e: SafeError) -> CheckResult {
+fn not_read(ctx: &CheckContext, path: &str, e: FsError) -> CheckResult {
     match e {
-        SafeError::Missing(_) => Ok(vec![ctx
+        FsError::Missing(_) => Ok(vec![ctx
             .finding(
                 CHECK,
                 FindingKind::HeartbeatMissing,
@@ -66,16 +65,16 @@ fn not_read(ctx: &CheckContext, path: &str, e: SafeError) -> CheckResult {
                 format!("no heartbeat file at {path}"),
             )
             .with("path", path)]),
-        SafeError::Io { message, .. } => Err(CheckError::HeartbeatUnreadable {
+        FsError::Io { source, .. } => Err(CheckError::HeartbeatUnreadable {
             path: path.to_string(),
-            message,
+            source,
         }),
         e => Ok(vec![not_a_heartbeat_file(ctx, path, &e)]),
     }
 }
 
 /// A heartbeat that is not read because of what the file is, with the reason as evidence.
-fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &SafeError) -> Finding {
+fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &FsError) -> Finding {
     let invalid = |summary: String| {
         ctx.finding(
             CHECK,
@@ -85,14 +84,14 @@ fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &SafeError) -> Findin
         )
     };
     let (reason, finding) = match e {
-        SafeError::Symlink { target, .. } => (
+        FsError::Symlink { target, .. } => (
             "symlink",
             invalid(format!(
                 "the heartbeat {path} is a symlink; it is not followed"
             ))
             .with_opt("linkTarget", target.as_ref()),
         ),
-        SafeError::TooLarge { size, limit, .. } => (
+        FsError::TooLarge { size, limit, .. } => (
             "huge",
             invalid(format!(
                 "the heartbeat {path} is {size} bytes, too large to be a heartbeat; not read"
@@ -100,7 +99,7 @@ fn not_a_heartbeat_file(ctx: &CheckContext, path: &str, e: &SafeError) -> Findin
             .with("sizeBytes", size)
             .with("limitBytes", limit),
         ),
-        SafeError::WrongKind { kind, .. } => (
+        FsError::WrongKind { kind, .. } => (
             "notRegularFile",
             invalid(format!(
                 "the heartbeat {path} is a {kind}, not a regular file"

@@ -4,8 +4,9 @@
 //! a FIFO. Part of the dependencies check, run by the diagnosis next to it.
 
 use crate::{
+    blocking,
+    confined::{self, Entry, EntryKind, FsError},
     diagnose::{CheckContext, CheckName, Finding, FindingKind, Severity},
-    observe::fs_safe::{self, Entry, EntryKind, SafeError},
 };
 
 const CHECK: CheckName = CheckName::Dependencies;
@@ -22,7 +23,7 @@ pub async fn check_named_pipes(ctx: &CheckContext) -> Vec<Finding> {
 
 async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
     let root = ctx.paths.trusted_root.clone();
-    let path = match fs_safe::confine(&ctx.paths.shared_root, rel) {
+    let path = match confined::confine(&ctx.paths.shared_root, rel) {
         Ok(p) => p,
         Err(e) => {
             return ctx
@@ -37,15 +38,7 @@ async fn check_one(ctx: &CheckContext, rel: &str) -> Finding {
         }
     };
     let shown = path.display().to_string();
-    let looked = {
-        let path = path.clone();
-        fs_safe::off_thread(move || fs_safe::stat(&root, &path)).await
-    };
-    let looked = match looked {
-        Ok(r) => r,
-        Err(e) => Err(SafeError::Io { path, message: e }),
-    };
-    match looked {
+    match blocking::try_run(move || confined::stat(&root, &path)).await {
         Ok(Some(entry)) => what_is_there(ctx, &shown, &entry),
         Ok(None) => ctx
             .finding(
@@ -99,9 +92,9 @@ fn what_is_there(ctx: &CheckContext, shown: &str, entry: &Entry) -> Finding {
 
 /// The pipe's path could not be reached: a symlink or a non-directory on the way means no
 /// FIFO can be there; anything else fails this pipe's check.
-fn not_reached(ctx: &CheckContext, shown: &str, e: SafeError) -> Finding {
+fn not_reached(ctx: &CheckContext, shown: &str, e: FsError) -> Finding {
     match e {
-        SafeError::Symlink { path: at, target } => {
+        FsError::Symlink { path: at, target } => {
             // A directory on the way is a symlink: what is behind it is not looked at.
             ctx.finding(
                 CHECK,
@@ -116,7 +109,7 @@ fn not_reached(ctx: &CheckContext, shown: &str, e: SafeError) -> Finding {
             .with("what", format!("symlink on the way at {}", at.display()))
             .with_opt("linkTarget", target)
         }
-        SafeError::WrongKind { path: at, kind, .. } => ctx
+        FsError::WrongKind { path: at, kind, .. } => ctx
             .finding(
                 CHECK,
                 FindingKind::PipeNotFifo,

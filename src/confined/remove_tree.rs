@@ -29,7 +29,7 @@ use rustix::{
     io::Errno,
 };
 
-use super::confined::{io_err, DirH, FsError, Result};
+use super::{io_err, ConfinedDir, FsError, Result};
 
 /// Directory streams kept open at once (the deepest levels); the levels above are reopened
 /// through `..` when the walk comes back to them.
@@ -71,13 +71,13 @@ enum Next {
 
 /// Remove `parent/name` and everything below it; a symlink or file there is unlinked as it
 /// is. Returns how many entries were removed, `name` included (0 when it did not exist).
-pub(crate) fn remove_tree(parent: &DirH, name: &OsStr) -> Result<u64> {
+pub(crate) fn remove_tree(parent: &ConfinedDir, name: &OsStr) -> Result<u64> {
     remove_tree_with(parent, name, |_| {})
 }
 
 /// [`remove_tree`], calling `visit` before each directory is entered (tests swap entries).
 pub(crate) fn remove_tree_with(
-    parent: &DirH,
+    parent: &ConfinedDir,
     name: &OsStr,
     mut visit: impl FnMut(&Visit<'_>),
 ) -> Result<u64> {
@@ -117,7 +117,7 @@ pub(crate) fn remove_tree_with(
 }
 
 struct Walk<'a> {
-    parent: &'a DirH,
+    parent: &'a ConfinedDir,
     levels: Vec<Level>,
     removed: u64,
     refills: u32,
@@ -364,7 +364,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recover::confined::open_root;
+    use crate::confined::open_root;
     use std::{fs, os::unix::fs::symlink, path::Path, time::Instant};
 
     fn fds() -> usize {

@@ -8,7 +8,7 @@
 //! failed = list(failed_dir.glob("*.json"))
 //! ```
 //!
-//! Every directory is reached from the trusted root through [`super::confined`] handles: one
+//! Every directory is reached from the trusted root through [`crate::confined`] handles: one
 //! component at a time, a symlinked directory refused (an error, nothing moved), nothing
 //! created outside the root. Nothing is ever deleted or overwritten. All functions block.
 //!
@@ -45,16 +45,15 @@ use std::{
     time::SystemTime,
 };
 
-use super::{
-    clean_state::{MAX_STATE_BYTES, SAMPLE_LIMIT},
-    confined::{
-        dir_owner, io_err, json_string, kind_word, last_value, lossy, open_child, open_path,
-        open_root, parse_object, read_capped, rename_noreplace, replace_fields, write_new, DirH,
-        FsError, Pairs, ReadOutcome,
-    },
-};
+use super::clean_state::{MAX_STATE_BYTES, SAMPLE_LIMIT};
 use crate::{
     bounded::{json_len, Smallest},
+    confined::{
+        dir_owner, io_err,
+        json_object::{json_string, last_value, parse_object, replace_fields, Pairs},
+        lossy, open_child, open_path, open_root, read_capped, rename_noreplace, write_new,
+        ConfinedDir, EntryKind, FsError, ReadOutcome,
+    },
     crd::worker::ResolvedPaths,
 };
 
@@ -68,9 +67,9 @@ const MAX_NAME: usize = 255;
 /// A batch's `failedBefore` is a part of it, so `currentBatch` stays under twice this.
 pub const MAX_BATCH_NAME_BYTES: usize = 32 * 1024;
 
-/// Why a resume file operation failed.
+/// Why a batch file operation of a resume failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
+pub enum BatchError {
     /// Not confined, a symlinked or misplaced directory, or an I/O failure; the message names
     /// the path.
     #[error(transparent)]
@@ -83,7 +82,7 @@ pub enum ResumeError {
     InvalidName(String),
 }
 
-type Result<T, E = ResumeError> = std::result::Result<T, E>;
+type Result<T, E = BatchError> = std::result::Result<T, E>;
 
 /// The tasks waiting in `pending/`; see [`scan_pending`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -129,13 +128,13 @@ pub enum StateWrite {
 }
 
 /// The worker's tasks directory, `None` when it does not exist.
-fn open_tasks(paths: &ResolvedPaths) -> Result<Option<DirH>> {
+fn open_tasks(paths: &ResolvedPaths) -> Result<Option<ConfinedDir>> {
     let root = open_root(&paths.trusted_root)?;
     Ok(open_path(&root, &paths.tasks_dir, false)?)
 }
 
 /// `<tasks>/<name>`, `None` when either does not exist.
-fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<DirH>> {
+fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<ConfinedDir>> {
     match open_tasks(paths)? {
         Some(tasks) => Ok(open_child(&tasks, OsStr::new(name), false)?),
         None => Ok(None),
@@ -145,16 +144,16 @@ fn open_task_dir(paths: &ResolvedPaths, name: &str) -> Result<Option<DirH>> {
 /// The names, each checked to be a single path component, duplicates dropped (first kept).
 fn checked_names(names: &[String]) -> Result<Vec<String>> {
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(names.len());
+    let mut checked = Vec::with_capacity(names.len());
     for n in names {
         if n.is_empty() || n == "." || n == ".." || n.len() > MAX_NAME || n.contains(['/', '\0']) {
-            return Err(ResumeError::InvalidName(n.clone()));
+            return Err(BatchError::InvalidName(n.clone()));
         }
         if seen.insert(n.as_str()) {
-            out.push(n.clone());
+            checked.push(n.clone());
         }
     }
-    Ok(out)
+    Ok(checked)
 }
 
 /// The tasks of `<tasks>/pending/` that a batch may take.
@@ -205,7 +204,7 @@ pub fn scan_pending(
         if !md.is_file() {
             left_out(format!(
                 "{text}: a {}, not a task file; not followed, left in pending/",
-                kind_word(md.file_type())
+                EntryKind::of(&md)
             ));
             continue;
         }
@@ -236,15 +235,15 @@ pub fn scan_pending(
 /// names is smaller rather than recorded in part (every name is recorded before one moves).
 fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut used = 0;
-    let mut out = Vec::new();
+    let mut batch = Vec::new();
     for name in names {
         used += json_len(&name);
-        if used > MAX_BATCH_NAME_BYTES && !out.is_empty() {
+        if used > MAX_BATCH_NAME_BYTES && !batch.is_empty() {
             break;
         }
-        out.push(name);
+        batch.push(name);
     }
-    out
+    batch
 }
 
 /// Move each named task from pending/ to staged/ with `RENAME_NOREPLACE` (staged/ is created
@@ -253,54 +252,54 @@ fn within_budget(names: impl Iterator<Item = String>) -> Vec<String> {
 /// Idempotent: calling it again after a crash at any instant moves each task at most once and
 /// loses none (see the module docs). Names must be single path components: "", ".", "..",
 /// a name with '/' or NUL, or longer than 255 bytes, is refused with
-/// [`ResumeError::InvalidName`] before anything moves. A missing tasks or pending/ directory
+/// [`BatchError::InvalidName`] before anything moves. A missing tasks or pending/ directory
 /// means every name is gone. A symlinked pending/ or staged/ is refused, nothing moved.
 pub fn release(paths: &ResolvedPaths, names: &[String]) -> Result<Release> {
     let names = checked_names(names)?;
-    let mut out = Release::default();
+    let mut outcome = Release::default();
     if names.is_empty() {
-        return Ok(out);
+        return Ok(outcome);
     }
     let Some(tasks) = open_tasks(paths)? else {
-        out.gone = names;
-        return Ok(out);
+        outcome.gone = names;
+        return Ok(outcome);
     };
     let Some(pending) = open_child(&tasks, OsStr::new(PENDING), false)? else {
-        out.gone = names;
-        return Ok(out);
+        outcome.gone = names;
+        return Ok(outcome);
     };
     let Some(staged) = open_child(&tasks, OsStr::new(STAGED), true)? else {
         let missing = std::io::ErrorKind::NotFound.into();
         return Err(io_err("create directory", tasks.path.join(STAGED), missing).into());
     };
-    let moved = move_all(&pending, &staged, names, &mut out);
+    let moved = move_all(&pending, &staged, names, &mut outcome);
     // Durable before anything is reported, also when a move failed part way: a retry then
     // reports this call's moves as gone.
     let synced = staged.fsync().and_then(|()| pending.fsync());
     moved?;
     synced?;
-    Ok(out)
+    Ok(outcome)
 }
 
 fn move_all(
-    pending: &DirH,
-    staged: &DirH,
+    pending: &ConfinedDir,
+    staged: &ConfinedDir,
     names: Vec<String>,
-    out: &mut Release,
+    outcome: &mut Release,
 ) -> Result<(), FsError> {
     for name in names {
         let os = OsString::from(&name);
         match pending.lstat(&os)? {
-            None => out.gone.push(name),
-            Some(md) if !md.is_file() => out.not_regular.push(name),
+            None => outcome.gone.push(name),
+            Some(md) if !md.is_file() => outcome.not_regular.push(name),
             Some(_) => match rename_noreplace(pending, &os, staged, &os) {
-                Ok(()) => out.moved.push(name),
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => out.collided.push(name),
+                Ok(()) => outcome.moved.push(name),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => outcome.collided.push(name),
                 // Claimed by the worker between the lstat and the rename.
                 Err(e)
                     if e.raw_os_error() == Some(libc::ENOENT) && pending.lstat(&os)?.is_none() =>
                 {
-                    out.gone.push(name)
+                    outcome.gone.push(name)
                 }
                 Err(e) => return Err(e),
             },
@@ -336,7 +335,7 @@ pub fn present_in_failed(paths: &ResolvedPaths, names: &[String]) -> Result<Vec<
 /// [`StateWrite::Unchanged`], nothing written.
 pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWrite> {
     let file = &paths.state_file;
-    let not_confined = || FsError::NotConfined {
+    let not_confined = || FsError::Outside {
         path: file.clone(),
         root: paths.trusted_root.clone(),
     };
@@ -361,7 +360,7 @@ pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWri
             Some(md) if !md.is_file() => {
                 return left_alone(format!(
                     "a {}, not a state file; not followed, left as it is",
-                    kind_word(md.file_type())
+                    EntryKind::of(&md)
                 ))
             }
             Some(_) => match read_capped(&dir, leaf, MAX_STATE_BYTES)? {
@@ -418,15 +417,14 @@ pub fn set_worker_status(paths: &ResolvedPaths, status: &str) -> Result<StateWri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recover::testing::{mkfifo, snapshot, Tree};
     use std::{
-        collections::BTreeMap,
-        ffi::CString,
         fs,
         os::unix::{
             ffi::OsStringExt,
             fs::{symlink, MetadataExt, PermissionsExt},
         },
-        path::{Path, PathBuf},
+        path::Path,
         time::{Duration, UNIX_EPOCH},
     };
 
@@ -435,73 +433,32 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_795_823_000 + seconds)
     }
 
-    struct Fixture {
-        _tmp: tempfile::TempDir,
-        /// Holds `shared/` (the trusted root) and `outside/`.
-        base: PathBuf,
-        root: PathBuf,
-        paths: ResolvedPaths,
+    /// A [`Tree`] with marie's pending/.
+    struct Fixture(Tree);
+
+    impl std::ops::Deref for Fixture {
+        type Target = Tree;
+        fn deref(&self) -> &Tree {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Fixture {
+        fn deref_mut(&mut self) -> &mut Tree {
+            &mut self.0
+        }
     }
 
     fn fixture() -> Fixture {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = tmp.path().to_path_buf();
-        let root = base.join("shared");
-        fs::create_dir_all(root.join("tasks/marie/pending")).unwrap();
-        fs::create_dir_all(root.join("workers/marie")).unwrap();
-        fs::create_dir_all(base.join("outside")).unwrap();
-        let paths = ResolvedPaths {
-            worker_name: "marie".into(),
-            shared_root: root.clone(),
-            trusted_root: root.clone(),
-            heartbeat_file: root.join("workers/marie/heartbeat.json"),
-            tasks_dir: root.join("tasks/marie"),
-            locks_dir: root.join("locks"),
-            state_file: root.join("workers/marie/state.json"),
-            tmp_dir: root.join("tmp/marie"),
-        };
-        Fixture {
-            _tmp: tmp,
-            base,
-            root,
-            paths,
-        }
+        Fixture(Tree::new(&["tasks/marie/pending"]))
     }
 
     impl Fixture {
-        fn p(&self, rel: &str) -> PathBuf {
-            self.root.join(rel)
-        }
-        fn put(&self, rel: &str, bytes: &[u8]) {
-            let p = self.p(rel);
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, bytes).unwrap();
-        }
         /// A task in `pending/` modified at `mtime`.
         fn pending(&self, name: &str, mtime: SystemTime) {
             let rel = format!("tasks/marie/pending/{name}");
             self.put(&rel, format!(r#"{{"id":"{name}"}}"#).as_bytes());
             set_mtime(&self.p(&rel), mtime);
-        }
-        fn read(&self, rel: &str) -> Vec<u8> {
-            fs::read(self.p(rel)).unwrap()
-        }
-        fn text(&self, rel: &str) -> String {
-            String::from_utf8(self.read(rel)).unwrap()
-        }
-        fn exists(&self, rel: &str) -> bool {
-            fs::symlink_metadata(self.p(rel)).is_ok()
-        }
-        /// Sorted names in a directory under the root (empty when missing).
-        fn names(&self, rel: &str) -> Vec<String> {
-            let Ok(rd) = fs::read_dir(self.p(rel)) else {
-                return Vec::new();
-            };
-            let mut v: Vec<String> = rd
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            v.sort();
-            v
         }
         fn scan(&self, cutoff: SystemTime, limit: usize) -> PendingScan {
             scan_pending(&self.paths, cutoff, limit).unwrap()
@@ -519,51 +476,6 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn mkfifo(path: &Path) {
-        let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
-    }
-
-    /// Every entry below `dir`, by lstat, with contents, link targets, modes and mtimes.
-    fn snapshot(dir: &Path) -> BTreeMap<String, String> {
-        fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-            let mut names: Vec<_> = fs::read_dir(dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            names.sort();
-            for n in names {
-                let p = dir.join(&n);
-                let md = fs::symlink_metadata(&p).unwrap();
-                let ft = md.file_type();
-                let what = if ft.is_symlink() {
-                    format!("link {}", fs::read_link(&p).unwrap().display())
-                } else if ft.is_dir() {
-                    walk(base, &p, out);
-                    "dir".into()
-                } else if ft.is_file() {
-                    format!("file {:?}", String::from_utf8_lossy(&fs::read(&p).unwrap()))
-                } else {
-                    "special".into()
-                };
-                let rel = p.strip_prefix(base).unwrap().display().to_string();
-                out.insert(
-                    rel,
-                    format!(
-                        "{what} mode {:o} mtime {}.{}",
-                        md.mode(),
-                        md.mtime(),
-                        md.mtime_nsec()
-                    ),
-                );
-            }
-        }
-        let mut out = BTreeMap::new();
-        walk(dir, dir, &mut out);
-        out
     }
 
     // ---------------------------------------------------------------- scan_pending
@@ -683,7 +595,7 @@ mod tests {
             symlink(&outside, &p).unwrap();
             let err = scan_pending(&f.paths, t(10), 10).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::Symlink { path, .. }) if path == &p),
                 "{link}: {err}"
             );
         }
@@ -837,13 +749,13 @@ mod tests {
             let names = strings(&["ok.json", bad]);
             let err = release(&f.paths, &names).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::InvalidName(n) if n == bad),
+                matches!(&err, BatchError::InvalidName(n) if n == bad),
                 "{bad:?}: {err}"
             );
             assert!(err.to_string().contains("single file name"), "{err}");
             assert!(matches!(
                 present_in_failed(&f.paths, &names),
-                Err(ResumeError::InvalidName(_))
+                Err(BatchError::InvalidName(_))
             ));
         }
         assert_eq!(f.names("tasks/marie/pending"), strings(&["ok.json"]));
@@ -868,7 +780,7 @@ mod tests {
             let before = snapshot(&f.base);
             let err = release(&f.paths, &strings(&["a.json"])).unwrap_err();
             assert!(
-                matches!(&err, ResumeError::Fs(FsError::SymlinkedDir { path }) if path == &p),
+                matches!(&err, BatchError::Fs(FsError::Symlink { path, .. }) if path == &p),
                 "{link}: {err}"
             );
             assert!(err.to_string().contains("refused, not followed"), "{err}");
@@ -879,7 +791,7 @@ mod tests {
         f.paths.tasks_dir = f.base.join("outside");
         assert!(matches!(
             release(&f.paths, &strings(&["a.json"])),
-            Err(ResumeError::Fs(FsError::NotConfined { .. }))
+            Err(BatchError::Fs(FsError::Outside { .. }))
         ));
     }
 
@@ -916,7 +828,7 @@ mod tests {
         symlink(f.base.join("outside"), f.p("tasks/marie/failed")).unwrap();
         assert!(matches!(
             present_in_failed(&f.paths, &names),
-            Err(ResumeError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::Symlink { .. }))
         ));
     }
 
@@ -1020,7 +932,7 @@ mod tests {
         symlink(g.base.join("outside"), g.p("workers/marie")).unwrap();
         assert!(matches!(
             set_worker_status(&g.paths, "running"),
-            Err(ResumeError::Fs(FsError::SymlinkedDir { .. }))
+            Err(BatchError::Fs(FsError::Symlink { .. }))
         ));
         assert!(!g.base.join("outside/state.json").exists());
     }
