@@ -369,7 +369,9 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
     );
     let common = tempfile::tempdir().unwrap();
     let allowed = [primary.dir.path(), backup.dir.path()];
-    let _op = Operator::start_allowing(stack, &ns, common.path(), &allowed);
+    let _op = Operator::builder(stack, &ns, common.path())
+        .allowed_roots(&allowed)
+        .start();
 
     let w = wait_for("failed over", Duration::from_secs(90), || {
         let w = worker_json(stack, &ns, "primy");
@@ -539,7 +541,9 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
         .map(|w| w.dir.path())
         .chain([healthy.dir.path()])
         .collect();
-    let _op = Operator::start_allowing(stack, &ns, healthy.dir.path(), &dirs);
+    let _op = Operator::builder(stack, &ns, healthy.dir.path())
+        .allowed_roots(&dirs)
+        .start();
 
     for i in 0..3 {
         let name = format!("holed{i}");

@@ -443,9 +443,9 @@ fn clean_state_is_exactly_once_under_sigkill() {
     let seed = unix_now();
     eprintln!("kill delays seeded with {seed}");
     let mut rng = Lcg(seed);
-    let allowed = [wc.dir.path()];
+    let operator = Operator::builder(stack, &ns, wc.dir.path());
     for kill in 0..KILLS {
-        let op = Operator::spawn(stack, &ns, wc.dir.path(), &allowed);
+        let op = operator.clone().wait_ready(false).start();
         // Kill it at a random moment once the clean-state step is under way (polled every
         // 10 ms: the step must not be over before the kill).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -460,7 +460,7 @@ fn clean_state_is_exactly_once_under_sigkill() {
         std::thread::sleep(Duration::from_millis(10 + rng.next(140)));
         op.kill();
     }
-    let _op = Operator::start_allowing(stack, &ns, wc.dir.path(), &allowed);
+    let _op = operator.start();
     let run = wait_run_finished(stack, &ns, "kill-1");
     let clean = step(&run, "CleanState");
     assert_eq!(clean["state"], "Succeeded", "{:#}", run["status"]);

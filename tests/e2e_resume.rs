@@ -344,16 +344,16 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
         "rkilly",
         "  batchSize: 6\n  batchDelaySeconds: 1\n",
     );
-    let allowed = [wc.dir.path()];
+    let operator = Operator::builder(stack, &ns, wc.dir.path());
     let seed = unix_now();
     eprintln!("kill delays seeded with {seed}");
     let mut rng = Lcg(seed);
     for _ in 0..8 {
-        let op = Operator::spawn(stack, &ns, wc.dir.path(), &allowed);
+        let op = operator.clone().wait_ready(false).start();
         std::thread::sleep(Duration::from_millis(900 + rng.next(1200)));
         op.kill();
     }
-    let _op = Operator::start_allowing(stack, &ns, wc.dir.path(), &allowed);
+    let _op = operator.start();
     let plan = wait_plan(stack, &ns, "rkilly-plan", &["Completed"]);
     let st = &plan["status"];
     assert_eq!(
@@ -476,12 +476,6 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     let stack = stack();
     let ns = stack.namespace("trace");
     let service = format!("wro-e2e-{}", unique_suffix());
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger_otlp()),
-        ("OTEL_SERVICE_NAME", service.clone()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
-    ];
-    let otel: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     // A worker crashed with one task active and six waiting.
     let wc = WorkerContainer::start(&ns, "tracy", &[], &[("TASK_DURATION_MS", "100")]);
@@ -495,7 +489,11 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     .unwrap();
     apply_worker(stack, &wc, "tracy", &ns);
 
-    let op = Operator::start_with_env(stack, &ns, wc.dir.path(), &otel);
+    let operator = Operator::builder(stack, &ns, wc.dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger_otlp())
+        .env("OTEL_SERVICE_NAME", &service)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let op = operator.start();
     let (ok, out) = stack.apply(&format!(
         "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: tracy-1\n  namespace: {ns}\nspec:\n  workerRef:\n    name: tracy\n  mode: Clean\n  stopGracePeriodSeconds: 2\n  monitorIntervalSeconds: 1\n  resume:\n    batchSize: 2\n    batchDelaySeconds: 2\n"
     ));
@@ -509,7 +507,7 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     });
     std::thread::sleep(Duration::from_millis(1500));
     op.kill();
-    let _op = Operator::start_with_env(stack, &ns, wc.dir.path(), &otel);
+    let _op = operator.start();
     let run = wait_run_finished(stack, &ns, "tracy-1");
     let st = &run["status"];
     assert_eq!(st["phase"], "Succeeded", "{st:#}");

@@ -194,7 +194,9 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
     wc.inject_fault("crash");
     assert_eq!(wait_exited(&wc), 3);
     let since = docker_now();
-    let op = Operator::start_allowing(stack, &ns, wc.dir.path(), &[allowed.path()]);
+    let op = Operator::builder(stack, &ns, wc.dir.path())
+        .allowed_roots(&[allowed.path()])
+        .start();
 
     for name in ["direct", "linked", "slash"] {
         let w = wait_phase(stack, &ns, name, "Refused");

@@ -22,42 +22,36 @@ pub struct Operator {
     log_start: usize,
 }
 
+/// How to start the operator: [`Operator::builder`], then [`start`](Self::start) (as often as
+/// needed: each call is a new process with the same settings).
+#[derive(Clone)]
+pub struct OperatorBuilder<'a> {
+    stack: &'a Stack,
+    namespace: String,
+    log_dir: PathBuf,
+    allowed_roots: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    wait_ready: bool,
+}
+
 impl Operator {
-    /// Start the operator watching `namespace`, allowed to use the shared roots under
-    /// `log_dir` (each test's own temporary directory), logging into `log_dir`.
+    /// An operator watching `namespace` and logging into `log_dir`; by default it may use the
+    /// shared roots under `log_dir` (each test's own temporary directory) and
+    /// [`start`](OperatorBuilder::start) waits until it is ready.
+    pub fn builder<'a>(stack: &'a Stack, namespace: &str, log_dir: &Path) -> OperatorBuilder<'a> {
+        OperatorBuilder {
+            stack,
+            namespace: namespace.to_string(),
+            log_dir: log_dir.to_path_buf(),
+            allowed_roots: vec![log_dir.to_path_buf()],
+            env: Vec::new(),
+            wait_ready: true,
+        }
+    }
+
+    /// `Operator::builder(stack, namespace, log_dir).start()`: the common case.
     pub fn start(stack: &Stack, namespace: &str, log_dir: &Path) -> Self {
-        Self::start_allowing(stack, namespace, log_dir, &[log_dir])
-    }
-
-    /// Start the operator with exactly these `--allowed-root`s and wait until it is ready.
-    pub fn start_allowing(
-        stack: &Stack,
-        namespace: &str,
-        log_dir: &Path,
-        allowed_roots: &[&Path],
-    ) -> Self {
-        let mut op = Self::spawn(stack, namespace, log_dir, allowed_roots);
-        op.wait_ready();
-        op
-    }
-
-    /// Start the operator process and return at once (its log is appended to, so that a
-    /// test that starts and kills it many times keeps every run's log).
-    pub fn spawn(stack: &Stack, namespace: &str, log_dir: &Path, allowed_roots: &[&Path]) -> Self {
-        Self::spawn_with_env(stack, namespace, log_dir, allowed_roots, &[])
-    }
-
-    /// Start the operator with extra environment variables (e.g. `OTEL_*`) and wait until it
-    /// is ready.
-    pub fn start_with_env(
-        stack: &Stack,
-        namespace: &str,
-        log_dir: &Path,
-        env: &[(&str, &str)],
-    ) -> Self {
-        let mut op = Self::spawn_with_env(stack, namespace, log_dir, &[log_dir], env);
-        op.wait_ready();
-        op
+        Self::builder(stack, namespace, log_dir).start()
     }
 
     fn wait_ready(&mut self) {
@@ -71,46 +65,6 @@ impl Operator {
                 .ok_or_else(|| op.log_tail())
         });
         self.listen = listen;
-    }
-
-    /// [`spawn`](Self::spawn) with extra environment variables.
-    pub fn spawn_with_env(
-        stack: &Stack,
-        namespace: &str,
-        log_dir: &Path,
-        allowed_roots: &[&Path],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let log = log_dir.join("operator.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
-        // Port 0: the operator binds a free port itself and logs it, so that tests running in
-        // parallel can never race for one.
-        cmd.args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--namespace", namespace]);
-        for root in allowed_roots {
-            cmd.arg("--allowed-root").arg(root);
-        }
-        let out = fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let log_start = out.metadata().unwrap().len() as usize;
-        let child = cmd
-            .env("KUBECONFIG", &stack.kubeconfig)
-            .env("RUST_LOG", "info,worker_recovery_operator=debug")
-            .env_remove("WRO_ALLOWED_ROOTS")
-            .envs(env.iter().copied())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("operator starts");
-        Self {
-            child,
-            listen: String::new(),
-            log,
-            log_start,
-        }
     }
 
     /// Kill the operator with SIGKILL, as a crash would, and reap it (what dropping it does).
@@ -165,6 +119,66 @@ impl Operator {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl OperatorBuilder<'_> {
+    /// Exactly these `--allowed-root`s (instead of the log directory).
+    pub fn allowed_roots(mut self, roots: &[&Path]) -> Self {
+        self.allowed_roots = roots.iter().map(|r| r.to_path_buf()).collect();
+        self
+    }
+
+    /// An extra environment variable for the operator (e.g. `OTEL_*`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Whether [`start`](Self::start) waits until the operator serves `/readyz` (the default),
+    /// or returns as soon as the process runs.
+    pub fn wait_ready(mut self, wait: bool) -> Self {
+        self.wait_ready = wait;
+        self
+    }
+
+    /// Start the operator process. Its log is appended to, so that a test that starts and
+    /// kills it many times keeps every run's log.
+    pub fn start(&self) -> Operator {
+        let log = self.log_dir.join("operator.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"));
+        // Port 0: the operator binds a free port itself and logs it, so that tests running in
+        // parallel can never race for one.
+        cmd.args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--namespace", &self.namespace]);
+        for root in &self.allowed_roots {
+            cmd.arg("--allowed-root").arg(root);
+        }
+        let out = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let log_start = out.metadata().unwrap().len() as usize;
+        let child = cmd
+            .env("KUBECONFIG", &self.stack.kubeconfig)
+            .env("RUST_LOG", "info,worker_recovery_operator=debug")
+            .env_remove("WRO_ALLOWED_ROOTS")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("operator starts");
+        let mut op = Operator {
+            child,
+            listen: String::new(),
+            log,
+            log_start,
+        };
+        if self.wait_ready {
+            op.wait_ready();
+        }
+        op
     }
 }
 
