@@ -11,16 +11,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
     stack.get_json(ns, &format!("worker/{name}"))
-}
-
-fn apply(stack: &Stack, yaml: &str) {
-    let (ok, out) = stack.apply(yaml);
-    assert!(ok, "{out}");
 }
 
 /// A webhook receiver on loopback: every POST body it got.
@@ -118,14 +113,21 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
         &[],
         &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
     );
-    let extra = format!(
-        "    maxRestarts: 3\n    cooldownSeconds: 0\n    backoff:\n      initialSeconds: 2\n      factor: 2\n      maxSeconds: 30\n  escalation:\n    levels:\n    - {{name: Automated, afterSeconds: 0}}\n    - {{name: L1, afterSeconds: 3}}\n    - {{name: L2, afterSeconds: 6}}\n    webhook:\n      url: {}\n      maxAttempts: 3\n      timeoutSeconds: 2\n",
-        hook.url
-    );
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("loopy", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("loopy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {
+            "maxRestarts": 3,
+            "cooldownSeconds": 0,
+            "backoff": {"initialSeconds": 2, "factor": 2, "maxSeconds": 30},
+        },
+        "escalation": {
+            "levels": [
+                {"name": "Automated", "afterSeconds": 0},
+                {"name": "L1", "afterSeconds": 3},
+                {"name": "L2", "afterSeconds": 6},
+            ],
+            "webhook": {"url": hook.url, "maxAttempts": 3, "timeoutSeconds": 2},
+        },
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
     let escalated = wait_for("Escalated", Duration::from_secs(90), || {
@@ -206,11 +208,9 @@ fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
     let stack = stack();
     let ns = stack.namespace("oomfix");
     let wc = WorkerContainer::start(&ns, "oomy", &["-m", "64m", "--memory-swap", "64m"], &[]);
-    let extra = "    remediation:\n      memoryFactor: 2\n      memoryCeiling: 256m\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("oomy", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("oomy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {"remediation": {"memoryFactor": 2, "memoryCeiling": "256m"}},
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_for("Healthy", Duration::from_secs(60), || {
         let w = worker_json(stack, &ns, "oomy");
@@ -264,7 +264,7 @@ fn a_hung_worker_is_restarted_after_its_heartbeat_deadline() {
     let stack = stack();
     let ns = stack.namespace("hang");
     let wc = WorkerContainer::start(&ns, "hangy", &[], &[]);
-    apply(stack, &wc.worker_yaml("hangy", &ns, 5, true));
+    stack.apply_ok(wc.worker("hangy", &ns).heartbeat_timeout(5).auto_recovery());
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_for("Healthy", Duration::from_secs(60), || {
         let w = worker_json(stack, &ns, "hangy");
@@ -303,11 +303,14 @@ fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
         &[("RESUME_ACTIVE", "1"), ("TASK_DURATION_MS", "100")],
         &[("bad", r#"{"id":"bad","crash":true}"#)],
     );
-    let extra = "    cooldownSeconds: 0\n    maxRestarts: 5\n    poisonAfterCrashes: 3\n    backoff:\n      initialSeconds: 1\n      maxSeconds: 2\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("poisy", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("poisy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {
+            "cooldownSeconds": 0,
+            "maxRestarts": 5,
+            "poisonAfterCrashes": 3,
+            "backoff": {"initialSeconds": 1, "maxSeconds": 2},
+        },
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     let w = wait_for(
         "the poison task out and the worker healthy",
@@ -361,12 +364,16 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
     for t in &tasks {
         primary.add_task(t, &format!(r#"{{"id":"{t}"}}"#));
     }
-    apply(stack, &backup.worker_yaml("backy", &ns, 10, true));
-    let extra = "  escalation:\n    levels:\n    - {name: Automated, afterSeconds: 0}\n    - {name: L3, afterSeconds: 2}\n    backupWorkers: [backy]\n";
-    apply(
-        stack,
-        &format!("{}{extra}", primary.worker_yaml("primy", &ns, 10, true)),
-    );
+    stack.apply_ok(backup.worker("backy", &ns).auto_recovery());
+    stack.apply_ok(primary.worker("primy", &ns).auto_recovery().spec(json!({
+        "escalation": {
+            "levels": [
+                {"name": "Automated", "afterSeconds": 0},
+                {"name": "L3", "afterSeconds": 2},
+            ],
+            "backupWorkers": ["backy"],
+        },
+    })));
     let common = tempfile::tempdir().unwrap();
     let allowed = [primary.dir.path(), backup.dir.path()];
     let _op = Operator::builder(stack, &ns, common.path())
@@ -416,11 +423,13 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
         &["--ulimit", "nofile=64:64", "-m", "128m"],
         &[],
     );
-    let extra = "  resources:\n    memory: 256m\n    nofile: {soft: 1024, hard: 2048}\n    apply: OnRestart\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("drifty", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("drifty", &ns).auto_recovery().spec(json!({
+        "resources": {
+            "memory": "256m",
+            "nofile": {"soft": 1024, "hard": 2048},
+            "apply": "OnRestart",
+        },
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     let w = wait_for("the drift reported", Duration::from_secs(60), || {
         let w = worker_json(stack, &ns, "drifty");
@@ -523,19 +532,18 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
             )
         })
         .collect();
-    let extra = format!(
-        "    maxRestarts: 1\n    cooldownSeconds: 0\n  escalation:\n    webhook:\n      url: {}\n      maxAttempts: 20\n      timeoutSeconds: 60\n",
-        hole.url
-    );
+    let extra = json!({
+        "autoRecovery": {"maxRestarts": 1, "cooldownSeconds": 0},
+        "escalation": {
+            "webhook": {"url": hole.url, "maxAttempts": 20, "timeoutSeconds": 60},
+        },
+    });
     for (i, wc) in crashing.iter().enumerate() {
         let name = format!("holed{i}");
-        apply(
-            stack,
-            &format!("{}{extra}", wc.worker_yaml(&name, &ns, 10, true)),
-        );
+        stack.apply_ok(wc.worker(&name, &ns).auto_recovery().spec(extra.clone()));
     }
     let healthy = WorkerContainer::start(&ns, "fine", &[], &[]);
-    apply(stack, &healthy.worker_yaml("fine", &ns, 10, true));
+    stack.apply_ok(healthy.worker("fine", &ns).auto_recovery());
     let dirs: Vec<&std::path::Path> = crashing
         .iter()
         .map(|w| w.dir.path())
@@ -593,10 +601,19 @@ fn fd_exhaustion_then_an_automatic_attempt_raises_nofile_within_the_ceiling() {
     let stack = stack();
     let ns = stack.namespace("nofile");
     let wc = WorkerContainer::start(&ns, "leaky", &["--ulimit", "nofile=64:64"], &[]);
-    let extra = "    cooldownSeconds: 0\n    maxRestarts: 10\n    backoff:\n      initialSeconds: 0\n    remediation:\n      nofileFactor: 2\n      nofileCeiling: 100\n  resources:\n    nofile: {soft: 64, hard: 64}\n    apply: OnRestart\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("leaky", &ns, 5, true)),
+    stack.apply_ok(
+        wc.worker("leaky", &ns)
+            .heartbeat_timeout(5)
+            .auto_recovery()
+            .spec(json!({
+                "autoRecovery": {
+                    "cooldownSeconds": 0,
+                    "maxRestarts": 10,
+                    "backoff": {"initialSeconds": 0},
+                    "remediation": {"nofileFactor": 2, "nofileCeiling": 100},
+                },
+                "resources": {"nofile": {"soft": 64, "hard": 64}, "apply": "OnRestart"},
+            })),
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "leaky", "Healthy");

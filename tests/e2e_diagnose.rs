@@ -6,16 +6,13 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// Apply a WorkerRecovery for `worker` and wait for its diagnosis.
 fn diagnose_via_recovery(stack: &Stack, ns: &str, worker: &str) -> Value {
     let name = format!("{worker}-diag");
-    let (ok, out) = stack.apply(&format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  mode: Diagnose\n  workerRef:\n    name: {worker}\n"
-    ));
-    assert!(ok, "{out}");
+    stack.apply_ok(bare_recovery(&name, ns, worker).mode("Diagnose"));
     let rec = wait_for(
         &format!("WorkerRecovery {name} to finish"),
         Duration::from_secs(90),
@@ -65,14 +62,17 @@ fn faulty_worker(
     test: &str,
     docker_args: &[&str],
     env: &[(&str, &str)],
-    extra_spec: &str,
+    extra_spec: Value,
 ) -> (String, WorkerContainer, Operator) {
     let ns = stack.namespace(test);
     let task = ("task-1", r#"{"id":"task-1","type":"summarize"}"#);
     let wc = WorkerContainer::start_with_tasks(&ns, test, docker_args, env, &[task]);
-    let extra = format!("  metrics:\n    url: {}\n{extra_spec}", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(test, &ns, 5, false, &extra));
-    assert!(ok, "{out}");
+    stack.apply_ok(
+        wc.worker(test, &ns)
+            .heartbeat_timeout(5)
+            .metrics(&wc.metrics_url)
+            .spec(extra_spec),
+    );
     let op = Operator::start(stack, &ns, wc.dir.path());
     (ns, wc, op)
 }
@@ -80,7 +80,7 @@ fn faulty_worker(
 #[test]
 fn crash_is_diagnosed_as_an_application_crash() {
     let stack = stack();
-    let (ns, wc, _op) = faulty_worker(stack, "crash", &[], &[("FAULT_MODE", "crash")], "");
+    let (ns, wc, _op) = faulty_worker(stack, "crash", &[], &[("FAULT_MODE", "crash")], json!({}));
     assert_eq!(wait_exited(&wc), 3);
     let d = diagnose_via_recovery(stack, &ns, "crash");
     assert_eq!(top_cause(&d), "ApplicationCrash", "{d:#}");
@@ -100,7 +100,7 @@ fn oom_is_diagnosed_as_out_of_memory_with_the_limit() {
         "oom",
         &["-m", "16m", "--memory-swap", "16m"],
         &[("FAULT_MODE", "oom")],
-        "",
+        json!({}),
     );
     assert_eq!(wait_exited(&wc), 137);
     let d = diagnose_via_recovery(stack, &ns, "oom");
@@ -156,7 +156,7 @@ fn fd_leak_is_diagnosed_as_fd_exhaustion_with_the_counts() {
         "fdleak",
         &["--ulimit", "nofile=64:64"],
         &[("FAULT_MODE", "fd-leak")],
-        "",
+        json!({}),
     );
     wait_for(
         "the worker to exhaust its descriptors",
@@ -187,7 +187,7 @@ fn hang_is_diagnosed_as_a_deadlock_with_stuck_task_and_lock() {
         "hang",
         &[],
         &[("FAULT_MODE", "hang")],
-        "  diagnostics:\n    stuckTaskSeconds: 3\n    staleLockSeconds: 3\n",
+        json!({"diagnostics": {"stuckTaskSeconds": 3, "staleLockSeconds": 3}}),
     );
     // Let the heartbeat go stale (timeout 5 s) and the task and lock age past 3 s.
     wait_for(
@@ -220,7 +220,7 @@ fn missing_dependency_is_diagnosed_with_the_binary() {
         "nodep",
         &[],
         &[("FAULT_MODE", "missing-dependency")],
-        "  diagnostics:\n    requiredBinaries: [claude, sample-worker]\n",
+        json!({"diagnostics": {"requiredBinaries": ["claude", "sample-worker"]}}),
     );
     assert_eq!(wait_exited(&wc), 127);
     let d = diagnose_via_recovery(stack, &ns, "nodep");
@@ -237,7 +237,7 @@ fn missing_dependency_is_diagnosed_with_the_binary() {
 #[test]
 fn hostile_inputs_become_findings_and_nothing_is_read_through_symlinks() {
     let stack = stack();
-    let (ns, wc, _op) = faulty_worker(stack, "hostile", &[], &[("FAULT_MODE", "crash")], "");
+    let (ns, wc, _op) = faulty_worker(stack, "hostile", &[], &[("FAULT_MODE", "crash")], json!({}));
     assert_eq!(wait_exited(&wc), 3);
     let root = wc.shared_root();
     let pending = wc.tasks_dir("pending");
@@ -299,7 +299,7 @@ fn hostile_inputs_become_findings_and_nothing_is_read_through_symlinks() {
 fn under_init_the_workers_own_process_is_examined() {
     let stack = stack();
     // `docker run --init`: PID 1 is docker-init, the sample worker its child.
-    let (ns, wc, _op) = faulty_worker(stack, "inity", &["--init"], &[], "");
+    let (ns, wc, _op) = faulty_worker(stack, "inity", &["--init"], &[], json!({}));
     wait_for(
         "the worker's first heartbeat",
         Duration::from_secs(30),

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// One outage at a time.
@@ -77,8 +77,7 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
     let stack = stack();
     let ns = stack.namespace("outage");
     let wc = WorkerContainer::start(&ns, "outy", &[], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("outy", &ns, 10, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("outy", &ns).auto_recovery());
     let op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "outy", "Healthy");
 
@@ -129,8 +128,7 @@ fn crashed(stack: &Stack, ns: &str, name: &str, n: usize) -> (WorkerContainer, V
     let wc = WorkerContainer::start(ns, name, &[], &[("TASK_DURATION_MS", "1")]);
     docker_ok(&["stop", "-t", "2", &wc.container]);
     let ids = crashed_tasks(&wc.shared_root(), name, n);
-    let (ok, out) = stack.apply(&wc.worker_yaml(name, ns, 10, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker(name, ns));
     (wc, ids)
 }
 
@@ -167,13 +165,11 @@ fn a_clean_run_waits_while_the_docker_engine_is_down() {
     let before = tree_snapshot(&wc.shared_root());
 
     stop_component("dockerd", "TERM");
-    let (ok, out) = stack.apply(&run_yaml(
-        "clean-blind",
-        &ns,
-        "blind",
-        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
-    ));
-    assert!(ok, "{out}");
+    stack.apply_ok(
+        recovery("clean-blind", &ns, "blind")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchDelaySeconds": 1}})),
+    );
     let run = wait_for("the run waiting", Duration::from_secs(30), || {
         let r = stack.get_json(&ns, "workerrecovery/clean-blind");
         (waiting_reason(&r).as_deref() == Some("ContainerStateUnknown"))
@@ -207,13 +203,11 @@ fn a_clean_run_completes_across_an_api_server_outage() {
     let (wc, ids) = crashed(stack, &ns, "apiout", 3000);
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "apiout", "Down");
-    let (ok, out) = stack.apply(&run_yaml(
-        "clean-apiout",
-        &ns,
-        "apiout",
-        "  mode: Clean\n  resume:\n    batchSize: 1000\n    batchDelaySeconds: 1\n",
-    ));
-    assert!(ok, "{out}");
+    stack.apply_ok(
+        recovery("clean-apiout", &ns, "apiout")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
+    );
     wait_for("the run under way", Duration::from_secs(60), || {
         let r = stack.get_json(&ns, "workerrecovery/clean-apiout");
         let step = r["status"]["currentStep"]

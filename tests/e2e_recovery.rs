@@ -5,7 +5,7 @@ mod support;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// A task with fields the operator must keep exactly: nesting, unicode, number formats.
@@ -13,18 +13,6 @@ fn task(id: &str) -> String {
     format!(
         r#"{{"id":"{id}","type":"summarize","payload":{{"text":"héllo \u00e9","n":1.50,"big":123456789012345678901234567890}},"tags":["a","b"]}}"#
     )
-}
-
-fn recovery_yaml(name: &str, ns: &str, worker: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  stopGracePeriodSeconds: 2\n  verifyTimeoutSeconds: 60\n{extra}"
-    )
-}
-
-/// `kubectl apply` a WorkerRecovery; it must be accepted.
-fn apply_recovery(stack: &Stack, name: &str, ns: &str, worker: &str, extra: &str) {
-    let (ok, out) = stack.apply(&recovery_yaml(name, ns, worker, extra));
-    assert!(ok, "{out}");
 }
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -112,12 +100,6 @@ fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) 
     (wc, outside)
 }
 
-fn apply_worker(stack: &Stack, wc: &WorkerContainer, name: &str, ns: &str) {
-    let extra = format!("  metrics:\n    url: {}\n", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(name, ns, 10, false, &extra));
-    assert!(ok, "{out}");
-}
-
 #[test]
 fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let stack = stack();
@@ -129,7 +111,7 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(stack, "quick-1", &ns, "quick", "");
+    stack.apply_ok(recovery("quick-1", &ns, "quick"));
     let run = wait_run_finished(stack, &ns, "quick-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
     assert_eq!(run["spec"]["mode"], "Quick", "the default mode");
@@ -153,10 +135,10 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     );
 
     // A finished run is immutable; re-applying it unchanged does nothing.
-    let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", "  mode: Clean\n"));
+    let (ok, out) = stack.apply(recovery("quick-1", &ns, "quick").mode("Clean"));
     assert!(!ok, "a changed spec was accepted: {out}");
     assert!(out.contains("immutable"), "{out}");
-    apply_recovery(stack, "quick-1", &ns, "quick", "");
+    stack.apply_ok(recovery("quick-1", &ns, "quick"));
     std::thread::sleep(Duration::from_secs(2));
     let again = stack.get_json(&ns, "workerrecovery/quick-1");
     assert_eq!(
@@ -178,12 +160,10 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(
-        stack,
-        "clean-1",
-        &ns,
-        "cleany",
-        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
+    stack.apply_ok(
+        recovery("clean-1", &ns, "cleany")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchDelaySeconds": 1}})),
     );
     let run = wait_run_finished(stack, &ns, "clean-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
@@ -284,12 +264,10 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(
-        stack,
-        "dry-1",
-        &ns,
-        "dry",
-        "  mode: Clean\n  dryRun: true\n",
+    stack.apply_ok(
+        recovery("dry-1", &ns, "dry")
+            .mode("Clean")
+            .spec(json!({"dryRun": true})),
     );
     let run = wait_run_finished(stack, &ns, "dry-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
@@ -324,12 +302,10 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
     let debug = format!("{}-debug", wc.container);
     let _cleanup = RemoveOnDrop(debug.clone());
 
-    apply_recovery(
-        stack,
-        "debug-1",
-        &ns,
-        "dbg",
-        "  mode: Debug\n  debug:\n    otlpEndpoint: http://127.0.0.1:4317\n",
+    stack.apply_ok(
+        recovery("debug-1", &ns, "dbg")
+            .mode("Debug")
+            .spec(json!({"debug": {"otlpEndpoint": "http://127.0.0.1:4317"}})),
     );
     let run = wait_run_finished(stack, &ns, "debug-1");
     assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
@@ -432,12 +408,10 @@ fn clean_state_is_exactly_once_under_sigkill() {
         originals.insert(id, (i, retry, body));
     }
     apply_worker(stack, &wc, "killy", &ns);
-    apply_recovery(
-        stack,
-        "kill-1",
-        &ns,
-        "killy",
-        "  mode: Clean\n  verifyTimeoutSeconds: 1\n",
+    stack.apply_ok(
+        recovery("kill-1", &ns, "killy")
+            .mode("Clean")
+            .spec(json!({"verifyTimeoutSeconds": 1})),
     );
 
     let seed = unix_now();

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// Write `n` pending tasks `t00..` with modification times one second apart (t00 oldest), some
@@ -50,23 +50,6 @@ fn gated_worker(ns: &str, name: &str) -> WorkerContainer {
     )
     .unwrap();
     wc
-}
-
-fn apply_worker(stack: &Stack, wc: &WorkerContainer, name: &str, ns: &str) {
-    let extra = format!("  metrics:\n    url: {}\n", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(name, ns, 10, false, &extra));
-    assert!(ok, "{out}");
-}
-
-fn plan_yaml(name: &str, ns: &str, worker: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: ResumePlan\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  monitorIntervalSeconds: 1\n{spec}"
-    )
-}
-
-fn apply_plan(stack: &Stack, name: &str, ns: &str, worker: &str, spec: &str) {
-    let (ok, out) = stack.apply(&plan_yaml(name, ns, worker, spec));
-    assert!(ok, "{out}");
 }
 
 fn wait_plan(stack: &Stack, ns: &str, name: &str, phases: &[&str]) -> Value {
@@ -154,12 +137,8 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(names_in(&wc.tasks_dir("pending")).len(), 12);
 
-    apply_plan(
-        stack,
-        "resy-plan",
-        &ns,
-        "resy",
-        "  batchSize: 5\n  batchDelaySeconds: 2\n",
+    stack.apply_ok(
+        plan("resy-plan", &ns, "resy").spec(json!({"batchSize": 5, "batchDelaySeconds": 2})),
     );
     wait_plan(stack, &ns, "resy-plan", &["Running", "Completed"]);
     // A task that arrives after the plan started is not part of it: it waits for the plan.
@@ -222,13 +201,14 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
     apply_worker(stack, &wc, "halty", &ns);
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_plan(
-        stack,
-        "halty-plan",
-        &ns,
-        "halty",
-        "  batchSize: 4\n  batchDelaySeconds: 3\n  maxFailureRatio: 0.5\n",
-    );
+    let halty_plan = |ratio: f64| {
+        plan("halty-plan", &ns, "halty").spec(json!({
+            "batchSize": 4,
+            "batchDelaySeconds": 3,
+            "maxFailureRatio": ratio,
+        }))
+    };
+    stack.apply_ok(halty_plan(0.5));
     let plan = wait_plan(stack, &ns, "halty-plan", &["Halted"]);
     let st = &plan["status"];
     assert_eq!(st["batchesDone"], 2, "{st:#}");
@@ -272,13 +252,7 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
     assert_eq!(state_status(&wc), "recovering");
 
     // A human looked and accepts the failures: a spec change lets the plan continue.
-    apply_plan(
-        stack,
-        "halty-plan",
-        &ns,
-        "halty",
-        "  batchSize: 4\n  batchDelaySeconds: 3\n  maxFailureRatio: 1.0\n",
-    );
+    stack.apply_ok(halty_plan(1.0));
     let plan = wait_plan(stack, &ns, "halty-plan", &["Completed"]);
     assert_eq!(plan["status"]["batchesDone"], 3);
     assert_eq!(plan["status"]["tasksStaged"], 12);
@@ -294,16 +268,21 @@ fn a_paused_plan_stops_between_batches_and_continues_where_it_stood() {
     pending_tasks(&wc, 8, &[]);
     apply_worker(stack, &wc, "pausy", &ns);
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let spec =
-        |paused: bool| format!("  batchSize: 2\n  batchDelaySeconds: 2\n  paused: {paused}\n");
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(false));
+    let pausy_plan = |paused: bool| {
+        plan("pausy-plan", &ns, "pausy").spec(json!({
+            "batchSize": 2,
+            "batchDelaySeconds": 2,
+            "paused": paused,
+        }))
+    };
+    stack.apply_ok(pausy_plan(false));
     wait_for("the first batch", Duration::from_secs(30), || {
         let p = stack.get_json(&ns, "resumeplan/pausy-plan");
         (p["status"]["tasksStaged"].as_u64() >= Some(2))
             .then_some(())
             .ok_or(p["status"].to_string())
     });
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(true));
+    stack.apply_ok(pausy_plan(true));
     let paused = wait_plan(stack, &ns, "pausy-plan", &["Paused"]);
     let staged = paused["status"]["tasksStaged"].as_u64().unwrap();
     assert!(staged < 8, "{:#}", paused["status"]);
@@ -323,7 +302,7 @@ fn a_paused_plan_stops_between_batches_and_continues_where_it_stood() {
     );
     assert_eq!(pending.len() as u64, 8 - staged);
 
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(false));
+    stack.apply_ok(pausy_plan(false));
     let done = wait_plan(stack, &ns, "pausy-plan", &["Completed"]);
     assert_eq!(done["status"]["tasksStaged"], 8);
     assert_eq!(done["status"]["batchesDone"], 4);
@@ -337,12 +316,8 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
     let wc = gated_worker(&ns, "rkilly");
     let tasks = pending_tasks(&wc, TASKS, &[]);
     apply_worker(stack, &wc, "rkilly", &ns);
-    apply_plan(
-        stack,
-        "rkilly-plan",
-        &ns,
-        "rkilly",
-        "  batchSize: 6\n  batchDelaySeconds: 1\n",
+    stack.apply_ok(
+        plan("rkilly-plan", &ns, "rkilly").spec(json!({"batchSize": 6, "batchDelaySeconds": 1})),
     );
     let operator = Operator::builder(stack, &ns, wc.dir.path());
     let seed = unix_now();
@@ -494,10 +469,15 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
         .env("OTEL_SERVICE_NAME", &service)
         .env("OTEL_BSP_SCHEDULE_DELAY", "200");
     let op = operator.start();
-    let (ok, out) = stack.apply(&format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: tracy-1\n  namespace: {ns}\nspec:\n  workerRef:\n    name: tracy\n  mode: Clean\n  stopGracePeriodSeconds: 2\n  monitorIntervalSeconds: 1\n  resume:\n    batchSize: 2\n    batchDelaySeconds: 2\n"
-    ));
-    assert!(ok, "{out}");
+    stack.apply_ok(
+        bare_recovery("tracy-1", &ns, "tracy")
+            .mode("Clean")
+            .spec(json!({
+                "stopGracePeriodSeconds": 2,
+                "monitorIntervalSeconds": 1,
+                "resume": {"batchSize": 2, "batchDelaySeconds": 2},
+            })),
+    );
     // Kill the operator while the run waits for its plan; a new one finishes the run.
     wait_for("the resume step", Duration::from_secs(90), || {
         let r = stack.get_json(&ns, "workerrecovery/tracy-1");

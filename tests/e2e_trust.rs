@@ -8,22 +8,19 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
+use serde_json::json;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn worker_yaml(name: &str, ns: &str, container: &str, shared_root: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  container: {container}\n  sharedRoot: {shared_root}\n  heartbeatTimeoutSeconds: 5\n  autoRecovery:\n    enabled: true\n{extra}"
-    )
-}
-
-fn recovery_yaml(name: &str, ns: &str, worker: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n"
-    )
+/// A Worker of `container` with its files under `shared_root`: heartbeat timeout 5 s,
+/// auto-recovery on.
+fn trusting_worker(name: &str, ns: &str, container: &str, shared_root: &Path) -> Manifest {
+    worker(name, ns, container, shared_root)
+        .heartbeat_timeout(5)
+        .auto_recovery()
 }
 
 /// Wait until the Worker controller has reconciled at least `rounds` more times.
@@ -100,9 +97,12 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert_eq!(wait_exited(&wc), 3);
     let started_at = wc.inspect("{{.State.StartedAt}}");
     let since = docker_now();
-    let root = wc.shared_root().display().to_string();
-    let (ok, out) = stack.apply(&worker_yaml("stranger", &ns, &wc.container, &root, ""));
-    assert!(ok, "{out}");
+    stack.apply_ok(trusting_worker(
+        "stranger",
+        &ns,
+        &wc.container,
+        &wc.shared_root(),
+    ));
     let op = Operator::start(stack, &ns, wc.dir.path());
 
     let w = wait_phase(stack, &ns, "stranger", "Refused");
@@ -131,8 +131,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert!(w["status"].get("heartbeat").is_none());
 
     // A WorkerRecovery is refused the same way, with no diagnosis.
-    let (ok, out) = stack.apply(&recovery_yaml("stranger-diag", &ns, "stranger"));
-    assert!(ok, "{out}");
+    stack.apply_ok(bare_recovery("stranger-diag", &ns, "stranger"));
     let rec = wait_run_finished(stack, &ns, "stranger-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert_eq!(
@@ -179,16 +178,16 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
         .unwrap();
     std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
 
-    let hb = "  paths:\n    heartbeatFile: secret.json\n";
-    let direct = outside.path().display().to_string();
-    let linked = allowed.path().join("link").display().to_string();
+    let linked = allowed.path().join("link");
     for (name, root) in [
-        ("direct", &direct),
+        ("direct", outside.path()),
         ("linked", &linked),
-        ("slash", &"/".to_string()),
+        ("slash", Path::new("/")),
     ] {
-        let (ok, out) = stack.apply(&worker_yaml(name, &ns, &wc.container, root, hb));
-        assert!(ok, "{out}");
+        stack.apply_ok(
+            trusting_worker(name, &ns, &wc.container, root)
+                .spec(json!({"paths": {"heartbeatFile": "secret.json"}})),
+        );
     }
     // The operator may only use `allowed`; the worker's own root is not allowed either.
     wc.inject_fault("crash");
@@ -205,8 +204,7 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
         assert!(w["status"].get("heartbeat").is_none());
         assert!(w["status"].get("container").is_none());
     }
-    let (ok, out) = stack.apply(&recovery_yaml("linked-diag", &ns, "linked"));
-    assert!(ok, "{out}");
+    stack.apply_ok(bare_recovery("linked-diag", &ns, "linked"));
     let rec = wait_run_finished(stack, &ns, "linked-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert!(rec["status"].get("diagnosis").is_none());
@@ -266,9 +264,12 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
         &["--init", "--entrypoint", "/bin/sh"],
         &["-c", script],
     );
-    let root = wc.shared_root().display().to_string();
-    let (ok, out) = stack.apply(&worker_yaml("plain", &ns, &wc.container, &root, ""));
-    assert!(ok, "{out}");
+    stack.apply_ok(trusting_worker(
+        "plain",
+        &ns,
+        &wc.container,
+        &wc.shared_root(),
+    ));
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
     let w = wait_phase(stack, &ns, "plain", "Healthy");

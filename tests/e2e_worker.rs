@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,8 +25,7 @@ fn crashed_worker_is_restarted_and_reported() {
             &format!(r#"{{"id":"t{i}","type":"demo"}}"#),
         );
     }
-    let (ok, out) = stack.apply(&wc.worker_yaml("marie", &ns, 10, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("marie", &ns).auto_recovery());
     let op = Operator::start(stack, &ns, wc.dir.path());
 
     let healthy = wait_phase(stack, &ns, "marie", "Healthy");
@@ -92,8 +91,7 @@ fn hung_worker_turns_heartbeat_stale() {
     let ns = stack.namespace("hang");
     let wc = WorkerContainer::start(&ns, "anga", &[], &[]);
     wc.add_task("stuck", r#"{"id":"stuck","type":"demo"}"#);
-    let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("anga", &ns).heartbeat_timeout(5));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "anga", "Healthy");
 
@@ -149,8 +147,7 @@ fn exited_worker_without_auto_recovery_stays_down() {
     let stack = stack();
     let ns = stack.namespace("noauto");
     let wc = WorkerContainer::start(&ns, "fabien", &[], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("fabien", &ns, 10, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("fabien", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "fabien", "Healthy");
 
@@ -187,8 +184,7 @@ fn oom_killed_worker_is_reported_and_restarted() {
     let stack = stack();
     let ns = stack.namespace("oom");
     let wc = WorkerContainer::start(&ns, "oomie", &["-m", "16m", "--memory-swap", "16m"], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("oomie", &ns, 10, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("oomie", &ns).auto_recovery());
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "oomie", "Healthy");
 
@@ -216,33 +212,38 @@ fn oom_killed_worker_is_reported_and_restarted() {
 fn invalid_workers_are_rejected_by_the_schema() {
     let stack = stack();
     let ns = stack.namespace("invalid");
-    let base = format!("apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: bad\n  namespace: {ns}\nspec:\n");
     for (spec, expected) in [
-        ("  sharedRoot: /shared\n", "spec.container: Required value"),
         (
-            "  container: c\n  sharedRoot: relative/path\n",
+            json!({"sharedRoot": "/shared"}),
+            "spec.container: Required value",
+        ),
+        (
+            json!({"container": "c", "sharedRoot": "relative/path"}),
             "sharedRoot must be an absolute path",
         ),
         (
-            "  container: c\n  paths:\n    tasksDir: ../../etc\n",
+            json!({"container": "c", "paths": {"tasksDir": "../../etc"}}),
             "must be a non-empty relative path without '..'",
         ),
         (
-            "  container: c\n  paths:\n    locksDir: /var/locks\n",
+            json!({"container": "c", "paths": {"locksDir": "/var/locks"}}),
             "must be a non-empty relative path without '..'",
         ),
         (
-            "  container: c\n  heartbeatTimeoutSeconds: 1\n",
+            json!({"container": "c", "heartbeatTimeoutSeconds": 1}),
             "should be greater than or equal to 5",
         ),
-        ("  container: c\n  workerName: a/b\n", "spec.workerName"),
-        ("  container: ''\n", "spec.container"),
+        (
+            json!({"container": "c", "workerName": "a/b"}),
+            "spec.workerName",
+        ),
+        (json!({"container": ""}), "spec.container"),
     ] {
-        let (ok, out) = stack.apply(&format!("{base}{spec}"));
-        assert!(!ok, "accepted invalid spec:\n{spec}\n{out}");
+        let (ok, out) = stack.apply(Manifest::new("Worker", "bad", &ns, spec.clone()));
+        assert!(!ok, "accepted invalid spec {spec}: {out}");
         assert!(
             out.contains(expected),
-            "spec:\n{spec}\nexpected {expected:?} in: {out}"
+            "spec {spec}: expected {expected:?} in: {out}"
         );
     }
     let list = stack.kubectl_ok(&["get", "workers", "-n", &ns, "-o", "name"]);
@@ -266,8 +267,7 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
     let wc = WorkerContainer::start(&ns, "evy", &[], &[]);
     // A 600 s heartbeat timeout: a healthy worker is next looked at in 300 s (the safety net),
     // and a polling controller would look every 15 s. Only an event explains a quick restart.
-    let (ok, out) = stack.apply(&wc.worker_yaml("evy", &ns, 600, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("evy", &ns).heartbeat_timeout(600).auto_recovery());
     let op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "evy", "Healthy");
 
@@ -309,10 +309,9 @@ fn a_paused_worker_is_left_alone_until_its_pause_ends() {
     let wc = WorkerContainer::start(&ns, "pau", &[], &[]);
     let until = std::time::SystemTime::now() + Duration::from_secs(12);
     let until = k8s_time(until);
-    let extra = format!("    pause:\n      until: {until}\n      reason: disk swap on the host\n");
-    // `worker_yaml` ends inside `autoRecovery:`; the pause goes there.
-    let (ok, out) = stack.apply(&format!("{}{extra}", wc.worker_yaml("pau", &ns, 10, true)));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("pau", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {"pause": {"until": until, "reason": "disk swap on the host"}},
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "pau", "Healthy");
 

@@ -161,46 +161,6 @@ impl WorkerContainer {
     pub fn inspect(&self, format: &str) -> String {
         docker_ok(&["inspect", "-f", format, &self.container])
     }
-
-    /// The Worker manifest for this container.
-    pub fn worker_yaml(
-        &self,
-        name: &str,
-        ns: &str,
-        heartbeat_timeout: u32,
-        auto_recovery: bool,
-    ) -> String {
-        self.worker_yaml_with(name, ns, heartbeat_timeout, auto_recovery, "")
-    }
-
-    /// The Worker manifest with `extra_spec` (YAML lines indented by two spaces) added to the spec.
-    pub fn worker_yaml_with(
-        &self,
-        name: &str,
-        ns: &str,
-        heartbeat_timeout: u32,
-        auto_recovery: bool,
-        extra_spec: &str,
-    ) -> String {
-        format!(
-            r#"apiVersion: workerrecovery.io/v1alpha1
-kind: Worker
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  container: {container}
-  workerName: {worker}
-  sharedRoot: {root}
-  heartbeatTimeoutSeconds: {heartbeat_timeout}
-  autoRecovery:
-    enabled: {auto_recovery}
-{extra_spec}"#,
-            container = self.container,
-            worker = self.worker_name,
-            root = self.shared_root().display(),
-        )
-    }
 }
 
 impl Drop for WorkerContainer {

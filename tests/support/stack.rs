@@ -114,9 +114,10 @@ impl Stack {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `kubectl apply -f -`; returns (success, stdout + stderr).
-    pub fn apply(&self, yaml: &str) -> (bool, String) {
-        let out = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+    /// `kubectl apply -f -` of a manifest (JSON); returns (success, stdout + stderr).
+    pub fn apply(&self, manifest: impl Into<Value>) -> (bool, String) {
+        let json = manifest.into().to_string();
+        let out = self.kubectl(&["apply", "-f", "-"], Some(&json));
         (
             out.status.success(),
             format!(
@@ -125,6 +126,12 @@ impl Stack {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+
+    /// `kubectl apply`, which must succeed.
+    pub fn apply_ok(&self, manifest: impl Into<Value>) {
+        let (ok, out) = self.apply(manifest);
+        assert!(ok, "{out}");
     }
 
     pub fn get_json(&self, ns: &str, resource: &str) -> Value {

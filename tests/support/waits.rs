@@ -45,13 +45,6 @@ pub fn condition<'a>(worker: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-/// A WorkerRecovery manifest; `extra` holds more spec lines, indented by two spaces.
-pub fn run_yaml(name: &str, ns: &str, worker: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  stopGracePeriodSeconds: 2\n  verifyTimeoutSeconds: 60\n{extra}"
-    )
-}
-
 /// A step of a run's status by name.
 pub fn run_step<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["status"]["steps"]
