@@ -14,10 +14,6 @@ use std::{
 use serde_json::{json, Value};
 use support::*;
 
-fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
-    stack.get_json(ns, &format!("worker/{name}"))
-}
-
 /// A webhook receiver on loopback: every POST body it got.
 struct Hook {
     url: String,
@@ -71,33 +67,10 @@ impl Hook {
     }
 }
 
-fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
-    stack
-        .events_for(ns, name)
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 fn attempt_times(w: &Value) -> Vec<f64> {
     w["status"]["autoRecovery"]["attempts"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    let t = x["time"].as_str().unwrap();
-                    let out = std::process::Command::new("date")
-                        .args(["-u", "-d", t, "+%s"])
-                        .output()
-                        .unwrap();
-                    String::from_utf8(out.stdout)
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap()
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(|x| seconds(&x["time"]) as f64).collect())
         .unwrap_or_default()
 }
 
@@ -130,14 +103,16 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
     })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let escalated = wait_for("Escalated", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "loopy");
-        (w["status"]["phase"] == "Escalated")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let escalated = wait_worker(
+        stack,
+        &ns,
+        "loopy",
+        "Escalated",
+        Duration::from_secs(90),
+        |w| w["status"]["phase"] == "Escalated",
+    );
     let st = &escalated["status"];
-    let cond = condition(&escalated, "Escalated").expect("an Escalated condition");
+    let cond = condition(&escalated, "Escalated");
     assert_eq!(cond["status"], "True", "{cond}");
     assert!(
         cond["message"].as_str().unwrap().contains("maxRestarts 3"),
@@ -172,13 +147,17 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
     assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
 
     // The path is climbed, each level told to the webhook (recorded once delivered).
-    let top = wait_for("level L2 delivered", Duration::from_secs(30), || {
-        let w = worker_json(stack, &ns, "loopy");
-        let e = &w["status"]["escalation"];
-        (e["level"] == "L2" && e["notification"]["state"] == "Delivered")
-            .then_some(w.clone())
-            .ok_or(e.to_string())
-    });
+    let top = wait_worker(
+        stack,
+        &ns,
+        "loopy",
+        "level L2 delivered",
+        Duration::from_secs(30),
+        |w| {
+            let e = &w["status"]["escalation"];
+            e["level"] == "L2" && e["notification"]["state"] == "Delivered"
+        },
+    );
     assert_eq!(
         top["status"]["escalation"]["notification"]["previousLevel"], "L1",
         "{:#}",
@@ -197,10 +176,12 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
         body["run"].as_str().unwrap().starts_with("loopy-auto-"),
         "{body}"
     );
-    let reasons = event_reasons(stack, &ns, "loopy");
-    for want in ["Restarted", "BackOff", "Escalated", "EscalationLevel"] {
-        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
-    }
+    assert_events(
+        stack,
+        &ns,
+        "loopy",
+        &["Restarted", "BackOff", "Escalated", "EscalationLevel"],
+    );
 }
 
 #[test]
@@ -212,23 +193,9 @@ fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
         "autoRecovery": {"remediation": {"memoryFactor": 2, "memoryCeiling": "256m"}},
     })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_for("Healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "oomy");
-        (w["status"]["phase"] == "Healthy")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
+    wait_phase(stack, &ns, "oomy", "Healthy");
     wc.inject_fault("oom");
-    let back = wait_for(
-        "restarted after the OOM kill",
-        Duration::from_secs(60),
-        || {
-            let w = worker_json(stack, &ns, "oomy");
-            (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-                .then_some(w.clone())
-                .ok_or(w["status"].to_string())
-        },
-    );
+    let back = wait_restarted(stack, &ns, "oomy", 1, Duration::from_secs(60));
     assert_eq!(
         wc.inspect("{{.HostConfig.Memory}}"),
         (128u64 << 20).to_string()
@@ -248,7 +215,7 @@ fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
             .contains("64Mi -> 128Mi"),
         "{attempt}"
     );
-    assert!(event_reasons(stack, &ns, "oomy").contains(&"MemoryRaised".to_string()));
+    assert_events(stack, &ns, "oomy", &["MemoryRaised"]);
     // The run diagnosed the OOM from what was seen before the restart.
     let run = attempt["run"].as_str().unwrap().to_string();
     let run = wait_run_finished(stack, &ns, &run);
@@ -266,20 +233,10 @@ fn a_hung_worker_is_restarted_after_its_heartbeat_deadline() {
     let wc = WorkerContainer::start(&ns, "hangy", &[], &[]);
     stack.apply_ok(wc.worker("hangy", &ns).heartbeat_timeout(5).auto_recovery());
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_for("Healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "hangy");
-        (w["status"]["phase"] == "Healthy")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
+    wait_phase(stack, &ns, "hangy", "Healthy");
     let started = wc.inspect("{{.State.StartedAt}}");
     wc.inject_fault("hang");
-    let back = wait_for("a restart for the hang", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "hangy");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let back = wait_restarted(stack, &ns, "hangy", 1, Duration::from_secs(60));
     assert_ne!(wc.inspect("{{.State.StartedAt}}"), started, "restarted");
     let attempt = &back["status"]["autoRecovery"]["attempts"][0];
     assert!(
@@ -312,19 +269,13 @@ fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
         },
     })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let w = wait_for(
-        "the poison task out and the worker healthy",
-        Duration::from_secs(90),
-        || {
-            let w = worker_json(stack, &ns, "poisy");
-            let out = w["status"]["autoRecovery"]["poisonedTasks"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|t| t == "bad.json"));
-            (out && w["status"]["phase"] == "Healthy")
-                .then_some(w.clone())
-                .ok_or(w["status"].to_string())
-        },
-    );
+    let what = "the poison task out and the worker healthy";
+    let w = wait_worker(stack, &ns, "poisy", what, Duration::from_secs(90), |w| {
+        let out = w["status"]["autoRecovery"]["poisonedTasks"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|t| t == "bad.json"));
+        out && w["status"]["phase"] == "Healthy"
+    });
     assert!(wc.tasks_dir("failed").join("bad.json").exists());
     let reason: Value = serde_json::from_slice(
         &std::fs::read(wc.tasks_dir("failed").join("bad.json.reason")).unwrap(),
@@ -339,16 +290,11 @@ fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
             .len(),
         3
     );
-    assert!(event_reasons(stack, &ns, "poisy").contains(&"PoisonTask".to_string()));
+    assert_events(stack, &ns, "poisy", &["PoisonTask"]);
     // A good task after that is done.
     wc.add_task("good", r#"{"id":"good"}"#);
-    wait_for("the good task done", Duration::from_secs(30), || {
-        wc.tasks_dir("done")
-            .join("good.json")
-            .exists()
-            .then_some(())
-            .ok_or("not yet".to_string())
-    });
+    let good = wc.tasks_dir("done").join("good.json");
+    wait_file("the good task done", &good, Duration::from_secs(30));
 }
 
 #[test]
@@ -380,12 +326,14 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
         .allowed_roots(&allowed)
         .start();
 
-    let w = wait_for("failed over", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "primy");
-        (w["status"]["escalation"]["failover"]["state"] == "Done")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "primy",
+        "failed over",
+        Duration::from_secs(90),
+        |w| w["status"]["escalation"]["failover"]["state"] == "Done",
+    );
     let st = &w["status"];
     assert_eq!(st["phase"], "Escalated");
     assert!(
@@ -410,7 +358,7 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
             .count(),
         0
     );
-    assert!(event_reasons(stack, &ns, "primy").contains(&"FailedOver".to_string()));
+    assert_events(stack, &ns, "primy", &["FailedOver"]);
 }
 
 #[test]
@@ -431,12 +379,14 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
         },
     })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let w = wait_for("the drift reported", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "drifty");
-        (w["status"]["drift"].as_array().map_or(0, Vec::len) == 2)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "drifty",
+        "the drift reported",
+        Duration::from_secs(60),
+        |w| w["status"]["drift"].as_array().map_or(0, Vec::len) == 2,
+    );
     let drift = w["status"]["drift"].to_string();
     assert!(
         drift.contains(r#""declared":"1024:2048""#) && drift.contains(r#""actual":"64:64""#),
@@ -452,12 +402,10 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
 
     // The next crash is the restart that puts the declaration in place.
     wc.inject_fault("crash");
-    let w = wait_for("recreated and healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "drifty");
+    let what = "recreated and healthy";
+    let w = wait_worker(stack, &ns, "drifty", what, Duration::from_secs(60), |w| {
         let no_drift = w["status"].get("drift").is_none();
-        (no_drift && w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
+        no_drift && w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1
     });
     assert_ne!(wc.inspect("{{.Id}}"), id_before, "a new container");
     assert_eq!(
@@ -492,7 +440,7 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
             .starts_with("recreated with"),
         "{attempt}"
     );
-    assert!(event_reasons(stack, &ns, "drifty").contains(&"DeclaredSettingsApplied".to_string()));
+    assert_events(stack, &ns, "drifty", &["DeclaredSettingsApplied"]);
 }
 
 /// A webhook receiver that accepts connections and never answers.
@@ -555,17 +503,11 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
 
     for i in 0..3 {
         let name = format!("holed{i}");
-        let w = wait_for(
-            "escalated, its notification pending",
-            Duration::from_secs(90),
-            || {
-                let w = worker_json(stack, &ns, &name);
-                (w["status"]["phase"] == "Escalated"
-                    && w["status"]["escalation"]["notification"]["state"] == "Pending")
-                    .then_some(w.clone())
-                    .ok_or(w["status"].to_string())
-            },
-        );
+        let what = "escalated, its notification pending";
+        let w = wait_worker(stack, &ns, &name, what, Duration::from_secs(90), |w| {
+            w["status"]["phase"] == "Escalated"
+                && w["status"]["escalation"]["notification"]["state"] == "Pending"
+        });
         // Written while the delivery still waits for its first answer (a 60 s timeout).
         let since = seconds(&w["status"]["escalation"]["since"]);
         assert!(
@@ -576,12 +518,7 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
     wait_phase(stack, &ns, "fine", "Healthy");
     let crashed_at = std::time::Instant::now();
     healthy.inject_fault("crash");
-    let w = wait_for("fine healed", Duration::from_secs(30), || {
-        let w = worker_json(stack, &ns, "fine");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_restarted(stack, &ns, "fine", 1, Duration::from_secs(30));
     eprintln!(
         "crash to healthy while 3 webhooks hang: {:?}",
         crashed_at.elapsed()
@@ -638,15 +575,19 @@ fn fd_exhaustion_then_an_automatic_attempt_raises_nofile_within_the_ceiling() {
 
     // The next one: recreated with nofile 64 x 2 = 128, held at the ceiling of 100.
     wc.inject_fault("fd-leak");
-    let w = wait_for("the second attempt", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "leaky");
-        let attempts = w["status"]["autoRecovery"]["attempts"]
-            .as_array()
-            .map_or(0, Vec::len);
-        (attempts == 2 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "leaky",
+        "the second attempt",
+        Duration::from_secs(90),
+        |w| {
+            let attempts = w["status"]["autoRecovery"]["attempts"]
+                .as_array()
+                .map_or(0, Vec::len);
+            attempts == 2 && w["status"]["phase"] == "Healthy"
+        },
+    );
     let remediation = w["status"]["autoRecovery"]["attempts"][1]["remediation"].to_string();
     assert!(
         remediation.contains("nofile 64:64 -> 100:100"),

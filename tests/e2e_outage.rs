@@ -83,23 +83,20 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
 
     // Stop the engine: its containers stop with it.
     stop_component("dockerd", "TERM");
-    wait_for("the Worker Unknown", Duration::from_secs(30), || {
-        let w = stack.get_json(&ns, "worker/outy");
-        (w["status"]["phase"] == "Unknown")
-            .then_some(())
-            .ok_or(w["status"]["phase"].to_string())
-    });
+    wait_worker(
+        stack,
+        &ns,
+        "outy",
+        "Unknown",
+        Duration::from_secs(30),
+        |w| w["status"]["phase"] == "Unknown",
+    );
     std::thread::sleep(Duration::from_secs(3));
     // Start it again, as the stack does.
     let back_at = unix_now().to_string();
     restart_stack();
 
-    let w = wait_for("the worker running again", Duration::from_secs(90), || {
-        let w = stack.get_json(&ns, "worker/outy");
-        (w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_restarted(stack, &ns, "outy", 1, Duration::from_secs(90));
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
     assert!(op.logged(&["Docker event stream"]), "{}", op.log_tail());
     // One stop of the engine, one start of the worker.
@@ -110,7 +107,7 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
         .count();
     assert_eq!(starts, 1, "started once after the engine came back");
     assert_eq!(
-        stack.get_json(&ns, "worker/outy")["status"]["restartCount"],
+        worker_json(stack, &ns, "outy")["status"]["restartCount"],
         1,
         "{:#}",
         w["status"]
@@ -122,34 +119,12 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
     );
 }
 
-/// A stopped worker with `n` tasks left in `active/` (and their locks), its Worker and an
-/// operator: what a Clean run starts from.
-fn crashed(stack: &Stack, ns: &str, name: &str, n: usize) -> (WorkerContainer, Vec<String>) {
-    let wc = WorkerContainer::start(ns, name, &[], &[("TASK_DURATION_MS", "1")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let ids = crashed_tasks(&wc.shared_root(), name, n);
-    stack.apply_ok(wc.worker(name, ns));
-    (wc, ids)
-}
-
 fn waiting_reason(run: &Value) -> Option<String> {
     run["status"]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == "Waiting" && c["status"] == "True")
         .and_then(|c| c["reason"].as_str().map(String::from))
-}
-
-/// Every task once, `retry_count` up by one (counted with the worker stopped, so that no task
-/// moves while the directories are read).
-fn assert_requeued_once(wc: &WorkerContainer, ids: &[String]) {
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let places = task_places(wc, ids);
-    assert_eq!(places.len(), ids.len(), "no task lost");
-    for (id, at) in places {
-        assert_eq!(at.len(), 1, "{id} in one place: {at:?}");
-        assert_eq!(at[0].1, 1, "{id}: retry_count went up once: {at:?}");
-    }
 }
 
 /// No writes while blind: a Clean run applied while the engine is down moves nothing and
@@ -159,7 +134,8 @@ fn a_clean_run_waits_while_the_docker_engine_is_down() {
     let _one = serial();
     let stack = stack();
     let ns = stack.namespace("blind");
-    let (wc, ids) = crashed(stack, &ns, "blind", 20);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "blind", "1", 20);
+    stack.apply_ok(wc.worker("blind", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "blind", "Down");
     let before = tree_snapshot(&wc.shared_root());
@@ -170,12 +146,15 @@ fn a_clean_run_waits_while_the_docker_engine_is_down() {
             .mode("Clean")
             .spec(json!({"resume": {"batchDelaySeconds": 1}})),
     );
-    let run = wait_for("the run waiting", Duration::from_secs(30), || {
-        let r = stack.get_json(&ns, "workerrecovery/clean-blind");
-        (waiting_reason(&r).as_deref() == Some("ContainerStateUnknown"))
-            .then_some(r.clone())
-            .ok_or(r["status"].to_string())
-    });
+    let object = "workerrecovery/clean-blind";
+    let run = wait_object(
+        stack,
+        &ns,
+        object,
+        "waiting",
+        Duration::from_secs(30),
+        |r| waiting_reason(r).as_deref() == Some("ContainerStateUnknown"),
+    );
     assert_eq!(run["status"]["phase"], "Pending");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -183,12 +162,12 @@ fn a_clean_run_waits_while_the_docker_engine_is_down() {
         before,
         "nothing moved while blind"
     );
-    let w = stack.get_json(&ns, "worker/blind");
-    assert_eq!(w["status"]["phase"], "Unknown", "{:#}", w["status"]);
+    let w = worker_json(stack, &ns, "blind");
+    assert_phase(&w, "Unknown");
 
     restart_stack();
     let run = wait_run_finished(stack, &ns, "clean-blind");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_phase(&run, "Succeeded");
     assert_eq!(run_step(&run, "CleanState")["figures"]["requeued"], 20);
     assert_requeued_once(&wc, &ids);
 }
@@ -200,7 +179,8 @@ fn a_clean_run_completes_across_an_api_server_outage() {
     let _one = serial();
     let stack = stack();
     let ns = stack.namespace("apiout");
-    let (wc, ids) = crashed(stack, &ns, "apiout", 3000);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "apiout", "1", 3000);
+    stack.apply_ok(wc.worker("apiout", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "apiout", "Down");
     stack.apply_ok(
@@ -208,14 +188,20 @@ fn a_clean_run_completes_across_an_api_server_outage() {
             .mode("Clean")
             .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
     );
-    wait_for("the run under way", Duration::from_secs(60), || {
-        let r = stack.get_json(&ns, "workerrecovery/clean-apiout");
-        let step = r["status"]["currentStep"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        (!step.is_empty()).then_some(()).ok_or(step)
-    });
+    let object = "workerrecovery/clean-apiout";
+    wait_object(
+        stack,
+        &ns,
+        object,
+        "under way",
+        Duration::from_secs(60),
+        |r| {
+            !r["status"]["currentStep"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        },
+    );
     // Killed, as a crash or a lost node would (a graceful stop waits for open watches).
     stop_component("kube-apiserver", "KILL");
     let down = Instant::now();
@@ -223,7 +209,7 @@ fn a_clean_run_completes_across_an_api_server_outage() {
     restart_stack();
     eprintln!("API server down for {:?}", down.elapsed());
     let run = wait_run_finished(stack, &ns, "clean-apiout");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_phase(&run, "Succeeded");
     assert_eq!(run_step(&run, "CleanState")["figures"]["requeued"], 3000);
     assert_requeued_once(&wc, &ids);
 }

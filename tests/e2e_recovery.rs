@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{json, Value};
 use support::*;
@@ -13,45 +13,6 @@ fn task(id: &str) -> String {
     format!(
         r#"{{"id":"{id}","type":"summarize","payload":{{"text":"héllo \u00e9","n":1.50,"big":123456789012345678901234567890}},"tags":["a","b"]}}"#
     )
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["status"]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {:#}", run["status"]))
-}
-
-/// Every file below `dir` with its content, to compare trees.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                out.insert(format!("{rel}/"), Vec::new());
-                stack.push(path);
-            } else if meta.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    std::fs::read_link(&path)
-                        .unwrap()
-                        .display()
-                        .to_string()
-                        .into_bytes(),
-                );
-            } else if meta.is_file() {
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// A worker that crashed in the middle of `task-1` (left in active/ with its lock), plus bad
@@ -66,16 +27,14 @@ fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) 
         &[("TASK_DURATION_MS", "600000")],
         &[("task-1", &task("task-1"))],
     );
-    wait_for("task-1 in active/", Duration::from_secs(30), || {
-        wc.tasks_dir("active")
-            .join("task-1.json")
-            .exists()
-            .then_some(())
-            .ok_or_else(|| "not yet".into())
-    });
+    let active = wc.tasks_dir("active");
+    wait_file(
+        "task-1 in active/",
+        &active.join("task-1.json"),
+        Duration::from_secs(30),
+    );
     wc.inject_fault("crash");
     assert_eq!(wait_exited(&wc), 3);
-    let active = wc.tasks_dir("active");
     std::fs::write(active.join("corrupt.json"), b"{ not json").unwrap();
     std::fs::write(active.join("empty.json"), b"").unwrap();
     std::fs::write(active.join("latin1.json"), b"{\"id\": \"caf\xe9\"}").unwrap();
@@ -113,11 +72,11 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
 
     stack.apply_ok(recovery("quick-1", &ns, "quick"));
     let run = wait_run_finished(stack, &ns, "quick-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_phase(&run, "Succeeded");
     assert_eq!(run["spec"]["mode"], "Quick", "the default mode");
     for name in ["Diagnose", "Restart", "VerifyHealth"] {
-        assert_eq!(step(&run, name)["state"], "Succeeded", "{name}");
-        assert_eq!(step(&run, name)["attempt"], 1, "{name}");
+        assert_eq!(run_step(&run, name)["state"], "Succeeded", "{name}");
+        assert_eq!(run_step(&run, name)["attempt"], 1, "{name}");
     }
     assert_eq!(
         run["status"]["diagnosis"]["verdict"]["topCause"],
@@ -166,8 +125,8 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
             .spec(json!({"resume": {"batchDelaySeconds": 1}})),
     );
     let run = wait_run_finished(stack, &ns, "clean-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    let clean = step(&run, "CleanState");
+    assert_phase(&run, "Succeeded");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
     assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(clean["figures"]["deadLettered"], 0, "{clean}");
@@ -175,7 +134,7 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
         clean["figures"]["locksRemoved"].as_i64().unwrap() >= 1,
         "{clean}"
     );
-    assert_eq!(step(&run, "Resume")["state"], "Succeeded");
+    assert_eq!(run_step(&run, "Resume")["state"], "Succeeded");
     assert_eq!(run["status"]["failureReason"], "worker_crash");
 
     // task-1 went back to pending/ exactly once, then through the resume plan to the restarted
@@ -260,7 +219,7 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
     let ns = stack.namespace("dry");
     let (wc, _outside) = crashed_worker(&ns, "dry");
     apply_worker(stack, &wc, "dry", &ns);
-    let before = snapshot(&wc.shared_root());
+    let before = tree_snapshot(&wc.shared_root());
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
@@ -270,21 +229,21 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
             .spec(json!({"dryRun": true})),
     );
     let run = wait_run_finished(stack, &ns, "dry-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    let clean = step(&run, "CleanState");
+    assert_phase(&run, "Succeeded");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
     assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(
         clean["details"]["requeuedTasks"][0], "task-1.json",
         "{clean}"
     );
-    assert!(step(&run, "Restart")["message"]
+    assert!(run_step(&run, "Restart")["message"]
         .as_str()
         .unwrap()
         .starts_with("dry run: would start"));
-    assert_eq!(step(&run, "VerifyHealth")["state"], "Skipped");
+    assert_eq!(run_step(&run, "VerifyHealth")["state"], "Skipped");
     assert_eq!(
-        snapshot(&wc.shared_root()),
+        tree_snapshot(&wc.shared_root()),
         before,
         "the files are untouched"
     );
@@ -308,8 +267,8 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
             .spec(json!({"debug": {"otlpEndpoint": "http://127.0.0.1:4317"}})),
     );
     let run = wait_run_finished(stack, &ns, "debug-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    assert_eq!(step(&run, "DebugStart")["state"], "Succeeded");
+    assert_phase(&run, "Succeeded");
+    assert_eq!(run_step(&run, "DebugStart")["state"], "Succeeded");
     assert_eq!(
         wc.inspect("{{.State.Status}}"),
         "exited",
@@ -365,19 +324,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A small deterministic generator for the kill delays (the seed is printed to replay a run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 /// The operator is killed with SIGKILL at random moments while its clean-state step works
 /// through thousands of active tasks, 30 times, then left to finish: no task is lost, none is
 /// duplicated, each `retry_count` went up exactly once and every other field is unchanged.
@@ -414,9 +360,7 @@ fn clean_state_is_exactly_once_under_sigkill() {
             .spec(json!({"verifyTimeoutSeconds": 1})),
     );
 
-    let seed = unix_now();
-    eprintln!("kill delays seeded with {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::seeded();
     let operator = Operator::builder(stack, &ns, wc.dir.path());
     for kill in 0..KILLS {
         let op = operator.clone().wait_ready(false).start();
@@ -436,7 +380,7 @@ fn clean_state_is_exactly_once_under_sigkill() {
     }
     let _op = operator.start();
     let run = wait_run_finished(stack, &ns, "kill-1");
-    let clean = step(&run, "CleanState");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["state"], "Succeeded", "{:#}", run["status"]);
     assert!(
         clean["attempt"].as_u64().unwrap() > KILLS as u64,

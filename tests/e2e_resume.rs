@@ -53,17 +53,13 @@ fn gated_worker(ns: &str, name: &str) -> WorkerContainer {
 }
 
 fn wait_plan(stack: &Stack, ns: &str, name: &str, phases: &[&str]) -> Value {
-    wait_for(
-        &format!("ResumePlan {name} in {phases:?}"),
-        Duration::from_secs(120),
-        || {
-            let p = stack.get_json(ns, &format!("resumeplan/{name}"));
-            match p["status"]["phase"].as_str() {
-                Some(phase) if phases.contains(&phase) => Ok(p),
-                _ => Err(p["status"].to_string()),
-            }
-        },
-    )
+    let object = format!("resumeplan/{name}");
+    let what = format!("in {phases:?}");
+    wait_object(stack, ns, &object, &what, Duration::from_secs(120), |p| {
+        p["status"]["phase"]
+            .as_str()
+            .is_some_and(|phase| phases.contains(&phase))
+    })
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -98,14 +94,6 @@ fn batch_tasks(plan: &Value) -> Vec<Vec<String>> {
                 .map(|t| t.as_str().unwrap().to_string())
                 .collect()
         })
-        .collect()
-}
-
-fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
-    stack
-        .events_for(ns, name)
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -159,7 +147,7 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
         ],
         "oldest first, in batches of 5"
     );
-    let completed = condition(&plan, "Completed").unwrap();
+    let completed = condition(&plan, "Completed");
     assert_eq!(completed["status"], "True");
     assert!(st["completionTime"].is_string());
     // Monitoring: the worker's metrics were scraped while the plan ran.
@@ -172,16 +160,13 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
         let done = names_in(&wc.tasks_dir("done"));
         (done.len() == 13).then_some(()).ok_or(format!("{done:?}"))
     });
-    let reasons = event_reasons(stack, &ns, "resy-plan");
     assert_eq!(
         event_count(stack, &ns, "resy-plan", "BatchReleased"),
         3,
-        "{reasons:?}"
+        "{:?}",
+        event_reasons(stack, &ns, "resy-plan")
     );
-    assert!(
-        reasons.contains(&"ResumeCompleted".to_string()),
-        "{reasons:?}"
-    );
+    assert_events(stack, &ns, "resy-plan", &["ResumeCompleted"]);
     let rows = stack.kubectl_ok(&["get", "rplan", "-n", &ns]);
     assert!(
         rows.contains("BATCHES") && rows.contains("STAGED") && rows.contains("Completed"),
@@ -240,8 +225,8 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
             .contains("batch 2 failed 3 of 4"),
         "{st:#}"
     );
-    assert_eq!(condition(&plan, "Halted").unwrap()["status"], "True");
-    assert!(event_reasons(stack, &ns, "halty-plan").contains(&"ResumeHalted".to_string()));
+    assert_eq!(condition(&plan, "Halted")["status"], "True");
+    assert_events(stack, &ns, "halty-plan", &["ResumeHalted"]);
     // Halted means halted: the rest stays in pending/, the worker stays gated.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -276,12 +261,15 @@ fn a_paused_plan_stops_between_batches_and_continues_where_it_stood() {
         }))
     };
     stack.apply_ok(pausy_plan(false));
-    wait_for("the first batch", Duration::from_secs(30), || {
-        let p = stack.get_json(&ns, "resumeplan/pausy-plan");
-        (p["status"]["tasksStaged"].as_u64() >= Some(2))
-            .then_some(())
-            .ok_or(p["status"].to_string())
-    });
+    let object = "resumeplan/pausy-plan";
+    wait_object(
+        stack,
+        &ns,
+        object,
+        "the first batch",
+        Duration::from_secs(30),
+        |p| p["status"]["tasksStaged"].as_u64() >= Some(2),
+    );
     stack.apply_ok(pausy_plan(true));
     let paused = wait_plan(stack, &ns, "pausy-plan", &["Paused"]);
     let staged = paused["status"]["tasksStaged"].as_u64().unwrap();
@@ -320,9 +308,7 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
         plan("rkilly-plan", &ns, "rkilly").spec(json!({"batchSize": 6, "batchDelaySeconds": 1})),
     );
     let operator = Operator::builder(stack, &ns, wc.dir.path());
-    let seed = unix_now();
-    eprintln!("kill delays seeded with {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Lcg::seeded();
     for _ in 0..8 {
         let op = operator.clone().wait_ready(false).start();
         std::thread::sleep(Duration::from_millis(900 + rng.next(1200)));
@@ -376,18 +362,6 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
         metrics.contains(&format!("task_completed_total {TASKS}")),
         "each task was run once: {metrics}"
     );
-}
-
-/// A small deterministic generator for kill delays (seeded and logged, to replay a failure).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
 }
 
 // ------------------------------------------------------------------ the run's resume and trace
@@ -479,12 +453,15 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
             })),
     );
     // Kill the operator while the run waits for its plan; a new one finishes the run.
-    wait_for("the resume step", Duration::from_secs(90), || {
-        let r = stack.get_json(&ns, "workerrecovery/tracy-1");
-        (r["status"]["currentStep"] == "Resume")
-            .then_some(())
-            .ok_or(r["status"].to_string())
-    });
+    let object = "workerrecovery/tracy-1";
+    wait_object(
+        stack,
+        &ns,
+        object,
+        "the resume step",
+        Duration::from_secs(90),
+        |r| r["status"]["currentStep"] == "Resume",
+    );
     std::thread::sleep(Duration::from_millis(1500));
     op.kill();
     let _op = operator.start();
@@ -500,12 +477,7 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     assert_eq!(owner["uid"], run["metadata"]["uid"]);
     assert_eq!(plan["status"]["phase"], "Completed");
     assert_eq!(plan["status"]["tasksStaged"], 7, "{:#}", plan["status"]);
-    let resume = st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "Resume")
-        .unwrap();
+    let resume = run_step(&run, "Resume");
     assert_eq!(resume["figures"]["tasksStaged"], 7, "{resume}");
     assert_eq!(resume["figures"]["requeued"], 1, "{resume}");
     assert!(
@@ -579,12 +551,7 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
         );
         assert_eq!(tag(span, "worker.name").unwrap(), "tracy", "{name}");
         assert_eq!(tag(span, "otel.status_code").unwrap(), "OK", "{name}");
-        let recorded = st["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == step)
-            .unwrap();
+        let recorded = run_step(&run, step);
         assert_eq!(span["spanID"], recorded["spanId"], "{name}");
     }
     assert_eq!(

@@ -5,7 +5,7 @@ mod support;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 /// The victim's own files in `root`: its tasks, state, heartbeat, tmp and locks.
@@ -25,13 +25,6 @@ fn victims_files(root: &Path, victim: &str) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
-    obj["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition: {:#}", obj["status"]))
-}
-
 /// The attack, and the ways around it: a Worker without a container naming the
 /// victim's worker, then Workers with consenting containers of their own that name the
 /// victim's paths (the same worker name; a tmp directory on its task directory), each with a
@@ -44,10 +37,8 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     // state, a heartbeat; its container is stopped, so its files change only if someone
     // else changes them.
     let victim = WorkerContainer::start(&ns, "victim", &[], &[]);
-    wait_for("a first heartbeat", Duration::from_secs(30), || {
-        let hb = victim.shared_root().join("workers/victim/heartbeat.json");
-        hb.exists().then_some(()).ok_or("not yet".to_string())
-    });
+    let hb = victim.shared_root().join("workers/victim/heartbeat.json");
+    wait_file("a first heartbeat", &hb, Duration::from_secs(30));
     docker_ok(&["stop", "-t", "2", &victim.container]);
     let root = victim.shared_root();
     crashed_tasks(&root, "victim", 5);
@@ -74,12 +65,14 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
 
     // 2. The victim's own Worker is admitted: the refused one above holds none of its paths.
     stack.apply_ok(victim.worker("victim", &ns));
-    let v = wait_for("the victim admitted", Duration::from_secs(60), || {
-        let v = stack.get_json(&ns, "worker/victim");
-        (v["status"]["claim"]["taskDirectory"].is_string())
-            .then_some(v.clone())
-            .ok_or(v["status"].to_string())
-    });
+    let v = wait_worker(
+        stack,
+        &ns,
+        "victim",
+        "admitted",
+        Duration::from_secs(60),
+        |v| v["status"]["claim"]["taskDirectory"].is_string(),
+    );
     assert_eq!(condition(&v, "Accepted")["status"], "True");
 
     // 3. Consenting containers of their own, naming the victim's paths.
@@ -123,14 +116,13 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(victims_files(&root, "victim"), before);
     assert_eq!(victim.inspect("{{.State.Status}}"), "exited");
-    let v = stack.get_json(&ns, "worker/victim");
+    let v = worker_json(stack, &ns, "victim");
     assert_eq!(condition(&v, "Accepted")["status"], "True");
     let leaked = format!(
         "{}{}",
         stack.get_json(&ns, "workerrecoveries"),
         serde_json::to_string(
-            &["nobody", "twin", "tmpper"]
-                .map(|n| { stack.get_json(&ns, &format!("worker/{n}"))["status"].clone() })
+            &["nobody", "twin", "tmpper"].map(|n| worker_json(stack, &ns, n)["status"].clone())
         )
         .unwrap()
     );
@@ -147,9 +139,7 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
 fn two_clean_runs_applied_together_take_turns() {
     let stack = stack();
     let ns = stack.namespace("turns");
-    let wc = WorkerContainer::start(&ns, "turns", &[], &[("TASK_DURATION_MS", "20")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let ids = crashed_tasks(&wc.shared_root(), "turns", 50);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "turns", "20", 50);
     stack.apply_ok(wc.worker("turns", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     // The first run releases all 50 tasks at once and judges them 5 s later: time for the
@@ -163,12 +153,12 @@ fn two_clean_runs_applied_together_take_turns() {
     let a = wait_run_finished(stack, &ns, "clean-a");
     let b = wait_run_finished(stack, &ns, "clean-b");
     for r in [&a, &b] {
-        assert_eq!(r["status"]["phase"], "Succeeded", "{:#}", r["status"]);
+        assert_phase(r, "Succeeded");
     }
     let waited: Vec<_> = [("clean-a", &a, &b), ("clean-b", &b, &a)]
         .into_iter()
         .filter(|(name, _, _)| {
-            reasons_of(stack, &ns, name)
+            event_reasons(stack, &ns, name)
                 .iter()
                 .any(|r| r == "AnotherRunActive")
         })
@@ -204,9 +194,7 @@ fn two_clean_runs_applied_together_take_turns() {
 fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
     let stack = stack();
     let ns = stack.namespace("cleaning");
-    let wc = WorkerContainer::start(&ns, "cleaning", &[], &[("TASK_DURATION_MS", "1")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let ids = crashed_tasks(&wc.shared_root(), "cleaning", 3000);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "cleaning", "1", 3000);
     stack.apply_ok(wc.worker("cleaning", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     let since = docker_now();
@@ -215,32 +203,24 @@ fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
             .mode("Clean")
             .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
     );
-    wait_for("the Clean run cleaning", Duration::from_secs(60), || {
-        let r = stack.get_json(&ns, "workerrecovery/clean");
-        let step = r["status"]["currentStep"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        (!step.is_empty() && step != "Diagnose")
-            .then_some(())
-            .ok_or(step)
-    });
+    let object = "workerrecovery/clean";
+    wait_object(
+        stack,
+        &ns,
+        object,
+        "cleaning",
+        Duration::from_secs(60),
+        |r| {
+            let step = r["status"]["currentStep"].as_str().unwrap_or_default();
+            !step.is_empty() && step != "Diagnose"
+        },
+    );
     stack.apply_ok(recovery("quick", &ns, "cleaning").mode("Quick"));
     let clean = wait_run_finished(stack, &ns, "clean");
     let quick = wait_run_finished(stack, &ns, "quick");
-    assert_eq!(
-        clean["status"]["phase"], "Succeeded",
-        "{:#}",
-        clean["status"]
-    );
-    assert_eq!(
-        quick["status"]["phase"], "Succeeded",
-        "{:#}",
-        quick["status"]
-    );
-    assert!(reasons_of(stack, &ns, "quick")
-        .iter()
-        .any(|r| r == "AnotherRunActive"));
+    assert_phase(&clean, "Succeeded");
+    assert_phase(&quick, "Succeeded");
+    assert_events(stack, &ns, "quick", &["AnotherRunActive"]);
     assert!(
         seconds(&run_step(&quick, "Restart")["startTime"])
             >= seconds(&clean["status"]["completionTime"]),
@@ -253,12 +233,5 @@ fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
         .filter(|e| e.as_str() == "start")
         .count();
     assert_eq!(starts, 2, "no start during the clean-up");
-    // Stopped, the worker moves no task while they are counted.
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let places = task_places(&wc, &ids);
-    assert_eq!(places.len(), ids.len(), "no task lost");
-    for (id, at) in places {
-        assert_eq!(at.len(), 1, "{id} in one place: {at:?}");
-        assert_eq!(at[0].1, 1, "{id}: retry_count went up once: {at:?}");
-    }
+    assert_requeued_once(&wc, &ids);
 }

@@ -5,14 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use support::*;
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
-    stack.get_json(ns, &format!("worker/{name}"))
-}
 
 #[test]
 fn crashed_worker_is_restarted_and_reported() {
@@ -29,30 +25,20 @@ fn crashed_worker_is_restarted_and_reported() {
     let op = Operator::start(stack, &ns, wc.dir.path());
 
     let healthy = wait_phase(stack, &ns, "marie", "Healthy");
-    assert_eq!(condition(&healthy, "Ready").unwrap()["status"], "True");
+    assert_eq!(condition(&healthy, "Ready")["status"], "True");
     assert_eq!(healthy["status"]["restartCount"], 0);
     assert!(healthy["status"]["lastHeartbeatTime"].is_string());
     let started_before = wc.inspect("{{.State.StartedAt}}");
 
     wc.inject_fault("crash");
-    let restarted = wait_for("restartCount 1 and Healthy again", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "marie");
-        if w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy" {
-            Ok(w)
-        } else {
-            Err(w["status"].to_string())
-        }
-    });
+    let restarted = wait_restarted(stack, &ns, "marie", 1, PHASE_TIMEOUT);
 
     // Docker agrees: the same container runs again, started anew by the operator.
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
     assert_ne!(wc.inspect("{{.State.StartedAt}}"), started_before);
     assert_eq!(restarted["status"]["container"]["state"], "running");
     assert!(restarted["status"]["lastRestartTime"].is_string());
-    assert_eq!(
-        condition(&restarted, "ContainerRunning").unwrap()["status"],
-        "True"
-    );
+    assert_eq!(condition(&restarted, "ContainerRunning")["status"], "True");
 
     // A human sees why in the Events.
     let events = stack.events_for(&ns, "marie");
@@ -97,7 +83,7 @@ fn hung_worker_turns_heartbeat_stale() {
 
     wc.inject_fault("hang");
     let degraded = wait_phase(stack, &ns, "anga", "Degraded");
-    let fresh = condition(&degraded, "HeartbeatFresh").unwrap();
+    let fresh = condition(&degraded, "HeartbeatFresh");
     assert_eq!(fresh["status"], "False");
     assert_eq!(fresh["reason"], "HeartbeatStale");
     assert!(
@@ -107,14 +93,8 @@ fn hung_worker_turns_heartbeat_stale() {
             .contains("over the 5s timeout"),
         "{fresh}"
     );
-    assert_eq!(
-        condition(&degraded, "ContainerRunning").unwrap()["status"],
-        "True"
-    );
-    assert_eq!(
-        condition(&degraded, "Ready").unwrap()["reason"],
-        "HeartbeatStale"
-    );
+    assert_eq!(condition(&degraded, "ContainerRunning")["status"], "True");
+    assert_eq!(condition(&degraded, "Ready")["reason"], "HeartbeatStale");
 
     // Stale means the timeout really passed since the last heartbeat.
     let last_beat: k8s_openapi::jiff::Timestamp = degraded["status"]["lastHeartbeatTime"]
@@ -135,11 +115,7 @@ fn hung_worker_turns_heartbeat_stale() {
     // A hung process is still running: no restart in this slice, and Docker agrees.
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
     assert_eq!(degraded["status"]["restartCount"], 0);
-    let events = stack.events_for(&ns, "anga");
-    assert!(
-        events.iter().any(|e| e["reason"] == "WorkerDegraded"),
-        "{events:#?}"
-    );
+    assert_events(stack, &ns, "anga", &["WorkerDegraded"]);
 }
 
 #[test]
@@ -153,7 +129,7 @@ fn exited_worker_without_auto_recovery_stays_down() {
 
     wc.inject_fault("crash");
     let down = wait_phase(stack, &ns, "fabien", "Down");
-    let running = condition(&down, "ContainerRunning").unwrap();
+    let running = condition(&down, "ContainerRunning");
     assert_eq!(running["status"], "False");
     assert_eq!(running["reason"], "Exited");
     assert!(
@@ -168,15 +144,9 @@ fn exited_worker_without_auto_recovery_stays_down() {
     let later = worker_json(stack, &ns, "fabien");
     assert_eq!(later["status"]["phase"], "Down");
     assert_eq!(later["status"]["restartCount"], 0);
-    let events = stack.events_for(&ns, "fabien");
-    assert!(
-        events.iter().any(|e| e["reason"] == "WorkerDown"),
-        "{events:#?}"
-    );
-    assert!(
-        !events.iter().any(|e| e["reason"] == "Restarted"),
-        "{events:#?}"
-    );
+    assert_events(stack, &ns, "fabien", &["WorkerDown"]);
+    let reasons = event_reasons(stack, &ns, "fabien");
+    assert!(!reasons.iter().any(|r| r == "Restarted"), "{reasons:?}");
 }
 
 #[test]
@@ -189,11 +159,8 @@ fn oom_killed_worker_is_reported_and_restarted() {
     wait_phase(stack, &ns, "oomie", "Healthy");
 
     wc.inject_fault("oom");
-    let restarted = wait_for("restart after OOM kill", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "oomie");
-        (w["status"]["restartCount"] == 1)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
+    let restarted = wait_worker(stack, &ns, "oomie", "a restart", PHASE_TIMEOUT, |w| {
+        w["status"]["restartCount"] == 1
     });
     assert_eq!(restarted["status"]["container"]["state"], "running");
     let events = stack.events_for(&ns, "oomie");
@@ -288,12 +255,14 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
     );
 
     wc.inject_fault("crash");
-    wait_for("the restart", Duration::from_secs(10), || {
-        let w = worker_json(stack, &ns, "evy");
-        (w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
+    wait_worker(
+        stack,
+        &ns,
+        "evy",
+        "the restart",
+        Duration::from_secs(10),
+        |w| w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true",
+    );
     assert!(
         metric(&op, r#"workerrecovery_docker_events_total{action="die"}"#) >= 1.0,
         "{}",
@@ -334,25 +303,18 @@ fn a_paused_worker_is_left_alone_until_its_pause_ends() {
     assert_eq!(worker_json(stack, &ns, "pau")["status"]["restartCount"], 0);
 
     // The pause ends by itself: the held-back restart happens.
-    let back = wait_for("the restart after the pause", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "pau");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let back = wait_restarted(stack, &ns, "pau", 1, PHASE_TIMEOUT);
     assert!(
         back["status"].get("paused").is_none(),
         "{:#}",
         back["status"]
     );
-    let reasons: Vec<_> = stack
-        .events_for(&ns, "pau")
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect();
-    for want in ["AutoRecoveryPaused", "AutoRecoveryResumed", "Restarted"] {
-        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
-    }
+    assert_events(
+        stack,
+        &ns,
+        "pau",
+        &["AutoRecoveryPaused", "AutoRecoveryResumed", "Restarted"],
+    );
 }
 
 /// RFC 3339 in UTC with whole seconds, as `metav1.Time` keeps it.

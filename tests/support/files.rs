@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 
 use serde_json::Value;
 
-use super::WorkerContainer;
+use super::{docker_ok, WorkerContainer};
 
 /// Every file below `dir` with its content (a symlink as its target, a directory as `name/`),
 /// to compare trees byte for byte.
@@ -76,4 +76,33 @@ pub fn task_places(wc: &WorkerContainer, ids: &[String]) -> BTreeMap<String, Vec
         }
     }
     out
+}
+
+/// Every task once, `retry_count` up by one (counted with the worker stopped, so that no task
+/// moves while the directories are read).
+pub fn assert_requeued_once(wc: &WorkerContainer, ids: &[String]) {
+    docker_ok(&["stop", "-t", "2", &wc.container]);
+    let places = task_places(wc, ids);
+    assert_eq!(places.len(), ids.len(), "no task lost");
+    for (id, at) in places {
+        assert_eq!(at.len(), 1, "{id} in one place: {at:?}");
+        assert_eq!(at[0].1, 1, "{id}: retry_count went up once: {at:?}");
+    }
+}
+
+impl WorkerContainer {
+    /// A stopped worker that left `n` tasks in `active/` with their locks (see
+    /// [`crashed_tasks`]), each to take `task_ms` milliseconds when it runs again: what a Clean
+    /// run starts from. Returns it and the task ids.
+    pub fn crashed_with_tasks(
+        ns: &str,
+        name: &str,
+        task_ms: &str,
+        n: usize,
+    ) -> (WorkerContainer, Vec<String>) {
+        let wc = WorkerContainer::start(ns, name, &[], &[("TASK_DURATION_MS", task_ms)]);
+        docker_ok(&["stop", "-t", "2", &wc.container]);
+        let ids = crashed_tasks(&wc.shared_root(), name, n);
+        (wc, ids)
+    }
 }

@@ -207,3 +207,25 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((code, body))
 }
+
+/// A small deterministic generator for the moments to kill the operator at (its seed is
+/// printed, to replay a failure).
+pub struct Lcg(u64);
+
+impl Lcg {
+    /// Seeded with the time, which is printed.
+    pub fn seeded() -> Self {
+        let seed = super::unix_now();
+        eprintln!("kill delays seeded with {seed}");
+        Self(seed)
+    }
+
+    /// A number below `bound`.
+    pub fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % bound
+    }
+}

@@ -1,48 +1,102 @@
-//! Waiting for and reading the status of the custom resources.
+//! Waiting for and reading the status of the custom resources, and their Events.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 
 use super::{wait_for, Stack};
 
+/// The Worker `name` as the API server has it.
+pub fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
+    stack.get_json(ns, &format!("worker/{name}"))
+}
+
+/// Poll `object` (`kind/name`) until `done` holds for it; returns it. On timeout the panic
+/// shows `what` and the object's last status.
+pub fn wait_object(
+    stack: &Stack,
+    ns: &str,
+    object: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(&format!("{object}: {what}"), timeout, || {
+        let o = stack.get_json(ns, object);
+        if done(&o) {
+            Ok(o)
+        } else {
+            Err(o["status"].to_string())
+        }
+    })
+}
+
+/// [`wait_object`] for the Worker `name`.
+pub fn wait_worker(
+    stack: &Stack,
+    ns: &str,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_object(stack, ns, &format!("worker/{name}"), what, timeout, done)
+}
+
 /// Wait until the Worker `name` reports `phase`; returns the Worker.
 pub fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
-    wait_for(
-        &format!("Worker {name} phase {phase}"),
-        Duration::from_secs(60),
-        || {
-            let w = stack.get_json(ns, &format!("worker/{name}"));
-            if w["status"]["phase"] == phase {
-                Ok(w)
-            } else {
-                Err(w["status"].to_string())
-            }
-        },
-    )
+    let what = format!("phase {phase}");
+    wait_worker(stack, ns, name, &what, Duration::from_secs(60), |w| {
+        w["status"]["phase"] == phase
+    })
+}
+
+/// Wait until the Worker `name` is Healthy again after `restarts` restarts; returns it.
+pub fn wait_restarted(
+    stack: &Stack,
+    ns: &str,
+    name: &str,
+    restarts: u64,
+    timeout: Duration,
+) -> Value {
+    let what = format!("restartCount {restarts} and Healthy");
+    wait_worker(stack, ns, name, &what, timeout, |w| {
+        w["status"]["restartCount"] == restarts && w["status"]["phase"] == "Healthy"
+    })
 }
 
 /// Wait until the WorkerRecovery `name` has finished (Succeeded or Failed); returns it.
 pub fn wait_run_finished(stack: &Stack, ns: &str, name: &str) -> Value {
-    wait_for(
-        &format!("WorkerRecovery {name} to finish"),
-        Duration::from_secs(120),
-        || {
-            let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
-            match r["status"]["phase"].as_str() {
-                Some("Succeeded" | "Failed") => Ok(r),
-                _ => Err(r["status"].to_string()),
-            }
-        },
+    wait_run_finished_within(stack, ns, name, Duration::from_secs(120))
+}
+
+/// [`wait_run_finished`] with another timeout.
+pub fn wait_run_finished_within(stack: &Stack, ns: &str, name: &str, timeout: Duration) -> Value {
+    wait_object(
+        stack,
+        ns,
+        &format!("workerrecovery/{name}"),
+        "finished",
+        timeout,
+        |r| matches!(r["status"]["phase"].as_str(), Some("Succeeded" | "Failed")),
     )
 }
 
-/// A Worker's status condition by type.
-pub fn condition<'a>(worker: &'a Value, type_: &str) -> Option<&'a Value> {
-    worker["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
+/// Wait until `path` exists.
+pub fn wait_file(what: &str, path: &Path, timeout: Duration) {
+    wait_for(what, timeout, || {
+        path.exists()
+            .then_some(())
+            .ok_or_else(|| format!("no {}", path.display()))
+    })
+}
+
+/// An object's status condition by type, or a panic that shows the status.
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition: {:#}", obj["status"]))
 }
 
 /// A step of a run's status by name.
@@ -54,12 +108,23 @@ pub fn run_step<'a>(run: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The reasons of the Events about one object.
-pub fn reasons_of(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
+pub fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
     stack
         .events_for(ns, name)
         .iter()
-        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// Events with each of `reasons` were reported about the object `name`.
+pub fn assert_events(stack: &Stack, ns: &str, name: &str, reasons: &[&str]) {
+    let seen = event_reasons(stack, ns, name);
+    for want in reasons {
+        assert!(
+            seen.iter().any(|r| r == want),
+            "no {want} Event about {name} in {seen:?}"
+        );
+    }
 }
 
 /// A time of a status (RFC 3339) as Unix seconds.
@@ -69,4 +134,9 @@ pub fn seconds(time: &Value) -> i64 {
         .unwrap_or_else(|| panic!("not a time: {time}"));
     let at: k8s_openapi::jiff::Timestamp = text.parse().unwrap();
     at.as_second()
+}
+
+/// The object's `status.phase` is `phase` (else the panic shows its status).
+pub fn assert_phase(obj: &Value, phase: &str) {
+    assert_eq!(obj["status"]["phase"], phase, "{:#}", obj["status"]);
 }
