@@ -25,14 +25,8 @@ fn trusting_worker(name: &str, ns: &str, container: &str, shared_root: &Path) ->
 
 /// Wait until the Worker controller has reconciled at least `rounds` more times.
 fn wait_reconciles(op: &Operator, rounds: u64) {
-    let count = |op: &Operator| -> u64 {
-        op.metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("workerrecovery_reconciliations_total") && l.contains("\"worker\"")
-            })
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+    let count = |op: &Operator| {
+        op.metric_value(r#"workerrecovery_reconciliations_total{controller="worker"}"#) as u64
     };
     let start = count(op);
     wait_for("more reconciles", TIMEOUT, || {

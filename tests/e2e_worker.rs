@@ -10,6 +10,9 @@ use support::*;
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The Worker controller's reconciles in the operator's /metrics.
+const WORKER_RECONCILES: &str = r#"workerrecovery_reconciliations_total{controller="worker"}"#;
+
 #[test]
 fn crashed_worker_is_restarted_and_reported() {
     let stack = stack();
@@ -51,12 +54,11 @@ fn crashed_worker_is_restarted_and_reported() {
     assert!(note.contains("restart 1"), "{note}");
 
     // The operator counted it.
-    let metrics = op.metrics();
-    assert!(
-        metrics.contains(r#"workerrecovery_container_restarts_total{controller="worker"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        op.metric_value(r#"workerrecovery_container_restarts_total{controller="worker"}"#),
+        1.0
     );
-    assert!(metrics.contains(r#"workerrecovery_reconciliations_total{controller="worker"}"#));
+    assert!(op.metric_value(WORKER_RECONCILES) >= 1.0);
 
     // kubectl shows the printer columns with live values.
     let table = stack.kubectl_ok(&["get", "workers", "-n", &ns]);
@@ -217,16 +219,6 @@ fn invalid_workers_are_rejected_by_the_schema() {
     assert!(list.trim().is_empty(), "nothing invalid was stored: {list}");
 }
 
-/// The value of the metric line starting with `prefix` in the operator's /metrics.
-fn metric(op: &Operator, prefix: &str) -> f64 {
-    op.metrics()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_looks() {
     let stack = stack();
@@ -240,16 +232,10 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
 
     // Idle: nothing happens, nothing is looked at.
     std::thread::sleep(Duration::from_secs(1));
-    let looks = metric(
-        &op,
-        r#"workerrecovery_reconciliations_total{controller="worker"}"#,
-    );
+    let looks = op.metric_value(WORKER_RECONCILES);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        metric(
-            &op,
-            r#"workerrecovery_reconciliations_total{controller="worker"}"#
-        ),
+        op.metric_value(WORKER_RECONCILES),
         looks,
         "a healthy worker is not polled"
     );
@@ -263,12 +249,10 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
         Duration::from_secs(10),
         |w| w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true",
     );
-    assert!(
-        metric(&op, r#"workerrecovery_docker_events_total{action="die"}"#) >= 1.0,
-        "{}",
-        op.metrics()
-    );
-    assert!(metric(&op, r#"workerrecovery_docker_events_total{action="start"}"#) >= 1.0);
+    for action in ["die", "start"] {
+        let series = format!(r#"workerrecovery_docker_events_total{{action="{action}"}}"#);
+        assert!(op.metric_value(&series) >= 1.0, "{}", op.metrics());
+    }
 }
 
 #[test]

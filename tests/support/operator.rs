@@ -115,6 +115,20 @@ impl Operator {
             .1
     }
 
+    /// The value of one series of /metrics, named with its labels as the page prints them
+    /// (`name{label="value"}`), or None when the page has no such series (a labelled series
+    /// appears only once it has been counted; a zero is a value, not a missing series).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_in(&self.metrics(), series)
+    }
+
+    /// [`metric`](Self::metric) of a series that must be there: a panic with the page if not.
+    pub fn metric_value(&self, series: &str) -> f64 {
+        let page = self.metrics();
+        metric_in(&page, series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{page}"))
+    }
+
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<_> = text.lines().collect();
@@ -190,6 +204,19 @@ impl Drop for Operator {
             eprintln!("--- operator log (tail)\n{}", self.log_tail());
         }
     }
+}
+
+/// The value of `series` in a Prometheus text page.
+fn metric_in(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .map(|(_, value)| {
+            value
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}: value {value:?}: {e}"))
+        })
 }
 
 /// Minimal HTTP/1.0 GET: (status code, body).
