@@ -120,6 +120,21 @@ fn the_operator_rides_out_a_docker_engine_restart_and_restarts_the_worker_once()
     );
 }
 
+/// A stopped worker `name` in a namespace of its own with `n` tasks left in `active/`, its
+/// Worker Down and an operator: what a Clean run starts from.
+fn crashed(
+    stack: &Stack,
+    name: &str,
+    n: usize,
+) -> (String, WorkerContainer, Vec<String>, Operator) {
+    let ns = stack.namespace(name);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, name, "1", n);
+    stack.apply_ok(wc.worker(name, &ns));
+    let op = Operator::start(stack, &ns, wc.dir.path());
+    wait_phase(stack, &ns, name, "Down");
+    (ns, wc, ids, op)
+}
+
 fn waiting_reason(run: &Value) -> Option<String> {
     run["status"]["conditions"]
         .as_array()?
@@ -134,11 +149,7 @@ fn waiting_reason(run: &Value) -> Option<String> {
 fn a_clean_run_waits_while_the_docker_engine_is_down() {
     let _one = serial();
     let stack = stack();
-    let ns = stack.namespace("blind");
-    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "blind", "1", 20);
-    stack.apply_ok(wc.worker("blind", &ns));
-    let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_phase(stack, &ns, "blind", "Down");
+    let (ns, wc, ids, _op) = crashed(stack, "blind", 20);
     let before = tree_snapshot(&wc.shared_root());
 
     stop_component("dockerd", "TERM");
@@ -179,29 +190,18 @@ fn a_clean_run_waits_while_the_docker_engine_is_down() {
 fn a_clean_run_completes_across_an_api_server_outage() {
     let _one = serial();
     let stack = stack();
-    let ns = stack.namespace("apiout");
-    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "apiout", "1", 3000);
-    stack.apply_ok(wc.worker("apiout", &ns));
-    let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_phase(stack, &ns, "apiout", "Down");
+    let (ns, wc, ids, _op) = crashed(stack, "apiout", 3000);
     stack.apply_ok(
         recovery("clean-apiout", &ns, "apiout")
             .mode("Clean")
             .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
     );
-    let object = "workerrecovery/clean-apiout";
-    wait_object(
+    wait_step(
         stack,
         &ns,
-        object,
-        "under way",
+        "clean-apiout",
         Duration::from_secs(60),
-        |r| {
-            !r["status"]["currentStep"]
-                .as_str()
-                .unwrap_or_default()
-                .is_empty()
-        },
+        |step| !step.is_empty(),
     );
     // Killed, as a crash or a lost node would (a graceful stop waits for open watches).
     stop_component("kube-apiserver", "KILL");

@@ -453,15 +453,9 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
             })),
     );
     // Kill the operator while the run waits for its plan; a new one finishes the run.
-    let object = "workerrecovery/tracy-1";
-    wait_object(
-        stack,
-        &ns,
-        object,
-        "the resume step",
-        Duration::from_secs(90),
-        |r| r["status"]["currentStep"] == "Resume",
-    );
+    wait_step(stack, &ns, "tracy-1", Duration::from_secs(90), |step| {
+        step == "Resume"
+    });
     std::thread::sleep(Duration::from_millis(1500));
     op.kill();
     let _op = operator.start();

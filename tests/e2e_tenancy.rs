@@ -203,18 +203,9 @@ fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
             .mode("Clean")
             .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
     );
-    let object = "workerrecovery/clean";
-    wait_object(
-        stack,
-        &ns,
-        object,
-        "cleaning",
-        Duration::from_secs(60),
-        |r| {
-            let step = r["status"]["currentStep"].as_str().unwrap_or_default();
-            !step.is_empty() && step != "Diagnose"
-        },
-    );
+    wait_step(stack, &ns, "clean", Duration::from_secs(60), |step| {
+        !step.is_empty() && step != "Diagnose"
+    });
     stack.apply_ok(recovery("quick", &ns, "cleaning").mode("Quick"));
     let clean = wait_run_finished(stack, &ns, "clean");
     let quick = wait_run_finished(stack, &ns, "quick");

@@ -65,6 +65,21 @@ pub fn wait_restarted(
     })
 }
 
+/// Wait until `done` holds for the current step of the WorkerRecovery `name` (`""` before its
+/// first step); returns the run.
+pub fn wait_step(
+    stack: &Stack,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Value {
+    let object = format!("workerrecovery/{name}");
+    wait_object(stack, ns, &object, "its current step", timeout, |r| {
+        done(r["status"]["currentStep"].as_str().unwrap_or_default())
+    })
+}
+
 /// Wait until the WorkerRecovery `name` has finished (Succeeded or Failed); returns it.
 pub fn wait_run_finished(stack: &Stack, ns: &str, name: &str) -> Value {
     wait_run_finished_within(stack, ns, name, Duration::from_secs(120))
