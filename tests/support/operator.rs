@@ -123,10 +123,13 @@ impl Operator {
     }
 
     /// [`metric`](Self::metric) of a series that must be there: a panic with the page if not.
+    #[track_caller]
     pub fn metric_value(&self, series: &str) -> f64 {
         let page = self.metrics();
-        metric_in(&page, series)
-            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{page}"))
+        match metric_in(&page, series) {
+            Some(value) => value,
+            None => panic!("no series {series} in /metrics:\n{page}"),
+        }
     }
 
     pub fn log_tail(&self) -> String {

@@ -175,6 +175,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Poll `f` until it returns Some, or panic after `timeout` with `what` and the last value seen.
+#[track_caller]
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
     let mut last = String::new();

@@ -1,4 +1,5 @@
-//! Waiting for and reading the status of the custom resources, and their Events.
+//! Waiting for and reading the status of the custom resources, and their Events. A failed
+//! wait or assertion points at the line of the test that called it (`#[track_caller]`).
 
 use std::{path::Path, time::Duration};
 
@@ -13,6 +14,7 @@ pub fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
 
 /// Poll `object` (`kind/name`) until `done` holds for it; returns it. On timeout the panic
 /// shows `what` and the object's last status.
+#[track_caller]
 pub fn wait_object(
     stack: &Stack,
     ns: &str,
@@ -32,6 +34,7 @@ pub fn wait_object(
 }
 
 /// [`wait_object`] for the Worker `name`.
+#[track_caller]
 pub fn wait_worker(
     stack: &Stack,
     ns: &str,
@@ -44,6 +47,7 @@ pub fn wait_worker(
 }
 
 /// Wait until the Worker `name` reports `phase`; returns the Worker.
+#[track_caller]
 pub fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
     let what = format!("phase {phase}");
     wait_worker(stack, ns, name, &what, Duration::from_secs(60), |w| {
@@ -52,6 +56,7 @@ pub fn wait_phase(stack: &Stack, ns: &str, name: &str, phase: &str) -> Value {
 }
 
 /// Wait until the Worker `name` is Healthy again after `restarts` restarts; returns it.
+#[track_caller]
 pub fn wait_restarted(
     stack: &Stack,
     ns: &str,
@@ -67,6 +72,7 @@ pub fn wait_restarted(
 
 /// Wait until `done` holds for the current step of the WorkerRecovery `name` (`""` before its
 /// first step); returns the run.
+#[track_caller]
 pub fn wait_step(
     stack: &Stack,
     ns: &str,
@@ -81,11 +87,13 @@ pub fn wait_step(
 }
 
 /// Wait until the WorkerRecovery `name` has finished (Succeeded or Failed); returns it.
+#[track_caller]
 pub fn wait_run_finished(stack: &Stack, ns: &str, name: &str) -> Value {
     wait_run_finished_within(stack, ns, name, Duration::from_secs(120))
 }
 
 /// [`wait_run_finished`] with another timeout.
+#[track_caller]
 pub fn wait_run_finished_within(stack: &Stack, ns: &str, name: &str, timeout: Duration) -> Value {
     wait_object(
         stack,
@@ -98,6 +106,7 @@ pub fn wait_run_finished_within(stack: &Stack, ns: &str, name: &str, timeout: Du
 }
 
 /// Wait until `path` exists.
+#[track_caller]
 pub fn wait_file(what: &str, path: &Path, timeout: Duration) {
     wait_for(what, timeout, || {
         path.exists()
@@ -107,19 +116,27 @@ pub fn wait_file(what: &str, path: &Path, timeout: Duration) {
 }
 
 /// An object's status condition by type, or a panic that shows the status.
+#[track_caller]
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
-    obj["status"]["conditions"]
+    let found = obj["status"]["conditions"]
         .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition: {:#}", obj["status"]))
+        .and_then(|c| c.iter().find(|c| c["type"] == type_));
+    match found {
+        Some(c) => c,
+        None => panic!("no {type_} condition: {:#}", obj["status"]),
+    }
 }
 
 /// A step of a run's status by name.
+#[track_caller]
 pub fn run_step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["status"]["steps"]
+    let found = run["status"]["steps"]
         .as_array()
-        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("no step {name}: {:#}", run["status"]))
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name));
+    match found {
+        Some(step) => step,
+        None => panic!("no step {name}: {:#}", run["status"]),
+    }
 }
 
 /// The reasons of the Events about one object.
@@ -132,6 +149,7 @@ pub fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
 }
 
 /// Events with each of `reasons` were reported about the object `name`.
+#[track_caller]
 pub fn assert_events(stack: &Stack, ns: &str, name: &str, reasons: &[&str]) {
     let seen = event_reasons(stack, ns, name);
     for want in reasons {
@@ -152,6 +170,7 @@ pub fn seconds(time: &Value) -> i64 {
 }
 
 /// The object's `status.phase` is `phase` (else the panic shows its status).
+#[track_caller]
 pub fn assert_phase(obj: &Value, phase: &str) {
     assert_eq!(obj["status"]["phase"], phase, "{:#}", obj["status"]);
 }
