@@ -118,24 +118,24 @@ pub fn wait_file(what: &str, path: &Path, timeout: Duration) {
 /// An object's status condition by type, or a panic that shows the status.
 #[track_caller]
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
-    let found = obj["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_));
-    match found {
-        Some(c) => c,
-        None => panic!("no {type_} condition: {:#}", obj["status"]),
-    }
+    status_entry(obj, "conditions", "type", type_)
 }
 
-/// A step of a run's status by name.
+/// A step of a run's status by name, or a panic that shows the status.
 #[track_caller]
 pub fn run_step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    let found = run["status"]["steps"]
+    status_entry(run, "steps", "name", name)
+}
+
+/// The entry of the list `status.<list>` whose `key` is `value`.
+#[track_caller]
+fn status_entry<'a>(obj: &'a Value, list: &str, key: &str, value: &str) -> &'a Value {
+    let found = obj["status"][list]
         .as_array()
-        .and_then(|steps| steps.iter().find(|s| s["name"] == name));
+        .and_then(|entries| entries.iter().find(|e| e[key] == value));
     match found {
-        Some(step) => step,
-        None => panic!("no step {name}: {:#}", run["status"]),
+        Some(entry) => entry,
+        None => panic!("no {list} entry with {key} {value}: {:#}", obj["status"]),
     }
 }
 
