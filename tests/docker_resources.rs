@@ -60,6 +60,18 @@ fn exists(container: &str) -> bool {
         .success()
 }
 
+/// Recreate `name` (now `old_id`) with `declared`: a new container, the old one gone. Returns
+/// the new container's ID.
+async fn recreate(engine: &DockerEngine, name: &str, declared: &Declared, old_id: &str) -> String {
+    let new_id = engine
+        .recreate(name, declared, Duration::from_secs(10))
+        .await
+        .expect("recreate");
+    assert_ne!(new_id, old_id);
+    assert!(!exists(old_id), "the old container is gone");
+    new_id
+}
+
 /// A long-running container of the sample worker's image (busybox `sleep` under `--init`),
 /// with a bit of everything a recreate has to keep.
 fn run_worker(name: &str, label: &str, net: &str, extra: &[&str]) -> String {
@@ -212,12 +224,7 @@ async fn update_in_place_and_crash_aware_recreate() {
         }),
         ..Default::default()
     };
-    let new_id = engine
-        .recreate(&name, &declared, Duration::from_secs(10))
-        .await
-        .expect("recreate");
-    assert_ne!(new_id, old_id);
-    assert!(!exists(&old_id), "the old container is gone");
+    let new_id = recreate(&engine, &name, &declared, &old_id).await;
     assert!(!exists(&temp), "no temporary container is left");
     let c = inspect(&name);
     assert_eq!(c["Id"], new_id.as_str());
@@ -368,12 +375,7 @@ async fn recreate_of_a_self_removing_host_network_container() {
         nofile: Some((256, 256)),
         ..Default::default()
     };
-    let new_id = engine
-        .recreate(&name, &declared, Duration::from_secs(10))
-        .await
-        .expect("recreate");
-    assert_ne!(new_id, old_id);
-    assert!(!exists(&old_id));
+    let new_id = recreate(&engine, &name, &declared, &old_id).await;
     let c = inspect(&name);
     assert_eq!(c["Id"], new_id.as_str());
     assert_eq!(c["State"]["Running"], true);

@@ -11,17 +11,8 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
-
-fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
-    stack.get_json(ns, &format!("worker/{name}"))
-}
-
-fn apply(stack: &Stack, yaml: &str) {
-    let (ok, out) = stack.apply(yaml);
-    assert!(ok, "{out}");
-}
 
 /// A webhook receiver on loopback: every POST body it got.
 struct Hook {
@@ -76,33 +67,10 @@ impl Hook {
     }
 }
 
-fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
-    stack
-        .events_for(ns, name)
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 fn attempt_times(w: &Value) -> Vec<f64> {
     w["status"]["autoRecovery"]["attempts"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    let t = x["time"].as_str().unwrap();
-                    let out = std::process::Command::new("date")
-                        .args(["-u", "-d", t, "+%s"])
-                        .output()
-                        .unwrap();
-                    String::from_utf8(out.stdout)
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap()
-                })
-                .collect()
-        })
+        .map(|a| a.iter().map(|x| seconds(&x["time"]) as f64).collect())
         .unwrap_or_default()
 }
 
@@ -118,24 +86,33 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
         &[],
         &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
     );
-    let extra = format!(
-        "    maxRestarts: 3\n    cooldownSeconds: 0\n    backoff:\n      initialSeconds: 2\n      factor: 2\n      maxSeconds: 30\n  escalation:\n    levels:\n    - {{name: Automated, afterSeconds: 0}}\n    - {{name: L1, afterSeconds: 3}}\n    - {{name: L2, afterSeconds: 6}}\n    webhook:\n      url: {}\n      maxAttempts: 3\n      timeoutSeconds: 2\n",
-        hook.url
-    );
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("loopy", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("loopy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {
+            "maxRestarts": 3,
+            "cooldownSeconds": 0,
+            "backoff": {"initialSeconds": 2, "factor": 2, "maxSeconds": 30},
+        },
+        "escalation": {
+            "levels": [
+                {"name": "Automated", "afterSeconds": 0},
+                {"name": "L1", "afterSeconds": 3},
+                {"name": "L2", "afterSeconds": 6},
+            ],
+            "webhook": {"url": hook.url, "maxAttempts": 3, "timeoutSeconds": 2},
+        },
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    let escalated = wait_for("Escalated", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "loopy");
-        (w["status"]["phase"] == "Escalated")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let escalated = wait_worker(
+        stack,
+        &ns,
+        "loopy",
+        "Escalated",
+        Duration::from_secs(90),
+        |w| w["status"]["phase"] == "Escalated",
+    );
     let st = &escalated["status"];
-    let cond = condition(&escalated, "Escalated").expect("an Escalated condition");
+    let cond = condition(&escalated, "Escalated");
     assert_eq!(cond["status"], "True", "{cond}");
     assert!(
         cond["message"].as_str().unwrap().contains("maxRestarts 3"),
@@ -170,13 +147,17 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
     assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
 
     // The path is climbed, each level told to the webhook (recorded once delivered).
-    let top = wait_for("level L2 delivered", Duration::from_secs(30), || {
-        let w = worker_json(stack, &ns, "loopy");
-        let e = &w["status"]["escalation"];
-        (e["level"] == "L2" && e["notification"]["state"] == "Delivered")
-            .then_some(w.clone())
-            .ok_or(e.to_string())
-    });
+    let top = wait_worker(
+        stack,
+        &ns,
+        "loopy",
+        "level L2 delivered",
+        Duration::from_secs(30),
+        |w| {
+            let e = &w["status"]["escalation"];
+            e["level"] == "L2" && e["notification"]["state"] == "Delivered"
+        },
+    );
     assert_eq!(
         top["status"]["escalation"]["notification"]["previousLevel"], "L1",
         "{:#}",
@@ -195,10 +176,12 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
         body["run"].as_str().unwrap().starts_with("loopy-auto-"),
         "{body}"
     );
-    let reasons = event_reasons(stack, &ns, "loopy");
-    for want in ["Restarted", "BackOff", "Escalated", "EscalationLevel"] {
-        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
-    }
+    assert_events(
+        stack,
+        &ns,
+        "loopy",
+        &["Restarted", "BackOff", "Escalated", "EscalationLevel"],
+    );
 }
 
 #[test]
@@ -206,29 +189,13 @@ fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
     let stack = stack();
     let ns = stack.namespace("oomfix");
     let wc = WorkerContainer::start(&ns, "oomy", &["-m", "64m", "--memory-swap", "64m"], &[]);
-    let extra = "    remediation:\n      memoryFactor: 2\n      memoryCeiling: 256m\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("oomy", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("oomy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {"remediation": {"memoryFactor": 2, "memoryCeiling": "256m"}},
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_for("Healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "oomy");
-        (w["status"]["phase"] == "Healthy")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
+    wait_phase(stack, &ns, "oomy", "Healthy");
     wc.inject_fault("oom");
-    let back = wait_for(
-        "restarted after the OOM kill",
-        Duration::from_secs(60),
-        || {
-            let w = worker_json(stack, &ns, "oomy");
-            (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-                .then_some(w.clone())
-                .ok_or(w["status"].to_string())
-        },
-    );
+    let back = wait_restarted(stack, &ns, "oomy", 1, Duration::from_secs(60));
     assert_eq!(
         wc.inspect("{{.HostConfig.Memory}}"),
         (128u64 << 20).to_string()
@@ -248,7 +215,7 @@ fn an_oom_kill_is_recovered_with_a_raised_memory_limit() {
             .contains("64Mi -> 128Mi"),
         "{attempt}"
     );
-    assert!(event_reasons(stack, &ns, "oomy").contains(&"MemoryRaised".to_string()));
+    assert_events(stack, &ns, "oomy", &["MemoryRaised"]);
     // The run diagnosed the OOM from what was seen before the restart.
     let run = attempt["run"].as_str().unwrap().to_string();
     let run = wait_run_finished(stack, &ns, &run);
@@ -264,22 +231,12 @@ fn a_hung_worker_is_restarted_after_its_heartbeat_deadline() {
     let stack = stack();
     let ns = stack.namespace("hang");
     let wc = WorkerContainer::start(&ns, "hangy", &[], &[]);
-    apply(stack, &wc.worker_yaml("hangy", &ns, 5, true));
+    stack.apply_ok(wc.worker("hangy", &ns).heartbeat_timeout(5).auto_recovery());
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    wait_for("Healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "hangy");
-        (w["status"]["phase"] == "Healthy")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
+    wait_phase(stack, &ns, "hangy", "Healthy");
     let started = wc.inspect("{{.State.StartedAt}}");
     wc.inject_fault("hang");
-    let back = wait_for("a restart for the hang", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "hangy");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let back = wait_restarted(stack, &ns, "hangy", 1, Duration::from_secs(60));
     assert_ne!(wc.inspect("{{.State.StartedAt}}"), started, "restarted");
     let attempt = &back["status"]["autoRecovery"]["attempts"][0];
     assert!(
@@ -303,25 +260,22 @@ fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
         &[("RESUME_ACTIVE", "1"), ("TASK_DURATION_MS", "100")],
         &[("bad", r#"{"id":"bad","crash":true}"#)],
     );
-    let extra = "    cooldownSeconds: 0\n    maxRestarts: 5\n    poisonAfterCrashes: 3\n    backoff:\n      initialSeconds: 1\n      maxSeconds: 2\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("poisy", &ns, 10, true)),
-    );
-    let _op = Operator::start(stack, &ns, wc.dir.path());
-    let w = wait_for(
-        "the poison task out and the worker healthy",
-        Duration::from_secs(90),
-        || {
-            let w = worker_json(stack, &ns, "poisy");
-            let out = w["status"]["autoRecovery"]["poisonedTasks"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|t| t == "bad.json"));
-            (out && w["status"]["phase"] == "Healthy")
-                .then_some(w.clone())
-                .ok_or(w["status"].to_string())
+    stack.apply_ok(wc.worker("poisy", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {
+            "cooldownSeconds": 0,
+            "maxRestarts": 5,
+            "poisonAfterCrashes": 3,
+            "backoff": {"initialSeconds": 1, "maxSeconds": 2},
         },
-    );
+    })));
+    let _op = Operator::start(stack, &ns, wc.dir.path());
+    let what = "the poison task out and the worker healthy";
+    let w = wait_worker(stack, &ns, "poisy", what, Duration::from_secs(90), |w| {
+        let out = w["status"]["autoRecovery"]["poisonedTasks"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|t| t == "bad.json"));
+        out && w["status"]["phase"] == "Healthy"
+    });
     assert!(wc.tasks_dir("failed").join("bad.json").exists());
     let reason: Value = serde_json::from_slice(
         &std::fs::read(wc.tasks_dir("failed").join("bad.json.reason")).unwrap(),
@@ -336,16 +290,11 @@ fn a_poison_task_goes_to_failed_and_the_worker_carries_on() {
             .len(),
         3
     );
-    assert!(event_reasons(stack, &ns, "poisy").contains(&"PoisonTask".to_string()));
+    assert_events(stack, &ns, "poisy", &["PoisonTask"]);
     // A good task after that is done.
     wc.add_task("good", r#"{"id":"good"}"#);
-    wait_for("the good task done", Duration::from_secs(30), || {
-        wc.tasks_dir("done")
-            .join("good.json")
-            .exists()
-            .then_some(())
-            .ok_or("not yet".to_string())
-    });
+    let good = wc.tasks_dir("done").join("good.json");
+    wait_file("the good task done", &good, Duration::from_secs(30));
 }
 
 #[test]
@@ -361,22 +310,30 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
     for t in &tasks {
         primary.add_task(t, &format!(r#"{{"id":"{t}"}}"#));
     }
-    apply(stack, &backup.worker_yaml("backy", &ns, 10, true));
-    let extra = "  escalation:\n    levels:\n    - {name: Automated, afterSeconds: 0}\n    - {name: L3, afterSeconds: 2}\n    backupWorkers: [backy]\n";
-    apply(
-        stack,
-        &format!("{}{extra}", primary.worker_yaml("primy", &ns, 10, true)),
-    );
+    stack.apply_ok(backup.worker("backy", &ns).auto_recovery());
+    stack.apply_ok(primary.worker("primy", &ns).auto_recovery().spec(json!({
+        "escalation": {
+            "levels": [
+                {"name": "Automated", "afterSeconds": 0},
+                {"name": "L3", "afterSeconds": 2},
+            ],
+            "backupWorkers": ["backy"],
+        },
+    })));
     let common = tempfile::tempdir().unwrap();
     let allowed = [primary.dir.path(), backup.dir.path()];
-    let _op = Operator::start_allowing(stack, &ns, common.path(), &allowed);
+    let _op = Operator::builder(stack, &ns, common.path())
+        .allowed_roots(&allowed)
+        .start();
 
-    let w = wait_for("failed over", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "primy");
-        (w["status"]["escalation"]["failover"]["state"] == "Done")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "primy",
+        "failed over",
+        Duration::from_secs(90),
+        |w| w["status"]["escalation"]["failover"]["state"] == "Done",
+    );
     let st = &w["status"];
     assert_eq!(st["phase"], "Escalated");
     assert!(
@@ -401,7 +358,7 @@ fn at_the_last_level_pending_tasks_fail_over_to_a_healthy_backup() {
             .count(),
         0
     );
-    assert!(event_reasons(stack, &ns, "primy").contains(&"FailedOver".to_string()));
+    assert_events(stack, &ns, "primy", &["FailedOver"]);
 }
 
 #[test]
@@ -414,18 +371,22 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
         &["--ulimit", "nofile=64:64", "-m", "128m"],
         &[],
     );
-    let extra = "  resources:\n    memory: 256m\n    nofile: {soft: 1024, hard: 2048}\n    apply: OnRestart\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("drifty", &ns, 10, true)),
-    );
+    stack.apply_ok(wc.worker("drifty", &ns).auto_recovery().spec(json!({
+        "resources": {
+            "memory": "256m",
+            "nofile": {"soft": 1024, "hard": 2048},
+            "apply": "OnRestart",
+        },
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let w = wait_for("the drift reported", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "drifty");
-        (w["status"]["drift"].as_array().map_or(0, Vec::len) == 2)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "drifty",
+        "the drift reported",
+        Duration::from_secs(60),
+        |w| w["status"]["drift"].as_array().map_or(0, Vec::len) == 2,
+    );
     let drift = w["status"]["drift"].to_string();
     assert!(
         drift.contains(r#""declared":"1024:2048""#) && drift.contains(r#""actual":"64:64""#),
@@ -441,12 +402,10 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
 
     // The next crash is the restart that puts the declaration in place.
     wc.inject_fault("crash");
-    let w = wait_for("recreated and healthy", Duration::from_secs(60), || {
-        let w = worker_json(stack, &ns, "drifty");
+    let what = "recreated and healthy";
+    let w = wait_worker(stack, &ns, "drifty", what, Duration::from_secs(60), |w| {
         let no_drift = w["status"].get("drift").is_none();
-        (no_drift && w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
+        no_drift && w["status"]["phase"] == "Healthy" && w["status"]["restartCount"] == 1
     });
     assert_ne!(wc.inspect("{{.Id}}"), id_before, "a new container");
     assert_eq!(
@@ -481,7 +440,7 @@ fn declared_limits_are_reported_as_drift_and_put_in_place_at_the_next_restart() 
             .starts_with("recreated with"),
         "{attempt}"
     );
-    assert!(event_reasons(stack, &ns, "drifty").contains(&"DeclaredSettingsApplied".to_string()));
+    assert_events(stack, &ns, "drifty", &["DeclaredSettingsApplied"]);
 }
 
 /// A webhook receiver that accepts connections and never answers.
@@ -521,39 +480,34 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
             )
         })
         .collect();
-    let extra = format!(
-        "    maxRestarts: 1\n    cooldownSeconds: 0\n  escalation:\n    webhook:\n      url: {}\n      maxAttempts: 20\n      timeoutSeconds: 60\n",
-        hole.url
-    );
+    let extra = json!({
+        "autoRecovery": {"maxRestarts": 1, "cooldownSeconds": 0},
+        "escalation": {
+            "webhook": {"url": hole.url, "maxAttempts": 20, "timeoutSeconds": 60},
+        },
+    });
     for (i, wc) in crashing.iter().enumerate() {
         let name = format!("holed{i}");
-        apply(
-            stack,
-            &format!("{}{extra}", wc.worker_yaml(&name, &ns, 10, true)),
-        );
+        stack.apply_ok(wc.worker(&name, &ns).auto_recovery().spec(extra.clone()));
     }
     let healthy = WorkerContainer::start(&ns, "fine", &[], &[]);
-    apply(stack, &healthy.worker_yaml("fine", &ns, 10, true));
+    stack.apply_ok(healthy.worker("fine", &ns).auto_recovery());
     let dirs: Vec<&std::path::Path> = crashing
         .iter()
         .map(|w| w.dir.path())
         .chain([healthy.dir.path()])
         .collect();
-    let _op = Operator::start_allowing(stack, &ns, healthy.dir.path(), &dirs);
+    let _op = Operator::builder(stack, &ns, healthy.dir.path())
+        .allowed_roots(&dirs)
+        .start();
 
     for i in 0..3 {
         let name = format!("holed{i}");
-        let w = wait_for(
-            "escalated, its notification pending",
-            Duration::from_secs(90),
-            || {
-                let w = worker_json(stack, &ns, &name);
-                (w["status"]["phase"] == "Escalated"
-                    && w["status"]["escalation"]["notification"]["state"] == "Pending")
-                    .then_some(w.clone())
-                    .ok_or(w["status"].to_string())
-            },
-        );
+        let what = "escalated, its notification pending";
+        let w = wait_worker(stack, &ns, &name, what, Duration::from_secs(90), |w| {
+            w["status"]["phase"] == "Escalated"
+                && w["status"]["escalation"]["notification"]["state"] == "Pending"
+        });
         // Written while the delivery still waits for its first answer (a 60 s timeout).
         let since = seconds(&w["status"]["escalation"]["since"]);
         assert!(
@@ -564,12 +518,7 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
     wait_phase(stack, &ns, "fine", "Healthy");
     let crashed_at = std::time::Instant::now();
     healthy.inject_fault("crash");
-    let w = wait_for("fine healed", Duration::from_secs(30), || {
-        let w = worker_json(stack, &ns, "fine");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_restarted(stack, &ns, "fine", 1, Duration::from_secs(30));
     eprintln!(
         "crash to healthy while 3 webhooks hang: {:?}",
         crashed_at.elapsed()
@@ -589,10 +538,19 @@ fn fd_exhaustion_then_an_automatic_attempt_raises_nofile_within_the_ceiling() {
     let stack = stack();
     let ns = stack.namespace("nofile");
     let wc = WorkerContainer::start(&ns, "leaky", &["--ulimit", "nofile=64:64"], &[]);
-    let extra = "    cooldownSeconds: 0\n    maxRestarts: 10\n    backoff:\n      initialSeconds: 0\n    remediation:\n      nofileFactor: 2\n      nofileCeiling: 100\n  resources:\n    nofile: {soft: 64, hard: 64}\n    apply: OnRestart\n";
-    apply(
-        stack,
-        &format!("{}{extra}", wc.worker_yaml("leaky", &ns, 5, true)),
+    stack.apply_ok(
+        wc.worker("leaky", &ns)
+            .heartbeat_timeout(5)
+            .auto_recovery()
+            .spec(json!({
+                "autoRecovery": {
+                    "cooldownSeconds": 0,
+                    "maxRestarts": 10,
+                    "backoff": {"initialSeconds": 0},
+                    "remediation": {"nofileFactor": 2, "nofileCeiling": 100},
+                },
+                "resources": {"nofile": {"soft": 64, "hard": 64}, "apply": "OnRestart"},
+            })),
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "leaky", "Healthy");
@@ -617,15 +575,19 @@ fn fd_exhaustion_then_an_automatic_attempt_raises_nofile_within_the_ceiling() {
 
     // The next one: recreated with nofile 64 x 2 = 128, held at the ceiling of 100.
     wc.inject_fault("fd-leak");
-    let w = wait_for("the second attempt", Duration::from_secs(90), || {
-        let w = worker_json(stack, &ns, "leaky");
-        let attempts = w["status"]["autoRecovery"]["attempts"]
-            .as_array()
-            .map_or(0, Vec::len);
-        (attempts == 2 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let w = wait_worker(
+        stack,
+        &ns,
+        "leaky",
+        "the second attempt",
+        Duration::from_secs(90),
+        |w| {
+            let attempts = w["status"]["autoRecovery"]["attempts"]
+                .as_array()
+                .map_or(0, Vec::len);
+            attempts == 2 && w["status"]["phase"] == "Healthy"
+        },
+    );
     let remediation = w["status"]["autoRecovery"]["attempts"][1]["remediation"].to_string();
     assert!(
         remediation.contains("nofile 64:64 -> 100:100"),

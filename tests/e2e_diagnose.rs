@@ -6,29 +6,23 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// Apply a WorkerRecovery for `worker` and wait for its diagnosis.
 fn diagnose_via_recovery(stack: &Stack, ns: &str, worker: &str) -> Value {
     let name = format!("{worker}-diag");
-    let (ok, out) = stack.apply(&format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  mode: Diagnose\n  workerRef:\n    name: {worker}\n"
-    ));
-    assert!(ok, "{out}");
-    let rec = wait_for(
-        &format!("WorkerRecovery {name} to finish"),
+    stack.apply_ok(bare_recovery(&name, ns, worker).mode("Diagnose"));
+    let object = format!("workerrecovery/{name}");
+    let rec = wait_object(
+        stack,
+        ns,
+        &object,
+        "Succeeded",
         Duration::from_secs(90),
-        || {
-            let r = stack.get_json(ns, &format!("workerrecovery/{name}"));
-            if r["status"]["phase"] == "Succeeded" {
-                Ok(r)
-            } else {
-                Err(r["status"].to_string())
-            }
-        },
+        |r| r["status"]["phase"] == "Succeeded",
     );
-    let diagnosed = condition(&rec, "Diagnosed").expect("Diagnosed condition");
+    let diagnosed = condition(&rec, "Diagnosed");
     assert_eq!(diagnosed["status"], "True", "{diagnosed}");
     assert_eq!(diagnosed["reason"], "DiagnosisComplete");
     rec["status"]["diagnosis"].clone()
@@ -58,21 +52,30 @@ fn evidence_u64(f: &Value, key: &str) -> u64 {
         .unwrap_or_else(|e| panic!("evidence {key} of {f}: {e}"))
 }
 
-/// Start a worker in `mode`, register it (auto-recovery off, so the fault stays), and start
-/// the operator. Returns the pieces the test needs.
+/// Start a worker in fault mode `fault` (`FAULT_MODE`, none if empty), register it
+/// (auto-recovery off, so the fault stays) with `extra_spec`, and start the operator. Returns
+/// the pieces the test needs.
 fn faulty_worker(
     stack: &Stack,
     test: &str,
+    fault: &str,
     docker_args: &[&str],
-    env: &[(&str, &str)],
-    extra_spec: &str,
+    extra_spec: Value,
 ) -> (String, WorkerContainer, Operator) {
     let ns = stack.namespace(test);
     let task = ("task-1", r#"{"id":"task-1","type":"summarize"}"#);
+    let env: &[(&str, &str)] = if fault.is_empty() {
+        &[]
+    } else {
+        &[("FAULT_MODE", fault)]
+    };
     let wc = WorkerContainer::start_with_tasks(&ns, test, docker_args, env, &[task]);
-    let extra = format!("  metrics:\n    url: {}\n{extra_spec}", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(test, &ns, 5, false, &extra));
-    assert!(ok, "{out}");
+    stack.apply_ok(
+        wc.worker(test, &ns)
+            .heartbeat_timeout(5)
+            .metrics(&wc.metrics_url)
+            .spec(extra_spec),
+    );
     let op = Operator::start(stack, &ns, wc.dir.path());
     (ns, wc, op)
 }
@@ -80,7 +83,7 @@ fn faulty_worker(
 #[test]
 fn crash_is_diagnosed_as_an_application_crash() {
     let stack = stack();
-    let (ns, wc, _op) = faulty_worker(stack, "crash", &[], &[("FAULT_MODE", "crash")], "");
+    let (ns, wc, _op) = faulty_worker(stack, "crash", "crash", &[], json!({}));
     assert_eq!(wait_exited(&wc), 3);
     let d = diagnose_via_recovery(stack, &ns, "crash");
     assert_eq!(top_cause(&d), "ApplicationCrash", "{d:#}");
@@ -98,9 +101,9 @@ fn oom_is_diagnosed_as_out_of_memory_with_the_limit() {
     let (ns, wc, _op) = faulty_worker(
         stack,
         "oom",
+        "oom",
         &["-m", "16m", "--memory-swap", "16m"],
-        &[("FAULT_MODE", "oom")],
-        "",
+        json!({}),
     );
     assert_eq!(wait_exited(&wc), 137);
     let d = diagnose_via_recovery(stack, &ns, "oom");
@@ -154,9 +157,9 @@ fn fd_leak_is_diagnosed_as_fd_exhaustion_with_the_counts() {
     let (ns, wc, _op) = faulty_worker(
         stack,
         "fdleak",
+        "fd-leak",
         &["--ulimit", "nofile=64:64"],
-        &[("FAULT_MODE", "fd-leak")],
-        "",
+        json!({}),
     );
     wait_for(
         "the worker to exhaust its descriptors",
@@ -185,18 +188,16 @@ fn hang_is_diagnosed_as_a_deadlock_with_stuck_task_and_lock() {
     let (ns, wc, _op) = faulty_worker(
         stack,
         "hang",
+        "hang",
         &[],
-        &[("FAULT_MODE", "hang")],
-        "  diagnostics:\n    stuckTaskSeconds: 3\n    staleLockSeconds: 3\n",
+        json!({"diagnostics": {"stuckTaskSeconds": 3, "staleLockSeconds": 3}}),
     );
     // Let the heartbeat go stale (timeout 5 s) and the task and lock age past 3 s.
-    wait_for(
+    let held = wc.tasks_dir("active").join("task-1.json");
+    wait_file(
         "the task to be held in active/",
+        &held,
         Duration::from_secs(30),
-        || {
-            let held = wc.tasks_dir("active").join("task-1.json").exists();
-            held.then_some(()).ok_or_else(|| "not yet".to_string())
-        },
     );
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
@@ -218,9 +219,9 @@ fn missing_dependency_is_diagnosed_with_the_binary() {
     let (ns, wc, _op) = faulty_worker(
         stack,
         "nodep",
+        "missing-dependency",
         &[],
-        &[("FAULT_MODE", "missing-dependency")],
-        "  diagnostics:\n    requiredBinaries: [claude, sample-worker]\n",
+        json!({"diagnostics": {"requiredBinaries": ["claude", "sample-worker"]}}),
     );
     assert_eq!(wait_exited(&wc), 127);
     let d = diagnose_via_recovery(stack, &ns, "nodep");
@@ -237,7 +238,7 @@ fn missing_dependency_is_diagnosed_with_the_binary() {
 #[test]
 fn hostile_inputs_become_findings_and_nothing_is_read_through_symlinks() {
     let stack = stack();
-    let (ns, wc, _op) = faulty_worker(stack, "hostile", &[], &[("FAULT_MODE", "crash")], "");
+    let (ns, wc, _op) = faulty_worker(stack, "hostile", "crash", &[], json!({}));
     assert_eq!(wait_exited(&wc), 3);
     let root = wc.shared_root();
     let pending = wc.tasks_dir("pending");
@@ -299,17 +300,9 @@ fn hostile_inputs_become_findings_and_nothing_is_read_through_symlinks() {
 fn under_init_the_workers_own_process_is_examined() {
     let stack = stack();
     // `docker run --init`: PID 1 is docker-init, the sample worker its child.
-    let (ns, wc, _op) = faulty_worker(stack, "inity", &["--init"], &[], "");
-    wait_for(
-        "the worker's first heartbeat",
-        Duration::from_secs(30),
-        || {
-            let hb = wc.shared_root().join("workers/inity/heartbeat.json");
-            hb.exists()
-                .then_some(())
-                .ok_or_else(|| "none yet".to_string())
-        },
-    );
+    let (ns, wc, _op) = faulty_worker(stack, "inity", "", &["--init"], json!({}));
+    let hb = wc.shared_root().join("workers/inity/heartbeat.json");
+    wait_file("the worker's first heartbeat", &hb, Duration::from_secs(30));
     assert_eq!(wc.inspect("{{.HostConfig.Init}}"), "true");
     let d = diagnose_via_recovery(stack, &ns, "inity");
     let alive = finding(&d, "ProcessAlive");

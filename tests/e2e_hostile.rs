@@ -7,6 +7,7 @@ mod support;
 use std::{os::fd::OwnedFd, path::Path, time::Duration};
 
 use rustix::fs::{mkdirat, openat, Mode, OFlags};
+use serde_json::json;
 use support::*;
 
 /// `levels` nested directories `d/d/d/...` below `top`, with a file at every 1,000th level.
@@ -47,37 +48,25 @@ fn many_entries(dir: &Path, n: usize) {
 fn a_deep_tmp_tree_and_a_huge_directory_are_handled_with_bounded_memory() {
     let stack = stack();
     let ns = stack.namespace("hostile");
-    let wc = WorkerContainer::start(&ns, "hosty", &[], &[("TASK_DURATION_MS", "1")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "hosty", "1", 10);
     let root = wc.shared_root();
-    let ids = crashed_tasks(&root, "hosty", 10);
     deep_tree(&root.join("tmp/hosty"), 10_000);
     many_entries(&root.join("locks"), 200_000);
-    let (ok, out) = stack.apply(&wc.worker_yaml("hosty", &ns, 10, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("hosty", &ns));
     let mut op = Operator::start(stack, &ns, wc.dir.path());
     let baseline = op.peak_rss_kib();
 
     // The diagnosis reads the locks directory; the clean-up removes the tree and reads it too.
-    let (ok, out) = stack.apply(&run_yaml("look", &ns, "hosty", "  mode: Diagnose\n"));
-    assert!(ok, "{out}");
+    stack.apply_ok(recovery("look", &ns, "hosty").mode("Diagnose"));
     let look = wait_run_finished(stack, &ns, "look");
-    assert_eq!(look["status"]["phase"], "Succeeded", "{:#}", look["status"]);
-    let (ok, out) = stack.apply(&run_yaml(
-        "clean",
-        &ns,
-        "hosty",
-        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
-    ));
-    assert!(ok, "{out}");
-    let run = wait_for("the clean-up", Duration::from_secs(240), || {
-        let r = stack.get_json(&ns, "workerrecovery/clean");
-        match r["status"]["phase"].as_str() {
-            Some("Succeeded" | "Failed") => Ok(r),
-            _ => Err(r["status"].to_string()),
-        }
-    });
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_phase(&look, "Succeeded");
+    stack.apply_ok(
+        recovery("clean", &ns, "hosty")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchDelaySeconds": 1}})),
+    );
+    let run = wait_run_finished_within(stack, &ns, "clean", Duration::from_secs(240));
+    assert_phase(&run, "Succeeded");
     let clean = run_step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], ids.len());
     assert_eq!(

@@ -3,9 +3,9 @@
 
 mod support;
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// A task with fields the operator must keep exactly: nesting, unicode, number formats.
@@ -13,57 +13,6 @@ fn task(id: &str) -> String {
     format!(
         r#"{{"id":"{id}","type":"summarize","payload":{{"text":"héllo \u00e9","n":1.50,"big":123456789012345678901234567890}},"tags":["a","b"]}}"#
     )
-}
-
-fn recovery_yaml(name: &str, ns: &str, worker: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  stopGracePeriodSeconds: 2\n  verifyTimeoutSeconds: 60\n{extra}"
-    )
-}
-
-/// `kubectl apply` a WorkerRecovery; it must be accepted.
-fn apply_recovery(stack: &Stack, name: &str, ns: &str, worker: &str, extra: &str) {
-    let (ok, out) = stack.apply(&recovery_yaml(name, ns, worker, extra));
-    assert!(ok, "{out}");
-}
-
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["status"]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {:#}", run["status"]))
-}
-
-/// Every file below `dir` with its content, to compare trees.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let rel = path.strip_prefix(dir).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                out.insert(format!("{rel}/"), Vec::new());
-                stack.push(path);
-            } else if meta.file_type().is_symlink() {
-                out.insert(
-                    rel,
-                    std::fs::read_link(&path)
-                        .unwrap()
-                        .display()
-                        .to_string()
-                        .into_bytes(),
-                );
-            } else if meta.is_file() {
-                out.insert(rel, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// A worker that crashed in the middle of `task-1` (left in active/ with its lock), plus bad
@@ -78,16 +27,14 @@ fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) 
         &[("TASK_DURATION_MS", "600000")],
         &[("task-1", &task("task-1"))],
     );
-    wait_for("task-1 in active/", Duration::from_secs(30), || {
-        wc.tasks_dir("active")
-            .join("task-1.json")
-            .exists()
-            .then_some(())
-            .ok_or_else(|| "not yet".into())
-    });
+    let active = wc.tasks_dir("active");
+    wait_file(
+        "task-1 in active/",
+        &active.join("task-1.json"),
+        Duration::from_secs(30),
+    );
     wc.inject_fault("crash");
     assert_eq!(wait_exited(&wc), 3);
-    let active = wc.tasks_dir("active");
     std::fs::write(active.join("corrupt.json"), b"{ not json").unwrap();
     std::fs::write(active.join("empty.json"), b"").unwrap();
     std::fs::write(active.join("latin1.json"), b"{\"id\": \"caf\xe9\"}").unwrap();
@@ -112,12 +59,6 @@ fn crashed_worker(ns: &str, name: &str) -> (WorkerContainer, tempfile::TempDir) 
     (wc, outside)
 }
 
-fn apply_worker(stack: &Stack, wc: &WorkerContainer, name: &str, ns: &str) {
-    let extra = format!("  metrics:\n    url: {}\n", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(name, ns, 10, false, &extra));
-    assert!(ok, "{out}");
-}
-
 #[test]
 fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let stack = stack();
@@ -129,13 +70,13 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(stack, "quick-1", &ns, "quick", "");
+    stack.apply_ok(recovery("quick-1", &ns, "quick"));
     let run = wait_run_finished(stack, &ns, "quick-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
+    assert_phase(&run, "Succeeded");
     assert_eq!(run["spec"]["mode"], "Quick", "the default mode");
     for name in ["Diagnose", "Restart", "VerifyHealth"] {
-        assert_eq!(step(&run, name)["state"], "Succeeded", "{name}");
-        assert_eq!(step(&run, name)["attempt"], 1, "{name}");
+        assert_eq!(run_step(&run, name)["state"], "Succeeded", "{name}");
+        assert_eq!(run_step(&run, name)["attempt"], 1, "{name}");
     }
     assert_eq!(
         run["status"]["diagnosis"]["verdict"]["topCause"],
@@ -153,10 +94,10 @@ fn a_quick_run_restarts_a_crashed_worker_and_verifies_it() {
     );
 
     // A finished run is immutable; re-applying it unchanged does nothing.
-    let (ok, out) = stack.apply(&recovery_yaml("quick-1", &ns, "quick", "  mode: Clean\n"));
+    let (ok, out) = stack.apply(recovery("quick-1", &ns, "quick").mode("Clean"));
     assert!(!ok, "a changed spec was accepted: {out}");
     assert!(out.contains("immutable"), "{out}");
-    apply_recovery(stack, "quick-1", &ns, "quick", "");
+    stack.apply_ok(recovery("quick-1", &ns, "quick"));
     std::thread::sleep(Duration::from_secs(2));
     let again = stack.get_json(&ns, "workerrecovery/quick-1");
     assert_eq!(
@@ -178,16 +119,14 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
     );
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(
-        stack,
-        "clean-1",
-        &ns,
-        "cleany",
-        "  mode: Clean\n  resume:\n    batchDelaySeconds: 1\n",
+    stack.apply_ok(
+        recovery("clean-1", &ns, "cleany")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchDelaySeconds": 1}})),
     );
     let run = wait_run_finished(stack, &ns, "clean-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    let clean = step(&run, "CleanState");
+    assert_phase(&run, "Succeeded");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
     assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(clean["figures"]["deadLettered"], 0, "{clean}");
@@ -195,7 +134,7 @@ fn a_clean_run_requeues_quarantines_and_cleans_exactly_once() {
         clean["figures"]["locksRemoved"].as_i64().unwrap() >= 1,
         "{clean}"
     );
-    assert_eq!(step(&run, "Resume")["state"], "Succeeded");
+    assert_eq!(run_step(&run, "Resume")["state"], "Succeeded");
     assert_eq!(run["status"]["failureReason"], "worker_crash");
 
     // task-1 went back to pending/ exactly once, then through the resume plan to the restarted
@@ -280,33 +219,31 @@ fn a_dry_run_records_what_it_would_do_and_changes_nothing() {
     let ns = stack.namespace("dry");
     let (wc, _outside) = crashed_worker(&ns, "dry");
     apply_worker(stack, &wc, "dry", &ns);
-    let before = snapshot(&wc.shared_root());
+    let before = tree_snapshot(&wc.shared_root());
     let started_before = wc.inspect("{{.State.StartedAt}}");
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_recovery(
-        stack,
-        "dry-1",
-        &ns,
-        "dry",
-        "  mode: Clean\n  dryRun: true\n",
+    stack.apply_ok(
+        recovery("dry-1", &ns, "dry")
+            .mode("Clean")
+            .spec(json!({"dryRun": true})),
     );
     let run = wait_run_finished(stack, &ns, "dry-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    let clean = step(&run, "CleanState");
+    assert_phase(&run, "Succeeded");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["figures"]["requeued"], 1, "{clean}");
     assert_eq!(clean["figures"]["quarantined"], 6, "{clean}");
     assert_eq!(
         clean["details"]["requeuedTasks"][0], "task-1.json",
         "{clean}"
     );
-    assert!(step(&run, "Restart")["message"]
+    assert!(run_step(&run, "Restart")["message"]
         .as_str()
         .unwrap()
         .starts_with("dry run: would start"));
-    assert_eq!(step(&run, "VerifyHealth")["state"], "Skipped");
+    assert_eq!(run_step(&run, "VerifyHealth")["state"], "Skipped");
     assert_eq!(
-        snapshot(&wc.shared_root()),
+        tree_snapshot(&wc.shared_root()),
         before,
         "the files are untouched"
     );
@@ -324,16 +261,14 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
     let debug = format!("{}-debug", wc.container);
     let _cleanup = RemoveOnDrop(debug.clone());
 
-    apply_recovery(
-        stack,
-        "debug-1",
-        &ns,
-        "dbg",
-        "  mode: Debug\n  debug:\n    otlpEndpoint: http://127.0.0.1:4317\n",
+    stack.apply_ok(
+        recovery("debug-1", &ns, "dbg")
+            .mode("Debug")
+            .spec(json!({"debug": {"otlpEndpoint": "http://127.0.0.1:4317"}})),
     );
     let run = wait_run_finished(stack, &ns, "debug-1");
-    assert_eq!(run["status"]["phase"], "Succeeded", "{:#}", run["status"]);
-    assert_eq!(step(&run, "DebugStart")["state"], "Succeeded");
+    assert_phase(&run, "Succeeded");
+    assert_eq!(run_step(&run, "DebugStart")["state"], "Succeeded");
     assert_eq!(
         wc.inspect("{{.State.Status}}"),
         "exited",
@@ -389,19 +324,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// A small deterministic generator for the kill delays (the seed is printed to replay a run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
-
 /// The operator is killed with SIGKILL at random moments while its clean-state step works
 /// through thousands of active tasks, 30 times, then left to finish: no task is lost, none is
 /// duplicated, each `retry_count` went up exactly once and every other field is unchanged.
@@ -432,20 +354,16 @@ fn clean_state_is_exactly_once_under_sigkill() {
         originals.insert(id, (i, retry, body));
     }
     apply_worker(stack, &wc, "killy", &ns);
-    apply_recovery(
-        stack,
-        "kill-1",
-        &ns,
-        "killy",
-        "  mode: Clean\n  verifyTimeoutSeconds: 1\n",
+    stack.apply_ok(
+        recovery("kill-1", &ns, "killy")
+            .mode("Clean")
+            .spec(json!({"verifyTimeoutSeconds": 1})),
     );
 
-    let seed = unix_now();
-    eprintln!("kill delays seeded with {seed}");
-    let mut rng = Lcg(seed);
-    let allowed = [wc.dir.path()];
+    let mut rng = Lcg::seeded();
+    let operator = Operator::builder(stack, &ns, wc.dir.path());
     for kill in 0..KILLS {
-        let op = Operator::spawn(stack, &ns, wc.dir.path(), &allowed);
+        let op = operator.clone().wait_ready(false).start();
         // Kill it at a random moment once the clean-state step is under way (polled every
         // 10 ms: the step must not be over before the kill).
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -460,9 +378,9 @@ fn clean_state_is_exactly_once_under_sigkill() {
         std::thread::sleep(Duration::from_millis(10 + rng.next(140)));
         op.kill();
     }
-    let _op = Operator::start_allowing(stack, &ns, wc.dir.path(), &allowed);
+    let _op = operator.start();
     let run = wait_run_finished(stack, &ns, "kill-1");
-    let clean = step(&run, "CleanState");
+    let clean = run_step(&run, "CleanState");
     assert_eq!(clean["state"], "Succeeded", "{:#}", run["status"]);
     assert!(
         clean["attempt"].as_u64().unwrap() > KILLS as u64,

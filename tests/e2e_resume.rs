@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 
 /// Write `n` pending tasks `t00..` with modification times one second apart (t00 oldest), some
@@ -52,35 +52,14 @@ fn gated_worker(ns: &str, name: &str) -> WorkerContainer {
     wc
 }
 
-fn apply_worker(stack: &Stack, wc: &WorkerContainer, name: &str, ns: &str) {
-    let extra = format!("  metrics:\n    url: {}\n", wc.metrics_url);
-    let (ok, out) = stack.apply(&wc.worker_yaml_with(name, ns, 10, false, &extra));
-    assert!(ok, "{out}");
-}
-
-fn plan_yaml(name: &str, ns: &str, worker: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: ResumePlan\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n  monitorIntervalSeconds: 1\n{spec}"
-    )
-}
-
-fn apply_plan(stack: &Stack, name: &str, ns: &str, worker: &str, spec: &str) {
-    let (ok, out) = stack.apply(&plan_yaml(name, ns, worker, spec));
-    assert!(ok, "{out}");
-}
-
 fn wait_plan(stack: &Stack, ns: &str, name: &str, phases: &[&str]) -> Value {
-    wait_for(
-        &format!("ResumePlan {name} in {phases:?}"),
-        Duration::from_secs(120),
-        || {
-            let p = stack.get_json(ns, &format!("resumeplan/{name}"));
-            match p["status"]["phase"].as_str() {
-                Some(phase) if phases.contains(&phase) => Ok(p),
-                _ => Err(p["status"].to_string()),
-            }
-        },
-    )
+    let object = format!("resumeplan/{name}");
+    let what = format!("in {phases:?}");
+    wait_object(stack, ns, &object, &what, Duration::from_secs(120), |p| {
+        p["status"]["phase"]
+            .as_str()
+            .is_some_and(|phase| phases.contains(&phase))
+    })
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -118,14 +97,6 @@ fn batch_tasks(plan: &Value) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn event_reasons(stack: &Stack, ns: &str, name: &str) -> Vec<String> {
-    stack
-        .events_for(ns, name)
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// How many times an Event with `reason` was reported about `name` (repeats are one Event
 /// with a count).
 fn event_count(stack: &Stack, ns: &str, name: &str, reason: &str) -> u64 {
@@ -154,12 +125,8 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(names_in(&wc.tasks_dir("pending")).len(), 12);
 
-    apply_plan(
-        stack,
-        "resy-plan",
-        &ns,
-        "resy",
-        "  batchSize: 5\n  batchDelaySeconds: 2\n",
+    stack.apply_ok(
+        plan("resy-plan", &ns, "resy").spec(json!({"batchSize": 5, "batchDelaySeconds": 2})),
     );
     wait_plan(stack, &ns, "resy-plan", &["Running", "Completed"]);
     // A task that arrives after the plan started is not part of it: it waits for the plan.
@@ -180,7 +147,7 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
         ],
         "oldest first, in batches of 5"
     );
-    let completed = condition(&plan, "Completed").unwrap();
+    let completed = condition(&plan, "Completed");
     assert_eq!(completed["status"], "True");
     assert!(st["completionTime"].is_string());
     // Monitoring: the worker's metrics were scraped while the plan ran.
@@ -193,16 +160,13 @@ fn a_plan_releases_pending_tasks_oldest_first_in_batches_and_completes() {
         let done = names_in(&wc.tasks_dir("done"));
         (done.len() == 13).then_some(()).ok_or(format!("{done:?}"))
     });
-    let reasons = event_reasons(stack, &ns, "resy-plan");
     assert_eq!(
         event_count(stack, &ns, "resy-plan", "BatchReleased"),
         3,
-        "{reasons:?}"
+        "{:?}",
+        event_reasons(stack, &ns, "resy-plan")
     );
-    assert!(
-        reasons.contains(&"ResumeCompleted".to_string()),
-        "{reasons:?}"
-    );
+    assert_events(stack, &ns, "resy-plan", &["ResumeCompleted"]);
     let rows = stack.kubectl_ok(&["get", "rplan", "-n", &ns]);
     assert!(
         rows.contains("BATCHES") && rows.contains("STAGED") && rows.contains("Completed"),
@@ -222,13 +186,14 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
     apply_worker(stack, &wc, "halty", &ns);
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
-    apply_plan(
-        stack,
-        "halty-plan",
-        &ns,
-        "halty",
-        "  batchSize: 4\n  batchDelaySeconds: 3\n  maxFailureRatio: 0.5\n",
-    );
+    let halty_plan = |ratio: f64| {
+        plan("halty-plan", &ns, "halty").spec(json!({
+            "batchSize": 4,
+            "batchDelaySeconds": 3,
+            "maxFailureRatio": ratio,
+        }))
+    };
+    stack.apply_ok(halty_plan(0.5));
     let plan = wait_plan(stack, &ns, "halty-plan", &["Halted"]);
     let st = &plan["status"];
     assert_eq!(st["batchesDone"], 2, "{st:#}");
@@ -260,8 +225,8 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
             .contains("batch 2 failed 3 of 4"),
         "{st:#}"
     );
-    assert_eq!(condition(&plan, "Halted").unwrap()["status"], "True");
-    assert!(event_reasons(stack, &ns, "halty-plan").contains(&"ResumeHalted".to_string()));
+    assert_eq!(condition(&plan, "Halted")["status"], "True");
+    assert_events(stack, &ns, "halty-plan", &["ResumeHalted"]);
     // Halted means halted: the rest stays in pending/, the worker stays gated.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -272,13 +237,7 @@ fn a_plan_halts_when_a_batch_fails_too_much_and_continues_after_a_spec_change() 
     assert_eq!(state_status(&wc), "recovering");
 
     // A human looked and accepts the failures: a spec change lets the plan continue.
-    apply_plan(
-        stack,
-        "halty-plan",
-        &ns,
-        "halty",
-        "  batchSize: 4\n  batchDelaySeconds: 3\n  maxFailureRatio: 1.0\n",
-    );
+    stack.apply_ok(halty_plan(1.0));
     let plan = wait_plan(stack, &ns, "halty-plan", &["Completed"]);
     assert_eq!(plan["status"]["batchesDone"], 3);
     assert_eq!(plan["status"]["tasksStaged"], 12);
@@ -294,16 +253,24 @@ fn a_paused_plan_stops_between_batches_and_continues_where_it_stood() {
     pending_tasks(&wc, 8, &[]);
     apply_worker(stack, &wc, "pausy", &ns);
     let _op = Operator::start(stack, &ns, wc.dir.path());
-    let spec =
-        |paused: bool| format!("  batchSize: 2\n  batchDelaySeconds: 2\n  paused: {paused}\n");
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(false));
-    wait_for("the first batch", Duration::from_secs(30), || {
-        let p = stack.get_json(&ns, "resumeplan/pausy-plan");
-        (p["status"]["tasksStaged"].as_u64() >= Some(2))
-            .then_some(())
-            .ok_or(p["status"].to_string())
-    });
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(true));
+    let pausy_plan = |paused: bool| {
+        plan("pausy-plan", &ns, "pausy").spec(json!({
+            "batchSize": 2,
+            "batchDelaySeconds": 2,
+            "paused": paused,
+        }))
+    };
+    stack.apply_ok(pausy_plan(false));
+    let object = "resumeplan/pausy-plan";
+    wait_object(
+        stack,
+        &ns,
+        object,
+        "the first batch",
+        Duration::from_secs(30),
+        |p| p["status"]["tasksStaged"].as_u64() >= Some(2),
+    );
+    stack.apply_ok(pausy_plan(true));
     let paused = wait_plan(stack, &ns, "pausy-plan", &["Paused"]);
     let staged = paused["status"]["tasksStaged"].as_u64().unwrap();
     assert!(staged < 8, "{:#}", paused["status"]);
@@ -323,7 +290,7 @@ fn a_paused_plan_stops_between_batches_and_continues_where_it_stood() {
     );
     assert_eq!(pending.len() as u64, 8 - staged);
 
-    apply_plan(stack, "pausy-plan", &ns, "pausy", &spec(false));
+    stack.apply_ok(pausy_plan(false));
     let done = wait_plan(stack, &ns, "pausy-plan", &["Completed"]);
     assert_eq!(done["status"]["tasksStaged"], 8);
     assert_eq!(done["status"]["batchesDone"], 4);
@@ -337,23 +304,17 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
     let wc = gated_worker(&ns, "rkilly");
     let tasks = pending_tasks(&wc, TASKS, &[]);
     apply_worker(stack, &wc, "rkilly", &ns);
-    apply_plan(
-        stack,
-        "rkilly-plan",
-        &ns,
-        "rkilly",
-        "  batchSize: 6\n  batchDelaySeconds: 1\n",
+    stack.apply_ok(
+        plan("rkilly-plan", &ns, "rkilly").spec(json!({"batchSize": 6, "batchDelaySeconds": 1})),
     );
-    let allowed = [wc.dir.path()];
-    let seed = unix_now();
-    eprintln!("kill delays seeded with {seed}");
-    let mut rng = Lcg(seed);
+    let operator = Operator::builder(stack, &ns, wc.dir.path());
+    let mut rng = Lcg::seeded();
     for _ in 0..8 {
-        let op = Operator::spawn(stack, &ns, wc.dir.path(), &allowed);
+        let op = operator.clone().wait_ready(false).start();
         std::thread::sleep(Duration::from_millis(900 + rng.next(1200)));
         op.kill();
     }
-    let _op = Operator::start_allowing(stack, &ns, wc.dir.path(), &allowed);
+    let _op = operator.start();
     let plan = wait_plan(stack, &ns, "rkilly-plan", &["Completed"]);
     let st = &plan["status"];
     assert_eq!(
@@ -401,18 +362,6 @@ fn an_operator_killed_mid_plan_moves_no_task_twice_and_loses_none() {
         metrics.contains(&format!("task_completed_total {TASKS}")),
         "each task was run once: {metrics}"
     );
-}
-
-/// A small deterministic generator for kill delays (seeded and logged, to replay a failure).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, bound: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % bound
-    }
 }
 
 // ------------------------------------------------------------------ the run's resume and trace
@@ -476,12 +425,6 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     let stack = stack();
     let ns = stack.namespace("trace");
     let service = format!("wro-e2e-{}", unique_suffix());
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", jaeger_otlp()),
-        ("OTEL_SERVICE_NAME", service.clone()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
-    ];
-    let otel: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     // A worker crashed with one task active and six waiting.
     let wc = WorkerContainer::start(&ns, "tracy", &[], &[("TASK_DURATION_MS", "100")]);
@@ -495,21 +438,27 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     .unwrap();
     apply_worker(stack, &wc, "tracy", &ns);
 
-    let op = Operator::start_with_env(stack, &ns, wc.dir.path(), &otel);
-    let (ok, out) = stack.apply(&format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: tracy-1\n  namespace: {ns}\nspec:\n  workerRef:\n    name: tracy\n  mode: Clean\n  stopGracePeriodSeconds: 2\n  monitorIntervalSeconds: 1\n  resume:\n    batchSize: 2\n    batchDelaySeconds: 2\n"
-    ));
-    assert!(ok, "{out}");
+    let operator = Operator::builder(stack, &ns, wc.dir.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger_otlp())
+        .env("OTEL_SERVICE_NAME", &service)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200");
+    let op = operator.start();
+    stack.apply_ok(
+        bare_recovery("tracy-1", &ns, "tracy")
+            .mode("Clean")
+            .spec(json!({
+                "stopGracePeriodSeconds": 2,
+                "monitorIntervalSeconds": 1,
+                "resume": {"batchSize": 2, "batchDelaySeconds": 2},
+            })),
+    );
     // Kill the operator while the run waits for its plan; a new one finishes the run.
-    wait_for("the resume step", Duration::from_secs(90), || {
-        let r = stack.get_json(&ns, "workerrecovery/tracy-1");
-        (r["status"]["currentStep"] == "Resume")
-            .then_some(())
-            .ok_or(r["status"].to_string())
+    wait_step(stack, &ns, "tracy-1", Duration::from_secs(90), |step| {
+        step == "Resume"
     });
     std::thread::sleep(Duration::from_millis(1500));
     op.kill();
-    let _op = Operator::start_with_env(stack, &ns, wc.dir.path(), &otel);
+    let _op = operator.start();
     let run = wait_run_finished(stack, &ns, "tracy-1");
     let st = &run["status"];
     assert_eq!(st["phase"], "Succeeded", "{st:#}");
@@ -522,12 +471,7 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
     assert_eq!(owner["uid"], run["metadata"]["uid"]);
     assert_eq!(plan["status"]["phase"], "Completed");
     assert_eq!(plan["status"]["tasksStaged"], 7, "{:#}", plan["status"]);
-    let resume = st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "Resume")
-        .unwrap();
+    let resume = run_step(&run, "Resume");
     assert_eq!(resume["figures"]["tasksStaged"], 7, "{resume}");
     assert_eq!(resume["figures"]["requeued"], 1, "{resume}");
     assert!(
@@ -601,12 +545,7 @@ fn a_clean_run_resumes_through_its_plan_and_leaves_one_trace_across_an_operator_
         );
         assert_eq!(tag(span, "worker.name").unwrap(), "tracy", "{name}");
         assert_eq!(tag(span, "otel.status_code").unwrap(), "OK", "{name}");
-        let recorded = st["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == step)
-            .unwrap();
+        let recorded = run_step(&run, step);
         assert_eq!(span["spanID"], recorded["spanId"], "{name}");
     }
     assert_eq!(

@@ -5,7 +5,7 @@ mod support;
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use serde_json::Value;
+use serde_json::json;
 use support::*;
 
 /// The victim's own files in `root`: its tasks, state, heartbeat, tmp and locks.
@@ -25,18 +25,6 @@ fn victims_files(root: &Path, victim: &str) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
-    obj["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition: {:#}", obj["status"]))
-}
-
-fn apply(stack: &Stack, yaml: &str) {
-    let (ok, out) = stack.apply(yaml);
-    assert!(ok, "{out}");
-}
-
 /// The attack, and the ways around it: a Worker without a container naming the
 /// victim's worker, then Workers with consenting containers of their own that name the
 /// victim's paths (the same worker name; a tmp directory on its task directory), each with a
@@ -49,10 +37,8 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     // state, a heartbeat; its container is stopped, so its files change only if someone
     // else changes them.
     let victim = WorkerContainer::start(&ns, "victim", &[], &[]);
-    wait_for("a first heartbeat", Duration::from_secs(30), || {
-        let hb = victim.shared_root().join("workers/victim/heartbeat.json");
-        hb.exists().then_some(()).ok_or("not yet".to_string())
-    });
+    let hb = victim.shared_root().join("workers/victim/heartbeat.json");
+    wait_file("a first heartbeat", &hb, Duration::from_secs(30));
     docker_ok(&["stop", "-t", "2", &victim.container]);
     let root = victim.shared_root();
     crashed_tasks(&root, "victim", 5);
@@ -67,16 +53,9 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     let op = Operator::start(stack, &ns, victim.dir.path());
 
     // 1. No container, and the victim's worker name; applied before the victim's Worker.
-    let nobody = format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: nobody\n  namespace: {ns}\nspec:\n  container: nope-{}\n  workerName: victim\n  sharedRoot: {}\n",
-        unique_suffix(),
-        root.display()
-    );
-    apply(stack, &nobody);
-    apply(
-        stack,
-        &run_yaml("attack-1", &ns, "nobody", "  mode: Clean\n"),
-    );
+    let nowhere = format!("nope-{}", unique_suffix());
+    stack.apply_ok(worker("nobody", &ns, &nowhere, &root).spec(json!({"workerName": "victim"})));
+    stack.apply_ok(recovery("attack-1", &ns, "nobody").mode("Clean"));
     let run = wait_run_finished(stack, &ns, "attack-1");
     assert_eq!(run["status"]["phase"], "Failed");
     assert_eq!(condition(&run, "Completed")["reason"], "ContainerNotFound");
@@ -85,34 +64,31 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     assert!(w["status"].get("heartbeat").is_none(), "{:#}", w["status"]);
 
     // 2. The victim's own Worker is admitted: the refused one above holds none of its paths.
-    apply(stack, &victim.worker_yaml("victim", &ns, 10, false));
-    let v = wait_for("the victim admitted", Duration::from_secs(60), || {
-        let v = stack.get_json(&ns, "worker/victim");
-        (v["status"]["claim"]["taskDirectory"].is_string())
-            .then_some(v.clone())
-            .ok_or(v["status"].to_string())
-    });
+    stack.apply_ok(victim.worker("victim", &ns));
+    let v = wait_worker(
+        stack,
+        &ns,
+        "victim",
+        "admitted",
+        Duration::from_secs(60),
+        |v| v["status"]["claim"]["taskDirectory"].is_string(),
+    );
     assert_eq!(condition(&v, "Accepted")["status"], "True");
 
     // 3. Consenting containers of their own, naming the victim's paths.
     let twin = WorkerContainer::start(&ns, "twin", &[], &[]);
     let tmpper = WorkerContainer::start(&ns, "tmpper", &[], &[]);
-    let spec = |wc: &WorkerContainer, name: &str, extra: &str| {
-        format!(
-            "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  container: {}\n  sharedRoot: {}\n{extra}",
-            wc.container,
-            root.display()
-        )
-    };
-    apply(stack, &spec(&twin, "twin", "  workerName: victim\n"));
-    apply(
-        stack,
-        &spec(&tmpper, "tmpper", "  paths:\n    tmpDir: tasks/victim\n"),
+    stack.apply_ok(
+        worker("twin", &ns, &twin.container, &root).spec(json!({"workerName": "victim"})),
+    );
+    stack.apply_ok(
+        worker("tmpper", &ns, &tmpper.container, &root)
+            .spec(json!({"paths": {"tmpDir": "tasks/victim"}})),
     );
     for (attacker, run) in [("twin", "attack-2"), ("tmpper", "attack-3")] {
-        apply(stack, &run_yaml(run, &ns, attacker, "  mode: Clean\n"));
+        stack.apply_ok(recovery(run, &ns, attacker).mode("Clean"));
         let diag = format!("{run}-diagnose");
-        apply(stack, &run_yaml(&diag, &ns, attacker, "  mode: Diagnose\n"));
+        stack.apply_ok(recovery(&diag, &ns, attacker).mode("Diagnose"));
         for name in [run.to_string(), diag] {
             let r = wait_run_finished(stack, &ns, &name);
             assert_eq!(r["status"]["phase"], "Failed", "{name}");
@@ -140,14 +116,13 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(victims_files(&root, "victim"), before);
     assert_eq!(victim.inspect("{{.State.Status}}"), "exited");
-    let v = stack.get_json(&ns, "worker/victim");
+    let v = worker_json(stack, &ns, "victim");
     assert_eq!(condition(&v, "Accepted")["status"], "True");
     let leaked = format!(
         "{}{}",
         stack.get_json(&ns, "workerrecoveries"),
         serde_json::to_string(
-            &["nobody", "twin", "tmpper"]
-                .map(|n| { stack.get_json(&ns, &format!("worker/{n}"))["status"].clone() })
+            &["nobody", "twin", "tmpper"].map(|n| worker_json(stack, &ns, n)["status"].clone())
         )
         .unwrap()
     );
@@ -164,29 +139,26 @@ fn a_worker_naming_another_workers_files_changes_nothing_of_them() {
 fn two_clean_runs_applied_together_take_turns() {
     let stack = stack();
     let ns = stack.namespace("turns");
-    let wc = WorkerContainer::start(&ns, "turns", &[], &[("TASK_DURATION_MS", "20")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let ids = crashed_tasks(&wc.shared_root(), "turns", 50);
-    apply(stack, &wc.worker_yaml("turns", &ns, 10, false));
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "turns", "20", 50);
+    stack.apply_ok(wc.worker("turns", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     // The first run releases all 50 tasks at once and judges them 5 s later: time for the
     // restarted worker to finish them (20 ms each) before the second run looks at active/.
-    let resume = "  mode: Clean\n  resume:\n    batchSize: 100\n    batchDelaySeconds: 5\n";
-    let both = format!(
-        "{}---\n{}",
-        run_yaml("clean-a", &ns, "turns", resume),
-        run_yaml("clean-b", &ns, "turns", resume)
-    );
-    apply(stack, &both);
+    let clean = |name: &str| {
+        recovery(name, &ns, "turns")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchSize": 100, "batchDelaySeconds": 5}}))
+    };
+    stack.apply_ok(list([clean("clean-a"), clean("clean-b")]));
     let a = wait_run_finished(stack, &ns, "clean-a");
     let b = wait_run_finished(stack, &ns, "clean-b");
     for r in [&a, &b] {
-        assert_eq!(r["status"]["phase"], "Succeeded", "{:#}", r["status"]);
+        assert_phase(r, "Succeeded");
     }
     let waited: Vec<_> = [("clean-a", &a, &b), ("clean-b", &b, &a)]
         .into_iter()
         .filter(|(name, _, _)| {
-            reasons_of(stack, &ns, name)
+            event_reasons(stack, &ns, name)
                 .iter()
                 .any(|r| r == "AnotherRunActive")
         })
@@ -222,50 +194,24 @@ fn two_clean_runs_applied_together_take_turns() {
 fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
     let stack = stack();
     let ns = stack.namespace("cleaning");
-    let wc = WorkerContainer::start(&ns, "cleaning", &[], &[("TASK_DURATION_MS", "1")]);
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let ids = crashed_tasks(&wc.shared_root(), "cleaning", 3000);
-    apply(stack, &wc.worker_yaml("cleaning", &ns, 10, false));
+    let (wc, ids) = WorkerContainer::crashed_with_tasks(&ns, "cleaning", "1", 3000);
+    stack.apply_ok(wc.worker("cleaning", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     let since = docker_now();
-    apply(
-        stack,
-        &run_yaml(
-            "clean",
-            &ns,
-            "cleaning",
-            "  mode: Clean\n  resume:\n    batchSize: 1000\n    batchDelaySeconds: 1\n",
-        ),
+    stack.apply_ok(
+        recovery("clean", &ns, "cleaning")
+            .mode("Clean")
+            .spec(json!({"resume": {"batchSize": 1000, "batchDelaySeconds": 1}})),
     );
-    wait_for("the Clean run cleaning", Duration::from_secs(60), || {
-        let r = stack.get_json(&ns, "workerrecovery/clean");
-        let step = r["status"]["currentStep"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        (!step.is_empty() && step != "Diagnose")
-            .then_some(())
-            .ok_or(step)
+    wait_step(stack, &ns, "clean", Duration::from_secs(60), |step| {
+        !step.is_empty() && step != "Diagnose"
     });
-    apply(
-        stack,
-        &run_yaml("quick", &ns, "cleaning", "  mode: Quick\n"),
-    );
+    stack.apply_ok(recovery("quick", &ns, "cleaning").mode("Quick"));
     let clean = wait_run_finished(stack, &ns, "clean");
     let quick = wait_run_finished(stack, &ns, "quick");
-    assert_eq!(
-        clean["status"]["phase"], "Succeeded",
-        "{:#}",
-        clean["status"]
-    );
-    assert_eq!(
-        quick["status"]["phase"], "Succeeded",
-        "{:#}",
-        quick["status"]
-    );
-    assert!(reasons_of(stack, &ns, "quick")
-        .iter()
-        .any(|r| r == "AnotherRunActive"));
+    assert_phase(&clean, "Succeeded");
+    assert_phase(&quick, "Succeeded");
+    assert_events(stack, &ns, "quick", &["AnotherRunActive"]);
     assert!(
         seconds(&run_step(&quick, "Restart")["startTime"])
             >= seconds(&clean["status"]["completionTime"]),
@@ -278,12 +224,5 @@ fn a_quick_run_waits_for_a_clean_run_in_clean_state() {
         .filter(|e| e.as_str() == "start")
         .count();
     assert_eq!(starts, 2, "no start during the clean-up");
-    // Stopped, the worker moves no task while they are counted.
-    docker_ok(&["stop", "-t", "2", &wc.container]);
-    let places = task_places(&wc, &ids);
-    assert_eq!(places.len(), ids.len(), "no task lost");
-    for (id, at) in places {
-        assert_eq!(at.len(), 1, "{id} in one place: {at:?}");
-        assert_eq!(at[0].1, 1, "{id}: retry_count went up once: {at:?}");
-    }
+    assert_requeued_once(&wc, &ids);
 }

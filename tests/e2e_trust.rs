@@ -8,34 +8,25 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
+use serde_json::json;
 use support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn worker_yaml(name: &str, ns: &str, container: &str, shared_root: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  container: {container}\n  sharedRoot: {shared_root}\n  heartbeatTimeoutSeconds: 5\n  autoRecovery:\n    enabled: true\n{extra}"
-    )
-}
-
-fn recovery_yaml(name: &str, ns: &str, worker: &str) -> String {
-    format!(
-        "apiVersion: workerrecovery.io/v1alpha1\nkind: WorkerRecovery\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workerRef:\n    name: {worker}\n"
-    )
+/// A Worker of `container` with its files under `shared_root`: heartbeat timeout 5 s,
+/// auto-recovery on.
+fn trusting_worker(name: &str, ns: &str, container: &str, shared_root: &Path) -> Manifest {
+    worker(name, ns, container, shared_root)
+        .heartbeat_timeout(5)
+        .auto_recovery()
 }
 
 /// Wait until the Worker controller has reconciled at least `rounds` more times.
 fn wait_reconciles(op: &Operator, rounds: u64) {
-    let count = |op: &Operator| -> u64 {
-        op.metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("workerrecovery_reconciliations_total") && l.contains("\"worker\"")
-            })
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+    let count = |op: &Operator| {
+        op.metric_value(r#"workerrecovery_reconciliations_total{controller="worker"}"#) as u64
     };
     let start = count(op);
     wait_for("more reconciles", TIMEOUT, || {
@@ -100,13 +91,16 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert_eq!(wait_exited(&wc), 3);
     let started_at = wc.inspect("{{.State.StartedAt}}");
     let since = docker_now();
-    let root = wc.shared_root().display().to_string();
-    let (ok, out) = stack.apply(&worker_yaml("stranger", &ns, &wc.container, &root, ""));
-    assert!(ok, "{out}");
+    stack.apply_ok(trusting_worker(
+        "stranger",
+        &ns,
+        &wc.container,
+        &wc.shared_root(),
+    ));
     let op = Operator::start(stack, &ns, wc.dir.path());
 
     let w = wait_phase(stack, &ns, "stranger", "Refused");
-    let accepted = condition(&w, "Accepted").expect("Accepted condition");
+    let accepted = condition(&w, "Accepted");
     assert_eq!(accepted["status"], "False");
     assert_eq!(accepted["reason"], "ContainerNotManaged");
     assert!(
@@ -131,12 +125,11 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert!(w["status"].get("heartbeat").is_none());
 
     // A WorkerRecovery is refused the same way, with no diagnosis.
-    let (ok, out) = stack.apply(&recovery_yaml("stranger-diag", &ns, "stranger"));
-    assert!(ok, "{out}");
+    stack.apply_ok(bare_recovery("stranger-diag", &ns, "stranger"));
     let rec = wait_run_finished(stack, &ns, "stranger-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert_eq!(
-        condition(&rec, "Diagnosed").unwrap()["reason"],
+        condition(&rec, "Diagnosed")["reason"],
         "ContainerNotManaged"
     );
     assert!(rec["status"].get("diagnosis").is_none());
@@ -179,32 +172,33 @@ fn a_shared_root_outside_the_allowed_roots_is_refused_and_nothing_leaks() {
         .unwrap();
     std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
 
-    let hb = "  paths:\n    heartbeatFile: secret.json\n";
-    let direct = outside.path().display().to_string();
-    let linked = allowed.path().join("link").display().to_string();
+    let linked = allowed.path().join("link");
     for (name, root) in [
-        ("direct", &direct),
+        ("direct", outside.path()),
         ("linked", &linked),
-        ("slash", &"/".to_string()),
+        ("slash", Path::new("/")),
     ] {
-        let (ok, out) = stack.apply(&worker_yaml(name, &ns, &wc.container, root, hb));
-        assert!(ok, "{out}");
+        stack.apply_ok(
+            trusting_worker(name, &ns, &wc.container, root)
+                .spec(json!({"paths": {"heartbeatFile": "secret.json"}})),
+        );
     }
     // The operator may only use `allowed`; the worker's own root is not allowed either.
     wc.inject_fault("crash");
     assert_eq!(wait_exited(&wc), 3);
     let since = docker_now();
-    let op = Operator::start_allowing(stack, &ns, wc.dir.path(), &[allowed.path()]);
+    let op = Operator::builder(stack, &ns, wc.dir.path())
+        .allowed_roots(&[allowed.path()])
+        .start();
 
     for name in ["direct", "linked", "slash"] {
         let w = wait_phase(stack, &ns, name, "Refused");
-        let accepted = condition(&w, "Accepted").unwrap();
+        let accepted = condition(&w, "Accepted");
         assert_eq!(accepted["reason"], "SharedRootNotAllowed", "{name}");
         assert!(w["status"].get("heartbeat").is_none());
         assert!(w["status"].get("container").is_none());
     }
-    let (ok, out) = stack.apply(&recovery_yaml("linked-diag", &ns, "linked"));
-    assert!(ok, "{out}");
+    stack.apply_ok(bare_recovery("linked-diag", &ns, "linked"));
     let rec = wait_run_finished(stack, &ns, "linked-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
     assert!(rec["status"].get("diagnosis").is_none());
@@ -264,9 +258,12 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
         &["--init", "--entrypoint", "/bin/sh"],
         &["-c", script],
     );
-    let root = wc.shared_root().display().to_string();
-    let (ok, out) = stack.apply(&worker_yaml("plain", &ns, &wc.container, &root, ""));
-    assert!(ok, "{out}");
+    stack.apply_ok(trusting_worker(
+        "plain",
+        &ns,
+        &wc.container,
+        &wc.shared_root(),
+    ));
     let _op = Operator::start(stack, &ns, wc.dir.path());
 
     let w = wait_phase(stack, &ns, "plain", "Healthy");
@@ -276,7 +273,7 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
         w["status"]
     );
     assert_eq!(w["status"]["heartbeat"]["status"], "ok");
-    let fresh = condition(&w, "HeartbeatFresh").unwrap();
+    let fresh = condition(&w, "HeartbeatFresh");
     assert_eq!(fresh["status"], "True");
     assert!(
         fresh["message"]
@@ -289,7 +286,7 @@ fn a_heartbeat_without_a_time_field_is_judged_by_its_file_time() {
     // The worker stops writing: the file's time ages past the 5 s timeout.
     std::fs::write(wc.shared_root().join("stop"), b"").unwrap();
     let w = wait_phase(stack, &ns, "plain", "Degraded");
-    let stale = condition(&w, "HeartbeatFresh").unwrap();
+    let stale = condition(&w, "HeartbeatFresh");
     assert_eq!(stale["reason"], "HeartbeatStale", "{stale}");
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
 }

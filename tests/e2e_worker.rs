@@ -5,14 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::json;
 use support::*;
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn worker_json(stack: &Stack, ns: &str, name: &str) -> Value {
-    stack.get_json(ns, &format!("worker/{name}"))
-}
+/// The Worker controller's reconciles in the operator's /metrics.
+const WORKER_RECONCILES: &str = r#"workerrecovery_reconciliations_total{controller="worker"}"#;
 
 #[test]
 fn crashed_worker_is_restarted_and_reported() {
@@ -25,35 +24,24 @@ fn crashed_worker_is_restarted_and_reported() {
             &format!(r#"{{"id":"t{i}","type":"demo"}}"#),
         );
     }
-    let (ok, out) = stack.apply(&wc.worker_yaml("marie", &ns, 10, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("marie", &ns).auto_recovery());
     let op = Operator::start(stack, &ns, wc.dir.path());
 
     let healthy = wait_phase(stack, &ns, "marie", "Healthy");
-    assert_eq!(condition(&healthy, "Ready").unwrap()["status"], "True");
+    assert_eq!(condition(&healthy, "Ready")["status"], "True");
     assert_eq!(healthy["status"]["restartCount"], 0);
     assert!(healthy["status"]["lastHeartbeatTime"].is_string());
     let started_before = wc.inspect("{{.State.StartedAt}}");
 
     wc.inject_fault("crash");
-    let restarted = wait_for("restartCount 1 and Healthy again", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "marie");
-        if w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy" {
-            Ok(w)
-        } else {
-            Err(w["status"].to_string())
-        }
-    });
+    let restarted = wait_restarted(stack, &ns, "marie", 1, PHASE_TIMEOUT);
 
     // Docker agrees: the same container runs again, started anew by the operator.
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
     assert_ne!(wc.inspect("{{.State.StartedAt}}"), started_before);
     assert_eq!(restarted["status"]["container"]["state"], "running");
     assert!(restarted["status"]["lastRestartTime"].is_string());
-    assert_eq!(
-        condition(&restarted, "ContainerRunning").unwrap()["status"],
-        "True"
-    );
+    assert_eq!(condition(&restarted, "ContainerRunning")["status"], "True");
 
     // A human sees why in the Events.
     let events = stack.events_for(&ns, "marie");
@@ -66,12 +54,11 @@ fn crashed_worker_is_restarted_and_reported() {
     assert!(note.contains("restart 1"), "{note}");
 
     // The operator counted it.
-    let metrics = op.metrics();
-    assert!(
-        metrics.contains(r#"workerrecovery_container_restarts_total{controller="worker"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        op.metric_value(r#"workerrecovery_container_restarts_total{controller="worker"}"#),
+        1.0
     );
-    assert!(metrics.contains(r#"workerrecovery_reconciliations_total{controller="worker"}"#));
+    assert!(op.metric_value(WORKER_RECONCILES) >= 1.0);
 
     // kubectl shows the printer columns with live values.
     let table = stack.kubectl_ok(&["get", "workers", "-n", &ns]);
@@ -92,14 +79,13 @@ fn hung_worker_turns_heartbeat_stale() {
     let ns = stack.namespace("hang");
     let wc = WorkerContainer::start(&ns, "anga", &[], &[]);
     wc.add_task("stuck", r#"{"id":"stuck","type":"demo"}"#);
-    let (ok, out) = stack.apply(&wc.worker_yaml("anga", &ns, 5, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("anga", &ns).heartbeat_timeout(5));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "anga", "Healthy");
 
     wc.inject_fault("hang");
     let degraded = wait_phase(stack, &ns, "anga", "Degraded");
-    let fresh = condition(&degraded, "HeartbeatFresh").unwrap();
+    let fresh = condition(&degraded, "HeartbeatFresh");
     assert_eq!(fresh["status"], "False");
     assert_eq!(fresh["reason"], "HeartbeatStale");
     assert!(
@@ -109,14 +95,8 @@ fn hung_worker_turns_heartbeat_stale() {
             .contains("over the 5s timeout"),
         "{fresh}"
     );
-    assert_eq!(
-        condition(&degraded, "ContainerRunning").unwrap()["status"],
-        "True"
-    );
-    assert_eq!(
-        condition(&degraded, "Ready").unwrap()["reason"],
-        "HeartbeatStale"
-    );
+    assert_eq!(condition(&degraded, "ContainerRunning")["status"], "True");
+    assert_eq!(condition(&degraded, "Ready")["reason"], "HeartbeatStale");
 
     // Stale means the timeout really passed since the last heartbeat.
     let last_beat: k8s_openapi::jiff::Timestamp = degraded["status"]["lastHeartbeatTime"]
@@ -137,11 +117,7 @@ fn hung_worker_turns_heartbeat_stale() {
     // A hung process is still running: no restart in this slice, and Docker agrees.
     assert_eq!(wc.inspect("{{.State.Running}}"), "true");
     assert_eq!(degraded["status"]["restartCount"], 0);
-    let events = stack.events_for(&ns, "anga");
-    assert!(
-        events.iter().any(|e| e["reason"] == "WorkerDegraded"),
-        "{events:#?}"
-    );
+    assert_events(stack, &ns, "anga", &["WorkerDegraded"]);
 }
 
 #[test]
@@ -149,14 +125,13 @@ fn exited_worker_without_auto_recovery_stays_down() {
     let stack = stack();
     let ns = stack.namespace("noauto");
     let wc = WorkerContainer::start(&ns, "fabien", &[], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("fabien", &ns, 10, false));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("fabien", &ns));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "fabien", "Healthy");
 
     wc.inject_fault("crash");
     let down = wait_phase(stack, &ns, "fabien", "Down");
-    let running = condition(&down, "ContainerRunning").unwrap();
+    let running = condition(&down, "ContainerRunning");
     assert_eq!(running["status"], "False");
     assert_eq!(running["reason"], "Exited");
     assert!(
@@ -171,15 +146,9 @@ fn exited_worker_without_auto_recovery_stays_down() {
     let later = worker_json(stack, &ns, "fabien");
     assert_eq!(later["status"]["phase"], "Down");
     assert_eq!(later["status"]["restartCount"], 0);
-    let events = stack.events_for(&ns, "fabien");
-    assert!(
-        events.iter().any(|e| e["reason"] == "WorkerDown"),
-        "{events:#?}"
-    );
-    assert!(
-        !events.iter().any(|e| e["reason"] == "Restarted"),
-        "{events:#?}"
-    );
+    assert_events(stack, &ns, "fabien", &["WorkerDown"]);
+    let reasons = event_reasons(stack, &ns, "fabien");
+    assert!(!reasons.iter().any(|r| r == "Restarted"), "{reasons:?}");
 }
 
 #[test]
@@ -187,17 +156,13 @@ fn oom_killed_worker_is_reported_and_restarted() {
     let stack = stack();
     let ns = stack.namespace("oom");
     let wc = WorkerContainer::start(&ns, "oomie", &["-m", "16m", "--memory-swap", "16m"], &[]);
-    let (ok, out) = stack.apply(&wc.worker_yaml("oomie", &ns, 10, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("oomie", &ns).auto_recovery());
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "oomie", "Healthy");
 
     wc.inject_fault("oom");
-    let restarted = wait_for("restart after OOM kill", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "oomie");
-        (w["status"]["restartCount"] == 1)
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
+    let restarted = wait_worker(stack, &ns, "oomie", "a restart", PHASE_TIMEOUT, |w| {
+        w["status"]["restartCount"] == 1
     });
     assert_eq!(restarted["status"]["container"]["state"], "running");
     let events = stack.events_for(&ns, "oomie");
@@ -216,47 +181,42 @@ fn oom_killed_worker_is_reported_and_restarted() {
 fn invalid_workers_are_rejected_by_the_schema() {
     let stack = stack();
     let ns = stack.namespace("invalid");
-    let base = format!("apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata:\n  name: bad\n  namespace: {ns}\nspec:\n");
     for (spec, expected) in [
-        ("  sharedRoot: /shared\n", "spec.container: Required value"),
         (
-            "  container: c\n  sharedRoot: relative/path\n",
+            json!({"sharedRoot": "/shared"}),
+            "spec.container: Required value",
+        ),
+        (
+            json!({"container": "c", "sharedRoot": "relative/path"}),
             "sharedRoot must be an absolute path",
         ),
         (
-            "  container: c\n  paths:\n    tasksDir: ../../etc\n",
+            json!({"container": "c", "paths": {"tasksDir": "../../etc"}}),
             "must be a non-empty relative path without '..'",
         ),
         (
-            "  container: c\n  paths:\n    locksDir: /var/locks\n",
+            json!({"container": "c", "paths": {"locksDir": "/var/locks"}}),
             "must be a non-empty relative path without '..'",
         ),
         (
-            "  container: c\n  heartbeatTimeoutSeconds: 1\n",
+            json!({"container": "c", "heartbeatTimeoutSeconds": 1}),
             "should be greater than or equal to 5",
         ),
-        ("  container: c\n  workerName: a/b\n", "spec.workerName"),
-        ("  container: ''\n", "spec.container"),
+        (
+            json!({"container": "c", "workerName": "a/b"}),
+            "spec.workerName",
+        ),
+        (json!({"container": ""}), "spec.container"),
     ] {
-        let (ok, out) = stack.apply(&format!("{base}{spec}"));
-        assert!(!ok, "accepted invalid spec:\n{spec}\n{out}");
+        let (ok, out) = stack.apply(Manifest::new("Worker", "bad", &ns, spec.clone()));
+        assert!(!ok, "accepted invalid spec {spec}: {out}");
         assert!(
             out.contains(expected),
-            "spec:\n{spec}\nexpected {expected:?} in: {out}"
+            "spec {spec}: expected {expected:?} in: {out}"
         );
     }
     let list = stack.kubectl_ok(&["get", "workers", "-n", &ns, "-o", "name"]);
     assert!(list.trim().is_empty(), "nothing invalid was stored: {list}");
-}
-
-/// The value of the metric line starting with `prefix` in the operator's /metrics.
-fn metric(op: &Operator, prefix: &str) -> f64 {
-    op.metrics()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -266,40 +226,33 @@ fn a_crash_is_seen_through_the_docker_event_stream_and_an_idle_worker_costs_no_l
     let wc = WorkerContainer::start(&ns, "evy", &[], &[]);
     // A 600 s heartbeat timeout: a healthy worker is next looked at in 300 s (the safety net),
     // and a polling controller would look every 15 s. Only an event explains a quick restart.
-    let (ok, out) = stack.apply(&wc.worker_yaml("evy", &ns, 600, true));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("evy", &ns).heartbeat_timeout(600).auto_recovery());
     let op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "evy", "Healthy");
 
     // Idle: nothing happens, nothing is looked at.
     std::thread::sleep(Duration::from_secs(1));
-    let looks = metric(
-        &op,
-        r#"workerrecovery_reconciliations_total{controller="worker"}"#,
-    );
+    let looks = op.metric_value(WORKER_RECONCILES);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        metric(
-            &op,
-            r#"workerrecovery_reconciliations_total{controller="worker"}"#
-        ),
+        op.metric_value(WORKER_RECONCILES),
         looks,
         "a healthy worker is not polled"
     );
 
     wc.inject_fault("crash");
-    wait_for("the restart", Duration::from_secs(10), || {
-        let w = worker_json(stack, &ns, "evy");
-        (w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true")
-            .then_some(())
-            .ok_or(w["status"].to_string())
-    });
-    assert!(
-        metric(&op, r#"workerrecovery_docker_events_total{action="die"}"#) >= 1.0,
-        "{}",
-        op.metrics()
+    wait_worker(
+        stack,
+        &ns,
+        "evy",
+        "the restart",
+        Duration::from_secs(10),
+        |w| w["status"]["restartCount"] == 1 && wc.inspect("{{.State.Running}}") == "true",
     );
-    assert!(metric(&op, r#"workerrecovery_docker_events_total{action="start"}"#) >= 1.0);
+    for action in ["die", "start"] {
+        let series = format!(r#"workerrecovery_docker_events_total{{action="{action}"}}"#);
+        assert!(op.metric_value(&series) >= 1.0, "{}", op.metrics());
+    }
 }
 
 #[test]
@@ -309,10 +262,9 @@ fn a_paused_worker_is_left_alone_until_its_pause_ends() {
     let wc = WorkerContainer::start(&ns, "pau", &[], &[]);
     let until = std::time::SystemTime::now() + Duration::from_secs(12);
     let until = k8s_time(until);
-    let extra = format!("    pause:\n      until: {until}\n      reason: disk swap on the host\n");
-    // `worker_yaml` ends inside `autoRecovery:`; the pause goes there.
-    let (ok, out) = stack.apply(&format!("{}{extra}", wc.worker_yaml("pau", &ns, 10, true)));
-    assert!(ok, "{out}");
+    stack.apply_ok(wc.worker("pau", &ns).auto_recovery().spec(json!({
+        "autoRecovery": {"pause": {"until": until, "reason": "disk swap on the host"}},
+    })));
     let _op = Operator::start(stack, &ns, wc.dir.path());
     wait_phase(stack, &ns, "pau", "Healthy");
 
@@ -335,25 +287,18 @@ fn a_paused_worker_is_left_alone_until_its_pause_ends() {
     assert_eq!(worker_json(stack, &ns, "pau")["status"]["restartCount"], 0);
 
     // The pause ends by itself: the held-back restart happens.
-    let back = wait_for("the restart after the pause", PHASE_TIMEOUT, || {
-        let w = worker_json(stack, &ns, "pau");
-        (w["status"]["restartCount"] == 1 && w["status"]["phase"] == "Healthy")
-            .then_some(w.clone())
-            .ok_or(w["status"].to_string())
-    });
+    let back = wait_restarted(stack, &ns, "pau", 1, PHASE_TIMEOUT);
     assert!(
         back["status"].get("paused").is_none(),
         "{:#}",
         back["status"]
     );
-    let reasons: Vec<_> = stack
-        .events_for(&ns, "pau")
-        .iter()
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
-        .collect();
-    for want in ["AutoRecoveryPaused", "AutoRecoveryResumed", "Restarted"] {
-        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
-    }
+    assert_events(
+        stack,
+        &ns,
+        "pau",
+        &["AutoRecoveryPaused", "AutoRecoveryResumed", "Restarted"],
+    );
 }
 
 /// RFC 3339 in UTC with whole seconds, as `metav1.Time` keeps it.
