@@ -7,6 +7,7 @@ pub mod mock_api;
 use std::{path::Path, sync::Arc};
 
 use http::Method;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::{
@@ -99,10 +100,13 @@ pub fn api_context(
 
 /// The heartbeat file of Worker `marie` under `root`, written now: `idle`, progress 3.
 pub fn fresh_heartbeat(root: &Path) {
+    heartbeat_at(root, Timestamp::now());
+}
+
+/// The heartbeat file of Worker `marie` under `root`, with the time `at`: `idle`, progress 3.
+pub fn heartbeat_at(root: &Path, at: Timestamp) {
     let dir = root.join("workers/marie");
     std::fs::create_dir_all(&dir).unwrap();
-    let body = serde_json::json!({
-        "timestamp": k8s_openapi::jiff::Timestamp::now().to_string(), "status": "idle", "progress": 3
-    });
+    let body = serde_json::json!({"timestamp": at.to_string(), "status": "idle", "progress": 3});
     std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
 }
