@@ -512,6 +512,13 @@ mod tests {
             self.requests.lock().unwrap().clone()
         }
 
+        /// The status of the first status patch.
+        fn first_status(&self) -> Value {
+            let recorded = self.recorded();
+            let patch = recorded.iter().find(|r| r.method == Method::PATCH);
+            patch.expect("a status patch").body["status"].clone()
+        }
+
         /// The status of the last status patch.
         fn last_status(&self) -> Value {
             mock_api::last_status(&self.requests, STATUS)
@@ -602,10 +609,10 @@ mod tests {
 
         s.reconcile().await.unwrap();
         assert_eq!(s.starts(), 0);
+        let status = s.first_status();
+        assert_eq!(status["phase"], "Down");
+        assert_eq!(status["restartCount"], 0);
         let recorded = s.recorded();
-        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-        assert_eq!(patch.body["status"]["phase"], "Down");
-        assert_eq!(patch.body["status"]["restartCount"], 0);
         assert!(
             recorded.iter().any(|r| r.body["reason"] == "WorkerDown"),
             "{recorded:#?}"
@@ -621,9 +628,7 @@ mod tests {
         let err = s.reconcile().await.unwrap_err();
         assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
         assert!(!err.is_transient());
-        let recorded = s.recorded();
-        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-        let ready = &patch.body["status"]["conditions"][0];
+        let ready = &s.first_status()["conditions"][0];
         assert_eq!(ready["reason"], "InvalidSpec");
         assert!(
             ready["message"]
@@ -652,19 +657,13 @@ mod tests {
 
             s.reconcile().await.unwrap();
             assert_eq!(s.starts(), 0, "nothing started");
-            let recorded = s.recorded();
-            let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-            let status = &patch.body["status"];
+            let status = &s.first_status();
             assert_eq!(status["phase"], "Refused", "{status}");
-            let accepted = status["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Accepted")
-                .unwrap();
+            let accepted = condition(status, "Accepted");
             assert_eq!(accepted["status"], "False");
             assert_eq!(accepted["reason"], "SharedRootNotAllowed");
             assert!(status.get("heartbeat").is_none() && status.get("container").is_none());
+            let recorded = s.recorded();
             let event = recorded
                 .iter()
                 .find(|r| r.method == Method::POST)
@@ -689,12 +688,7 @@ mod tests {
 
         s.reconcile().await.unwrap();
         assert_eq!(s.starts(), 0);
-        let recorded = s.recorded();
-        let status = &recorded
-            .iter()
-            .find(|r| r.method == Method::PATCH)
-            .unwrap()
-            .body["status"];
+        let status = &s.first_status();
         assert_eq!(status["phase"], "Refused");
         assert_eq!(
             status["container"],
