@@ -14,11 +14,14 @@ pub struct Recorded {
     pub body: Value,
 }
 
+/// The requests a mock answered, in order.
+pub type Requests = Arc<Mutex<Vec<Recorded>>>;
+
 /// A client whose every request is recorded and answered by `answer(method, path, body)`
 /// with a status code and a JSON body; Leases are kept by a [`Leases`] store.
 pub fn client(
     answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
-) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>) {
+) -> (kube::Client, Requests) {
     let (client, log, _) = client_and_leases(answer);
     (client, log)
 }
@@ -26,9 +29,9 @@ pub fn client(
 /// [`client`], and the store of the Leases it keeps.
 pub fn client_and_leases(
     answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
-) -> (kube::Client, Arc<Mutex<Vec<Recorded>>>, Leases) {
+) -> (kube::Client, Requests, Leases) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let log: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+    let log: Requests = Arc::default();
     let recorded = log.clone();
     let leases = Leases::default();
     let store = leases.clone();
@@ -137,6 +140,16 @@ impl Leases {
             .as_str()
             .map(String::from)
     }
+}
+
+/// The `status` of the last PATCH the mock answered at `path`.
+pub fn last_status(requests: &Mutex<Vec<Recorded>>, path: &str) -> Value {
+    let recorded = requests.lock().unwrap();
+    let patch = recorded
+        .iter()
+        .rev()
+        .find(|r| r.method == Method::PATCH && r.path == path);
+    patch.expect("a status patch").body["status"].clone()
 }
 
 /// The `Status` an API server sends with a 404.

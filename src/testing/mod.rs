@@ -6,6 +6,10 @@ pub mod mock_api;
 
 use std::{path::Path, sync::Arc};
 
+use http::Method;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+
 use crate::{
     controller::Context,
     crd::worker::Worker,
@@ -81,4 +85,28 @@ pub fn context(client: kube::Client, fake: Arc<FakeRuntime>, allowed: &Path) -> 
         AllowedRoots::new(&[allowed.to_path_buf()]).unwrap(),
         crate::http::testing::client(),
     )
+}
+
+/// A controller [`context`] over `fake` and an API server in memory that answers with
+/// `answer` (see [`mock_api::client`]), and the requests that server saw.
+pub fn api_context(
+    answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
+    fake: Arc<FakeRuntime>,
+    allowed: &Path,
+) -> (Context, mock_api::Requests) {
+    let (client, requests) = mock_api::client(answer);
+    (context(client, fake, allowed), requests)
+}
+
+/// The heartbeat file of Worker `marie` under `root`, written now: `idle`, progress 3.
+pub fn fresh_heartbeat(root: &Path) {
+    heartbeat_at(root, Timestamp::now());
+}
+
+/// The heartbeat file of Worker `marie` under `root`, with the time `at`: `idle`, progress 3.
+pub fn heartbeat_at(root: &Path, at: Timestamp) {
+    let dir = root.join("workers/marie");
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = serde_json::json!({"timestamp": at.to_string(), "status": "idle", "progress": 3});
+    std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
 }

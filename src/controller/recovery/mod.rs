@@ -662,7 +662,7 @@ async fn clean_up(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use std::{path::Path, sync::Arc};
 
     use http::Method;
     use serde_json::{json, Value};
@@ -670,10 +670,10 @@ mod tests {
     use super::*;
     use crate::{
         docker::fake::FakeRuntime,
-        metrics::Metrics,
-        testing::mock_api,
-        testing::{self, FakeHost},
-        trust::AllowedRoots,
+        testing::{
+            self, fresh_heartbeat,
+            mock_api::{self, Recorded},
+        },
     };
 
     const RECOVERY_STATUS: &str =
@@ -694,100 +694,112 @@ mod tests {
         .unwrap()
     }
 
-    /// A context whose API server knows the Worker `marie` (when `worker_exists`) with its
-    /// shared root at `root`, and whose operator allows the shared roots under `allowed`.
-    fn context(
-        worker_exists: bool,
-        root: &std::path::Path,
-        allowed: &[std::path::PathBuf],
-    ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
-        let (ctx, requests, _, _) = context_with_fake(worker_exists, root, allowed);
-        (ctx, requests)
-    }
-
     /// Other runs the API server knows, by name.
     type Runs = Arc<std::sync::Mutex<std::collections::HashMap<String, Value>>>;
 
-    /// A context whose API server knows the Worker `marie` (when `worker_exists`), the runs
-    /// put into the returned map and Leases; its engine has `marie` exited.
-    fn context_with_fake(
-        worker_exists: bool,
-        root: &std::path::Path,
-        allowed: &[std::path::PathBuf],
-    ) -> (
-        Context,
-        Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>,
-        Arc<FakeRuntime>,
-        Runs,
-    ) {
+    /// Worker `marie` (UID `worker-uid`) with its shared root in a tempdir, its container
+    /// exited in a fake engine; an API server that knows the Worker (when it exists), the
+    /// runs put into `runs` and Leases, and what it saw.
+    struct Scene {
+        dir: tempfile::TempDir,
+        worker: Worker,
+        ctx: Context,
+        requests: mock_api::Requests,
+        fake: Arc<FakeRuntime>,
+        runs: Runs,
+    }
+
+    /// A scene whose Worker exists and whose operator allows its shared root.
+    fn setup() -> Scene {
+        scene(true, None)
+    }
+
+    /// A scene whose API server knows the Worker when `worker_exists`, and whose operator
+    /// allows the shared roots under `allowed` (the Worker's own when `None`).
+    fn scene(worker_exists: bool, allowed: Option<&Path>) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
         let mut worker = testing::worker();
-        worker.spec.shared_root = root.display().to_string();
+        worker.spec.shared_root = dir.path().display().to_string();
         worker.metadata.uid = Some("worker-uid".into());
         let runs = Runs::default();
         let others = runs.clone();
-        let (client, requests) =
-            mock_api::client(move |method, path, body: &Value| match (method, path) {
-                (&Method::GET, WORKER) if worker_exists => {
-                    (200, serde_json::to_value(&worker).unwrap())
+        let known = worker.clone();
+        let answer = move |method: &Method, path: &str, body: &Value| match (method, path) {
+            (&Method::GET, WORKER) if worker_exists => (200, serde_json::to_value(&known).unwrap()),
+            (&Method::PATCH, RECOVERY_STATUS) => {
+                let mut object = serde_json::to_value(recovery()).unwrap();
+                object["status"] = body["status"].clone();
+                (200, object)
+            }
+            (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                (201, body.clone())
+            }
+            (&Method::GET, p) if p.starts_with(RUNS) => {
+                let name = p.rsplit('/').next().unwrap_or_default();
+                match others.lock().unwrap().get(name) {
+                    Some(r) => (200, r.clone()),
+                    None => mock_api::not_found(path),
                 }
-                (&Method::PATCH, RECOVERY_STATUS) => {
-                    let mut object = serde_json::to_value(recovery()).unwrap();
-                    object["status"] = body["status"].clone();
-                    (200, object)
-                }
-                (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
-                    (201, body.clone())
-                }
-                (&Method::GET, p) if p.starts_with(RUNS) => {
-                    let name = p.rsplit('/').next().unwrap_or_default();
-                    match others.lock().unwrap().get(name) {
-                        Some(r) => (200, r.clone()),
-                        None => mock_api::not_found(path),
-                    }
-                }
-                _ => mock_api::not_found(path),
-            });
+            }
+            _ => mock_api::not_found(path),
+        };
         let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let ctx = Context::new(
-            client,
-            fake.clone(),
-            Arc::new(FakeHost(Ok(String::new()))),
-            Arc::new(Metrics::default()),
-            AllowedRoots::new(allowed).unwrap(),
-            crate::http::testing::client(),
-        );
-        (ctx, requests, fake, runs)
+        let allowed = allowed.unwrap_or(dir.path());
+        let (ctx, requests) = testing::api_context(answer, fake.clone(), allowed);
+        Scene {
+            dir,
+            worker,
+            ctx,
+            requests,
+            fake,
+            runs,
+        }
     }
 
-    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
-        let recorded = requests.lock().unwrap();
-        let patch = recorded
-            .iter()
-            .rev()
-            .find(|r| r.method == Method::PATCH && r.path == RECOVERY_STATUS)
-            .expect("a status patch");
-        patch.body["status"].clone()
+    impl Scene {
+        async fn run(&self, rec: &WorkerRecovery) -> Action {
+            run_steps(rec, &self.ctx).await.unwrap()
+        }
+
+        fn recorded(&self) -> Vec<Recorded> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        fn last_status(&self) -> Value {
+            mock_api::last_status(&self.requests, RECOVERY_STATUS)
+        }
+
+        fn starts(&self) -> u32 {
+            *self.fake.starts.lock().unwrap()
+        }
+
+        /// The condition `type_` of the last status written.
+        fn condition(&self, type_: &str) -> Value {
+            let status = self.last_status();
+            let conditions = status["conditions"].as_array().unwrap();
+            let found = conditions.iter().find(|c| c["type"] == type_);
+            found
+                .unwrap_or_else(|| panic!("no {type_} in {status}"))
+                .clone()
+        }
     }
 
     #[tokio::test]
     async fn a_missing_worker_is_waited_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests) = context(false, dir.path(), &[dir.path().into()]);
-        let action = run_steps(&recovery(), &ctx).await.unwrap();
-        assert_eq!(action, Action::requeue(WORKER_WAIT));
-        let status = last_status(&requests);
+        let s = scene(false, None);
+        assert_eq!(s.run(&recovery()).await, Action::requeue(WORKER_WAIT));
+        let status = s.last_status();
         assert_eq!(status["phase"], "Pending");
         assert_eq!(status["conditions"][0]["reason"], "WorkerNotFound");
     }
 
     #[tokio::test]
     async fn a_diagnosis_is_written_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests) = context(true, dir.path(), &[dir.path().into()]);
+        let s = setup();
         let diagnose_only =
             recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Diagnose"}));
-        run_steps(&diagnose_only, &ctx).await.unwrap();
-        let status = last_status(&requests);
+        s.run(&diagnose_only).await;
+        let status = s.last_status();
         assert_eq!(status["phase"], "Succeeded");
         assert_eq!(status["conditions"][0]["type"], DIAGNOSED);
         assert_eq!(status["conditions"][0]["status"], "True");
@@ -796,7 +808,7 @@ mod tests {
             "ApplicationCrash"
         );
         assert!(status["completionTime"].is_string());
-        let recorded = requests.lock().unwrap().clone();
+        let recorded = s.recorded();
         let event = recorded
             .iter()
             .find(|r| r.body["reason"] == "Diagnosed")
@@ -814,42 +826,24 @@ mod tests {
         // The finished run, as the watch brings it back, is not run again.
         let mut done = diagnose_only.clone();
         done.status = Some(serde_json::from_value(status).unwrap());
-        let before = requests.lock().unwrap().len();
-        assert_eq!(
-            run_steps(&done, &ctx).await.unwrap(),
-            Action::await_change()
-        );
-        assert_eq!(
-            requests.lock().unwrap().len(),
-            before,
-            "no request for a finished run"
-        );
+        let before = s.recorded().len();
+        assert_eq!(s.run(&done).await, Action::await_change());
+        assert_eq!(s.recorded().len(), before, "no request for a finished run");
     }
 
     #[tokio::test]
     async fn a_refused_worker_fails_the_run_without_a_diagnosis() {
         let allowed = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let (ctx, requests) = context(true, outside.path(), &[allowed.path().into()]);
-        assert_eq!(
-            run_steps(&recovery(), &ctx).await.unwrap(),
-            Action::await_change()
-        );
-        let status = last_status(&requests);
+        let s = scene(true, Some(allowed.path()));
+        assert_eq!(s.run(&recovery()).await, Action::await_change());
+        let status = s.last_status();
         assert_eq!(status["phase"], "Failed");
         assert_eq!(status["conditions"][0]["reason"], "SharedRootNotAllowed");
         assert!(status.get("diagnosis").is_none(), "{status}");
-        let recorded = requests.lock().unwrap().clone();
-        assert!(recorded
+        assert!(s
+            .recorded()
             .iter()
             .any(|r| r.body["reason"] == "SharedRootNotAllowed" && r.body["type"] == "Warning"));
-    }
-
-    fn fresh_heartbeat(root: &std::path::Path) {
-        let dir = root.join("workers/marie");
-        std::fs::create_dir_all(&dir).unwrap();
-        let body = json!({"timestamp": Timestamp::now().to_string(), "status": "idle"});
-        std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
     }
 
     fn step<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -863,13 +857,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_quick_run_diagnoses_restarts_and_verifies() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
-        let action = run_steps(&recovery(), &ctx).await.unwrap();
-        assert_eq!(action, Action::await_change());
-        assert_eq!(*fake.starts.lock().unwrap(), 1, "started once");
-        let status = last_status(&requests);
+        let s = setup();
+        fresh_heartbeat(s.dir.path());
+        assert_eq!(s.run(&recovery()).await, Action::await_change());
+        assert_eq!(s.starts(), 1, "started once");
+        let status = s.last_status();
         assert_eq!(status["phase"], "Succeeded", "{status:#}");
         for name in ["Diagnose", "Restart", "VerifyHealth"] {
             assert_eq!(
@@ -880,16 +872,10 @@ mod tests {
         }
         assert_eq!(status["currentStep"], "VerifyHealth");
         assert!(status["containerStartedAt"].is_string());
-        let completed = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == COMPLETED)
-            .unwrap();
-        assert_eq!(completed["status"], "True");
+        assert_eq!(s.condition(COMPLETED)["status"], "True");
         // Each step was written Running before it ran, and no write shows the run finished
         // without its completion time.
-        let recorded = requests.lock().unwrap().clone();
+        let recorded = s.recorded();
         assert!(recorded
             .iter()
             .filter(|r| r.body["status"]["phase"] == "Succeeded")
@@ -902,14 +888,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let s = setup();
         let dry =
             recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Quick", "dryRun": true}));
-        run_steps(&dry, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
-        assert!(fake.actions.lock().unwrap().is_empty());
-        let status = last_status(&requests);
+        s.run(&dry).await;
+        assert_eq!(s.starts(), 0, "nothing started");
+        assert!(s.fake.actions.lock().unwrap().is_empty());
+        let status = s.last_status();
         assert_eq!(status["phase"], "Succeeded");
         let restart = step(&status, "Restart");
         assert!(
@@ -924,13 +909,11 @@ mod tests {
 
     #[tokio::test]
     async fn verify_waits_for_a_heartbeat_then_fails_at_its_deadline() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ctx, requests, _, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let s = setup();
         let rec = recovery_with(json!({"workerRef": {"name": "marie"}, "verifyTimeoutSeconds": 1}));
         // No heartbeat file: the verify step waits ...
-        let action = run_steps(&rec, &ctx).await.unwrap();
-        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
-        let status = last_status(&requests);
+        assert_eq!(s.run(&rec).await, Action::requeue(Duration::from_secs(1)));
+        let status = s.last_status();
         assert_eq!(status["phase"], "Running");
         let verify = step(&status, "VerifyHealth");
         assert_eq!(verify["state"], "Running");
@@ -943,14 +926,14 @@ mod tests {
         let mut st: WorkerRecoveryStatus = serde_json::from_value(status).unwrap();
         st.steps[2].start_time = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
         again.status = Some(st);
-        run_steps(&again, &ctx).await.unwrap();
-        let status = last_status(&requests);
+        s.run(&again).await;
+        let status = s.last_status();
         assert_eq!(status["phase"], "Failed", "{status:#}");
         let verify = step(&status, "VerifyHealth");
         assert_eq!(verify["state"], "Failed");
         assert_eq!(verify["attempt"], 1, "polling is one attempt");
-        let recorded = requests.lock().unwrap().clone();
-        assert!(recorded
+        assert!(s
+            .recorded()
             .iter()
             .any(|r| r.body["reason"] == "StepFailed" && r.body["type"] == "Warning"));
     }
@@ -960,25 +943,21 @@ mod tests {
     /// the other one has finished. A diagnosis never waits.
     #[tokio::test]
     async fn a_second_acting_run_waits_for_the_first_to_finish() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let (ctx, requests, fake, runs) = context_with_fake(true, dir.path(), &[dir.path().into()]);
+        let s = setup();
+        fresh_heartbeat(s.dir.path());
         let first = json!({
             "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
             "metadata": {"name": "clean-1", "namespace": "default", "uid": "uid-clean-1"},
             "spec": {"workerRef": {"name": "marie"}, "mode": "Clean"},
             "status": {"phase": "Running", "currentStep": "CleanState"},
         });
-        runs.lock().unwrap().insert("clean-1".into(), first.clone());
-        let worker: Worker = serde_json::from_value(
-            json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "Worker",
-                "metadata": {"name": "marie", "namespace": "default", "uid": "worker-uid"},
-                "spec": {"container": "marie"}}),
-        )
-        .unwrap();
+        s.runs
+            .lock()
+            .unwrap()
+            .insert("clean-1".into(), first.clone());
         let held = writer::acquire(
-            &ctx.client,
-            &worker,
+            &s.ctx.client,
+            &s.worker,
             &writer::Holder::Run("clean-1".into()),
             Some("uid-clean-1"),
         )
@@ -987,17 +966,11 @@ mod tests {
         assert_eq!(held, writer::Acquired::Yes);
 
         let quick = recovery();
-        let action = run_steps(&quick, &ctx).await.unwrap();
-        assert_eq!(action, Action::requeue(WAIT_POLL));
-        assert!(fake.actions.lock().unwrap().is_empty() && *fake.starts.lock().unwrap() == 0);
-        let status = last_status(&requests);
+        assert_eq!(s.run(&quick).await, Action::requeue(WAIT_POLL));
+        assert!(s.fake.actions.lock().unwrap().is_empty() && s.starts() == 0);
+        let status = s.last_status();
         assert_eq!(status["phase"], "Pending", "{status:#}");
-        let waiting = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == WAITING)
-            .unwrap();
+        let waiting = s.condition(WAITING);
         assert_eq!(waiting["status"], "True");
         assert_eq!(waiting["reason"], "AnotherRunActive");
         assert!(waiting["message"]
@@ -1006,9 +979,9 @@ mod tests {
             .contains("WorkerRecovery clean-1"));
 
         let diagnose = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Diagnose"}));
-        run_steps(&diagnose, &ctx).await.unwrap();
+        s.run(&diagnose).await;
         assert_eq!(
-            last_status(&requests)["phase"],
+            s.last_status()["phase"],
             "Succeeded",
             "a diagnosis never waits"
         );
@@ -1016,39 +989,30 @@ mod tests {
         // The first run finishes: the second one starts and restarts the worker.
         let mut done = first;
         done["status"]["phase"] = json!("Succeeded");
-        runs.lock().unwrap().insert("clean-1".into(), done);
-        run_steps(&quick, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 1);
-        assert_eq!(last_status(&requests)["phase"], "Succeeded");
+        s.runs.lock().unwrap().insert("clean-1".into(), done);
+        s.run(&quick).await;
+        assert_eq!(s.starts(), 1);
+        assert_eq!(s.last_status()["phase"], "Succeeded");
     }
 
     /// No writes while blind: with the engine not answering, a run waits (ContainerStateUnknown)
     /// and nothing moves; when it answers, the run goes on.
     #[tokio::test]
     async fn a_run_waits_while_the_engine_cannot_vouch_for_the_container() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let active = dir.path().join("tasks/marie/active");
+        let s = setup();
+        fresh_heartbeat(s.dir.path());
+        let active = s.dir.path().join("tasks/marie/active");
         std::fs::create_dir_all(&active).unwrap();
         std::fs::write(active.join("t1.json"), r#"{"id":"t1"}"#).unwrap();
-        let (ctx, requests, fake, _) = context_with_fake(true, dir.path(), &[dir.path().into()]);
-        fake.engine_down
+        s.fake
+            .engine_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let clean = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Clean"}));
-        assert_eq!(
-            run_steps(&clean, &ctx).await.unwrap(),
-            Action::requeue(WAIT_POLL)
-        );
-        let status = last_status(&requests);
+        assert_eq!(s.run(&clean).await, Action::requeue(WAIT_POLL));
+        let status = s.last_status();
         assert_eq!(status["phase"], "Pending");
         assert!(status.get("diagnosis").is_none());
         assert!(active.join("t1.json").exists(), "nothing moved");
-        let waiting = status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == WAITING)
-            .unwrap();
-        assert_eq!(waiting["reason"], "ContainerStateUnknown");
+        assert_eq!(s.condition(WAITING)["reason"], "ContainerStateUnknown");
     }
 }

@@ -645,10 +645,7 @@ mod tests {
     use super::*;
     use crate::{
         docker::fake::FakeRuntime,
-        metrics::Metrics,
-        testing::mock_api,
-        testing::{self, FakeHost},
-        trust::AllowedRoots,
+        testing::{self, mock_api},
     };
 
     const PLAN: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/resumeplans/p";
@@ -674,32 +671,25 @@ mod tests {
         let seen: Seen = Arc::default();
         let log = seen.clone();
         let object = serde_json::to_value(plan(spec)).unwrap();
-        let (client, _) =
-            mock_api::client(move |method, path, body: &Value| match (method, path) {
-                (&Method::GET, WORKER) => (200, serde_json::to_value(&worker).unwrap()),
-                (&Method::GET, PLAN) | (&Method::PATCH, PLAN) => (200, object.clone()),
-                (&Method::PATCH, p) if p == format!("{PLAN}/status") => {
-                    let mut names: Vec<String> = std::fs::read_dir(&pending)
-                        .unwrap()
-                        .map(|e| e.unwrap().file_name().into_string().unwrap())
-                        .collect();
-                    names.sort();
-                    log.lock().unwrap().push((body["status"].clone(), names));
-                    (200, object.clone())
-                }
-                (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
-                    (201, body.clone())
-                }
-                _ => mock_api::not_found(path),
-            });
-        let ctx = Context::new(
-            client,
-            Arc::new(FakeRuntime::with_container(testing::running())),
-            Arc::new(FakeHost(Ok(String::new()))),
-            Arc::new(Metrics::default()),
-            AllowedRoots::new(&[root.to_path_buf()]).unwrap(),
-            crate::http::testing::client(),
-        );
+        let answer = move |method: &Method, path: &str, body: &Value| match (method, path) {
+            (&Method::GET, WORKER) => (200, serde_json::to_value(&worker).unwrap()),
+            (&Method::GET, PLAN) | (&Method::PATCH, PLAN) => (200, object.clone()),
+            (&Method::PATCH, p) if p == format!("{PLAN}/status") => {
+                let mut names: Vec<String> = std::fs::read_dir(&pending)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+                names.sort();
+                log.lock().unwrap().push((body["status"].clone(), names));
+                (200, object.clone())
+            }
+            (&Method::POST, "/apis/events.k8s.io/v1/namespaces/default/events") => {
+                (201, body.clone())
+            }
+            _ => mock_api::not_found(path),
+        };
+        let fake = Arc::new(FakeRuntime::with_container(testing::running()));
+        let (ctx, _) = testing::api_context(answer, fake, root);
         (ctx, seen)
     }
 

@@ -423,20 +423,19 @@ mod tests {
     use super::*;
     use crate::{
         controller::error::ReconcileError,
-        docker::fake::FakeRuntime,
-        metrics::Metrics,
-        testing::mock_api,
-        testing::{self, FakeHost},
-        trust::AllowedRoots,
+        docker::{fake::FakeRuntime, ContainerInfo},
+        testing::{
+            self, fresh_heartbeat,
+            mock_api::{self, Recorded},
+        },
     };
+
+    const STATUS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie/status";
 
     /// The API server's answers: status patches echo the object back, Events are created.
     fn api_server(method: &Method, path: &str, body: &Value) -> (u16, Value) {
         match (method, path) {
-            (
-                &Method::PATCH,
-                "/apis/workerrecovery.io/v1alpha1/namespaces/default/workers/marie/status",
-            ) => {
+            (&Method::PATCH, STATUS) => {
                 let mut object = body.clone();
                 object["metadata"] =
                     json!({"name": "marie", "namespace": "default", "generation": 1});
@@ -461,29 +460,6 @@ mod tests {
         }
     }
 
-    /// A context over `docker` and the mock API server that allows shared roots under
-    /// `allowed`; also returns what the server saw.
-    fn context(
-        docker: Arc<dyn crate::docker::ContainerRuntime>,
-        allowed: &[&std::path::Path],
-    ) -> (Context, Arc<std::sync::Mutex<Vec<mock_api::Recorded>>>) {
-        let (client, requests) = mock_api::client(api_server);
-        let host = Arc::new(FakeHost(Ok(String::new())));
-        let roots: Vec<_> = allowed.iter().map(|p| p.to_path_buf()).collect();
-        let roots = AllowedRoots::new(&roots).unwrap();
-        (
-            Context::new(
-                client,
-                docker,
-                host,
-                Arc::new(Metrics::default()),
-                roots,
-                crate::http::testing::client(),
-            ),
-            requests,
-        )
-    }
-
     fn worker_at(root: &std::path::Path) -> Worker {
         let mut w = testing::worker();
         w.metadata.generation = Some(1);
@@ -492,25 +468,94 @@ mod tests {
         w
     }
 
-    fn fresh_heartbeat(root: &std::path::Path) {
-        let dir = root.join("workers/marie");
-        std::fs::create_dir_all(&dir).unwrap();
-        let body =
-            json!({"timestamp": Timestamp::now().to_string(), "status": "idle", "progress": 3});
-        std::fs::write(dir.join("heartbeat.json"), body.to_string()).unwrap();
+    /// Worker `marie` (automatic recovery on) whose shared root, a tempdir the operator
+    /// allows, has a fresh heartbeat; its container in a fake engine; the API server, and
+    /// what it saw.
+    struct Scene {
+        dir: tempfile::TempDir,
+        fake: Arc<FakeRuntime>,
+        ctx: Context,
+        requests: mock_api::Requests,
+        worker: Worker,
+    }
+
+    /// A scene whose engine has `container` and whose API server is [`api_server`].
+    fn setup(container: ContainerInfo) -> Scene {
+        scene(FakeRuntime::with_container(container), api_server)
+    }
+
+    /// A scene whose engine is `fake` and whose API server answers with `answer`.
+    fn scene(
+        fake: FakeRuntime,
+        answer: impl Fn(&Method, &str, &Value) -> (u16, Value) + Send + 'static,
+    ) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        fresh_heartbeat(dir.path());
+        let fake = Arc::new(fake);
+        let (ctx, requests) = testing::api_context(answer, fake.clone(), dir.path());
+        let worker = worker_at(dir.path());
+        Scene {
+            dir,
+            fake,
+            ctx,
+            requests,
+            worker,
+        }
+    }
+
+    impl Scene {
+        async fn reconcile(&self) -> Result<Action, Error> {
+            reconcile_worker(&self.worker, &self.ctx).await
+        }
+
+        fn recorded(&self) -> Vec<Recorded> {
+            self.requests.lock().unwrap().clone()
+        }
+
+        /// The status of the first status patch.
+        fn first_status(&self) -> Value {
+            let recorded = self.recorded();
+            let patch = recorded.iter().find(|r| r.method == Method::PATCH);
+            patch.expect("a status patch").body["status"].clone()
+        }
+
+        /// The status of the last status patch.
+        fn last_status(&self) -> Value {
+            mock_api::last_status(&self.requests, STATUS)
+        }
+
+        fn starts(&self) -> u32 {
+            *self.fake.starts.lock().unwrap()
+        }
+
+        /// Look again, with the status written last.
+        async fn again(&mut self) -> Result<Action, Error> {
+            self.worker.status = Some(serde_json::from_value(self.last_status()).unwrap());
+            self.reconcile().await
+        }
+
+        /// Look, wait (10 s at most) for the delivery that look hands over to end and wake
+        /// the Worker, and look again: the notifications both looks wrote.
+        async fn look_until_delivered(&mut self) -> (Value, Value) {
+            let mut woken = self.ctx.notifier.wakeups();
+            self.reconcile().await.unwrap();
+            let first = self.last_status()["escalation"]["notification"].clone();
+            tokio::time::timeout(Duration::from_secs(10), woken.next())
+                .await
+                .unwrap();
+            self.again().await.unwrap();
+            let then = self.last_status()["escalation"]["notification"].clone();
+            (first, then)
+        }
     }
 
     #[tokio::test]
     async fn an_exited_container_is_started_once_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let mut worker = worker_at(dir.path());
+        let mut s = setup(testing::exited(3));
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 1);
-        let recorded = requests.lock().unwrap().clone();
+        s.reconcile().await.unwrap();
+        assert_eq!(s.starts(), 1);
+        let recorded = s.recorded();
         let patch = recorded
             .iter()
             .find(|r| r.method == Method::PATCH)
@@ -545,35 +590,29 @@ mod tests {
         assert_eq!(status["autoRecovery"]["consecutiveFailures"], 1);
 
         // Next round, with the status written: the running container is left alone.
-        worker.status = Some(serde_json::from_value(status.clone()).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 1, "no second start");
-        let last = requests
-            .lock()
-            .unwrap()
-            .iter()
+        s.worker.status = Some(serde_json::from_value(status.clone()).unwrap());
+        s.reconcile().await.unwrap();
+        assert_eq!(s.starts(), 1, "no second start");
+        let last = s
+            .recorded()
+            .into_iter()
             .rev()
             .find(|r| r.method == Method::PATCH)
-            .cloned()
             .unwrap();
         assert_eq!(last.body["status"]["restartCount"], 1);
     }
 
     #[tokio::test]
     async fn without_auto_recovery_an_exited_container_stays_down() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::exited(137)));
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let mut worker = worker_at(dir.path());
-        worker.spec.auto_recovery.enabled = false;
+        let mut s = setup(testing::exited(137));
+        s.worker.spec.auto_recovery.enabled = false;
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 0);
-        let recorded = requests.lock().unwrap().clone();
-        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-        assert_eq!(patch.body["status"]["phase"], "Down");
-        assert_eq!(patch.body["status"]["restartCount"], 0);
+        s.reconcile().await.unwrap();
+        assert_eq!(s.starts(), 0);
+        let status = s.first_status();
+        assert_eq!(status["phase"], "Down");
+        assert_eq!(status["restartCount"], 0);
+        let recorded = s.recorded();
         assert!(
             recorded.iter().any(|r| r.body["reason"] == "WorkerDown"),
             "{recorded:#?}"
@@ -582,16 +621,14 @@ mod tests {
 
     #[tokio::test]
     async fn an_unsafe_spec_is_reported_and_waits_for_a_change() {
-        let (ctx, requests) = context(Arc::new(FakeRuntime::default()), &[]);
-        let mut worker = worker_at(std::path::Path::new("/shared"));
-        worker.spec.paths.tasks_dir = Some("../../etc".into());
+        let mut s = scene(FakeRuntime::default(), api_server);
+        s.worker = worker_at(std::path::Path::new("/shared"));
+        s.worker.spec.paths.tasks_dir = Some("../../etc".into());
 
-        let err = reconcile_worker(&worker, &ctx).await.unwrap_err();
+        let err = s.reconcile().await.unwrap_err();
         assert!(matches!(err, Error::InvalidSpec(_)), "{err}");
         assert!(!err.is_transient());
-        let recorded = requests.lock().unwrap().clone();
-        let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-        let ready = &patch.body["status"]["conditions"][0];
+        let ready = &s.first_status()["conditions"][0];
         assert_eq!(ready["reason"], "InvalidSpec");
         assert!(
             ready["message"]
@@ -604,31 +641,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_shared_root_outside_the_allowed_roots_is_refused_untouched() {
-        let allowed = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         fresh_heartbeat(outside.path());
-        // Through a symlink inside the allowed root, too.
-        std::os::unix::fs::symlink(outside.path(), allowed.path().join("link")).unwrap();
-        for root in [outside.path().to_path_buf(), allowed.path().join("link")] {
-            let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-            let (ctx, requests) = context(fake.clone(), &[allowed.path()]);
-            let worker = worker_at(&root);
+        for through_link in [false, true] {
+            let mut s = setup(testing::exited(3));
+            // Through a symlink inside the allowed root, too.
+            let link = s.dir.path().join("link");
+            std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+            let root = if through_link {
+                link
+            } else {
+                outside.path().to_path_buf()
+            };
+            s.worker = worker_at(&root);
 
-            reconcile_worker(&worker, &ctx).await.unwrap();
-            assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
-            let recorded = requests.lock().unwrap().clone();
-            let patch = recorded.iter().find(|r| r.method == Method::PATCH).unwrap();
-            let status = &patch.body["status"];
+            s.reconcile().await.unwrap();
+            assert_eq!(s.starts(), 0, "nothing started");
+            let status = &s.first_status();
             assert_eq!(status["phase"], "Refused", "{status}");
-            let accepted = status["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Accepted")
-                .unwrap();
+            let accepted = condition(status, "Accepted");
             assert_eq!(accepted["status"], "False");
             assert_eq!(accepted["reason"], "SharedRootNotAllowed");
             assert!(status.get("heartbeat").is_none() && status.get("container").is_none());
+            let recorded = s.recorded();
             let event = recorded
                 .iter()
                 .find(|r| r.method == Method::POST)
@@ -647,22 +682,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_container_without_consent_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
         let mut stranger = testing::exited(3);
         stranger.labels.clear();
-        let fake = Arc::new(FakeRuntime::with_container(stranger.clone()));
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let worker = worker_at(dir.path());
+        let s = setup(stranger.clone());
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 0);
-        let recorded = requests.lock().unwrap().clone();
-        let status = &recorded
-            .iter()
-            .find(|r| r.method == Method::PATCH)
-            .unwrap()
-            .body["status"];
+        s.reconcile().await.unwrap();
+        assert_eq!(s.starts(), 0);
+        let status = &s.first_status();
         assert_eq!(status["phase"], "Refused");
         assert_eq!(
             status["container"],
@@ -672,12 +698,11 @@ mod tests {
         assert!(status.get("heartbeat").is_none());
 
         // Looking again with that status: still refused, but no second Event.
-        let mut again = worker.clone();
+        let mut again = s.worker.clone();
         again.status = Some(serde_json::from_value(status.clone()).unwrap());
-        reconcile_worker(&again, &ctx).await.unwrap();
-        let events = requests
-            .lock()
-            .unwrap()
+        reconcile_worker(&again, &s.ctx).await.unwrap();
+        let events = s
+            .recorded()
             .iter()
             .filter(|r| r.method == Method::POST)
             .count();
@@ -688,21 +713,17 @@ mod tests {
             crate::trust::CONSENT_LABEL.into(),
             crate::trust::consent_value("default", "anga"),
         );
-        let fake = Arc::new(FakeRuntime::with_container(stranger));
-        let (ctx, _) = context(fake.clone(), &[dir.path()]);
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(*fake.starts.lock().unwrap(), 0);
+        let other = setup(stranger);
+        other.reconcile().await.unwrap();
+        assert_eq!(other.starts(), 0);
     }
 
     /// After a run that found file-descriptor exhaustion, the next automatic attempt recreates
     /// the container with `nofile` raised by `nofileFactor`, up to `nofileCeiling`.
     #[tokio::test]
     async fn fd_exhaustion_raises_nofile_within_the_ceiling_at_the_next_attempt() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
         let mut exited = testing::exited(1);
         exited.nofile_limit = Some((64, 64));
-        let fake = Arc::new(FakeRuntime::with_container(exited));
         let earlier = serde_json::json!({
             "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
             "metadata": {"name": "marie-auto-1", "namespace": "default"},
@@ -715,7 +736,7 @@ mod tests {
                     "cause": "FileDescriptorExhaustion", "score": 30,
                     "summary": "Too many open files", "supporting": []}]}}}
         });
-        let (client, requests) = mock_api::client(move |method, path, body| {
+        let answer = move |method: &Method, path: &str, body: &Value| {
             let runs = "/apis/workerrecovery.io/v1alpha1/namespaces/default/workerrecoveries";
             match (method, path) {
                 (&Method::GET, p) if p == format!("{runs}/marie-auto-1") => (200, earlier.clone()),
@@ -726,18 +747,9 @@ mod tests {
                 ),
                 _ => api_server(method, path, body),
             }
-        });
-        let roots = AllowedRoots::new(&[dir.path().to_path_buf()]).unwrap();
-        let host = Arc::new(FakeHost(Ok(String::new())));
-        let ctx = Context::new(
-            client,
-            fake.clone(),
-            host,
-            Arc::new(Metrics::default()),
-            roots,
-            crate::http::testing::client(),
-        );
-        let mut worker = worker_at(dir.path());
+        };
+        let mut s = scene(FakeRuntime::with_container(exited), answer);
+        let worker = &mut s.worker;
         worker.spec.resources = Some(
             serde_json::from_value(json!({
             "nofile": {"soft": 64, "hard": 64}, "apply": "OnRestart"}))
@@ -759,20 +771,21 @@ mod tests {
             ..Default::default()
         });
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let c = fake.containers.lock().unwrap()["marie"].clone();
+        s.reconcile().await.unwrap();
+        let c = s.fake.containers.lock().unwrap()["marie"].clone();
         assert!(c.running, "recreated and started");
         assert_eq!(
             c.nofile_limit,
             Some((200, 200)),
             "64 x 4 = 256, held at 200"
         );
-        assert!(fake
+        assert!(s
+            .fake
             .actions
             .lock()
             .unwrap()
             .contains(&"recreate marie".to_string()));
-        let recorded = requests.lock().unwrap().clone();
+        let recorded = s.recorded();
         let status = &recorded
             .iter()
             .rev()
@@ -786,16 +799,6 @@ mod tests {
             remediation.contains("nofile 64:64 -> 200:200"),
             "{remediation}"
         );
-    }
-
-    /// The status of the last status patch.
-    fn last_status(requests: &std::sync::Mutex<Vec<mock_api::Recorded>>) -> Value {
-        let recorded = requests.lock().unwrap();
-        let patch = recorded
-            .iter()
-            .rev()
-            .find(|r| r.method == Method::PATCH && r.path.ends_with("/status"));
-        patch.expect("a status patch").body["status"].clone()
     }
 
     fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -812,14 +815,10 @@ mod tests {
     /// granted it file-only access.
     #[tokio::test]
     async fn without_a_container_no_file_is_read_unless_granted() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::default());
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let worker = worker_at(dir.path());
+        let mut s = scene(FakeRuntime::default(), api_server);
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_status(&requests);
+        s.reconcile().await.unwrap();
+        let status = s.last_status();
         assert_eq!(status["phase"], "Down", "{status}");
         assert_eq!(status["container"]["state"], "notFound");
         let accepted = condition(&status, "Accepted");
@@ -833,11 +832,10 @@ mod tests {
             "nothing of the heartbeat file reaches status: {status}"
         );
 
-        let mut ctx = ctx;
-        ctx.trust.file_only =
+        s.ctx.trust.file_only =
             crate::trust::FileOnlyGrants::parse(&["default/marie".into()]).unwrap();
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_status(&requests);
+        s.reconcile().await.unwrap();
+        let status = s.last_status();
         assert_eq!(condition(&status, "Accepted")["reason"], "FileOnly");
         assert_eq!(status["heartbeat"]["status"], "idle", "{status}");
     }
@@ -846,18 +844,15 @@ mod tests {
     /// nothing of its files read, and the reconcile is retried.
     #[tokio::test]
     async fn an_engine_that_does_not_answer_reads_nothing_and_retries() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        fake.engine_down
+        let s = setup(testing::exited(3));
+        s.fake
+            .engine_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let worker = worker_at(dir.path());
 
-        let err = reconcile_worker(&worker, &ctx).await.unwrap_err();
+        let err = s.reconcile().await.unwrap_err();
         assert!(err.is_transient(), "{err}");
-        assert_eq!(*fake.starts.lock().unwrap(), 0, "nothing started");
-        let status = last_status(&requests);
+        assert_eq!(s.starts(), 0, "nothing started");
+        let status = s.last_status();
         assert_eq!(status["phase"], "Unknown");
         assert_eq!(condition(&status, "Accepted")["status"], "Unknown");
         assert_eq!(
@@ -865,19 +860,19 @@ mod tests {
             "ContainerStateUnknown"
         );
         assert!(status.get("heartbeat").is_none(), "{status}");
-        let runs = requests
-            .lock()
-            .unwrap()
+        let runs = s
+            .recorded()
             .iter()
             .filter(|r| r.method == Method::POST && r.body["kind"] == "WorkerRecovery")
             .count();
         assert_eq!(runs, 0, "no automatic attempt");
     }
 
-    /// A Worker escalated at `escalation`, whose webhook is `hook` (at most 20 attempts of 5 s
-    /// within 30 s).
-    fn escalated_worker(root: &std::path::Path, hook: &str, escalation: Value) -> Worker {
-        let mut w = worker_at(root);
+    /// A scene whose container has exited and whose Worker is escalated at `escalation`, its
+    /// webhook `hook` (at most 20 attempts of 5 s within 30 s).
+    fn escalated(hook: &str, escalation: Value) -> Scene {
+        let mut s = setup(testing::exited(3));
+        let w = &mut s.worker;
         w.metadata.uid = Some("uid-marie".into());
         w.spec.escalation = Some(
             serde_json::from_value(json!({"webhook": {
@@ -886,7 +881,7 @@ mod tests {
             .unwrap(),
         );
         w.status = Some(serde_json::from_value(json!({ "escalation": escalation })).unwrap());
-        w
+        s
     }
 
     fn ago(seconds: i64) -> String {
@@ -898,27 +893,22 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_black_holed_webhook_does_not_hold_the_reconcile() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let (ctx, requests) = context(fake, &[dir.path()]);
-        let mut woken = ctx.notifier.wakeups();
         let hook = crate::http::testing::black_hole().await;
         let since = ago(0);
-        let mut worker = escalated_worker(
-            dir.path(),
+        let mut s = escalated(
             &hook,
             json!({"level": "Automated", "levelIndex": 0, "since": since, "reason": "restarts exhausted"}),
         );
+        let mut woken = s.ctx.notifier.wakeups();
 
         let started = tokio::time::Instant::now();
-        reconcile_worker(&worker, &ctx).await.unwrap();
+        s.reconcile().await.unwrap();
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
         );
-        let status = last_status(&requests);
+        let status = s.last_status();
         let n = &status["escalation"]["notification"];
         assert_eq!(n["level"], "Automated");
         assert_eq!(n["state"], "Pending");
@@ -926,22 +916,21 @@ mod tests {
         assert!(n.get("previousLevel").is_none(), "{n}");
         let queued: Timestamp = n["queuedTime"].as_str().unwrap().parse().unwrap();
         assert_eq!(
-            ctx.notifier.progress("uid-marie", "Automated", queued),
+            s.ctx.notifier.progress("uid-marie", "Automated", queued),
             crate::escalation::notifier::Progress::Pending,
             "the delivery goes on after the reconcile"
         );
 
         // The delivery gives up within deliverWithinSeconds and wakes the Worker, whose next
         // reconcile writes how it went.
-        assert_eq!(woken.next().await, Some(ObjectRef::from_obj(&worker)));
+        assert_eq!(woken.next().await, Some(ObjectRef::from_obj(&s.worker)));
         assert!(
             started.elapsed() <= Duration::from_secs(30),
             "{:?}",
             started.elapsed()
         );
-        worker.status = Some(serde_json::from_value(status).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let n = &last_status(&requests)["escalation"]["notification"];
+        s.again().await.unwrap();
+        let n = &s.last_status()["escalation"]["notification"];
         assert_eq!(n["state"], "Failed", "{n}");
         assert!(n["attempts"].as_u64().unwrap() >= 2, "{n}");
         let error = n["lastError"].as_str().unwrap();
@@ -958,31 +947,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_level_change_is_posted_with_the_previous_level_and_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::exited(3)));
-        let (ctx, requests) = context(fake, &[dir.path()]);
-        let mut woken = ctx.notifier.wakeups();
         let server =
             crate::http::testing::serve(vec![crate::http::testing::Answer::status(200)]).await;
         // Automated was told 301 s ago; L1 is reached at 300 s.
-        let mut worker = escalated_worker(
-            dir.path(),
+        let mut s = escalated(
             &format!("{}/hook", server.url),
             json!({"level": "Automated", "levelIndex": 0, "since": ago(301), "reason": "restarts exhausted",
                    "notification": {"level": "Automated", "state": "Delivered", "attempts": 1}}),
         );
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_status(&requests);
-        let n = &status["escalation"]["notification"];
+        let (first, n) = s.look_until_delivered().await;
         assert_eq!(
-            (&n["level"], &n["previousLevel"], &n["state"]),
+            (&first["level"], &first["previousLevel"], &first["state"]),
             (&json!("L1"), &json!("Automated"), &json!("Pending"))
         );
-        tokio::time::timeout(Duration::from_secs(10), woken.next())
-            .await
-            .unwrap();
         let posted = server.requests.lock().unwrap()[0].clone();
         let body: Value = serde_json::from_str(posted.split_once("\r\n\r\n").unwrap().1).unwrap();
         assert_eq!(
@@ -990,9 +968,6 @@ mod tests {
             (&json!("L1"), &json!("Automated"))
         );
 
-        worker.status = Some(serde_json::from_value(status).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let n = &last_status(&requests)["escalation"]["notification"];
         assert_eq!(
             (&n["state"], &n["attempts"]),
             (&json!("Delivered"), &json!(1)),
@@ -1000,15 +975,12 @@ mod tests {
         );
         assert!(n.get("lastError").is_none(), "{n}");
         // Written once: the next look posts nothing more.
-        worker.status = Some(serde_json::from_value(last_status(&requests)).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
+        s.again().await.unwrap();
         assert_eq!(server.requests.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
     async fn a_notification_pending_before_a_restart_is_delivered_within_its_time_left() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
         let server =
             crate::http::testing::serve(vec![crate::http::testing::Answer::status(202)]).await;
         let hook = format!("{}/hook", server.url);
@@ -1019,25 +991,14 @@ mod tests {
 
         // A new process (a new notifier) finds the notification Pending and hands it over again.
         let queued = ago(5);
-        let (ctx, requests) = context(
-            Arc::new(FakeRuntime::with_container(testing::exited(3))),
-            &[dir.path()],
-        );
-        let mut woken = ctx.notifier.wakeups();
-        let mut worker = escalated_worker(dir.path(), &hook, pending(&queued));
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let status = last_status(&requests);
+        let (first, n) = escalated(&hook, pending(&queued))
+            .look_until_delivered()
+            .await;
         assert_eq!(
-            status["escalation"]["notification"]["queuedTime"],
+            first["queuedTime"],
             queued.as_str(),
             "the time bound still counts from it"
         );
-        tokio::time::timeout(Duration::from_secs(10), woken.next())
-            .await
-            .unwrap();
-        worker.status = Some(serde_json::from_value(status).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let n = &last_status(&requests)["escalation"]["notification"];
         assert_eq!(
             (&n["state"], &n["attempts"]),
             (&json!("Delivered"), &json!(1)),
@@ -1046,19 +1007,9 @@ mod tests {
         assert_eq!(server.requests.lock().unwrap().len(), 1);
 
         // Queued longer ago than deliverWithinSeconds: given up without an attempt.
-        let (ctx, requests) = context(
-            Arc::new(FakeRuntime::with_container(testing::exited(3))),
-            &[dir.path()],
-        );
-        let mut woken = ctx.notifier.wakeups();
-        let mut worker = escalated_worker(dir.path(), &hook, pending(&ago(31)));
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), woken.next())
-            .await
-            .unwrap();
-        worker.status = Some(serde_json::from_value(last_status(&requests)).unwrap());
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        let n = &last_status(&requests)["escalation"]["notification"];
+        let (_, n) = escalated(&hook, pending(&ago(31)))
+            .look_until_delivered()
+            .await;
         assert_eq!(
             (&n["state"], &n["attempts"]),
             (&json!("Failed"), &json!(0)),
@@ -1071,55 +1022,51 @@ mod tests {
     /// nothing; a change, or a status older than the refresh period, is written.
     #[tokio::test]
     async fn a_look_that_finds_nothing_new_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        fresh_heartbeat(dir.path());
-        let fake = Arc::new(FakeRuntime::with_container(testing::running()));
-        let (ctx, requests) = context(fake.clone(), &[dir.path()]);
-        let mut worker = worker_at(dir.path());
-        let patches = || {
-            requests
-                .lock()
-                .unwrap()
+        let mut s = setup(testing::running());
+        let patches = |s: &Scene| {
+            s.recorded()
                 .iter()
                 .filter(|r| r.method == Method::PATCH && r.path.ends_with("/status"))
                 .count()
         };
 
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(patches(), 1);
-        let written: WorkerStatus = serde_json::from_value(last_status(&requests)).unwrap();
-        worker.status = Some(written.clone());
+        s.reconcile().await.unwrap();
+        assert_eq!(patches(&s), 1);
+        let written: WorkerStatus = serde_json::from_value(s.last_status()).unwrap();
+        s.worker.status = Some(written.clone());
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        fresh_heartbeat(dir.path());
-        reconcile_worker(&worker, &ctx).await.unwrap();
+        fresh_heartbeat(s.dir.path());
+        s.reconcile().await.unwrap();
         assert_eq!(
-            patches(),
+            patches(&s),
             1,
             "only the heartbeat's time moved: nothing written"
         );
 
         // The worker stops: written at once.
-        fake.containers
+        s.fake
+            .containers
             .lock()
             .unwrap()
             .insert("marie".into(), testing::exited(3));
-        worker.spec.auto_recovery.enabled = false;
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(patches(), 2);
-        assert_eq!(last_status(&requests)["phase"], "Down");
+        s.worker.spec.auto_recovery.enabled = false;
+        s.reconcile().await.unwrap();
+        assert_eq!(patches(&s), 2);
+        assert_eq!(s.last_status()["phase"], "Down");
 
         // Nothing new, but the last write is older than the refresh period: written.
         let mut old = written;
         old.last_observed_time = Some(Time(
             Timestamp::now() - decide::STATUS_REFRESH - Duration::from_secs(1),
         ));
-        fake.containers
+        s.fake
+            .containers
             .lock()
             .unwrap()
             .insert("marie".into(), testing::running());
-        worker.status = Some(old);
-        ctx.worker_status.lock().unwrap().clear();
-        reconcile_worker(&worker, &ctx).await.unwrap();
-        assert_eq!(patches(), 3);
+        s.worker.status = Some(old);
+        s.ctx.worker_status.lock().unwrap().clear();
+        s.reconcile().await.unwrap();
+        assert_eq!(patches(&s), 3);
     }
 }

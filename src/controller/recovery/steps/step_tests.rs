@@ -14,10 +14,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::{
-    crd::worker_recovery::StepName,
-    docker::fake::FakeRuntime,
-    testing,
-    testing::mock_api::{self, Recorded},
+    crd::worker_recovery::StepName, docker::fake::FakeRuntime, testing, testing::mock_api,
 };
 
 const PLANS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/resumeplans";
@@ -31,7 +28,7 @@ struct Fixture {
     admission: Admission,
     ctx: Context,
     fake: Arc<FakeRuntime>,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    requests: mock_api::Requests,
     plans: Arc<Mutex<HashMap<String, Value>>>,
 }
 
@@ -59,7 +56,7 @@ async fn fixture(container: ContainerInfo, spec: Value) -> Fixture {
     .unwrap();
     let plans: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
     let kept = plans.clone();
-    let (client, requests) = mock_api::client(move |method, path, body| {
+    let answer = move |method: &Method, path: &str, body: &Value| {
         let mut plans = kept.lock().unwrap();
         let name = path.strip_prefix(PLANS).map(|n| n.trim_start_matches('/'));
         match (method, name) {
@@ -74,9 +71,9 @@ async fn fixture(container: ContainerInfo, spec: Value) -> Fixture {
             }
             _ => mock_api::not_found(path),
         }
-    });
+    };
     let fake = Arc::new(FakeRuntime::with_container(container));
-    let ctx = testing::context(client, fake.clone(), dir.path());
+    let (ctx, requests) = testing::api_context(answer, fake.clone(), dir.path());
     let admission = ctx.admit(&worker).await.expect("admitted");
     Fixture {
         dir,
@@ -464,12 +461,6 @@ async fn a_dry_run_changes_nothing_and_says_what_it_would_do() {
 }
 
 impl Fixture {
-    /// The heartbeat file, written at `at`.
-    fn heartbeat(&self, at: Timestamp) {
-        let body = json!({"timestamp": at.to_string(), "status": "idle"});
-        std::fs::write(self.path("workers/marie/heartbeat.json"), body.to_string()).unwrap();
-    }
-
     /// The verify step, begun `ago` seconds ago.
     async fn verify(&self, ago: u64) -> Outcome {
         let step = step_started(StepName::VerifyHealth, ago);
@@ -485,7 +476,7 @@ async fn verify_health_wants_a_heartbeat_newer_than_the_start() {
     let f = fixture(running, json!({"verifyTimeoutSeconds": 60})).await;
 
     // The last heartbeat is from before the start: not yet, within the deadline.
-    f.heartbeat(start - Duration::from_secs(30));
+    testing::heartbeat_at(f.dir.path(), start - Duration::from_secs(30));
     let message = waiting(f.verify(1).await);
     assert!(
         message.contains("no heartbeat since the start"),
@@ -503,7 +494,7 @@ async fn verify_health_wants_a_heartbeat_newer_than_the_start() {
     );
 
     // A heartbeat since the start: healthy.
-    f.heartbeat(Timestamp::now());
+    testing::heartbeat_at(f.dir.path(), Timestamp::now());
     let result = done(f.verify(1).await);
     assert_eq!(result.state(), StepState::Succeeded, "{}", result.message);
     assert!(

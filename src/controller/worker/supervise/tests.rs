@@ -1,7 +1,7 @@
 //! Supervision against an API server in memory (`mock_api`) and a fake engine: what it asks
 //! the server for, what it does to the container, and what it hands back for the status.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use http::Method;
 use serde_json::{json, Value};
@@ -30,7 +30,7 @@ struct Fixture {
     worker: Worker,
     ctx: Context,
     fake: Arc<FakeRuntime>,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    requests: mock_api::Requests,
     leases: Leases,
 }
 
