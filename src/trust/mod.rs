@@ -26,7 +26,7 @@
 pub mod claims;
 pub mod roots;
 
-pub use roots::{AllowedRoots, RootGrant};
+pub use roots::{AllowedRoots, RootError, RootGrant};
 
 use std::path::PathBuf;
 
@@ -102,6 +102,11 @@ pub fn check_consent(
     })
 }
 
+/// A `--file-only-worker` entry that is not `NAMESPACE/NAME` or `NAMESPACE/*`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NAMESPACE/NAME or NAMESPACE/*")]
+pub struct BadFileOnlyGrant(pub String);
+
 /// Workers the administrator lets reach their files without a container (`ns/name`, or
 /// `ns/*` for a whole namespace): workers run outside Docker whose files the operator may
 /// still clean up.
@@ -110,13 +115,13 @@ pub struct FileOnlyGrants(Vec<(String, Option<String>)>);
 
 impl FileOnlyGrants {
     /// Parse `ns/name` and `ns/*` entries.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, BadFileOnlyGrant> {
         let mut grants = Vec::new();
         for entry in entries {
             let (ns, name) = entry
                 .split_once('/')
                 .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-                .ok_or_else(|| format!("{entry:?} is not NAMESPACE/NAME or NAMESPACE/*"))?;
+                .ok_or_else(|| BadFileOnlyGrant(entry.clone()))?;
             grants.push((ns.to_string(), (name != "*").then(|| name.to_string())));
         }
         Ok(Self(grants))
@@ -253,6 +258,12 @@ mod tests {
         for bad in ["legacy", "/x", "a/", "a/b/c"] {
             assert!(FileOnlyGrants::parse(&[bad.into()]).is_err(), "{bad}");
         }
+        assert_eq!(
+            FileOnlyGrants::parse(&["ok/x".into(), "a/b/c".into()])
+                .unwrap_err()
+                .to_string(),
+            "\"a/b/c\" is not NAMESPACE/NAME or NAMESPACE/*"
+        );
     }
 
     #[test]
