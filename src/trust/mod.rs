@@ -34,7 +34,7 @@ use kube::ResourceExt;
 
 use crate::{
     crd::worker::{ResolvedPaths, SpecError, Worker},
-    docker::{ContainerInfo, ContainerObservation, ContainerRuntime},
+    docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
 };
 
 /// Label a container must carry for the operator to manage it; its value is
@@ -168,9 +168,10 @@ pub enum AdmitError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The engine could not say whether the container exists and consents: nothing may be
-    /// read or written until it can (transient).
-    #[error("the container's state is unknown: {0}")]
-    ContainerStateUnknown(String),
+    /// read or written until it can (transient). The engine's error is the source: printed
+    /// with it (`{:#}` of anyhow), "the container's state is unknown: Docker engine ...".
+    #[error("the container's state is unknown")]
+    ContainerStateUnknown(#[source] DockerError),
 }
 
 impl AdmitError {
@@ -185,7 +186,7 @@ impl AdmitError {
                 r.reason.as_str(),
                 format!("Worker {worker} is refused: {r}"),
             ),
-            Self::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
+            Self::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.to_string()),
         }
     }
 }
@@ -247,6 +248,23 @@ pub async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_container_state_carries_the_engine_error() {
+        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(e)),
+            "the container's state is unknown: Docker engine unreachable: no socket"
+        );
+        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        assert_eq!(
+            e.reason_and_message("marie"),
+            (
+                "ContainerStateUnknown",
+                "Docker engine unreachable: no socket".to_string()
+            )
+        );
+    }
 
     #[test]
     fn file_only_grants_name_a_worker_or_a_namespace() {
