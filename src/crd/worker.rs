@@ -995,8 +995,10 @@ impl Worker {
         let p = &self.spec.paths;
         let resolve = |field: &'static str, value: &Option<String>, default: &str| {
             let template = value.as_deref().unwrap_or(default);
-            confined_join(root, &template.replace("{worker}", &name))
-                .map_err(|reason| SpecError { field, reason })
+            confined_join(root, &template.replace("{worker}", &name)).map_err(|e| SpecError {
+                field,
+                reason: e.to_string(),
+            })
         };
         Ok(ResolvedPaths {
             heartbeat_file: resolve(
@@ -1019,21 +1021,27 @@ impl Worker {
     }
 }
 
+/// Why a path of the spec cannot be joined under the shared root; the text is a
+/// [`SpecError`]'s reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum RelativePathError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} must be relative and must not contain '..'")]
+    Escapes(String),
+}
+
 /// Join a relative path under `root`, refusing absolute paths and `..` components.
-fn confined_join(root: &Path, relative: &str) -> Result<PathBuf, String> {
+fn confined_join(root: &Path, relative: &str) -> Result<PathBuf, RelativePathError> {
     use std::path::Component;
     let rel = Path::new(relative);
     if relative.is_empty() {
-        return Err("must not be empty".into());
+        return Err(RelativePathError::Empty);
     }
     for component in rel.components() {
         match component {
             Component::Normal(_) | Component::CurDir => {}
-            _ => {
-                return Err(format!(
-                    "{relative:?} must be relative and must not contain '..'"
-                ))
-            }
+            _ => return Err(RelativePathError::Escapes(relative.into())),
         }
     }
     Ok(root.join(rel))
@@ -1085,6 +1093,12 @@ mod tests {
             w.spec.paths.tasks_dir = Some(bad.to_string());
             let err = w.resolved_paths().unwrap_err();
             assert_eq!(err.field, "spec.paths.tasksDir", "{bad}");
+            let reason = if bad.is_empty() {
+                "must not be empty".to_string()
+            } else {
+                format!("{bad:?} must be relative and must not contain '..'")
+            };
+            assert_eq!(err.reason, reason);
         }
         let mut w = worker(
             "apiVersion: workerrecovery.io/v1alpha1\nkind: Worker\nmetadata: {name: w}\nspec: {container: c, workerName: '..'}\n",

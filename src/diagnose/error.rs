@@ -15,8 +15,12 @@ use super::checks::{crash_logs::LogFailure, process::ProcessError};
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// Docker could not be asked about the container when the diagnosis started.
-    #[error("cannot inspect container {container:?}: {reason}")]
-    Uninspectable { container: String, reason: String },
+    #[error("cannot inspect container {container:?}")]
+    Uninspectable {
+        container: String,
+        #[source]
+        source: DockerError,
+    },
     /// The check needs the container, and there is none; `so` says what that prevents.
     #[error("container {container:?} does not exist{}", so.map(|s| format!(": {s}")).unwrap_or_default())]
     NoContainer {

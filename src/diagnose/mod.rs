@@ -43,7 +43,7 @@ pub struct CheckContext {
     pub previous: Option<WorkerStatus>,
     /// The container as inspected at the start: `Ok(None)` when it does not exist,
     /// `Err` when Docker could not be asked.
-    pub container: Result<Option<ContainerInfo>, String>,
+    pub container: Result<Option<ContainerInfo>, DockerError>,
     pub docker: Arc<dyn ContainerRuntime>,
     pub host: Arc<dyn HostProbe>,
     /// The client for the metrics endpoint, under the operator's URL policy.
@@ -153,10 +153,10 @@ impl CheckContext {
     }
 
     /// Docker could not be asked about the container when the diagnosis started (`reason`).
-    pub fn uninspectable(&self, reason: &str) -> CheckError {
+    pub fn uninspectable(&self, source: &DockerError) -> CheckError {
         CheckError::Uninspectable {
             container: self.spec.container.clone(),
-            reason: reason.to_string(),
+            source: source.clone(),
         }
     }
 

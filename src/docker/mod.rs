@@ -158,8 +158,8 @@ impl ContainerInfo {
 pub enum ContainerObservation {
     Found(Box<ContainerInfo>),
     NotFound,
-    /// The engine could not be asked.
-    Unavailable(String),
+    /// The engine could not be asked, or refused to answer.
+    Unavailable(DockerError),
 }
 
 impl ContainerObservation {
@@ -168,7 +168,7 @@ impl ContainerObservation {
         match docker.inspect(container).await {
             Ok(Some(info)) => Self::Found(Box::new(info)),
             Ok(None) => Self::NotFound,
-            Err(e) => Self::Unavailable(e.to_string()),
+            Err(e) => Self::Unavailable(e),
         }
     }
 }
@@ -210,7 +210,7 @@ pub struct ContainerEvent {
 pub const WATCHED_ACTIONS: [&str; 6] = ["die", "oom", "health_status", "start", "stop", "destroy"];
 
 /// Errors talking to the container engine.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DockerError {
     #[error("container {0:?} not found")]
     NotFound(String),

@@ -23,43 +23,90 @@ pub struct Declared {
     pub health_check: Option<HealthCheck>,
 }
 
+/// Why the spec's declaration cannot be used; the text is what the logs say.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeclarationError {
+    /// `field` (`memory`, `memorySwap`) is not a size.
+    #[error("{field}: {source}")]
+    Size {
+        field: &'static str,
+        #[source]
+        source: SizeError,
+    },
+    #[error("{field}: 0 is no limit; leave {field} out instead")]
+    ZeroSize { field: &'static str },
+    #[error(
+        "memorySwap {} is below memory {}: it is memory plus swap, at least memory",
+        format_size(*.memory_swap),
+        format_size(*.memory)
+    )]
+    SwapBelowMemory { memory_swap: i64, memory: i64 },
+    #[error("cpuQuota {0} must be positive")]
+    CpuQuota(i64),
+    /// `field` is `nofile` or `nproc`.
+    #[error("{field}: soft limit {soft} is above the hard limit {hard}")]
+    SoftAboveHard {
+        field: &'static str,
+        soft: i64,
+        hard: i64,
+    },
+    #[error("{field}: limits must not be negative")]
+    NegativeUlimit { field: &'static str },
+    #[error("healthCheck: the command is empty")]
+    EmptyHealthCommand,
+}
+
+/// Why a text is not a size ([`parse_size`]); `text` is the text as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("an empty size")]
+    Empty,
+    #[error("{text:?}: a size cannot be negative")]
+    Negative { text: String },
+    #[error("{text:?} is not a size: it must start with a number such as 512 or 1.5")]
+    NotANumber { text: String },
+    #[error("{text:?}: unknown unit {unit:?} (use k, m, g, t, Ki, Mi, Gi or Ti)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("{text:?} is too large")]
+    TooLarge { text: String },
+}
+
 /// Parse and check the spec's declaration (what the CRD schema cannot check: sizes, memory
 /// not above memory+swap, soft not above hard).
-pub fn declared(spec: &DeclaredResources) -> Result<Declared, String> {
-    let size = |v: &Option<String>, what: &str| -> Result<Option<i64>, String> {
-        match v.as_deref().map(parse_size).transpose() {
-            Err(e) => Err(format!("{what}: {e}")),
-            Ok(Some(0)) => Err(format!("{what}: 0 is no limit; leave {what} out instead")),
-            Ok(v) => Ok(v),
-        }
+pub fn declared(spec: &DeclaredResources) -> Result<Declared, DeclarationError> {
+    let size = |v: &Option<String>, field: &'static str| match v.as_deref().map(parse_size) {
+        Some(Err(source)) => Err(DeclarationError::Size { field, source }),
+        Some(Ok(0)) => Err(DeclarationError::ZeroSize { field }),
+        Some(Ok(v)) => Ok(Some(v)),
+        None => Ok(None),
     };
     let memory = size(&spec.memory, "memory")?;
     let memory_swap = size(&spec.memory_swap, "memorySwap")?;
-    if let (Some(m), Some(s)) = (memory, memory_swap) {
-        if s < m {
-            return Err(format!(
-                "memorySwap {} is below memory {}: it is memory plus swap, at least memory",
-                format_size(s),
-                format_size(m)
-            ));
+    if let (Some(memory), Some(memory_swap)) = (memory, memory_swap) {
+        if memory_swap < memory {
+            return Err(DeclarationError::SwapBelowMemory {
+                memory_swap,
+                memory,
+            });
         }
     }
     if let Some(q) = spec.cpu_quota {
         if q <= 0 {
-            return Err(format!("cpuQuota {q} must be positive"));
+            return Err(DeclarationError::CpuQuota(q));
         }
     }
-    let ulimit = |u: Option<crate::crd::worker::UlimitSpec>, what: &str| match u {
-        Some(u) if u.soft > u.hard => Err(format!(
-            "{what}: soft limit {} is above the hard limit {}",
-            u.soft, u.hard
-        )),
-        Some(u) if u.soft < 0 => Err(format!("{what}: limits must not be negative")),
+    let ulimit = |u: Option<crate::crd::worker::UlimitSpec>, field: &'static str| match u {
+        Some(u) if u.soft > u.hard => Err(DeclarationError::SoftAboveHard {
+            field,
+            soft: u.soft,
+            hard: u.hard,
+        }),
+        Some(u) if u.soft < 0 => Err(DeclarationError::NegativeUlimit { field }),
         u => Ok(u.map(|u| (u.soft, u.hard))),
     };
     let health_check = match &spec.health_check {
         Some(h) if h.command.is_empty() || h.command[0].is_empty() => {
-            return Err("healthCheck: the command is empty".into())
+            return Err(DeclarationError::EmptyHealthCommand)
         }
         Some(h) => Some(HealthCheck {
             command: h.command.clone(),
@@ -196,13 +243,14 @@ pub fn swap_for_update(
 /// (1024-based) as in Docker, as are `Ki`, `Mi`, `Gi`, `Ti`; a trailing `b`/`B` changes
 /// nothing. A fraction of a byte is dropped, as Docker does. Empty, negative, unknown units
 /// and sizes beyond `i64` are refused.
-pub fn parse_size(s: &str) -> Result<i64, String> {
+pub fn parse_size(s: &str) -> Result<i64, SizeError> {
+    let text = || s.to_string();
     let t = s.trim();
     if t.is_empty() {
-        return Err("an empty size".into());
+        return Err(SizeError::Empty);
     }
     if t.starts_with('-') {
-        return Err(format!("{s:?}: a size cannot be negative"));
+        return Err(SizeError::Negative { text: text() });
     }
     let number_end = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -214,9 +262,7 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
     };
     let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole) || (number.contains('.') && !digits(fraction)) {
-        return Err(format!(
-            "{s:?} is not a size: it must start with a number such as 512 or 1.5"
-        ));
+        return Err(SizeError::NotANumber { text: text() });
     }
     let lower = unit.to_ascii_lowercase();
     let prefix = lower.strip_suffix('b').unwrap_or(&lower);
@@ -227,13 +273,14 @@ pub fn parse_size(s: &str) -> Result<i64, String> {
         "g" | "gi" => 3,
         "t" | "ti" => 4,
         _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use k, m, g, t, Ki, Mi, Gi or Ti)"
-            ))
+            return Err(SizeError::UnknownUnit {
+                text: text(),
+                unit: unit.to_string(),
+            })
         }
     };
     let factor: u128 = 1 << (10 * power);
-    let out_of_range = || format!("{s:?} is too large");
+    let out_of_range = || SizeError::TooLarge { text: text() };
     // Exact arithmetic: whole * factor + fraction * factor / 10^len (truncated).
     let whole: u128 = whole.parse().map_err(|_| out_of_range())?;
     let fraction = &fraction[..fraction.len().min(30)];
@@ -375,8 +422,21 @@ mod tests {
         ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(parse_size("-1m").unwrap_err().contains("negative"));
-        assert!(parse_size("12x").unwrap_err().contains("unknown unit"));
+        for (bad, want) in [
+            ("", "an empty size"),
+            ("-1m", "\"-1m\": a size cannot be negative"),
+            (
+                "1..5g",
+                "\"1..5g\" is not a size: it must start with a number such as 512 or 1.5",
+            ),
+            (
+                "12x",
+                "\"12x\": unknown unit \"x\" (use k, m, g, t, Ki, Mi, Gi or Ti)",
+            ),
+            ("8388608t", "\"8388608t\" is too large"),
+        ] {
+            assert_eq!(parse_size(bad).unwrap_err().to_string(), want, "{bad:?}");
+        }
     }
 
     #[test]
@@ -448,12 +508,27 @@ mod tests {
         let bad = |f: &dyn Fn(&mut DeclaredResources)| {
             let mut s = spec.clone();
             f(&mut s);
-            declared(&s).unwrap_err()
+            declared(&s).unwrap_err().to_string()
         };
         assert!(bad(&|s| s.memory = Some("lots".into())).starts_with("memory: "));
         assert!(bad(&|s| s.memory_swap = Some("1x".into())).starts_with("memorySwap: "));
         assert!(bad(&|s| s.memory = Some("0".into())).contains("no limit"));
-        assert!(bad(&|s| s.memory_swap = Some("256m".into())).contains("below memory 512Mi"));
+        assert_eq!(
+            bad(&|s| s.memory_swap = Some("256m".into())),
+            "memorySwap 256Mi is below memory 512Mi: it is memory plus swap, at least memory"
+        );
+        assert_eq!(
+            bad(&|s| s.memory = Some("lots".into())),
+            "memory: \"lots\" is not a size: it must start with a number such as 512 or 1.5"
+        );
+        assert_eq!(
+            bad(&|s| s.nproc = Some(UlimitSpec { soft: -1, hard: 1 })),
+            "nproc: limits must not be negative"
+        );
+        assert_eq!(
+            bad(&|s| s.memory_swap = Some("0".into())),
+            "memorySwap: 0 is no limit; leave memorySwap out instead"
+        );
         assert!(bad(&|s| s.cpu_quota = Some(0)).contains("cpuQuota"));
         assert!(bad(&|s| s.nofile = Some(UlimitSpec { soft: 2, hard: 1 })).starts_with("nofile"));
         assert!(bad(&|s| s.health_check.as_mut().unwrap().command.clear()).contains("empty"));

@@ -7,7 +7,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use crate::{
     crd::monitoring::MetricsWatch,
-    http::HttpClient,
+    http::{HttpClient, HttpError},
     observe::prometheus_text::{self, Parsed},
 };
 
@@ -45,19 +45,32 @@ pub fn task_metrics(parsed: &Parsed) -> TaskMetrics {
     }
 }
 
+/// Why a scrape gave no task metrics; its text is what the status' `lastError` says.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScrapeError {
+    /// No answer: an invalid or forbidden URL, no connection, a timeout.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("answered with status {0}")]
+    Status(u16),
+    /// An answer without either series (lines that do not parse are skipped, so a page of
+    /// nothing but bad lines ends here too).
+    #[error("the endpoint answered without active_tasks or task_failed_total")]
+    NoTaskMetrics,
+}
+
 /// Scrape `url` once.
-pub async fn scrape(http: &HttpClient, url: &str) -> Result<TaskMetrics, String> {
+pub async fn scrape(http: &HttpClient, url: &str) -> Result<TaskMetrics, ScrapeError> {
     let page = http
         .get(url, SCRAPE_TIMEOUT, prometheus_text::MAX_PAGE_BYTES)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if page.status != 200 {
-        return Err(format!("answered with status {}", page.status));
+        return Err(ScrapeError::Status(page.status));
     }
     let parsed = prometheus_text::parse(&String::from_utf8_lossy(&page.body));
     let metrics = task_metrics(&parsed);
     if metrics.active_tasks.is_none() && metrics.task_failed_total.is_none() {
-        return Err("the endpoint answered without active_tasks or task_failed_total".into());
+        return Err(ScrapeError::NoTaskMetrics);
     }
     Ok(metrics)
 }
@@ -72,13 +85,14 @@ pub fn due(watch: Option<&MetricsWatch>, interval: Duration, now: Timestamp) -> 
 
 /// Fold one scrape into the watch. The first values seen are the baseline; a
 /// `task_failed_total` lower than the last one means the worker restarted and its counter
-/// began again from zero, so the new value is all increase (Prometheus' `increase()`).
-pub fn record(watch: &mut MetricsWatch, scrape: Result<TaskMetrics, String>, now: Timestamp) {
+/// began again from zero, so the new value is all increase (Prometheus' `increase()`). An
+/// error is written as text into `last_error`.
+pub fn record(watch: &mut MetricsWatch, scrape: Result<TaskMetrics, ScrapeError>, now: Timestamp) {
     watch.last_scrape_time = Some(Time(now));
     let m = match scrape {
         Ok(m) => m,
         Err(e) => {
-            watch.last_error = Some(e);
+            watch.last_error = Some(e.to_string());
             return;
         }
     };
@@ -123,13 +137,20 @@ mod tests {
                 task_failed_total: Some(5)
             })
         );
-        assert!(scrape(&client(), &url)
-            .await
-            .unwrap_err()
-            .contains("without active_tasks"));
+        let missing = scrape(&client(), &url).await.unwrap_err();
+        assert_eq!(missing, ScrapeError::NoTaskMetrics);
+        assert!(missing.to_string().contains("without active_tasks"));
+        let refused = scrape(&client(), &url).await.unwrap_err();
+        assert_eq!(refused, ScrapeError::Status(503));
+        assert_eq!(refused.to_string(), "answered with status 503");
+        let invalid = scrape(&client(), "ftp://x/metrics").await.unwrap_err();
+        assert!(matches!(
+            invalid,
+            ScrapeError::Http(HttpError::InvalidUrl(_))
+        ));
         assert_eq!(
-            scrape(&client(), &url).await,
-            Err("answered with status 503".into())
+            invalid.to_string(),
+            "invalid URL: only http:// and https:// URLs are supported"
         );
     }
 
@@ -137,7 +158,7 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    fn metrics(active: i64, failed: i64) -> Result<TaskMetrics, String> {
+    fn metrics(active: i64, failed: i64) -> Result<TaskMetrics, ScrapeError> {
         Ok(TaskMetrics {
             active_tasks: Some(active),
             task_failed_total: Some(failed),
@@ -157,8 +178,15 @@ mod tests {
         // The worker restarted: its counter starts again at 0 and reached 3.
         record(&mut w, metrics(0, 3), at(20));
         assert_eq!(w.task_failed_increase, 5);
-        record(&mut w, Err("connection refused".into()), at(30));
-        assert_eq!(w.last_error.as_deref(), Some("connection refused"));
+        let refused = HttpError::Connect {
+            origin: "http://10.0.0.1:9100".into(),
+            reason: "Connection refused".into(),
+        };
+        record(&mut w, Err(refused.into()), at(30));
+        assert_eq!(
+            w.last_error.as_deref(),
+            Some("cannot connect to http://10.0.0.1:9100: Connection refused")
+        );
         assert_eq!(
             w.task_failed_total,
             Some(3),

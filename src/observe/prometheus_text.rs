@@ -55,6 +55,46 @@ pub fn parse(text: &str) -> Parsed {
     out
 }
 
+/// Why a sample line could not be parsed; the text is what [`Parsed::errors`] carries after
+/// `line N: `.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("bad metric name in {0:?}")]
+    BadName(String),
+    #[error("no value in {0:?}")]
+    NoValue(String),
+    #[error(transparent)]
+    BadValue(#[from] BadValue),
+    #[error("bad timestamp {0:?}")]
+    BadTimestamp(String),
+    #[error("unexpected {0:?} after the timestamp")]
+    Trailing(String),
+    #[error(transparent)]
+    Labels(#[from] LabelError),
+}
+
+/// A sample value that is not a number, `NaN` or an infinity.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad value {0:?}")]
+pub struct BadValue(pub String);
+
+/// Why a label set (`{a="x",b="y"}`) could not be parsed; `label` is the last name read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("unterminated label set")]
+    Unterminated,
+    #[error("bad label name at {0:?}")]
+    BadName(String),
+    #[error("expected '=' after label {label}")]
+    NoEquals { label: String },
+    #[error("expected '\"' for label {label}")]
+    NoQuote { label: String },
+    #[error("unterminated value of label {label}")]
+    UnterminatedValue { label: String },
+    #[error("expected ',' or '}}' after label {label}")]
+    NoSeparator { label: String },
+}
+
 fn is_name_start(c: char) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':'
 }
@@ -63,11 +103,11 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == ':'
 }
 
-pub fn parse_line(line: &str) -> Result<Sample, String> {
+pub fn parse_line(line: &str) -> Result<Sample, ParseError> {
     let name_end = line.find(|c: char| !is_name_char(c)).unwrap_or(line.len());
     let name = &line[..name_end];
     if !name.starts_with(is_name_start) {
-        return Err(format!("bad metric name in {:?}", short(line)));
+        return Err(ParseError::BadName(short(line)));
     }
     let mut rest = &line[name_end..];
     let mut labels = Vec::new();
@@ -79,17 +119,17 @@ pub fn parse_line(line: &str) -> Result<Sample, String> {
     let mut fields = rest.split_whitespace();
     let value_text = fields
         .next()
-        .ok_or_else(|| format!("no value in {:?}", short(line)))?;
+        .ok_or_else(|| ParseError::NoValue(short(line)))?;
     let value = parse_value(value_text)?;
     let timestamp_ms = match fields.next() {
         Some(t) => Some(
             t.parse::<i64>()
-                .map_err(|_| format!("bad timestamp {t:?}"))?,
+                .map_err(|_| ParseError::BadTimestamp(t.to_string()))?,
         ),
         None => None,
     };
     if let Some(extra) = fields.next() {
-        return Err(format!("unexpected {extra:?} after the timestamp"));
+        return Err(ParseError::Trailing(extra.to_string()));
     }
     Ok(Sample {
         name: name.to_string(),
@@ -100,7 +140,7 @@ pub fn parse_line(line: &str) -> Result<Sample, String> {
 }
 
 /// Parse `a="x",b="y"}` (after the `{`); returns the labels and the text after `}`.
-fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
+fn parse_labels(mut s: &str) -> Result<(Labels, &str), LabelError> {
     let mut labels = Vec::new();
     loop {
         s = s.trim_start();
@@ -109,24 +149,24 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
         }
         let name_end = s
             .find(|c: char| !is_name_char(c))
-            .ok_or("unterminated label set")?;
+            .ok_or(LabelError::Unterminated)?;
         let name = &s[..name_end];
         if name.is_empty() {
-            return Err(format!("bad label name at {:?}", short(s)));
+            return Err(LabelError::BadName(short(s)));
         }
         s = s[name_end..].trim_start();
         s = s
             .strip_prefix('=')
-            .ok_or_else(|| format!("expected '=' after label {name}"))?
+            .ok_or_else(|| LabelError::NoEquals { label: name.into() })?
             .trim_start();
         s = s
             .strip_prefix('"')
-            .ok_or_else(|| format!("expected '\"' for label {name}"))?;
+            .ok_or_else(|| LabelError::NoQuote { label: name.into() })?;
         let mut value = String::new();
         let mut chars = s.char_indices();
         let end = loop {
             match chars.next() {
-                None => return Err(format!("unterminated value of label {name}")),
+                None => return Err(LabelError::UnterminatedValue { label: name.into() }),
                 Some((i, '"')) => break i,
                 Some((_, '\\')) => match chars.next() {
                     Some((_, 'n')) => value.push('\n'),
@@ -136,7 +176,7 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
                         value.push('\\');
                         value.push(c);
                     }
-                    None => return Err(format!("unterminated value of label {name}")),
+                    None => return Err(LabelError::UnterminatedValue { label: name.into() }),
                 },
                 Some((_, c)) => value.push(c),
             }
@@ -146,12 +186,12 @@ fn parse_labels(mut s: &str) -> Result<(Labels, &str), String> {
         if let Some(rest) = s.strip_prefix(',') {
             s = rest;
         } else if !s.starts_with('}') {
-            return Err(format!("expected ',' or '}}' after label {name}"));
+            return Err(LabelError::NoSeparator { label: name.into() });
         }
     }
 }
 
-pub fn parse_value(s: &str) -> Result<f64, String> {
+pub fn parse_value(s: &str) -> Result<f64, BadValue> {
     match s {
         "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
         "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
@@ -160,7 +200,7 @@ pub fn parse_value(s: &str) -> Result<f64, String> {
             .parse::<f64>()
             .ok()
             .filter(|v| v.is_finite())
-            .ok_or_else(|| format!("bad value {s:?}")),
+            .ok_or_else(|| BadValue(s.to_string())),
     }
 }
 
@@ -206,6 +246,31 @@ pub(crate) mod tests {
                 ("version".to_string(), "0.1.0".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn bad_lines_say_why_in_the_same_words() {
+        for (line, want) in [
+            ("9lives 1", "bad metric name in \"9lives 1\""),
+            ("ok_no_value", "no value in \"ok_no_value\""),
+            ("val x", "bad value \"x\""),
+            ("val 1 notatime", "bad timestamp \"notatime\""),
+            ("val 1 2 3", "unexpected \"3\" after the timestamp"),
+            ("m{a=\"x\",b", "unterminated label set"),
+            ("m{-} 1", "bad label name at \"-} 1\""),
+            ("m{a \"x\"} 1", "expected '=' after label a"),
+            ("m{a=x} 1", "expected '\"' for label a"),
+            ("m{a=\"x} 1", "unterminated value of label a"),
+            ("m{a=\"x\\", "unterminated value of label a"),
+            ("m{a=\"x\" b=\"y\"} 1", "expected ',' or '}' after label a"),
+        ] {
+            assert_eq!(parse_line(line).unwrap_err().to_string(), want, "{line}");
+        }
+        assert_eq!(parse_value("1e999"), Err(BadValue("1e999".into())));
+        assert!(matches!(
+            parse_line("m{a=x} 1"),
+            Err(ParseError::Labels(LabelError::NoQuote { .. }))
+        ));
     }
 
     #[test]

@@ -22,10 +22,27 @@ use std::{
 };
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use kube::{runtime::reflector::Store, ResourceExt};
+use kube::{
+    runtime::reflector::{store::WriterDropped, Store},
+    ResourceExt,
+};
 
 use super::{roots::AllowedRoots, Refusal, RefusalReason};
 use crate::crd::worker::{PathClaim, ResolvedPaths, Worker};
+
+/// Why the other Workers' claims could not be gathered; the refusal says it in text.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimsError {
+    /// The Workers' cache was not filled within [`STORE_WAIT`].
+    #[error("the Workers' cache is not filled yet")]
+    NotReady,
+    /// The cache will never be filled: its writer is gone.
+    #[error(transparent)]
+    StoreGone(#[from] WriterDropped),
+    /// Resolving newcomers' claims on the blocking pool did not finish.
+    #[error(transparent)]
+    Resolve(#[from] tokio::task::JoinError),
+}
 
 /// How long another Worker's resolved claim is reused before it is resolved again.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
@@ -207,11 +224,10 @@ impl Registry {
     /// Every other Worker's claim: the one recorded in its status, or, for a Worker the
     /// operator has not looked at yet, the tentative one its admission would make (resolved
     /// again when older than [`CLAIM_TTL`]). A Worker refused for any reason claims nothing.
-    async fn claims(&self, me: &Claim, roots: &AllowedRoots) -> Result<Vec<Claim>, String> {
+    async fn claims(&self, me: &Claim, roots: &AllowedRoots) -> Result<Vec<Claim>, ClaimsError> {
         tokio::time::timeout(STORE_WAIT, self.workers.wait_until_ready())
             .await
-            .map_err(|_| "the Workers' cache is not filled yet".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| ClaimsError::NotReady)??;
         let workers = self.workers.state();
         let mut claims = Vec::new();
         let mut newcomers = Vec::new();
@@ -232,7 +248,7 @@ impl Registry {
         &self,
         workers: Vec<std::sync::Arc<Worker>>,
         roots: &AllowedRoots,
-    ) -> Result<Vec<Claim>, String> {
+    ) -> Result<Vec<Claim>, ClaimsError> {
         let stale: Vec<_> = {
             let cache = self.cache.lock().unwrap();
             workers
@@ -253,8 +269,7 @@ impl Registry {
                     .map(|w| (worker_uid(w), w.metadata.generation, resolve(w, &roots)))
                     .collect::<Vec<_>>()
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             let mut cache = self.cache.lock().unwrap();
             for (uid, generation, claim) in resolved {
                 let at = Instant::now();

@@ -26,7 +26,7 @@
 pub mod claims;
 pub mod roots;
 
-pub use roots::{AllowedRoots, RootGrant};
+pub use roots::{AllowedRoots, RootError, RootGrant};
 
 use std::path::PathBuf;
 
@@ -34,7 +34,7 @@ use kube::ResourceExt;
 
 use crate::{
     crd::worker::{ResolvedPaths, SpecError, Worker},
-    docker::{ContainerInfo, ContainerObservation, ContainerRuntime},
+    docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
 };
 
 /// Label a container must carry for the operator to manage it; its value is
@@ -102,6 +102,11 @@ pub fn check_consent(
     })
 }
 
+/// A `--file-only-worker` entry that is not `NAMESPACE/NAME` or `NAMESPACE/*`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not NAMESPACE/NAME or NAMESPACE/*")]
+pub struct BadFileOnlyGrant(pub String);
+
 /// Workers the administrator lets reach their files without a container (`ns/name`, or
 /// `ns/*` for a whole namespace): workers run outside Docker whose files the operator may
 /// still clean up.
@@ -110,13 +115,13 @@ pub struct FileOnlyGrants(Vec<(String, Option<String>)>);
 
 impl FileOnlyGrants {
     /// Parse `ns/name` and `ns/*` entries.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String]) -> Result<Self, BadFileOnlyGrant> {
         let mut grants = Vec::new();
         for entry in entries {
             let (ns, name) = entry
                 .split_once('/')
                 .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
-                .ok_or_else(|| format!("{entry:?} is not NAMESPACE/NAME or NAMESPACE/*"))?;
+                .ok_or_else(|| BadFileOnlyGrant(entry.clone()))?;
             grants.push((ns.to_string(), (name != "*").then(|| name.to_string())));
         }
         Ok(Self(grants))
@@ -163,9 +168,10 @@ pub enum AdmitError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The engine could not say whether the container exists and consents: nothing may be
-    /// read or written until it can (transient).
-    #[error("the container's state is unknown: {0}")]
-    ContainerStateUnknown(String),
+    /// read or written until it can (transient). The engine's error is the source: printed
+    /// with it (`{:#}` of anyhow), "the container's state is unknown: Docker engine ...".
+    #[error("the container's state is unknown")]
+    ContainerStateUnknown(#[source] DockerError),
 }
 
 impl AdmitError {
@@ -180,7 +186,7 @@ impl AdmitError {
                 r.reason.as_str(),
                 format!("Worker {worker} is refused: {r}"),
             ),
-            Self::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.clone()),
+            Self::ContainerStateUnknown(e) => ("ContainerStateUnknown", e.to_string()),
         }
     }
 }
@@ -244,6 +250,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_unknown_container_state_carries_the_engine_error() {
+        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(e)),
+            "the container's state is unknown: Docker engine unreachable: no socket"
+        );
+        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        assert_eq!(
+            e.reason_and_message("marie"),
+            (
+                "ContainerStateUnknown",
+                "Docker engine unreachable: no socket".to_string()
+            )
+        );
+    }
+
+    #[test]
     fn file_only_grants_name_a_worker_or_a_namespace() {
         let grants = FileOnlyGrants::parse(&["team-a/legacy".into(), "team-b/*".into()]).unwrap();
         assert!(grants.allows("team-a", "legacy"));
@@ -253,6 +276,12 @@ mod tests {
         for bad in ["legacy", "/x", "a/", "a/b/c"] {
             assert!(FileOnlyGrants::parse(&[bad.into()]).is_err(), "{bad}");
         }
+        assert_eq!(
+            FileOnlyGrants::parse(&["ok/x".into(), "a/b/c".into()])
+                .unwrap_err()
+                .to_string(),
+            "\"a/b/c\" is not NAMESPACE/NAME or NAMESPACE/*"
+        );
     }
 
     #[test]

@@ -18,6 +18,21 @@ pub struct AllowedRoots {
     namespaced: BTreeMap<String, Vec<PathBuf>>,
 }
 
+/// Why an allowed root cannot be used; the operator does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("allowed root {} must be an absolute path", .0.display())]
+    NotAbsolute(PathBuf),
+    #[error("allowed root {}: {source}", .root.display())]
+    Unresolvable {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("allowed root {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+}
+
 /// One `--allowed-root` value: `DIR` (every namespace) or `NAMESPACE=DIR`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootGrant {
@@ -25,6 +40,7 @@ pub struct RootGrant {
     pub dir: PathBuf,
 }
 
+/// clap's value parser for `--allowed-root`: its error is text that clap prints.
 impl std::str::FromStr for RootGrant {
     type Err = String;
 
@@ -55,7 +71,7 @@ impl std::str::FromStr for RootGrant {
 
 impl AllowedRoots {
     /// Every namespace may use each of `dirs` (the single-team form).
-    pub fn new(dirs: &[PathBuf]) -> Result<Self, String> {
+    pub fn new(dirs: &[PathBuf]) -> Result<Self, RootError> {
         let grants: Vec<RootGrant> = dirs
             .iter()
             .map(|d| RootGrant {
@@ -68,7 +84,7 @@ impl AllowedRoots {
 
     /// Resolve each granted directory. A root must be an absolute path to an existing
     /// directory: a typo here would otherwise refuse Workers in silence.
-    pub fn from_grants(grants: &[RootGrant]) -> Result<Self, String> {
+    pub fn from_grants(grants: &[RootGrant]) -> Result<Self, RootError> {
         let mut roots = Self::default();
         for grant in grants {
             let resolved = resolve(&grant.dir)?;
@@ -165,20 +181,16 @@ impl AllowedRoots {
     }
 }
 
-fn resolve(root: &Path) -> Result<PathBuf, String> {
+fn resolve(root: &Path) -> Result<PathBuf, RootError> {
     if !root.is_absolute() {
-        return Err(format!(
-            "allowed root {} must be an absolute path",
-            root.display()
-        ));
+        return Err(RootError::NotAbsolute(root.into()));
     }
-    let resolved =
-        std::fs::canonicalize(root).map_err(|e| format!("allowed root {}: {e}", root.display()))?;
+    let resolved = std::fs::canonicalize(root).map_err(|source| RootError::Unresolvable {
+        root: root.into(),
+        source,
+    })?;
     if !resolved.is_dir() {
-        return Err(format!(
-            "allowed root {} is not a directory",
-            root.display()
-        ));
+        return Err(RootError::NotADirectory(root.into()));
     }
     Ok(resolved)
 }
@@ -303,8 +315,27 @@ mod tests {
             "an absolute path may contain '='"
         );
         assert!("Team_A=/x".parse::<RootGrant>().is_err());
-        assert!(AllowedRoots::new(&[PathBuf::from("relative")]).is_err());
-        assert!(AllowedRoots::new(&[PathBuf::from("/does/not/exist/wro")]).is_err());
+        let relative = AllowedRoots::new(&[PathBuf::from("relative")]).unwrap_err();
+        assert!(matches!(relative, RootError::NotAbsolute(_)));
+        assert_eq!(
+            relative.to_string(),
+            "allowed root relative must be an absolute path"
+        );
+        let missing = AllowedRoots::new(&[PathBuf::from("/does/not/exist/wro")]).unwrap_err();
+        assert!(matches!(missing, RootError::Unresolvable { .. }));
+        assert!(
+            missing
+                .to_string()
+                .starts_with("allowed root /does/not/exist/wro: No such file"),
+            "{missing}"
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            AllowedRoots::new(&[file.path().to_path_buf()])
+                .unwrap_err()
+                .to_string(),
+            format!("allowed root {} is not a directory", file.path().display())
+        );
         let err = AllowedRoots::default()
             .admit("ns", Path::new("/tmp"))
             .unwrap_err();

@@ -620,9 +620,7 @@ async fn clean_up(
 async fn give_queue_back(ctx: &Context, plan: &ResumePlan, worker: &Worker) -> Result<(), Error> {
     let admission = match ctx.admit(worker).await {
         Ok(a) => a,
-        Err(AdmitError::ContainerStateUnknown(e)) => {
-            return Err(crate::docker::DockerError::Unavailable(e).into())
-        }
+        Err(AdmitError::ContainerStateUnknown(e)) => return Err(e.into()),
         Err(_) => return Ok(()),
     };
     if let Some(holder) = writer_elsewhere(ctx, worker, plan).await? {

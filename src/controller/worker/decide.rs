@@ -656,7 +656,7 @@ pub fn next_look(obs: &Observation, heartbeat_timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::heartbeat::ContentIssue;
+    use crate::{docker::DockerError, observe::heartbeat::ContentIssue};
 
     const NOW: i64 = 1_795_823_941;
 
@@ -1052,11 +1052,18 @@ mod tests {
     #[test]
     fn docker_unreachable_is_unknown() {
         let a = assess(
-            &obs(ContainerObservation::Unavailable("socket".into()), beat(1)),
+            &obs(
+                ContainerObservation::Unavailable(DockerError::Unavailable("socket".into())),
+                beat(1),
+            ),
             TIMEOUT,
         );
         assert_eq!(a.phase, WorkerPhase::Unknown);
         assert_eq!(a.container_running.status, ConditionStatus::Unknown);
+        assert_eq!(
+            a.container_running.message,
+            "cannot inspect the container: Docker engine unreachable: socket"
+        );
         assert_eq!(a.ready.status, ConditionStatus::Unknown);
     }
 
@@ -1155,7 +1162,7 @@ mod tests {
             ContainerObservation::Found(container("paused", false)),
             ContainerObservation::Found(container("restarting", false)),
             ContainerObservation::Found(container("dead", false)),
-            ContainerObservation::Unavailable("x".into()),
+            ContainerObservation::Unavailable(DockerError::Unavailable("x".into())),
         ] {
             assert_eq!(
                 failure(&obs(other.clone(), beat(5)), TIMEOUT),

@@ -208,7 +208,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         next = next.min(left + Duration::from_millis(20));
     }
     if let ContainerObservation::Unavailable(e) = obs.container {
-        return Err(crate::docker::DockerError::Unavailable(e).into());
+        return Err(e.into());
     }
     Ok(Action::requeue(next))
 }

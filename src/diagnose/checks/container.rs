@@ -198,9 +198,12 @@ pub fn human_bytes(bytes: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diagnose::testing::*, docker::fake::FakeRuntime};
+    use crate::{
+        diagnose::testing::*,
+        docker::{fake::FakeRuntime, DockerError},
+    };
 
-    async fn check(container: Result<Option<ContainerInfo>, String>) -> CheckResult {
+    async fn check(container: Result<Option<ContainerInfo>, DockerError>) -> CheckResult {
         run(&context(
             &worker(),
             container,
@@ -283,11 +286,13 @@ mod tests {
         let f = check(Ok(None)).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::ContainerNotFound);
         assert_eq!(f[0].evidence["container"], "marie");
-        let err = check(Err("Docker engine unreachable: no socket".into()))
+        let err = check(Err(DockerError::Unavailable("no socket".into())))
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no socket"), "{err}");
+            .unwrap_err();
+        assert_eq!(
+            crate::diagnose::error::message(&err),
+            "cannot inspect container \"marie\": Docker engine unreachable: no socket"
+        );
     }
 
     #[test]
