@@ -488,11 +488,6 @@ impl ContainerRuntime for DockerEngine {
     }
 
     async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError> {
-        let Limits {
-            memory,
-            memory_swap,
-            cpu_quota,
-        } = limits;
         let current = self
             .docker
             .inspect_container(container, None)
@@ -500,11 +495,11 @@ impl ContainerRuntime for DockerEngine {
             .map_err(|e| container_error("inspect", container, e))?;
         let host = current.host_config.unwrap_or_default();
         let mut body = ContainerUpdateBody {
-            memory,
-            memory_swap: swap_for_update(host.memory_swap, memory, memory_swap),
+            memory: limits.memory,
+            memory_swap: swap_for_update(host.memory_swap, limits.memory, limits.memory_swap),
             ..Default::default()
         };
-        if let Some(quota) = cpu_quota {
+        if let Some(quota) = limits.cpu_quota {
             if host.nano_cpus.is_some_and(|n| n > 0) {
                 // `--cpus`: Docker refuses a quota next to it; the same limit as `--cpus`.
                 body.nano_cpus = Some(quota.saturating_mul(10_000));
