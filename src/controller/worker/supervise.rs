@@ -87,24 +87,25 @@ pub async fn supervise(
         levels: escalate::levels(worker.spec.escalation.as_ref()),
         restarts_before: previous.map_or(0, |s| s.restart_count),
     };
-    let mut out = Supervision::carried_over(previous);
-    out.drift = drift(worker, obs);
+    let mut supervision = Supervision::carried_over(previous);
+    supervision.drift = drift(worker, obs);
     let healthy = decide::assess(obs, timeout).phase == WorkerPhase::Healthy;
-    policy::observe_health(spec, &mut out.record, healthy, obs.now);
-    policy::prune(spec, &mut out.record, obs.now);
+    policy::observe_health(spec, &mut supervision.record, healthy, obs.now);
+    policy::prune(spec, &mut supervision.record, obs.now);
     if healthy {
-        close_if_healthy(&look, &mut out).await;
+        close_if_healthy(&look, &mut supervision).await;
     }
     // Automatic recovery acts only while it is on and not paused, before any escalation, and
     // with the Worker's files in reach.
-    if let (true, false, None, Some(admission)) = (spec.enabled, paused, &out.escalation, admission)
+    if let (true, false, None, Some(admission)) =
+        (spec.enabled, paused, &supervision.escalation, admission)
     {
         if let Some(failure) = decide::failure(obs, timeout) {
-            decide_and_act(&look, admission, &failure, &mut out).await?;
+            decide_and_act(&look, admission, &failure, &mut supervision).await?;
         }
     }
-    climb_ladder(&look, admission, &mut out).await?;
-    Ok(out)
+    climb_ladder(&look, admission, &mut supervision).await?;
+    Ok(supervision)
 }
 
 /// What one look at a Worker gives every part of its supervision.
@@ -150,13 +151,13 @@ fn drift(worker: &Worker, obs: &Observation) -> Vec<DriftItem> {
 
 /// A healthy worker closes its escalation: someone fixed it, so automatic recovery starts
 /// afresh.
-async fn close_if_healthy(look: &Look<'_>, out: &mut Supervision) {
-    let Some(e) = out.escalation.take() else {
+async fn close_if_healthy(look: &Look<'_>, supervision: &mut Supervision) {
+    let Some(e) = supervision.escalation.take() else {
         return;
     };
-    out.record.attempts.clear();
-    out.record.consecutive_failures = 0;
-    out.record.backoff_seconds = 0;
+    supervision.record.attempts.clear();
+    supervision.record.consecutive_failures = 0;
+    supervision.record.backoff_seconds = 0;
     let note = format!(
         "the worker is healthy again; the escalation (level {}) is closed",
         e.level
@@ -179,7 +180,7 @@ async fn decide_and_act(
     look: &Look<'_>,
     admission: &Admission,
     failure: &FailureKind,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) -> Result<(), Error> {
     let runs = list_runs(look.ctx, look.worker).await?;
     // A run, plan or failover that is the Worker's writer now holds automatic recovery back
@@ -187,7 +188,7 @@ async fn decide_and_act(
     let in_progress = writer::current_holder(&look.ctx.client, look.worker)
         .await?
         .is_some();
-    let last_run = out
+    let last_run = supervision
         .record
         .attempts
         .last()
@@ -195,18 +196,18 @@ async fn decide_and_act(
     if in_progress {
         // Its end is seen through the watch of owned runs; look again soon anyway (a run
         // applied by hand is not owned by the Worker).
-        out.next_look = Some(Duration::from_secs(2));
+        supervision.next_look = Some(Duration::from_secs(2));
     }
-    match decision(look, &out.record, failure, last_run, in_progress) {
+    match decision(look, &supervision.record, failure, last_run, in_progress) {
         Decision::Nothing => {}
         Decision::Attempt => {
             // A failure is only ever found in a container that was found.
             if let ContainerObservation::Found(container) = &look.obs.container {
-                attempt(look, admission, failure, container, out).await?;
+                attempt(look, admission, failure, container, supervision).await?;
             }
         }
-        Decision::Wait { until, reason } => back_off(look, until, reason, out).await,
-        Decision::GiveUp { reason } => give_up(look, reason, last_run, out).await,
+        Decision::Wait { until, reason } => back_off(look, until, reason, supervision).await,
+        Decision::GiveUp { reason } => give_up(look, reason, last_run, supervision).await,
     }
     Ok(())
 }
@@ -242,8 +243,13 @@ fn decision(
 
 /// Hold the next attempt back until `until`. The Event is published once per wait, not at
 /// every look during it.
-async fn back_off(look: &Look<'_>, until: Timestamp, reason: String, out: &mut Supervision) {
-    if out.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
+async fn back_off(
+    look: &Look<'_>,
+    until: Timestamp,
+    reason: String,
+    supervision: &mut Supervision,
+) {
+    if supervision.record.next_attempt_time.as_ref().map(|t| t.0) != Some(until) {
         info!(%reason, "automatic recovery backs off");
         look.ctx
             .publish(
@@ -255,9 +261,9 @@ async fn back_off(look: &Look<'_>, until: Timestamp, reason: String, out: &mut S
             )
             .await;
     }
-    out.record.next_attempt_time = Some(Time(until));
-    out.record.waiting_reason = Some(reason);
-    out.next_look = Some(look.obs.now.duration_until(until).unsigned_abs());
+    supervision.record.next_attempt_time = Some(Time(until));
+    supervision.record.waiting_reason = Some(reason);
+    supervision.next_look = Some(look.obs.now.duration_until(until).unsigned_abs());
 }
 
 /// Automatic recovery gave up: the escalation begins, with the last run's root cause.
@@ -265,10 +271,10 @@ async fn give_up(
     look: &Look<'_>,
     reason: String,
     last_run: Option<&WorkerRecovery>,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) {
     let root_cause = last_run.and_then(root_cause_of);
-    let run = out.record.attempts.last().map(|a| a.run.clone());
+    let run = supervision.record.attempts.last().map(|a| a.run.clone());
     let e = escalate::begin(&look.levels, reason.clone(), root_cause, run, look.obs.now);
     warn!(level = %e.level, %reason, "automatic recovery gave up: escalated");
     look.ctx
@@ -280,7 +286,7 @@ async fn give_up(
             format!("escalated to level {}: {reason}", e.level),
         )
         .await;
-    out.escalation = Some(e);
+    supervision.escalation = Some(e);
 }
 
 /// An open escalation climbs its path with time: a new level is published and notified, the
@@ -288,9 +294,9 @@ async fn give_up(
 async fn climb_ladder(
     look: &Look<'_>,
     admission: Option<&Admission>,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) -> Result<(), Error> {
-    let Some(e) = out.escalation.as_mut() else {
+    let Some(e) = supervision.escalation.as_mut() else {
         return Ok(());
     };
     let (ctx, worker, levels) = (look.ctx, look.worker, &look.levels);
@@ -313,19 +319,19 @@ async fn climb_ladder(
     notify(ctx, worker, e, previous_level);
     if let (true, Some(admission)) = (escalate::at_last_level(e, levels), admission) {
         if fail_over(ctx, worker, admission, e).await? {
-            out.next_look = Some(Duration::from_secs(2));
+            supervision.next_look = Some(Duration::from_secs(2));
         } else if e
             .failover
             .as_ref()
             .is_some_and(|f| f.state == FailoverState::Moving)
         {
             // The batch just recorded moves on the next look, once the record is written.
-            out.next_look = Some(Duration::from_millis(100));
+            supervision.next_look = Some(Duration::from_millis(100));
         }
     }
     if let Some(at) = escalate::next_level_time(e, levels) {
         let left = look.obs.now.duration_until(at).unsigned_abs() + Duration::from_millis(20);
-        out.next_look = Some(out.next_look.map_or(left, |n| n.min(left)));
+        supervision.next_look = Some(supervision.next_look.map_or(left, |n| n.min(left)));
     }
     Ok(())
 }
@@ -346,12 +352,19 @@ async fn attempt(
     admission: &Admission,
     failure: &FailureKind,
     container: &ContainerInfo,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) -> Result<(), Error> {
-    let Some(mut attempt) = begin_attempt(look, container, out).await? else {
+    let Some(mut attempt) = begin_attempt(look, container, supervision).await? else {
         return Ok(());
     };
-    remediate(look, admission, failure, &mut attempt, &mut out.record).await?;
+    remediate(
+        look,
+        admission,
+        failure,
+        &mut attempt,
+        &mut supervision.record,
+    )
+    .await?;
     if look.worker.spec.auto_recovery.mode == AutoRecoveryMode::Quick
         && attempt.restarted_at.is_none()
     {
@@ -366,7 +379,7 @@ async fn attempt(
         attempt.restarted_at,
     )
     .await?;
-    record_outcome(look, failure, &attempt, out).await;
+    record_outcome(look, failure, &attempt, supervision).await;
     info!(run = %attempt.run, trigger = %failure.trigger(), "automatic recovery attempt");
     prune_runs(look.ctx, look.worker).await
 }
@@ -376,16 +389,16 @@ async fn attempt(
 async fn begin_attempt(
     look: &Look<'_>,
     container: &ContainerInfo,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) -> Result<Option<Attempt>, Error> {
-    let n = out.record.attempts_total + 1;
+    let n = supervision.record.attempts_total + 1;
     let run = policy::run_name(&look.worker.name_any(), n);
     let me = writer::Holder::Run(run.clone());
     if let writer::Acquired::HeldBy(holder) =
         writer::acquire(&look.ctx.client, look.worker, &me, None).await?
     {
         info!(%holder, "automatic recovery waits: another writer has the Worker");
-        out.next_look = Some(Duration::from_secs(2));
+        supervision.next_look = Some(Duration::from_secs(2));
         return Ok(None);
     }
     Ok(Some(Attempt {
@@ -450,7 +463,7 @@ async fn record_outcome(
     look: &Look<'_>,
     failure: &FailureKind,
     attempt: &Attempt,
-    out: &mut Supervision,
+    supervision: &mut Supervision,
 ) {
     let (spec, run, container) = (
         &look.worker.spec.auto_recovery,
@@ -462,7 +475,7 @@ async fn record_outcome(
     let now = look.obs.now;
     policy::record_attempt(
         spec,
-        &mut out.record,
+        &mut supervision.record,
         run,
         &trigger,
         remediation.clone(),
@@ -485,7 +498,7 @@ async fn record_outcome(
         return;
     };
     look.ctx.metrics.record_restart(super::CONTROLLER);
-    out.restart = Some(RestartRecord { at });
+    supervision.restart = Some(RestartRecord { at });
     let count = look.restarts_before + 1;
     let note = format!(
         "{}; auto-recovery started it again (restart {count}, run {run}){}",
