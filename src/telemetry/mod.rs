@@ -1,11 +1,14 @@
 //! Logs and traces through `tracing`.
 //!
-//! Logs go to stderr, human-readable by default or JSON for log pipelines. Traces are exported
+//! Logs go to stderr, human-readable by default (coloured only on a terminal) or JSON for log
+//! pipelines (`--log-format json`). Traces are exported
 //! with OTLP over HTTP when the standard `OTEL_*` environment says so (see [`export_wanted`]),
 //! and cost nothing otherwise: the recovery trace (`recovery_trace`) then goes to a no-op
 //! tracer.
 
 pub mod recovery_trace;
+
+use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -21,6 +24,12 @@ pub const SCOPE: &str = "worker-recovery-operator";
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// Whether human-readable logs are coloured: only on a terminal (never in a file or in
+/// `kubectl logs`), and never when `NO_COLOR` is set to anything but the empty string.
+fn colours(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Keeps the trace exporter alive; dropping it flushes the spans not sent yet.
@@ -46,7 +55,13 @@ pub fn init(format: LogFormat, tls: &rustls::ClientConfig) -> Telemetry {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn,hyper=warn"));
     let logs = match format {
-        LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Pretty => fmt::layer()
+            .with_ansi(colours(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
@@ -173,6 +188,18 @@ fn export_timeout(env: impl Fn(&str) -> Option<String>) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colours(true, None));
+        assert!(colours(true, Some(OsStr::new(""))));
+        assert!(!colours(true, Some(OsStr::new("1"))));
+        assert!(
+            !colours(false, None),
+            "a file or kubectl logs gets no escape codes"
+        );
+    }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |k| {
