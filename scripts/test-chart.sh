@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Helm chart (charts/worker-recovery-operator), against the running local stack:
-#   * the chart's CRDs are byte for byte those of crds/ (regenerate both with crdgen + copy);
+#   * the chart's CRDs (copies, not links) are byte for byte those of crds/: after
+#     'cargo run -- crdgen', cp crds/*.yaml charts/worker-recovery-operator/crds/;
 #   * helm lint --strict of the defaults and of every ci/*-values.yaml, and the schema refusing
 #     bad values;
 #   * helm template with no cluster reachable, then scripts/check-chart-render.py: the rendered
@@ -31,7 +32,9 @@ fail() {
 }
 
 echo "chart CRDs are crds/"
-if diff -r crds "${CHART}/crds" >"${OUT}/crd.diff"; then
+if [[ -n "$(find "${CHART}/crds" -type l)" ]]; then
+	fail "${CHART}/crds holds symbolic links: helm packages copies, keep copies"
+elif diff -r crds "${CHART}/crds" >"${OUT}/crd.diff"; then
 	ok "${CHART}/crds == crds/"
 else
 	cat "${OUT}/crd.diff" >&2
@@ -80,14 +83,19 @@ bad_values=(
 	"--set fileOnlyWorkers[0]=no-slash"
 	"--set logFormat=xml"
 )
+set -f # the entries hold [ ] and * meant for helm, not for the shell
 for b in "${bad_values[@]}"; do
 	# shellcheck disable=SC2086 # each entry is a flag and its argument
-	if "${HELM}" lint --strict "${CHART}" ${b} >/dev/null 2>&1; then
+	if "${HELM}" lint --strict "${CHART}" ${b} >"${OUT}/bad.lint" 2>&1; then
 		fail "lint accepted ${b}"
-	else
+	elif grep -q "values don't meet the specifications of the schema" "${OUT}/bad.lint"; then
 		ok "lint refuses ${b}"
+	else
+		cat "${OUT}/bad.lint" >&2
+		fail "lint failed on ${b}, but not on the schema"
 	fi
 done
+set +f
 # The defaults' rendering checked as if it were singleHost: the assertions must catch it.
 printf 'mode: singleHost\n' >"${OUT}/wrong-mode.yaml"
 if python3 scripts/check-chart-render.py "${OUT}/defaults.yaml" "${RELEASE_NS}" "${OUT}/wrong-mode.yaml" 2>/dev/null; then
