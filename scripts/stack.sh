@@ -783,6 +783,11 @@ print_versions() {
 		jaeger_out="$("${STACK_BIN}/jaeger" version 2>&1)" || die "jaeger version failed: ${jaeger_out}"
 		log "  jaeger:         ${JAEGER_VERSION} (pinned in hack/jaeger/go.mod)"
 	fi
+	if [[ -x "${STACK_BIN}/helm" ]]; then
+		local helm_v
+		helm_v="$("${STACK_BIN}/helm" version --short 2>&1)" || die "helm version failed: ${helm_v}"
+		log "  helm:           ${helm_v}"
+	fi
 	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]]; then
 		docker_v="$(timeout 10 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})' 2>&1 || true)"
 		log "  docker:         ${docker_v}"
@@ -923,7 +928,7 @@ cmd_status() {
 		all_ok=1
 	fi
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
-	printf 'binaries:   %s -> %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}"
+	printf 'binaries:   %s -> %s, %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}" "${HELM_BIN_DIR}"
 	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
 	return "${all_ok}"
 }
