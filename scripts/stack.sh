@@ -6,12 +6,14 @@
 #   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state)
 #   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
+#   scripts/stack.sh helm      build helm if missing (nothing else), print its path
 #
-# Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger) on
-# first use (in parallel) and cached outside the repo, keyed by version:
+# Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger,
+# hack/helm) on first use (in parallel) and cached outside the repo, keyed by version:
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/kubernetes-vX.Y.Z/{kube-apiserver,kubectl}
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/etcd-vX.Y.Z/etcd
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/jaeger-vX.Y.Z/jaeger
+#   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/helm-vX.Y.Z/helm   (chart tests only)
 # and symlinked into <repo>/.stack/bin/. Runtime state lives in <repo>/.stack/:
 #   kubeconfig (admin, system:masters), pki/, etcd-data/, logs/*.log, *.pid
 # (Jaeger keeps its traces in memory only: they are gone after 'down'.)
@@ -27,6 +29,7 @@
 #   WRO_STACK_TIMEOUT           seconds to wait for each component to become ready (default 180)
 #   WRO_APISERVER_EXTRA_ARGS    extra kube-apiserver flags, space separated
 #   WRO_SKIP_JAEGER=1           do not build/start Jaeger
+#   WRO_SKIP_HELM=1             do not build helm on 'up' ('helm' still builds it)
 #   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
 #   DOCKER_HOST=unix:///path    use (or start) a private engine on that socket, state in .stack/docker/
 #   GO                          go binary to use (default: go on PATH, else /usr/local/go/bin/go)
@@ -45,6 +48,7 @@ K8S_MOD_DIR="${REPO_ROOT}/hack/k8s"
 ETCD_MOD_DIR="${REPO_ROOT}/hack/etcd"
 JAEGER_MOD_DIR="${REPO_ROOT}/hack/jaeger"
 JAEGER_CONFIG="${JAEGER_MOD_DIR}/config.yaml"
+HELM_MOD_DIR="${REPO_ROOT}/hack/helm"
 
 CACHE_DIR="${WRO_CACHE_DIR:-${HOME}/.cache/worker-recovery-operator}"
 TIMEOUT="${WRO_STACK_TIMEOUT:-180}"
@@ -99,8 +103,11 @@ JAEGER_VERSION="$(mod_version "${JAEGER_MOD_DIR}/go.mod" github.com/jaegertracin
 K8S_BIN_DIR="${CACHE_DIR}/bin/kubernetes-${K8S_VERSION}"
 ETCD_BIN_DIR="${CACHE_DIR}/bin/etcd-${ETCD_VERSION}"
 JAEGER_BIN_DIR="${CACHE_DIR}/bin/jaeger-${JAEGER_VERSION}"
+HELM_VERSION="$(mod_version "${HELM_MOD_DIR}/go.mod" helm.sh/helm/v3)"
+HELM_BIN_DIR="${CACHE_DIR}/bin/helm-${HELM_VERSION}"
 
 skip_jaeger() { [[ "${WRO_SKIP_JAEGER:-0}" == 1 ]]; }
+skip_helm() { [[ "${WRO_SKIP_HELM:-0}" == 1 ]]; }
 
 # ---------------------------------------------------------------- processes
 
@@ -295,13 +302,30 @@ build_jaeger() {
 	mv "${tmp}" "${JAEGER_BIN_DIR}"
 }
 
+build_helm() {
+	local go="$1" tmp
+	tmp="${HELM_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${HELM_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+			-o "${tmp}/helm" helm.sh/helm/v3/cmd/helm
+	)
+	[[ -x "${tmp}/helm" ]] || die "helm build produced no binary in ${tmp}"
+	rm -rf "${HELM_BIN_DIR}"
+	mv "${tmp}" "${HELM_BIN_DIR}"
+}
+
 ensure_binaries() {
-	local need_k8s=0 need_etcd=0 need_jaeger=0
+	local need_k8s=0 need_etcd=0 need_jaeger=0 need_helm=0
 	[[ -x "${K8S_BIN_DIR}/kube-apiserver" && -x "${K8S_BIN_DIR}/kubectl" ]] || need_k8s=1
 	[[ -x "${ETCD_BIN_DIR}/etcd" ]] || need_etcd=1
 	skip_jaeger || [[ -x "${JAEGER_BIN_DIR}/jaeger" ]] || need_jaeger=1
-	if ((need_k8s || need_etcd || need_jaeger)); then
-		local go start k8s_pid="" etcd_pid="" jaeger_pid="" failed=0
+	skip_helm || [[ -x "${HELM_BIN_DIR}/helm" ]] || need_helm=1
+	if ((need_k8s || need_etcd || need_jaeger || need_helm)); then
+		local go start k8s_pid="" etcd_pid="" jaeger_pid="" helm_pid="" failed=0
 		go="$(find_go)"
 		mkdir -p "${CACHE_DIR}/bin"
 		start=${SECONDS}
@@ -321,6 +345,11 @@ ensure_binaries() {
 			build_jaeger "${go}" >"${LOG_DIR}/build-jaeger.log" 2>&1 &
 			jaeger_pid=$!
 		fi
+		if ((need_helm)); then
+			log "  helm ${HELM_VERSION} -> ${HELM_BIN_DIR} (log: ${LOG_DIR}/build-helm.log)"
+			build_helm "${go}" >"${LOG_DIR}/build-helm.log" 2>&1 &
+			helm_pid=$!
+		fi
 		if [[ -n "${k8s_pid}" ]] && ! wait "${k8s_pid}"; then
 			show_log_tail "${LOG_DIR}/build-kubernetes.log" 60
 			log "building kube-apiserver/kubectl ${K8S_VERSION} FAILED (full log: ${LOG_DIR}/build-kubernetes.log)"
@@ -336,6 +365,11 @@ ensure_binaries() {
 			log "building jaeger ${JAEGER_VERSION} FAILED (full log: ${LOG_DIR}/build-jaeger.log)"
 			failed=1
 		fi
+		if [[ -n "${helm_pid}" ]] && ! wait "${helm_pid}"; then
+			show_log_tail "${LOG_DIR}/build-helm.log" 60
+			log "building helm ${HELM_VERSION} FAILED (full log: ${LOG_DIR}/build-helm.log)"
+			failed=1
+		fi
 		((failed == 0)) || die "binary build failed"
 		log "built in $((SECONDS - start))s"
 	fi
@@ -347,6 +381,33 @@ ensure_binaries() {
 	if [[ -x "${JAEGER_BIN_DIR}/jaeger" ]]; then
 		ln -sfn "${JAEGER_BIN_DIR}/jaeger" "${STACK_BIN}/jaeger"
 	fi
+	link_helm
+}
+
+# With WRO_SKIP_HELM=1 helm is not built, but a cached one is still linked.
+link_helm() {
+	if [[ -x "${HELM_BIN_DIR}/helm" ]]; then
+		mkdir -p "${STACK_BIN}"
+		ln -sfn "${HELM_BIN_DIR}/helm" "${STACK_BIN}/helm"
+	fi
+}
+
+# helm alone, on demand (scripts/test-chart.sh): needs no running stack.
+cmd_helm() {
+	if [[ ! -x "${HELM_BIN_DIR}/helm" ]]; then
+		local go start
+		go="$(find_go)"
+		mkdir -p "${CACHE_DIR}/bin" "${LOG_DIR}"
+		start=${SECONDS}
+		log "building helm ${HELM_VERSION} with $("${go}" version) -> ${HELM_BIN_DIR} (first run only; log: ${LOG_DIR}/build-helm.log)"
+		if ! (build_helm "${go}") >"${LOG_DIR}/build-helm.log" 2>&1; then
+			show_log_tail "${LOG_DIR}/build-helm.log" 60
+			die "building helm ${HELM_VERSION} FAILED (full log: ${LOG_DIR}/build-helm.log)"
+		fi
+		log "built helm in $((SECONDS - start))s"
+	fi
+	link_helm
+	printf '%s\n' "${HELM_BIN_DIR}/helm"
 }
 
 # ---------------------------------------------------------------- certificates
@@ -722,6 +783,11 @@ print_versions() {
 		jaeger_out="$("${STACK_BIN}/jaeger" version 2>&1)" || die "jaeger version failed: ${jaeger_out}"
 		log "  jaeger:         ${JAEGER_VERSION} (pinned in hack/jaeger/go.mod)"
 	fi
+	if [[ -x "${STACK_BIN}/helm" ]]; then
+		local helm_v
+		helm_v="$("${STACK_BIN}/helm" version --short 2>&1)" || die "helm version failed: ${helm_v}"
+		log "  helm:           ${helm_v}"
+	fi
 	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]]; then
 		docker_v="$(timeout 10 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})' 2>&1 || true)"
 		log "  docker:         ${docker_v}"
@@ -862,7 +928,7 @@ cmd_status() {
 		all_ok=1
 	fi
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
-	printf 'binaries:   %s -> %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}"
+	printf 'binaries:   %s -> %s, %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}" "${HELM_BIN_DIR}"
 	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
 	return "${all_ok}"
 }
@@ -887,6 +953,7 @@ main() {
 	down) cmd_down "$@" ;;
 	status) cmd_status "$@" ;;
 	env) cmd_env "$@" ;;
+	helm) cmd_helm "$@" ;;
 	-h | --help | help) usage ;;
 	*)
 		usage >&2
