@@ -117,6 +117,7 @@ impl UrlPolicyArgs {
     fn client(&self, tls: &rustls::ClientConfig) -> anyhow::Result<HttpClient> {
         let policy = self.policy();
         tracing::info!(deny = ?policy.deny(), allow = ?policy.allow(), "URL policy");
+        // As a message: it names the innermost cause already, which `{:#}` would repeat.
         HttpClient::new(policy, tls.clone()).map_err(anyhow::Error::msg)
     }
 }
