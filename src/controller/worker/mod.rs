@@ -53,7 +53,7 @@ pub async fn run(
     cache: (Store<Worker>, reflector::store::Writer<Worker>),
 ) {
     let (reader, writer) = cache;
-    let trigger = watch::changes(workers, writer, Trigger::Spec);
+    let trigger = watch::changes(workers, ctx.scope.worker_watch(), writer, Trigger::Spec);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
     // Only the runs this controller created (automatic attempts) point back to a Worker; a
