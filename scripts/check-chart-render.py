@@ -14,7 +14,7 @@ import yaml
 
 CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "charts", "worker-recovery-operator")
 ALLOWED_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
-LEASE_VERBS = {"get", "create", "update", "delete"}
+LEASE_VERBS = {"get", "create", "update", "patch", "delete"}
 
 failures = []
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the Helm chart (charts/worker-recovery-operator), against the running local stack:
 #   * the chart's CRDs (copies, not links) are byte for byte those of crds/: after
-#     'cargo run -- crdgen', cp crds/*.yaml charts/worker-recovery-operator/crds/;
+#     'cargo run -- crdgen' writes both (a unit test checks it too);
 #   * helm lint --strict of the defaults and of every ci/*-values.yaml, and the schema refusing
 #     bad values;
 #   * helm template with no cluster reachable, then scripts/check-chart-render.py: the rendered
@@ -38,7 +38,7 @@ elif diff -r crds "${CHART}/crds" >"${OUT}/crd.diff"; then
 	ok "${CHART}/crds == crds/"
 else
 	cat "${OUT}/crd.diff" >&2
-	fail "${CHART}/crds differs from crds/: cp crds/*.yaml ${CHART}/crds/"
+	fail "${CHART}/crds differs from crds/: run 'cargo run -- crdgen' (it writes both)"
 fi
 
 # Each case: a name and its values files (none: the defaults).

@@ -227,9 +227,10 @@ enum Command {
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
-        /// Directory to write `*.yaml` into.
-        #[arg(long, default_value = "crds")]
-        out_dir: PathBuf,
+        /// Directory to write `*.yaml` into (repeat for several); by default `crds/` and the
+        /// Helm chart's copy.
+        #[arg(long, default_values = crd::CRD_DIRS)]
+        out_dir: Vec<PathBuf>,
         /// Print all CRDs to standard output instead.
         #[arg(long)]
         stdout: bool,
@@ -343,14 +344,16 @@ async fn diagnose(
     Ok(())
 }
 
-fn crdgen(out_dir: &std::path::Path, stdout: bool) -> anyhow::Result<()> {
+fn crdgen(out_dirs: &[PathBuf], stdout: bool) -> anyhow::Result<()> {
     if stdout {
         for (_, c) in crd::all() {
             print!("{}", crd::render(&c)?);
         }
     } else {
-        for path in crd::write_all(out_dir)? {
-            eprintln!("wrote {}", path.display());
+        for dir in out_dirs {
+            for path in crd::write_all(dir)? {
+                eprintln!("wrote {}", path.display());
+            }
         }
     }
     Ok(())

@@ -6,6 +6,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use k8s_openapi::NamespaceResourceScope;
 use kube::{
     api::{Api, ListParams},
     runtime::reflector,
@@ -48,9 +49,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (set KUBECONFIG or run in a cluster)")?;
-    ensure_crd_installed::<Worker>(&client).await?;
-    ensure_crd_installed::<WorkerRecovery>(&client).await?;
-    ensure_crd_installed::<ResumePlan>(&client).await?;
+    let ns = opts.namespace.as_deref();
+    ensure_crd_installed::<Worker>(&client, ns).await?;
+    ensure_crd_installed::<WorkerRecovery>(&client, ns).await?;
+    ensure_crd_installed::<ResumePlan>(&client, ns).await?;
 
     let docker = DockerEngine::connect().await.context(
         "cannot reach the Docker engine (set DOCKER_HOST or start dockerd); the operator needs it to observe workers",
@@ -134,12 +136,20 @@ async fn controllers(ctx: Context, client: &Client, namespace: Option<&str>) {
     );
 }
 
-/// Fail with a clear message when a CRD is missing, instead of a watch that errors forever.
-async fn ensure_crd_installed<K>(client: &Client) -> anyhow::Result<()>
+/// Fail with a clear message when a CRD is missing, instead of a watch that errors forever. The
+/// list is made where the operator watches: with one namespace watched, its RBAC is a Role there.
+async fn ensure_crd_installed<K>(client: &Client, namespace: Option<&str>) -> anyhow::Result<()>
 where
-    K: Resource<DynamicType = ()> + CustomResourceExt + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + CustomResourceExt
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
-    let api: Api<K> = Api::all(client.clone());
+    let api: Api<K> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => bail!(
@@ -158,7 +168,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_crd_is_named_with_the_fix() {
         let (client, _) = mock_api::client(|_, path, _| mock_api::not_found(path));
-        let err = ensure_crd_installed::<Worker>(&client)
+        let err = ensure_crd_installed::<Worker>(&client, None)
             .await
             .unwrap_err()
             .to_string();
@@ -177,8 +187,16 @@ mod tests {
                 serde_json::json!({"apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerList", "metadata": {}, "items": []}),
             )
         });
-        ensure_crd_installed::<Worker>(&client).await.unwrap();
+        ensure_crd_installed::<Worker>(&client, None).await.unwrap();
+        // With one namespace watched, the check stays in it (a Role there is all the RBAC).
+        ensure_crd_installed::<Worker>(&client, Some("team-a"))
+            .await
+            .unwrap();
         let recorded = requests.lock().unwrap();
         assert_eq!(recorded[0].path, "/apis/workerrecovery.io/v1alpha1/workers");
+        assert_eq!(
+            recorded[1].path,
+            "/apis/workerrecovery.io/v1alpha1/namespaces/team-a/workers"
+        );
     }
 }

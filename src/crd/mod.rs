@@ -35,6 +35,10 @@ pub fn render(crd: &CustomResourceDefinition) -> Result<String, serde_yaml_ng::E
     ))
 }
 
+/// Where the CRDs are committed, relative to the repository: `crds/` and the Helm chart's copy
+/// (Helm installs a chart's `crds/` before its templates).
+pub const CRD_DIRS: [&str; 2] = ["crds", "charts/worker-recovery-operator/crds"];
+
 /// Write every CRD into `dir`; returns the paths written.
 pub fn write_all(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -55,16 +59,18 @@ mod tests {
     /// changing a type.
     #[test]
     fn committed_crds_match_the_rust_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for (file, crd) in all() {
-            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| {
-                panic!("crds/{file} is missing ({e}); run `cargo run -- crdgen`")
-            });
-            assert_eq!(
-                committed,
-                render(&crd).unwrap(),
-                "crds/{file} differs from the Rust types; run `cargo run -- crdgen`"
-            );
+        for dir in CRD_DIRS {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            for (file, crd) in all() {
+                let committed = std::fs::read_to_string(path.join(file)).unwrap_or_else(|e| {
+                    panic!("{dir}/{file} is missing ({e}); run `cargo run -- crdgen`")
+                });
+                assert_eq!(
+                    committed,
+                    render(&crd).unwrap(),
+                    "{dir}/{file} differs from the Rust types; run `cargo run -- crdgen`"
+                );
+            }
         }
     }
 
