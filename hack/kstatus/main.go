@@ -7,12 +7,12 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -21,6 +21,7 @@ func main() {
 	if err != nil {
 		fail("reading stdin: %v", err)
 	}
+	// Numbers as int64 where they are integers, as unstructured objects hold them.
 	var object map[string]interface{}
 	if err := json.Unmarshal(data, &object); err != nil {
 		fail("parsing the object: %v", err)
