@@ -53,6 +53,86 @@ impl Waiting {
     }
 }
 
+/// Condition: the object is what its spec asks (kstatus, `kubectl wait --for=condition=Ready`).
+pub const READY: &str = "Ready";
+/// Condition (kstatus): the controller is working towards what the spec asks.
+pub const RECONCILING: &str = "Reconciling";
+/// Condition (kstatus): the controller cannot get there without a human.
+pub const STALLED: &str = "Stalled";
+
+/// Where an object stands for GitOps tools: kstatus (Flux, `kubectl wait`) reads `Ready`,
+/// `Reconciling` and `Stalled` (with `status.observedGeneration`); the Argo CD health checks in
+/// `charts/worker-recovery-operator/health/` read the same conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Done: `Ready=True` (kstatus `Current`, Argo `Healthy`).
+    Current,
+    /// The operator is working on it: `Reconciling=True` (kstatus `InProgress`, Argo
+    /// `Progressing`).
+    InProgress,
+    /// Held on purpose (paused): `Ready=False`, neither reconciling nor stalled (kstatus
+    /// `InProgress`, as it has no suspended status; Argo `Suspended`).
+    Held,
+    /// It will not get there without a human: `Stalled=True` (kstatus `Failed`, Argo
+    /// `Degraded`).
+    Failed,
+}
+
+/// A [`Health`] with the reason and message its conditions carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    pub health: Health,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Judged {
+    pub fn new(health: Health, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            health,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// `Ready`: True only when current.
+    pub fn ready(&self) -> ConditionState {
+        let status = match self.health {
+            Health::Current => ConditionStatus::True,
+            _ => ConditionStatus::False,
+        };
+        self.condition(READY, status)
+    }
+
+    /// `Reconciling` and `Stalled`.
+    pub fn progress(&self) -> [ConditionState; 2] {
+        let (reconciling, stalled) = match self.health {
+            Health::InProgress => (ConditionStatus::True, ConditionStatus::False),
+            Health::Failed => (ConditionStatus::False, ConditionStatus::True),
+            Health::Current | Health::Held => (ConditionStatus::False, ConditionStatus::False),
+        };
+        [
+            self.condition(RECONCILING, reconciling),
+            self.condition(STALLED, stalled),
+        ]
+    }
+
+    /// `Ready`, `Reconciling` and `Stalled`.
+    pub fn conditions(&self) -> [ConditionState; 3] {
+        let [reconciling, stalled] = self.progress();
+        [self.ready(), reconciling, stalled]
+    }
+
+    fn condition(&self, type_: &'static str, status: ConditionStatus) -> ConditionState {
+        ConditionState {
+            type_,
+            status,
+            reason: self.reason,
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// Build the new condition list: a condition keeps its `lastTransitionTime` while its status
 /// stays the same, as the API conventions ask.
 pub fn merge(
@@ -113,5 +193,36 @@ mod tests {
         let flipped = merge(&same, &[state(ConditionStatus::False, "C")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "False");
+    }
+
+    #[test]
+    fn each_health_sets_the_conditions_kstatus_reads() {
+        let status = |h| {
+            Judged::new(h, "R", "m")
+                .conditions()
+                .map(|c| (c.type_, c.status))
+        };
+        use ConditionStatus::{False, True};
+        for (health, ready, reconciling, stalled) in [
+            (Health::Current, True, False, False),
+            (Health::InProgress, False, True, False),
+            (Health::Held, False, False, False),
+            (Health::Failed, False, False, True),
+        ] {
+            assert_eq!(
+                status(health),
+                [
+                    (READY, ready),
+                    (RECONCILING, reconciling),
+                    (STALLED, stalled)
+                ],
+                "{health:?}"
+            );
+        }
+        let stalled = &Judged::new(Health::Failed, "Why", "because").conditions()[2];
+        assert_eq!(
+            (stalled.reason, stalled.message.as_str()),
+            ("Why", "because")
+        );
     }
 }

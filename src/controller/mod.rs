@@ -4,6 +4,8 @@ pub mod backoff;
 pub mod conditions;
 pub mod error;
 pub mod finalizer;
+#[cfg(test)]
+mod health_checks;
 pub mod recovery;
 pub mod resume_plan;
 pub mod scope;

@@ -402,12 +402,17 @@ async fn wait(
         reason: why.reason(),
         message: message.clone(),
     };
+    let [ready, reconciling, stalled] =
+        plan::health(status.phase.unwrap_or(RecoveryPhase::Pending), &waiting).conditions();
     status.conditions = merge(
         &status.conditions,
         &[
             diagnosed_condition(&status),
             plan::completed_condition(&status.steps, rec.spec.dry_run),
             waiting,
+            ready,
+            reconciling,
+            stalled,
         ],
         rec.metadata.generation,
         Timestamp::now(),
@@ -504,12 +509,17 @@ async fn write_progress(
             "a diagnosis or a dry run changes nothing and never waits".into()
         },
     };
+    let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
+    let [ready, reconciling, stalled] = plan::health(phase, &completed).conditions();
     status.conditions = merge(
         previous,
         &[
             diagnosed_condition(status),
-            plan::completed_condition(&status.steps, rec.spec.dry_run),
+            completed,
             not_waiting,
+            ready,
+            reconciling,
+            stalled,
         ],
         rec.metadata.generation,
         Timestamp::now(),
@@ -586,6 +596,13 @@ fn early_status(
     message: String,
 ) -> WorkerRecoveryStatus {
     let previous = rec.status.clone().unwrap_or_default();
+    let completed = ConditionState {
+        type_: COMPLETED,
+        status: ConditionStatus::False,
+        reason,
+        message: message.clone(),
+    };
+    let [ready, reconciling, stalled] = plan::health(phase, &completed).conditions();
     WorkerRecoveryStatus {
         phase: Some(phase),
         conditions: merge(
@@ -595,14 +612,12 @@ fn early_status(
                     type_: DIAGNOSED,
                     status: ConditionStatus::False,
                     reason,
-                    message: message.clone(),
-                },
-                ConditionState {
-                    type_: COMPLETED,
-                    status: ConditionStatus::False,
-                    reason,
                     message,
                 },
+                completed,
+                ready,
+                reconciling,
+                stalled,
             ],
             rec.metadata.generation,
             Timestamp::now(),

@@ -2,7 +2,7 @@
 //! and how the steps sum up into the run's phase and conditions.
 
 use crate::{
-    controller::conditions::{ConditionState, ConditionStatus},
+    controller::conditions::{ConditionState, ConditionStatus, Health, Judged},
     crd::{
         diagnosis::{RootCause, Verdict},
         worker_recovery::{RecoveryMode, RecoveryPhase, StepName, StepState, StepStatus},
@@ -116,6 +116,18 @@ pub fn completed_condition(steps: &[StepStatus], dry_run: bool) -> ConditionStat
     }
 }
 
+/// Where the run stands for GitOps tools (`Ready`, `Reconciling`, `Stalled`), in the words of
+/// `why` (the `Completed` condition, or `Waiting` while the run waits): `Succeeded` is current,
+/// `Pending` and `Running` in progress, `Failed` stalled (a run is never retried).
+pub fn health(phase: RecoveryPhase, why: &ConditionState) -> Judged {
+    let health = match phase {
+        RecoveryPhase::Succeeded => Health::Current,
+        RecoveryPhase::Pending | RecoveryPhase::Running => Health::InProgress,
+        RecoveryPhase::Failed => Health::Failed,
+    };
+    Judged::new(health, why.reason, why.message.clone())
+}
+
 /// The `failure_reason` written into requeued tasks, from the diagnosis's top cause.
 pub fn failure_reason(verdict: &Verdict) -> &'static str {
     match verdict.top_cause {
@@ -193,6 +205,45 @@ mod tests {
             RecoveryPhase::Pending
         );
         assert_eq!(current_step(&initial_steps(RecoveryMode::Quick)), None);
+    }
+
+    #[test]
+    fn the_health_follows_the_phase() {
+        use crate::controller::conditions::{READY, RECONCILING, STALLED};
+        use StepState::*;
+        let judge = |states: &[StepState]| {
+            let steps = with_states(RecoveryMode::Quick, states);
+            health(phase(&steps), &completed_condition(&steps, false))
+        };
+        let succeeded = judge(&[Succeeded, Succeeded, Succeeded]);
+        assert_eq!(
+            (succeeded.health, succeeded.reason),
+            (Health::Current, "RecoveryComplete")
+        );
+        assert_eq!(succeeded.ready().status, ConditionStatus::True);
+        for states in [
+            &[Pending, Pending, Pending][..],
+            &[Succeeded, Running, Pending],
+        ] {
+            let running = judge(states);
+            assert_eq!(
+                (running.health, running.reason),
+                (Health::InProgress, "InProgress")
+            );
+            let [ready, reconciling, stalled] = running.conditions();
+            assert_eq!(
+                [ready.type_, reconciling.type_, stalled.type_],
+                [READY, RECONCILING, STALLED]
+            );
+            assert_eq!(reconciling.status, ConditionStatus::True);
+        }
+        let failed = judge(&[Succeeded, Failed, Pending]);
+        assert_eq!(
+            (failed.health, failed.reason),
+            (Health::Failed, "StepFailed")
+        );
+        assert_eq!(failed.conditions()[2].status, ConditionStatus::True);
+        assert!(failed.message.contains("Restart"), "{}", failed.message);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use crate::{
     bounded::sample,
     controller::{
-        conditions::{ConditionState, ConditionStatus, WAITING},
+        conditions::{ConditionState, ConditionStatus, Health, Judged, WAITING},
         Held,
     },
     crd::resume_plan::{
@@ -187,6 +187,7 @@ pub fn conditions(
             ),
         },
     };
+    let [ready, reconciling, stalled] = health(phase, reason, &message).conditions();
     vec![
         ConditionState {
             type_: COMPLETED,
@@ -196,7 +197,26 @@ pub fn conditions(
         },
         halted,
         waiting,
+        ready,
+        reconciling,
+        stalled,
     ]
+}
+
+/// Where the plan stands for GitOps tools (`Ready`, `Reconciling`, `Stalled`), in the words of
+/// its `Completed` condition: `Completed` is current; `Pending` and `Running` in progress;
+/// `Halted` and `Failed` stalled (a human changes the spec or the Worker); `Paused` is held:
+/// `Ready=False` but neither reconciling nor stalled, which kstatus reads as InProgress (it
+/// has no suspended status, and a paused plan has not resumed its tasks: a pipeline waiting for
+/// it waits until it is unpaused) and Argo CD as Suspended.
+pub fn health(phase: ResumePhase, reason: &'static str, message: &str) -> Judged {
+    let health = match phase {
+        ResumePhase::Completed => Health::Current,
+        ResumePhase::Pending | ResumePhase::Running => Health::InProgress,
+        ResumePhase::Paused => Health::Held,
+        ResumePhase::Halted | ResumePhase::Failed => Health::Failed,
+    };
+    Judged::new(health, reason, message)
 }
 
 #[cfg(test)]
@@ -257,6 +277,44 @@ mod tests {
         assert!(exceeds(&r, 0.0), "ratio 0 halts at the first failure");
         r.failed = 4;
         assert!(!exceeds(&r, 1.0), "ratio 1 never halts");
+    }
+
+    #[test]
+    fn the_health_follows_the_phase() {
+        use crate::controller::conditions::{READY, RECONCILING, STALLED};
+        let spec: ResumePlanSpec = serde_json::from_value(serde_json::json!({
+            "workerRef": {"name": "marie"}
+        }))
+        .unwrap();
+        let status = ResumePlanStatus {
+            halt_reason: Some("batch 2 failed 3 of 4 tasks".into()),
+            ..Default::default()
+        };
+        let of = |phase, blocked: Option<&Blocked>| {
+            let all = conditions(phase, &status, &spec, blocked);
+            let get = |t| all.iter().find(|c| c.type_ == t).unwrap().status;
+            (get(READY), get(RECONCILING), get(STALLED))
+        };
+        use ConditionStatus::{False, True};
+        assert_eq!(of(ResumePhase::Completed, None), (True, False, False));
+        assert_eq!(of(ResumePhase::Running, None), (False, True, False));
+        assert_eq!(of(ResumePhase::Pending, None), (False, True, False));
+        assert_eq!(of(ResumePhase::Paused, None), (False, False, False));
+        assert_eq!(of(ResumePhase::Halted, None), (False, False, True));
+        let refused = Blocked {
+            reason: "WorkerRefused",
+            message: "refused".into(),
+            waits: false,
+        };
+        assert_eq!(
+            of(ResumePhase::Failed, Some(&refused)),
+            (False, False, True)
+        );
+        let halted = health(ResumePhase::Halted, "Halted", "batch 2 failed");
+        assert_eq!(
+            (halted.reason, halted.message.as_str()),
+            ("Halted", "batch 2 failed")
+        );
     }
 
     #[test]

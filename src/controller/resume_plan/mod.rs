@@ -11,7 +11,7 @@
 //! atomic `rename` that never replaces). The next batch is chosen only once this one is
 //! recorded as judged.
 
-mod decide;
+pub mod decide;
 mod error;
 
 use std::time::Duration;

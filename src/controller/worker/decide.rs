@@ -8,7 +8,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 pub use crate::docker::ContainerObservation;
 
 use crate::{
-    controller::conditions::{self, ConditionState, ConditionStatus},
+    controller::conditions::{self, ConditionState, ConditionStatus, Health, Judged},
     crd::worker::{
         ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, PauseSpec, WorkerPhase,
         WorkerStatus,
@@ -335,7 +335,10 @@ pub fn next_status(
 
 /// `Accepted`: whether the operator may read and change the Worker's files. `files_read`
 /// says whether they were (a consenting container, or a file-only grant).
-fn accepted_condition(container: &ContainerObservation, files_read: bool) -> ConditionState {
+pub(super) fn accepted_condition(
+    container: &ContainerObservation,
+    files_read: bool,
+) -> ConditionState {
     let (status, reason, message) = match (container, files_read) {
         (ContainerObservation::Found(_), _) => (
             ConditionStatus::True,
@@ -387,8 +390,8 @@ fn summarize(hb: &Heartbeat) -> HeartbeatSummary {
     }
 }
 
-/// The status of a Worker the operator may not manage: `Accepted=False` and `Ready=False` with
-/// the refusal's reason, phase `Refused`, and nothing observed: what an earlier, accepted
+/// The status of a Worker the operator may not manage: `Accepted=False`, `Ready=False` and
+/// `Stalled=True` with the refusal's reason, phase `Refused`, and nothing observed: what an earlier, accepted
 /// observation wrote about files or the container is dropped, and a container that exists is
 /// reported only as existing.
 pub fn refused_status(
@@ -398,6 +401,9 @@ pub fn refused_status(
     now: Timestamp,
 ) -> WorkerStatus {
     let reason = refusal.reason.as_str();
+    // A human must lift the refusal: Stalled (kstatus Failed).
+    let [reconciling, stalled] =
+        Judged::new(Health::Failed, reason, refusal.message.clone()).progress();
     let conditions = conditions::merge(
         previous
             .map(|s| s.conditions.as_slice())
@@ -415,6 +421,8 @@ pub fn refused_status(
                 reason,
                 message: refusal.message.clone(),
             },
+            reconciling,
+            stalled,
         ],
         generation,
         now,

@@ -4,6 +4,7 @@ pub mod decide;
 pub mod engine_events;
 mod error;
 pub mod escalate;
+pub mod health;
 pub mod policy;
 mod supervise;
 
@@ -199,6 +200,14 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         supervision.restart.as_ref(),
     );
     add_decisions(&mut status, &supervision, pause);
+    add_health(
+        &mut status,
+        worker,
+        previous,
+        &obs,
+        &assessment,
+        &supervision,
+    );
     if let Access::Admitted(a) = &access {
         status.claim = Some(record_claim(worker, a, previous, obs.now));
     }
@@ -214,7 +223,22 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     }
     phase_event(ctx, worker, previous.and_then(|s| s.phase), &assessment).await;
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
-    let mut next = decide::next_look(&obs, timeout);
+    let next = when_to_look(&obs, timeout, &supervision, pause);
+    if let ContainerObservation::Unavailable(e) = obs.container {
+        return Err(e.into());
+    }
+    Ok(Action::requeue(next))
+}
+
+/// When to look again: the next look the observation asks for, sooner when supervision or the
+/// end of a pause asks.
+fn when_to_look(
+    obs: &Observation,
+    timeout: Duration,
+    supervision: &supervise::Supervision,
+    pause: Option<&crate::crd::worker::PauseSpec>,
+) -> Duration {
+    let mut next = decide::next_look(obs, timeout);
     if let Some(due) = supervision.next_look {
         next = next.min(due);
     }
@@ -223,10 +247,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         let left = obs.now.duration_until(until.0).unsigned_abs();
         next = next.min(left + Duration::from_millis(20));
     }
-    if let ContainerObservation::Unavailable(e) = obs.container {
-        return Err(e.into());
-    }
-    Ok(Action::requeue(next))
+    next
 }
 
 /// What supervision decided goes into status: the pause, the policy's record, drift, the
@@ -240,6 +261,39 @@ fn add_decisions(
     status.auto_recovery = Some(supervision.record.clone());
     status.drift = supervision.drift.clone();
     status.escalation = supervision.escalation.clone();
+}
+
+/// Where the Worker stands for GitOps tools: `Reconciling` and `Stalled` (`health`).
+fn add_health(
+    status: &mut WorkerStatus,
+    worker: &Worker,
+    previous: Option<&WorkerStatus>,
+    obs: &Observation,
+    assessment: &decide::Assessment,
+    supervision: &supervise::Supervision,
+) {
+    let pause = decide::active_pause(worker.spec.auto_recovery.pause.as_ref(), obs.now);
+    let judged = health::judge(
+        obs,
+        assessment,
+        supervision.escalation.as_ref().map(|e| health::Escalation {
+            status: e,
+            levels: escalate::levels(worker.spec.escalation.as_ref()).len(),
+        }),
+        match (worker.spec.auto_recovery.enabled, pause) {
+            (false, _) => health::AutoRecovery::Off,
+            (true, Some(_)) => health::AutoRecovery::Paused,
+            (true, None) => health::AutoRecovery::On,
+        },
+        Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds)),
+    );
+    health::add(
+        status,
+        previous.map_or(&[], |s| s.conditions.as_slice()),
+        &judged,
+        worker.metadata.generation,
+        obs.now,
+    );
 }
 
 /// The paths an admitted Worker holds, since when it was first admitted with them.
@@ -394,18 +448,13 @@ async fn write_invalid_spec(
     ctx: &Context,
     message: &str,
 ) -> Result<(), Error> {
-    use super::conditions::{merge, ConditionState, ConditionStatus};
+    use super::conditions::{merge, Health, Judged};
     let previous = worker.status.clone().unwrap_or_default();
     let status = WorkerStatus {
         phase: Some(WorkerPhase::Unknown),
         conditions: merge(
             &previous.conditions,
-            &[ConditionState {
-                type_: decide::READY,
-                status: ConditionStatus::False,
-                reason: "InvalidSpec",
-                message: message.to_string(),
-            }],
+            &Judged::new(Health::Failed, "InvalidSpec", message).conditions(),
             worker.metadata.generation,
             Timestamp::now(),
         ),
