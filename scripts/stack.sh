@@ -582,6 +582,9 @@ apiserver_ready() {
 ensure_apiserver() {
 	local pid
 	if pid="$(running_pid kube-apiserver)"; then
+		if cluster_wanted && grep -q -- '--disable-admission-plugins=ServiceAccount' "/proc/${pid}/cmdline" 2>/dev/null; then
+			log "note: the running kube-apiserver was started without --cluster (ServiceAccount admission off: pods get no token); 'down' and 'up --cluster' to change that"
+		fi
 		if apiserver_ready; then
 			return 0
 		fi
@@ -590,6 +593,11 @@ ensure_apiserver() {
 		require_port_free "${APISERVER_PORT}" kube-apiserver
 		log "starting kube-apiserver ${K8S_VERSION} on ${APISERVER_URL}"
 		local -a extra=()
+		# Without a controller-manager nothing creates the "default" service
+		# accounts, so the ServiceAccount admission plugin would reject every pod;
+		# a cluster (--cluster) has one, and its pods need their tokens mounted.
+		local sa_admission=--disable-admission-plugins=ServiceAccount
+		cluster_wanted && sa_admission=--enable-admission-plugins=ServiceAccount
 		if [[ -n "${WRO_APISERVER_EXTRA_ARGS:-}" ]]; then
 			read -r -a extra <<<"${WRO_APISERVER_EXTRA_ARGS}"
 		fi
@@ -608,7 +616,7 @@ ensure_apiserver() {
 			--service-account-key-file="${PKI_DIR}/sa.pub" \
 			--service-account-signing-key-file="${PKI_DIR}/sa.key" \
 			--service-cluster-ip-range="${SERVICE_CIDR}" \
-			--disable-admission-plugins=ServiceAccount \
+			"${sa_admission}" \
 			--allow-privileged=true \
 			--profiling=false \
 			--v=1 \
