@@ -3,7 +3,8 @@
 # style: no kubelet, no controller-manager), a Jaeger v2 and a Docker engine.
 #
 #   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
-#   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state)
+#   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state;
+#                              --cluster stops only the cluster parts of up --cluster)
 #   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
 #   scripts/stack.sh up --cluster   also a one-node cluster: containerd, kubelet, scheduler, controller-manager
@@ -136,7 +137,8 @@ pid_is() {
 	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
 	[[ -r "/proc/${pid}/comm" ]] || return 1
 	comm="$(cat "/proc/${pid}/comm" 2>/dev/null)" || return 1
-	[[ "${comm}" == "${name}" ]] || return 1
+	# comm is the executable name cut to 15 characters (kube-controller-manager).
+	[[ "${comm}" == "${name:0:15}" ]] || return 1
 	# A zombie is not running.
 	! grep -q '^State:[[:space:]]*Z' "/proc/${pid}/status" 2>/dev/null
 }
@@ -854,6 +856,8 @@ write_containerd_config() {
 		  stream_server_port = "0"
 		  enable_selinux = false
 		  disable_apparmor = true
+		  # Lowering oom_score_adj fails here (EIO): clamp the pods' values to containerd's own.
+		  restrict_oom_score_adj = true
 		  [plugins."io.containerd.grpc.v1.cri".containerd]
 		    snapshotter = "overlayfs"
 		    default_runtime_name = "runc"
@@ -974,6 +978,8 @@ write_kubelet_config() {
 		imageGCHighThresholdPercent: 100
 		imageGCLowThresholdPercent: 99
 		serializeImagePulls: false
+		# The kubelet cannot lower its own oom_score_adj here either (default -999).
+		oomScoreAdj: 0
 	EOF
 }
 
@@ -1079,6 +1085,24 @@ unmount_kubelet_dirs() {
 	done < <(awk -v d="$(cd "${KUBELET_DIR}" && pwd -P)" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
 }
 
+# down --cluster: stop only the cluster parts and remove the node object, so
+# the API server (still up) does not keep a NotReady node.
+stop_cluster() {
+	local name pid
+	for name in kubelet containerd kube-scheduler kube-controller-manager; do
+		[[ "${name}" == containerd ]] && stop_cluster_containers
+		if pid="$(running_pid "${name}")"; then
+			stop_pid "${name}" "${pid}" 20
+		fi
+		rm -f "$(pidfile "${name}")"
+		[[ "${name}" == containerd ]] && unmount_kubelet_dirs
+	done
+	if [[ -x "${STACK_BIN}/kubectl" && -s "${KUBECONFIG_PATH}" ]] && apiserver_ready; then
+		"${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" delete node "${NODE_NAME}" --ignore-not-found --request-timeout=20s >&2 || true
+	fi
+	return 0
+}
+
 # Stop the pods' containers through containerd before containerd itself goes.
 stop_cluster_containers() {
 	containerd_ready || return 0
@@ -1170,15 +1194,22 @@ cmd_up() {
 }
 
 cmd_down() {
-	local purge=0 arg
+	local purge=0 only_cluster=0 arg
 	for arg in "$@"; do
 		case "${arg}" in
 		--purge) purge=1 ;;
+		--cluster) only_cluster=1 ;;
 		*) die "unknown option for down: ${arg}" ;;
 		esac
 	done
+	((purge && only_cluster)) && die "down: --purge and --cluster do not go together"
 	lock_stack
 	local name pid grace
+	if ((only_cluster)); then
+		stop_cluster
+		log "cluster parts are down (etcd, kube-apiserver, jaeger and docker left running)"
+		return 0
+	fi
 	# The demo's operator and containers go first, while the API server still answers.
 	if [[ -d "${STACK_DIR}/demo" ]]; then
 		bash "${SCRIPT_DIR}/demo.sh" clean || log "demo clean-up failed (continuing)"
@@ -1306,7 +1337,7 @@ cmd_env() {
 }
 
 usage() {
-	sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
