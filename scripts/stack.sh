@@ -1096,6 +1096,25 @@ unmount_kubelet_dirs() {
 	done < <(awk -v d="$(cd "${KUBELET_DIR}" && pwd -P)" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
 }
 
+# Once containerd is gone: the kubelet's volume mounts, and what the pods'
+# network left (the containers were killed without a CNI DEL): their network
+# namespaces (/var/run/netns/cni-*: only a CNI runtime makes these; dockerd keeps
+# its own in /var/run/docker/netns), the bridge and the IP allocations.
+cleanup_after_containerd() {
+	local ns
+	unmount_kubelet_dirs
+	for ns in /var/run/netns/cni-*; do
+		[[ -e "${ns}" ]] || continue
+		umount "${ns}" 2>/dev/null || true
+		rm -f "${ns}" 2>/dev/null || true
+	done
+	if command -v ip >/dev/null 2>&1 && ip link show wro-cni0 >/dev/null 2>&1; then
+		ip link delete wro-cni0 2>/dev/null || true
+	fi
+	rm -rf "${STACK_DIR}/cni/ipam"
+	return 0
+}
+
 # down --cluster: stop only the cluster parts and remove the node object, so
 # the API server (still up) does not keep a NotReady node.
 stop_cluster() {
@@ -1106,7 +1125,7 @@ stop_cluster() {
 			stop_pid "${name}" "${pid}" 20
 		fi
 		rm -f "$(pidfile "${name}")"
-		[[ "${name}" == containerd ]] && unmount_kubelet_dirs
+		[[ "${name}" == containerd ]] && cleanup_after_containerd
 	done
 	if [[ -x "${STACK_BIN}/kubectl" && -s "${KUBECONFIG_PATH}" ]] && apiserver_ready; then
 		"${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" delete node "${NODE_NAME}" --ignore-not-found --request-timeout=20s >&2 || true
@@ -1238,7 +1257,7 @@ cmd_down() {
 			[[ -f "$(pidfile "${name}")" ]] && log "${name}: not running (stale pid file removed)"
 		fi
 		rm -f "$(pidfile "${name}")"
-		[[ "${name}" == containerd ]] && unmount_kubelet_dirs
+		[[ "${name}" == containerd ]] && cleanup_after_containerd
 	done
 	if ((purge)); then
 		log "purging runtime state: etcd data, certificates, kubeconfig, logs"
