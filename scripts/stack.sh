@@ -1103,6 +1103,8 @@ unmount_kubelet_dirs() {
 cleanup_after_containerd() {
 	local ns
 	unmount_kubelet_dirs
+	# Nothing to do unless this stack ran the cluster's containerd.
+	[[ -d "${CTRD_DIR}" ]] || return 0
 	for ns in /var/run/netns/cni-*; do
 		[[ -e "${ns}" ]] || continue
 		umount "${ns}" 2>/dev/null || true
