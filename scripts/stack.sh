@@ -1087,13 +1087,21 @@ ensure_cluster() {
 	ensure_kubelet
 }
 
-# Unmount whatever the kubelet left mounted under its root dir (volumes).
-unmount_kubelet_dirs() {
-	local m
-	[[ -d "${KUBELET_DIR}" ]] || return 0
+# Unmount whatever is still mounted under directory $1, deepest first.
+unmount_under() {
+	local dir="$1" m
+	[[ -d "${dir}" ]] || return 0
 	while read -r m; do
 		umount -l "${m}" 2>/dev/null || true
-	done < <(awk -v d="$(cd "${KUBELET_DIR}" && pwd -P)" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
+	done < <(awk -v d="$(cd "${dir}" && pwd -P)/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
+	return 0
+}
+
+# What the kubelet (volumes) and the killed containerd (the sandboxes' /dev/shm
+# tmpfs, container root filesystems) left mounted.
+unmount_kubelet_dirs() {
+	unmount_under "${KUBELET_DIR}"
+	unmount_under "${CTRD_DIR}"
 }
 
 # Once containerd is gone: the kubelet's volume mounts, and what the pods'
