@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local stack for tests and the demo: a real etcd + kube-apiserver (envtest
-# style: no kubelet, no controller-manager), a Jaeger v2 and a Docker engine.
+# style: no kubelet, no controller-manager unless up --cluster), a Jaeger v2 and a
+# Docker engine.
 #
 #   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
 #   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state;
@@ -9,12 +10,14 @@
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
 #   scripts/stack.sh up --cluster   also a one-node cluster: containerd, kubelet, scheduler, controller-manager
 #   scripts/stack.sh load-image IMAGE...   copy images from the Docker engine into the cluster's containerd
+#   scripts/stack.sh helm      build helm if missing (nothing else), print its path
 #
-# Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger) on
-# first use (in parallel) and cached outside the repo, keyed by version:
+# Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger,
+# hack/helm) on first use (in parallel) and cached outside the repo, keyed by version:
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/kubernetes-vX.Y.Z/{kube-apiserver,kubectl}
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/etcd-vX.Y.Z/etcd
 #   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/jaeger-vX.Y.Z/jaeger
+#   ${WRO_CACHE_DIR:-$HOME/.cache/worker-recovery-operator}/bin/helm-vX.Y.Z/helm   (chart tests only)
 # and symlinked into <repo>/.stack/bin/. Runtime state lives in <repo>/.stack/:
 #   kubeconfig (admin, system:masters), pki/, etcd-data/, logs/*.log, *.pid
 # (Jaeger keeps its traces in memory only: they are gone after 'down'.)
@@ -32,6 +35,7 @@
 #   WRO_STACK_TIMEOUT           seconds to wait for each component to become ready (default 180)
 #   WRO_APISERVER_EXTRA_ARGS    extra kube-apiserver flags, space separated
 #   WRO_SKIP_JAEGER=1           do not build/start Jaeger
+#   WRO_SKIP_HELM=1             do not build helm on 'up' ('helm' still builds it)
 #   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
 #   WRO_CLUSTER=1               same as up --cluster
 #   WRO_CNI_BIN_DIR             CNI plugin binaries for --cluster (default /usr/lib/cni, Debian's containernetworking-plugins)
@@ -65,6 +69,7 @@ NODE_NAME="wro-node"
 POD_CIDR="10.244.0.0/24"
 PAUSE_IMAGE="localhost/wro-pause:dev"
 K8S_NODE_BINS=(kubelet kube-scheduler kube-controller-manager)
+HELM_MOD_DIR="${REPO_ROOT}/hack/helm"
 
 CACHE_DIR="${WRO_CACHE_DIR:-${HOME}/.cache/worker-recovery-operator}"
 TIMEOUT="${WRO_STACK_TIMEOUT:-180}"
@@ -124,8 +129,11 @@ K8S_BIN_DIR="${CACHE_DIR}/bin/kubernetes-${K8S_VERSION}"
 ETCD_BIN_DIR="${CACHE_DIR}/bin/etcd-${ETCD_VERSION}"
 JAEGER_BIN_DIR="${CACHE_DIR}/bin/jaeger-${JAEGER_VERSION}"
 PAUSE_BIN_DIR="${CACHE_DIR}/bin/pause-$(cat "${PAUSE_MOD_DIR}/main.go" "${PAUSE_MOD_DIR}/go.mod" | sha256sum | cut -c1-12)"
+HELM_VERSION="$(mod_version "${HELM_MOD_DIR}/go.mod" helm.sh/helm/v3)"
+HELM_BIN_DIR="${CACHE_DIR}/bin/helm-${HELM_VERSION}"
 
 skip_jaeger() { [[ "${WRO_SKIP_JAEGER:-0}" == 1 ]]; }
+skip_helm() { [[ "${WRO_SKIP_HELM:-0}" == 1 ]]; }
 
 # ---------------------------------------------------------------- processes
 
@@ -321,13 +329,30 @@ build_jaeger() {
 	mv "${tmp}" "${JAEGER_BIN_DIR}"
 }
 
+build_helm() {
+	local go="$1" tmp
+	tmp="${HELM_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${HELM_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+			-o "${tmp}/helm" helm.sh/helm/v3/cmd/helm
+	)
+	[[ -x "${tmp}/helm" ]] || die "helm build produced no binary in ${tmp}"
+	rm -rf "${HELM_BIN_DIR}"
+	mv "${tmp}" "${HELM_BIN_DIR}"
+}
+
 ensure_binaries() {
-	local need_k8s=0 need_etcd=0 need_jaeger=0
+	local need_k8s=0 need_etcd=0 need_jaeger=0 need_helm=0
 	[[ -x "${K8S_BIN_DIR}/kube-apiserver" && -x "${K8S_BIN_DIR}/kubectl" ]] || need_k8s=1
 	[[ -x "${ETCD_BIN_DIR}/etcd" ]] || need_etcd=1
 	skip_jaeger || [[ -x "${JAEGER_BIN_DIR}/jaeger" ]] || need_jaeger=1
-	if ((need_k8s || need_etcd || need_jaeger)); then
-		local go start k8s_pid="" etcd_pid="" jaeger_pid="" failed=0
+	skip_helm || [[ -x "${HELM_BIN_DIR}/helm" ]] || need_helm=1
+	if ((need_k8s || need_etcd || need_jaeger || need_helm)); then
+		local go start k8s_pid="" etcd_pid="" jaeger_pid="" helm_pid="" failed=0
 		go="$(find_go)"
 		mkdir -p "${CACHE_DIR}/bin"
 		start=${SECONDS}
@@ -347,6 +372,11 @@ ensure_binaries() {
 			build_jaeger "${go}" >"${LOG_DIR}/build-jaeger.log" 2>&1 &
 			jaeger_pid=$!
 		fi
+		if ((need_helm)); then
+			log "  helm ${HELM_VERSION} -> ${HELM_BIN_DIR} (log: ${LOG_DIR}/build-helm.log)"
+			build_helm "${go}" >"${LOG_DIR}/build-helm.log" 2>&1 &
+			helm_pid=$!
+		fi
 		if [[ -n "${k8s_pid}" ]] && ! wait "${k8s_pid}"; then
 			show_log_tail "${LOG_DIR}/build-kubernetes.log" 60
 			log "building kube-apiserver/kubectl ${K8S_VERSION} FAILED (full log: ${LOG_DIR}/build-kubernetes.log)"
@@ -362,6 +392,11 @@ ensure_binaries() {
 			log "building jaeger ${JAEGER_VERSION} FAILED (full log: ${LOG_DIR}/build-jaeger.log)"
 			failed=1
 		fi
+		if [[ -n "${helm_pid}" ]] && ! wait "${helm_pid}"; then
+			show_log_tail "${LOG_DIR}/build-helm.log" 60
+			log "building helm ${HELM_VERSION} FAILED (full log: ${LOG_DIR}/build-helm.log)"
+			failed=1
+		fi
 		((failed == 0)) || die "binary build failed"
 		log "built in $((SECONDS - start))s"
 	fi
@@ -373,6 +408,33 @@ ensure_binaries() {
 	if [[ -x "${JAEGER_BIN_DIR}/jaeger" ]]; then
 		ln -sfn "${JAEGER_BIN_DIR}/jaeger" "${STACK_BIN}/jaeger"
 	fi
+	link_helm
+}
+
+# With WRO_SKIP_HELM=1 helm is not built, but a cached one is still linked.
+link_helm() {
+	if [[ -x "${HELM_BIN_DIR}/helm" ]]; then
+		mkdir -p "${STACK_BIN}"
+		ln -sfn "${HELM_BIN_DIR}/helm" "${STACK_BIN}/helm"
+	fi
+}
+
+# helm alone, on demand (scripts/test-chart.sh): needs no running stack.
+cmd_helm() {
+	if [[ ! -x "${HELM_BIN_DIR}/helm" ]]; then
+		local go start
+		go="$(find_go)"
+		mkdir -p "${CACHE_DIR}/bin" "${LOG_DIR}"
+		start=${SECONDS}
+		log "building helm ${HELM_VERSION} with $("${go}" version) -> ${HELM_BIN_DIR} (first run only; log: ${LOG_DIR}/build-helm.log)"
+		if ! (build_helm "${go}") >"${LOG_DIR}/build-helm.log" 2>&1; then
+			show_log_tail "${LOG_DIR}/build-helm.log" 60
+			die "building helm ${HELM_VERSION} FAILED (full log: ${LOG_DIR}/build-helm.log)"
+		fi
+		log "built helm in $((SECONDS - start))s"
+	fi
+	link_helm
+	printf '%s\n' "${HELM_BIN_DIR}/helm"
 }
 
 # ---------------------------------------------------------------- certificates
@@ -1179,6 +1241,11 @@ print_versions() {
 		jaeger_out="$("${STACK_BIN}/jaeger" version 2>&1)" || die "jaeger version failed: ${jaeger_out}"
 		log "  jaeger:         ${JAEGER_VERSION} (pinned in hack/jaeger/go.mod)"
 	fi
+	if [[ -x "${STACK_BIN}/helm" ]]; then
+		local helm_v
+		helm_v="$("${STACK_BIN}/helm" version --short 2>&1)" || die "helm version failed: ${helm_v}"
+		log "  helm:           ${helm_v}"
+	fi
 	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]]; then
 		docker_v="$(timeout 10 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})' 2>&1 || true)"
 		log "  docker:         ${docker_v}"
@@ -1363,7 +1430,7 @@ cmd_status() {
 		fi
 	done
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
-	printf 'binaries:   %s -> %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}"
+	printf 'binaries:   %s -> %s, %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}" "${HELM_BIN_DIR}"
 	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
 	return "${all_ok}"
 }
@@ -1377,7 +1444,7 @@ cmd_env() {
 }
 
 usage() {
-	sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -1394,6 +1461,7 @@ main() {
 		mkdir -p "${LOG_DIR}"
 		for image in "$@"; do load_image "${image}"; done
 		;;
+	helm) cmd_helm "$@" ;;
 	-h | --help | help) usage ;;
 	*)
 		usage >&2

@@ -20,6 +20,9 @@ cargo test --manifest-path sample-worker/Cargo.toml --locked
 step "local stack up (kube-apiserver + etcd + dockerd)"
 bash scripts/stack.sh up
 
+step "Helm chart: lint, render, assertions, server-side dry run"
+bash scripts/test-chart.sh
+
 step "sample worker image"
 bash scripts/build-worker-image.sh
 

@@ -7,11 +7,12 @@ use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::{
+    controller::scope::Scope,
     crd,
     diagnose::{self, host::DmesgProbe, report},
     docker::DockerEngine,
     http::{self, policy, HttpClient, UrlPolicy},
-    operator, telemetry,
+    leader, operator, telemetry,
     trust::{self, AllowedRoots, FileOnlyGrants, RootGrant, Trust},
 };
 
@@ -117,8 +118,70 @@ impl UrlPolicyArgs {
     fn client(&self, tls: &rustls::ClientConfig) -> anyhow::Result<HttpClient> {
         let policy = self.policy();
         tracing::info!(deny = ?policy.deny(), allow = ?policy.allow(), "URL policy");
+        // As a message: it names the innermost cause already, which `{:#}` would repeat.
         HttpClient::new(policy, tls.clone()).map_err(anyhow::Error::msg)
     }
+}
+
+/// Leader election among several operator processes (the single-host Deployment mode).
+#[derive(clap::Args, Debug, Clone)]
+struct ElectionArgs {
+    /// Run the controllers only while this process holds the leader Lease; a standby waits
+    /// for it. A leader that loses it exits (non-zero) at once, to come back as a standby.
+    #[arg(
+        long,
+        env = "WRO_LEADER_ELECT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = leader::DEFAULT_LEASE, env = "WRO_LEADER_ELECTION_LEASE")]
+    leader_election_lease: String,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "WRO_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Seconds the leader Lease holds without a renewal: how long a crashed leader's standby
+    /// waits at most before it takes over.
+    #[arg(long, default_value_t = 15, env = "WRO_LEADER_ELECTION_LEASE_SECONDS")]
+    leader_election_lease_seconds: u64,
+    /// Seconds between the leader's renewals of the Lease (less than the lease seconds).
+    #[arg(long, default_value_t = 5, env = "WRO_LEADER_ELECTION_RENEW_SECONDS")]
+    leader_election_renew_seconds: u64,
+}
+
+impl ElectionArgs {
+    /// The election to take part in, if any; `env` reads POD_NAMESPACE, POD_NAME and HOSTNAME.
+    fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<leader::Election>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let election = leader::Election {
+            lease: self.leader_election_lease.clone(),
+            namespace: self
+                .leader_election_namespace
+                .clone()
+                .or_else(|| env("POD_NAMESPACE"))
+                .unwrap_or_else(|| "default".into()),
+            identity: leader::identity(env("POD_NAME"), env("HOSTNAME")),
+            lease_seconds: self.leader_election_lease_seconds,
+            renew_seconds: self.leader_election_renew_seconds,
+        };
+        election
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--leader-election-renew-seconds: {e}"))?;
+        Ok(Some(election))
+    }
+}
+
+/// The environment variable `name`, when set and not empty.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +202,12 @@ enum Command {
         /// nothing new writes nothing until then. 0 writes at every look.
         #[arg(long, default_value_t = 300, env = "WRO_STATUS_REFRESH_SECONDS")]
         status_refresh_seconds: u64,
+        /// Act only on the Workers whose spec.nodeName is NAME (a per-node agent; a DaemonSet
+        /// passes its pod's node). Without it every Worker is acted on.
+        #[arg(long, value_name = "NAME", env = "WRO_NODE_NAME")]
+        node_name: Option<String>,
+        #[command(flatten)]
+        election: ElectionArgs,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -186,14 +255,21 @@ pub fn main() -> ExitCode {
             trust,
             urls,
             status_refresh_seconds,
+            node_name,
+            election,
         } => trust.resolve().and_then(|trust| {
             let http = urls.client(&tls)?;
+            let leader = election.resolve(env_var)?;
             block_on(operator::run(operator::RunOptions {
                 listen,
                 namespace,
                 trust,
                 http,
                 status_refresh: std::time::Duration::from_secs(status_refresh_seconds),
+                scope: node_name
+                    .filter(|n| !n.is_empty())
+                    .map_or_else(Scope::all, Scope::node),
+                leader,
             }))
         }),
         Command::Diagnose {
@@ -278,4 +354,97 @@ fn crdgen(out_dir: &std::path::Path, stdout: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> (Option<String>, ElectionArgs) {
+        let mut argv = vec!["worker-recovery-operator", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run {
+                node_name,
+                election,
+                ..
+            } => (node_name, election),
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn by_default_no_node_and_no_election() {
+        let (node, election) = run_args(&[]);
+        assert_eq!(node, None);
+        assert_eq!(election.resolve(env(&[])).unwrap(), None);
+    }
+
+    #[test]
+    fn the_node_name_is_taken() {
+        assert_eq!(
+            run_args(&["--node-name", "node-a"]).0.as_deref(),
+            Some("node-a")
+        );
+    }
+
+    #[test]
+    fn an_election_defaults_to_the_pods_namespace_and_name() {
+        let (_, election) = run_args(&["--leader-elect"]);
+        let election = election
+            .resolve(env(&[("POD_NAMESPACE", "ops"), ("POD_NAME", "op-0")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(election.lease, "worker-recovery-operator");
+        assert_eq!(election.namespace, "ops");
+        assert_eq!(election.identity, format!("op-0-{}", std::process::id()));
+        assert_eq!((election.lease_seconds, election.renew_seconds), (15, 5));
+        let (_, election) = run_args(&["--leader-elect"]);
+        let election = election.resolve(env(&[])).unwrap().unwrap();
+        assert_eq!(election.namespace, "default");
+    }
+
+    #[test]
+    fn an_election_takes_its_flags() {
+        let (_, election) = run_args(&[
+            "--leader-elect=1",
+            "--leader-election-lease",
+            "wro",
+            "--leader-election-namespace",
+            "ops",
+            "--leader-election-lease-seconds",
+            "4",
+            "--leader-election-renew-seconds",
+            "1",
+        ]);
+        let election = election
+            .resolve(env(&[("POD_NAMESPACE", "elsewhere")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (election.lease.as_str(), election.namespace.as_str()),
+            ("wro", "ops")
+        );
+        assert_eq!((election.lease_seconds, election.renew_seconds), (4, 1));
+    }
+
+    #[test]
+    fn a_renewal_after_the_lease_runs_out_is_refused() {
+        let (_, election) = run_args(&[
+            "--leader-elect",
+            "--leader-election-lease-seconds",
+            "5",
+            "--leader-election-renew-seconds",
+            "5",
+        ]);
+        assert!(election.resolve(env(&[])).is_err());
+    }
 }

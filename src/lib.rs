@@ -18,6 +18,7 @@ pub mod diagnose;
 pub mod docker;
 pub mod escalation;
 pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod operator;

@@ -15,11 +15,12 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use crate::{
-    controller::{self, Context},
+    controller::{self, scope::Scope, Context},
     crd::{ResumePlan, Worker, WorkerRecovery},
     diagnose::host::DmesgProbe,
     docker::DockerEngine,
     http::HttpClient,
+    leader::{self, Election},
     metrics::Metrics,
     server,
     trust::Trust,
@@ -37,6 +38,10 @@ pub struct RunOptions {
     pub http: HttpClient,
     /// How often an unchanged Worker status is written anyway.
     pub status_refresh: std::time::Duration,
+    /// The Workers acted on: all, or one node's (`--node-name`).
+    pub scope: Scope,
+    /// Run the controllers only while holding this leader Lease (`--leader-elect`).
+    pub leader: Option<Election>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -56,8 +61,53 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(server::serve(opts.listen, metrics.clone(), ready.clone()));
 
+    // A standby serves /healthz and /readyz too: it is ready to take over.
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut leadership = match &opts.leader {
+        Some(election) => Some(leader::acquire(client.clone(), election).await?),
+        None => None,
+    };
+    let ctx = Context::new(
+        client.clone(),
+        Arc::new(docker),
+        Arc::new(DmesgProbe),
+        metrics,
+        opts.trust.clone(),
+        opts.http.clone(),
+    )
+    .with_status_refresh(opts.status_refresh)
+    .with_scope(opts.scope.clone());
+    info!(
+        namespace = opts.namespace.as_deref().unwrap_or("<all>"),
+        node = opts.scope.describe(),
+        allowed_roots = %opts.trust.roots.describe_all(),
+        "starting controllers"
+    );
+    let lost = async {
+        match leadership.as_mut() {
+            Some(l) => l.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = controllers(ctx, &client, opts.namespace.as_deref()) => info!("controllers stopped"),
+        why = lost => bail!("lost the leader lease ({why}): exiting so that this process comes back as a standby"),
+        res = http => match res {
+            Ok(Ok(())) => bail!("HTTP server stopped unexpectedly"),
+            Ok(Err(e)) => return Err(e).context(format!("cannot serve HTTP on {}", opts.listen)),
+            Err(e) => bail!("HTTP server task failed: {e}"),
+        },
+    }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
+    Ok(())
+}
+
+/// Run the three controllers (on `namespace`, or all) until a shutdown signal.
+async fn controllers(ctx: Context, client: &Client, namespace: Option<&str>) {
     let (workers, recoveries, plans): (Api<Worker>, Api<WorkerRecovery>, Api<ResumePlan>) =
-        match &opts.namespace {
+        match namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
@@ -71,45 +121,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         };
     // The Worker controller's cache is also where path claims are checked.
     let (worker_cache, worker_cache_writer) = reflector::store();
-    let ctx = Arc::new(
-        Context::new(
-            client,
-            Arc::new(docker),
-            Arc::new(DmesgProbe),
-            metrics,
-            opts.trust.clone(),
-            opts.http.clone(),
-        )
-        .with_workers(worker_cache.clone())
-        .with_status_refresh(opts.status_refresh),
+    let ctx = Arc::new(ctx.with_workers(worker_cache.clone()));
+    tokio::join!(
+        controller::worker::run(
+            ctx.clone(),
+            workers,
+            recoveries.clone(),
+            (worker_cache, worker_cache_writer)
+        ),
+        controller::watch::run_records(ctx.clone(), recoveries),
+        controller::watch::run_records(ctx.clone(), plans),
     );
-    info!(
-        namespace = opts.namespace.as_deref().unwrap_or("<all>"),
-        allowed_roots = %opts.trust.roots.describe_all(),
-        "starting controllers"
-    );
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    let controllers = async {
-        tokio::join!(
-            controller::worker::run(
-                ctx.clone(),
-                workers,
-                recoveries.clone(),
-                (worker_cache, worker_cache_writer)
-            ),
-            controller::watch::run_records(ctx.clone(), recoveries),
-            controller::watch::run_records(ctx.clone(), plans),
-        )
-    };
-    tokio::select! {
-        _ = controllers => info!("controllers stopped"),
-        res = http => match res {
-            Ok(Ok(())) => bail!("HTTP server stopped unexpectedly"),
-            Ok(Err(e)) => return Err(e).context(format!("cannot serve HTTP on {}", opts.listen)),
-            Err(e) => bail!("HTTP server task failed: {e}"),
-        },
-    }
-    Ok(())
 }
 
 /// Fail with a clear message when a CRD is missing, instead of a watch that errors forever.

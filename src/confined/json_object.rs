@@ -34,15 +34,27 @@ impl<'de> Deserialize<'de> for RawObject {
     }
 }
 
+/// Why bytes are not a JSON object.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ObjectError {
+    #[error("empty file")]
+    Empty,
+    #[error("not UTF-8 (invalid byte at offset {})", .0.valid_up_to())]
+    NotUtf8(#[source] std::str::Utf8Error),
+    #[error("not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// Valid JSON whose top level is another kind: "an array", "null", ...
+    #[error("top level is {0}, not an object")]
+    NotAnObject(&'static str),
+}
+
 /// Parse `bytes` as a JSON object; `Err` says why it is not one.
-pub(crate) fn parse_object(bytes: &[u8]) -> Result<Pairs, String> {
+pub(crate) fn parse_object(bytes: &[u8]) -> Result<Pairs, ObjectError> {
     if bytes.is_empty() {
-        return Err("empty file".into());
+        return Err(ObjectError::Empty);
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
-    let raw: Box<RawValue> =
-        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let text = std::str::from_utf8(bytes).map_err(ObjectError::NotUtf8)?;
+    let raw: Box<RawValue> = serde_json::from_str(text).map_err(ObjectError::NotJson)?;
     let kind = match raw.get().as_bytes().first() {
         Some(b'{') => None,
         Some(b'[') => Some("an array"),
@@ -52,11 +64,11 @@ pub(crate) fn parse_object(bytes: &[u8]) -> Result<Pairs, String> {
         _ => Some("a number"),
     };
     if let Some(kind) = kind {
-        return Err(format!("top level is {kind}, not an object"));
+        return Err(ObjectError::NotAnObject(kind));
     }
     serde_json::from_str::<RawObject>(raw.get())
         .map(|o| o.0)
-        .map_err(|e| format!("not valid JSON: {e}"))
+        .map_err(ObjectError::NotJson)
 }
 
 /// The decoded text of a raw key.

@@ -6,6 +6,7 @@ pub mod error;
 pub mod finalizer;
 pub mod recovery;
 pub mod resume_plan;
+pub mod scope;
 pub mod watch;
 pub mod worker;
 pub mod writer;
@@ -67,6 +68,8 @@ pub struct Context {
     /// The Worker status this process wrote last, per Worker (`object_key`).
     pub worker_status:
         std::sync::Mutex<std::collections::HashMap<String, crate::crd::worker::WorkerStatus>>,
+    /// The Workers this process acts on (all, or one node's).
+    pub scope: scope::Scope,
 }
 
 impl Context {
@@ -98,6 +101,7 @@ impl Context {
             running_steps: Default::default(),
             status_refresh: worker::decide::STATUS_REFRESH,
             worker_status: Default::default(),
+            scope: scope::Scope::all(),
         }
     }
 }
@@ -120,6 +124,12 @@ impl Context {
     /// Write an unchanged Worker status at most every `refresh` (zero: at every look).
     pub fn with_status_refresh(mut self, refresh: std::time::Duration) -> Self {
         self.status_refresh = refresh;
+        self
+    }
+
+    /// Act only on the Workers `scope` covers.
+    pub fn with_scope(mut self, scope: scope::Scope) -> Self {
+        self.scope = scope;
         self
     }
 

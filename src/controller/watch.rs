@@ -49,16 +49,18 @@ impl Trigger {
     }
 }
 
-/// The objects of `api` that `trigger` lets through, cached into `writer`'s store.
+/// The objects of `api` (those `config` selects) that `trigger` lets through, cached into
+/// `writer`'s store.
 pub fn changes<K>(
     api: Api<K>,
+    config: watcher::Config,
     writer: reflector::store::Writer<K>,
     trigger: Trigger,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watcher(api, watcher::Config::default().any_semantic())
+    watcher(api, config.any_semantic())
         .default_backoff()
         // Nobody reads who wrote which field: not keeping it shrinks the cache by half.
         .modify(|o| o.managed_fields_mut().clear())
@@ -102,6 +104,9 @@ pub trait RecordsItsWork:
     const CONTROLLER: &'static str;
     type Error: ReconcileError + std::error::Error + From<kube::Error> + Send + 'static;
 
+    /// The name of the Worker the object works on (in its namespace).
+    fn worker_name(&self) -> &str;
+
     /// Move the object's work on, from `self` as the API server has it now.
     fn advance(&self, ctx: &Context) -> impl Future<Output = Result<Action, Self::Error>> + Send;
 }
@@ -109,7 +114,12 @@ pub trait RecordsItsWork:
 /// Run the controller of `K` until a shutdown signal.
 pub async fn run_records<K: RecordsItsWork>(ctx: Arc<Context>, api: Api<K>) {
     let (reader, writer) = reflector::store();
-    let trigger = changes(api, writer, Trigger::SpecOrDeletion);
+    let trigger = changes(
+        api,
+        watcher::Config::default(),
+        writer,
+        Trigger::SpecOrDeletion,
+    );
     let controller = Controller::for_stream(trigger, reader);
     serve(controller, K::CONTROLLER, reconcile_fresh::<K>, ctx).await;
 }
@@ -129,6 +139,21 @@ async fn reconcile_fresh<K: RecordsItsWork>(
         let Some(fresh) = read_fresh(&ctx.client, obj.as_ref()).await? else {
             return Ok(Action::await_change());
         };
+        // A per-node agent leaves the runs and plans of other nodes' Workers alone: no status,
+        // no Event, no step.
+        let ns = fresh.namespace().unwrap_or_default();
+        if !ctx
+            .scope
+            .covers_worker_named(&ctx.client, &ns, fresh.worker_name())
+            .await?
+        {
+            tracing::debug!(
+                worker = fresh.worker_name(),
+                node = ctx.scope.describe(),
+                "the Worker is not of this node; left alone"
+            );
+            return Ok(Action::await_change());
+        }
         ctx.measured(K::CONTROLLER, &fresh, fresh.advance(&ctx))
             .await
     }

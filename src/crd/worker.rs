@@ -27,6 +27,7 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
     status = "WorkerStatus",
     shortname = "wk",
     category = "workerrecovery",
+    selectable = ".spec.nodeName",
     doc = "A long-running agent worker in a Docker container, supervised by worker-recovery-operator.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Container", type_ = "string", json_path = ".spec.container"),
@@ -75,6 +76,13 @@ pub struct WorkerSpec {
         regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     )]
     pub worker_name: Option<String>,
+
+    /// The node (host) the worker's container runs on. An operator agent started with
+    /// `--node-name` acts only on the Workers that name its node; an operator without it acts
+    /// on every Worker. Selectable: `--field-selector spec.nodeName=NODE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: Option<String>,
 
     /// Absolute host path of the shared root that holds `workers/`, `tasks/` and `locks/`.
     /// Every path in `paths` is resolved inside it.

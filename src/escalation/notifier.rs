@@ -223,9 +223,7 @@ impl Shared {
             }
             _ => Delivery {
                 attempts: 0,
-                result: Err(
-                    "gave up at the delivery deadline, waiting for other deliveries to end".into(),
-                ),
+                result: Err(webhook::DeliveryError::DeadlineWhileQueued),
             },
         };
         let level = request.payload.level;
@@ -363,7 +361,7 @@ mod tests {
             panic!("the delivery ended");
         };
         assert!(outcome.delivery.attempts >= 2, "{outcome:?}");
-        let err = outcome.delivery.result.unwrap_err();
+        let err = outcome.delivery.result.unwrap_err().to_string();
         assert!(err.starts_with("gave up at the delivery deadline"), "{err}");
     }
 
@@ -426,6 +424,7 @@ mod tests {
             .delivery
             .result
             .unwrap_err()
+            .to_string()
             .contains("other deliveries"));
         assert_eq!(notifier.progress("uid-2", "L1", queued), Progress::Pending);
     }

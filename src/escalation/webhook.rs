@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::http::{HttpClient, Response, MESSAGE_BODY_BYTES};
+use crate::http::{HttpClient, HttpError, Response, MESSAGE_BODY_BYTES};
 
 /// What is posted at a level change.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -39,7 +39,75 @@ pub struct Hook {
 pub struct Delivery {
     pub attempts: u32,
     /// The HTTP status of a delivered notification, or why it was not delivered.
-    pub result: Result<u16, String>,
+    pub result: Result<u16, DeliveryError>,
+}
+
+/// An answer other than 2xx: its status and the start of its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub status: u16,
+    /// [`Response::body_excerpt`].
+    pub body: String,
+}
+
+impl Answered {
+    fn of(r: &Response) -> Self {
+        Self {
+            status: r.status,
+            body: r.body_excerpt(),
+        }
+    }
+}
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.status {
+            300..=399 => " (redirects are not followed)",
+            _ => "",
+        };
+        write!(f, "answered with status {}{what}", self.status)?;
+        if !self.body.is_empty() {
+            write!(f, ": {}", self.body)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why an attempt that another attempt may change did not deliver.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    /// 5xx, 408 or 429.
+    #[error("{0}")]
+    Answered(Answered),
+    /// A timeout or a connection failure.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+}
+
+/// Why a notification was not delivered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// An answer another attempt would not change (a redirect, a refusal).
+    #[error("{0}; not retried")]
+    NotRetried(Answered),
+    /// A URL the operator may not or cannot reach: invalid, or refused by the URL policy.
+    #[error(transparent)]
+    Unreachable(HttpError),
+    /// Every attempt was made; the last one failed so.
+    #[error(transparent)]
+    OutOfAttempts(AttemptError),
+    /// The delivery deadline came after `attempts` attempts, the last of which failed so.
+    #[error("gave up at the delivery deadline after {attempts} attempt(s): {last}")]
+    Deadline {
+        attempts: u32,
+        #[source]
+        last: AttemptError,
+    },
+    #[error("gave up at the delivery deadline before any attempt")]
+    DeadlineBeforeAnyAttempt,
+    /// The deadline came while other notifications were being delivered (see the notifier).
+    #[error("gave up at the delivery deadline, waiting for other deliveries to end")]
+    DeadlineWhileQueued,
 }
 
 /// The wait before attempt `attempt + 1`: 1 s, 2 s, 4 s, ... at most 30 s.
@@ -98,10 +166,10 @@ async fn deliver_with(
                     result: Ok(r.status),
                 }
             }
-            Ok(r) if !retried(r.status) => Err(format!("{}; not retried", describe(&r))),
-            Ok(r) => Ok(describe(&r)),
-            Err(e) if !e.is_transient() => Err(e.to_string()),
-            Err(e) => Ok(e.to_string()),
+            Ok(r) if !retried(r.status) => Err(DeliveryError::NotRetried(Answered::of(&r))),
+            Ok(r) => Ok(AttemptError::Answered(Answered::of(&r))),
+            Err(e) if !e.is_transient() => Err(DeliveryError::Unreachable(e)),
+            Err(e) => Ok(AttemptError::Http(e)),
         };
         match error {
             Err(final_error) => {
@@ -114,11 +182,9 @@ async fn deliver_with(
         }
     }
     let result = match last {
-        Some(last) if attempts == max_attempts => last,
-        Some(last) => {
-            format!("gave up at the delivery deadline after {attempts} attempt(s): {last}")
-        }
-        None => "gave up at the delivery deadline before any attempt".to_string(),
+        Some(last) if attempts == max_attempts => DeliveryError::OutOfAttempts(last),
+        Some(last) => DeliveryError::Deadline { attempts, last },
+        None => DeliveryError::DeadlineBeforeAnyAttempt,
     };
     Delivery {
         attempts,
@@ -129,17 +195,6 @@ async fn deliver_with(
 /// Whether an answer other than 2xx may go otherwise on another attempt.
 fn retried(status: u16) -> bool {
     status >= 500 || status == 408 || status == 429
-}
-
-fn describe(r: &Response) -> String {
-    let what = match r.status {
-        300..=399 => " (redirects are not followed)",
-        _ => "",
-    };
-    match r.body_excerpt() {
-        body if body.is_empty() => format!("answered with status {}{what}", r.status),
-        body => format!("answered with status {}{what}: {body}", r.status),
-    }
 }
 
 #[cfg(test)]
@@ -233,13 +288,20 @@ mod tests {
         assert_eq!(statuses(&[429, 408, 202], 5).await, ok(3, 202));
         let d = statuses(&[400], 5).await;
         assert_eq!(d.attempts, 1);
-        assert!(d.result.unwrap_err().contains("status 400"));
+        assert!(d.result.unwrap_err().to_string().contains("status 400"));
         let d = statuses(&[302], 5).await;
         assert_eq!(d.attempts, 1);
-        assert!(d.result.unwrap_err().contains("redirects are not followed"));
+        assert!(d
+            .result
+            .unwrap_err()
+            .to_string()
+            .contains("redirects are not followed"));
         let d = statuses(&[500], 3).await;
         assert_eq!(d.attempts, 3);
-        assert_eq!(d.result.unwrap_err(), "answered with status 500");
+        assert_eq!(
+            d.result.unwrap_err().to_string(),
+            "answered with status 500"
+        );
     }
 
     #[tokio::test]
@@ -249,7 +311,7 @@ mod tests {
         ])
         .await;
         let d = deliver_with(&client(), &hook(&server.url, 3), &payload(), far(), no_wait).await;
-        let err = d.result.unwrap_err();
+        let err = d.result.unwrap_err().to_string();
         assert!(
             err.starts_with("answered with status 403: invalid token xxx"),
             "{err}"
@@ -262,7 +324,7 @@ mod tests {
         let url = format!("http://127.0.0.1:{}/hook/s3cret", closed_port());
         let d = deliver_with(&client(), &hook(&url, 3), &payload(), far(), no_wait).await;
         assert_eq!(d.attempts, 3);
-        let err = d.result.unwrap_err();
+        let err = d.result.unwrap_err().to_string();
         assert!(
             err.starts_with("cannot connect to http://127.0.0.1:"),
             "{err}"
@@ -272,7 +334,7 @@ mod tests {
         let url = "http://169.254.169.254/latest/meta-data";
         let d = deliver_with(&client(), &hook(url, 3), &payload(), far(), no_wait).await;
         assert_eq!(d.attempts, 1);
-        assert!(d.result.unwrap_err().contains("not allowed"));
+        assert!(d.result.unwrap_err().to_string().contains("not allowed"));
     }
 
     #[tokio::test]
@@ -309,14 +371,18 @@ mod tests {
         // 5 s, a wait of 1 s, then the 4 s left; the next wait would pass the deadline.
         assert_eq!(d.attempts, 2);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
-        let err = d.result.unwrap_err();
+        let err = d.result.unwrap_err().to_string();
         assert!(
             err.starts_with("gave up at the delivery deadline after 2 attempt(s): no answer from"),
             "{err}"
         );
         let d = deliver(&client(), &hook, &payload(), Instant::now()).await;
         assert_eq!(d.attempts, 0);
-        assert!(d.result.unwrap_err().contains("before any attempt"));
+        assert!(d
+            .result
+            .unwrap_err()
+            .to_string()
+            .contains("before any attempt"));
     }
 
     #[test]

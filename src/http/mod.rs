@@ -67,9 +67,14 @@ impl HttpError {
     }
 }
 
+/// Why an HTTP client cannot be built (at start-up). The message names the innermost cause.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {}", cause(.0))]
+pub struct ClientBuildError(#[source] reqwest::Error);
+
 impl HttpClient {
     /// A client that connects only where `policy` allows and trusts the roots of `tls`.
-    pub fn new(policy: UrlPolicy, tls: rustls::ClientConfig) -> Result<Self, String> {
+    pub fn new(policy: UrlPolicy, tls: rustls::ClientConfig) -> Result<Self, ClientBuildError> {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
@@ -81,7 +86,7 @@ impl HttpClient {
             .pool_max_idle_per_host(1)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", cause(&e)))?;
+            .map_err(ClientBuildError)?;
         Ok(Self { client, policy })
     }
 
@@ -226,12 +231,12 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
 pub fn blocking_client(
     tls: rustls::ClientConfig,
     timeout: Duration,
-) -> Result<reqwest::blocking::Client, String> {
+) -> Result<reqwest::blocking::Client, ClientBuildError> {
     reqwest::blocking::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(timeout)
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {}", cause(&e)))
+        .map_err(ClientBuildError)
 }
 
 /// Local servers and a client for tests.

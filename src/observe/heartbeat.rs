@@ -9,7 +9,7 @@
 
 use std::{path::Path, time::Duration};
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::{self, SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::confined::{self, FileContent, FsError};
@@ -30,7 +30,7 @@ pub enum TimeSource {
 }
 
 /// Why the content of a heartbeat file is not a readable heartbeat.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum ContentIssue {
     Empty,
     /// Not a JSON object.
@@ -38,8 +38,37 @@ pub enum ContentIssue {
     /// A time field is present but its value is not a time; the file's time was used.
     BadTime {
         field: &'static str,
-        detail: String,
+        detail: TimeError,
     },
+}
+
+/// Why the value of a time field is not a time.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum TimeError {
+    #[error("{text:?} is neither RFC 3339 nor a Unix time: {source}")]
+    NotATime {
+        text: String,
+        #[source]
+        source: jiff::Error,
+    },
+    /// Neither a string nor a number: the value as JSON.
+    #[error("{0} is neither text nor a number")]
+    WrongKind(Value),
+    #[error("{0} is not a Unix time")]
+    NotUnixTime(f64),
+    #[error("{number} is out of range: {source}")]
+    OutOfRange {
+        number: f64,
+        #[source]
+        source: jiff::Error,
+    },
+}
+
+/// By what each says: a `jiff::Error` has no `PartialEq`.
+impl PartialEq for TimeError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }
 
 impl ContentIssue {
@@ -178,27 +207,28 @@ fn json_kind(v: &Value) -> &'static str {
 const MILLISECONDS_FROM: f64 = 1e11;
 
 /// A time field: RFC 3339 text, or Unix seconds or milliseconds (as a number or as text).
-fn parse_time(value: &Value) -> Result<Timestamp, String> {
+fn parse_time(value: &Value) -> Result<Timestamp, TimeError> {
     let number = match value {
         Value::String(s) => match s.trim().parse::<Timestamp>() {
             Ok(t) => return Ok(t),
-            Err(e) => s
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| format!("{s:?} is neither RFC 3339 nor a Unix time: {e}"))?,
+            Err(source) => s.trim().parse::<f64>().map_err(|_| TimeError::NotATime {
+                text: s.clone(),
+                source,
+            })?,
         },
         Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
-        other => return Err(format!("{other} is neither text nor a number")),
+        other => return Err(TimeError::WrongKind(other.clone())),
     };
     if !number.is_finite() || number < 0.0 {
-        return Err(format!("{number} is not a Unix time"));
+        return Err(TimeError::NotUnixTime(number));
     }
     let millis = if number >= MILLISECONDS_FROM {
         number
     } else {
         number * 1000.0
     };
-    Timestamp::from_millisecond(millis as i64).map_err(|e| format!("{number} is out of range: {e}"))
+    Timestamp::from_millisecond(millis as i64)
+        .map_err(|source| TimeError::OutOfRange { number, source })
 }
 
 /// Interpret a heartbeat file read safely: its content, or its modification time when the

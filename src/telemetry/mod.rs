@@ -75,7 +75,7 @@ pub fn init(format: LogFormat, tls: &rustls::ClientConfig) -> Telemetry {
             Err(e) => (None, Some(format!("trace export is off: {e}"))),
         },
         Ok(false) => (None, None),
-        Err(e) => (None, Some(e)),
+        Err(e) => (None, Some(e.to_string())),
     };
     // Only the spans of recovery runs (and the events inside them) become OpenTelemetry data;
     // the controllers' own reconcile spans stay in the logs.
@@ -104,11 +104,31 @@ pub fn init(format: LogFormat, tls: &rustls::ClientConfig) -> Telemetry {
     Telemetry { provider }
 }
 
+/// Why the environment's trace export is not done: a setting this build does not support.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExportConfigError {
+    #[error("trace export is off: OTEL_TRACES_EXPORTER={0} is not supported (use otlp or none)")]
+    Exporter(String),
+    #[error(
+        "trace export is off: {key}={value} is not supported; this build exports OTLP over HTTP (http/protobuf, usually port 4318)"
+    )]
+    Protocol { key: &'static str, value: String },
+}
+
+/// Why the OTLP exporter cannot be built.
+#[derive(Debug, thiserror::Error)]
+enum ProviderError {
+    #[error(transparent)]
+    Client(#[from] crate::http::ClientBuildError),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
 /// Whether the standard environment asks for trace export: `OTEL_TRACES_EXPORTER=otlp`, or an
 /// OTLP endpoint set (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), and
 /// not `OTEL_TRACES_EXPORTER=none` or `OTEL_SDK_DISABLED=true`. Only OTLP over HTTP with protobuf
 /// is built in; another protocol or exporter is refused with a message.
-pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, String> {
+pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, ExportConfigError> {
     let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     if set("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return Ok(false);
@@ -117,11 +137,7 @@ pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, Strin
     match exporter.as_deref() {
         Some("none") => return Ok(false),
         Some("otlp") | None => {}
-        Some(other) => {
-            return Err(format!(
-            "trace export is off: OTEL_TRACES_EXPORTER={other} is not supported (use otlp or none)"
-        ))
-        }
+        Some(other) => return Err(ExportConfigError::Exporter(other.to_string())),
     }
     for key in [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
@@ -129,9 +145,7 @@ pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, Strin
     ] {
         if let Some(p) = set(key) {
             if p.trim() != "http/protobuf" {
-                return Err(format!(
-                    "trace export is off: {key}={p} is not supported; this build exports OTLP over HTTP (http/protobuf, usually port 4318)"
-                ));
+                return Err(ExportConfigError::Protocol { key, value: p });
             }
             break;
         }
@@ -144,7 +158,7 @@ pub fn export_wanted(env: impl Fn(&str) -> Option<String>) -> Result<bool, Strin
 /// The SDK provider: batch export over OTLP/HTTP, ids from [`recovery_trace::PinnedIds`] so a
 /// run's spans keep the ids recorded in its status. Endpoint, headers, timeout, batch delays and
 /// the service name come from the `OTEL_*` variables.
-fn build_provider(tls: &rustls::ClientConfig) -> Result<SdkTracerProvider, String> {
+fn build_provider(tls: &rustls::ClientConfig) -> Result<SdkTracerProvider, ProviderError> {
     use opentelemetry_otlp::WithHttpConfig;
     // Our own client: the exporter's default one would look for a process-wide TLS crypto
     // provider, which this program does not install.
@@ -154,7 +168,7 @@ fn build_provider(tls: &rustls::ClientConfig) -> Result<SdkTracerProvider, Strin
         .with_http()
         .with_http_client(client)
         .build()
-        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+        .map_err(ProviderError::Exporter)?;
     let resource = opentelemetry_sdk::Resource::builder()
         .with_service_name(
             std::env::var("OTEL_SERVICE_NAME")
@@ -254,7 +268,8 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://j:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("http/protobuf"), "{err}");
         // The signal-specific protocol wins over the generic one.
         assert_eq!(
@@ -267,6 +282,7 @@ mod tests {
         );
         assert!(export_wanted(env(&[("OTEL_TRACES_EXPORTER", "zipkin")]))
             .unwrap_err()
+            .to_string()
             .contains("zipkin"));
     }
 

@@ -59,6 +59,10 @@ impl RecordsItsWork for WorkerRecovery {
     const CONTROLLER: &'static str = CONTROLLER;
     type Error = Error;
 
+    fn worker_name(&self) -> &str {
+        &self.spec.worker_ref.name
+    }
+
     async fn advance(&self, ctx: &Context) -> Result<Action, Error> {
         run_steps(self, ctx).await
     }

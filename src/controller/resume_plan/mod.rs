@@ -65,6 +65,10 @@ impl RecordsItsWork for ResumePlan {
     const CONTROLLER: &'static str = CONTROLLER;
     type Error = Error;
 
+    fn worker_name(&self) -> &str {
+        &self.spec.worker_ref.name
+    }
+
     async fn advance(&self, ctx: &Context) -> Result<Action, Error> {
         advance_plan(self, ctx).await
     }

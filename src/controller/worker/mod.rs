@@ -15,7 +15,7 @@ use kube::{
     runtime::{
         controller::{self, Action, Controller},
         events::EventType,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
     ResourceExt,
@@ -53,7 +53,7 @@ pub async fn run(
     cache: (Store<Worker>, reflector::store::Writer<Worker>),
 ) {
     let (reader, writer) = cache;
-    let trigger = watch::changes(workers, writer, Trigger::Spec);
+    let trigger = watch::changes(workers, ctx.scope.worker_watch(), writer, Trigger::Spec);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
     // Only the runs this controller created (automatic attempts) point back to a Worker; a
@@ -62,18 +62,34 @@ pub async fn run(
         .labels(supervise::AUTO_RUN_LABEL)
         .any_semantic();
     let pruner = tokio::spawn(forget_deleted(ctx.clone(), reader.clone()));
+    let reader_of_owners = reader.clone();
     let controller = Controller::for_stream(trigger, reader)
         // A thousand Workers looked at all at once (at start, after the engine came back)
         // would each hold a Docker connection and buffers; a bounded number at a time keeps
         // the memory high-water mark low at no cost in latency for a single crash.
         .with_config(controller::Config::default().concurrency(WORKER_CONCURRENCY))
-        .owns(runs, auto_runs)
+        .watches(runs, auto_runs, owner_in(reader_of_owners))
         .reconcile_on(container_events)
         // A webhook delivery ended: write how it went.
         .reconcile_on(ctx.notifier.wakeups())
         .reconcile_all_on(resync);
     watch::serve(controller, CONTROLLER, reconcile, ctx).await;
     pruner.abort();
+}
+
+/// The Worker that owns an automatic run, when it is one this controller watches (in
+/// `workers`): a per-node agent sees every node's runs, but reconciles its own Workers only.
+fn owner_in(
+    workers: Store<Worker>,
+) -> impl Fn(WorkerRecovery) -> Option<ObjectRef<Worker>> + Send + Sync + 'static {
+    move |run| {
+        let owner = run
+            .owner_references()
+            .iter()
+            .find(|o| o.kind == "Worker" && o.controller == Some(true))?;
+        let worker = ObjectRef::new(&owner.name).within(&run.namespace()?);
+        workers.get(&worker).is_some().then_some(worker)
+    }
 }
 
 /// How often the memory of deleted Workers is dropped.

@@ -1000,7 +1000,7 @@ fn record_delivery(e: &mut EscalationStatus, outcome: notifier::Outcome) {
         Err(_) => NotificationState::Failed,
     };
     n.attempts = outcome.delivery.attempts;
-    n.last_error = outcome.delivery.result.err();
+    n.last_error = outcome.delivery.result.err().map(|e| e.to_string());
     n.time = Some(Time(outcome.time));
 }
 

@@ -6,8 +6,20 @@ use serde_json::value::RawValue;
 
 use super::TASK_KEYS;
 use crate::confined::json_object::{
-    json_f64, json_string, last_value, parse_object, replace_fields,
+    json_f64, json_string, last_value, parse_object, replace_fields, ObjectError,
 };
+
+/// Why a task file cannot be requeued: the text is its quarantine reason.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TaskFileError {
+    #[error(transparent)]
+    NotAnObject(#[from] ObjectError),
+    /// `retry_count` is not a count: its raw value, clipped.
+    #[error("retry_count is {0}, not a non-negative integer")]
+    BadRetryCount(String),
+    #[error("retry_count {0} cannot be incremented")]
+    RetryOverflow(u64),
+}
 
 /// Unix seconds as a float, like Python's `time.time()`: `1795823941.5`.
 pub(super) fn unix_float(t: Timestamp) -> f64 {
@@ -21,20 +33,16 @@ pub(super) fn transform_task(
     bytes: &[u8],
     failure_time: Timestamp,
     failure_reason: &str,
-) -> Result<(Vec<u8>, u64), String> {
+) -> Result<(Vec<u8>, u64), TaskFileError> {
     let pairs = parse_object(bytes)?;
     let old = match last_value(&pairs, "retry_count") {
         None => 0,
-        Some(raw) => serde_json::from_str::<u64>(raw.get()).map_err(|_| {
-            format!(
-                "retry_count is {}, not a non-negative integer",
-                clip(raw.get(), 64)
-            )
-        })?,
+        Some(raw) => serde_json::from_str::<u64>(raw.get())
+            .map_err(|_| TaskFileError::BadRetryCount(clip(raw.get(), 64)))?,
     };
     let retry = old
         .checked_add(1)
-        .ok_or_else(|| format!("retry_count {old} cannot be incremented"))?;
+        .ok_or(TaskFileError::RetryOverflow(old))?;
     let fields = [
         (TASK_KEYS[0], retry.to_string()),
         (TASK_KEYS[1], json_f64(unix_float(failure_time))),

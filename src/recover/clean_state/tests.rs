@@ -172,7 +172,7 @@ fn transform_is_pure_and_strict_about_retry_count() {
         (b"{\"a\":\"\xe9\"}", "not UTF-8"),
         (b"{\"a\":1} x", "not valid JSON"),
     ] {
-        let err = transform_task(bad, t, "x").unwrap_err();
+        let err = transform_task(bad, t, "x").unwrap_err().to_string();
         assert!(err.contains(why), "{bad:?}: {err}");
     }
 }

@@ -528,7 +528,7 @@ impl Engine<'_> {
                         retry,
                         owner,
                     },
-                    Err(why) => Verdict::Quarantine(why),
+                    Err(why) => Verdict::Quarantine(why.to_string()),
                 }
             }
         })

@@ -145,7 +145,7 @@ impl Engine<'_> {
                         owner = Some(o);
                         match parse_object(&b) {
                             Ok(p) => pairs = p,
-                            Err(why) => corrupt = Some(why),
+                            Err(why) => corrupt = Some(why.to_string()),
                         }
                     }
                 }

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""Assert what a rendering of charts/worker-recovery-operator must contain for its values.
+
+Usage: check-chart-render.py RENDERED.yaml RELEASE_NAMESPACE [VALUES.yaml ...]
+
+The values files are merged over the chart's values.yaml as helm does (maps deeply, anything
+else replaced); the rendering must then hold exactly the workload, RBAC, volumes and env those
+values call for. Exits 1 with every failed assertion listed.
+"""
+import os
+import sys
+
+import yaml
+
+CHART = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "charts", "worker-recovery-operator")
+ALLOWED_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER"}
+LEASE_VERBS = {"get", "create", "update", "delete"}
+
+failures = []
+
+
+def check(cond, msg):
+    if not cond:
+        failures.append(msg)
+    return cond
+
+
+def merge(base, over):
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def main():
+    rendered, release_ns, *value_files = sys.argv[1:]
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    for vf in value_files:
+        with open(vf) as f:
+            values = merge(values, yaml.safe_load(f) or {})
+    with open(rendered) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+
+    mode = values["mode"]
+    watch = values.get("watchNamespace") or ""
+    roots = values["allowedRoots"]
+    global_roots = roots.get("global") or []
+    per_ns = roots.get("perNamespace") or {}
+    want_dirs = set(global_roots) | {d for dirs in per_ns.values() for d in dirs}
+    want_grants = set(global_roots) | {f"{ns}={d}" for ns, dirs in per_ns.items() for d in dirs}
+
+    check("CustomResourceDefinition" not in by_kind, "templates must not render CRDs (they live in crds/)")
+
+    # The workload: a DaemonSet per node, or a Deployment with leader election.
+    if mode == "perNode":
+        check(len(by_kind.get("DaemonSet", [])) == 1, "perNode: exactly one DaemonSet")
+        check("Deployment" not in by_kind, "perNode: no Deployment")
+        check("PodDisruptionBudget" not in by_kind, "perNode: no PodDisruptionBudget")
+        workloads = by_kind.get("DaemonSet", [])
+    else:
+        check(len(by_kind.get("Deployment", [])) == 1, "singleHost: exactly one Deployment")
+        check("DaemonSet" not in by_kind, "singleHost: no DaemonSet")
+        workloads = by_kind.get("Deployment", [])
+        for w in workloads:
+            check(w["spec"].get("replicas") == values["replicas"], f"singleHost: replicas {values['replicas']}")
+        if values["podDisruptionBudget"]["enabled"]:
+            check(len(by_kind.get("PodDisruptionBudget", [])) == 1, "singleHost: a PodDisruptionBudget")
+    if not workloads:
+        return
+    w = workloads[0]
+    check(w["metadata"]["namespace"] == release_ns, "workload in the release namespace")
+    pod = w["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+
+    # Volumes: only the allowed roots (each at its own path) and the Docker socket from the node.
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    check(
+        set(host_paths.values()) == want_dirs | {values["dockerSocket"]},
+        f"hostPath volumes are exactly the allowed roots and the socket: {sorted(host_paths.values())} != {sorted(want_dirs | {values['dockerSocket']})}",
+    )
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    for name, path in host_paths.items():
+        if path == values["dockerSocket"]:
+            check(mounts.get(name) == "/var/run/docker.sock", "the socket is mounted at /var/run/docker.sock")
+        else:
+            check(mounts.get(name) == path, f"root {path} mounted at the same path (got {mounts.get(name)})")
+
+    # Environment.
+    env = {e["name"]: e for e in c["env"]}
+
+    def value(name):
+        return env.get(name, {}).get("value")
+
+    def field(name):
+        return env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+
+    grants = set(filter(None, (value("WRO_ALLOWED_ROOTS") or "").split(",")))
+    check(grants == want_grants, f"WRO_ALLOWED_ROOTS {sorted(grants)} != {sorted(want_grants)}")
+    check(value("WRO_NAMESPACE") == (watch or None), f"WRO_NAMESPACE is {watch or 'unset'}")
+    check(field("POD_NAME") == "metadata.name", "POD_NAME from metadata.name")
+    check(field("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE from metadata.namespace")
+    check(value("WRO_LISTEN") == f"0.0.0.0:{values['port']}", "WRO_LISTEN")
+    check(value("WRO_LOG_FORMAT") == values["logFormat"], "WRO_LOG_FORMAT")
+    check(value("WRO_STATUS_REFRESH_SECONDS") == str(values["statusRefreshSeconds"]), "WRO_STATUS_REFRESH_SECONDS")
+    for key, name in (("deny", "WRO_URL_DENY"), ("allow", "WRO_URL_ALLOW")):
+        want = ",".join(values["urlPolicy"][key]) or None
+        check(value(name) == want, f"{name} is {want}")
+    check(value("WRO_FILE_ONLY_WORKERS") == (",".join(values["fileOnlyWorkers"]) or None), "WRO_FILE_ONLY_WORKERS")
+    ca = values["caBundle"]
+    check(("WRO_CA_FILE" in env) == bool(ca["pem"] or ca["existingConfigMap"]), "WRO_CA_FILE iff a CA bundle")
+    check(value("OTEL_EXPORTER_OTLP_ENDPOINT") == (values["tracing"]["otlpEndpoint"] or None), "OTEL endpoint")
+    if mode == "perNode":
+        check(field("WRO_NODE_NAME") == "spec.nodeName", "perNode: WRO_NODE_NAME from spec.nodeName")
+        check("WRO_LEADER_ELECT" not in env, "perNode: no leader election")
+    else:
+        check("WRO_NODE_NAME" not in env, "singleHost: no WRO_NODE_NAME")
+        check(value("WRO_LEADER_ELECT") == "1", "singleHost: WRO_LEADER_ELECT=1")
+        check(field("WRO_LEADER_ELECTION_NAMESPACE") == "metadata.namespace", "singleHost: election namespace from the pod")
+
+    # Security: root, but no more than the socket and the workers' files need.
+    sc = c.get("securityContext", {})
+    check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+    check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation false")
+    check(not sc.get("privileged"), "not privileged")
+    caps = sc.get("capabilities", {})
+    check(caps.get("drop") == ["ALL"], "capabilities: drop ALL")
+    check(set(caps.get("add", [])) <= ALLOWED_CAPS, f"capabilities added only from {sorted(ALLOWED_CAPS)}")
+    seccomp = (sc.get("seccompProfile") or pod.get("securityContext", {}).get("seccompProfile") or {}).get("type")
+    check(seccomp == "RuntimeDefault", "seccomp RuntimeDefault")
+    check(not pod.get("hostPID") and not pod.get("hostIPC"), "no hostPID/hostIPC")
+
+    # RBAC: namespaced when one namespace is watched, cluster-wide only when all are.
+    sa = pod["serviceAccountName"]
+    roles = by_kind.get("Role", [])
+    election = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    main_roles = [r for r in roles if r not in election]
+    if watch:
+        check("ClusterRole" not in by_kind and "ClusterRoleBinding" not in by_kind, "one namespace: no ClusterRole(Binding)")
+        check(len(main_roles) == 1 and main_roles[0]["metadata"]["namespace"] == watch, f"one namespace: a Role in {watch}")
+        rb = [b for b in by_kind.get("RoleBinding", []) if b["roleRef"]["kind"] == "Role" and b["metadata"]["namespace"] == watch and not b["metadata"]["name"].endswith("-leader-election")]
+        check(len(rb) == 1, f"one namespace: a RoleBinding in {watch}")
+        bindings = rb
+        rules = main_roles[0]["rules"] if main_roles else []
+    else:
+        check(len(by_kind.get("ClusterRole", [])) == 1 and len(by_kind.get("ClusterRoleBinding", [])) == 1, "all namespaces: a ClusterRole and a ClusterRoleBinding")
+        check(not main_roles, "all namespaces: no namespaced Role besides leader election")
+        bindings = by_kind.get("ClusterRoleBinding", [])
+        rules = by_kind.get("ClusterRole", [{}])[0].get("rules", [])
+    for b in bindings:
+        check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": release_ns}], "binding names the pod's ServiceAccount")
+    check(any("workers" in r["resources"] and "watch" in r["verbs"] for r in rules), "RBAC: watch workers")
+    check(any("workers/status" in r["resources"] and "patch" in r["verbs"] for r in rules), "RBAC: patch workers/status")
+    if mode == "singleHost":
+        ok = len(election) == 1 and election[0]["metadata"]["namespace"] == release_ns
+        check(ok, "singleHost: a leader-election Role in the release namespace")
+        if ok:
+            lease = [r for r in election[0]["rules"] if "leases" in r["resources"]]
+            check(lease and set(lease[0]["verbs"]) == LEASE_VERBS, f"leader election: leases {sorted(LEASE_VERBS)}")
+    else:
+        check(not election, "perNode: no leader-election Role")
+
+
+if __name__ == "__main__":
+    main()
+    if failures:
+        for f in failures:
+            print(f"FAIL: {f}", file=sys.stderr)
+        sys.exit(1)
