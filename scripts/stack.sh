@@ -1065,12 +1065,37 @@ node_ready() {
 	[[ "${s}" == True ]]
 }
 
+# The kubelet sets vm.overcommit_memory=1, kernel.panic=10 and
+# kernel.panic_on_oops=1 (machine-wide); remember the values it found so that
+# down puts them back.
+KERNEL_TUNABLES=(vm/overcommit_memory kernel/panic kernel/panic_on_oops)
+
+save_kernel_tunables() {
+	local f="${KUBELET_DIR}/sysctl.orig" t
+	[[ -s "${f}" ]] && return 0
+	mkdir -p "${KUBELET_DIR}"
+	for t in "${KERNEL_TUNABLES[@]}"; do
+		printf '%s %s\n' "${t}" "$(cat "/proc/sys/${t}")"
+	done >"${f}"
+}
+
+restore_kernel_tunables() {
+	local f="${KUBELET_DIR}/sysctl.orig" t v
+	[[ -s "${f}" ]] || return 0
+	while read -r t v; do
+		[[ " ${KERNEL_TUNABLES[*]} " == *" ${t} "* ]] || continue
+		printf '%s\n' "${v}" >"/proc/sys/${t}" 2>/dev/null || log "could not restore /proc/sys/${t} to ${v}"
+	done <"${f}"
+	rm -f "${f}"
+}
+
 ensure_kubelet() {
 	local pid
 	if ! pid="$(running_pid kubelet)"; then
 		require_port_free "${KUBELET_PORT}" kubelet
 		require_port_free "${KUBELET_HEALTHZ_PORT}" "kubelet healthz"
 		write_kubelet_config
+		save_kernel_tunables
 		log "starting kubelet ${K8S_VERSION} as node ${NODE_NAME}"
 		# The admin kubeconfig: the API server authorizes with RBAC only (no Node
 		# authorizer), where the system:nodes group has no bindings.
@@ -1197,6 +1222,7 @@ stop_cluster() {
 			stop_pid "${name}" "${pid}" 20
 		fi
 		rm -f "$(pidfile "${name}")"
+		[[ "${name}" == kubelet ]] && restore_kernel_tunables
 		[[ "${name}" == containerd ]] && cleanup_after_containerd
 	done
 	if [[ -x "${STACK_BIN}/kubectl" && -s "${KUBECONFIG_PATH}" ]] && apiserver_ready; then
@@ -1334,6 +1360,7 @@ cmd_down() {
 			[[ -f "$(pidfile "${name}")" ]] && log "${name}: not running (stale pid file removed)"
 		fi
 		rm -f "$(pidfile "${name}")"
+		[[ "${name}" == kubelet ]] && restore_kernel_tunables
 		[[ "${name}" == containerd ]] && cleanup_after_containerd
 	done
 	if ((purge)); then
