@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Local stack for tests and the demo: a real etcd + kube-apiserver (envtest
-# style: no kubelet, no controller-manager), a Jaeger v2 and a Docker engine.
+# style: no kubelet, no controller-manager unless up --cluster), a Jaeger v2 and a
+# Docker engine.
 #
 #   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
-#   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state)
+#   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state;
+#                              --cluster stops only the cluster parts of up --cluster)
 #   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
+#   scripts/stack.sh up --cluster   also a one-node cluster: containerd, kubelet, scheduler, controller-manager
+#   scripts/stack.sh load-image IMAGE...   copy images from the Docker engine into the cluster's containerd
 #   scripts/stack.sh helm      build helm if missing (nothing else), print its path
 #
 # Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger,
@@ -23,6 +27,8 @@
 #   kube-apiserver  16443 (https)
 #   jaeger          4318 (OTLP/HTTP in), 16686 (query API + UI), 16685 (query gRPC), 13133 (health, /status)
 #                   config: hack/jaeger/config.yaml
+#   with --cluster: kubelet 10250 (API, anonymous) + 10248 (healthz), kube-scheduler 10259,
+#                   kube-controller-manager 10257; containerd on .stack/containerd/containerd.sock
 #
 # Environment knobs (all optional):
 #   WRO_CACHE_DIR               binary cache root (see above)
@@ -31,6 +37,8 @@
 #   WRO_SKIP_JAEGER=1           do not build/start Jaeger
 #   WRO_SKIP_HELM=1             do not build helm on 'up' ('helm' still builds it)
 #   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
+#   WRO_CLUSTER=1               same as up --cluster
+#   WRO_CNI_BIN_DIR             CNI plugin binaries for --cluster (default /usr/lib/cni, Debian's containernetworking-plugins)
 #   DOCKER_HOST=unix:///path    use (or start) a private engine on that socket, state in .stack/docker/
 #   GO                          go binary to use (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
@@ -48,6 +56,19 @@ K8S_MOD_DIR="${REPO_ROOT}/hack/k8s"
 ETCD_MOD_DIR="${REPO_ROOT}/hack/etcd"
 JAEGER_MOD_DIR="${REPO_ROOT}/hack/jaeger"
 JAEGER_CONFIG="${JAEGER_MOD_DIR}/config.yaml"
+PAUSE_MOD_DIR="${REPO_ROOT}/hack/pause"
+
+# Cluster mode (up --cluster / WRO_CLUSTER=1) only.
+CTRD_DIR="${STACK_DIR}/containerd"
+CTRD_SOCK="${CTRD_DIR}/containerd.sock"
+CTRD_CONFIG="${CTRD_DIR}/config.toml"
+KUBELET_DIR="${STACK_DIR}/kubelet"
+CNI_CONF_DIR="${STACK_DIR}/cni/net.d"
+CNI_BIN_DIR="${WRO_CNI_BIN_DIR:-/usr/lib/cni}"
+NODE_NAME="wro-node"
+POD_CIDR="10.244.0.0/24"
+PAUSE_IMAGE="localhost/wro-pause:dev"
+K8S_NODE_BINS=(kubelet kube-scheduler kube-controller-manager)
 HELM_MOD_DIR="${REPO_ROOT}/hack/helm"
 
 CACHE_DIR="${WRO_CACHE_DIR:-${HOME}/.cache/worker-recovery-operator}"
@@ -56,6 +77,10 @@ TIMEOUT="${WRO_STACK_TIMEOUT:-180}"
 ETCD_CLIENT_PORT=12379
 ETCD_PEER_PORT=12380
 APISERVER_PORT=16443
+KUBELET_PORT=10250
+KUBELET_HEALTHZ_PORT=10248
+SCHEDULER_PORT=10259
+CONTROLLER_MANAGER_PORT=10257
 ETCD_URL="http://127.0.0.1:${ETCD_CLIENT_PORT}"
 APISERVER_URL="https://127.0.0.1:${APISERVER_PORT}"
 SERVICE_CIDR="10.0.0.0/24"
@@ -103,6 +128,7 @@ JAEGER_VERSION="$(mod_version "${JAEGER_MOD_DIR}/go.mod" github.com/jaegertracin
 K8S_BIN_DIR="${CACHE_DIR}/bin/kubernetes-${K8S_VERSION}"
 ETCD_BIN_DIR="${CACHE_DIR}/bin/etcd-${ETCD_VERSION}"
 JAEGER_BIN_DIR="${CACHE_DIR}/bin/jaeger-${JAEGER_VERSION}"
+PAUSE_BIN_DIR="${CACHE_DIR}/bin/pause-$(cat "${PAUSE_MOD_DIR}/main.go" "${PAUSE_MOD_DIR}/go.mod" | sha256sum | cut -c1-12)"
 HELM_VERSION="$(mod_version "${HELM_MOD_DIR}/go.mod" helm.sh/helm/v3)"
 HELM_BIN_DIR="${CACHE_DIR}/bin/helm-${HELM_VERSION}"
 
@@ -119,7 +145,8 @@ pid_is() {
 	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
 	[[ -r "/proc/${pid}/comm" ]] || return 1
 	comm="$(cat "/proc/${pid}/comm" 2>/dev/null)" || return 1
-	[[ "${comm}" == "${name}" ]] || return 1
+	# comm is the executable name cut to 15 characters (kube-controller-manager).
+	[[ "${comm}" == "${name:0:15}" ]] || return 1
 	# A zombie is not running.
 	! grep -q '^State:[[:space:]]*Z' "/proc/${pid}/status" 2>/dev/null
 }
@@ -619,6 +646,9 @@ apiserver_ready() {
 ensure_apiserver() {
 	local pid
 	if pid="$(running_pid kube-apiserver)"; then
+		if cluster_wanted && grep -q -- '--disable-admission-plugins=ServiceAccount' "/proc/${pid}/cmdline" 2>/dev/null; then
+			log "note: the running kube-apiserver was started without --cluster (ServiceAccount admission off: pods get no token; kubectl logs/exec cannot reach the kubelet); 'down' and 'up --cluster' to change that"
+		fi
 		if apiserver_ready; then
 			return 0
 		fi
@@ -627,8 +657,21 @@ ensure_apiserver() {
 		require_port_free "${APISERVER_PORT}" kube-apiserver
 		log "starting kube-apiserver ${K8S_VERSION} on ${APISERVER_URL}"
 		local -a extra=()
+		# Without a controller-manager nothing creates the "default" service
+		# accounts, so the ServiceAccount admission plugin would reject every pod;
+		# a cluster (--cluster) has one, and its pods need their tokens mounted.
+		local sa_admission=--disable-admission-plugins=ServiceAccount
+		if cluster_wanted; then
+			sa_admission=--enable-admission-plugins=ServiceAccount
+			# kubectl logs/exec: the API server calls the kubelet at the node's
+			# InternalIP (the node name does not resolve) with the admin certificate.
+			extra+=(--kubelet-client-certificate="${PKI_DIR}/admin.crt" --kubelet-client-key="${PKI_DIR}/admin.key"
+				--kubelet-preferred-address-types=InternalIP,Hostname)
+		fi
 		if [[ -n "${WRO_APISERVER_EXTRA_ARGS:-}" ]]; then
-			read -r -a extra <<<"${WRO_APISERVER_EXTRA_ARGS}"
+			local -a user_extra
+			read -r -a user_extra <<<"${WRO_APISERVER_EXTRA_ARGS}"
+			extra+=("${user_extra[@]}")
 		fi
 		mkdir -p "${STACK_DIR}/apiserver-certs"
 		start_daemon kube-apiserver "${STACK_BIN}/kube-apiserver" \
@@ -645,7 +688,7 @@ ensure_apiserver() {
 			--service-account-key-file="${PKI_DIR}/sa.pub" \
 			--service-account-signing-key-file="${PKI_DIR}/sa.key" \
 			--service-cluster-ip-range="${SERVICE_CIDR}" \
-			--disable-admission-plugins=ServiceAccount \
+			"${sa_admission}" \
 			--allow-privileged=true \
 			--profiling=false \
 			--v=1 \
@@ -760,6 +803,447 @@ ensure_docker() {
 	log "docker engine ${v} ready (pid ${pid})"
 }
 
+# ---------------------------------------------------------------- cluster (opt-in: up --cluster)
+#
+# A one-node cluster on top of etcd + kube-apiserver: a private containerd
+# (its own config, socket, root and state under .stack/containerd/, separate
+# from the containerd that dockerd runs), kubelet, kube-scheduler and
+# kube-controller-manager. Images cannot be pulled: the pod sandbox ("pause")
+# image is built locally (hack/pause) and imported, and `load-image` imports
+# any other image from the Docker engine.
+
+cluster_wanted() { [[ "${WRO_CLUSTER:-0}" == 1 ]]; }
+
+build_k8s_node() {
+	local go="$1" tmp
+	tmp="${K8S_BIN_DIR}.node.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${K8S_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "$(k8s_ldflags)" -o "${tmp}/" \
+			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager
+	)
+	local b
+	for b in "${K8S_NODE_BINS[@]}"; do
+		[[ -x "${tmp}/${b}" ]] || die "kubernetes node build produced no ${b} in ${tmp}"
+	done
+	# Same versioned cache dir as kube-apiserver/kubectl (built first by ensure_binaries).
+	mkdir -p "${K8S_BIN_DIR}"
+	for b in "${K8S_NODE_BINS[@]}"; do
+		mv -f "${tmp}/${b}" "${K8S_BIN_DIR}/${b}"
+	done
+	rm -rf "${tmp}"
+}
+
+build_pause() {
+	local go="$1" tmp
+	tmp="${PAUSE_BIN_DIR}.tmp.$$"
+	rm -rf "${tmp}"
+	mkdir -p "${tmp}"
+	(
+		cd "${PAUSE_MOD_DIR}"
+		CGO_ENABLED=0 GOWORK=off GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false" \
+			"${go}" build -trimpath -ldflags "-s -w" -o "${tmp}/pause" .
+	)
+	[[ -x "${tmp}/pause" ]] || die "pause build produced no binary in ${tmp}"
+	rm -rf "${PAUSE_BIN_DIR}"
+	mv "${tmp}" "${PAUSE_BIN_DIR}"
+}
+
+ensure_node_binaries() {
+	local b need=0
+	for b in "${K8S_NODE_BINS[@]}"; do
+		[[ -x "${K8S_BIN_DIR}/${b}" ]] || need=1
+	done
+	if ((need)); then
+		local go start
+		go="$(find_go)"
+		start=${SECONDS}
+		log "building kubelet, kube-scheduler, kube-controller-manager ${K8S_VERSION} -> ${K8S_BIN_DIR} (first --cluster run only; log: ${LOG_DIR}/build-kubernetes-node.log)"
+		if ! build_k8s_node "${go}" >"${LOG_DIR}/build-kubernetes-node.log" 2>&1; then
+			show_log_tail "${LOG_DIR}/build-kubernetes-node.log" 60
+			die "building the kubernetes node binaries FAILED (full log: ${LOG_DIR}/build-kubernetes-node.log)"
+		fi
+		log "built in $((SECONDS - start))s"
+	fi
+	if [[ ! -x "${PAUSE_BIN_DIR}/pause" ]]; then
+		log "building the pause binary (hack/pause) -> ${PAUSE_BIN_DIR}"
+		build_pause "$(find_go)" >"${LOG_DIR}/build-pause.log" 2>&1 || {
+			show_log_tail "${LOG_DIR}/build-pause.log"
+			die "building pause FAILED (log: ${LOG_DIR}/build-pause.log)"
+		}
+	fi
+	for b in "${K8S_NODE_BINS[@]}"; do
+		ln -sfn "${K8S_BIN_DIR}/${b}" "${STACK_BIN}/${b}"
+	done
+}
+
+ctr_k8s() { ctr --address "${CTRD_SOCK}" --namespace k8s.io "$@"; }
+
+containerd_ready() { [[ -S "${CTRD_SOCK}" ]] && timeout 10 ctr --address "${CTRD_SOCK}" version >/dev/null 2>&1; }
+
+write_containerd_config() {
+	mkdir -p "${CTRD_DIR}" "${CNI_CONF_DIR}"
+	# Only host-network pods are meant to run; the CRI plugin still reports
+	# NetworkReady=false (and the node stays NotReady) without a CNI config,
+	# so give it a bridge + host-local one (Debian's containernetworking-plugins).
+	cat >"${CNI_CONF_DIR}/10-wro-bridge.conflist" <<-EOF
+		{
+		  "cniVersion": "0.4.0",
+		  "name": "wro-pods",
+		  "plugins": [
+		    {
+		      "type": "bridge",
+		      "bridge": "wro-cni0",
+		      "isGateway": true,
+		      "ipMasq": false,
+		      "ipam": {"type": "host-local", "ranges": [[{"subnet": "${POD_CIDR}"}]], "dataDir": "${STACK_DIR}/cni/ipam"}
+		    },
+		    {"type": "portmap", "capabilities": {"portMappings": true}}
+		  ]
+		}
+	EOF
+	cat >"${CTRD_CONFIG}" <<-EOF
+		# Generated by scripts/stack.sh: the cluster's containerd, not dockerd's.
+		version = 2
+		root = "${CTRD_DIR}/root"
+		state = "${CTRD_DIR}/state"
+		[grpc]
+		  address = "${CTRD_SOCK}"
+		[ttrpc]
+		  address = ""
+		[debug]
+		  address = ""
+		[metrics]
+		  address = ""
+		[plugins."io.containerd.internal.v1.opt"]
+		  path = "${CTRD_DIR}/opt"
+		[plugins."io.containerd.grpc.v1.cri"]
+		  sandbox_image = "${PAUSE_IMAGE}"
+		  stream_server_address = "127.0.0.1"
+		  stream_server_port = "0"
+		  enable_selinux = false
+		  disable_apparmor = true
+		  # Lowering oom_score_adj fails here (EIO): clamp the pods' values to containerd's own.
+		  restrict_oom_score_adj = true
+		  [plugins."io.containerd.grpc.v1.cri".containerd]
+		    snapshotter = "overlayfs"
+		    default_runtime_name = "runc"
+		    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+		      runtime_type = "io.containerd.runc.v2"
+		      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+		        SystemdCgroup = false
+		        Root = "${CTRD_DIR}/runc"
+		  [plugins."io.containerd.grpc.v1.cri".cni]
+		    bin_dir = "${CNI_BIN_DIR}"
+		    conf_dir = "${CNI_CONF_DIR}"
+	EOF
+}
+
+ensure_cluster_packages() {
+	command -v containerd >/dev/null 2>&1 && command -v ctr >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 &&
+		[[ -x "${CNI_BIN_DIR}/bridge" && -x "${CNI_BIN_DIR}/host-local" ]] && return 0
+	[[ "$(id -u)" == 0 ]] || die "--cluster needs containerd, runc and containernetworking-plugins (Debian packages) and root"
+	log "installing containerd, runc and containernetworking-plugins with apt (log: ${LOG_DIR}/apt-cluster.log)"
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update &&
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+				containerd runc containernetworking-plugins
+	} >"${LOG_DIR}/apt-cluster.log" 2>&1 || {
+		show_log_tail "${LOG_DIR}/apt-cluster.log"
+		die "apt-get install containerd runc containernetworking-plugins failed (log: ${LOG_DIR}/apt-cluster.log)"
+	}
+}
+
+ensure_containerd() {
+	local pid
+	if pid="$(running_pid containerd)" && containerd_ready; then
+		return 0
+	fi
+	if [[ -z "${pid:-}" ]]; then
+		[[ "$(id -u)" == 0 ]] || die "--cluster runs containerd and kubelet as root"
+		write_containerd_config
+		log "starting containerd (socket ${CTRD_SOCK}, config ${CTRD_CONFIG})"
+		start_daemon containerd containerd --config "${CTRD_CONFIG}"
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until containerd_ready; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/containerd.log"
+			die "containerd exited during startup (log: ${LOG_DIR}/containerd.log)"
+		fi
+		((SECONDS < deadline)) || die "containerd did not answer on ${CTRD_SOCK} within ${TIMEOUT}s (log: ${LOG_DIR}/containerd.log)"
+		sleep 0.2
+	done
+	log "containerd ready (pid ${pid})"
+}
+
+# docker save IMAGE | ctr import, into the cluster containerd's k8s.io namespace.
+load_image() {
+	local image="$1"
+	containerd_ready || die "the cluster containerd does not answer on ${CTRD_SOCK}: run 'scripts/stack.sh up --cluster' first"
+	docker image inspect "${image}" >/dev/null 2>&1 || die "image ${image} is not in the Docker engine"
+	log "loading ${image} into the cluster containerd"
+	docker save "${image}" | ctr_k8s images import - >>"${LOG_DIR}/load-image.log" 2>&1 ||
+		die "importing ${image} failed (log: ${LOG_DIR}/load-image.log)"
+}
+
+ensure_pause_image() {
+	if ctr_k8s images ls -q 2>/dev/null | grep -qxF "${PAUSE_IMAGE}"; then
+		return 0
+	fi
+	if ! docker image inspect "${PAUSE_IMAGE}" >/dev/null 2>&1; then
+		local ctx
+		ctx="$(mktemp -d)"
+		cp "${PAUSE_MOD_DIR}/Dockerfile" "${PAUSE_BIN_DIR}/pause" "${ctx}/"
+		log "building the sandbox image ${PAUSE_IMAGE}"
+		docker build -q -t "${PAUSE_IMAGE}" "${ctx}" >>"${LOG_DIR}/build-pause.log" 2>&1 || {
+			rm -rf "${ctx}"
+			die "docker build of ${PAUSE_IMAGE} failed (log: ${LOG_DIR}/build-pause.log)"
+		}
+		rm -rf "${ctx}"
+	fi
+	load_image "${PAUSE_IMAGE}"
+}
+
+write_kubelet_config() {
+	mkdir -p "${KUBELET_DIR}/manifests" "${KUBELET_DIR}/pod-logs" "${KUBELET_DIR}/pki"
+	cat >"${KUBELET_DIR}/config.yaml" <<-EOF
+		# Generated by scripts/stack.sh.
+		apiVersion: kubelet.config.k8s.io/v1beta1
+		kind: KubeletConfiguration
+		# The API server reaches the kubelet (logs, exec) at the node's InternalIP, which
+		# cannot be loopback, so the kubelet API listens on all addresses; it accepts
+		# only client certificates of the stack CA (the API server presents admin.crt)
+		# and asks the API server whether they may (Webhook).
+		address: 0.0.0.0
+		port: ${KUBELET_PORT}
+		readOnlyPort: 0
+		healthzBindAddress: 127.0.0.1
+		healthzPort: ${KUBELET_HEALTHZ_PORT}
+		authentication:
+		  anonymous:
+		    enabled: false
+		  webhook:
+		    enabled: true
+		  x509:
+		    clientCAFile: ${PKI_DIR}/ca.crt
+		authorization:
+		  mode: Webhook
+		containerRuntimeEndpoint: unix://${CTRD_SOCK}
+		cgroupDriver: cgroupfs
+		# 1.35 refuses cgroup v1 unless told otherwise; this host has v1 (plus a unified mount).
+		failCgroupV1: false
+		failSwapOn: false
+		staticPodPath: ${KUBELET_DIR}/manifests
+		podLogsDir: ${KUBELET_DIR}/pod-logs
+		clusterDomain: cluster.local
+		resolvConf: /etc/resolv.conf
+		# A busy dev box must not evict pods or garbage-collect the local-only images.
+		evictionHard:
+		  memory.available: "50Mi"
+		  nodefs.available: "1%"
+		  nodefs.inodesFree: "1%"
+		  imagefs.available: "1%"
+		imageGCHighThresholdPercent: 100
+		imageGCLowThresholdPercent: 99
+		serializeImagePulls: false
+		# The kubelet cannot lower its own oom_score_adj here either (default -999).
+		oomScoreAdj: 0
+	EOF
+}
+
+kubelet_healthy() { [[ "$(curl -fsS --max-time 3 "http://127.0.0.1:${KUBELET_HEALTHZ_PORT}/healthz" 2>/dev/null)" == ok ]]; }
+
+node_ready() {
+	local s
+	s="$("${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get node "${NODE_NAME}" --request-timeout=10s \
+		-o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" || return 1
+	[[ "${s}" == True ]]
+}
+
+# The kubelet sets vm.overcommit_memory=1, kernel.panic=10 and
+# kernel.panic_on_oops=1 (machine-wide); remember the values it found so that
+# down puts them back.
+KERNEL_TUNABLES=(vm/overcommit_memory kernel/panic kernel/panic_on_oops)
+
+save_kernel_tunables() {
+	local f="${KUBELET_DIR}/sysctl.orig" t
+	[[ -s "${f}" ]] && return 0
+	mkdir -p "${KUBELET_DIR}"
+	for t in "${KERNEL_TUNABLES[@]}"; do
+		printf '%s %s\n' "${t}" "$(cat "/proc/sys/${t}")"
+	done >"${f}"
+}
+
+restore_kernel_tunables() {
+	local f="${KUBELET_DIR}/sysctl.orig" t v
+	[[ -s "${f}" ]] || return 0
+	while read -r t v; do
+		[[ " ${KERNEL_TUNABLES[*]} " == *" ${t} "* ]] || continue
+		printf '%s\n' "${v}" >"/proc/sys/${t}" 2>/dev/null || log "could not restore /proc/sys/${t} to ${v}"
+	done <"${f}"
+	rm -f "${f}"
+}
+
+ensure_kubelet() {
+	local pid
+	if ! pid="$(running_pid kubelet)"; then
+		require_port_free "${KUBELET_PORT}" kubelet
+		require_port_free "${KUBELET_HEALTHZ_PORT}" "kubelet healthz"
+		write_kubelet_config
+		save_kernel_tunables
+		log "starting kubelet ${K8S_VERSION} as node ${NODE_NAME}"
+		# The admin kubeconfig: the API server authorizes with RBAC only (no Node
+		# authorizer), where the system:nodes group has no bindings.
+		start_daemon kubelet "${STACK_BIN}/kubelet" \
+			--config="${KUBELET_DIR}/config.yaml" \
+			--kubeconfig="${KUBECONFIG_PATH}" \
+			--root-dir="${KUBELET_DIR}/root" \
+			--cert-dir="${KUBELET_DIR}/pki" \
+			--hostname-override="${NODE_NAME}" \
+			--v=1
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until kubelet_healthy && node_ready; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/kubelet.log" 60
+			die "kubelet exited during startup (log: ${LOG_DIR}/kubelet.log)"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${LOG_DIR}/kubelet.log" 60
+			"${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" describe node "${NODE_NAME}" >&2 || true
+			die "node ${NODE_NAME} did not become Ready within ${TIMEOUT}s (log: ${LOG_DIR}/kubelet.log)"
+		fi
+		sleep 0.5
+	done
+	log "kubelet ready, node ${NODE_NAME} Ready (pid ${pid})"
+}
+
+# Usage: ensure_control_plane_component NAME PORT ARGS...
+ensure_control_plane_component() {
+	local name="$1" port="$2" pid
+	shift 2
+	if ! pid="$(running_pid "${name}")"; then
+		require_port_free "${port}" "${name}"
+		log "starting ${name} ${K8S_VERSION} (https://127.0.0.1:${port})"
+		start_daemon "${name}" "${STACK_BIN}/${name}" \
+			--kubeconfig="${KUBECONFIG_PATH}" \
+			--authentication-kubeconfig="${KUBECONFIG_PATH}" \
+			--authorization-kubeconfig="${KUBECONFIG_PATH}" \
+			--bind-address=127.0.0.1 \
+			--secure-port="${port}" \
+			--cert-dir="${STACK_DIR}/${name}-certs" \
+			--leader-elect=false \
+			--profiling=false \
+			--v=1 \
+			"$@"
+		pid="${STARTED_PID}"
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until curl -fsSk --max-time 3 "https://127.0.0.1:${port}/healthz" >/dev/null 2>&1; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${LOG_DIR}/${name}.log"
+			die "${name} exited during startup (log: ${LOG_DIR}/${name}.log)"
+		fi
+		((SECONDS < deadline)) || die "${name} did not answer https://127.0.0.1:${port}/healthz within ${TIMEOUT}s (log: ${LOG_DIR}/${name}.log)"
+		sleep 0.3
+	done
+	log "${name} ready (pid ${pid})"
+}
+
+ensure_cluster() {
+	ensure_cluster_packages
+	ensure_node_binaries
+	ensure_containerd
+	ensure_pause_image
+	ensure_control_plane_component kube-scheduler "${SCHEDULER_PORT}"
+	# The service-account key pair is the one the API server verifies/signs with.
+	ensure_control_plane_component kube-controller-manager "${CONTROLLER_MANAGER_PORT}" \
+		--service-account-private-key-file="${PKI_DIR}/sa.key" \
+		--root-ca-file="${PKI_DIR}/ca.crt" \
+		--cluster-signing-cert-file="${PKI_DIR}/ca.crt" \
+		--cluster-signing-key-file="${PKI_DIR}/ca.key" \
+		--service-cluster-ip-range="${SERVICE_CIDR}" \
+		--allocate-node-cidrs=false \
+		--controllers='*'
+	ensure_kubelet
+}
+
+# Unmount whatever is still mounted under directory $1, deepest first.
+unmount_under() {
+	local dir="$1" m
+	[[ -d "${dir}" ]] || return 0
+	while read -r m; do
+		umount -l "${m}" 2>/dev/null || true
+	done < <(awk -v d="$(cd "${dir}" && pwd -P)/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
+	return 0
+}
+
+# What the kubelet (volumes) and the killed containerd (the sandboxes' /dev/shm
+# tmpfs, container root filesystems) left mounted.
+unmount_kubelet_dirs() {
+	unmount_under "${KUBELET_DIR}"
+	unmount_under "${CTRD_DIR}"
+}
+
+# Once containerd is gone: the kubelet's volume mounts, and what the pods'
+# network left (the containers were killed without a CNI DEL): their network
+# namespaces (/var/run/netns/cni-*: only a CNI runtime makes these; dockerd keeps
+# its own in /var/run/docker/netns), the bridge and the IP allocations.
+cleanup_after_containerd() {
+	local ns
+	unmount_kubelet_dirs
+	# Nothing to do unless this stack ran the cluster's containerd.
+	[[ -d "${CTRD_DIR}" ]] || return 0
+	for ns in /var/run/netns/cni-*; do
+		[[ -e "${ns}" ]] || continue
+		umount "${ns}" 2>/dev/null || true
+		rm -f "${ns}" 2>/dev/null || true
+	done
+	if command -v ip >/dev/null 2>&1 && ip link show wro-cni0 >/dev/null 2>&1; then
+		ip link delete wro-cni0 2>/dev/null || true
+	fi
+	rm -rf "${STACK_DIR}/cni/ipam"
+	return 0
+}
+
+# down --cluster: stop only the cluster parts and remove the node object, so
+# the API server (still up) does not keep a NotReady node.
+stop_cluster() {
+	local name pid
+	for name in kubelet containerd kube-scheduler kube-controller-manager; do
+		[[ "${name}" == containerd ]] && stop_cluster_containers
+		if pid="$(running_pid "${name}")"; then
+			stop_pid "${name}" "${pid}" 20
+		fi
+		rm -f "$(pidfile "${name}")"
+		[[ "${name}" == kubelet ]] && restore_kernel_tunables
+		[[ "${name}" == containerd ]] && cleanup_after_containerd
+	done
+	if [[ -x "${STACK_BIN}/kubectl" && -s "${KUBECONFIG_PATH}" ]] && apiserver_ready; then
+		"${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" delete node "${NODE_NAME}" --ignore-not-found --request-timeout=20s >&2 || true
+	fi
+	return 0
+}
+
+# Stop the pods' containers through containerd before containerd itself goes.
+stop_cluster_containers() {
+	containerd_ready || return 0
+	local t
+	for t in $(ctr_k8s tasks ls -q 2>/dev/null); do
+		ctr_k8s tasks kill -s SIGKILL "${t}" >/dev/null 2>&1 || true
+	done
+	sleep 0.5
+	for t in $(ctr_k8s tasks ls -q 2>/dev/null); do
+		ctr_k8s tasks delete -f "${t}" >/dev/null 2>&1 || true
+	done
+}
+
 # ---------------------------------------------------------------- commands
 
 print_versions() {
@@ -806,7 +1290,13 @@ lock_stack() {
 }
 
 cmd_up() {
-	local start=${SECONDS}
+	local start=${SECONDS} arg
+	for arg in "$@"; do
+		case "${arg}" in
+		--cluster) WRO_CLUSTER=1 ;;
+		*) die "unknown option for up: ${arg}" ;;
+		esac
+	done
 	command -v curl >/dev/null 2>&1 || die "curl is required"
 	lock_stack
 	mkdir -p "${STACK_DIR}" "${LOG_DIR}" "${STACK_BIN}"
@@ -818,6 +1308,10 @@ cmd_up() {
 	ensure_etcd
 	ensure_apiserver
 	ensure_docker
+	if cluster_wanted; then
+		[[ "${WRO_SKIP_DOCKER:-0}" != 1 ]] || die "--cluster needs the Docker engine (it builds the pause image): unset WRO_SKIP_DOCKER"
+		ensure_cluster
+	fi
 	# The smoke check everything else relies on.
 	local out
 	if ! out="$("${STACK_BIN}/kubectl" --kubeconfig "${KUBECONFIG_PATH}" get ns --request-timeout=20s 2>&1)"; then
@@ -828,25 +1322,36 @@ cmd_up() {
 	print_versions
 	log "stack is up in $((SECONDS - start))s: KUBECONFIG=${KUBECONFIG_PATH}, apiserver ${APISERVER_URL}, etcd ${ETCD_URL}"
 	skip_jaeger || log "jaeger: OTLP/HTTP ${JAEGER_OTLP_URL}, query API/UI ${JAEGER_QUERY_URL}"
+	cluster_wanted && log "cluster: node ${NODE_NAME} Ready, containerd ${CTRD_SOCK}; load images with: scripts/stack.sh load-image IMAGE"
 	log "use: eval \"\$(scripts/stack.sh env)\""
 }
 
 cmd_down() {
-	local purge=0 arg
+	local purge=0 only_cluster=0 arg
 	for arg in "$@"; do
 		case "${arg}" in
 		--purge) purge=1 ;;
+		--cluster) only_cluster=1 ;;
 		*) die "unknown option for down: ${arg}" ;;
 		esac
 	done
+	((purge && only_cluster)) && die "down: --purge and --cluster do not go together"
 	lock_stack
 	local name pid grace
+	if ((only_cluster)); then
+		stop_cluster
+		log "cluster parts are down (etcd, kube-apiserver, jaeger and docker left running)"
+		return 0
+	fi
 	# The demo's operator and containers go first, while the API server still answers.
 	if [[ -d "${STACK_DIR}/demo" ]]; then
 		bash "${SCRIPT_DIR}/demo.sh" clean || log "demo clean-up failed (continuing)"
 	fi
-	# Reverse start order: dockerd, kube-apiserver, etcd, jaeger.
-	for name in dockerd kube-apiserver etcd jaeger; do
+	# Reverse start order: the cluster parts (kubelet first, then the pods'
+	# containers, containerd, scheduler, controller-manager), dockerd,
+	# kube-apiserver, etcd, jaeger.
+	for name in kubelet containerd kube-scheduler kube-controller-manager dockerd kube-apiserver etcd jaeger; do
+		[[ "${name}" == containerd ]] && stop_cluster_containers
 		if pid="$(running_pid "${name}")"; then
 			grace=20
 			[[ "${name}" == dockerd ]] && grace=40
@@ -855,10 +1360,16 @@ cmd_down() {
 			[[ -f "$(pidfile "${name}")" ]] && log "${name}: not running (stale pid file removed)"
 		fi
 		rm -f "$(pidfile "${name}")"
+		[[ "${name}" == kubelet ]] && restore_kernel_tunables
+		[[ "${name}" == containerd ]] && cleanup_after_containerd
 	done
 	if ((purge)); then
 		log "purging runtime state: etcd data, certificates, kubeconfig, logs"
 		rm -rf "${ETCD_DATA_DIR}" "${PKI_DIR}" "${STACK_DIR}/apiserver-certs" "${KUBECONFIG_PATH}" "${LOG_DIR}"
+		# Cluster mode: containerd's images and containers, kubelet state, CNI config.
+		unmount_kubelet_dirs
+		rm -rf "${CTRD_DIR}" "${KUBELET_DIR}" "${STACK_DIR}/cni" \
+			"${STACK_DIR}/kube-scheduler-certs" "${STACK_DIR}/kube-controller-manager-certs"
 		# State of a private engine (DOCKER_HOST=unix://...) that we just stopped.
 		if [[ -d "${STACK_DIR}/docker" ]] && ! pid_is "$(cat "${STACK_DIR}/docker/dockerd.pid" 2>/dev/null || true)" dockerd; then
 			rm -rf "${STACK_DIR}/docker"
@@ -927,6 +1438,24 @@ cmd_status() {
 		fi
 		all_ok=1
 	fi
+	# cluster parts: shown when running or asked for (WRO_CLUSTER=1)
+	local name
+	for name in containerd kube-scheduler kube-controller-manager kubelet; do
+		if pid="$(running_pid "${name}")"; then
+			case "${name}" in
+			containerd) if containerd_ready; then ans="yes (${CTRD_SOCK})"; else ans=NO; all_ok=1; fi ;;
+			kube-scheduler) if curl -fsSk --max-time 3 "https://127.0.0.1:${SCHEDULER_PORT}/healthz" >/dev/null 2>&1; then ans="yes (:${SCHEDULER_PORT}/healthz)"; else ans=NO; all_ok=1; fi ;;
+			kube-controller-manager) if curl -fsSk --max-time 3 "https://127.0.0.1:${CONTROLLER_MANAGER_PORT}/healthz" >/dev/null 2>&1; then ans="yes (:${CONTROLLER_MANAGER_PORT}/healthz)"; else ans=NO; all_ok=1; fi ;;
+			kubelet) if kubelet_healthy && node_ready; then ans="yes (node ${NODE_NAME} Ready)"; else ans=NO; all_ok=1; fi ;;
+			esac
+			v="${K8S_VERSION}"
+			[[ "${name}" == containerd ]] && v="$(containerd --version 2>/dev/null | awk '{print $3}')"
+			printf '%-15s %-9s %-8s %-40s %s\n' "${name}" running "${pid}" "${v}" "${ans}"
+		elif cluster_wanted; then
+			printf '%-15s %-9s %-8s %-40s %s\n' "${name}" stopped - - no
+			all_ok=1
+		fi
+	done
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
 	printf 'binaries:   %s -> %s, %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}" "${HELM_BIN_DIR}"
 	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
@@ -942,7 +1471,7 @@ cmd_env() {
 }
 
 usage() {
-	sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -953,6 +1482,12 @@ main() {
 	down) cmd_down "$@" ;;
 	status) cmd_status "$@" ;;
 	env) cmd_env "$@" ;;
+	load-image)
+		[[ $# -ge 1 ]] || die "usage: scripts/stack.sh load-image IMAGE..."
+		local image
+		mkdir -p "${LOG_DIR}"
+		for image in "$@"; do load_image "${image}"; done
+		;;
 	helm) cmd_helm "$@" ;;
 	-h | --help | help) usage ;;
 	*)
