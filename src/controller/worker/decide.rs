@@ -268,47 +268,9 @@ pub fn next_status(
             previous.and_then(|s| s.heartbeat.clone()),
         ),
     };
-    let container = match &obs.container {
-        ContainerObservation::Found(c) => Some(ContainerSummary {
-            id: Some(c.short_id().to_string()),
-            state: c.status.to_string(),
-            exit_code: (!c.running).then_some(c.exit_code).flatten(),
-            oom_killed: c.oom_killed,
-            started_at: c.started_at.map(Time),
-            finished_at: if c.running {
-                None
-            } else {
-                c.finished_at.map(Time)
-            },
-            image: c.image.clone(),
-            docker_restart_count: c.restart_count,
-        }),
-        ContainerObservation::NotFound => Some(ContainerSummary {
-            state: "notFound".into(),
-            ..Default::default()
-        }),
-        ContainerObservation::Unavailable(_) => previous.and_then(|s| s.container.clone()),
-    };
+    let container = container_summary(&obs.container, previous);
     let previous_restarts = previous.map(|s| s.restart_count).unwrap_or(0);
-    // Progress is the pair (progress counter, current task); a change of either is progress.
-    let previous_progress = previous
-        .and_then(|s| s.heartbeat.as_ref())
-        .map(|h| (h.progress, h.current_task.clone()));
-    let current_progress = heartbeat
-        .as_ref()
-        .map(|h| (h.progress, h.current_task.clone()));
-    let last_progress_time = match (
-        &obs.heartbeat,
-        previous.and_then(|s| s.last_progress_time.clone()),
-    ) {
-        (Some(HeartbeatObservation::Present(_)), Some(t))
-            if previous_progress == current_progress =>
-        {
-            Some(t)
-        }
-        (Some(HeartbeatObservation::Present(hb)), _) => Some(Time(hb.at)),
-        (_, kept) => kept,
-    };
+    let last_progress_time = last_progress_time(previous, &obs.heartbeat, heartbeat.as_ref());
     WorkerStatus {
         phase: Some(assessment.phase),
         conditions,
@@ -330,6 +292,60 @@ pub fn next_status(
         // Kept while the Worker is blind (its container briefly gone); the reconcile records
         // it anew when the Worker is admitted.
         claim: previous.and_then(|s| s.claim.clone()),
+    }
+}
+
+/// What the status shows of the container: as observed, `notFound`, or (while the engine
+/// cannot say) what it showed before.
+fn container_summary(
+    container: &ContainerObservation,
+    previous: Option<&WorkerStatus>,
+) -> Option<ContainerSummary> {
+    match container {
+        ContainerObservation::Found(c) => Some(ContainerSummary {
+            id: Some(c.short_id().to_string()),
+            state: c.status.to_string(),
+            exit_code: (!c.running).then_some(c.exit_code).flatten(),
+            oom_killed: c.oom_killed,
+            started_at: c.started_at.map(Time),
+            finished_at: if c.running {
+                None
+            } else {
+                c.finished_at.map(Time)
+            },
+            image: c.image.clone(),
+            docker_restart_count: c.restart_count,
+        }),
+        ContainerObservation::NotFound => Some(ContainerSummary {
+            state: "notFound".into(),
+            ..Default::default()
+        }),
+        ContainerObservation::Unavailable(_) => previous.and_then(|s| s.container.clone()),
+    }
+}
+
+/// When the worker last made progress. Progress is the pair (progress counter, current task):
+/// a change of either is progress, timed by the heartbeat that shows it.
+fn last_progress_time(
+    previous: Option<&WorkerStatus>,
+    observed: &Option<HeartbeatObservation>,
+    heartbeat: Option<&HeartbeatSummary>,
+) -> Option<Time> {
+    let previous_progress = previous
+        .and_then(|s| s.heartbeat.as_ref())
+        .map(|h| (h.progress, h.current_task.clone()));
+    let current_progress = heartbeat.map(|h| (h.progress, h.current_task.clone()));
+    match (
+        observed,
+        previous.and_then(|s| s.last_progress_time.clone()),
+    ) {
+        (Some(HeartbeatObservation::Present(_)), Some(t))
+            if previous_progress == current_progress =>
+        {
+            Some(t)
+        }
+        (Some(HeartbeatObservation::Present(hb)), _) => Some(Time(hb.at)),
+        (_, kept) => kept,
     }
 }
 

@@ -143,24 +143,9 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     let timeout = Duration::from_secs(u64::from(worker.spec.heartbeat_timeout_seconds));
 
     // Admit: nothing is read or touched for a Worker the operator may not manage.
-    let access = match ctx.admit(worker).await {
-        Ok(admission) => Access::Admitted(admission),
-        Err(AdmitError::InvalidSpec(e)) => {
-            write_invalid_spec(&api, worker, ctx, &e.to_string()).await?;
-            return Err(e.into());
-        }
-        Err(AdmitError::Refused(r)) if r.reason == RefusalReason::ContainerNotFound => {
-            if supervise::adopt_recreated(ctx, worker).await? {
-                return Ok(Action::requeue(Duration::from_millis(100)));
-            }
-            Access::Blind(ContainerObservation::NotFound)
-        }
-        Err(AdmitError::Refused(refusal)) => {
-            return refuse(ctx, &api, worker, previous, &refusal, timeout).await
-        }
-        Err(AdmitError::ContainerStateUnknown(e)) => {
-            Access::Blind(ContainerObservation::Unavailable(e))
-        }
+    let access = match grant_access(ctx, &api, worker, previous, timeout).await? {
+        Ok(access) => access,
+        Err(done) => return Ok(done),
     };
     let admission = match &access {
         Access::Admitted(a) => Some(a),
@@ -192,25 +177,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     if let Some(e) = &supervision.escalation {
         decide::escalated(&mut assessment, e);
     }
-    let mut status = decide::next_status(
-        previous,
-        worker.metadata.generation,
-        &obs,
-        &assessment,
-        supervision.restart.as_ref(),
-    );
-    add_decisions(&mut status, &supervision, pause);
-    add_health(
-        &mut status,
+    let status = next_status(
         worker,
         previous,
+        &access,
         &obs,
         &assessment,
         &supervision,
+        pause,
     );
-    if let Access::Admitted(a) = &access {
-        status.claim = Some(record_claim(worker, a, previous, obs.now));
-    }
 
     // Write status when it changed (or is due for a refresh), then tell humans about changes
     // of health.
@@ -228,6 +203,65 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(e.into());
     }
     Ok(Action::requeue(next))
+}
+
+/// What the operator may look at for `worker`; `Err` ends the reconcile with that action (a
+/// refused Worker, one whose container was just recreated). An invalid spec is written and
+/// returned as the error that waits for a spec change.
+async fn grant_access(
+    ctx: &Context,
+    api: &Api<Worker>,
+    worker: &Worker,
+    previous: Option<&WorkerStatus>,
+    timeout: Duration,
+) -> Result<Result<Access, Action>, Error> {
+    Ok(Ok(match ctx.admit(worker).await {
+        Ok(admission) => Access::Admitted(admission),
+        Err(AdmitError::InvalidSpec(e)) => {
+            write_invalid_spec(api, worker, ctx, &e.to_string()).await?;
+            return Err(e.into());
+        }
+        Err(AdmitError::Refused(r)) if r.reason == RefusalReason::ContainerNotFound => {
+            if supervise::adopt_recreated(ctx, worker).await? {
+                return Ok(Err(Action::requeue(Duration::from_millis(100))));
+            }
+            Access::Blind(ContainerObservation::NotFound)
+        }
+        Err(AdmitError::Refused(refusal)) => {
+            return refuse(ctx, api, worker, previous, &refusal, timeout)
+                .await
+                .map(Err)
+        }
+        Err(AdmitError::ContainerStateUnknown(e)) => {
+            Access::Blind(ContainerObservation::Unavailable(e))
+        }
+    }))
+}
+
+/// The status of this look: what was observed and assessed, what supervision decided, the
+/// health conditions and (for an admitted Worker) its path claim.
+fn next_status(
+    worker: &Worker,
+    previous: Option<&WorkerStatus>,
+    access: &Access,
+    obs: &Observation,
+    assessment: &decide::Assessment,
+    supervision: &supervise::Supervision,
+    pause: Option<&crate::crd::worker::PauseSpec>,
+) -> WorkerStatus {
+    let mut status = decide::next_status(
+        previous,
+        worker.metadata.generation,
+        obs,
+        assessment,
+        supervision.restart.as_ref(),
+    );
+    add_decisions(&mut status, supervision, pause);
+    add_health(&mut status, worker, previous, obs, assessment, supervision);
+    if let Access::Admitted(a) = access {
+        status.claim = Some(record_claim(worker, a, previous, obs.now));
+    }
+    status
 }
 
 /// When to look again: the next look the observation asks for, sooner when supervision or the

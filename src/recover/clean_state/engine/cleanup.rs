@@ -21,6 +21,17 @@ use crate::confined::{
 use crate::recover::clean_state::CrashPoint;
 use crate::recover::clean_state::{io_err, task_file::clip, Result, MAX_STATE_BYTES};
 
+/// `state.json` as read before it is marked.
+#[derive(Default)]
+struct StateRead {
+    /// Its fields, raw: every one not marked is written back byte for byte.
+    pairs: Pairs,
+    /// Owner and mode of the file, given to the new one.
+    owner: Option<Owner>,
+    /// Why it cannot be parsed; then it is kept aside and the state restarts from `{}`.
+    corrupt: Option<String>,
+}
+
 impl Engine<'_> {
     pub(super) fn locks(
         &mut self,
@@ -114,53 +125,20 @@ impl Engine<'_> {
     // ---------------------------------------------------------------- state.json
 
     pub(super) fn state(&mut self, parent: Option<&ConfinedDir>, leaf: &OsStr) -> Result<()> {
-        let path = self.input.paths.state_file.clone();
-        let shown = self.shown(&path);
-        let mut pairs = Pairs::new();
-        let mut owner = None;
-        let mut corrupt = None;
-        if let Some(dir) = parent {
-            if !self.dry() {
-                self.remove_leftover_temps(dir)?;
-            }
-            if let Some(md) = dir.lstat(leaf)? {
-                if !md.is_file() {
-                    self.skip(format!(
-                        "{shown}: a {}, not a state file; not followed, not replaced",
-                        EntryKind::of(&md)
-                    ));
-                    return Ok(());
-                }
-                match read_capped(dir, leaf, MAX_STATE_BYTES)? {
-                    ReadOutcome::Missing => {}
-                    ReadOutcome::NotRegular(kind) => {
-                        self.skip(format!("{shown}: a {kind}, not a state file; not replaced"));
-                        return Ok(());
-                    }
-                    ReadOutcome::TooLarge(n) => {
-                        owner = Some(Owner::of(&md));
-                        corrupt = Some(format!("too large ({n} bytes, limit {MAX_STATE_BYTES})"));
-                    }
-                    ReadOutcome::Bytes(b, o) => {
-                        owner = Some(o);
-                        match parse_object(&b) {
-                            Ok(p) => pairs = p,
-                            Err(why) => corrupt = Some(why.to_string()),
-                        }
-                    }
-                }
-            }
-        }
+        let shown = self.shown(&self.input.paths.state_file.clone());
+        let Some(read) = self.read_state(parent, leaf, &shown)? else {
+            return Ok(());
+        };
         // Once per run: a state this run already wrote is left as it is.
-        if let Some(run) = last_value(&pairs, "recovery_run") {
+        if let Some(run) = last_value(&read.pairs, "recovery_run") {
             if serde_json::from_str::<String>(run.get()).ok().as_deref() == Some(&self.input.run_id)
             {
-                self.report.recovery_count = last_value(&pairs, "recovery_count")
+                self.report.recovery_count = last_value(&read.pairs, "recovery_count")
                     .and_then(|v| serde_json::from_str::<u64>(v.get()).ok());
                 return Ok(());
             }
         }
-        let old = match last_value(&pairs, "recovery_count") {
+        let old = match last_value(&read.pairs, "recovery_count") {
             None => 0,
             Some(v) => serde_json::from_str::<u64>(v.get()).unwrap_or_else(|_| {
                 self.skip(format!(
@@ -173,7 +151,7 @@ impl Engine<'_> {
         let count = old.saturating_add(1);
         self.report.recovery_count = Some(count);
 
-        if let Some(why) = corrupt {
+        if let Some(why) = &read.corrupt {
             let dir = parent.expect("a corrupt state was read from its directory");
             let aside = self.corrupt_name(dir, leaf)?;
             self.skip(format!(
@@ -189,14 +167,72 @@ impl Engine<'_> {
             return Ok(());
         }
         let dir = parent.expect("created outside a dry run");
+        self.write_state(dir, leaf, read, count)
+    }
+
+    /// The state file as it is: its fields, owner, and why it cannot be parsed (then it is put
+    /// aside). `None` when something other than a state file stands there (left alone).
+    fn read_state(
+        &mut self,
+        parent: Option<&ConfinedDir>,
+        leaf: &OsStr,
+        shown: &str,
+    ) -> Result<Option<StateRead>> {
+        let mut read = StateRead::default();
+        let Some(dir) = parent else {
+            return Ok(Some(read));
+        };
+        if !self.dry() {
+            self.remove_leftover_temps(dir)?;
+        }
+        let Some(md) = dir.lstat(leaf)? else {
+            return Ok(Some(read));
+        };
+        if !md.is_file() {
+            self.skip(format!(
+                "{shown}: a {}, not a state file; not followed, not replaced",
+                EntryKind::of(&md)
+            ));
+            return Ok(None);
+        }
+        match read_capped(dir, leaf, MAX_STATE_BYTES)? {
+            ReadOutcome::Missing => {}
+            ReadOutcome::NotRegular(kind) => {
+                self.skip(format!("{shown}: a {kind}, not a state file; not replaced"));
+                return Ok(None);
+            }
+            ReadOutcome::TooLarge(n) => {
+                read.owner = Some(Owner::of(&md));
+                read.corrupt = Some(format!("too large ({n} bytes, limit {MAX_STATE_BYTES})"));
+            }
+            ReadOutcome::Bytes(b, o) => {
+                read.owner = Some(o);
+                match parse_object(&b) {
+                    Ok(p) => read.pairs = p,
+                    Err(why) => read.corrupt = Some(why.to_string()),
+                }
+            }
+        }
+        Ok(Some(read))
+    }
+
+    /// Write the state marked `recovering` by this run, every other field kept byte for byte,
+    /// through a temp file renamed over the old one (a crash leaves the old or the new whole).
+    fn write_state(
+        &mut self,
+        dir: &ConfinedDir,
+        leaf: &OsStr,
+        read: StateRead,
+        count: u64,
+    ) -> Result<()> {
         let fields = [
             ("status", json_string("recovering")),
             ("last_crash", json_f64(self.time())),
             ("recovery_count", count.to_string()),
             ("recovery_run", json_string(&self.input.run_id)),
         ];
-        let bytes = replace_fields(&pairs, &fields);
-        let owner = match owner {
+        let bytes = replace_fields(&read.pairs, &fields);
+        let owner = match read.owner {
             Some(o) => o,
             None => Owner {
                 mode: 0o644,
