@@ -297,6 +297,53 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
     );
     let oscar_now = worker_json(stack, &ns, "oscar");
     assert_eq!(oscar_now["status"], Value::Null, "{oscar_now}");
+
+    // helm upgrade with a changed value: the DaemonSet rolls its pod to the new template, and
+    // the new pod heals the next crash.
+    let upgraded = Instant::now();
+    run(
+        &mut release.helm_cmd(&[
+            "upgrade",
+            &release.name,
+            CHART,
+            "--namespace",
+            &release.ns,
+            "--reuse-values",
+            "--set",
+            "statusRefreshSeconds=60",
+        ]),
+        "helm upgrade",
+    );
+    let pod3 = release.wait_one_ready(Some(&pod2), Duration::from_secs(120));
+    eprintln!(
+        "e2e_cluster: helm upgrade -> pod {pod2} replaced by {pod3}, Ready in {:?}",
+        upgraded.elapsed()
+    );
+    let env = stack.kubectl_ok(&[
+        "get",
+        "pod",
+        "-n",
+        &release.ns,
+        &pod3,
+        "-o",
+        "jsonpath={.spec.containers[0].env[?(@.name=='WRO_STATUS_REFRESH_SECONDS')].value}",
+    ]);
+    assert_eq!(env, "60", "the new pod runs the upgraded values");
+    let crashed = Instant::now();
+    mike.inject_fault("crash");
+    wait_restarted(stack, &ns, "mike", 3, Duration::from_secs(60));
+    eprintln!(
+        "e2e_cluster: third crash (after the upgrade) -> restarted and Healthy in {:?}",
+        crashed.elapsed()
+    );
+    let by = reporters(stack, &ns, "mike");
+    let from_pod3 = (FIELD_MANAGER.to_string(), pod3.clone());
+    assert!(
+        by.contains(&from_pod3),
+        "no Event from {from_pod3:?}: {by:?}"
+    );
+    let oscar_now = worker_json(stack, &ns, "oscar");
+    assert_eq!(oscar_now["status"], Value::Null, "{oscar_now}");
 }
 
 const FIELD_MANAGER: &str = "worker-recovery-operator";
