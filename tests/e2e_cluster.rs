@@ -142,6 +142,12 @@ impl Release {
     /// Wait until exactly one pod of the release is Running and Ready on the node, and no other
     /// pod is left (not `not`, the pod deleted before); returns its name.
     fn wait_one_ready(&self, not: Option<&str>, timeout: Duration) -> String {
+        self.wait_ready_of(1, not, timeout)
+    }
+
+    /// Wait until the release has `total` pods, exactly one of them Running and Ready on the
+    /// node (not `not`), the others not (e.g. Pending); returns the Ready one's name.
+    fn wait_ready_of(&self, total: usize, not: Option<&str>, timeout: Duration) -> String {
         wait_for("one operator pod Ready", timeout, || {
             let pods = self.pods();
             let summary: Vec<String> = pods
@@ -163,8 +169,16 @@ impl Release {
                         .flatten()
                         .any(|c| c["type"] == "Ready" && c["status"] == "True")
             };
-            match pods.as_slice() {
-                [p] if ready(p) && Some(p["metadata"]["name"].as_str().unwrap()) != not => {
+            let live: Vec<&Value> = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            let ready: Vec<&&Value> = live.iter().filter(|p| ready(p)).collect();
+            match ready.as_slice() {
+                [p] if pods.len() == total
+                    && live.len() == total
+                    && Some(p["metadata"]["name"].as_str().unwrap()) != not =>
+                {
                     Ok(p["metadata"]["name"].as_str().unwrap().to_string())
                 }
                 _ => Err(summary.join("; ")),
@@ -232,18 +246,29 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
     let release = Release::install(
         stack,
         &format!("wro-{}", unique_suffix()),
-        &["--set-json", &roots],
+        // Only this test's namespace: the other test's release, on the same Docker engine,
+        // would otherwise act on these Workers too (and this one on its).
+        &[
+            "--set-json",
+            &roots,
+            "--set",
+            &format!("watchNamespace={ns}"),
+        ],
     );
     let pod = release.wait_one_ready(None, Duration::from_secs(120));
     eprintln!(
         "e2e_cluster: helm install -> pod {pod} Ready in {:?}",
         installed.elapsed()
     );
-    let ds = stack.get_json(
+    // The DaemonSet's status follows its pod's (kube-controller-manager writes it).
+    wait_object(
+        stack,
         &release.ns,
         &format!("daemonset/{}-worker-recovery-operator", release.name),
+        "numberReady 1",
+        Duration::from_secs(30),
+        |ds| ds["status"]["numberReady"] == 1,
     );
-    assert_eq!(ds["status"]["numberReady"], 1, "{}", ds["status"]);
 
     let started = Instant::now();
     wait_phase(stack, &ns, "mike", "Healthy");
@@ -344,6 +369,110 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
     );
     let oscar_now = worker_json(stack, &ns, "oscar");
     assert_eq!(oscar_now["status"], Value::Null, "{oscar_now}");
+}
+
+/// The holder of the leader Lease in the release's namespace (`<pod>-<n>`).
+fn lease_holder(stack: &Stack, ns: &str) -> String {
+    let lease = stack.get_json(ns, "lease/worker-recovery-operator");
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// singleHost, 2 replicas, on the one node. With hostNetwork (needed here to reach the API
+/// server) both replicas want the same host port, so the scheduler runs one and leaves the
+/// other Pending: the standby is a pod that starts when the leader's pod is gone, not a warm
+/// one. The Deployment's leader heals a crash; deleting its pod hands the Lease and the
+/// healing to the other replica.
+#[test]
+fn the_single_host_deployment_heals_and_fails_over_to_its_other_replica() {
+    let stack = stack();
+    cluster_ready(stack);
+    let ns = stack.namespace("cluster-single");
+    let root = tempfile::Builder::new()
+        .prefix("wro-e2e-cluster-")
+        .tempdir()
+        .unwrap();
+    let papa = WorkerContainer::start_in(root.path(), &ns, "papa");
+    stack.apply_ok(eager(papa.worker("papa", &ns)));
+
+    let roots = format!("allowedRoots.global={}", json!([root.path()]));
+    let installed = Instant::now();
+    let release = Release::install(
+        stack,
+        &format!("wro-{}", unique_suffix()),
+        &[
+            "--set",
+            "mode=singleHost",
+            "--set",
+            "replicas=2",
+            // Not the per-node test's host port (18080): the two tests may run at once.
+            "--set",
+            "port=18081",
+            "--set-json",
+            &roots,
+            "--set",
+            &format!("watchNamespace={ns}"),
+        ],
+    );
+    let leader = release.wait_ready_of(2, None, Duration::from_secs(120));
+    eprintln!(
+        "e2e_cluster: singleHost: helm install -> pod {leader} Ready in {:?}",
+        installed.elapsed()
+    );
+    wait_for(
+        "the Lease held by the Ready pod",
+        Duration::from_secs(30),
+        || {
+            let holder = lease_holder(stack, &release.ns);
+            if holder.starts_with(&leader) {
+                Ok(())
+            } else {
+                Err(holder)
+            }
+        },
+    );
+    wait_phase(stack, &ns, "papa", "Healthy");
+    papa.inject_fault("crash");
+    wait_restarted(stack, &ns, "papa", 1, Duration::from_secs(60));
+    let from_leader = (FIELD_MANAGER.to_string(), leader.clone());
+    let by = reporters(stack, &ns, "papa");
+    assert!(
+        !by.is_empty() && by.iter().all(|r| *r == from_leader),
+        "{by:?}"
+    );
+
+    // The leader's pod goes (gone, not just terminating: a terminating leader still holds the
+    // Lease and heals what crashes meanwhile), then the worker crashes: the other replica
+    // takes over.
+    let deleted = Instant::now();
+    stack.kubectl_ok(&["delete", "pod", "-n", &release.ns, &leader, "--wait=true"]);
+    eprintln!(
+        "e2e_cluster: singleHost: leader {leader} deleted and gone in {:?}",
+        deleted.elapsed()
+    );
+    let crashed = Instant::now();
+    papa.inject_fault("crash");
+    let standby = release.wait_ready_of(2, Some(&leader), Duration::from_secs(120));
+    eprintln!(
+        "e2e_cluster: singleHost: leader {leader} deleted -> {standby} Ready in {:?}",
+        deleted.elapsed()
+    );
+    wait_restarted(stack, &ns, "papa", 2, Duration::from_secs(90));
+    eprintln!(
+        "e2e_cluster: singleHost: crash after the leader was gone -> healed by the other replica in {:?} ({:?} after the delete began)",
+        crashed.elapsed(),
+        deleted.elapsed()
+    );
+    assert!(lease_holder(stack, &release.ns).starts_with(&standby));
+    let by = reporters(stack, &ns, "papa");
+    let from_standby = (FIELD_MANAGER.to_string(), standby.clone());
+    assert!(by.contains(&from_standby), "{by:?}");
+    assert!(
+        by.iter().all(|r| *r == from_leader || *r == from_standby),
+        "{by:?}"
+    );
 }
 
 const FIELD_MANAGER: &str = "worker-recovery-operator";
