@@ -115,6 +115,8 @@ def main():
     ca = values["caBundle"]
     check(("WRO_CA_FILE" in env) == bool(ca["pem"] or ca["existingConfigMap"]), "WRO_CA_FILE iff a CA bundle")
     check(value("OTEL_EXPORTER_OTLP_ENDPOINT") == (values["tracing"]["otlpEndpoint"] or None), "OTEL endpoint")
+    for extra in values.get("extraEnv") or []:
+        check(env.get(extra["name"]) == extra, f"extraEnv {extra['name']} rendered as given")
     if mode == "perNode":
         check(field("WRO_NODE_NAME") == "spec.nodeName", "perNode: WRO_NODE_NAME from spec.nodeName")
         check("WRO_LEADER_ELECT" not in env, "perNode: no leader election")

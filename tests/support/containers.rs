@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
 };
@@ -48,6 +48,13 @@ impl WorkerContainer {
         Self::start_with_tasks(namespace, worker_name, docker_args, env, &[])
     }
 
+    /// Like [`start`](Self::start), with the container's directory (its shared root's parent)
+    /// made inside `parent` instead of the temp dir: a root that an operator running elsewhere
+    /// (a pod) is allowed and has mounted.
+    pub fn start_in(parent: &Path, namespace: &str, worker_name: &str) -> Self {
+        Self::start_full_in(Some(parent), namespace, worker_name, &[], &[], &[], &[])
+    }
+
     /// Like [`start`](Self::start), with task files `(id, json)` in `pending/` before the
     /// worker starts (so a fault at start-up finds them).
     pub fn start_with_tasks(
@@ -79,10 +86,33 @@ impl WorkerContainer {
         tasks: &[(&str, &str)],
         command: &[&str],
     ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("wro-e2e-")
-            .tempdir()
-            .unwrap();
+        Self::start_full_in(
+            None,
+            namespace,
+            worker_name,
+            docker_args,
+            env,
+            tasks,
+            command,
+        )
+    }
+
+    fn start_full_in(
+        parent: Option<&Path>,
+        namespace: &str,
+        worker_name: &str,
+        docker_args: &[&str],
+        env: &[(&str, &str)],
+        tasks: &[(&str, &str)],
+        command: &[&str],
+    ) -> Self {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("wro-e2e-");
+        let dir = match parent {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .unwrap();
         let shared = dir.path().join("shared");
         for sub in ["pending", "active", "staged", "failed"] {
             fs::create_dir_all(shared.join("tasks").join(worker_name).join(sub)).unwrap();
