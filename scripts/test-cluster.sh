@@ -5,7 +5,7 @@
 # (scripts/cluster-smoke.sh), builds the operator image (scripts/build-operator-image.sh: a
 # static release binary, FROM scratch) and runs the test, which loads the image into the
 # cluster's containerd, helm-installs the chart (ci/local-cluster-values.yaml) and uninstalls
-# it at the end. Not part of scripts/test.sh (a cold release build of the image is long).
+# it at the end. The last part of scripts/test.sh, after a 'stack.sh down'.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=${SECONDS}
@@ -14,5 +14,5 @@ bash scripts/cluster-smoke.sh
 t=${SECONDS}
 bash scripts/build-operator-image.sh
 echo "[test-cluster] operator image built in $((SECONDS - t))s" >&2
-cargo test --locked --test e2e_cluster -- --nocapture
+cargo test --locked --features cluster-e2e --test e2e_cluster -- --nocapture
 echo "[test-cluster] passed in $((SECONDS - start))s" >&2

@@ -11,7 +11,7 @@ cargo fmt --all --check
 cargo fmt --manifest-path sample-worker/Cargo.toml --check
 
 step "cargo clippy -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --all-features --locked -- -D warnings
 cargo clippy --manifest-path sample-worker/Cargo.toml --all-targets --locked -- -D warnings
 
 step "sample worker unit tests"
@@ -28,3 +28,7 @@ bash scripts/build-worker-image.sh
 
 step "operator unit and end-to-end tests"
 cargo test --locked
+
+step "the operator as a pod: the chart in the one-node cluster (stack restarted with --cluster)"
+bash scripts/stack.sh down
+bash scripts/test-cluster.sh

@@ -4,7 +4,8 @@
 //!
 //! Needs the cluster (`scripts/stack.sh up --cluster`) and the image `worker-recovery-operator:dev`
 //! in the Docker engine; the test loads it into the cluster's containerd itself.
-//! `scripts/test-cluster.sh` does all of it. Not part of `scripts/test.sh`.
+//! `scripts/test-cluster.sh` does all of it (the last step of `scripts/test.sh`); the test target
+//! needs the `cluster-e2e` feature, so a plain `cargo test` does not run it without the cluster.
 
 mod support;
 
