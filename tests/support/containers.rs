@@ -64,7 +64,7 @@ impl WorkerContainer {
         env: &[(&str, &str)],
         tasks: &[(&str, &str)],
     ) -> Self {
-        Self::start_full(namespace, worker_name, docker_args, env, tasks, &[])
+        Self::start_full_in(None, namespace, worker_name, docker_args, env, tasks, &[])
     }
 
     /// The sample worker's image running `command` instead of the sample worker: a worker
@@ -75,26 +75,7 @@ impl WorkerContainer {
         docker_args: &[&str],
         command: &[&str],
     ) -> Self {
-        Self::start_full(namespace, worker_name, docker_args, &[], &[], command)
-    }
-
-    fn start_full(
-        namespace: &str,
-        worker_name: &str,
-        docker_args: &[&str],
-        env: &[(&str, &str)],
-        tasks: &[(&str, &str)],
-        command: &[&str],
-    ) -> Self {
-        Self::start_full_in(
-            None,
-            namespace,
-            worker_name,
-            docker_args,
-            env,
-            tasks,
-            command,
-        )
+        Self::start_full_in(None, namespace, worker_name, docker_args, &[], &[], command)
     }
 
     fn start_full_in(
