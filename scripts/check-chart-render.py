@@ -124,6 +124,9 @@ def main():
         check("WRO_NODE_NAME" not in env, "singleHost: no WRO_NODE_NAME")
         check(value("WRO_LEADER_ELECT") == "1", "singleHost: WRO_LEADER_ELECT=1")
         check(field("WRO_LEADER_ELECTION_NAMESPACE") == "metadata.namespace", "singleHost: election namespace from the pod")
+        election = values["leaderElection"]
+        check(value("WRO_LEADER_ELECTION_LEASE_SECONDS") == str(election["leaseSeconds"]), "singleHost: lease seconds")
+        check(value("WRO_LEADER_ELECTION_RENEW_SECONDS") == str(election["renewSeconds"]), "singleHost: renew seconds")
 
     # Security: root, but no more than the socket and the workers' files need.
     sc = c.get("securityContext", {})

@@ -24,7 +24,8 @@
 #
 # Ports, all on 127.0.0.1:
 #   etcd            12379 (client), 12380 (peer)
-#   kube-apiserver  16443 (https)
+#   kube-apiserver  16443 (https; loopback only, with --cluster on all addresses for the pods,
+#                   anonymous requests refused)
 #   jaeger          4318 (OTLP/HTTP in), 16686 (query API + UI), 16685 (query gRPC), 13133 (health, /status)
 #                   config: hack/jaeger/config.yaml
 #   with --cluster: kubelet 10250 (API, anonymous) + 10248 (healthz), kube-scheduler 10259,
@@ -67,6 +68,10 @@ CNI_CONF_DIR="${STACK_DIR}/cni/net.d"
 CNI_BIN_DIR="${WRO_CNI_BIN_DIR:-/usr/lib/cni}"
 NODE_NAME="wro-node"
 POD_CIDR="10.244.0.0/24"
+# The pod bridge's own address (the bridge plugin's gateway, the first of POD_CIDR): a pod that
+# is not on the host's network reaches the API server there (KUBERNETES_SERVICE_HOST), since
+# nothing routes the Service IP without kube-proxy.
+POD_GATEWAY_IP="10.244.0.1"
 PAUSE_IMAGE="localhost/wro-pause:dev"
 K8S_NODE_BINS=(kubelet kube-scheduler kube-controller-manager)
 HELM_MOD_DIR="${REPO_ROOT}/hack/helm"
@@ -447,7 +452,8 @@ sign_with_ca() {
 }
 
 ensure_pki() {
-	local marker="${PKI_DIR}/.complete"
+	# v2: the serving certificate names the pod gateway too (an older one is made again).
+	local marker="${PKI_DIR}/.complete-v2"
 	if [[ -f "${marker}" ]]; then
 		return 0
 	fi
@@ -477,7 +483,7 @@ ensure_pki() {
 			keyUsage = critical, digitalSignature, keyEncipherment
 			extendedKeyUsage = serverAuth
 			authorityKeyIdentifier = keyid
-			subjectAltName = IP:127.0.0.1, DNS:localhost, IP:${SERVICE_FIRST_IP}, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
+			subjectAltName = IP:127.0.0.1, DNS:localhost, IP:${SERVICE_FIRST_IP}, IP:${POD_GATEWAY_IP}, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, DNS:kubernetes.default.svc.cluster.local
 		EOF
 		sign_with_ca apiserver apiserver.ext
 		# admin client certificate (cluster-admin through system:masters)
@@ -661,8 +667,14 @@ ensure_apiserver() {
 		# accounts, so the ServiceAccount admission plugin would reject every pod;
 		# a cluster (--cluster) has one, and its pods need their tokens mounted.
 		local sa_admission=--disable-admission-plugins=ServiceAccount
+		# Loopback only, unless pods must reach it: the pod gateway's address exists only once
+		# the CNI bridge does (after the API server started), so a cluster binds all addresses.
+		# Every request still needs a client certificate or a token (RBAC).
+		local bind=127.0.0.1
 		if cluster_wanted; then
 			sa_admission=--enable-admission-plugins=ServiceAccount
+			bind=0.0.0.0
+			extra+=(--anonymous-auth=false)
 			# kubectl logs/exec: the API server calls the kubelet at the node's
 			# InternalIP (the node name does not resolve) with the admin certificate.
 			extra+=(--kubelet-client-certificate="${PKI_DIR}/admin.crt" --kubelet-client-key="${PKI_DIR}/admin.key"
@@ -676,7 +688,7 @@ ensure_apiserver() {
 		mkdir -p "${STACK_DIR}/apiserver-certs"
 		start_daemon kube-apiserver "${STACK_BIN}/kube-apiserver" \
 			--etcd-servers="${ETCD_URL}" \
-			--bind-address=127.0.0.1 \
+			--bind-address="${bind}" \
 			--advertise-address=127.0.0.1 \
 			--secure-port="${APISERVER_PORT}" \
 			--cert-dir="${STACK_DIR}/apiserver-certs" \

@@ -96,6 +96,16 @@ for b in "${bad_values[@]}"; do
 	fi
 done
 set +f
+# A rule the schema cannot say (one value less than another): the template refuses it (helm
+# lint only logs a template's fail, so this is helm template).
+if "${HELM}" template x "${CHART}" --set leaderElection.renewSeconds=15 >"${OUT}/bad.render" 2>&1; then
+	fail "template accepted a renew interval as long as the lease"
+elif grep -q "must be less than leaderElection.leaseSeconds" "${OUT}/bad.render"; then
+	ok "template refuses --set leaderElection.renewSeconds=15 (the lease is 15 s)"
+else
+	cat "${OUT}/bad.render" >&2
+	fail "template failed on the renew interval, but not with its message"
+fi
 # The defaults' rendering checked as if it were singleHost: the assertions must catch it.
 printf 'mode: singleHost\n' >"${OUT}/wrong-mode.yaml"
 if python3 scripts/check-chart-render.py "${OUT}/defaults.yaml" "${RELEASE_NS}" "${OUT}/wrong-mode.yaml" 2>/dev/null; then

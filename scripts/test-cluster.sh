@@ -4,7 +4,8 @@
 # 'up' lacks the --cluster flags: 'scripts/stack.sh down' first), checks the cluster
 # (scripts/cluster-smoke.sh), builds the operator image (scripts/build-operator-image.sh: a
 # static release binary, FROM scratch) and runs the test, which loads the image into the
-# cluster's containerd, helm-installs the chart (ci/local-cluster-values.yaml) and uninstalls
+# cluster's containerd, helm-installs the chart (ci/local-cluster-values.yaml, and
+# ci/local-cluster-single-host-values.yaml for the Deployment) and uninstalls
 # it at the end. The last part of scripts/test.sh, after a 'stack.sh down'.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

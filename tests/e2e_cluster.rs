@@ -21,7 +21,11 @@ use support::*;
 const NODE: &str = "wro-node";
 const OPERATOR_IMAGE: &str = "worker-recovery-operator:dev";
 const CHART: &str = "charts/worker-recovery-operator";
+/// Per node, on the host's network.
 const VALUES: &str = "charts/worker-recovery-operator/ci/local-cluster-values.yaml";
+/// Single host, two replicas on the pod network.
+const SINGLE_HOST_VALUES: &str =
+    "charts/worker-recovery-operator/ci/local-cluster-single-host-values.yaml";
 
 /// Auto-recovery without backoff or cooldown, so that a restart follows a crash at once.
 fn eager(m: Manifest) -> Manifest {
@@ -87,7 +91,7 @@ struct Release {
 }
 
 impl Release {
-    fn install(stack: &'static Stack, name: &str, args: &[&str]) -> Self {
+    fn install(stack: &'static Stack, name: &str, values: &str, args: &[&str]) -> Self {
         let root = repo_root();
         let helm = run(
             Command::new("bash")
@@ -110,7 +114,7 @@ impl Release {
             &release.ns,
             "--create-namespace",
             "-f",
-            VALUES,
+            values,
         ];
         all.extend_from_slice(args);
         run(&mut release.helm_cmd(&all), "helm install");
@@ -143,49 +147,52 @@ impl Release {
     /// Wait until exactly one pod of the release is Running and Ready on the node, and no other
     /// pod is left (not `not`, the pod deleted before); returns its name.
     fn wait_one_ready(&self, not: Option<&str>, timeout: Duration) -> String {
-        self.wait_ready_of(1, not, timeout)
+        self.wait_ready(1, not, timeout).remove(0)
     }
 
-    /// Wait until the release has `total` pods, exactly one of them Running and Ready on the
-    /// node (not `not`), the others not (e.g. Pending); returns the Ready one's name.
-    fn wait_ready_of(&self, total: usize, not: Option<&str>, timeout: Duration) -> String {
-        wait_for("one operator pod Ready", timeout, || {
+    /// Wait until the release has `count` pods, all Running and Ready on the node, none of them
+    /// `not` and none terminating; returns their names.
+    fn wait_ready(&self, count: usize, not: Option<&str>, timeout: Duration) -> Vec<String> {
+        wait_for(&format!("{count} operator pods Ready"), timeout, || {
             let pods = self.pods();
-            let summary: Vec<String> = pods
+            let summary: Vec<String> = pods.iter().map(pod_summary).collect();
+            let names: Vec<String> = pods
                 .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} {}",
-                        p["metadata"]["name"], p["status"]["phase"], p["status"]["conditions"]
-                    )
-                })
+                .filter(|p| pod_ready(p))
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
                 .collect();
-            let ready = |p: &Value| {
-                p["status"]["phase"] == "Running"
-                    && p["metadata"]["deletionTimestamp"].is_null()
-                    && p["spec"]["nodeName"] == NODE
-                    && p["status"]["conditions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            };
-            let live: Vec<&Value> = pods
-                .iter()
-                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                .collect();
-            let ready: Vec<&&Value> = live.iter().filter(|p| ready(p)).collect();
-            match ready.as_slice() {
-                [p] if pods.len() == total
-                    && live.len() == total
-                    && Some(p["metadata"]["name"].as_str().unwrap()) != not =>
-                {
-                    Ok(p["metadata"]["name"].as_str().unwrap().to_string())
-                }
-                _ => Err(summary.join("; ")),
+            if pods.len() == count
+                && names.len() == count
+                && !names.iter().any(|n| Some(n.as_str()) == not)
+            {
+                Ok(names)
+            } else {
+                Err(summary.join("; "))
             }
         })
     }
+}
+
+fn pod_summary(p: &Value) -> String {
+    format!(
+        "{} {} deleting={} {}",
+        p["metadata"]["name"],
+        p["status"]["phase"],
+        !p["metadata"]["deletionTimestamp"].is_null(),
+        p["status"]["conditions"]
+    )
+}
+
+/// Running and Ready on the node, and not being deleted.
+fn pod_ready(p: &Value) -> bool {
+    p["status"]["phase"] == "Running"
+        && p["metadata"]["deletionTimestamp"].is_null()
+        && p["spec"]["nodeName"] == NODE
+        && p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 impl Drop for Release {
@@ -247,6 +254,7 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
     let release = Release::install(
         stack,
         &format!("wro-{}", unique_suffix()),
+        VALUES,
         // Only this test's namespace: the other test's release, on the same Docker engine,
         // would otherwise act on these Workers too (and this one on its).
         &[
@@ -381,13 +389,11 @@ fn lease_holder(stack: &Stack, ns: &str) -> String {
         .to_string()
 }
 
-/// singleHost, 2 replicas, on the one node. With hostNetwork (needed here to reach the API
-/// server) both replicas want the same host port, so the scheduler runs one and leaves the
-/// other Pending: the standby is a pod that starts when the leader's pod is gone, not a warm
-/// one. The Deployment's leader heals a crash; deleting its pod hands the Lease and the
-/// healing to the other replica.
+/// singleHost, 2 replicas on the pod network, so both run at once: the one holding the Lease
+/// heals, the other is a warm standby. Deleting the leader's pod hands the Lease to a standby,
+/// which heals the next crash; no crash is healed twice.
 #[test]
-fn the_single_host_deployment_heals_and_fails_over_to_its_other_replica() {
+fn the_single_host_deployment_heals_and_fails_over_to_its_standby() {
     let stack = stack();
     cluster_ready(stack);
     let ns = stack.namespace("cluster-single");
@@ -403,70 +409,64 @@ fn the_single_host_deployment_heals_and_fails_over_to_its_other_replica() {
     let release = Release::install(
         stack,
         &format!("wro-{}", unique_suffix()),
+        SINGLE_HOST_VALUES,
         &[
-            "--set",
-            "mode=singleHost",
-            "--set",
-            "replicas=2",
-            // Not the per-node test's host port (18080): the two tests may run at once.
-            "--set",
-            "port=18081",
             "--set-json",
             &roots,
             "--set",
             &format!("watchNamespace={ns}"),
         ],
     );
-    let leader = release.wait_ready_of(2, None, Duration::from_secs(120));
+    let pods = release.wait_ready(2, None, Duration::from_secs(120));
     eprintln!(
-        "e2e_cluster: singleHost: helm install -> pod {leader} Ready in {:?}",
+        "e2e_cluster: singleHost: helm install -> pods {pods:?} Ready in {:?}",
         installed.elapsed()
     );
-    wait_for(
-        "the Lease held by the Ready pod",
-        Duration::from_secs(30),
-        || {
-            let holder = lease_holder(stack, &release.ns);
-            if holder.starts_with(&leader) {
-                Ok(())
-            } else {
-                Err(holder)
-            }
-        },
-    );
+    let leader = wait_for("the Lease held by a pod", Duration::from_secs(30), || {
+        let holder = lease_holder(stack, &release.ns);
+        pods.iter()
+            .find(|p| holder.starts_with(p.as_str()))
+            .cloned()
+            .ok_or(holder)
+    });
     wait_phase(stack, &ns, "papa", "Healthy");
+    let since = docker_now();
     papa.inject_fault("crash");
     wait_restarted(stack, &ns, "papa", 1, Duration::from_secs(60));
     let from_leader = (FIELD_MANAGER.to_string(), leader.clone());
     let by = reporters(stack, &ns, "papa");
     assert!(
         !by.is_empty() && by.iter().all(|r| *r == from_leader),
-        "{by:?}"
+        "only the leader acts, the standby does not: {by:?}"
     );
 
-    // The leader's pod goes (gone, not just terminating: a terminating leader still holds the
-    // Lease and heals what crashes meanwhile), then the worker crashes: the other replica
-    // takes over.
+    // The leader's pod is deleted: it gives the Lease up as it stops, and a standby takes it at
+    // the latest when it would have run out (6 s here): the other replica, or the pod that
+    // replaces the deleted one, whichever looks first.
     let deleted = Instant::now();
-    stack.kubectl_ok(&["delete", "pod", "-n", &release.ns, &leader, "--wait=true"]);
-    eprintln!(
-        "e2e_cluster: singleHost: leader {leader} deleted and gone in {:?}",
-        deleted.elapsed()
-    );
+    stack.kubectl_ok(&["delete", "pod", "-n", &release.ns, &leader, "--wait=false"]);
+    let standby = wait_for("a standby holds the Lease", Duration::from_secs(60), || {
+        let holder = lease_holder(stack, &release.ns);
+        let live: Vec<String> = release
+            .pods()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        live.into_iter()
+            .find(|p| *p != leader && holder.starts_with(p.as_str()))
+            .ok_or(holder)
+    });
+    let took_over = deleted.elapsed();
     let crashed = Instant::now();
     papa.inject_fault("crash");
-    let standby = release.wait_ready_of(2, Some(&leader), Duration::from_secs(120));
+    wait_restarted(stack, &ns, "papa", 2, Duration::from_secs(60));
     eprintln!(
-        "e2e_cluster: singleHost: leader {leader} deleted -> {standby} Ready in {:?}",
-        deleted.elapsed()
-    );
-    wait_restarted(stack, &ns, "papa", 2, Duration::from_secs(90));
-    eprintln!(
-        "e2e_cluster: singleHost: crash after the leader was gone -> healed by the other replica in {:?} ({:?} after the delete began)",
+        "e2e_cluster: singleHost: leader {leader} deleted -> Lease held by the standby {standby} in {took_over:?}; \
+         a crash then -> healed in {:?}; delete -> healed {:?}",
         crashed.elapsed(),
         deleted.elapsed()
     );
-    assert!(lease_holder(stack, &release.ns).starts_with(&standby));
     let by = reporters(stack, &ns, "papa");
     let from_standby = (FIELD_MANAGER.to_string(), standby.clone());
     assert!(by.contains(&from_standby), "{by:?}");
@@ -474,6 +474,95 @@ fn the_single_host_deployment_heals_and_fails_over_to_its_other_replica() {
         by.iter().all(|r| *r == from_leader || *r == from_standby),
         "{by:?}"
     );
+    // Each crash started it once: neither the old leader nor the new pod acted twice.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(worker_json(stack, &ns, "papa")["status"]["restartCount"], 2);
+    let starts = docker_events(&papa.container, &since)
+        .into_iter()
+        .filter(|a| a == "start")
+        .count();
+    assert_eq!(starts, 2, "one start per crash");
+}
+
+/// A Clean run interrupted by the deletion of the agent pod in its CleanState step: the pod the
+/// DaemonSet brings back finishes it, and every active task is requeued exactly once.
+#[test]
+fn a_clean_run_survives_the_deletion_of_its_agent_pod() {
+    const TASKS: usize = 20_000;
+    let stack = stack();
+    cluster_ready(stack);
+    let ns = stack.namespace("cluster-clean");
+    let root = tempfile::Builder::new()
+        .prefix("wro-e2e-cluster-")
+        .tempdir()
+        .unwrap();
+    // A worker that is not running: only the operator moves its tasks.
+    let wc = WorkerContainer::start_command_in(
+        root.path(),
+        &ns,
+        "quebec",
+        &["--entrypoint", "/bin/sh"],
+        &["-c", "exit 0"],
+    );
+    wait_exited(&wc);
+    let ids = crashed_tasks(&wc.shared_root(), "quebec", TASKS);
+    stack.apply_ok(wc.worker("quebec", &ns).spec(json!({"nodeName": NODE})));
+
+    let roots = format!("allowedRoots.global={}", json!([root.path()]));
+    let release = Release::install(
+        stack,
+        &format!("wro-{}", unique_suffix()),
+        VALUES,
+        &[
+            "--set-json",
+            &roots,
+            "--set",
+            &format!("watchNamespace={ns}"),
+            // Not the other per-node test's host port: the tests run at once.
+            "--set",
+            "port=18082",
+        ],
+    );
+    let pod = release.wait_one_ready(None, Duration::from_secs(120));
+    stack.apply_ok(
+        recovery("clean-1", &ns, "quebec")
+            .mode("Clean")
+            .spec(json!({"verifyTimeoutSeconds": 1})),
+    );
+    wait_step(stack, &ns, "clean-1", Duration::from_secs(60), |step| {
+        step == "CleanState"
+    });
+    // One second to stop, then SIGKILL: the step does not get to finish (a graceful stop
+    // would let it), as when a node goes down.
+    stack.kubectl_ok(&[
+        "delete",
+        "pod",
+        "-n",
+        &release.ns,
+        &pod,
+        "--grace-period=1",
+        "--wait=false",
+    ]);
+    let pod2 = release.wait_one_ready(Some(&pod), Duration::from_secs(120));
+    let run = wait_run_finished_within(stack, &ns, "clean-1", Duration::from_secs(180));
+    let clean = run_step(&run, "CleanState");
+    assert_eq!(clean["state"], "Succeeded", "{:#}", run["status"]);
+    eprintln!(
+        "e2e_cluster: Clean run, pod {pod} deleted in CleanState, finished by {pod2}: attempt {}, {}",
+        clean["attempt"], clean["message"]
+    );
+    assert!(
+        clean["attempt"].as_u64().unwrap() >= 2,
+        "the deletion landed while the step ran: {clean}"
+    );
+    let by = reporters(stack, &ns, "clean-1");
+    for p in [&pod, &pod2] {
+        assert!(
+            by.contains(&(FIELD_MANAGER.to_string(), p.clone())),
+            "the run has Events from {p}: {by:?}"
+        );
+    }
+    assert_requeued_once(&wc, &ids);
 }
 
 const FIELD_MANAGER: &str = "worker-recovery-operator";

@@ -78,6 +78,26 @@ impl WorkerContainer {
         Self::start_full_in(None, namespace, worker_name, docker_args, &[], &[], command)
     }
 
+    /// Like [`start_command`](Self::start_command), with the container's directory made inside
+    /// `parent` (see [`start_in`](Self::start_in)).
+    pub fn start_command_in(
+        parent: &Path,
+        namespace: &str,
+        worker_name: &str,
+        docker_args: &[&str],
+        command: &[&str],
+    ) -> Self {
+        Self::start_full_in(
+            Some(parent),
+            namespace,
+            worker_name,
+            docker_args,
+            &[],
+            &[],
+            command,
+        )
+    }
+
     fn start_full_in(
         parent: Option<&Path>,
         namespace: &str,
