@@ -106,6 +106,21 @@ else
 	cat "${OUT}/bad.render" >&2
 	fail "template failed on the renew interval, but not with its message"
 fi
+# Monitoring: the PrometheusRule and ServiceMonitor only where their CRDs exist; there, the
+# rules file's groups with the runbook URLs rewritten.
+RULES="${CHART}/files/alert-rules.yaml"
+if "${HELM}" template x "${CHART}" | grep -q "kind: PrometheusRule\|kind: ServiceMonitor"; then
+	fail "PrometheusRule or ServiceMonitor rendered without monitoring.coreos.com/v1"
+else
+	ok "no PrometheusRule or ServiceMonitor without monitoring.coreos.com/v1"
+fi
+"${HELM}" template x "${CHART}" --api-versions monitoring.coreos.com/v1 \
+	--set monitoring.runbookBaseUrl=https://docs.example.org/wro/README.md >"${OUT}/monitoring.yaml"
+if python3 scripts/check-monitoring-render.py "${OUT}/monitoring.yaml" "${RULES}" https://docs.example.org/wro/README.md; then
+	ok "PrometheusRule = ${RULES} (runbook URLs rewritten), ServiceMonitor -> Service -> pods"
+else
+	fail "the monitoring objects do not match the rules file and the pods"
+fi
 # The defaults' rendering checked as if it were singleHost: the assertions must catch it.
 printf 'mode: singleHost\n' >"${OUT}/wrong-mode.yaml"
 if python3 scripts/check-chart-render.py "${OUT}/defaults.yaml" "${RELEASE_NS}" "${OUT}/wrong-mode.yaml" 2>/dev/null; then

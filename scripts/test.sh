@@ -23,6 +23,9 @@ bash scripts/stack.sh up
 step "Helm chart: lint, render, assertions, server-side dry run"
 bash scripts/test-chart.sh
 
+step "alert rules: promtool check and unit tests"
+bash scripts/test-alerts.sh
+
 step "sample worker image"
 bash scripts/build-worker-image.sh
 

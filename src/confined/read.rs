@@ -131,6 +131,27 @@ pub fn visit_dir(root: &Path, dir: &Path, mut f: impl FnMut(Entry)) -> Result<bo
     Ok(true)
 }
 
+/// Count the entries of `dir` (below or equal to `root`) whose names do not start with `.`
+/// (hidden: a writer's temporary file), by name only and up to `cap`: `Some((count, capped))`,
+/// `None` when the directory is missing. Cheap enough to run at every look at a Worker.
+pub fn count_entries(root: &Path, dir: &Path, cap: u64) -> Result<Option<(u64, bool)>> {
+    let names = components_below(root, dir)?;
+    let Some(dir) = open_below(root, &names)? else {
+        return Ok(None);
+    };
+    let mut count = 0;
+    for name in dir.stream_names()? {
+        if name?.as_encoded_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        if count == cap {
+            return Ok(Some((count, true)));
+        }
+        count += 1;
+    }
+    Ok(Some((count, false)))
+}
+
 /// List `dir` (below or equal to `root`), classifying each entry without following it and
 /// without recursing. At most `max_entries` entries are returned.
 pub fn list_dir(root: &Path, dir: &Path, max_entries: usize) -> Result<Listing> {

@@ -288,3 +288,26 @@ async fn reasons_are_the_short_labels_status_and_evidence_show() {
     assert_eq!(err.reason(), "io");
     assert!(err.to_string().starts_with("blocking task failed"), "{err}");
 }
+
+#[test]
+fn counting_skips_hidden_names_stops_at_the_cap_and_follows_no_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dir = root.join("tasks/w/pending");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..5 {
+        std::fs::write(dir.join(format!("t{i}.json")), b"{}").unwrap();
+    }
+    std::fs::write(dir.join(".t9.json.tmp"), b"{").unwrap();
+    assert_eq!(count_entries(root, &dir, 100).unwrap(), Some((5, false)));
+    assert_eq!(count_entries(root, &dir, 5).unwrap(), Some((5, false)));
+    assert_eq!(count_entries(root, &dir, 3).unwrap(), Some((3, true)));
+    assert_eq!(
+        count_entries(root, &root.join("tasks/w/active"), 3).unwrap(),
+        None
+    );
+    // A symlinked directory is refused, not counted through.
+    let outside = tempfile::tempdir().unwrap();
+    symlink(outside.path(), root.join("tasks/w/staged")).unwrap();
+    assert!(count_entries(root, &root.join("tasks/w/staged"), 3).is_err());
+}

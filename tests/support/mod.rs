@@ -8,12 +8,13 @@ mod containers;
 mod files;
 mod manifests;
 mod operator;
+mod prometheus;
 mod stack;
 mod waits;
 
 // Each test binary uses a part of the harness.
 #[allow(unused_imports)]
-pub use {containers::*, files::*, manifests::*, operator::*, stack::*, waits::*};
+pub use {containers::*, files::*, manifests::*, operator::*, prometheus::*, stack::*, waits::*};
 
 pub const WORKER_IMAGE: &str = "wro-sample-worker:dev";
 /// The label by which a container lets one Worker manage it (`<namespace>/<worker>`).

@@ -44,6 +44,7 @@ use crate::{
         },
     },
     diagnose::{self, Diagnosis},
+    metrics::{RunOutcome, WorkerKey},
     observe::monitor,
     telemetry::recovery_trace,
     trust::Admission,
@@ -350,6 +351,8 @@ impl StepLoop<'_> {
         if let Some(span) = trace::root_span(rec, status) {
             recovery_trace::emit(span);
         }
+        let (key, outcome, took) = run_outcome(rec, status);
+        self.ctx.metrics.record_run(key, outcome, took);
         let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
         let (type_, reason) = match status.phase {
             Some(RecoveryPhase::Succeeded) => (EventType::Normal, "RecoveryComplete"),
@@ -360,6 +363,36 @@ impl StepLoop<'_> {
             .await;
         Ok(Action::await_change())
     }
+}
+
+/// A finished run as the per-worker metrics count it: its Worker, mode, outcome, root cause
+/// (`None` when the diagnosis found none or did not run) and how long it took.
+fn run_outcome(
+    rec: &WorkerRecovery,
+    status: &WorkerRecoveryStatus,
+) -> (WorkerKey, RunOutcome, Duration) {
+    let key = WorkerKey::new(
+        rec.namespace().unwrap_or_default(),
+        rec.spec.worker_ref.name.clone(),
+    );
+    let cause = status
+        .diagnosis
+        .as_ref()
+        .and_then(|d| d.verdict.top_cause)
+        .map_or_else(|| "None".to_string(), |c| c.to_string());
+    let phase = status
+        .phase
+        .map_or_else(|| "Unknown".to_string(), |p| format!("{p:?}"));
+    let took = match (&status.start_time, &status.completion_time) {
+        (Some(start), Some(end)) => end.0.duration_since(start.0).unsigned_abs(),
+        _ => Duration::ZERO,
+    };
+    let outcome = RunOutcome {
+        mode: format!("{:?}", rec.spec.mode),
+        outcome: phase,
+        root_cause: cause,
+    };
+    (key, outcome, took)
 }
 
 /// How often a waiting run looks again.

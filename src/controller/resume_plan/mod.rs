@@ -45,6 +45,7 @@ use crate::{
         resume_plan::{BatchResult, CurrentBatch, ResumePhase, ResumePlan, ResumePlanStatus},
         worker::{ResolvedPaths, Worker},
     },
+    metrics::WorkerKey,
     observe::monitor,
     recover::batches::{self, StateWrite},
     telemetry::recovery_trace::{self, SpanRecord},
@@ -382,6 +383,10 @@ impl Batches<'_> {
         self.record.write(status, ResumePhase::Halted, None).await?;
         release_writer(self.ctx, self.plan).await?;
         warn!(%reason, "gradual resume halted");
+        self.ctx.metrics.workers.record_halt(WorkerKey::new(
+            self.plan.namespace().unwrap_or_default(),
+            self.plan.spec.worker_ref.name.clone(),
+        ));
         self.ctx
             .publish(
                 self.plan,

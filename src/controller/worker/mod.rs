@@ -6,6 +6,7 @@ mod error;
 pub mod escalate;
 pub mod health;
 pub mod policy;
+mod series;
 mod supervise;
 
 use std::{sync::Arc, time::Duration};
@@ -105,8 +106,13 @@ async fn forget_deleted(ctx: Arc<Context>, workers: Store<Worker>) {
         if workers.wait_until_ready().await.is_err() {
             return;
         }
-        let live: std::collections::HashSet<String> =
-            workers.state().iter().map(|w| memory_key(w)).collect();
+        let state = workers.state();
+        let live: std::collections::HashSet<String> = state.iter().map(|w| memory_key(w)).collect();
+        let named: std::collections::HashSet<String> = state
+            .iter()
+            .map(|w| format!("{}/{}", w.namespace().unwrap_or_default(), w.name_any()))
+            .collect();
+        ctx.metrics.forget_workers_but(&named);
         ctx.worker_status
             .lock()
             .unwrap()
@@ -196,6 +202,15 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             .unwrap()
             .insert(key, status.clone());
     }
+    series::record(
+        ctx,
+        worker,
+        previous,
+        &status,
+        admission.map(|a| &a.paths),
+        obs.now,
+    )
+    .await;
     phase_event(ctx, worker, previous.and_then(|s| s.phase), &assessment).await;
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
     let next = when_to_look(&obs, timeout, &supervision, pause);
@@ -385,6 +400,7 @@ async fn refuse(
         Timestamp::now(),
     );
     apply_status(api, worker, &status).await?;
+    series::record(ctx, worker, previous, &status, None, Timestamp::now()).await;
     let refused_before = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == decide::ACCEPTED))
         .filter(|c| c.status == "False")

@@ -1,15 +1,33 @@
-//! Prometheus metrics of the operator.
+//! Prometheus metrics: the operator's own (labelled by controller) and the per-worker series
+//! (labelled `namespace` and `worker`, see [`workers`]).
 
-use std::time::Instant;
+pub mod workers;
 
-use prometheus::{
-    exponential_buckets, histogram_opts, opts, Encoder, HistogramVec, IntCounterVec, Registry,
-    TextEncoder,
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-/// Metrics shared by every controller, labelled by controller name.
+use prometheus::{
+    core::Collector, exponential_buckets, histogram_opts, opts, Encoder, HistogramVec,
+    IntCounterVec, Registry, TextEncoder,
+};
+
+pub use workers::{RunOutcome, TaskCounts, Usage, WorkerKey, WorkerSeries, WorkerSnapshot};
+
+/// Buckets of the per-worker durations (seconds): from a restart to a long escalation.
+const WORKER_DURATION_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Metrics shared by every controller, labelled by controller name, and the per-worker series.
 pub struct Metrics {
     registry: Registry,
+    /// What the Worker controller last saw of each Worker.
+    pub workers: Arc<WorkerSeries>,
+    run_duration: HistogramVec,
+    time_to_healthy: HistogramVec,
     reconciliations: IntCounterVec,
     failures: IntCounterVec,
     duration: HistogramVec,
@@ -67,8 +85,27 @@ impl Default for Metrics {
             "Times the Docker event stream ended or failed and was followed again",
         )
         .expect("valid metric");
+        let workers = Arc::new(WorkerSeries::default());
+        let per_worker = |name: &str, help: &str| {
+            HistogramVec::new(
+                histogram_opts!(name, help, WORKER_DURATION_BUCKETS.to_vec()),
+                &["namespace", "worker"],
+            )
+            .expect("valid metric")
+        };
+        let run_duration = per_worker(
+            "workerrecovery_worker_recovery_duration_seconds",
+            "Duration of finished recovery runs, from start to completion",
+        );
+        let time_to_healthy = per_worker(
+            "workerrecovery_worker_time_to_healthy_seconds",
+            "Time from a Worker's failure (Ready turned False) to Healthy again",
+        );
         for m in [
-            Box::new(reconciliations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ArcCollector(workers.clone())) as Box<dyn prometheus::core::Collector>,
+            Box::new(run_duration.clone()),
+            Box::new(time_to_healthy.clone()),
+            Box::new(reconciliations.clone()),
             Box::new(failures.clone()),
             Box::new(duration.clone()),
             Box::new(restarts.clone()),
@@ -79,6 +116,9 @@ impl Default for Metrics {
         }
         Self {
             registry,
+            workers,
+            run_duration,
+            time_to_healthy,
             reconciliations,
             failures,
             duration,
@@ -129,6 +169,55 @@ impl Metrics {
         self.event_stream_breaks.inc();
     }
 
+    /// Count a finished recovery run of `worker` and its duration.
+    pub fn record_run(&self, worker: WorkerKey, outcome: RunOutcome, took: Duration) {
+        self.run_duration
+            .with_label_values(&[&worker.namespace, &worker.worker])
+            .observe(took.as_secs_f64());
+        self.workers.record_run(worker, outcome);
+    }
+
+    /// `worker` is Healthy again, `took` after it failed.
+    pub fn record_healthy_after(&self, worker: &WorkerKey, took: Duration) {
+        self.time_to_healthy
+            .with_label_values(&[&worker.namespace, &worker.worker])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Drop the series of every Worker whose `namespace/name` is not in `live`.
+    pub fn forget_workers_but(&self, live: &HashSet<String>) {
+        let mut gone = self.workers.forget_all_but(live);
+        // A Worker may have histogram series and no snapshot (a run of a Worker never seen).
+        let histogram_keys = |h: &HistogramVec| {
+            h.collect()
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| {
+                    let label = |n: &str| {
+                        m.get_label()
+                            .iter()
+                            .find(|l| l.name() == n)
+                            .map(|l| l.value().to_string())
+                            .unwrap_or_default()
+                    };
+                    WorkerKey::new(label("namespace"), label("worker"))
+                })
+                .collect::<Vec<_>>()
+        };
+        for h in [&self.run_duration, &self.time_to_healthy] {
+            gone.extend(
+                histogram_keys(h)
+                    .into_iter()
+                    .filter(|k| !live.contains(&k.path())),
+            );
+        }
+        for key in gone {
+            for h in [&self.run_duration, &self.time_to_healthy] {
+                let _ = h.remove_label_values(&[&key.namespace, &key.worker]);
+            }
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -136,6 +225,19 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+/// Registers the shared [`WorkerSeries`] (the registry takes its collectors by value).
+struct ArcCollector(Arc<WorkerSeries>);
+
+impl prometheus::core::Collector for ArcCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }
 
