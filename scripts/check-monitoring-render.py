@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """Check the chart's monitoring objects as rendered with monitoring.coreos.com/v1 available.
 
-Usage: check-monitoring-render.py RENDERED.yaml RULES.yaml RUNBOOK_BASE_URL
+Usage: check-monitoring-render.py RENDERED.yaml RULES.yaml RUNBOOK_BASE_URL DASHBOARD.json
 
 The PrometheusRule holds exactly the groups of the plain rules file, every runbook_url rewritten
 to RUNBOOK_BASE_URL; the ServiceMonitor scrapes /metrics through a Service that selects the
-operator's pods by the port the pods name "http". Exits non-zero with what differs.
+operator's pods by the port the pods name "http"; the dashboard ConfigMap, labelled for
+Grafana's sidecar, holds the dashboard file. Exits non-zero with what differs.
 """
+import json
 import sys
 
 import yaml
 
 
-def main(rendered_path, rules_path, base):
+def main(rendered_path, rules_path, base, dashboard_path):
     docs = [d for d in yaml.safe_load_all(open(rendered_path)) if d]
     by_kind = {}
     for d in docs:
@@ -46,10 +48,16 @@ def main(rendered_path, rules_path, base):
         check("http" in ports and svc["spec"]["ports"][0]["targetPort"] == "http", "Service targets the pods' http port")
         ep = sm["spec"]["endpoints"][0]
         check(ep["port"] == "http" and ep["path"] == "/metrics", "ServiceMonitor scrapes http /metrics")
+    dashboards = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    check(len(dashboards) == 1, f"one ConfigMap labelled grafana_dashboard, found {len(dashboards)}")
+    if dashboards:
+        data = dashboards[0]["data"]
+        check(list(data) == ["worker-recovery.json"], f"one dashboard file, found {list(data)}")
+        check(json.loads(next(iter(data.values()))) == json.load(open(dashboard_path)), "the ConfigMap holds the dashboard file")
     for p in problems:
         print(f"check-monitoring-render: {p}", file=sys.stderr)
     return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

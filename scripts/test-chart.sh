@@ -116,8 +116,9 @@ else
 fi
 "${HELM}" template x "${CHART}" --api-versions monitoring.coreos.com/v1 \
 	--set monitoring.runbookBaseUrl=https://docs.example.org/wro/README.md >"${OUT}/monitoring.yaml"
-if python3 scripts/check-monitoring-render.py "${OUT}/monitoring.yaml" "${RULES}" https://docs.example.org/wro/README.md; then
-	ok "PrometheusRule = ${RULES} (runbook URLs rewritten), ServiceMonitor -> Service -> pods"
+if python3 scripts/check-monitoring-render.py "${OUT}/monitoring.yaml" "${RULES}" https://docs.example.org/wro/README.md \
+	"${CHART}/files/dashboard.json"; then
+	ok "PrometheusRule = ${RULES} (runbook URLs rewritten), ServiceMonitor -> Service -> pods, dashboard ConfigMap"
 else
 	fail "the monitoring objects do not match the rules file and the pods"
 fi

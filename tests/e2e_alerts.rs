@@ -1,12 +1,14 @@
 //! The alert rules in the stack's real Prometheus: it scrapes a real operator's per-worker
 //! series and evaluates the chart's rules file. A worker crashes with auto-recovery off:
 //! `WorkerDown` goes pending, then fires a minute later (its `for`); a recovery run heals the
-//! worker and the alert resolves.
+//! worker and the alert resolves. Then every query of the Grafana dashboard runs against the
+//! series this left, and each must parse and return data.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use support::*;
 
 /// The rule's `for`, and the stack's scrape and evaluation intervals.
@@ -90,4 +92,72 @@ fn worker_down_fires_in_prometheus_and_resolves_after_healing() {
                 .ok_or(format!("{r:?}"))
         },
     );
+    dashboard_queries_return_data(&ns, "rosa");
+}
+
+/// Every panel query and template variable of the shipped dashboard, with the variables set
+/// to this test's Worker, parses and returns at least one finite value.
+fn dashboard_queries_return_data(ns: &str, worker: &str) {
+    let path = repo_root().join("charts/worker-recovery-operator/files/dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let title = format!("{} {}", panel["title"], target["refId"]);
+            queries.push((title, target["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            queries.push((
+                format!("variable {}", var["name"]),
+                label_values_as_promql(q),
+            ));
+        }
+    }
+    assert!(queries.len() >= 12, "{queries:?}");
+    for (what, expr) in queries {
+        let expr = expr
+            .replace("$namespace", &regex_quote(ns))
+            .replace("$worker", worker)
+            .replace("$__range", "1h")
+            .replace("$__rate_interval", "1m");
+        // Data scraped seconds ago may not be in an instant query's view yet: a few tries.
+        wait_for(
+            &format!("dashboard {what}: {expr}"),
+            Duration::from_secs(20),
+            || {
+                let result = query(&expr)?;
+                let finite = result.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                });
+                finite.then_some(()).ok_or(format!("{result:?}"))
+            },
+        );
+    }
+}
+
+/// Grafana's `label_values(SELECTOR, LABEL)` as the PromQL that returns the same label values.
+fn label_values_as_promql(q: &str) -> String {
+    let inner = q
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not label_values(...): {q}"));
+    let (selector, label) = inner.rsplit_once(',').unwrap();
+    format!("group by ({}) ({})", label.trim(), selector.trim())
+}
+
+/// `s` as a regular expression matching only itself.
+fn regex_quote(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

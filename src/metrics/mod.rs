@@ -177,6 +177,14 @@ impl Metrics {
         self.workers.record_run(worker, outcome);
     }
 
+    /// Create `worker`'s histogram series, empty, at the first look: its first observation is
+    /// then an increase that `rate()` and `increase()` see.
+    pub fn track(&self, worker: &WorkerKey) {
+        for h in [&self.run_duration, &self.time_to_healthy] {
+            h.with_label_values(&[&worker.namespace, &worker.worker]);
+        }
+    }
+
     /// `worker` is Healthy again, `took` after it failed.
     pub fn record_healthy_after(&self, worker: &WorkerKey, took: Duration) {
         self.time_to_healthy

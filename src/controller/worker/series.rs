@@ -33,6 +33,9 @@ pub async fn record(
 ) {
     let key = WorkerKey::new(worker.namespace().unwrap_or_default(), worker.name_any());
     let before = ctx.metrics.workers.snapshot(&key);
+    if before.is_none() {
+        ctx.metrics.track(&key);
+    }
     let (tasks, counted_at) = match (paths, before.as_ref()) {
         (Some(paths), before) if due(before, now) => (count_tasks(paths).await, Some(now)),
         (Some(_), Some(b)) => (b.tasks, b.tasks_counted_at),

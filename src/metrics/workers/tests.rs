@@ -164,3 +164,16 @@ fn failure_and_halt_counters_start_at_zero_with_the_first_look() {
         r#"workerrecovery_worker_resume_halts_total{namespace="team-a",worker="marie"} 1"#
     ));
 }
+
+#[test]
+fn a_tracked_worker_has_empty_histograms_from_the_start() {
+    let m = Metrics::default();
+    m.track(&key("marie"));
+    let text = m.render();
+    assert!(text.contains(
+        r#"workerrecovery_worker_time_to_healthy_seconds_count{namespace="team-a",worker="marie"} 0"#
+    ), "{text}");
+    assert!(text.contains(
+        r#"workerrecovery_worker_recovery_duration_seconds_count{namespace="team-a",worker="marie"} 0"#
+    ));
+}
