@@ -20,7 +20,8 @@ const EVALUATION: Duration = Duration::from_secs(2);
 fn worker_down_fires_in_prometheus_and_resolves_after_healing() {
     let stack = stack();
     let ns = stack.namespace("alerts");
-    let wc = WorkerContainer::start(&ns, "rosa", &[], &[]);
+    // A memory limit: its memory is sampled (the failure prediction) for the dashboard.
+    let wc = WorkerContainer::start(&ns, "rosa", &["-m", "256m"], &[]);
     apply_worker(stack, &wc, "rosa", &ns);
     let op = Operator::start(stack, &ns, wc.dir.path());
     let _target = ScrapeTarget::register(&ns, &op.listen);

@@ -25,6 +25,8 @@ pub struct Config {
     /// `Some` only when `REQUIRED_BINARIES` is set (and non-empty).
     pub required_binaries: Option<Vec<String>>,
     pub oom_max_mib: u64,
+    pub leak_mib_per_sec: u64,
+    pub leak_max_mib: u64,
     pub fd_leak_max: u64,
 }
 
@@ -64,6 +66,8 @@ impl Config {
             .map(|v| parse_list(&v))
             .filter(|l| !l.is_empty());
         let oom_max_mib = parse_u64("OOM_MAX_MIB", var("OOM_MAX_MIB"), 1024)?;
+        let leak_mib_per_sec = parse_u64("LEAK_MIB_PER_SEC", var("LEAK_MIB_PER_SEC"), 4)?.max(1);
+        let leak_max_mib = parse_u64("LEAK_MAX_MIB", var("LEAK_MAX_MIB"), 1024)?;
         let fd_leak_max = parse_u64("FD_LEAK_MAX", var("FD_LEAK_MAX"), 100_000)?;
         let resume_active = match var("RESUME_ACTIVE").as_deref().map(str::trim) {
             None | Some("" | "0" | "false") => false,
@@ -86,6 +90,8 @@ impl Config {
             fault_after,
             required_binaries,
             oom_max_mib,
+            leak_mib_per_sec,
+            leak_max_mib,
             fd_leak_max,
             resume_active,
         })

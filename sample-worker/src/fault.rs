@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::log;
 
@@ -14,6 +15,8 @@ pub enum FaultMode {
     None,
     Crash,
     Oom,
+    /// Memory grows at a steady rate (a leak) while the worker goes on working.
+    Leak,
     FdLeak,
     Hang,
     MissingDependency,
@@ -25,6 +28,7 @@ impl FaultMode {
             FaultMode::None => "none",
             FaultMode::Crash => "crash",
             FaultMode::Oom => "oom",
+            FaultMode::Leak => "leak",
             FaultMode::FdLeak => "fd-leak",
             FaultMode::Hang => "hang",
             FaultMode::MissingDependency => "missing-dependency",
@@ -49,11 +53,12 @@ impl FromStr for FaultMode {
             "" | "none" | "off" => Ok(FaultMode::None),
             "crash" => Ok(FaultMode::Crash),
             "oom" => Ok(FaultMode::Oom),
+            "leak" => Ok(FaultMode::Leak),
             "fd-leak" | "fdleak" => Ok(FaultMode::FdLeak),
             "hang" => Ok(FaultMode::Hang),
             "missing-dependency" | "missing-dep" => Ok(FaultMode::MissingDependency),
             _ => Err(format!(
-                "unknown fault mode {:?} (expected one of: none, crash, oom, fd-leak, hang, missing-dependency)",
+                "unknown fault mode {:?} (expected one of: none, crash, oom, leak, fd-leak, hang, missing-dependency)",
                 s.trim()
             )),
         }
@@ -108,6 +113,34 @@ pub fn eat_memory(max_mib: u64) -> ! {
     std::process::exit(137)
 }
 
+/// `leak` fault: `mib_per_sec` MiB more resident memory every second (in steps of a tenth of
+/// a second, touching every byte), kept forever, until `max_mib` MiB; then memory stays flat.
+/// Run on a thread of its own: the worker goes on heartbeating and working, as a leaking
+/// worker does, until the limit ends it.
+pub fn leak_memory(mib_per_sec: u64, max_mib: u64) {
+    const STEP: Duration = Duration::from_millis(100);
+    let step_bytes = (mib_per_sec << 20) / 10;
+    let max_bytes = max_mib << 20;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0u64;
+    while total < max_bytes {
+        let n = step_bytes.min(max_bytes - total) as usize;
+        let mut chunk = Vec::with_capacity(n);
+        chunk.resize(n, 0x5Au8);
+        hoard.push(std::hint::black_box(chunk));
+        total += n as u64;
+        let mib = total >> 20;
+        if mib.is_multiple_of(16) && (total - n as u64) >> 20 != mib {
+            log::warn(&format!("leak: {mib} MiB held"));
+        }
+        std::thread::sleep(STEP);
+    }
+    log::warn(&format!(
+        "leak: reached LEAK_MAX_MIB ({max_mib} MiB); memory stays flat"
+    ));
+    std::mem::forget(hoard);
+}
+
 /// `fd-leak` fault: open files and never close them until `open` fails (with
 /// EMFILE under a normal `ulimit -n`) or `max` descriptors have been leaked.
 /// Returns the number leaked and the error that stopped it (if any).
@@ -148,6 +181,7 @@ mod tests {
             ("none", FaultMode::None),
             ("crash", FaultMode::Crash),
             ("oom", FaultMode::Oom),
+            ("leak", FaultMode::Leak),
             ("fd-leak", FaultMode::FdLeak),
             ("hang", FaultMode::Hang),
             ("missing-dependency", FaultMode::MissingDependency),

@@ -13,10 +13,12 @@
 //! | `TASK_DURATION_MS`        | `500`          | Simulated work per task (a task's `"duration_ms"` overrides it). |
 //! | `POLL_INTERVAL_MS`        | `200`          | Idle poll period for new tasks / the fault file. |
 //! | `METRICS_ADDR`            | `0.0.0.0:9091` | `ip:port` (or `:port`) of the `/metrics` endpoint. |
-//! | `FAULT_MODE`              | `none`         | `none`, `crash`, `oom`, `fd-leak`, `hang`, `missing-dependency`. |
+//! | `FAULT_MODE`              | `none`         | `none`, `crash`, `oom`, `leak`, `fd-leak`, `hang`, `missing-dependency`. |
 //! | `FAULT_AFTER_SECS`        | `0`            | Delay before `FAULT_MODE` is applied. |
 //! | `REQUIRED_BINARIES`       | (unset)        | Comma list that must be on `PATH` at start, else exit 127. `missing-dependency` defaults it to `claude`. |
 //! | `OOM_MAX_MIB`             | `1024`         | Safety cap of the `oom` fault (exit 137 if reached without an OOM kill). |
+//! | `LEAK_MIB_PER_SEC`        | `4`            | Growth rate of the `leak` fault. |
+//! | `LEAK_MAX_MIB`            | `1024`         | Where the `leak` fault stops growing (memory then stays flat). |
 //! | `FD_LEAK_MAX`             | `100000`       | Safety cap of the `fd-leak` fault. |
 //! | `RESUME_ACTIVE`           | `0`            | `1`: at start, work the tasks a previous run left in `active/` first (taking over its own stale locks). |
 //!
@@ -67,6 +69,9 @@
 //!   active, logs `FATAL: simulated crash (fault mode crash)...`, exits 3.
 //! * `oom`: allocates and touches 1 MiB chunks, logging every 8 MiB, until the
 //!   OOM killer kills it (exit 137, `OOMKilled=true` under `-m`).
+//! * `leak`: memory grows by `LEAK_MIB_PER_SEC` every second (resident, in tenth-of-a-second
+//!   steps, logged every 16 MiB) on a thread of its own while the worker goes on heartbeating
+//!   and working, until the OOM killer ends it or `LEAK_MAX_MIB` is held (then it stays flat).
 //! * `fd-leak`: opens `/dev/null` until `EMFILE`, logs
 //!   `ERROR: Too many open files (os error 24) after N descriptors`, keeps the
 //!   descriptors and carries on; heartbeat writes and task polling then fail

@@ -411,6 +411,13 @@ impl Worker {
                 ));
                 fault::eat_memory(self.cfg.oom_max_mib);
             }
+            FaultMode::Leak => {
+                let (rate, max) = (self.cfg.leak_mib_per_sec, self.cfg.leak_max_mib);
+                log::warn(&format!(
+                    "fault mode leak: memory grows by {rate} MiB/s up to {max} MiB while the worker goes on"
+                ));
+                std::thread::spawn(move || fault::leak_memory(rate, max));
+            }
             FaultMode::FdLeak => self.leak_fds(),
             FaultMode::Hang => {
                 let claimed = if active.is_none() {

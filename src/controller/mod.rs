@@ -72,6 +72,9 @@ pub struct Context {
         std::sync::Mutex<std::collections::HashMap<String, crate::crd::worker::WorkerStatus>>,
     /// The Workers this process acts on (all, or one node's).
     pub scope: scope::Scope,
+    /// Memory samples of the failure prediction, per Worker (its UID).
+    pub memory_samples:
+        std::sync::Mutex<std::collections::HashMap<String, crate::observe::trend::Samples>>,
 }
 
 impl Context {
@@ -104,6 +107,7 @@ impl Context {
             status_refresh: worker::decide::STATUS_REFRESH,
             worker_status: Default::default(),
             scope: scope::Scope::all(),
+            memory_samples: Default::default(),
         }
     }
 }

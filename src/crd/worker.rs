@@ -117,6 +117,12 @@ pub struct WorkerSpec {
     #[serde(default)]
     pub diagnostics: DiagnosticsSpec,
 
+    /// Failure prediction (runbook: "implement predictive failure detection"): the container's
+    /// memory is sampled, and a least-squares trend over a window says when it reaches its
+    /// limit; under `horizonSeconds`, the Worker is `AtRisk`.
+    #[serde(default)]
+    pub prediction: PredictionSpec,
+
     /// Resource limits the container should run with (the runbook's compose file: `mem_limit`,
     /// `memswap_limit`, `cpu_quota`, `ulimits`). Drift from them is reported in status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +301,51 @@ pub struct MetricsEndpointSpec {
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must be an http(s):// URL"))]
     #[schemars(length(min = 8, max = 2048))]
     pub url: String,
+}
+
+/// Failure prediction settings: memory samples every `sampleIntervalSeconds`, a trend over the
+/// last `windowSeconds` (PromQL's `predict_linear`), `AtRisk` when the limit is reached within
+/// `horizonSeconds`. Only a running container with a memory limit is predicted.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.sampleIntervalSeconds * 3 <= self.windowSeconds").message("windowSeconds must hold at least three samples (3 x sampleIntervalSeconds)"))]
+pub struct PredictionSpec {
+    /// Sample and predict. On by default.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Seconds between two memory samples (one call to the engine's stats API).
+    #[serde(default = "default_sample_interval")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub sample_interval_seconds: u32,
+    /// The trend is fitted over the samples of the last this many seconds.
+    #[serde(default = "default_prediction_window")]
+    #[schemars(range(min = 3, max = 86400))]
+    pub window_seconds: u32,
+    /// `AtRisk` when the trend reaches the limit within this many seconds.
+    #[serde(default = "default_prediction_horizon")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub horizon_seconds: u32,
+}
+
+impl Default for PredictionSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_interval_seconds: default_sample_interval(),
+            window_seconds: default_prediction_window(),
+            horizon_seconds: default_prediction_horizon(),
+        }
+    }
+}
+
+fn default_sample_interval() -> u32 {
+    30
+}
+fn default_prediction_window() -> u32 {
+    600
+}
+fn default_prediction_horizon() -> u32 {
+    900
 }
 
 /// Diagnosis settings. Paths are relative to `sharedRoot`, like `paths`.
@@ -546,6 +597,10 @@ pub struct RemediationSpec {
     /// at once. On by default.
     #[serde(default = "default_true")]
     pub escalate_missing_dependency: bool,
+    /// When the memory trend puts the Worker `AtRisk`, raise the limit by `memoryFactor` up to
+    /// `memoryCeiling` in place at once, before the OOM kill.
+    #[serde(default)]
+    pub proactive: bool,
 }
 
 impl Default for RemediationSpec {
@@ -556,6 +611,7 @@ impl Default for RemediationSpec {
             nofile_factor: None,
             nofile_ceiling: None,
             escalate_missing_dependency: true,
+            proactive: false,
         }
     }
 }
@@ -663,6 +719,38 @@ pub struct WorkerStatus {
     /// is refused or its paths change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<PathClaim>,
+    /// What the failure prediction found while the Worker is `AtRisk`: the resource, its limit
+    /// and when the trend reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk: Option<RiskStatus>,
+}
+
+/// A resource whose trend reaches its limit within the prediction horizon.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskStatus {
+    /// The resource (`Memory`).
+    pub resource: RiskResource,
+    /// Its limit, in bytes.
+    pub limit_bytes: i64,
+    /// When the trend reaches the limit.
+    pub predicted_time: Option<Time>,
+    /// Since when the Worker is at risk.
+    pub since: Option<Time>,
+}
+
+/// A resource the prediction watches.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RiskResource {
+    /// The container's memory against its memory limit.
+    #[default]
+    Memory,
+}
+
+impl std::fmt::Display for RiskResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
 }
 
 /// Paths a Worker holds, as resolved through symlinks when it was admitted.

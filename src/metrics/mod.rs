@@ -14,7 +14,9 @@ use prometheus::{
     IntCounterVec, Registry, TextEncoder,
 };
 
-pub use workers::{RunOutcome, TaskCounts, Usage, WorkerKey, WorkerSeries, WorkerSnapshot};
+pub use workers::{
+    RiskReading, RunOutcome, TaskCounts, Usage, WorkerKey, WorkerSeries, WorkerSnapshot,
+};
 
 /// Buckets of the per-worker durations (seconds): from a restart to a long escalation.
 const WORKER_DURATION_BUCKETS: [f64; 10] = [

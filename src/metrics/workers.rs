@@ -80,6 +80,15 @@ pub struct Usage {
     pub limit: Option<f64>,
 }
 
+/// The failure prediction of a Worker: whether a resource's trend reaches its limit within
+/// the horizon, and when.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RiskReading {
+    pub resource: String,
+    pub at_risk: bool,
+    pub seconds_to_limit: Option<f64>,
+}
+
 /// What one look at a Worker found.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkerSnapshot {
@@ -95,6 +104,8 @@ pub struct WorkerSnapshot {
     pub tasks: Option<TaskCounts>,
     pub memory: Option<Usage>,
     pub fds: Option<Usage>,
+    /// The failure prediction, when it runs for this Worker.
+    pub risk: Option<RiskReading>,
     /// When `tasks` was counted (not a series: counts are kept between looks).
     pub tasks_counted_at: Option<Timestamp>,
 }
@@ -138,9 +149,11 @@ const RUNS: usize = 11;
 const FAILURES: usize = 12;
 const HALTS: usize = 13;
 const WORKERS: usize = 14;
+const AT_RISK: usize = 15;
+const SECONDS_TO_LIMIT: usize = 16;
 
 /// Name and help of each family, in the order they are rendered. A limit follows its reading.
-const FAMILIES: [(&str, &str); 15] = [
+const FAMILIES: [(&str, &str); 17] = [
     ("workerrecovery_worker_phase", "1 for the phase the Worker is in, 0 for the others"),
     ("workerrecovery_worker_up", "1 when the container runs and the heartbeat is fresh"),
     ("workerrecovery_worker_heartbeat_age_seconds", "Seconds since the last heartbeat, at scrape time"),
@@ -156,6 +169,8 @@ const FAMILIES: [(&str, &str); 15] = [
     ("workerrecovery_worker_recovery_failures_total", "Recovery runs that ended Failed (0 from the first look at a Worker, so that the first failure is an increase)"),
     ("workerrecovery_worker_resume_halts_total", "Gradual resumes halted because a batch failed too much"),
     ("workerrecovery_workers", "Workers this operator has series for"),
+    ("workerrecovery_worker_at_risk", "1 when the resource's trend reaches its limit within the prediction horizon (AtRisk)"),
+    ("workerrecovery_worker_seconds_to_limit", "Seconds until the resource's trend reaches its limit, while at risk"),
 ];
 
 impl Default for WorkerSeries {
@@ -199,6 +214,13 @@ impl WorkerSeries {
             .or_default()
             .entry(outcome)
             .or_default() += 1;
+    }
+
+    /// The file descriptors a diagnosis counted for `key` (kept until the next count).
+    pub fn record_fds(&self, key: &WorkerKey, fds: Usage) {
+        if let Some(s) = self.state.lock().unwrap().snapshots.get_mut(key) {
+            s.fds = Some(fds);
+        }
     }
 
     /// Count a gradual resume of `key` that halted.
@@ -306,6 +328,14 @@ fn snapshot_metrics(key: &WorkerKey, s: &WorkerSnapshot, now: Timestamp) -> Vec<
             if let Some(limit) = u.limit {
                 out.push((i + 1, gauge(key, &[], limit)));
             }
+        }
+    }
+    if let Some(r) = &s.risk {
+        let labels = [("resource", r.resource.as_str())];
+        let at_risk = if r.at_risk { 1.0 } else { 0.0 };
+        out.push((AT_RISK, gauge(key, &labels, at_risk)));
+        if let Some(seconds) = r.seconds_to_limit {
+            out.push((SECONDS_TO_LIMIT, gauge(key, &labels, seconds)));
         }
     }
     out

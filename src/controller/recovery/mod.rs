@@ -43,8 +43,8 @@ use crate::{
             WorkerRecoveryStatus,
         },
     },
-    diagnose::{self, Diagnosis},
-    metrics::{RunOutcome, WorkerKey},
+    diagnose::{self, CheckName, Diagnosis},
+    metrics::{RunOutcome, Usage, WorkerKey},
     observe::monitor,
     telemetry::recovery_trace,
     trust::Admission,
@@ -352,6 +352,9 @@ impl StepLoop<'_> {
             recovery_trace::emit(span);
         }
         let (key, outcome, took) = run_outcome(rec, status);
+        if let Some(fds) = status.diagnosis.as_ref().and_then(descriptors) {
+            self.ctx.metrics.workers.record_fds(&key, fds);
+        }
         self.ctx.metrics.record_run(key, outcome, took);
         let completed = plan::completed_condition(&status.steps, rec.spec.dry_run);
         let (type_, reason) = match status.phase {
@@ -393,6 +396,19 @@ fn run_outcome(
         root_cause: cause,
     };
     (key, outcome, took)
+}
+
+/// The worker's open descriptors and their soft limit, as the diagnosis counted them.
+fn descriptors(diagnosis: &Diagnosis) -> Option<Usage> {
+    let finding = diagnosis
+        .findings
+        .iter()
+        .find(|f| f.check == CheckName::FileDescriptors && f.evidence.contains_key("openFds"))?;
+    let number = |key: &str| finding.evidence.get(key)?.parse::<f64>().ok();
+    Some(Usage {
+        used: number("openFds")?,
+        limit: number("softLimit"),
+    })
 }
 
 /// How often a waiting run looks again.
@@ -735,6 +751,43 @@ mod tests {
 
     fn recovery() -> WorkerRecovery {
         recovery_with(json!({"workerRef": {"name": "marie"}}))
+    }
+
+    #[test]
+    fn a_finished_run_is_counted_with_its_worker_mode_outcome_cause_and_duration() {
+        let rec = recovery_with(json!({"workerRef": {"name": "marie"}, "mode": "Clean"}));
+        let status: WorkerRecoveryStatus = serde_json::from_value(json!({
+            "phase": "Failed",
+            "startTime": "2026-11-30T10:00:00Z",
+            "completionTime": "2026-11-30T10:00:42Z",
+            "diagnosis": {
+                "worker": "marie", "container": "marie",
+                "startedAt": "2026-11-30T10:00:00Z", "completedAt": "2026-11-30T10:00:01Z",
+                "findings": [{
+                    "check": "fileDescriptors", "kind": "FdExhausted", "severity": "Critical",
+                    "summary": "exhausted", "observedAt": "2026-11-30T10:00:01Z",
+                    "evidence": {"openFds": "63", "softLimit": "64", "hardLimit": "64"}
+                }],
+                "verdict": {"topCause": "FileDescriptorExhaustion", "causes": []}
+            }
+        }))
+        .unwrap();
+        let (key, outcome, took) = run_outcome(&rec, &status);
+        assert_eq!(key, WorkerKey::new("default", "marie"));
+        assert_eq!(
+            outcome,
+            RunOutcome {
+                mode: "Clean".into(),
+                outcome: "Failed".into(),
+                root_cause: "FileDescriptorExhaustion".into(),
+            }
+        );
+        assert_eq!(took, Duration::from_secs(42));
+        let fds = descriptors(status.diagnosis.as_ref().unwrap()).unwrap();
+        assert_eq!((fds.used, fds.limit), (63.0, Some(64.0)));
+        // No diagnosis: no cause, no descriptors.
+        let bare = WorkerRecoveryStatus::default();
+        assert_eq!(run_outcome(&rec, &bare).1.root_cause, "None");
     }
 
     fn recovery_with(spec: Value) -> WorkerRecovery {

@@ -292,6 +292,8 @@ pub fn next_status(
         // Kept while the Worker is blind (its container briefly gone); the reconcile records
         // it anew when the Worker is admitted.
         claim: previous.and_then(|s| s.claim.clone()),
+        // The reconcile sets it from this look's prediction.
+        at_risk: None,
     }
 }
 

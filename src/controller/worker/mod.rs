@@ -6,6 +6,7 @@ mod error;
 pub mod escalate;
 pub mod health;
 pub mod policy;
+mod risk;
 mod series;
 mod supervise;
 
@@ -179,11 +180,12 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             obs.container = ContainerObservation::of(ctx.docker.as_ref(), &id).await;
         }
     }
+    let prediction = predict(ctx, worker, &key, admission, &obs, pause.is_some()).await?;
     let mut assessment = decide::assess(&obs, timeout);
     if let Some(e) = &supervision.escalation {
         decide::escalated(&mut assessment, e);
     }
-    let status = next_status(
+    let mut status = next_status(
         worker,
         previous,
         &access,
@@ -191,6 +193,14 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         &assessment,
         &supervision,
         pause,
+    );
+    let generation = worker.metadata.generation;
+    risk::add(
+        &mut status,
+        previous,
+        prediction.as_ref(),
+        generation,
+        obs.now,
     );
 
     // Write status when it changed (or is due for a refresh), then tell humans about changes
@@ -202,18 +212,23 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
             .unwrap()
             .insert(key, status.clone());
     }
-    series::record(
-        ctx,
-        worker,
-        previous,
-        &status,
-        admission.map(|a| &a.paths),
-        obs.now,
-    )
-    .await;
+    let look = series::Look {
+        paths: admission.map(|a| &a.paths),
+        prediction: prediction.as_ref(),
+        now: obs.now,
+    };
+    series::record(ctx, worker, previous, &status, look).await;
+    if let Some(note) = risk::turned_at_risk(previous, &status) {
+        warn!(%note, "worker at risk");
+        let (kind, reason) = (EventType::Warning, risk::AT_RISK);
+        ctx.publish(worker, kind, reason, "Predict", note).await;
+    }
     phase_event(ctx, worker, previous.and_then(|s| s.phase), &assessment).await;
     pause_events(ctx, worker, previous.and_then(|s| s.paused.as_ref()), pause).await;
-    let next = when_to_look(&obs, timeout, &supervision, pause);
+    let mut next = when_to_look(&obs, timeout, &supervision, pause);
+    if let Some(sample) = prediction.as_ref().and_then(|p| p.next_sample) {
+        next = next.min(sample);
+    }
     if let ContainerObservation::Unavailable(e) = obs.container {
         return Err(e.into());
     }
@@ -364,6 +379,30 @@ fn memory_key(worker: &Worker) -> String {
     worker.uid().unwrap_or_else(|| object_key(worker))
 }
 
+/// The failure prediction of an admitted Worker (sampled when due), and the proactive memory
+/// raise it may call for.
+async fn predict(
+    ctx: &Context,
+    worker: &Worker,
+    key: &str,
+    admission: Option<&Admission>,
+    obs: &Observation,
+    paused: bool,
+) -> Result<Option<risk::RiskLook>, Error> {
+    if admission.is_none() {
+        return Ok(None);
+    }
+    let found = match &obs.container {
+        ContainerObservation::Found(c) => Some(c.as_ref()),
+        _ => None,
+    };
+    let look = risk::look(ctx, worker, key, found, obs.now).await;
+    if let (Some(r), Some(c)) = (look.as_ref().and_then(|l| l.risk.as_ref()), found) {
+        supervise::raise_memory_ahead(ctx, worker, c, r, paused).await?;
+    }
+    Ok(look)
+}
+
 /// Read what the access allows: the heartbeat only for an admitted Worker.
 async fn observe(access: &Access) -> Observation {
     match access {
@@ -400,7 +439,12 @@ async fn refuse(
         Timestamp::now(),
     );
     apply_status(api, worker, &status).await?;
-    series::record(ctx, worker, previous, &status, None, Timestamp::now()).await;
+    let look = series::Look {
+        paths: None,
+        prediction: None,
+        now: Timestamp::now(),
+    };
+    series::record(ctx, worker, previous, &status, look).await;
     let refused_before = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == decide::ACCEPTED))
         .filter(|c| c.status == "False")

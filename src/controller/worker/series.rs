@@ -1,18 +1,19 @@
 //! The per-worker metrics (`crate::metrics::workers`) from one look at a Worker: its phase,
 //! heartbeat, restarts and escalation from the status just computed, its task files counted
-//! (at most every [`TASKS_EVERY`], up to [`TASKS_CAP`] per directory), and the time it took to
-//! be Healthy again after a failure.
+//! (at most every [`TASKS_EVERY`], up to [`TASKS_CAP`] per directory), its memory and failure
+//! prediction, and the time it took to be Healthy again after a failure.
 
 use std::{path::Path, time::Duration};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::risk::RiskLook;
 use crate::{
     confined,
     controller::Context,
-    crd::worker::{ResolvedPaths, Worker, WorkerPhase, WorkerStatus},
-    metrics::{TaskCounts, WorkerKey, WorkerSnapshot},
+    crd::worker::{ResolvedPaths, RiskResource, Worker, WorkerPhase, WorkerStatus},
+    metrics::{RiskReading, TaskCounts, WorkerKey, WorkerSnapshot},
 };
 
 /// How often a Worker's task files are counted (looks in between keep the last count).
@@ -22,15 +23,26 @@ pub const TASKS_CAP: u64 = 100_000;
 /// The condition whose last turn to False is when a failure began.
 const READY: &str = "Ready";
 
+/// What one look read besides the status: the Worker's paths (admitted), its prediction.
+pub struct Look<'a> {
+    pub paths: Option<&'a ResolvedPaths>,
+    pub prediction: Option<&'a RiskLook>,
+    pub now: Timestamp,
+}
+
 /// Record this look at `worker` (its new `status`) in the metrics.
 pub async fn record(
     ctx: &Context,
     worker: &Worker,
     previous: Option<&WorkerStatus>,
     status: &WorkerStatus,
-    paths: Option<&ResolvedPaths>,
-    now: Timestamp,
+    look: Look<'_>,
 ) {
+    let Look {
+        paths,
+        prediction,
+        now,
+    } = look;
     let key = WorkerKey::new(worker.namespace().unwrap_or_default(), worker.name_any());
     let before = ctx.metrics.workers.snapshot(&key);
     if before.is_none() {
@@ -44,9 +56,15 @@ pub async fn record(
     let mut snapshot = snapshot(status, worker.spec.heartbeat_timeout_seconds);
     snapshot.tasks = tasks;
     snapshot.tasks_counted_at = counted_at;
-    if let Some(b) = before {
-        snapshot.memory = b.memory;
-        snapshot.fds = b.fds;
+    // Descriptors are counted by a run's diagnosis only: the last count stands.
+    snapshot.fds = before.as_ref().and_then(|b| b.fds);
+    if let Some(p) = prediction {
+        snapshot.memory = p.memory;
+        snapshot.risk = Some(RiskReading {
+            resource: RiskResource::Memory.to_string(),
+            at_risk: p.risk.is_some(),
+            seconds_to_limit: p.risk.as_ref().map(|r| r.seconds_to_limit),
+        });
     }
     if let Some(took) = healed_after(previous, status, now) {
         ctx.metrics.record_healthy_after(&key, took);

@@ -31,7 +31,7 @@ use crate::{
         worker::{
             ApplyPolicy, AutoRecoveryMode, AutoRecoveryStatus, DriftItem, EscalationLevel,
             EscalationStatus, FailoverState, FailoverStatus, NotificationState, NotificationStatus,
-            WebhookSpec, Worker, WorkerPhase, WorkerStatus,
+            RemediationSpec, WebhookSpec, Worker, WorkerPhase, WorkerStatus,
         },
         worker_recovery::{
             RecoveryMode, RecoveryPhase, RecoveryTrigger, WorkerRecovery, WorkerRecoverySpec,
@@ -726,6 +726,38 @@ async fn remove_poison_tasks(
     Ok(())
 }
 
+/// What `remediation` allows for a memory limit of `limit` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MemoryRaise {
+    /// Raise it to this many bytes.
+    To(i64),
+    /// It is at the ceiling already.
+    AtCeiling,
+    /// No `memoryFactor`, or a `memoryCeiling` that is not a size.
+    Off,
+}
+
+/// `limit` times `memoryFactor`, up to `memoryCeiling`.
+pub(super) fn memory_raise(r: &RemediationSpec, limit: i64) -> MemoryRaise {
+    let Some(factor) = r.memory_factor else {
+        return MemoryRaise::Off;
+    };
+    let ceiling = match r.memory_ceiling.as_deref().map(resources::parse_size) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            warn!(error = %e, "memoryCeiling is not a size; memory not raised");
+            return MemoryRaise::Off;
+        }
+        None => i64::MAX,
+    };
+    let new = (((limit as f64) * factor).round() as i64).min(ceiling);
+    if new <= limit {
+        MemoryRaise::AtCeiling
+    } else {
+        MemoryRaise::To(new)
+    }
+}
+
 /// After an OOM kill: raise the memory limit by `memoryFactor` up to `memoryCeiling`, in place.
 async fn raise_memory(
     ctx: &Context,
@@ -733,38 +765,70 @@ async fn raise_memory(
     container: &ContainerInfo,
 ) -> Result<Option<String>, Error> {
     let r = &worker.spec.auto_recovery.remediation;
-    let (true, Some(factor), Some(limit)) = (
-        container.oom_killed,
-        r.memory_factor,
-        container.memory_limit,
-    ) else {
+    let (true, Some(limit)) = (container.oom_killed, container.memory_limit) else {
         return Ok(None);
     };
-    let ceiling = match r.memory_ceiling.as_deref().map(resources::parse_size) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            warn!(error = %e, "memoryCeiling is not a size; memory not raised");
-            return Ok(None);
+    match memory_raise(r, limit) {
+        MemoryRaise::Off => Ok(None),
+        MemoryRaise::AtCeiling => {
+            let note = format!(
+                "OOM-killed at the memory ceiling {}: limit not raised",
+                resources::format_size(limit)
+            );
+            ctx.publish(
+                worker,
+                EventType::Warning,
+                "MemoryAtCeiling",
+                "Remediate",
+                note,
+            )
+            .await;
+            Ok(None)
         }
-        None => i64::MAX,
-    };
-    let raised = ((limit as f64) * factor).round() as i64;
-    let new = raised.min(ceiling);
-    if new <= limit {
-        let note = format!(
-            "OOM-killed at the memory ceiling {}: limit not raised",
-            resources::format_size(limit)
-        );
-        ctx.publish(
-            worker,
-            EventType::Warning,
-            "MemoryAtCeiling",
-            "Remediate",
-            note,
-        )
-        .await;
+        MemoryRaise::To(new) => set_memory_limit(ctx, worker, container, new, "after an OOM kill")
+            .await
+            .map(Some),
+    }
+}
+
+/// `remediation.proactive`: the memory trend reaches the limit within the horizon, so raise it
+/// now, before the OOM kill (while automatic recovery is on and not paused). Returns what
+/// changed.
+pub(super) async fn raise_memory_ahead(
+    ctx: &Context,
+    worker: &Worker,
+    container: &ContainerInfo,
+    risk: &super::risk::Risk,
+    paused: bool,
+) -> Result<Option<String>, Error> {
+    let auto = &worker.spec.auto_recovery;
+    if !auto.enabled || paused || !auto.remediation.proactive {
         return Ok(None);
     }
+    match memory_raise(&auto.remediation, risk.limit) {
+        MemoryRaise::To(new) => {
+            let why = format!(
+                "ahead of an OOM kill predicted in {:.0} s",
+                risk.seconds_to_limit
+            );
+            set_memory_limit(ctx, worker, container, new, &why)
+                .await
+                .map(Some)
+        }
+        MemoryRaise::AtCeiling | MemoryRaise::Off => Ok(None),
+    }
+}
+
+/// Set the container's memory limit to `new` bytes in place (`why` ends the Event's note);
+/// returns what changed.
+pub(super) async fn set_memory_limit(
+    ctx: &Context,
+    worker: &Worker,
+    container: &ContainerInfo,
+    new: i64,
+    why: &str,
+) -> Result<String, Error> {
+    let limit = container.memory_limit.unwrap_or_default();
     // Docker refuses a memory limit above the memory+swap limit: raise that one with it.
     let swap = container.memory_swap.filter(|s| *s > 0).map(|s| s.max(new));
     ctx.docker
@@ -778,7 +842,7 @@ async fn raise_memory(
         )
         .await?;
     let change = format!(
-        "memory limit {} -> {} after an OOM kill",
+        "memory limit {} -> {} {why}",
         resources::format_size(limit),
         resources::format_size(new)
     );
@@ -791,7 +855,7 @@ async fn raise_memory(
         change.clone(),
     )
     .await;
-    Ok(Some(change))
+    Ok(change)
 }
 
 /// The declared settings to put in place at this restart, with what changes, when the Worker

@@ -31,6 +31,11 @@ fn healthy(now: Timestamp) -> WorkerSnapshot {
             used: 12.0,
             limit: None,
         }),
+        risk: Some(RiskReading {
+            resource: "Memory".into(),
+            at_risk: true,
+            seconds_to_limit: Some(42.0),
+        }),
         tasks_counted_at: None,
     }
 }
@@ -55,6 +60,8 @@ fn a_snapshot_renders_every_family_with_the_worker_labels() {
         "# TYPE workerrecovery_worker_restarts_total counter",
         "# TYPE workerrecovery_worker_phase gauge",
         "workerrecovery_workers 1",
+        r#"workerrecovery_worker_at_risk{namespace="team-a",worker="marie",resource="Memory"} 1"#,
+        r#"workerrecovery_worker_seconds_to_limit{namespace="team-a",worker="marie",resource="Memory"} 42"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
