@@ -161,6 +161,7 @@ def main():
         check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": release_ns}], "binding names the pod's ServiceAccount")
     check(any("workers" in r["resources"] and "watch" in r["verbs"] for r in rules), "RBAC: watch workers")
     check(any("workers/status" in r["resources"] and "patch" in r["verbs"] for r in rules), "RBAC: patch workers/status")
+    check(any("configmaps" in r["resources"] and {"get", "create", "patch"} <= set(r["verbs"]) for r in rules), "RBAC: write the post-mortem ConfigMaps")
     if mode == "singleHost":
         ok = len(election) == 1 and election[0]["metadata"]["namespace"] == release_ns
         check(ok, "singleHost: a leader-election Role in the release namespace")

@@ -225,6 +225,21 @@ enum Command {
         #[command(flatten)]
         urls: UrlPolicyArgs,
     },
+    /// Print the post-mortem of a Worker's incident (the latest by default), as the operator
+    /// wrote it into the ConfigMap `<worker>-postmortems`.
+    Postmortem {
+        /// metadata.name of the Worker.
+        worker: String,
+        /// Namespace of the Worker (default: the kubeconfig's namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The incident's number (`status.incident.number`, `status.incidentsTotal`).
+        #[arg(long)]
+        incident: Option<u32>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "markdown")]
+        output: PostmortemFormat,
+    },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
         /// Directory to write `*.yaml` into (repeat for several); by default `crds/` and the
@@ -283,6 +298,12 @@ pub fn main() -> ExitCode {
             let http = urls.client(&tls)?;
             block_on(diagnose(worker, namespace, output, trust, http))
         }),
+        Command::Postmortem {
+            worker,
+            namespace,
+            incident,
+            output,
+        } => block_on(postmortem(worker, namespace, incident, output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,6 +322,31 @@ fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> an
         .max_blocking_threads(16)
         .build()?
         .block_on(future)
+}
+
+/// How `postmortem` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PostmortemFormat {
+    Markdown,
+    Json,
+}
+
+async fn postmortem(
+    worker: String,
+    namespace: Option<String>,
+    incident: Option<u32>,
+    output: PostmortemFormat,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client (set KUBECONFIG)")?;
+    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let json = output == PostmortemFormat::Json;
+    let text = crate::postmortem::store::read(&client, &ns, &worker, incident, json).await?;
+    println!("{}", text.trim_end());
+    Ok(())
 }
 
 async fn diagnose(

@@ -22,6 +22,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
+pub mod postmortem;
 pub mod recover;
 pub mod server;
 pub mod telemetry;

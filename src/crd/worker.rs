@@ -723,6 +723,59 @@ pub struct WorkerStatus {
     /// and when the trend reaches it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_risk: Option<RiskStatus>,
+    /// The incident under way, from the first failure to healthy again or to the last
+    /// escalation level: its timeline, from which the post-mortem is written (a ConfigMap
+    /// `<worker>-postmortems`). A closed one stays until the Worker is Healthy again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<IncidentStatus>,
+    /// Incidents ever opened for this Worker (numbers them).
+    #[serde(default)]
+    pub incidents_total: u32,
+}
+
+/// An incident: what happened to the Worker between its first failure and its recovery (or
+/// the last escalation level).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IncidentStatus {
+    /// Its number among the Worker's incidents (1, 2, ...).
+    pub number: u32,
+    /// When the failure was detected.
+    pub started: Option<Time>,
+    /// When it ended; unset while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Time>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<IncidentOutcome>,
+    /// What happened, oldest first (at most 100 entries; the first ones are kept).
+    pub timeline: Vec<TimelineEntry>,
+    /// The WorkerRecoveries of the incident (automatic attempts).
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// Timeline entries the post-mortem in the ConfigMap covers (written when it lags).
+    #[serde(default)]
+    pub reported: u32,
+}
+
+/// How an incident ended.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IncidentOutcome {
+    /// The Worker was Healthy again.
+    Recovered,
+    /// The last escalation level was reached: from here on it is in human hands.
+    LastLevel,
+}
+
+/// One event of an incident.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub time: Option<Time>,
+    /// `detected`, `attempt`, `escalated`, `notified`, `failover`, `poison`, `atRisk`,
+    /// `phase`, `recovered`.
+    pub kind: String,
+    pub message: String,
 }
 
 /// A resource whose trend reaches its limit within the prediction horizon.

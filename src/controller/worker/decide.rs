@@ -294,6 +294,9 @@ pub fn next_status(
         claim: previous.and_then(|s| s.claim.clone()),
         // The reconcile sets it from this look's prediction.
         at_risk: None,
+        // Carried over; the reconcile advances it (`crate::postmortem::timeline`).
+        incident: previous.and_then(|s| s.incident.clone()),
+        incidents_total: previous.map_or(0, |s| s.incidents_total),
     }
 }
 
@@ -458,6 +461,7 @@ pub fn refused_status(
         // What the operator did is history, not an observation: it stays.
         restart_count: previous.map(|s| s.restart_count).unwrap_or(0),
         last_restart_time: previous.and_then(|s| s.last_restart_time.clone()),
+        incidents_total: previous.map_or(0, |s| s.incidents_total),
         last_observed_time: Some(Time(now)),
         ..Default::default()
     }

@@ -40,6 +40,7 @@ use crate::{
     },
     docker::ContainerObservation,
     observe::heartbeat,
+    postmortem,
     trust::{claims, Admission, AdmitError, Refusal, RefusalReason},
 };
 
@@ -202,6 +203,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         generation,
         obs.now,
     );
+    advance_incident(ctx, worker, previous, &mut status, obs.now).await;
 
     // Write status when it changed (or is due for a refresh), then tell humans about changes
     // of health.
@@ -377,6 +379,22 @@ fn record_claim(
 /// The key of a Worker in the operator's memory: its UID.
 fn memory_key(worker: &Worker) -> String {
     worker.uid().unwrap_or_else(|| object_key(worker))
+}
+
+/// The incident's timeline, advanced by this look, and its post-mortem written when it lags.
+async fn advance_incident(
+    ctx: &Context,
+    worker: &Worker,
+    previous: Option<&WorkerStatus>,
+    status: &mut WorkerStatus,
+    now: Timestamp,
+) {
+    let levels = escalate::levels(worker.spec.escalation.as_ref()).len();
+    let last = levels.saturating_sub(1) as u32;
+    let (incident, total) = postmortem::timeline::advance(previous, status, last, now);
+    status.incident = incident;
+    status.incidents_total = total;
+    postmortem::report_if_behind(&ctx.client, worker, status).await;
 }
 
 /// The failure prediction of an admitted Worker (sampled when due), and the proactive memory
@@ -674,7 +692,9 @@ mod tests {
         /// The status of the first status patch.
         fn first_status(&self) -> Value {
             let recorded = self.recorded();
-            let patch = recorded.iter().find(|r| r.method == Method::PATCH);
+            let patch = recorded
+                .iter()
+                .find(|r| r.method == Method::PATCH && r.path == STATUS);
             patch.expect("a status patch").body["status"].clone()
         }
 
@@ -756,7 +776,7 @@ mod tests {
             .recorded()
             .into_iter()
             .rev()
-            .find(|r| r.method == Method::PATCH)
+            .find(|r| r.method == Method::PATCH && r.path == STATUS)
             .unwrap();
         assert_eq!(last.body["status"]["restartCount"], 1);
     }
