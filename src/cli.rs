@@ -331,18 +331,24 @@ enum PostmortemFormat {
     Json,
 }
 
-async fn postmortem(
-    worker: String,
-    namespace: Option<String>,
-    incident: Option<u32>,
-    output: PostmortemFormat,
-) -> anyhow::Result<()> {
+/// A client from the kubeconfig (or in-cluster config), and `namespace` or its default one.
+async fn client_in(namespace: Option<String>) -> anyhow::Result<(kube::Client, String)> {
     use anyhow::Context as _;
 
     let client = kube::Client::try_default()
         .await
         .context("cannot configure a Kubernetes client (set KUBECONFIG)")?;
     let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    Ok((client, ns))
+}
+
+async fn postmortem(
+    worker: String,
+    namespace: Option<String>,
+    incident: Option<u32>,
+    output: PostmortemFormat,
+) -> anyhow::Result<()> {
+    let (client, ns) = client_in(namespace).await?;
     let json = output == PostmortemFormat::Json;
     let text = crate::postmortem::store::read(&client, &ns, &worker, incident, json).await?;
     println!("{}", text.trim_end());
@@ -359,10 +365,7 @@ async fn diagnose(
     use anyhow::Context as _;
     use std::sync::Arc;
 
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure a Kubernetes client (set KUBECONFIG)")?;
-    let ns = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let (client, ns) = client_in(namespace).await?;
     let workers: kube::Api<crd::Worker> = kube::Api::namespaced(client, &ns);
     let worker = workers
         .get_opt(&name)

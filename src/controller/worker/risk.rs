@@ -264,16 +264,20 @@ mod tests {
         s
     }
 
-    #[test]
-    fn a_leak_that_reaches_the_limit_within_the_horizon_is_a_risk() {
-        let now = Timestamp::now();
-        // 4 MiB/s, at 80 MiB now, limit 128 MiB: 12 s to go; horizon 30 s.
-        let look = judge(
+    /// 4 MiB/s, at 80 MiB now, limit 128 MiB: 12 s to go; horizon 30 s.
+    fn leaking(now: Timestamp) -> RiskLook {
+        judge(
             &spec(2, 20, 30),
             &leak(now, 6, 40.0, 4.0),
             (128.0 * MIB) as i64,
             now,
-        );
+        )
+    }
+
+    #[test]
+    fn a_leak_that_reaches_the_limit_within_the_horizon_is_a_risk() {
+        let now = Timestamp::now();
+        let look = leaking(now);
         let risk = look.risk.as_ref().unwrap();
         assert!((risk.seconds_to_limit - 12.0).abs() < 0.01, "{risk:?}");
         assert_eq!(look.condition.status, ConditionStatus::True);
@@ -312,12 +316,7 @@ mod tests {
     #[test]
     fn the_risk_keeps_its_start_while_it_lasts() {
         let now = Timestamp::now();
-        let look = judge(
-            &spec(2, 20, 30),
-            &leak(now, 6, 40.0, 4.0),
-            (128.0 * MIB) as i64,
-            now,
-        );
+        let look = leaking(now);
         let risk = look.risk.unwrap();
         let earlier = Time(now - Duration::from_secs(30));
         let previous = WorkerStatus {
@@ -334,12 +333,7 @@ mod tests {
     #[test]
     fn the_condition_and_the_record_go_into_status_and_turning_true_is_noticed() {
         let now = Timestamp::now();
-        let look = judge(
-            &spec(2, 20, 30),
-            &leak(now, 6, 40.0, 4.0),
-            (128.0 * MIB) as i64,
-            now,
-        );
+        let look = leaking(now);
         let mut status = WorkerStatus::default();
         add(&mut status, None, Some(&look), Some(3), now);
         let c = status
