@@ -30,6 +30,13 @@ pub async fn report_if_behind(client: &Client, worker: &Worker, status: &mut Wor
                 i.reported = entries;
             }
         }
+        // Someone else's ConfigMap of that name: no use trying again at every look.
+        Err(e @ store::StoreError::NotOurs { .. }) => {
+            warn!(error = %e, incident = incident.number, "post-mortem not written");
+            if let Some(i) = status.incident.as_mut() {
+                i.reported = entries;
+            }
+        }
         Err(e) => warn!(
             error = %e,
             incident = incident.number,

@@ -43,6 +43,8 @@ pub enum StoreError {
     Kube(#[from] kube::Error),
     #[error("the report does not serialize: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("ConfigMap {name} exists and is not this Worker's: its post-mortems are not written")]
+    NotOurs { name: String },
     #[error("no post-mortem of Worker {namespace}/{worker}{which}")]
     NotFound {
         namespace: String,
@@ -73,7 +75,13 @@ pub async fn write(
     let (markdown, json) = fit(report)?;
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let cm_name = configmap_name(&name);
-    let existing = api.get_opt(&cm_name).await?.and_then(|cm| cm.data);
+    let existing = api.get_opt(&cm_name).await?;
+    if let Some(cm) = &existing {
+        if !owned_by(cm, worker) {
+            return Err(StoreError::NotOurs { name: cm_name });
+        }
+    }
+    let existing = existing.and_then(|cm| cm.data);
     let mut data = kept(existing.unwrap_or_default(), incident.number);
     data.insert(markdown_key(incident.number), markdown);
     data.insert(json_key(incident.number), json);
@@ -100,6 +108,16 @@ pub async fn write(
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(&cm_name, &params, &Patch::Apply(&cm)).await?;
     Ok(())
+}
+
+/// Whether `cm` is this Worker's post-mortem ConfigMap: owned by it (its UID). Any other
+/// ConfigMap of that name is left alone: a Worker's name must not let the operator take over
+/// (and tie to the Worker's lifetime) a ConfigMap its creator could not write.
+fn owned_by(cm: &ConfigMap, worker: &Worker) -> bool {
+    let uid = worker.uid();
+    cm.owner_references()
+        .iter()
+        .any(|o| o.kind == "Worker" && Some(&o.uid) == uid.as_ref())
 }
 
 /// The other incidents' entries to keep: the latest `MAX_INCIDENTS - 1` besides `current`.
@@ -266,6 +284,34 @@ mod tests {
         assert!(md.contains("| attempt: 0: xxx"));
         let (small, _) = fit(report(3)).unwrap();
         assert!(!small.contains("left out"));
+    }
+
+    #[test]
+    fn only_a_configmap_owned_by_the_worker_is_written_over() {
+        let worker: Worker = serde_json::from_value(serde_json::json!({
+            "apiVersion": "workerrecovery.io/v1alpha1", "kind": "Worker",
+            "metadata": {"name": "w", "namespace": "ns", "uid": "u-1"},
+            "spec": {"container": "w"}
+        }))
+        .unwrap();
+        let cm = |owner: Option<&str>| ConfigMap {
+            metadata: ObjectMeta {
+                owner_references: owner.map(|uid| {
+                    vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            kind: "Worker".into(),
+                            uid: uid.into(),
+                            ..Default::default()
+                        },
+                    ]
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(owned_by(&cm(Some("u-1")), &worker));
+        assert!(!owned_by(&cm(Some("u-2")), &worker), "another Worker's");
+        assert!(!owned_by(&cm(None), &worker), "someone's own ConfigMap");
     }
 
     #[test]
