@@ -612,24 +612,32 @@ ensure_etcd() {
 			--log-level=warn
 		pid="${STARTED_PID}"
 	fi
-	local deadline=$((SECONDS + TIMEOUT))
-	until etcd_healthy; do
-		if ! pid_alive "${pid}"; then
-			show_log_tail "${LOG_DIR}/etcd.log"
-			die "etcd exited during startup (log: ${LOG_DIR}/etcd.log)"
-		fi
-		if ((SECONDS >= deadline)); then
-			show_log_tail "${LOG_DIR}/etcd.log"
-			die "etcd did not become healthy at ${ETCD_URL}/health within ${TIMEOUT}s (log: ${LOG_DIR}/etcd.log)"
-		fi
-		sleep 0.2
-	done
+	wait_for_daemon etcd "${pid}" etcd_healthy "become healthy at ${ETCD_URL}/health"
 	log "etcd ready (pid ${pid})"
 }
 
 # ---------------------------------------------------------------- jaeger
 
 # Healthy per the health-check extension, and the query API answers.
+# Wait until CHECK (a function) succeeds for the daemon NAME started as PID; fail with its log's
+# tail when it exits first or does not WHAT (e.g. "become healthy at URL") within TIMEOUT.
+wait_for_daemon() {
+	local name="$1" pid="$2" check="$3" what="$4"
+	local log_file="${LOG_DIR}/${name}.log"
+	local deadline=$((SECONDS + TIMEOUT))
+	until "${check}"; do
+		if ! pid_alive "${pid}"; then
+			show_log_tail "${log_file}"
+			die "${name} exited during startup (log: ${log_file})"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_log_tail "${log_file}"
+			die "${name} did not ${what} within ${TIMEOUT}s (log: ${log_file})"
+		fi
+		sleep 0.2
+	done
+}
+
 prometheus_ready() { curl -fsS --max-time 3 -o /dev/null "${PROMETHEUS_URL}/-/ready" 2>/dev/null; }
 
 write_prometheus_config() {
@@ -670,15 +678,7 @@ ensure_prometheus() {
 			--web.enable-lifecycle
 		pid="${STARTED_PID}"
 	fi
-	local deadline=$((SECONDS + TIMEOUT))
-	until prometheus_ready; do
-		if ! pid_alive "${pid}"; then
-			show_log_tail "${LOG_DIR}/prometheus.log"
-			die "prometheus exited during startup (log: ${LOG_DIR}/prometheus.log)"
-		fi
-		((SECONDS < deadline)) || die "prometheus not ready at ${PROMETHEUS_URL} within ${TIMEOUT}s (log: ${LOG_DIR}/prometheus.log)"
-		sleep 0.2
-	done
+	wait_for_daemon prometheus "${pid}" prometheus_ready "become ready at ${PROMETHEUS_URL}/-/ready"
 }
 
 jaeger_healthy() {
@@ -708,18 +708,8 @@ ensure_jaeger() {
 		start_daemon jaeger "${STACK_BIN}/jaeger" --config "file:${JAEGER_CONFIG}"
 		pid="${STARTED_PID}"
 	fi
-	local deadline=$((SECONDS + TIMEOUT))
-	until jaeger_healthy; do
-		if ! pid_alive "${pid}"; then
-			show_log_tail "${LOG_DIR}/jaeger.log"
-			die "jaeger exited during startup (log: ${LOG_DIR}/jaeger.log)"
-		fi
-		if ((SECONDS >= deadline)); then
-			show_log_tail "${LOG_DIR}/jaeger.log"
-			die "jaeger did not become healthy at ${JAEGER_HEALTH_URL} (and ${JAEGER_QUERY_URL}/api/services) within ${TIMEOUT}s (log: ${LOG_DIR}/jaeger.log)"
-		fi
-		sleep 0.2
-	done
+	wait_for_daemon jaeger "${pid}" jaeger_healthy \
+		"become healthy at ${JAEGER_HEALTH_URL} (and ${JAEGER_QUERY_URL}/api/services)"
 	log "jaeger ready (pid ${pid})"
 }
 
@@ -1068,15 +1058,7 @@ ensure_containerd() {
 		start_daemon containerd containerd --config "${CTRD_CONFIG}"
 		pid="${STARTED_PID}"
 	fi
-	local deadline=$((SECONDS + TIMEOUT))
-	until containerd_ready; do
-		if ! pid_alive "${pid}"; then
-			show_log_tail "${LOG_DIR}/containerd.log"
-			die "containerd exited during startup (log: ${LOG_DIR}/containerd.log)"
-		fi
-		((SECONDS < deadline)) || die "containerd did not answer on ${CTRD_SOCK} within ${TIMEOUT}s (log: ${LOG_DIR}/containerd.log)"
-		sleep 0.2
-	done
+	wait_for_daemon containerd "${pid}" containerd_ready "answer on ${CTRD_SOCK}"
 	log "containerd ready (pid ${pid})"
 }
 
