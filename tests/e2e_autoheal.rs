@@ -79,13 +79,7 @@ fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path()
     let stack = stack();
     let ns = stack.namespace("loop");
     let hook = Hook::start();
-    // Crashes one second after every start.
-    let wc = WorkerContainer::start(
-        &ns,
-        "loopy",
-        &[],
-        &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
-    );
+    let wc = WorkerContainer::crash_looping(&ns, "loopy");
     stack.apply_ok(wc.worker("loopy", &ns).auto_recovery().spec(json!({
         "autoRecovery": {
             "maxRestarts": 3,
@@ -471,14 +465,7 @@ fn a_webhook_that_never_answers_holds_up_no_worker() {
     let ns = stack.namespace("blackhole");
     let hole = BlackHole::start();
     let crashing: Vec<WorkerContainer> = (0..3)
-        .map(|i| {
-            WorkerContainer::start(
-                &ns,
-                &format!("holed{i}"),
-                &[],
-                &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
-            )
-        })
+        .map(|i| WorkerContainer::crash_looping(&ns, &format!("holed{i}")))
         .collect();
     let extra = json!({
         "autoRecovery": {"maxRestarts": 1, "cooldownSeconds": 0},

@@ -45,6 +45,21 @@ fn reporters(stack: &Stack, ns: &str, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Crash the worker and wait until the operator restarted it (its `restarts`-th restart) and it
+/// is Healthy again; returns how long that took.
+fn crash_and_heal(
+    stack: &Stack,
+    wc: &WorkerContainer,
+    ns: &str,
+    name: &str,
+    restarts: u64,
+) -> Duration {
+    let crashed = Instant::now();
+    wc.inject_fault("crash");
+    wait_restarted(stack, ns, name, restarts, Duration::from_secs(60));
+    crashed.elapsed()
+}
+
 fn run(cmd: &mut Command, what: &str) -> String {
     let out: Output = cmd
         .output()
@@ -285,13 +300,8 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
         "e2e_cluster: Worker mike Healthy {:?} after the pod was Ready",
         started.elapsed()
     );
-    let crashed = Instant::now();
-    mike.inject_fault("crash");
-    wait_restarted(stack, &ns, "mike", 1, Duration::from_secs(60));
-    eprintln!(
-        "e2e_cluster: crash -> restarted and Healthy in {:?}",
-        crashed.elapsed()
-    );
+    let healed = crash_and_heal(stack, &mike, &ns, "mike", 1);
+    eprintln!("e2e_cluster: crash -> restarted and Healthy in {healed:?}");
     let by = reporters(stack, &ns, "mike");
     let from_pod = (FIELD_MANAGER.to_string(), pod.clone());
     assert!(
@@ -312,13 +322,8 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
         "e2e_cluster: pod {pod} deleted -> pod {pod2} Ready in {:?}",
         deleted.elapsed()
     );
-    let crashed = Instant::now();
-    mike.inject_fault("crash");
-    wait_restarted(stack, &ns, "mike", 2, Duration::from_secs(60));
-    eprintln!(
-        "e2e_cluster: second crash -> restarted and Healthy in {:?}",
-        crashed.elapsed()
-    );
+    let healed = crash_and_heal(stack, &mike, &ns, "mike", 2);
+    eprintln!("e2e_cluster: second crash -> restarted and Healthy in {healed:?}");
     let by = reporters(stack, &ns, "mike");
     let from_pod2 = (FIELD_MANAGER.to_string(), pod2.clone());
     assert!(
@@ -363,12 +368,9 @@ fn the_chart_in_the_one_node_cluster_heals_the_workers_of_its_node() {
         "jsonpath={.spec.containers[0].env[?(@.name=='WRO_STATUS_REFRESH_SECONDS')].value}",
     ]);
     assert_eq!(env, "60", "the new pod runs the upgraded values");
-    let crashed = Instant::now();
-    mike.inject_fault("crash");
-    wait_restarted(stack, &ns, "mike", 3, Duration::from_secs(60));
+    let healed = crash_and_heal(stack, &mike, &ns, "mike", 3);
     eprintln!(
-        "e2e_cluster: third crash (after the upgrade) -> restarted and Healthy in {:?}",
-        crashed.elapsed()
+        "e2e_cluster: third crash (after the upgrade) -> restarted and Healthy in {healed:?}"
     );
     let by = reporters(stack, &ns, "mike");
     let from_pod3 = (FIELD_MANAGER.to_string(), pod3.clone());
@@ -431,8 +433,7 @@ fn the_single_host_deployment_heals_and_fails_over_to_its_standby() {
     });
     wait_phase(stack, &ns, "papa", "Healthy");
     let since = docker_now();
-    papa.inject_fault("crash");
-    wait_restarted(stack, &ns, "papa", 1, Duration::from_secs(60));
+    crash_and_heal(stack, &papa, &ns, "papa", 1);
     let from_leader = (FIELD_MANAGER.to_string(), leader.clone());
     let by = reporters(stack, &ns, "papa");
     assert!(
@@ -458,13 +459,10 @@ fn the_single_host_deployment_heals_and_fails_over_to_its_standby() {
             .ok_or(holder)
     });
     let took_over = deleted.elapsed();
-    let crashed = Instant::now();
-    papa.inject_fault("crash");
-    wait_restarted(stack, &ns, "papa", 2, Duration::from_secs(60));
+    let healed = crash_and_heal(stack, &papa, &ns, "papa", 2);
     eprintln!(
         "e2e_cluster: singleHost: leader {leader} deleted -> Lease held by the standby {standby} in {took_over:?}; \
-         a crash then -> healed in {:?}; delete -> healed {:?}",
-        crashed.elapsed(),
+         a crash then -> healed in {healed:?}; delete -> healed {:?}",
         deleted.elapsed()
     );
     let by = reporters(stack, &ns, "papa");

@@ -29,12 +29,7 @@ fn postmortem_cli(stack: &Stack, args: &[&str]) -> String {
 fn a_crash_loop_escalated_to_the_last_level_is_one_post_mortem_with_every_attempt_and_level() {
     let stack = stack();
     let ns = stack.namespace("postmortem");
-    let wc = WorkerContainer::start(
-        &ns,
-        "loopy",
-        &[],
-        &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
-    );
+    let wc = WorkerContainer::crash_looping(&ns, "loopy");
     stack.apply_ok(wc.worker("loopy", &ns).auto_recovery().spec(json!({
         "autoRecovery": {
             "maxRestarts": 3,

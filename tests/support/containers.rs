@@ -78,6 +78,16 @@ impl WorkerContainer {
         Self::start_full_in(None, namespace, worker_name, docker_args, &[], &[], command)
     }
 
+    /// A sample worker that crashes (exit code 3) one second after every start: a crash loop.
+    pub fn crash_looping(namespace: &str, worker_name: &str) -> Self {
+        Self::start(
+            namespace,
+            worker_name,
+            &[],
+            &[("FAULT_MODE", "crash"), ("FAULT_AFTER_SECS", "1")],
+        )
+    }
+
     /// Like [`start_command`](Self::start_command), with the container's directory made inside
     /// `parent` (see [`start_in`](Self::start_in)).
     pub fn start_command_in(
