@@ -123,6 +123,34 @@ impl UrlPolicyArgs {
     }
 }
 
+/// The analyzer of the cores that `Debug` runs collect (see `crate::crash`).
+#[derive(clap::Args, Debug, Clone)]
+struct AnalyzerArgs {
+    /// An image with `gdb` on its PATH (e.g. the one `scripts/build-analyzer-image.sh` builds
+    /// from Debian's gdb-minimal): each core a `Debug` run collects is analyzed in a container
+    /// of it, without network, with the core and the executable mounted read-only. Unset:
+    /// cores are recorded without a backtrace.
+    #[arg(long, value_name = "IMAGE", env = "WRO_CORE_ANALYZER_IMAGE")]
+    core_analyzer_image: Option<String>,
+    /// The analysis of one core is stopped after this many seconds.
+    #[arg(long, default_value_t = 120, env = "WRO_CORE_ANALYZER_TIMEOUT_SECONDS")]
+    core_analyzer_timeout_seconds: u64,
+    /// Memory limit of the analyzer container, in MiB.
+    #[arg(long, default_value_t = 1024, env = "WRO_CORE_ANALYZER_MEMORY_MIB")]
+    core_analyzer_memory_mib: i64,
+}
+
+impl AnalyzerArgs {
+    fn resolve(&self) -> Option<crate::crash::Analyzer> {
+        let image = self.core_analyzer_image.clone().filter(|i| !i.is_empty())?;
+        Some(crate::crash::Analyzer {
+            image,
+            timeout: std::time::Duration::from_secs(self.core_analyzer_timeout_seconds.max(1)),
+            memory_bytes: self.core_analyzer_memory_mib.max(64) << 20,
+        })
+    }
+}
+
 /// Leader election among several operator processes (the single-host Deployment mode).
 #[derive(clap::Args, Debug, Clone)]
 struct ElectionArgs {
@@ -208,6 +236,8 @@ enum Command {
         node_name: Option<String>,
         #[command(flatten)]
         election: ElectionArgs,
+        #[command(flatten)]
+        analyzer: AnalyzerArgs,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -273,6 +303,7 @@ pub fn main() -> ExitCode {
             status_refresh_seconds,
             node_name,
             election,
+            analyzer,
         } => trust.resolve().and_then(|trust| {
             let http = urls.client(&tls)?;
             let leader = election.resolve(env_var)?;
@@ -286,6 +317,7 @@ pub fn main() -> ExitCode {
                     .filter(|n| !n.is_empty())
                     .map_or_else(Scope::all, Scope::node),
                 leader,
+                core_analyzer: analyzer.resolve(),
             }))
         }),
         Command::Diagnose {

@@ -13,6 +13,7 @@ pub mod bounded;
 pub mod cli;
 pub mod confined;
 pub mod controller;
+pub mod crash;
 pub mod crd;
 pub mod diagnose;
 pub mod docker;

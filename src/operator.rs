@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub scope: Scope,
     /// Run the controllers only while holding this leader Lease (`--leader-elect`).
     pub leader: Option<Election>,
+    /// The analyzer of the cores `Debug` runs collect (`--core-analyzer-image`).
+    pub core_analyzer: Option<crate::crash::Analyzer>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -78,7 +80,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         opts.http.clone(),
     )
     .with_status_refresh(opts.status_refresh)
-    .with_scope(opts.scope.clone());
+    .with_scope(opts.scope.clone())
+    .with_core_analyzer(opts.core_analyzer.clone());
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
         node = opts.scope.describe(),

@@ -39,11 +39,12 @@ pub use entry::{Entry, EntryKind};
 pub use error::FsError;
 pub(crate) use error::{io_err, Result};
 pub use read::{
-    count_entries, list_dir, read_file, read_tail, stat, visit_dir, FileContent, Listing,
-    DEFAULT_MAX_ENTRIES,
+    count_entries, list_dir, open_file, read_file, read_tail, stat, visit_dir, FileContent,
+    Listing, DEFAULT_MAX_ENTRIES,
 };
 pub(crate) use read::{read_capped, ReadOutcome};
 pub(crate) use write::{dir_owner, rename_noreplace, write_new, Owner};
+pub use write::{make_dir, place_file};
 
 #[cfg(test)]
 mod tests;

@@ -326,3 +326,11 @@ pub(crate) fn read_capped(dir: &ConfinedDir, name: &OsStr, limit: u64) -> Result
     }
     Ok(ReadOutcome::Bytes(bytes, Owner::of(&md)))
 }
+
+/// Open a regular file for reading (never a symlink, FIFO or device), for a reader that seeks
+/// and reads only what it needs (a core file of gigabytes); with its size and modification
+/// time.
+pub fn open_file(root: &Path, path: &Path) -> Result<(std::fs::File, u64, Option<Timestamp>)> {
+    let (file, md) = open_regular(root, path)?;
+    Ok((file.into_std(), md.len(), mtime(&md)))
+}

@@ -124,3 +124,50 @@ pub(crate) fn write_new(
     }
     Ok(())
 }
+
+/// Make the directory `path` below `root` (and the missing ones above it), then give it
+/// `mode`: a directory another user (a worker's) must write into.
+pub fn make_dir(root: &std::path::Path, path: &std::path::Path, mode: u32) -> Result<()> {
+    let start = super::open_root(root)?;
+    let dir = super::open_path(&start, path, true)?
+        .ok_or_else(|| super::FsError::Missing(path.into()))?;
+    let fd = dir.readable()?;
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))
+        .map_err(|e| io_err("chmod", path, e.into()))
+}
+
+/// Put `bytes` at `path` below `root` as a new file of `mode`, atomically: written and
+/// fsynced under a hidden name, then renamed in place. A file already there is kept (the
+/// same content was placed by an earlier attempt).
+pub fn place_file(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<()> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| super::FsError::Missing(path.into()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| super::FsError::Missing(path.into()))?;
+    let start = super::open_root(root)?;
+    let dir = super::open_path(&start, parent, false)?
+        .ok_or_else(|| super::FsError::Missing(parent.into()))?;
+    if dir.lstat(name)?.is_some() {
+        return Ok(());
+    }
+    let temp = std::ffi::OsString::from(format!(".{}.tmp", name.to_string_lossy()));
+    let owner = Owner {
+        mode,
+        ..dir_owner(&dir)?
+    };
+    write_new(&dir, &temp, bytes, owner, true)?;
+    match rename_noreplace(&dir, &temp, &dir, name) {
+        Ok(()) => dir.fsync(),
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {
+            dir.remove_file(&temp)
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -75,6 +75,8 @@ pub struct Context {
     /// Memory samples of the failure prediction, per Worker (its UID).
     pub memory_samples:
         std::sync::Mutex<std::collections::HashMap<String, crate::observe::trend::Samples>>,
+    /// The core analyzer the administrator configured, if any.
+    pub core_analyzer: Option<crate::crash::Analyzer>,
 }
 
 impl Context {
@@ -108,6 +110,7 @@ impl Context {
             worker_status: Default::default(),
             scope: scope::Scope::all(),
             memory_samples: Default::default(),
+            core_analyzer: None,
         }
     }
 }
@@ -130,6 +133,12 @@ impl Context {
     /// Write an unchanged Worker status at most every `refresh` (zero: at every look).
     pub fn with_status_refresh(mut self, refresh: std::time::Duration) -> Self {
         self.status_refresh = refresh;
+        self
+    }
+
+    /// Analyze the cores of `Debug` runs with `analyzer`.
+    pub fn with_core_analyzer(mut self, analyzer: Option<crate::crash::Analyzer>) -> Self {
+        self.core_analyzer = analyzer;
         self
     }
 

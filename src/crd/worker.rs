@@ -391,6 +391,13 @@ pub struct DiagnosticsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255), regex(pattern = r"^[^/\s]+$"))]
     pub process_name: Option<String>,
+    /// Directory, relative to `sharedRoot` (`{worker}` for the worker's name), where the debug
+    /// copy of a `Debug` run dumps core files (runbook "Analyze Crash Dump"): each run gets a
+    /// directory `<run>` in it. Unset: cores are not collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RELATIVE_PATH_RULE).message(RELATIVE_PATH_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub core_dump_dir: Option<String>,
     /// Longest time one check may take before it is reported as failed.
     #[serde(default = "default_check_timeout_seconds")]
     #[schemars(range(min = 1, max = 300))]
@@ -409,6 +416,7 @@ impl Default for DiagnosticsSpec {
             required_python_packages: Vec::new(),
             named_pipes: Vec::new(),
             process_name: None,
+            core_dump_dir: None,
             check_timeout_seconds: default_check_timeout_seconds(),
         }
     }
@@ -819,6 +827,9 @@ pub struct PathClaim {
     /// The locks directory, shared by design, and the name whose `<name>_` prefix is held in it.
     pub locks_directory: String,
     pub worker_name: String,
+    /// The core dump directory, when the Worker declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_dump_directory: Option<String>,
 }
 
 /// The record of the automatic recovery policy.
@@ -1094,6 +1105,8 @@ pub struct ResolvedPaths {
     pub locks_dir: PathBuf,
     pub state_file: PathBuf,
     pub tmp_dir: PathBuf,
+    /// `diagnostics.coreDumpDir`, when declared.
+    pub core_dump_dir: Option<PathBuf>,
 }
 
 /// A spec that the schema should have refused but that reached us anyway (for example from
@@ -1163,6 +1176,14 @@ impl Worker {
                 "workers/{worker}/state.json",
             )?,
             tmp_dir: resolve("spec.paths.tmpDir", &p.tmp_dir, "tmp/{worker}")?,
+            core_dump_dir: match &self.spec.diagnostics.core_dump_dir {
+                Some(dir) => Some(resolve(
+                    "spec.diagnostics.coreDumpDir",
+                    &Some(dir.clone()),
+                    "",
+                )?),
+                None => None,
+            },
             shared_root: root.to_path_buf(),
             trusted_root: trusted_root.to_path_buf(),
             worker_name: name,

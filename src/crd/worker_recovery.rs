@@ -275,6 +275,59 @@ pub struct WorkerRecoveryStatus {
     /// The ResumePlan created by the `Resume` step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_plan: Option<String>,
+    /// Core files the debug copy of a `Debug` run dumped into the Worker's
+    /// `diagnostics.coreDumpDir`, oldest first (at most 5), with their analysis.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
+    pub core_dumps: Vec<CoreDump>,
+}
+
+/// A core file dumped by a run's debug copy (runbook "Analyze Crash Dump").
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreDump {
+    /// The core file on the host.
+    pub file: String,
+    pub size_bytes: u64,
+    /// When the kernel wrote it (the file's modification time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// The signal that made the process dump, e.g. `SIGABRT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The command line the kernel kept (at most 80 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// The executable, as mapped in the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    /// The analyzer's backtrace (`thread apply all bt full`), or why there is none.
+    pub analysis: CoreAnalysis,
+}
+
+/// What the analyzer made of a core.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CoreAnalysis {
+    pub state: AnalysisState,
+    /// Why the state is what it is, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The analyzer's output, at most 16 KiB (cut at the end, which says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backtrace: Option<String>,
+}
+
+/// How the analysis of a core went.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AnalysisState {
+    /// The analyzer ran and its backtrace is kept.
+    Analyzed,
+    /// No analyzer image is configured (`--core-analyzer-image`).
+    #[default]
+    NotConfigured,
+    /// The core or its executable could not be read, or the analyzer failed.
+    Failed,
 }
 
 /// Where a run's spans are: its trace and the id of its root span `worker_recovery`.

@@ -27,6 +27,13 @@ impl HostProbe for DmesgProbe {
     async fn kernel_log(&self) -> Result<String, KernelLogError> {
         run_dmesg("dmesg").await
     }
+
+    /// Not namespaced: a container sees the host's.
+    async fn core_pattern(&self) -> Result<String, String> {
+        tokio::fs::read_to_string("/proc/sys/kernel/core_pattern")
+            .await
+            .map_err(|e| format!("cannot read /proc/sys/kernel/core_pattern: {e}"))
+    }
 }
 
 /// Why the kernel log cannot be read. Clone, so that a test's fake host can answer it again.

@@ -32,6 +32,9 @@ use checks::process::ProcessError;
 pub trait HostProbe: Send + Sync + 'static {
     /// The kernel ring buffer (`dmesg`), or why it cannot be read.
     async fn kernel_log(&self) -> Result<String, KernelLogError>;
+    /// The host's `kernel.core_pattern` (where the kernel writes core files), or why it cannot
+    /// be read.
+    async fn core_pattern(&self) -> Result<String, String>;
 }
 
 /// Everything a check may look at. Built once per diagnosis; checks only read it.

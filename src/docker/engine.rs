@@ -25,10 +25,13 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::trust::CONSENT_LABEL;
 
+mod job;
+
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
-    CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState, DockerError,
-    ExecOutput, HealthCheck, Limits, MemoryStats, PathStat, StartOutcome, WATCHED_ACTIONS,
+    BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState,
+    DockerError, ExecOutput, HealthCheck, Job, JobOutput, Limits, MemoryStats, PathStat,
+    StartOutcome, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
@@ -355,6 +358,12 @@ impl ContainerRuntime for DockerEngine {
         if clone.core_unlimited {
             set_ulimit(&mut host, "core", -1, -1);
         }
+        if let Some(mount) = &clone.core_dir {
+            add_bind(&mut host, mount);
+        }
+        if let Some(dir) = &clone.working_dir {
+            body.working_dir = Some(dir.clone());
+        }
         // The copy is started and removed by the run, never by Docker's restart policy.
         host.restart_policy = None;
         host.auto_remove = Some(false);
@@ -369,6 +378,19 @@ impl ContainerRuntime for DockerEngine {
             .await
             .map_err(|e| map_error("create", e))?;
         Ok(created.id)
+    }
+
+    async fn copy_file_out(
+        &self,
+        container: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, DockerError> {
+        self.copy_out(container, path, limit).await
+    }
+
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError> {
+        self.run_to_end(job, max_output).await
     }
 
     async fn remove(&self, container: &str) -> Result<bool, DockerError> {
@@ -782,6 +804,27 @@ fn container_error(operation: &'static str, container: &str, e: BollardError) ->
         } => DockerError::NotFound(container.to_string()),
         other => map_error(operation, other),
     }
+}
+
+/// Mount `mount`, replacing whatever the container mounted at the same target (Docker refuses
+/// two mounts at one place).
+fn add_bind(host: &mut HostConfig, mount: &BindMount) {
+    let target = mount.target.trim_end_matches('/');
+    if let Some(binds) = host.binds.as_mut() {
+        binds.retain(|b| b.split(':').nth(1).map(|t| t.trim_end_matches('/')) != Some(target));
+    }
+    if let Some(mounts) = host.mounts.as_mut() {
+        mounts.retain(|m| m.target.as_deref().map(|t| t.trim_end_matches('/')) != Some(target));
+    }
+    host.binds
+        .get_or_insert_with(Vec::new)
+        .push(bind_spec(mount));
+}
+
+/// `host:target[:ro]`, as `docker run -v` takes it.
+pub(super) fn bind_spec(mount: &BindMount) -> String {
+    let mode = if mount.read_only { ":ro" } else { "" };
+    format!("{}:{}{mode}", mount.host.display(), mount.target)
 }
 
 /// A ulimit set on the container (`--ulimit nofile=soft:hard`).

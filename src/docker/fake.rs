@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::{
     resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime,
-    DockerError, ExecOutput, Limits, MemoryStats, PathStat, StartOutcome,
+    DockerError, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -28,6 +28,14 @@ pub struct FakeRuntime {
     pub exec_delay: Option<std::time::Duration>,
     /// The engine does not answer: every call fails with `Unavailable`.
     pub engine_down: std::sync::atomic::AtomicBool,
+    /// Files in containers, keyed `<container>:<path>`, for `copy_file_out`.
+    pub files: Mutex<HashMap<String, Vec<u8>>>,
+    /// What every `run_job` gives (an empty, successful output when unset).
+    pub job_output: Mutex<Option<JobOutput>>,
+    /// The jobs run, in order.
+    pub jobs: Mutex<Vec<Job>>,
+    /// The copies asked for, in order.
+    pub clones: Mutex<Vec<CloneSpec>>,
 }
 
 impl FakeRuntime {
@@ -166,6 +174,7 @@ impl ContainerRuntime for FakeRuntime {
                 format!("name {} in use", clone.name),
             ));
         }
+        self.clones.lock().unwrap().push(clone.clone());
         let mut copy = original.clone();
         copy.id = format!("{}-clone", original.id);
         copy.name = clone.name.clone();
@@ -182,6 +191,42 @@ impl ContainerRuntime for FakeRuntime {
             .unwrap()
             .push(format!("clone {} {}", original.name, clone.name));
         Ok(id)
+    }
+
+    async fn copy_file_out(
+        &self,
+        container: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, DockerError> {
+        self.answering()?;
+        let files = self.files.lock().unwrap();
+        let file = files
+            .get(&format!("{container}:{path}"))
+            .ok_or_else(|| DockerError::refused("copy", format!("{path}: no such file")))?;
+        if file.len() as u64 > limit {
+            return Err(DockerError::refused("copy", format!("{path} is too large")));
+        }
+        Ok(file.clone())
+    }
+
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError> {
+        self.answering()?;
+        self.jobs.lock().unwrap().push(job.clone());
+        let mut out = self
+            .job_output
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(JobOutput {
+                exit_code: Some(0),
+                ..Default::default()
+            });
+        if out.output.len() > max_output {
+            out.output.truncate(max_output);
+            out.truncated = true;
+        }
+        Ok(out)
     }
 
     async fn remove(&self, container: &str) -> Result<bool, DockerError> {

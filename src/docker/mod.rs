@@ -192,6 +192,46 @@ pub struct CloneSpec {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Allow core dumps of any size (`--ulimit core=-1`).
     pub core_unlimited: bool,
+    /// A host directory mounted (read-write) into the copy: where its cores go.
+    pub core_dir: Option<BindMount>,
+    /// The copy's working directory, when it is not the original's.
+    pub working_dir: Option<String>,
+}
+
+/// A host directory or file mounted into a container (`-v host:target[:ro]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub host: std::path::PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// A one-off container run to its end, then removed: the core analyzer. It runs without a
+/// network, with a read-only root filesystem (and a small `/tmp`), without new privileges and
+/// with every capability dropped but reading files regardless of their owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The container's name; a leftover of this name carrying `labels` is removed first.
+    pub name: String,
+    pub image: String,
+    /// Entrypoint and arguments.
+    pub command: Vec<String>,
+    pub mounts: Vec<BindMount>,
+    /// Labels of the container; the first one marks it as the operator's.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The job is killed after this long.
+    pub timeout: std::time::Duration,
+    pub memory_bytes: i64,
+}
+
+/// How a [`Job`] ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobOutput {
+    /// `None` when it was killed at its timeout.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr, interleaved, at most `max_output` bytes.
+    pub output: String,
+    pub truncated: bool,
 }
 
 /// One event of the engine about a container that carries the consent label.
@@ -281,6 +321,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
     async fn remove(&self, container: &str) -> Result<bool, DockerError>;
+    /// The regular file `path` of a container (running or stopped), at most `limit` bytes
+    /// (`docker cp`); a larger one, or one that is not a regular file, is refused.
+    async fn copy_file_out(
+        &self,
+        container: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, DockerError>;
+    /// Run `job` to its end (or its timeout) and remove it; its output is kept up to
+    /// `max_output` bytes.
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError>;
     /// Change the limits of a running or stopped container in place (`docker update`).
     ///
     /// Docker refuses a memory limit above the container's memory+swap limit, so when

@@ -14,6 +14,21 @@ use tracing::warn;
 
 use crate::crd::worker::{Worker, WorkerStatus};
 
+/// Write the post-mortem of the Worker's latest incident again: a run of it recorded a crash
+/// dump after the report was written. An incident not reported yet is left to the Worker
+/// controller, which writes it with every run it has.
+pub async fn rewrite_for_run(client: &Client, worker: &Worker) {
+    let Some(status) = worker.status.as_ref() else {
+        return;
+    };
+    let Some(incident) = status.incident.as_ref().filter(|i| i.reported > 0) else {
+        return;
+    };
+    if let Err(e) = store::write(client, worker, status, incident).await {
+        warn!(error = %e, incident = incident.number, "could not write the post-mortem again");
+    }
+}
+
 /// Write the post-mortem when it lags the incident's timeline; the status then records that it
 /// is written. A failed write is tried again at the next look.
 pub async fn report_if_behind(client: &Client, worker: &Worker, status: &mut WorkerStatus) {

@@ -14,7 +14,7 @@ use crate::crd::{
     diagnosis::{Diagnosis, RootCause, Severity},
     resume_plan::{ResumePhase, ResumePlan},
     worker::{IncidentOutcome, IncidentStatus, Worker, WorkerStatus},
-    worker_recovery::{StepName, WorkerRecovery},
+    worker_recovery::{AnalysisState, CoreDump, StepName, WorkerRecovery},
 };
 
 /// One post-mortem.
@@ -33,7 +33,23 @@ pub struct Report {
     pub impact: Impact,
     pub actions: Vec<String>,
     pub follow_ups: Vec<String>,
+    /// The cores the incident's `Debug` runs collected, with their backtraces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crash_dumps: Vec<CrashDump>,
 }
+
+/// A core one of the incident's runs collected.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CrashDump {
+    pub run: String,
+    #[serde(flatten)]
+    pub core: CoreDump,
+}
+
+/// Most backtrace bytes in one report: the first cores' in full, the others' cut (the run's
+/// status has each at [`crate::crash::MAX_BACKTRACE_BYTES`]).
+const MAX_REPORT_BACKTRACE_BYTES: usize = 24 * 1024;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -92,7 +108,12 @@ pub fn build(src: &Sources<'_>) -> Report {
     let root_cause = root_cause(&runs);
     let impact = impact(src, &runs, started, ended);
     let actions = actions(src, &runs);
-    let follow_ups = follow_ups(src, root_cause.as_ref(), &impact);
+    let crash_dumps = crash_dumps(&runs);
+    let mut follow_ups = follow_ups(src, root_cause.as_ref(), &impact);
+    follow_ups.extend(crash_dumps.iter().map(crash_follow_up));
+    let mut timeline = timeline(incident, &runs);
+    timeline.extend(crash_dumps.iter().map(crash_line));
+    timeline.sort_by_key(|l| l.time);
     Report {
         namespace: src.worker.namespace().unwrap_or_default(),
         worker: src.worker.name_any(),
@@ -105,11 +126,72 @@ pub fn build(src: &Sources<'_>) -> Report {
         .into(),
         started,
         ended,
-        timeline: timeline(incident, &runs),
+        timeline,
         root_cause,
         impact,
         actions,
         follow_ups,
+        crash_dumps,
+    }
+}
+
+/// The runs' cores, oldest run first, their backtraces within [`MAX_REPORT_BACKTRACE_BYTES`].
+fn crash_dumps(runs: &[&WorkerRecovery]) -> Vec<CrashDump> {
+    let mut budget = MAX_REPORT_BACKTRACE_BYTES;
+    let mut out = Vec::new();
+    for run in runs {
+        for core in run.status.iter().flat_map(|s| s.core_dumps.iter()) {
+            let mut core = core.clone();
+            if let Some(bt) = core.analysis.backtrace.as_mut() {
+                if bt.len() > budget {
+                    let mut end = budget;
+                    while !bt.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    bt.truncate(end);
+                    bt.push_str("\n[cut here: the whole backtrace is in the run's status]");
+                }
+                budget = budget.saturating_sub(bt.len());
+            }
+            out.push(CrashDump {
+                run: run.name_any(),
+                core,
+            });
+        }
+    }
+    out
+}
+
+fn crash_line(d: &CrashDump) -> Line {
+    Line {
+        time: d
+            .core
+            .time
+            .as_ref()
+            .and_then(|t| Timestamp::from_second(t.0.as_second()).ok()),
+        kind: "core".into(),
+        event: format!(
+            "{} dumped core {} on {} (run {})",
+            d.core.executable.as_deref().unwrap_or("the debug copy"),
+            d.core.file,
+            d.core.signal.as_deref().unwrap_or("an unknown signal"),
+            d.run
+        ),
+    }
+}
+
+fn crash_follow_up(d: &CrashDump) -> String {
+    let what = d.core.executable.as_deref().unwrap_or("the worker");
+    let signal = d.core.signal.as_deref().unwrap_or("a signal");
+    match d.core.analysis.state {
+        AnalysisState::Analyzed => format!(
+            "Find where {what} died on {signal} in the backtrace of {} (Crash dumps), and fix it.",
+            d.core.file
+        ),
+        _ => format!(
+            "Analyze the core {} of {what} ({signal}) with gdb: `thread apply all bt full`.",
+            d.core.file
+        ),
     }
 }
 
@@ -419,6 +501,7 @@ pub fn markdown(r: &Report) -> String {
         }
         None => s += "No diagnosis of the incident found a cause.\n",
     }
+    s += &crash_section(&r.crash_dumps);
     let i = &r.impact;
     s += &format!(
         "\n## Impact\n\n- Downtime: {}\n- Tasks requeued: {}\n- Tasks dead-lettered: {}\n- Tasks quarantined: {}\n- Poison tasks: {}\n- Tasks failed over: {}\n- Resume batches halted: {}\n",
@@ -439,6 +522,39 @@ pub fn markdown(r: &Report) -> String {
         s += &format!("- [ ] {f}\n");
     }
     s
+}
+
+/// "Crash dumps": each core, what it says, and its backtrace.
+fn crash_section(dumps: &[CrashDump]) -> String {
+    if dumps.is_empty() {
+        return String::new();
+    }
+    let mut s = "\n## Crash dumps\n".to_string();
+    for d in dumps {
+        let c = &d.core;
+        s += &format!(
+            "\n### {}\n\n- Run: {}\n- Size: {} bytes\n- Time: {}\n- Signal: {}\n- Executable: {}\n- Command: {}\n- Analysis: {:?}{}\n",
+            c.file,
+            d.run,
+            c.size_bytes,
+            c.time.as_ref().map_or("-".into(), |t| t.0.to_string()),
+            c.signal.as_deref().unwrap_or("-"),
+            c.executable.as_deref().unwrap_or("-"),
+            c.command.as_deref().unwrap_or("-"),
+            c.analysis.state,
+            c.analysis.message.as_deref().map_or(String::new(), |m| format!(" ({m})")),
+        );
+        if let Some(bt) = &c.analysis.backtrace {
+            // A fence longer than any run of backticks in the (untrusted) output.
+            let fence = "`".repeat(longest_backtick_run(bt).max(2) + 1);
+            s += &format!("\n{fence}text\n{bt}\n{fence}\n");
+        }
+    }
+    s
+}
+
+fn longest_backtick_run(s: &str) -> usize {
+    s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
 fn cell(s: &str) -> String {

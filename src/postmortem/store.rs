@@ -273,6 +273,7 @@ mod tests {
             impact: Impact::default(),
             actions: vec![],
             follow_ups: vec![],
+            crash_dumps: vec![],
         }
     }
 

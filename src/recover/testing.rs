@@ -40,6 +40,7 @@ impl Tree {
             locks_dir: root.join("locks"),
             state_file: root.join("workers/marie/state.json"),
             tmp_dir: root.join("tmp/marie"),
+            core_dump_dir: None,
         };
         Self {
             _tmp: tmp,

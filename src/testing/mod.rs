@@ -72,6 +72,11 @@ impl HostProbe for FakeHost {
     async fn kernel_log(&self) -> Result<String, KernelLogError> {
         self.0.clone()
     }
+
+    /// The kernel's default: cores go to the working directory.
+    async fn core_pattern(&self) -> Result<String, String> {
+        Ok("core\n".into())
+    }
 }
 
 /// A controller context over `client` (from [`mock_api`]) and `fake`, with no kernel log, which

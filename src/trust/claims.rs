@@ -1,7 +1,7 @@
 //! Path claims: two admitted Workers never share files.
 //!
-//! A Worker claims its task directory, state file, heartbeat file and tmp directory, and the
-//! lock prefix `<worker>_` in its locks directory. Two claims conflict when a path of one is
+//! A Worker claims its task directory, state file, heartbeat file, tmp directory and core dump
+//! directory (when it declares one), and the lock prefix `<worker>_` in its locks directory. Two claims conflict when a path of one is
 //! the same as, or inside, a path of the other (a tmp directory pointed at another worker's
 //! task directory would otherwise be emptied), or when both use the same locks directory with
 //! the same worker name.
@@ -44,6 +44,8 @@ pub enum ClaimsError {
     Resolve(#[from] tokio::task::JoinError),
 }
 
+/// What a claim calls the core dump directory.
+const CORE_DUMPS: &str = "core dump directory";
 /// How long another Worker's resolved claim is reused before it is resolved again.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How long an admission waits for the Workers' cache to fill after a start.
@@ -59,7 +61,8 @@ pub struct Claim {
     /// When the Worker was admitted with these paths (its recorded claim); `None` for a
     /// tentative claim.
     pub since: Option<Timestamp>,
-    /// Task directory, state file, heartbeat file, tmp directory: nobody else's.
+    /// Task directory, state file, heartbeat file, tmp directory, then the core dump directory
+    /// when declared: nobody else's.
     files: Vec<(&'static str, PathBuf)>,
     /// The locks directory, shared, and the worker name whose prefix is claimed in it.
     locks_dir: PathBuf,
@@ -76,12 +79,15 @@ impl Claim {
             name: worker.name_any(),
             created: worker.creation_timestamp().map(|t| t.0),
             since: None,
-            files: vec![
+            files: [
                 ("task directory", paths.tasks_dir.clone()),
                 ("state file", paths.state_file.clone()),
                 ("heartbeat file", paths.heartbeat_file.clone()),
                 ("tmp directory", paths.tmp_dir.clone()),
-            ],
+            ]
+            .into_iter()
+            .chain(paths.core_dump_dir.clone().map(|d| (CORE_DUMPS, d)))
+            .collect(),
             locks_dir: paths.locks_dir.clone(),
             worker_name: paths.worker_name.clone(),
         };
@@ -101,12 +107,19 @@ impl Claim {
             created: worker.creation_timestamp().map(|t| t.0),
             // A recorded claim without a time still goes before every tentative one.
             since: Some(r.since.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0)),
-            files: vec![
+            files: [
                 ("task directory", PathBuf::from(&r.task_directory)),
                 ("state file", PathBuf::from(&r.state_file)),
                 ("heartbeat file", PathBuf::from(&r.heartbeat_file)),
                 ("tmp directory", PathBuf::from(&r.tmp_directory)),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                r.core_dump_directory
+                    .as_ref()
+                    .map(|d| (CORE_DUMPS, d.into())),
+            )
+            .collect(),
             locks_dir: PathBuf::from(&r.locks_directory),
             worker_name: r.worker_name.clone(),
         }
@@ -123,6 +136,7 @@ impl Claim {
             tmp_directory: path(3),
             locks_directory: self.locks_dir.display().to_string(),
             worker_name: self.worker_name.clone(),
+            core_dump_directory: self.files.get(4).map(|(_, d)| d.display().to_string()),
         }
     }
 
@@ -373,6 +387,10 @@ mod tests {
             (
                 with(serde_json::json!({"paths": {"heartbeatFile": "tasks/marie/pending/x.json"}})),
                 "heartbeat file",
+            ),
+            (
+                with(serde_json::json!({"diagnostics": {"coreDumpDir": "tasks/marie/active"}})),
+                "core dump directory /shared/tasks/marie/active",
             ),
         ];
         for (spec, what) in cases {

@@ -6,6 +6,7 @@
 //! finished run is not repeated. Only a run that created a debug container gets a finalizer,
 //! which removes that container when the run is deleted.
 
+mod cores;
 mod error;
 pub mod plan;
 pub mod steps;
@@ -35,6 +36,7 @@ use super::{
     writer, Admitted, Context, Held,
 };
 use crate::{
+    crash,
     crd::{
         monitoring::MetricsWatch,
         worker::Worker,
@@ -46,6 +48,7 @@ use crate::{
     diagnose::{self, CheckName, Diagnosis},
     metrics::{RunOutcome, Usage, WorkerKey},
     observe::monitor,
+    postmortem,
     telemetry::recovery_trace,
     trust::Admission,
 };
@@ -79,7 +82,7 @@ async fn run_steps(rec: &WorkerRecovery, ctx: &Context) -> Result<Action, Error>
     if status.observed_generation == rec.metadata.generation
         && status.phase.is_some_and(RecoveryPhase::is_terminal)
     {
-        return Ok(Action::await_change());
+        return follow_cores(rec, ctx, &api, status).await;
     }
     // Whole seconds: `metav1.Time` keeps no more, and a step resumed after a restart must see
     // exactly the time the first attempt used (it is written into requeued tasks).
@@ -342,7 +345,12 @@ impl StepLoop<'_> {
     /// tell how the run ended.
     async fn finish(&self, status: &mut WorkerRecoveryStatus) -> Result<Action, Error> {
         let rec = self.rec;
+        let root = &self.admission.paths.trusted_root;
+        let (cored, _) = cores::look(self.ctx, rec, root, status).await?;
         write_progress(rec, self.api, status).await?;
+        if cored {
+            postmortem::rewrite_for_run(&self.ctx.client, self.worker).await;
+        }
         if acts(rec) && !debug_copy_stands(rec, status) {
             let me = writer::Holder::Run(rec.name_any());
             let ns = rec.namespace().unwrap_or_default();
@@ -366,6 +374,39 @@ impl StepLoop<'_> {
             .await;
         Ok(Action::await_change())
     }
+}
+
+/// A finished `Debug` run whose copy may still dump a core: look for new cores while the copy
+/// runs, and once more when it has stopped.
+async fn follow_cores(
+    rec: &WorkerRecovery,
+    ctx: &Context,
+    api: &Api<WorkerRecovery>,
+    mut status: WorkerRecoveryStatus,
+) -> Result<Action, Error> {
+    if cores::recorded_dir(&status).is_none() || status.core_dumps.len() >= crash::MAX_CORES {
+        return Ok(Action::await_change());
+    }
+    let workers: Api<Worker> =
+        Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
+    let Some(worker) = workers.get_opt(&rec.spec.worker_ref.name).await? else {
+        return Ok(Action::await_change());
+    };
+    // Only the run's own directory is read, and only below the root the Worker is admitted to.
+    let Ok(admission) = ctx.admit(&worker).await else {
+        return Ok(Action::requeue(cores::CORE_POLL));
+    };
+    let (cored, running) =
+        cores::look(ctx, rec, &admission.paths.trusted_root, &mut status).await?;
+    if cored {
+        apply_status(api, rec, &status).await?;
+        postmortem::rewrite_for_run(&ctx.client, &worker).await;
+    }
+    Ok(if running {
+        Action::requeue(cores::CORE_POLL)
+    } else {
+        Action::await_change()
+    })
 }
 
 /// A finished run as the per-worker metrics count it: its Worker, mode, outcome, root cause

@@ -11,7 +11,7 @@ use kube::{
     Resource, ResourceExt,
 };
 
-use super::Error;
+use super::{cores, Error};
 use crate::{
     blocking,
     confined::{self, EntryKind},
@@ -375,12 +375,20 @@ pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
     };
     let name = run.debug_name();
     let endpoint = run.rec.spec.debug.otlp_endpoint.clone();
+    let cores = cores::setup(run.ctx, run.rec, &run.admission.paths, run.dry_run()).await;
+    let mut details = BTreeMap::from([("container".to_string(), vec![name.clone()])]);
+    if let Some(dir) = &cores.dir {
+        details.insert(
+            cores::CORE_DIR_DETAIL.into(),
+            vec![dir.display().to_string()],
+        );
+    }
     if run.dry_run() {
         let mut result = StepResult::ok(format!(
-            "dry run: would create and start {name} from {} with LOG_LEVEL=DEBUG, OTLP traces to {endpoint} and unlimited core dumps",
-            c.name
+            "dry run: would create and start {name} from {} with LOG_LEVEL=DEBUG, OTLP traces to {endpoint} and unlimited core dumps; {}",
+            c.name, cores.note
         ));
-        result.details.insert("container".into(), vec![name]);
+        result.details = details;
         return Ok(Outcome::Done(result));
     }
     let id = match run.ctx.docker.inspect(&name).await? {
@@ -400,6 +408,8 @@ pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
                 ],
                 labels: [(RUN_LABEL.to_string(), run.run_key())].into(),
                 core_unlimited: true,
+                core_dir: cores.mount.clone(),
+                working_dir: cores.working_dir.clone(),
             };
             run.ctx.docker.create_clone(&c.id, &spec).await?
         }
@@ -410,11 +420,12 @@ pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
         .await?
         .ok_or_else(|| DockerError::NotFound(id.clone()))?;
     let mut result = StepResult::ok(format!(
-        "debug container {name} ({}) started; {} stays stopped",
+        "debug container {name} ({}) started; {} stays stopped; {}",
         started.short_id(),
-        c.name
+        c.name,
+        cores.note
     ));
-    result.details.insert("container".into(), vec![name]);
+    result.details = details;
     result.container_started_at = started.started_at;
     Ok(Outcome::Done(result))
 }

@@ -818,6 +818,7 @@ mod tests {
                 tmp_directory: esc(2048),
                 locks_directory: esc(2048),
                 worker_name: esc(253),
+                core_dump_directory: Some(esc(2048)),
             }),
             ..Default::default()
         };

@@ -132,7 +132,7 @@ async fn reconcile(worker: Arc<Worker>, ctx: Arc<Context>) -> Result<Action, Err
 /// What the operator may look at for a Worker.
 enum Access {
     /// Admitted: its files and its consenting container.
-    Admitted(Admission),
+    Admitted(Box<Admission>),
     /// Its container does not exist, or the engine cannot say: nothing of its files is read
     /// or changed, only the container's absence (or the engine's silence) is reported.
     Blind(ContainerObservation),
@@ -156,7 +156,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         Err(done) => return Ok(done),
     };
     let admission = match &access {
-        Access::Admitted(a) => Some(a),
+        Access::Admitted(a) => Some(&**a),
         Access::Blind(_) => None,
     };
     let mut obs = observe(&access).await;
@@ -248,7 +248,7 @@ async fn grant_access(
     timeout: Duration,
 ) -> Result<Result<Access, Action>, Error> {
     Ok(Ok(match ctx.admit(worker).await {
-        Ok(admission) => Access::Admitted(admission),
+        Ok(admission) => Access::Admitted(Box::new(admission)),
         Err(AdmitError::InvalidSpec(e)) => {
             write_invalid_spec(api, worker, ctx, &e.to_string()).await?;
             return Err(e.into());

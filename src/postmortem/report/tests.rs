@@ -211,3 +211,121 @@ fn an_escalated_open_incident_without_a_cause_says_so() {
         .any(|f| f.contains("maxRestarts 3 reached")));
     assert!(markdown(&r).contains("No diagnosis of the incident found a cause."));
 }
+
+/// A Debug run whose copy dumped two cores: one analyzed, one not.
+fn debug_run(backtrace: &str) -> WorkerRecovery {
+    serde_json::from_value(json!({
+        "apiVersion": "workerrecovery.io/v1alpha1", "kind": "WorkerRecovery",
+        "metadata": {"name": "marie-debug", "namespace": "team-a"},
+        "spec": {"workerRef": {"name": "marie"}, "mode": "Debug"},
+        "status": {
+            "phase": "Failed",
+            "startTime": "2026-11-18T08:27:00Z",
+            "coreDumps": [
+                {"file": "/shared/cores/marie/marie-debug-1/core", "sizeBytes": 4096,
+                 "time": "2026-11-18T08:27:02Z", "signal": "SIGABRT",
+                 "executable": "/usr/local/bin/w", "command": "/usr/local/bin/w",
+                 "analysis": {"state": "Analyzed", "message": "exited with 0",
+                              "backtrace": backtrace}},
+                {"file": "/shared/cores/marie/marie-debug-1/core.2", "sizeBytes": 10,
+                 "analysis": {"state": "NotConfigured"}}
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+#[test]
+fn crash_dumps_are_in_the_timeline_the_report_and_its_follow_ups() {
+    let w = worker();
+    let i = incident(None);
+    let st = status(&i);
+    // A backtrace quoting a Markdown fence cannot end the report's own block.
+    let runs = [run(), debug_run("#0  w::abort_now ()\n```\n#1  w::main ()")];
+    let r = build(&Sources {
+        worker: &w,
+        status: &st,
+        incident: &i,
+        runs: &runs,
+        plans: &[],
+        now: t(300),
+    });
+
+    assert_eq!(r.crash_dumps.len(), 2);
+    assert_eq!(r.crash_dumps[0].run, "marie-debug");
+    let cores: Vec<(Option<Timestamp>, &str)> = r
+        .timeline
+        .iter()
+        .filter(|l| l.kind == "core")
+        .map(|l| (l.time, l.event.as_str()))
+        .collect();
+    assert_eq!(
+        cores,
+        [
+            (None, "the debug copy dumped core /shared/cores/marie/marie-debug-1/core.2 on an unknown signal (run marie-debug)"),
+            (
+                Some("2026-11-18T08:27:02Z".parse().unwrap()),
+                "/usr/local/bin/w dumped core /shared/cores/marie/marie-debug-1/core on SIGABRT (run marie-debug)"
+            ),
+        ]
+    );
+    assert!(r.follow_ups.iter().any(|f| f.starts_with(
+        "Find where /usr/local/bin/w died on SIGABRT in the backtrace of /shared/cores/marie/marie-debug-1/core"
+    )));
+    assert!(r
+        .follow_ups
+        .iter()
+        .any(|f| f.starts_with("Analyze the core /shared/cores/marie/marie-debug-1/core.2")));
+    let md = markdown(&r);
+    assert!(
+        md.contains("## Crash dumps\n\n### /shared/cores/marie/marie-debug-1/core\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- Signal: SIGABRT\n- Executable: /usr/local/bin/w\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("\n````text\n#0  w::abort_now ()\n```\n#1  w::main ()\n````\n"),
+        "{md}"
+    );
+    let json: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(json, r, "the JSON form reads back");
+}
+
+#[test]
+fn long_backtraces_share_one_budget_in_the_report() {
+    let w = worker();
+    let i = incident(None);
+    let st = status(&i);
+    let long = "x".repeat(crate::crash::MAX_BACKTRACE_BYTES);
+    let runs = [debug_run(&long), {
+        let mut r = debug_run(&long);
+        r.metadata.name = Some("marie-debug-2".into());
+        r
+    }];
+    let r = build(&Sources {
+        worker: &w,
+        status: &st,
+        incident: &i,
+        runs: &runs,
+        plans: &[],
+        now: t(300),
+    });
+    let kept: usize = r
+        .crash_dumps
+        .iter()
+        .filter_map(|d| d.core.analysis.backtrace.as_ref())
+        .map(String::len)
+        .sum();
+    assert!(kept <= MAX_REPORT_BACKTRACE_BYTES + 200, "{kept}");
+    assert!(r.crash_dumps[2]
+        .core
+        .analysis
+        .backtrace
+        .as_deref()
+        .unwrap()
+        .ends_with("[cut here: the whole backtrace is in the run's status]"));
+    let (md, json) = crate::postmortem::store::fit(r).unwrap();
+    assert!(md.len() <= 64 * 1024 && json.len() <= 64 * 1024);
+}

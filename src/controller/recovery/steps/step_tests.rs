@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::crd::worker_recovery::AnalysisState;
 use crate::{
     crd::worker_recovery::StepName, docker::fake::FakeRuntime, testing, testing::mock_api,
 };
@@ -522,4 +523,186 @@ async fn verify_health_fails_at_once_when_the_worker_exited_again_after_its_star
         "{}",
         result.message
     );
+}
+
+/// A Debug run of a Worker that declares `diagnostics.coreDumpDir: cores/{worker}`, with an
+/// analyzer configured when `analyzer`.
+async fn core_fixture(analyzer: bool) -> Fixture {
+    let mut f = fixture(testing::exited(134), json!({"mode": "Debug"})).await;
+    f.worker.spec.diagnostics.core_dump_dir = Some("cores/{worker}".into());
+    f.admission = f.ctx.admit(&f.worker).await.expect("admitted");
+    if analyzer {
+        f.ctx.core_analyzer = Some(crate::crash::Analyzer {
+            image: "wro-core-analyzer:dev".into(),
+            timeout: std::time::Duration::from_secs(30),
+            memory_bytes: 256 << 20,
+        });
+    }
+    f
+}
+
+/// The run's status after its DebugStart step gave `result`.
+fn status_after(result: &StepResult) -> crate::crd::worker_recovery::WorkerRecoveryStatus {
+    serde_json::from_value(json!({
+        "steps": [{"name": "DebugStart", "state": "Succeeded", "details": result.details}]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_debug_copy_dumps_its_cores_into_the_run_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = core_fixture(false).await;
+
+    let result = done(debug_start(&f.run()).await.unwrap());
+
+    assert_eq!(result.state(), StepState::Succeeded, "{}", result.message);
+    let run_dir = f.path("cores/marie/marie-1-uid-run");
+    assert_eq!(
+        result.details[cores::CORE_DIR_DETAIL],
+        [run_dir.display().to_string()]
+    );
+    assert!(result
+        .message
+        .contains(&format!("cores go to {}", run_dir.display())));
+    let mode = std::fs::metadata(&run_dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, crate::crash::RUN_DIR_MODE);
+    // The host's pattern is `core` (the fake host's): the copy starts in the mounted directory.
+    let clone = f.fake.clones.lock().unwrap()[0].clone();
+    let target = crate::crash::placement::WORKING_DIR_MOUNT;
+    assert_eq!(
+        clone.core_dir,
+        Some(crate::docker::BindMount {
+            host: run_dir,
+            target: target.into(),
+            read_only: false
+        })
+    );
+    assert_eq!(clone.working_dir.as_deref(), Some(target));
+    assert!(clone.core_unlimited);
+}
+
+#[tokio::test]
+async fn a_core_is_recorded_once_with_its_backtrace_when_the_copy_has_stopped() {
+    let f = core_fixture(true).await;
+    let result = done(debug_start(&f.run()).await.unwrap());
+    let mut status = status_after(&result);
+    let root = f.admission.paths.trusted_root.clone();
+    let run_dir = f.path("cores/marie/marie-1-uid-run");
+
+    // While the copy runs, nothing is read.
+    let looked = cores::look(&f.ctx, &f.rec, &root, &mut status)
+        .await
+        .unwrap();
+    assert_eq!(looked, (false, true));
+
+    let exe = "/usr/local/bin/sample-worker";
+    std::fs::write(
+        run_dir.join("core"),
+        crate::crash::core_file::tests::synthetic_core(6, "sample-worker", exe, &[exe]),
+    )
+    .unwrap();
+    let copy_id = f.container("marie-debug").id;
+    f.fake
+        .files
+        .lock()
+        .unwrap()
+        .insert(format!("{copy_id}:{exe}"), b"\x7fELF exe".to_vec());
+    *f.fake.job_output.lock().unwrap() = Some(crate::docker::JobOutput {
+        exit_code: Some(0),
+        output: "Thread 1 (LWP 7):\n#0  sample_worker::fault::abort_now ()".into(),
+        truncated: false,
+    });
+    f.fake
+        .containers
+        .lock()
+        .unwrap()
+        .get_mut("marie-debug")
+        .unwrap()
+        .running = false;
+
+    let looked = cores::look(&f.ctx, &f.rec, &root, &mut status)
+        .await
+        .unwrap();
+
+    assert_eq!(looked, (true, false));
+    let [dump] = status.core_dumps.as_slice() else {
+        panic!("one core: {:?}", status.core_dumps)
+    };
+    assert_eq!(dump.file, run_dir.join("core").display().to_string());
+    assert_eq!(dump.signal.as_deref(), Some("SIGABRT"));
+    assert_eq!(dump.executable.as_deref(), Some(exe));
+    assert_eq!(dump.analysis.state, AnalysisState::Analyzed);
+    assert!(dump
+        .analysis
+        .backtrace
+        .as_deref()
+        .unwrap()
+        .contains("abort_now"));
+    let kept = run_dir.join(".core.executable");
+    assert_eq!(std::fs::read(&kept).unwrap(), b"\x7fELF exe");
+    let jobs = f.fake.jobs.lock().unwrap().clone();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].image, "wro-core-analyzer:dev");
+    assert_eq!(jobs[0].labels[RUN_LABEL], "default/marie-1");
+    let mounts: Vec<_> = jobs[0]
+        .mounts
+        .iter()
+        .map(|m| (m.host.clone(), m.target.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (run_dir.join("core"), crate::crash::CORE_MOUNT, true),
+            (kept, crate::crash::EXECUTABLE_MOUNT, true)
+        ]
+    );
+
+    // Looked at again (an operator restart, the next poll): nothing is recorded twice.
+    let again = cores::look(&f.ctx, &f.rec, &root, &mut status)
+        .await
+        .unwrap();
+    assert_eq!(again, (false, false));
+    assert_eq!(
+        (status.core_dumps.len(), f.fake.jobs.lock().unwrap().len()),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn without_an_analyzer_a_core_is_recorded_and_says_why_it_has_no_backtrace() {
+    let f = core_fixture(false).await;
+    let result = done(debug_start(&f.run()).await.unwrap());
+    let mut status = status_after(&result);
+    let run_dir = f.path("cores/marie/marie-1-uid-run");
+    std::fs::write(run_dir.join("core.12"), b"garbage, not a core").unwrap();
+    f.fake.containers.lock().unwrap().remove("marie-debug");
+
+    let root = f.admission.paths.trusted_root.clone();
+    let looked = cores::look(&f.ctx, &f.rec, &root, &mut status)
+        .await
+        .unwrap();
+
+    assert_eq!(looked, (true, false));
+    let dump = &status.core_dumps[0];
+    assert_eq!(dump.analysis.state, AnalysisState::NotConfigured);
+    assert!(dump
+        .analysis
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("--core-analyzer-image"));
+    assert_eq!((dump.signal.as_ref(), dump.size_bytes), (None, 19));
+    assert!(f.fake.jobs.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn cores_are_not_collected_where_the_host_pipes_them_or_nothing_is_declared() {
+    let f = fixture(testing::exited(134), json!({"mode": "Debug"})).await;
+    let result = done(debug_start(&f.run()).await.unwrap());
+    assert!(result
+        .message
+        .contains("core dumps are not collected (no spec.diagnostics.coreDumpDir)"));
+    assert!(!result.details.contains_key(cores::CORE_DIR_DETAIL));
+    assert_eq!(f.fake.clones.lock().unwrap()[0].core_dir, None);
 }
