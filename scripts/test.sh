@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit tests, and the end-to-end tests
-# against the real local stack (kube-apiserver + etcd + dockerd) and the real sample worker.
+# against the real local stack (kube-apiserver + etcd + dockerd), the real sample worker and the
+# core analyzer image (wro-core-analyzer:dev, gdb).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +29,9 @@ bash scripts/test-alerts.sh
 
 step "sample worker image"
 bash scripts/build-worker-image.sh
+
+step "core analyzer image (Debian's gdb-minimal, for the backtraces of core dumps)"
+bash scripts/build-analyzer-image.sh
 
 step "operator unit and end-to-end tests"
 cargo test --locked

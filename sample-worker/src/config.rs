@@ -221,6 +221,12 @@ mod tests {
             c.required_binaries,
             Some(vec!["claude".into(), "git".into()])
         );
+        assert_eq!(
+            cfg(&[("WORKER_NAME", "x"), ("FAULT_MODE", "abort")])
+                .unwrap()
+                .fault_mode,
+            FaultMode::Abort
+        );
     }
 
     #[test]

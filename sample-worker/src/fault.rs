@@ -14,6 +14,8 @@ use crate::log;
 pub enum FaultMode {
     None,
     Crash,
+    /// Dies by SIGABRT (`abort()`), so the kernel dumps core.
+    Abort,
     Oom,
     /// Memory grows at a steady rate (a leak) while the worker goes on working.
     Leak,
@@ -27,6 +29,7 @@ impl FaultMode {
         match self {
             FaultMode::None => "none",
             FaultMode::Crash => "crash",
+            FaultMode::Abort => "abort",
             FaultMode::Oom => "oom",
             FaultMode::Leak => "leak",
             FaultMode::FdLeak => "fd-leak",
@@ -52,13 +55,14 @@ impl FromStr for FaultMode {
         match norm.as_str() {
             "" | "none" | "off" => Ok(FaultMode::None),
             "crash" => Ok(FaultMode::Crash),
+            "abort" => Ok(FaultMode::Abort),
             "oom" => Ok(FaultMode::Oom),
             "leak" => Ok(FaultMode::Leak),
             "fd-leak" | "fdleak" => Ok(FaultMode::FdLeak),
             "hang" => Ok(FaultMode::Hang),
             "missing-dependency" | "missing-dep" => Ok(FaultMode::MissingDependency),
             _ => Err(format!(
-                "unknown fault mode {:?} (expected one of: none, crash, oom, leak, fd-leak, hang, missing-dependency)",
+                "unknown fault mode {:?} (expected one of: none, crash, abort, oom, leak, fd-leak, hang, missing-dependency)",
                 s.trim()
             )),
         }
@@ -90,6 +94,15 @@ pub fn first_missing<'a>(bins: &'a [String], path_var: &str) -> Option<&'a str> 
     bins.iter()
         .map(String::as_str)
         .find(|b| find_in_path(b, path_var).is_none())
+}
+
+/// `abort` fault: dies at once by SIGABRT through `std::process::abort()` (libc
+/// `abort()`), so the kernel dumps core where `core_pattern` and `ulimit -c`
+/// say. Never inlined (nor is its caller in the worker loop), so a backtrace of
+/// that core names `sample_worker::fault::abort_now`.
+#[inline(never)]
+pub fn abort_now() -> ! {
+    std::process::abort()
 }
 
 /// `oom` fault: allocate 1 MiB chunks, touching every byte so the memory is
@@ -180,6 +193,7 @@ mod tests {
             ("", FaultMode::None),
             ("none", FaultMode::None),
             ("crash", FaultMode::Crash),
+            ("abort", FaultMode::Abort),
             ("oom", FaultMode::Oom),
             ("leak", FaultMode::Leak),
             ("fd-leak", FaultMode::FdLeak),
@@ -203,9 +217,19 @@ mod tests {
     }
 
     #[test]
+    fn abort_mode() {
+        assert_eq!("abort".parse::<FaultMode>(), Ok(FaultMode::Abort));
+        assert_eq!(" ABORT\n".parse::<FaultMode>(), Ok(FaultMode::Abort));
+        assert_eq!(FaultMode::Abort.to_string(), "abort");
+        assert_ne!(FaultMode::Abort, FaultMode::Crash);
+    }
+
+    #[test]
     fn rejects_unknown() {
         let err = "explode".parse::<FaultMode>().unwrap_err();
         assert!(err.contains("unknown fault mode \"explode\""), "{err}");
+        assert!(err.contains("crash, abort, oom"), "{err}");
+        assert!("aborted".parse::<FaultMode>().is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! | `TASK_DURATION_MS`        | `500`          | Simulated work per task (a task's `"duration_ms"` overrides it). |
 //! | `POLL_INTERVAL_MS`        | `200`          | Idle poll period for new tasks / the fault file. |
 //! | `METRICS_ADDR`            | `0.0.0.0:9091` | `ip:port` (or `:port`) of the `/metrics` endpoint. |
-//! | `FAULT_MODE`              | `none`         | `none`, `crash`, `oom`, `leak`, `fd-leak`, `hang`, `missing-dependency`. |
+//! | `FAULT_MODE`              | `none`         | `none`, `crash`, `abort`, `oom`, `leak`, `fd-leak`, `hang`, `missing-dependency`. |
 //! | `FAULT_AFTER_SECS`        | `0`            | Delay before `FAULT_MODE` is applied. |
 //! | `REQUIRED_BINARIES`       | (unset)        | Comma list that must be on `PATH` at start, else exit 127. `missing-dependency` defaults it to `claude`. |
 //! | `OOM_MAX_MIB`             | `1024`         | Safety cap of the `oom` fault (exit 137 if reached without an OOM kill). |
@@ -67,6 +67,14 @@
 //!
 //! * `crash`: takes one waiting task to `active/` (with lock) if none is
 //!   active, logs `FATAL: simulated crash (fault mode crash)...`, exits 3.
+//! * `abort`: logs `FATAL: simulated abort (fault mode abort): raising
+//!   SIGABRT` and calls `abort()` (through the never-inlined
+//!   `worker::simulate_abort` and `fault::abort_now`, so a backtrace of the
+//!   core names them): killed by SIGABRT, exit 134, core dumped as
+//!   `core_pattern` and `ulimit -c` say (e.g. `--ulimit core=-1`). As PID 1 of
+//!   a container the kernel ignores SIGABRT and glibc's `abort()` falls back to
+//!   a SIGSEGV (exit 139, still with a core, logged as a WARN first): run it
+//!   with `docker run --init` for the real SIGABRT.
 //! * `oom`: allocates and touches 1 MiB chunks, logging every 8 MiB, until the
 //!   OOM killer kills it (exit 137, `OOMKilled=true` under `-m`).
 //! * `leak`: memory grows by `LEAK_MIB_PER_SEC` every second (resident, in tenth-of-a-second

@@ -404,6 +404,7 @@ impl Worker {
                 }
                 std::process::exit(EXIT_CRASH);
             }
+            FaultMode::Abort => simulate_abort(active.map(|t| t.task.id.as_str())),
             FaultMode::Oom => {
                 log::warn(&format!(
                     "fault mode oom: allocating memory in 1 MiB chunks until the OOM killer strikes (cap {} MiB)",
@@ -493,6 +494,29 @@ impl Worker {
             )),
         }
     }
+}
+
+/// `abort` fault: logs the FATAL line, then dies by SIGABRT with a core dump
+/// (`fault::abort_now`). Never inlined, so the core's backtrace shows
+/// `sample_worker::worker::simulate_abort` calling `sample_worker::fault::abort_now`.
+#[inline(never)]
+fn simulate_abort(active_task: Option<&str>) -> ! {
+    if std::process::id() == 1 {
+        // The kernel drops SIGABRT (any signal left at its default action but
+        // SIGKILL/SIGSTOP) for the init of a PID namespace; glibc's abort()
+        // then falls back to `hlt`, i.e. a SIGSEGV, still with a core dump.
+        log::warn(
+            "running as PID 1: the kernel ignores SIGABRT for a PID namespace's init, so this \
+             ends in SIGSEGV (exit 139) instead; run the container with --init for a real SIGABRT",
+        );
+    }
+    match active_task {
+        Some(id) => log::fatal(&format!(
+            "simulated abort (fault mode abort) while processing task {id}: raising SIGABRT"
+        )),
+        None => log::fatal("simulated abort (fault mode abort): raising SIGABRT"),
+    }
+    fault::abort_now()
 }
 
 /// Exits with 127 if one of `bins` is not on PATH.
