@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One-command demo: local stack, CRDs, the operator, two demo workers; crash one, watch it heal.
+# Builds the images wro-sample-worker:dev and wro-core-analyzer:dev (gdb) on the way.
 #
 #   scripts/demo.sh          run the demo (leaves everything running so you can explore)
 #   scripts/demo.sh clean    stop the operator and remove the demo workers (the stack stays up;
@@ -50,6 +51,8 @@ say "Local stack: kube-apiserver + etcd + Docker (first run builds them from sou
 bash scripts/stack.sh up
 say "Sample worker image"
 bash scripts/build-worker-image.sh >/dev/null
+say "Core analyzer image (gdb, for the backtraces of core dumps)"
+bash scripts/build-analyzer-image.sh >/dev/null
 say "CRDs"
 kc apply --server-side --force-conflicts -f crds/
 kc wait --for=condition=Established --timeout=60s crd/workers.workerrecovery.io >/dev/null
@@ -85,7 +88,7 @@ done
 say "Operator (log: ${OPERATOR_LOG})"
 cargo build --quiet --locked
 bin="${CARGO_TARGET_DIR:-target}/debug/worker-recovery-operator"
-KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" nohup "${bin}" run --listen 127.0.0.1:18080 --allowed-root "${DEMO_DIR}" >"${OPERATOR_LOG}" 2>&1 &
+KUBECONFIG="${REPO_ROOT}/.stack/kubeconfig" nohup "${bin}" run --listen 127.0.0.1:18080 --allowed-root "${DEMO_DIR}" --core-analyzer-image wro-core-analyzer:dev >"${OPERATOR_LOG}" 2>&1 &
 echo $! >"${OPERATOR_PID}"
 for w in "${WORKERS[@]}"; do wait_phase "${w}" Healthy 60; done
 kc get workers

@@ -5,25 +5,10 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::*;
-
-fn postmortem_cli(stack: &Stack, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
-        .arg("postmortem")
-        .args(args)
-        .env("KUBECONFIG", &stack.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "postmortem {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn a_crash_loop_escalated_to_the_last_level_is_one_post_mortem_with_every_attempt_and_level() {

@@ -315,15 +315,6 @@ fn a_debug_run_starts_a_debug_copy_and_removes_it_with_the_run() {
     );
 }
 
-/// Removes a container when a test ends, whatever happened.
-struct RemoveOnDrop(String);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = docker(&["rm", "-f", &self.0]);
-    }
-}
-
 /// The operator is killed with SIGKILL at random moments while its clean-state step works
 /// through thousands of active tasks, 30 times, then left to finish: no task is lost, none is
 /// duplicated, each `retry_count` went up exactly once and every other field is unchanged.

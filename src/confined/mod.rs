@@ -44,7 +44,7 @@ pub use read::{
 };
 pub(crate) use read::{read_capped, ReadOutcome};
 pub(crate) use write::{dir_owner, rename_noreplace, write_new, Owner};
-pub use write::{make_dir, place_file};
+pub use write::{make_dir, place_file, remove_dir_tree};
 
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use std::{
     ffi::OsStr,
     io::{self, Write},
+    path::Path,
 };
 
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
@@ -127,7 +128,7 @@ pub(crate) fn write_new(
 
 /// Make the directory `path` below `root` (and the missing ones above it), then give it
 /// `mode`: a directory another user (a worker's) must write into.
-pub fn make_dir(root: &std::path::Path, path: &std::path::Path, mode: u32) -> Result<()> {
+pub fn make_dir(root: &Path, path: &Path, mode: u32) -> Result<()> {
     let start = super::open_root(root)?;
     let dir = super::open_path(&start, path, true)?
         .ok_or_else(|| super::FsError::Missing(path.into()))?;
@@ -139,21 +140,9 @@ pub fn make_dir(root: &std::path::Path, path: &std::path::Path, mode: u32) -> Re
 /// Put `bytes` at `path` below `root` as a new file of `mode`, atomically: written and
 /// fsynced under a hidden name, then renamed in place. A file already there is kept (the
 /// same content was placed by an earlier attempt).
-pub fn place_file(
-    root: &std::path::Path,
-    path: &std::path::Path,
-    bytes: &[u8],
-    mode: u32,
-) -> Result<()> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| super::FsError::Missing(path.into()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| super::FsError::Missing(path.into()))?;
-    let start = super::open_root(root)?;
-    let dir = super::open_path(&start, parent, false)?
-        .ok_or_else(|| super::FsError::Missing(parent.into()))?;
+pub fn place_file(root: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let (dir, name) = open_parent(root, path)?;
+    let dir = dir.ok_or_else(|| super::FsError::Missing(path.into()))?;
     if dir.lstat(name)?.is_some() {
         return Ok(());
     }
@@ -170,4 +159,25 @@ pub fn place_file(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Remove the directory `path` below `root` and everything in it, never following a symlink;
+/// how many entries went (0 when it was not there).
+pub fn remove_dir_tree(root: &Path, path: &Path) -> Result<u64> {
+    match open_parent(root, path)? {
+        (Some(dir), name) => super::remove_tree::remove_tree(&dir, name),
+        (None, _) => Ok(0),
+    }
+}
+
+/// The directory holding `path` (below `root`), opened confined, and `path`'s last name;
+/// `None` when that directory does not exist.
+fn open_parent<'p>(root: &Path, path: &'p Path) -> Result<(Option<ConfinedDir>, &'p OsStr)> {
+    let missing = || super::FsError::Missing(path.into());
+    let (parent, name) = (
+        path.parent().ok_or_else(missing)?,
+        path.file_name().ok_or_else(missing)?,
+    );
+    let start = super::open_root(root)?;
+    Ok((super::open_path(&start, parent, false)?, name))
 }

@@ -27,9 +27,11 @@ pub const MAX_EXECUTABLE_BYTES: u64 = 256 << 20;
 /// user), only its owner (root) may list it; the sticky bit keeps one user's files from
 /// another.
 pub const RUN_DIR_MODE: u32 = 0o1733;
-/// Where the analyzer finds the core and the executable.
+/// Where the analyzer finds the core.
 pub const CORE_MOUNT: &str = "/analyze/core";
-pub const EXECUTABLE_MOUNT: &str = "/analyze/executable";
+/// Where the analyzer finds the executable, under its own name (gdb warns when the core's
+/// command name and the executable's file name differ).
+pub const EXECUTABLE_DIR: &str = "/analyze/bin";
 
 /// The core analyzer, as the administrator configured it (`--core-analyzer-image`): an image
 /// with `gdb` on its PATH, such as the one `scripts/build-analyzer-image.sh` builds from
@@ -43,9 +45,26 @@ pub struct Analyzer {
 }
 
 impl Analyzer {
+    /// Where the executable `path` (of the core's process) is mounted: under its file name
+    /// when that is a plain one, which a bind mount's `host:target` form cannot misread.
+    pub fn executable_mount(path: &str) -> String {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+        format!(
+            "{EXECUTABLE_DIR}/{}",
+            if plain { name } else { "executable" }
+        )
+    }
+
     /// gdb in batch mode, without init files or auto-loaded scripts (the executable is the
-    /// worker's, untrusted: `.debug_gdb_scripts` must not run).
-    pub fn command() -> Vec<String> {
+    /// worker's, untrusted: `.debug_gdb_scripts` must not run), on the executable mounted at
+    /// `executable` and the core.
+    pub fn command(executable: &str) -> Vec<String> {
         [
             "gdb",
             "-nx",
@@ -56,7 +75,7 @@ impl Analyzer {
             "set pagination off",
             "-ex",
             "thread apply all bt full",
-            EXECUTABLE_MOUNT,
+            executable,
             CORE_MOUNT,
         ]
         .map(String::from)

@@ -101,9 +101,29 @@ fn backtraces_are_capped_on_a_character_boundary() {
 
 #[test]
 fn gdb_runs_without_scripts_of_the_executable() {
-    let cmd = Analyzer::command();
+    let cmd = Analyzer::command("/analyze/bin/w");
     assert_eq!(cmd[0], "gdb");
     assert!(cmd.windows(2).any(|w| w == ["-iex", "set auto-load off"]));
     assert!(cmd.contains(&"-nx".to_string()));
-    assert_eq!(&cmd[cmd.len() - 2..], [EXECUTABLE_MOUNT, CORE_MOUNT]);
+    assert_eq!(&cmd[cmd.len() - 2..], ["/analyze/bin/w", CORE_MOUNT]);
+}
+
+#[test]
+fn the_executable_keeps_a_plain_name_only() {
+    let mount = Analyzer::executable_mount;
+    assert_eq!(
+        mount("/usr/local/bin/sample-worker"),
+        "/analyze/bin/sample-worker"
+    );
+    assert_eq!(mount("/usr/bin/python3.11"), "/analyze/bin/python3.11");
+    for odd in [
+        "/bin/a:b",
+        "/bin/a,ro",
+        "/bin/",
+        "/bin/..",
+        "/x/has space",
+        "",
+    ] {
+        assert_eq!(mount(odd), "/analyze/bin/executable", "{odd:?}");
+    }
 }

@@ -816,15 +816,21 @@ fn add_bind(host: &mut HostConfig, mount: &BindMount) {
     if let Some(mounts) = host.mounts.as_mut() {
         mounts.retain(|m| m.target.as_deref().map(|t| t.trim_end_matches('/')) != Some(target));
     }
-    host.binds
+    host.mounts
         .get_or_insert_with(Vec::new)
-        .push(bind_spec(mount));
+        .push(bind_mount(mount));
 }
 
-/// `host:target[:ro]`, as `docker run -v` takes it.
-pub(super) fn bind_spec(mount: &BindMount) -> String {
-    let mode = if mount.read_only { ":ro" } else { "" };
-    format!("{}:{}{mode}", mount.host.display(), mount.target)
+/// A bind mount as the API takes it: source and target as fields, never parsed out of a
+/// `host:target` string (a file name with `:` in it cannot change what is mounted).
+pub(super) fn bind_mount(mount: &BindMount) -> bollard::models::Mount {
+    bollard::models::Mount {
+        target: Some(mount.target.clone()),
+        source: Some(mount.host.display().to_string()),
+        typ: Some(bollard::models::MountType::BIND),
+        read_only: Some(mount.read_only),
+        ..Default::default()
+    }
 }
 
 /// A ulimit set on the container (`--ulimit nofile=soft:hard`).
@@ -1061,6 +1067,34 @@ fn parse_docker_time(raw: Option<&str>) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_directory_replaces_what_the_container_mounted_at_its_target() {
+        let mut host = HostConfig {
+            binds: Some(vec!["/data:/shared".into(), "/old:/var/crash:ro".into()]),
+            mounts: Some(vec![bollard::models::Mount {
+                target: Some("/var/crash/".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let dir = BindMount {
+            host: "/shared/cores/marie/run: x".into(),
+            target: "/var/crash".into(),
+            read_only: false,
+        };
+        add_bind(&mut host, &dir);
+        assert_eq!(host.binds.unwrap(), ["/data:/shared"]);
+        let mounts = host.mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("/shared/cores/marie/run: x")
+        );
+        assert_eq!(mounts[0].target.as_deref(), Some("/var/crash"));
+        assert_eq!(mounts[0].typ, Some(bollard::models::MountType::BIND));
+        assert_eq!(mounts[0].read_only, Some(false));
+    }
 
     #[test]
     fn docker_zero_time_means_never() {

@@ -268,3 +268,12 @@ pub fn unix_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Removes a container when a test ends, whatever happened.
+pub struct RemoveOnDrop(pub String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}

@@ -259,3 +259,20 @@ impl Lcg {
         (self.0 >> 33) % bound
     }
 }
+
+/// `worker-recovery-operator postmortem ARGS` against the stack; its standard output, which
+/// must be a success.
+pub fn postmortem_cli(stack: &Stack, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker-recovery-operator"))
+        .arg("postmortem")
+        .args(args)
+        .env("KUBECONFIG", &stack.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "postmortem {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -11,6 +11,7 @@ use crate::{
     blocking, confined,
     controller::Context,
     crash::{self, core_file, placement::Placement, Analyzer, FoundCore},
+    crd::worker::Worker,
     crd::worker_recovery::{
         AnalysisState, CoreAnalysis, CoreDump, StepName, WorkerRecovery, WorkerRecoveryStatus,
     },
@@ -84,6 +85,26 @@ async fn on_pool(
     match blocking::run(f).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Remove the run's core directory with the run (as its debug copy is): the cores are the
+/// run's evidence, and kept as long as it is. `None` when the directory was kept because the
+/// Worker is gone or not admitted (nothing is removed without a confined root).
+pub async fn remove(ctx: &Context, rec: &WorkerRecovery, worker: Option<&Worker>) -> Option<u64> {
+    let dir = recorded_dir(rec.status.as_ref()?)?;
+    let admission = ctx.admit(worker?).await.ok()?;
+    let root = admission.paths.trusted_root.clone();
+    match blocking::run(move || confined::remove_dir_tree(&root, &dir)).await {
+        Ok(Ok(removed)) => Some(removed),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not remove the run's core directory");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove the run's core directory");
+            None
+        }
     }
 }
 
@@ -251,13 +272,14 @@ async fn analyze(
     if let Err(e) = on_pool(move || confined::place_file(&root, &placed, &bytes, 0o400)).await {
         return failed(format!("cannot keep the executable next to the core: {e}"));
     }
+    let exe_mount = Analyzer::executable_mount(executable);
     let job = Job {
         name: format!("{}-core-{index}", run_dir_name(rec)),
         image: analyzer.image.clone(),
-        command: Analyzer::command(),
+        command: Analyzer::command(&exe_mount),
         mounts: vec![
             read_only(&core.path, crash::CORE_MOUNT),
-            read_only(&exe_path, crash::EXECUTABLE_MOUNT),
+            read_only(&exe_path, &exe_mount),
         ],
         labels: [(RUN_LABEL.to_string(), run_key(rec))].into(),
         timeout: analyzer.timeout,

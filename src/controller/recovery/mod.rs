@@ -735,7 +735,8 @@ pub(crate) fn verdict_summary(d: &Diagnosis) -> String {
     )
 }
 
-/// A deleted run: remove the debug container it created, then let the object go.
+/// A deleted run: remove the debug container it created and its core directory, then let the
+/// object go.
 async fn clean_up(
     rec: &WorkerRecovery,
     ctx: &Context,
@@ -748,8 +749,9 @@ async fn clean_up(
     // The container name is taken from the Worker when it still exists, else from the step.
     let workers: Api<Worker> =
         Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
-    let container = match workers.get_opt(&rec.spec.worker_ref.name).await? {
-        Some(w) => Some(w.spec.container),
+    let worker = workers.get_opt(&rec.spec.worker_ref.name).await?;
+    let container = match &worker {
+        Some(w) => Some(w.spec.container.clone()),
         None => rec
             .status
             .as_ref()
@@ -761,6 +763,9 @@ async fn clean_up(
         if steps::remove_debug_container(ctx, rec, &container).await? {
             info!(container = %format!("{container}-debug"), "removed the run's debug container");
         }
+    }
+    if let Some(removed) = cores::remove(ctx, rec, worker.as_ref()).await {
+        info!(removed, "removed the run's core directory");
     }
     // The debug copy stood in for the worker: the Worker is free for the next writer.
     let me = writer::Holder::Run(rec.name_any());

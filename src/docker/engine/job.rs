@@ -13,7 +13,7 @@ use bollard::{
 };
 use futures::StreamExt;
 
-use super::{bind_spec, container_error, map_error, DockerEngine};
+use super::{bind_mount, container_error, map_error, DockerEngine};
 use crate::docker::{DockerError, Job, JobOutput};
 
 impl DockerEngine {
@@ -51,7 +51,7 @@ impl DockerEngine {
     ) -> Result<JobOutput, DockerError> {
         self.clear_leftover(job).await?;
         let host = HostConfig {
-            binds: Some(job.mounts.iter().map(bind_spec).collect()),
+            mounts: Some(job.mounts.iter().map(bind_mount).collect()),
             network_mode: Some("none".into()),
             readonly_rootfs: Some(true),
             tmpfs: Some([("/tmp".to_string(), "size=64m".to_string())].into()),

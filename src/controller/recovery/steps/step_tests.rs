@@ -654,7 +654,7 @@ async fn a_core_is_recorded_once_with_its_backtrace_when_the_copy_has_stopped() 
         mounts,
         [
             (run_dir.join("core"), crate::crash::CORE_MOUNT, true),
-            (kept, crate::crash::EXECUTABLE_MOUNT, true)
+            (kept, "/analyze/bin/sample-worker", true)
         ]
     );
 
