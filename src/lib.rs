@@ -26,6 +26,7 @@ pub mod operator;
 pub mod postmortem;
 pub mod recover;
 pub mod server;
+pub mod systemd;
 pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod testing;

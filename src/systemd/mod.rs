@@ -1,0 +1,237 @@
+//! systemd services over D-Bus (runbook: `systemctl restart agent-worker-marie`), through zbus
+//! and the generated proxies of `zbus_systemd`, never by running `systemctl`.
+//!
+//! [`Systemd::unit`] reads a service's state in two calls (`GetAll` of its `Unit` and
+//! `Service` interfaces) and [`unit::UnitInfo`] makes sense of it; start, stop and restart
+//! queue a job (mode `replace`) and wait until the unit has settled; [`Systemd::set_memory_max`]
+//! changes the limit of the running unit (`SetUnitProperties`, runtime only).
+
+pub mod unit;
+
+use std::{collections::HashMap, time::Duration};
+
+use zbus::{
+    fdo::PropertiesProxy,
+    names::InterfaceName,
+    zvariant::{OwnedObjectPath, OwnedValue, Value},
+    Connection,
+};
+use zbus_systemd::systemd1::ManagerProxy;
+
+use unit::{Prop, Props, UnitInfo};
+
+const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
+/// How often a unit is looked at while a job changes it.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// Errors talking to systemd.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("systemd unreachable over D-Bus: {0}")]
+    Unavailable(String),
+    #[error("systemd refused {operation} of {unit}: {message}")]
+    Refused {
+        operation: &'static str,
+        unit: String,
+        message: String,
+    },
+    #[error("unit {unit} did not settle within {}s (still {state})", .waited.as_secs())]
+    NotSettled {
+        unit: String,
+        state: String,
+        waited: Duration,
+    },
+}
+
+/// The system manager of one host, over one D-Bus connection.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: Connection,
+}
+
+impl Systemd {
+    /// Connect to the system bus, or to the bus at `address` (`unix:path=...`: a systemd in a
+    /// container, whose bus socket is mounted on the host).
+    pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
+        let unavailable = |e: zbus::Error| SystemdError::Unavailable(e.to_string());
+        let conn = match address {
+            Some(address) => {
+                zbus::connection::Builder::address(address)
+                    .map_err(unavailable)?
+                    .build()
+                    .await
+            }
+            None => Connection::system().await,
+        }
+        .map_err(unavailable)?;
+        Ok(Self { conn })
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'_>, SystemdError> {
+        ManagerProxy::new(&self.conn)
+            .await
+            .map_err(|e| SystemdError::Unavailable(e.to_string()))
+    }
+
+    /// The service `name` as systemd has it now; one that systemd does not know reads with
+    /// `load_state` `not-found`.
+    pub async fn unit(&self, name: &str) -> Result<UnitInfo, SystemdError> {
+        let refused = |e: zbus::Error| refusal("inspect", name, e);
+        let path = self
+            .manager()
+            .await?
+            .load_unit(name.to_string())
+            .await
+            .map_err(refused)?;
+        let unit = self.props(&path, UNIT_INTERFACE).await.map_err(refused)?;
+        let service = if unit.get("LoadState") == Some(&Prop::Text("not-found".into())) {
+            Props::new()
+        } else {
+            self.props(&path, SERVICE_INTERFACE)
+                .await
+                .map_err(refused)?
+        };
+        Ok(UnitInfo::from_props(name, &unit, &service))
+    }
+
+    async fn props(&self, path: &OwnedObjectPath, interface: &str) -> zbus::Result<Props> {
+        let proxy = PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")?
+            .path(path.clone())?
+            .build()
+            .await?;
+        let all: HashMap<String, OwnedValue> =
+            proxy.get_all(InterfaceName::try_from(interface)?).await?;
+        Ok(all.into_iter().map(|(k, v)| (k, prop(&v))).collect())
+    }
+
+    /// Start the unit (`StartUnit`, mode `replace`) and wait until it has settled.
+    pub async fn start(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
+        let m = self.manager().await?;
+        m.start_unit(name.into(), "replace".into())
+            .await
+            .map_err(|e| refusal("start", name, e))?;
+        self.settled(name, wait).await
+    }
+
+    /// Stop the unit (systemd's `TimeoutStopSec=` is its grace period) and wait until it has
+    /// settled.
+    pub async fn stop(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
+        let m = self.manager().await?;
+        m.stop_unit(name.into(), "replace".into())
+            .await
+            .map_err(|e| refusal("stop", name, e))?;
+        self.settled(name, wait).await
+    }
+
+    /// Restart the unit (a stopped one is started) and wait until it has settled.
+    pub async fn restart(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
+        let m = self.manager().await?;
+        // A failed unit keeps its result until reset; the restart begins a new one.
+        let _ = m.reset_failed_unit(name.into()).await;
+        m.restart_unit(name.into(), "replace".into())
+            .await
+            .map_err(|e| refusal("restart", name, e))?;
+        self.settled(name, wait).await
+    }
+
+    /// Set `MemoryMax=` of the unit for as long as it runs (`SetUnitProperties`, runtime):
+    /// the cgroup's limit changes at once, the unit file stays as it is.
+    pub async fn set_memory_max(&self, name: &str, bytes: u64) -> Result<(), SystemdError> {
+        let value = OwnedValue::try_from(Value::U64(bytes))
+            .map_err(|e| SystemdError::Unavailable(e.to_string()))?;
+        self.manager()
+            .await?
+            .set_unit_properties(name.into(), true, vec![("MemoryMax".into(), value)])
+            .await
+            .map_err(|e| refusal("set MemoryMax", name, e))
+    }
+
+    /// Make systemd read its unit files again (`Reload`, `systemctl daemon-reload`).
+    pub async fn reload(&self) -> Result<(), SystemdError> {
+        self.manager()
+            .await?
+            .reload()
+            .await
+            .map_err(|e| refusal("reload", "the manager", e))
+    }
+
+    /// The unit once no job changes it any more, within `wait`.
+    async fn settled(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let unit = self.unit(name).await?;
+            if !unit.active_state.in_transition() {
+                return Ok(unit);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SystemdError::NotSettled {
+                    unit: name.into(),
+                    state: format!("{:?}", unit.active_state),
+                    waited: wait,
+                });
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+}
+
+/// A method error is systemd's answer; anything else means the bus is gone.
+fn refusal(operation: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+    match e {
+        zbus::Error::MethodError(name, message, _) => SystemdError::Refused {
+            operation,
+            unit: unit.into(),
+            message: format!("{name}: {}", message.unwrap_or_default()),
+        },
+        other => SystemdError::Unavailable(other.to_string()),
+    }
+}
+
+/// A property value as [`unit`] reads them.
+fn prop(v: &Value<'_>) -> Prop {
+    match v {
+        Value::U8(n) => Prop::Unsigned(u64::from(*n)),
+        Value::U16(n) => Prop::Unsigned(u64::from(*n)),
+        Value::U32(n) => Prop::Unsigned(u64::from(*n)),
+        Value::U64(n) => Prop::Unsigned(*n),
+        Value::I16(n) => Prop::Signed(i64::from(*n)),
+        Value::I32(n) => Prop::Signed(i64::from(*n)),
+        Value::I64(n) => Prop::Signed(*n),
+        Value::Str(s) => Prop::Text(s.to_string()),
+        Value::Array(items) => Prop::Texts(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Value::Str(s) => Some(s.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Value::Value(inner) => prop(inner),
+        _ => Prop::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dbus_values_become_props() {
+        assert_eq!(prop(&Value::U32(7)), Prop::Unsigned(7));
+        assert_eq!(prop(&Value::I32(-9)), Prop::Signed(-9));
+        assert_eq!(prop(&Value::from("failed")), Prop::Text("failed".into()));
+        let env = Value::from(vec!["A=1", "WORKERRECOVERY_WORKER=ns/w"]);
+        assert_eq!(
+            prop(&env),
+            Prop::Texts(vec!["A=1".into(), "WORKERRECOVERY_WORKER=ns/w".into()])
+        );
+        assert_eq!(prop(&Value::Bool(true)), Prop::Other);
+        assert_eq!(
+            prop(&Value::Value(Box::new(Value::U64(3)))),
+            Prop::Unsigned(3)
+        );
+    }
+}
