@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Local stack for tests and the demo: a real etcd + kube-apiserver (envtest
-# style: no kubelet, no controller-manager unless up --cluster), a Jaeger v2 and a
-# Docker engine.
+# style: no kubelet, no controller-manager unless up --cluster), a Jaeger v2, a
+# Docker engine and, on demand, a systemd node (a container with systemd as PID 1).
 #
 #   scripts/stack.sh up        build what is missing, start what is not running, wait until ready
 #   scripts/stack.sh down      stop everything this script started (add --purge to also wipe .stack/ state;
-#                              --cluster stops only the cluster parts of up --cluster)
+#                              --cluster stops only the cluster parts of up --cluster, --systemd only the systemd node)
 #   scripts/stack.sh status    show each component, its pid/version and whether it answers (exit 1 if any does not)
 #   scripts/stack.sh env       print shell exports: eval "$(scripts/stack.sh env)"
 #   scripts/stack.sh up --cluster   also a one-node cluster: containerd, kubelet, scheduler, controller-manager
 #   scripts/stack.sh load-image IMAGE...   copy images from the Docker engine into the cluster's containerd
 #   scripts/stack.sh helm      build helm if missing (nothing else), print its path
 #   scripts/stack.sh prometheus   unpack Debian's prometheus + promtool if missing, print their directory
+#   scripts/stack.sh systemd   start the systemd node (container wro-systemd: systemd as PID 1) if not running, wait until ready
 #
 # Binaries are built from source with Go (hack/k8s, hack/etcd, hack/jaeger,
 # hack/helm) on first use (in parallel) and cached outside the repo, keyed by version:
@@ -34,6 +35,16 @@
 #   with --cluster: kubelet 10250 (API, anonymous) + 10248 (healthz), kube-scheduler 10259,
 #                   kube-controller-manager 10257; containerd on .stack/containerd/containerd.sock
 #
+# The systemd node (on demand, `systemd`; see the systemd section below): the container
+# wro-systemd of the image wro-systemd:dev (scripts/build-systemd-image.sh, built if missing),
+# systemd 252 as PID 1 on the host's network, for the operator's systemd backend. Host side,
+# all in .stack/systemd/:
+#   dbus/system_bus_socket   its system bus (the node's /run/dbus): WRO_SYSTEMD_BUS=unix:path=...
+#   units/                   unit files read by the node (its /usr/local/lib/systemd/system): drop one, Reload
+#   shared/                  mounted at the same absolute path in the node (workers' SHARED_ROOTs)
+#   journal/                 its persistent journal (/var/log/journal): journalctl -D .stack/systemd/journal
+#   machine-id               its machine id (the journal's subdirectory), made once
+#
 # Environment knobs (all optional):
 #   WRO_CACHE_DIR               binary cache root (see above)
 #   WRO_STACK_TIMEOUT           seconds to wait for each component to become ready (default 180)
@@ -42,6 +53,8 @@
 #   WRO_SKIP_HELM=1             do not build helm on 'up' ('helm' still builds it)
 #   WRO_SKIP_DOCKER=1           do not check/start a Docker engine
 #   WRO_CLUSTER=1               same as up --cluster
+#   WRO_SYSTEMD=1               status: report the systemd node as a required part (shown whenever it exists)
+#   WRO_SYSTEMD_IMAGE           image of the systemd node (default wro-systemd:dev)
 #   WRO_CNI_BIN_DIR             CNI plugin binaries for --cluster (default /usr/lib/cni, Debian's containernetworking-plugins)
 #   DOCKER_HOST=unix:///path    use (or start) a private engine on that socket, state in .stack/docker/
 #   GO                          go binary to use (default: go on PATH, else /usr/local/go/bin/go)
@@ -1325,6 +1338,219 @@ stop_cluster_containers() {
 	done
 }
 
+# ---------------------------------------------------------------- systemd node (on demand: systemd)
+#
+# A container that boots systemd as PID 1 (the way kind runs its nodes), so that the operator,
+# on the host as root, manages systemd services over D-Bus: the node's system bus socket is
+# bind-mounted out to .stack/systemd/dbus/. The image (scripts/build-systemd-image.sh) is
+# Debian bookworm with systemd 252, dbus and the sample worker at /usr/local/bin/sample-worker.
+
+SYSTEMD_CONTAINER=wro-systemd
+SYSTEMD_IMAGE="${WRO_SYSTEMD_IMAGE:-wro-systemd:dev}"
+SYSTEMD_DIR="${STACK_DIR}/systemd"
+SYSTEMD_DBUS_DIR="${SYSTEMD_DIR}/dbus"
+SYSTEMD_UNITS_DIR="${SYSTEMD_DIR}/units"
+SYSTEMD_SHARED_DIR="${SYSTEMD_DIR}/shared"
+SYSTEMD_JOURNAL_DIR="${SYSTEMD_DIR}/journal"
+SYSTEMD_MACHINE_ID="${SYSTEMD_DIR}/machine-id"
+SYSTEMD_BUS_SOCKET="${SYSTEMD_DBUS_DIR}/system_bus_socket"
+SYSTEMD_BUS="unix:path=${SYSTEMD_BUS_SOCKET}"
+# Where the units directory appears in the node: in systemd's default unit search path (below
+# /etc/systemd/system and /run/systemd/system, which keep the image's own units and masks).
+SYSTEMD_NODE_UNITS_DIR=/usr/local/lib/systemd/system
+
+systemd_wanted() { [[ "${WRO_SYSTEMD:-0}" == 1 ]]; }
+
+# "running <image id>", "exited <image id>", ... of the node's container; fails if there is none.
+systemd_container_state() {
+	timeout 20 docker inspect -f '{{.State.Status}} {{.Image}}' "${SYSTEMD_CONTAINER}" 2>/dev/null
+}
+
+# systemd's own view (running, degraded, starting, ...), asked inside the node.
+systemd_system_state() {
+	timeout 20 docker exec "${SYSTEMD_CONTAINER}" systemctl is-system-running 2>/dev/null || true
+}
+
+# The manager's SystemState, asked from the host over the bus socket (what the operator uses).
+systemd_bus_state() {
+	[[ -S "${SYSTEMD_BUS_SOCKET}" ]] || return 1
+	local out
+	out="$(timeout 20 busctl --address="${SYSTEMD_BUS}" get-property org.freedesktop.systemd1 \
+		/org/freedesktop/systemd1 org.freedesktop.systemd1.Manager SystemState 2>/dev/null)" || return 1
+	out="${out#s \"}"
+	printf '%s\n' "${out%\"}"
+}
+
+systemd_bus_version() {
+	local out
+	out="$(timeout 20 busctl --address="${SYSTEMD_BUS}" get-property org.freedesktop.systemd1 \
+		/org/freedesktop/systemd1 org.freedesktop.systemd1.Manager Version 2>/dev/null)" || return 1
+	out="${out#s \"}"
+	printf '%s\n' "${out%\"}"
+}
+
+# Booted (running, or degraded: some unit failed) and its bus socket answers from the host.
+systemd_ready() {
+	local s
+	s="$(systemd_system_state)"
+	[[ "${s}" == running || "${s}" == degraded ]] || return 1
+	[[ -S "${SYSTEMD_BUS_SOCKET}" ]] || return 1
+	if command -v busctl >/dev/null 2>&1; then
+		s="$(systemd_bus_state)" || return 1
+		[[ "${s}" == running || "${s}" == degraded ]]
+	fi
+}
+
+# The node's boot output (docker logs) and, if it still runs, what systemd says went wrong.
+show_systemd_diagnostics() {
+	printf '[stack] ---- last 40 lines of docker logs %s ----\n' "${SYSTEMD_CONTAINER}" >&2
+	timeout 20 docker logs --tail 40 "${SYSTEMD_CONTAINER}" >&2 2>&1 || true
+	printf '[stack] ---- end of docker logs %s ----\n' "${SYSTEMD_CONTAINER}" >&2
+	if [[ "$(systemd_container_state)" == running\ * ]]; then
+		printf '[stack] ---- systemctl --failed / list-jobs / journal warnings in %s ----\n' "${SYSTEMD_CONTAINER}" >&2
+		timeout 20 docker exec "${SYSTEMD_CONTAINER}" systemctl --failed --no-pager >&2 2>&1 || true
+		timeout 20 docker exec "${SYSTEMD_CONTAINER}" systemctl list-jobs --no-pager >&2 2>&1 || true
+		timeout 20 docker exec "${SYSTEMD_CONTAINER}" journalctl -b -p warning -n 30 --no-pager >&2 2>&1 || true
+		printf '[stack] ---- end ----\n' >&2
+	fi
+}
+
+ensure_systemd_image() {
+	docker image inspect "${SYSTEMD_IMAGE}" >/dev/null 2>&1 && return 0
+	local start=${SECONDS}
+	log "building the systemd node image ${SYSTEMD_IMAGE} (first run only; log: ${LOG_DIR}/build-systemd-image.log)"
+	if ! WRO_SYSTEMD_IMAGE="${SYSTEMD_IMAGE}" bash "${SCRIPT_DIR}/build-systemd-image.sh" >"${LOG_DIR}/build-systemd-image.log" 2>&1; then
+		show_log_tail "${LOG_DIR}/build-systemd-image.log" 60
+		die "building ${SYSTEMD_IMAGE} FAILED (log: ${LOG_DIR}/build-systemd-image.log)"
+	fi
+	log "built ${SYSTEMD_IMAGE} in $((SECONDS - start))s"
+}
+
+# The docker run flags of the node, and why (systemd 252 as PID 1, Docker 20.10 with the
+# cgroupfs driver on a cgroup v1 host). See the comments for each.
+systemd_run_flags() {
+	SYSTEMD_RUN_FLAGS=(
+		# --tty: systemd writes its boot status to the console: `docker logs wro-systemd` shows it.
+		--tty
+		--hostname "${SYSTEMD_CONTAINER}"
+		# Its own cgroup namespace: every cgroup mount in the node is rooted at the container's
+		# cgroup (/docker/<id>), so systemd finds itself at / and manages its subtree only (and
+		# the image's entrypoint may make those mounts writable without exposing the host's tree).
+		--cgroupns=private
+		# systemd as PID 1 mounts (the unified cgroup hierarchy, /dev/shm, ...) and sets up
+		# namespaces for sandboxed units; the entrypoint remounts the read-only cgroup mounts
+		# read-write (without: "Failed to create /init.scope control group: Read-only file
+		# system", PID 1 exits; without the remount MemoryMax= etc. are not enforced). Nothing
+		# more: --privileged cannot start at all on this host (runc: "unable to apply caps:
+		# operation not permitted": the host's bounding set lacks CAP_SYS_RESOURCE, a privileged
+		# container asks for every capability, and Docker 20.10 ignores --cap-drop with it).
+		# (The engine has no seccomp or AppArmor profile to lift; where Docker applies AppArmor,
+		# --security-opt apparmor=unconfined would be needed for the mounts.)
+		--cap-add SYS_ADMIN
+		# The host's network, as the tests' worker containers: a worker's METRICS_ADDR
+		# 127.0.0.1:<port> answers on the host (and the engine has no bridge network anyway).
+		--network host
+		# systemd expects tmpfs at /run and /run/lock (as kind runs its nodes).
+		--tmpfs /run --tmpfs /run/lock
+		# docker stop: SIGRTMIN+3 (the image's STOPSIGNAL), a clean shutdown of every unit.
+		--stop-timeout 30
+		--label wro.stack=systemd-node
+		# The system bus socket appears on the host as .stack/systemd/dbus/system_bus_socket.
+		-v "${SYSTEMD_DBUS_DIR}:/run/dbus"
+		# Unit files from the host, in systemd's unit search path (read-only: runtime changes go
+		# to /run/systemd/system.control, enable/disable to /etc/systemd/system, in the node).
+		-v "${SYSTEMD_UNITS_DIR}:${SYSTEMD_NODE_UNITS_DIR}:ro"
+		# The workers' shared directories, at the same absolute path on both sides (not the
+		# host's /tmp: systemd-tmpfiles and PrivateTmp= would act on it).
+		-v "${SYSTEMD_SHARED_DIR}:${SYSTEMD_SHARED_DIR}"
+		# The persistent journal, readable on the host: journalctl -D .stack/systemd/journal
+		-v "${SYSTEMD_JOURNAL_DIR}:/var/log/journal"
+		# One machine id across restarts (the journal's directory name).
+		-v "${SYSTEMD_MACHINE_ID}:/etc/machine-id:ro"
+	)
+}
+
+start_systemd_node() {
+	mkdir -p "${SYSTEMD_DBUS_DIR}" "${SYSTEMD_UNITS_DIR}" "${SYSTEMD_SHARED_DIR}" "${SYSTEMD_JOURNAL_DIR}"
+	# A socket left by a node that was killed: dbus-daemon would replace it, but the wait below
+	# must not take it for the new one.
+	rm -f "${SYSTEMD_BUS_SOCKET}"
+	if [[ ! -s "${SYSTEMD_MACHINE_ID}" ]]; then
+		# One machine id for every boot of the node: the journal stays in one directory.
+		od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"${SYSTEMD_MACHINE_ID}.tmp"
+		printf '\n' >>"${SYSTEMD_MACHINE_ID}.tmp"
+		mv "${SYSTEMD_MACHINE_ID}.tmp" "${SYSTEMD_MACHINE_ID}"
+	fi
+	systemd_run_flags
+	log "starting the systemd node ${SYSTEMD_CONTAINER} (${SYSTEMD_IMAGE}): docker run ${SYSTEMD_RUN_FLAGS[*]}"
+	local out
+	if ! out="$(timeout 120 docker run -d --name "${SYSTEMD_CONTAINER}" "${SYSTEMD_RUN_FLAGS[@]}" "${SYSTEMD_IMAGE}" 2>&1)"; then
+		printf '%s\n' "${out}" >&2
+		timeout 60 docker rm -f "${SYSTEMD_CONTAINER}" >/dev/null 2>&1 || true
+		die "docker run of the systemd node failed"
+	fi
+}
+
+ensure_systemd() {
+	[[ "${WRO_SKIP_DOCKER:-0}" != 1 ]] || die "the systemd node needs the Docker engine: unset WRO_SKIP_DOCKER"
+	[[ "$(id -u)" == 0 ]] || die "the systemd node runs a container with host mounts and is managed over its bus as root: run as root"
+	local start=${SECONDS} state image_id
+	mkdir -p "${STACK_DIR}" "${LOG_DIR}"
+	ensure_docker
+	ensure_systemd_image
+	image_id="$(docker image inspect -f '{{.Id}}' "${SYSTEMD_IMAGE}")"
+	if state="$(systemd_container_state)"; then
+		if [[ "${state}" == "running ${image_id}" ]]; then
+			if systemd_ready; then
+				log "systemd node ${SYSTEMD_CONTAINER} ready (bus ${SYSTEMD_BUS})"
+				return 0
+			fi
+			log "systemd node ${SYSTEMD_CONTAINER} is running but not ready yet; waiting"
+		else
+			# Stopped, or made from an older build of the image: made anew.
+			log "replacing the systemd node ${SYSTEMD_CONTAINER} (${state%% *}$([[ "${state#* }" == "${image_id}" ]] || echo ', older image'))"
+			timeout 60 docker stop -t 20 "${SYSTEMD_CONTAINER}" >/dev/null 2>&1 || true
+			timeout 60 docker rm -f "${SYSTEMD_CONTAINER}" >/dev/null 2>&1 || true
+			start_systemd_node
+		fi
+	else
+		start_systemd_node
+	fi
+	local deadline=$((SECONDS + TIMEOUT))
+	until systemd_ready; do
+		state="$(systemd_container_state || true)"
+		if [[ "${state}" != running\ * ]]; then
+			show_systemd_diagnostics
+			die "the systemd node ${SYSTEMD_CONTAINER} exited during startup (${state%% *}; docker logs ${SYSTEMD_CONTAINER})"
+		fi
+		if ((SECONDS >= deadline)); then
+			show_systemd_diagnostics
+			die "the systemd node did not reach running/degraded with its bus at ${SYSTEMD_BUS_SOCKET} within ${TIMEOUT}s (is-system-running: $(systemd_system_state))"
+		fi
+		sleep 0.3
+	done
+	local s
+	s="$(systemd_system_state)"
+	if [[ "${s}" == degraded ]]; then
+		log "note: the systemd node is degraded (a unit failed):"
+		timeout 20 docker exec "${SYSTEMD_CONTAINER}" systemctl --failed --no-pager --plain >&2 2>&1 || true
+	fi
+	log "systemd node ${SYSTEMD_CONTAINER} ${s} in $((SECONDS - start))s: bus ${SYSTEMD_BUS}, units ${SYSTEMD_UNITS_DIR} (${SYSTEMD_NODE_UNITS_DIR} in the node), shared ${SYSTEMD_SHARED_DIR}, journal ${SYSTEMD_JOURNAL_DIR}"
+}
+
+# Halt the node (docker stop sends the image's STOPSIGNAL, SIGRTMIN+3: a clean shutdown that
+# stops every unit) and remove its container. Only when an engine answers.
+stop_systemd() {
+	docker_server_version >/dev/null 2>&1 || return 0
+	if systemd_container_state >/dev/null; then
+		log "stopping the systemd node ${SYSTEMD_CONTAINER}"
+		timeout 60 docker stop -t 30 "${SYSTEMD_CONTAINER}" >/dev/null 2>&1 || log "docker stop ${SYSTEMD_CONTAINER} failed (removing it anyway)"
+		timeout 60 docker rm -f "${SYSTEMD_CONTAINER}" >/dev/null 2>&1 || log "docker rm -f ${SYSTEMD_CONTAINER} failed"
+	fi
+	rm -f "${SYSTEMD_BUS_SOCKET}"
+	return 0
+}
+
 # ---------------------------------------------------------------- commands
 
 print_versions() {
@@ -1409,15 +1635,17 @@ cmd_up() {
 }
 
 cmd_down() {
-	local purge=0 only_cluster=0 arg
+	local purge=0 only_cluster=0 only_systemd=0 arg
 	for arg in "$@"; do
 		case "${arg}" in
 		--purge) purge=1 ;;
 		--cluster) only_cluster=1 ;;
+		--systemd) only_systemd=1 ;;
 		*) die "unknown option for down: ${arg}" ;;
 		esac
 	done
 	((purge && only_cluster)) && die "down: --purge and --cluster do not go together"
+	((only_systemd && (purge || only_cluster))) && die "down: --systemd goes with neither --purge nor --cluster"
 	lock_stack
 	local name pid grace
 	if ((only_cluster)); then
@@ -1425,10 +1653,17 @@ cmd_down() {
 		log "cluster parts are down (etcd, kube-apiserver, jaeger and docker left running)"
 		return 0
 	fi
+	if ((only_systemd)); then
+		stop_systemd
+		log "the systemd node is down (its journal stays in ${SYSTEMD_JOURNAL_DIR})"
+		return 0
+	fi
 	# The demo's operator and containers go first, while the API server still answers.
 	if [[ -d "${STACK_DIR}/demo" ]]; then
 		bash "${SCRIPT_DIR}/demo.sh" clean || log "demo clean-up failed (continuing)"
 	fi
+	# The systemd node is a container of the engine: halted while the engine still answers.
+	stop_systemd
 	# Reverse start order: the cluster parts (kubelet first, then the pods'
 	# containers, containerd, scheduler, controller-manager), dockerd,
 	# kube-apiserver, etcd, jaeger.
@@ -1452,6 +1687,8 @@ cmd_down() {
 		unmount_kubelet_dirs
 		rm -rf "${CTRD_DIR}" "${KUBELET_DIR}" "${STACK_DIR}/cni" \
 			"${STACK_DIR}/kube-scheduler-certs" "${STACK_DIR}/kube-controller-manager-certs"
+		# The systemd node's journal, units, shared directories and machine id.
+		rm -rf "${SYSTEMD_DIR}"
 		# State of a private engine (DOCKER_HOST=unix://...) that we just stopped.
 		if [[ -d "${STACK_DIR}/docker" ]] && ! pid_is "$(cat "${STACK_DIR}/docker/dockerd.pid" 2>/dev/null || true)" dockerd; then
 			rm -rf "${STACK_DIR}/docker"
@@ -1547,6 +1784,30 @@ cmd_status() {
 			all_ok=1
 		fi
 	done
+	# the systemd node: shown when its container exists or asked for (WRO_SYSTEMD=1)
+	if [[ "${WRO_SKIP_DOCKER:-0}" != 1 ]] && docker_server_version >/dev/null 2>&1 && v="$(systemd_container_state)"; then
+		local node_state="${v%% *}" node_pid
+		if [[ "${node_state}" == running ]]; then
+			node_pid="$(timeout 20 docker inspect -f '{{.State.Pid}}' "${SYSTEMD_CONTAINER}" 2>/dev/null || echo -)"
+			local bus_state="" sd_version="-"
+			if command -v busctl >/dev/null 2>&1 && bus_state="$(systemd_bus_state)"; then
+				sd_version="systemd $(systemd_bus_version || echo '?')"
+			fi
+			if [[ "${bus_state}" == running || "${bus_state}" == degraded ]]; then
+				ans="yes (${bus_state}, bus ${SYSTEMD_BUS_SOCKET})"
+			else
+				ans="NO (system state: ${bus_state:-$(systemd_system_state)})"
+				all_ok=1
+			fi
+			printf '%-15s %-9s %-8s %-40s %s\n' systemd-node running "${node_pid}" "${sd_version}" "${ans}"
+		else
+			printf '%-15s %-9s %-8s %-40s %s\n' systemd-node "${node_state}" - - "no (container ${SYSTEMD_CONTAINER}; start: scripts/stack.sh systemd)"
+			systemd_wanted && all_ok=1
+		fi
+	elif systemd_wanted; then
+		printf '%-15s %-9s %-8s %-40s %s\n' systemd-node stopped - - no
+		all_ok=1
+	fi
 	printf 'kubeconfig: %s%s\n' "${KUBECONFIG_PATH}" "$([[ -s "${KUBECONFIG_PATH}" ]] || echo ' (missing)')"
 	printf 'binaries:   %s -> %s, %s, %s, %s\n' "${STACK_BIN}" "${K8S_BIN_DIR}" "${ETCD_BIN_DIR}" "${JAEGER_BIN_DIR}" "${HELM_BIN_DIR}"
 	skip_jaeger || printf 'jaeger:     OTLP/HTTP %s, query API/UI %s\n' "${JAEGER_OTLP_URL}" "${JAEGER_QUERY_URL}"
@@ -1560,10 +1821,19 @@ cmd_env() {
 	printf 'export WRO_JAEGER_OTLP_ENDPOINT=%q\n' "${JAEGER_OTLP_URL}"
 	printf 'export WRO_JAEGER_QUERY_URL=%q\n' "${JAEGER_QUERY_URL}"
 	printf 'export WRO_PROMETHEUS_URL=%q\n' "${PROMETHEUS_URL}"
+	# The systemd node, while it runs (scripts/stack.sh systemd): its bus answers (the socket file
+	# outlives a node stopped with docker stop).
+	if [[ -S "${SYSTEMD_BUS_SOCKET}" ]] && { ! command -v busctl >/dev/null 2>&1 || systemd_bus_state >/dev/null; }; then
+		printf 'export WRO_SYSTEMD_BUS=%q\n' "${SYSTEMD_BUS}"
+		printf 'export WRO_SYSTEMD_UNITS_DIR=%q\n' "${SYSTEMD_UNITS_DIR}"
+		printf 'export WRO_SYSTEMD_SHARED_DIR=%q\n' "${SYSTEMD_SHARED_DIR}"
+		printf 'export WRO_SYSTEMD_JOURNAL_DIR=%q\n' "${SYSTEMD_JOURNAL_DIR}"
+		printf 'export WRO_SYSTEMD_CONTAINER=%q\n' "${SYSTEMD_CONTAINER}"
+	fi
 }
 
 usage() {
-	sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {
@@ -1582,6 +1852,11 @@ main() {
 		;;
 	helm) cmd_helm "$@" ;;
 	prometheus) cmd_prometheus "$@" ;;
+	systemd)
+		[[ $# -eq 0 ]] || die "usage: scripts/stack.sh systemd (stop it with: scripts/stack.sh down --systemd)"
+		lock_stack
+		ensure_systemd
+		;;
 	-h | --help | help) usage ;;
 	*)
 		usage >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit tests, and the end-to-end tests
 # against the real local stack (kube-apiserver + etcd + dockerd), the real sample worker and the
-# core analyzer image (wro-core-analyzer:dev, gdb).
+# core analyzer image (wro-core-analyzer:dev, gdb) and a real systemd (wro-systemd:dev, PID 1 in
+# a container, started on demand by the tests that need it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,6 +33,9 @@ bash scripts/build-worker-image.sh
 
 step "core analyzer image (Debian's gdb-minimal, for the backtraces of core dumps)"
 bash scripts/build-analyzer-image.sh
+
+step "systemd node image (systemd as PID 1, for Workers run as services)"
+bash scripts/build-systemd-image.sh
 
 step "operator unit and end-to-end tests"
 cargo test --locked
