@@ -238,6 +238,11 @@ enum Command {
         election: ElectionArgs,
         #[command(flatten)]
         analyzer: AnalyzerArgs,
+        /// The D-Bus of the node's systemd, for Workers run as systemd services
+        /// (`spec.runtime.systemd`): `system` for the system bus, or an address
+        /// (`unix:path=/run/dbus/system_bus_socket`). Unset: such Workers wait with a reason.
+        #[arg(long, value_name = "ADDRESS", env = "WRO_SYSTEMD_BUS")]
+        systemd_bus: Option<String>,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -304,6 +309,7 @@ pub fn main() -> ExitCode {
             node_name,
             election,
             analyzer,
+            systemd_bus,
         } => trust.resolve().and_then(|trust| {
             let http = urls.client(&tls)?;
             let leader = election.resolve(env_var)?;
@@ -318,6 +324,7 @@ pub fn main() -> ExitCode {
                     .map_or_else(Scope::all, Scope::node),
                 leader,
                 core_analyzer: analyzer.resolve(),
+                systemd_bus: systemd_bus.filter(|b| !b.is_empty()),
             }))
         }),
         Command::Diagnose {

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub leader: Option<Election>,
     /// The analyzer of the cores `Debug` runs collect (`--core-analyzer-image`).
     pub core_analyzer: Option<crate::crash::Analyzer>,
+    /// The node's systemd (`--systemd-bus`: `system` or a D-Bus address).
+    pub systemd_bus: Option<String>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -61,6 +63,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )?;
     info!(docker = %docker.version().await?, "connected to the Docker engine");
 
+    let systemd = match opts.systemd_bus.as_deref() {
+        None => None,
+        Some(bus) => {
+            let address = (bus != "system").then_some(bus);
+            let systemd = crate::systemd::Systemd::connect(address)
+                .await
+                .with_context(|| format!("cannot reach systemd over D-Bus ({bus})"))?;
+            info!(bus, "connected to systemd");
+            let runtime: Arc<dyn crate::docker::ContainerRuntime> =
+                Arc::new(crate::systemd::runtime::SystemdRuntime::new(systemd));
+            Some(runtime)
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let http = tokio::spawn(server::serve(opts.listen, metrics.clone(), ready.clone()));
@@ -81,7 +96,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     )
     .with_status_refresh(opts.status_refresh)
     .with_scope(opts.scope.clone())
-    .with_core_analyzer(opts.core_analyzer.clone());
+    .with_core_analyzer(opts.core_analyzer.clone())
+    .with_systemd(systemd);
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("<all>"),
         node = opts.scope.describe(),

@@ -36,6 +36,7 @@ impl SharedError {
             Self::Docker(DockerError::Unavailable(_)) => "docker_unavailable",
             Self::Docker(DockerError::NotFound(_)) => "docker_not_found",
             Self::Docker(DockerError::Refused { .. }) => "docker_refused",
+            Self::Docker(DockerError::Unsupported { .. }) => "runtime_unsupported",
             Self::Blocking(_) => "blocking_task",
         }
     }

@@ -34,7 +34,7 @@ use self::conditions::Waiting;
 use crate::{
     crd::worker::Worker,
     diagnose::HostProbe,
-    docker::ContainerRuntime,
+    docker::{ContainerRuntime, DockerError},
     http::HttpClient,
     metrics::Metrics,
     trust::{self, claims, Admission, AdmitError, Trust},
@@ -77,6 +77,8 @@ pub struct Context {
         std::sync::Mutex<std::collections::HashMap<String, crate::observe::trend::Samples>>,
     /// The core analyzer the administrator configured, if any.
     pub core_analyzer: Option<crate::crash::Analyzer>,
+    /// The node's systemd, for Workers run as services (`--systemd-bus`).
+    pub systemd: Option<Arc<dyn ContainerRuntime>>,
 }
 
 impl Context {
@@ -111,6 +113,7 @@ impl Context {
             scope: scope::Scope::all(),
             memory_samples: Default::default(),
             core_analyzer: None,
+            systemd: None,
         }
     }
 }
@@ -151,13 +154,29 @@ impl Context {
     /// Apply the trust rules to `worker` (see [`trust::admit`]): only an [`Admission`] lets
     /// a controller read or change the Worker's files or act on its container.
     pub async fn admit(&self, worker: &Worker) -> Result<Admission, AdmitError> {
-        trust::admit(
-            worker,
-            &self.trust,
-            self.docker.as_ref(),
-            Some(&self.claims),
-        )
-        .await
+        let runtime = self
+            .runtime(worker)
+            .map_err(AdmitError::ContainerStateUnknown)?;
+        trust::admit(worker, &self.trust, runtime.as_ref(), Some(&self.claims)).await
+    }
+
+    /// The runtime that runs `worker`: Docker, or the node's systemd for a service (an error
+    /// when the operator was not given one).
+    pub fn runtime(&self, worker: &Worker) -> Result<Arc<dyn ContainerRuntime>, DockerError> {
+        if !worker.is_systemd() {
+            return Ok(self.docker.clone());
+        }
+        self.systemd.clone().ok_or_else(|| {
+            DockerError::Unavailable(
+                "this operator manages no systemd units (start it with --systemd-bus)".into(),
+            )
+        })
+    }
+
+    /// Manage Workers run as systemd services with `systemd`.
+    pub fn with_systemd(mut self, systemd: Option<Arc<dyn ContainerRuntime>>) -> Self {
+        self.systemd = systemd;
+        self
     }
 
     /// Run one reconcile of `obj` by `controller`: count and time it, and forget the object's
@@ -241,8 +260,8 @@ impl Held {
             AdmitError::ContainerStateUnknown(e) => Self::Waits {
                 why: Waiting::ContainerStateUnknown,
                 message: format!(
-                    "the Docker engine cannot say whether container {:?} exists and consents ({e}); nothing is read or changed until it can",
-                    worker.spec.container
+                    "the runtime cannot say whether {:?} exists and consents ({e}); nothing is read or changed until it can",
+                    worker.target()
                 ),
             },
             refused => {

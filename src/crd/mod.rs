@@ -96,6 +96,7 @@ mod tests {
             [
                 "Phase",
                 "Container",
+                "Unit",
                 "Heartbeat",
                 "Last Heartbeat",
                 "Restarts",

@@ -32,6 +32,12 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Container", type_ = "string", json_path = ".spec.container"),
     printcolumn(
+        name = "Unit",
+        type_ = "string",
+        json_path = ".spec.runtime.systemd.unit",
+        description = "The systemd service of a Worker run by systemd"
+    ),
+    printcolumn(
         name = "Heartbeat",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"HeartbeatFresh\")].reason",
@@ -63,10 +69,17 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u32 = 60;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.container) && size(self.container) > 0) != has(self.runtime)").message("set exactly one of container (a Docker container) and runtime (a systemd unit)"))]
 pub struct WorkerSpec {
-    /// Name (or ID) of the Docker container that runs this worker, as `docker ps` shows it.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name (or ID) of the Docker container that runs this worker, as `docker ps` shows it:
+    /// the short form of a Docker runtime. Exactly one of `container` and `runtime` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253))]
     pub container: String,
+
+    /// The runtime of a worker that is not a Docker container: a systemd service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeSpec>,
 
     /// The worker's name in its file layout (`tasks/<name>/`, `locks/<name>_*.lock`, ...).
     /// Defaults to the Worker's metadata.name.
@@ -346,6 +359,27 @@ fn default_prediction_window() -> u32 {
 }
 fn default_prediction_horizon() -> u32 {
     900
+}
+
+/// A worker run by something other than Docker.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// A systemd service on the node, managed over D-Bus (the operator's `--systemd-bus`).
+    pub systemd: SystemdRuntimeSpec,
+}
+
+/// A worker run as a systemd service (runbook: `systemctl restart agent-worker-marie`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemdRuntimeSpec {
+    /// The service unit, e.g. `agent-worker-marie.service`. It consents to this Worker with
+    /// `Environment=WORKERRECOVERY_WORKER=<namespace>/<name>`.
+    #[schemars(
+        length(min = 9, max = 256),
+        regex(pattern = r"^[A-Za-z0-9:_.@-]+\.service$")
+    )]
+    pub unit: String,
 }
 
 /// Diagnosis settings. Paths are relative to `sharedRoot`, like `paths`.
@@ -1119,6 +1153,20 @@ pub struct SpecError {
 }
 
 impl Worker {
+    /// What runs the worker, by the name its runtime knows it by: the container, or the
+    /// systemd unit.
+    pub fn target(&self) -> &str {
+        match &self.spec.runtime {
+            Some(r) => &r.systemd.unit,
+            None => &self.spec.container,
+        }
+    }
+
+    /// Whether the worker is a systemd service.
+    pub fn is_systemd(&self) -> bool {
+        self.spec.runtime.is_some()
+    }
+
     /// The worker's name in its file layout.
     pub fn worker_name(&self) -> String {
         self.spec

@@ -87,7 +87,11 @@ impl CheckContext {
         };
         Self {
             worker_name: admission.paths.worker_name.clone(),
-            spec: worker.spec.clone(),
+            // The checks name what runs the worker as "the container": a unit, for systemd.
+            spec: crate::crd::worker::WorkerSpec {
+                container: worker.target().to_string(),
+                ..worker.spec.clone()
+            },
             paths: admission.paths,
             previous: worker.status.clone(),
             container,

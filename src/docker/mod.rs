@@ -261,6 +261,41 @@ pub enum DockerError {
         operation: &'static str,
         message: String,
     },
+    /// The Worker's runtime cannot do this at all (see [`Capabilities`]).
+    #[error("{operation} is not supported by the {runtime} runtime")]
+    Unsupported {
+        operation: &'static str,
+        runtime: &'static str,
+    },
+}
+
+/// What a worker runtime can do beyond observing, starting, stopping and restarting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `Debug` runs: a copy of the worker with debug settings.
+    pub debug_copy: bool,
+    /// Commands run inside the worker (`docker exec`): process, descriptor and dependency
+    /// checks.
+    pub exec: bool,
+    /// The worker's log (`docker logs`).
+    pub logs: bool,
+    /// A replacement with new settings (`nofile`, health checks): `resources.apply: OnRestart`.
+    pub recreate: bool,
+}
+
+impl Capabilities {
+    pub const DOCKER: Self = Self {
+        debug_copy: true,
+        exec: true,
+        logs: true,
+        recreate: true,
+    };
+    pub const SYSTEMD: Self = Self {
+        debug_copy: false,
+        exec: false,
+        logs: false,
+        recreate: false,
+    };
 }
 
 /// Limits changed in place by [`ContainerRuntime::update_resources`]; `None` leaves a limit as
@@ -285,6 +320,10 @@ impl DockerError {
 /// Side effects on containers, held in the controller context.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
+    /// What this runtime can do: a run that needs more fails with a reason.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::DOCKER
+    }
     /// Inspect a container; `Ok(None)` when it does not exist.
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError>;
     /// Start a stopped container (idempotent: a running one is left as it is).

@@ -221,10 +221,10 @@ pub async fn admit(
     }
     // The container is named by the spec only here, to find it; everything after this
     // addresses the consenting container by its ID.
-    let container = ContainerObservation::of(docker, &worker.spec.container).await;
+    let container = ContainerObservation::of(docker, worker.target()).await;
     match &container {
         ContainerObservation::Found(info) => {
-            check_consent(info, &worker.spec.container, &ns, &name)?
+            check_consent(info, worker.target(), &ns, &name)?
         }
         ContainerObservation::NotFound if trust.file_only.allows(&ns, &name) => {}
         ContainerObservation::NotFound => {
@@ -232,7 +232,7 @@ pub async fn admit(
                 reason: RefusalReason::ContainerNotFound,
                 message: format!(
                     "container {:?} does not exist; a Worker's files are read and changed only while a container labelled {CONSENT_LABEL}={} consents (or with a file-only grant from the operator's administrator)",
-                    worker.spec.container,
+                    worker.target(),
                     consent_value(&ns, &name)
                 ),
             }

@@ -10,11 +10,15 @@ mod manifests;
 mod operator;
 mod prometheus;
 mod stack;
+mod systemd;
 mod waits;
 
 // Each test binary uses a part of the harness.
 #[allow(unused_imports)]
-pub use {containers::*, files::*, manifests::*, operator::*, prometheus::*, stack::*, waits::*};
+pub use {
+    containers::*, files::*, manifests::*, operator::*, prometheus::*, stack::*, systemd::*,
+    waits::*,
+};
 
 pub const WORKER_IMAGE: &str = "wro-sample-worker:dev";
 /// The label by which a container lets one Worker manage it (`<namespace>/<worker>`).

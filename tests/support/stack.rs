@@ -64,7 +64,7 @@ pub fn stack() -> &'static Stack {
     })
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Output {
+pub fn run_checked(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));

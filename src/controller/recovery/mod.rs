@@ -751,7 +751,7 @@ async fn clean_up(
         Api::namespaced(ctx.client.clone(), &rec.namespace().unwrap_or_default());
     let worker = workers.get_opt(&rec.spec.worker_ref.name).await?;
     let container = match &worker {
-        Some(w) => Some(w.spec.container.clone()),
+        Some(w) => Some(w.target().to_string()),
         None => rec
             .status
             .as_ref()

@@ -141,7 +141,12 @@ impl Run<'_> {
 
     /// The container as it is now, by the ID it had when it consented.
     async fn current(&self, id: &str) -> Result<Option<ContainerInfo>, Error> {
-        Ok(self.ctx.docker.inspect(id).await?)
+        Ok(self.runtime()?.inspect(id).await?)
+    }
+
+    /// What runs the worker: Docker, or systemd.
+    fn runtime(&self) -> Result<std::sync::Arc<dyn crate::docker::ContainerRuntime>, Error> {
+        Ok(self.ctx.runtime(self.worker)?)
     }
 
     fn debug_name(&self) -> String {
@@ -162,7 +167,7 @@ pub async fn diagnose(run: &Run<'_>) -> Result<Outcome, Error> {
     let mut check_ctx = CheckContext::new(
         run.worker,
         run.admission.clone(),
-        run.ctx.docker.clone(),
+        run.runtime()?,
         run.ctx.host.clone(),
         run.ctx.http.clone(),
     );
@@ -208,7 +213,7 @@ pub async fn clean_state(run: &Run<'_>) -> Result<Outcome, Error> {
                 || now.status == ContainerState::Paused;
         }
         if running && !run.dry_run() {
-            run.ctx.docker.stop(&c.id, run.grace()).await?;
+            run.runtime()?.stop(&c.id, run.grace()).await?;
             figures.insert("containerStopped".into(), 1);
             running = false;
         }
@@ -291,8 +296,8 @@ fn add_report(result: &mut StepResult, r: &CleanStateReport) {
 pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error> {
     let Some(c) = run.admitted_container() else {
         return Ok(Outcome::Done(StepResult::failed(format!(
-            "container {:?} does not exist: nothing to restart",
-            run.worker.spec.container
+            "{:?} does not exist: nothing to restart",
+            run.worker.target()
         ))));
     };
     if run.dry_run() {
@@ -342,10 +347,11 @@ pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error>
     let already =
         now.running && matches!((now.started_at, step_start), (Some(s), Some(t)) if s >= t);
     if !already {
+        let runtime = run.runtime()?;
         if now.running {
-            run.ctx.docker.restart(&c.id, run.grace()).await?;
+            runtime.restart(&c.id, run.grace()).await?;
         } else {
-            run.ctx.docker.start(&c.id).await?;
+            runtime.start(&c.id).await?;
         }
         run.ctx.metrics.record_restart(super::CONTROLLER);
     }
@@ -367,6 +373,12 @@ pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error>
 /// Debug start (runbook "Start with Debugging"): `<container>-debug`, a copy with debug
 /// logging, tracing and core dumps; the original stays stopped.
 pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
+    if !run.runtime()?.capabilities().debug_copy {
+        return Ok(Outcome::Done(StepResult::failed(format!(
+            "{} is a systemd unit: a debug copy needs the Docker runtime (use a Quick or Clean run)",
+            run.worker.target()
+        ))));
+    }
     let Some(c) = run.admitted_container() else {
         return Ok(Outcome::Done(StepResult::failed(format!(
             "container {:?} does not exist: nothing to copy",

@@ -178,7 +178,10 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         // Report the container as it is now, not as it was before the start.
         if let ContainerObservation::Found(found) = &obs.container {
             let id = found.id.clone();
-            obs.container = ContainerObservation::of(ctx.docker.as_ref(), &id).await;
+            obs.container = match ctx.runtime(worker) {
+                Ok(runtime) => ContainerObservation::of(runtime.as_ref(), &id).await,
+                Err(e) => ContainerObservation::Unavailable(e),
+            };
         }
     }
     let prediction = predict(ctx, worker, &key, admission, &obs, pause.is_some()).await?;

@@ -74,7 +74,11 @@ pub async fn look(
         .get(key)
         .and_then(Samples::last_at);
     if due(last, now, interval) {
-        match ctx.docker.memory_stats(&c.id).await {
+        let stats = match ctx.runtime(worker) {
+            Ok(runtime) => runtime.memory_stats(&c.id).await,
+            Err(e) => Err(e),
+        };
+        match stats {
             Ok(m) => {
                 let sample = Sample {
                     at: now,

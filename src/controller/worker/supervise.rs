@@ -368,7 +368,7 @@ async fn attempt(
     if look.worker.spec.auto_recovery.mode == AutoRecoveryMode::Quick
         && attempt.restarted_at.is_none()
     {
-        attempt.restarted_at = dispatch(look.ctx, &attempt.container, failure).await?;
+        attempt.restarted_at = dispatch(look.ctx, look.worker, &attempt.container, failure).await?;
     }
     create_run(
         look.ctx,
@@ -440,18 +440,18 @@ async fn remediate(
 /// Returns when it started (`None`: it was already running).
 async fn dispatch(
     ctx: &Context,
+    worker: &Worker,
     container: &ContainerInfo,
     failure: &FailureKind,
 ) -> Result<Option<Timestamp>, Error> {
+    let runtime = ctx.runtime(worker)?;
     match failure {
         FailureKind::Stopped { .. } => {
-            let started = ctx.docker.start(&container.id).await? == StartOutcome::Started;
+            let started = runtime.start(&container.id).await? == StartOutcome::Started;
             Ok(started.then(Timestamp::now))
         }
         FailureKind::Hung { .. } => {
-            ctx.docker
-                .restart(&container.id, HANG_RESTART_GRACE)
-                .await?;
+            runtime.restart(&container.id, HANG_RESTART_GRACE).await?;
             Ok(Some(Timestamp::now()))
         }
     }
@@ -530,13 +530,18 @@ async fn put_declared_in_place(
         return Ok(None);
     };
     let mut restarted_at = None;
+    let runtime = ctx.runtime(worker)?;
     if resources::needs_recreate(&resources::drift(&declared, container)) {
+        if !runtime.capabilities().recreate {
+            remediation.push(format!("not applied ({change}): a systemd unit is not recreated; declare it in the unit file"));
+            return Ok(None);
+        }
         let grace = Duration::from_secs(10);
-        container.id = ctx.docker.recreate(&container.id, &declared, grace).await?;
+        container.id = runtime.recreate(&container.id, &declared, grace).await?;
         restarted_at = Some(Timestamp::now());
         remediation.push(format!("recreated with {change}"));
     } else {
-        ctx.docker
+        runtime
             .update_resources(
                 &container.id,
                 Limits {
@@ -831,7 +836,7 @@ pub(super) async fn set_memory_limit(
     let limit = container.memory_limit.unwrap_or_default();
     // Docker refuses a memory limit above the memory+swap limit: raise that one with it.
     let swap = container.memory_swap.filter(|s| *s > 0).map(|s| s.max(new));
-    ctx.docker
+    ctx.runtime(worker)?
         .update_resources(
             &container.id,
             Limits {

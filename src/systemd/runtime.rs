@@ -1,0 +1,329 @@
+//! A systemd service as a worker runtime: the operator's runtime trait over [`Systemd`], so
+//! that everything above it (observation, diagnosis, recovery runs, automatic recovery,
+//! escalation, metrics) works for a unit as for a container. The unit's name stands where a
+//! container's name or ID would; its consent is the `WORKERRECOVERY_WORKER` entry of its
+//! `Environment=`, reported as the consent label.
+//!
+//! What a unit cannot do (a debug copy, a recreate, a command run inside it, files copied out
+//! of it) is refused with [`DockerError::Unsupported`], and
+//! [`Capabilities`] says so beforehand, so that a run needing it fails with that reason.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::jiff::Timestamp;
+
+use super::{
+    unit::{ActiveState, ServiceResult, UnitInfo},
+    Systemd, SystemdError,
+};
+use crate::{
+    docker::{
+        resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
+        ContainerRuntime, ContainerState, DockerError, ExecOutput, Job, JobOutput, Limits,
+        MemoryStats, PathStat, StartOutcome,
+    },
+    trust::CONSENT_LABEL,
+};
+
+/// How long a start, stop or restart job may take before the call gives up waiting (the
+/// unit's own `TimeoutStartSec=`/`TimeoutStopSec=` still apply).
+const JOB_WAIT: Duration = Duration::from_secs(120);
+
+/// The systemd runtime.
+#[derive(Clone)]
+pub struct SystemdRuntime {
+    systemd: Systemd,
+}
+
+impl SystemdRuntime {
+    pub fn new(systemd: Systemd) -> Self {
+        Self { systemd }
+    }
+
+    async fn known(&self, unit: &str) -> Result<UnitInfo, DockerError> {
+        let info = self.systemd.unit(unit).await.map_err(engine_error)?;
+        if info.exists() {
+            Ok(info)
+        } else {
+            Err(DockerError::NotFound(unit.into()))
+        }
+    }
+}
+
+/// What the runtime cannot do, as a refusal naming the runtime.
+fn unsupported(operation: &'static str) -> DockerError {
+    DockerError::Unsupported {
+        operation,
+        runtime: "systemd",
+    }
+}
+
+fn engine_error(e: SystemdError) -> DockerError {
+    match e {
+        SystemdError::Unavailable(m) => DockerError::Unavailable(m),
+        SystemdError::Refused {
+            operation, message, ..
+        } => DockerError::refused(operation, message),
+        e @ SystemdError::NotSettled { .. } => DockerError::Unavailable(e.to_string()),
+    }
+}
+
+/// A unit as the controllers see a container. Pure.
+pub fn container_info(u: &UnitInfo) -> ContainerInfo {
+    let status = match u.active_state {
+        ActiveState::Active | ActiveState::Reloading | ActiveState::Refreshing => {
+            ContainerState::Running
+        }
+        ActiveState::Activating => ContainerState::Restarting,
+        ActiveState::Deactivating => ContainerState::Removing,
+        ActiveState::Inactive | ActiveState::Failed | ActiveState::Maintenance => {
+            ContainerState::Exited
+        }
+        ActiveState::Unknown => ContainerState::Unknown,
+    };
+    let running = u.running();
+    // Docker's convention: 128 + the signal for a process a signal ended.
+    let killed = matches!(
+        u.result,
+        ServiceResult::Signal
+            | ServiceResult::CoreDump
+            | ServiceResult::OomKill
+            | ServiceResult::Watchdog
+    );
+    let exit_code = (!running && u.exited_at.is_some()).then(|| {
+        let status = i64::from(u.exec_main_status);
+        if killed {
+            128 + status
+        } else {
+            status
+        }
+    });
+    ContainerInfo {
+        id: u.name.clone(),
+        name: u.name.clone(),
+        image: None,
+        status,
+        running,
+        exit_code,
+        oom_killed: u.result == ServiceResult::OomKill,
+        pid: u.main_pid.map(i64::from),
+        started_at: u.started_at,
+        finished_at: u.exited_at,
+        restart_count: i64::from(u.n_restarts),
+        memory_limit: u.memory_max.and_then(|m| i64::try_from(m).ok()),
+        nofile_limit: u
+            .nofile_limit
+            .and_then(|n| i64::try_from(n).ok())
+            .map(|n| (n, n)),
+        env: u.environment.clone(),
+        labels: u
+            .consent()
+            .map(|c| (CONSENT_LABEL.to_string(), c.to_string()))
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for SystemdRuntime {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::SYSTEMD
+    }
+
+    async fn inspect(&self, unit: &str) -> Result<Option<ContainerInfo>, DockerError> {
+        match self.known(unit).await {
+            Ok(info) => Ok(Some(container_info(&info))),
+            Err(DockerError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn start(&self, unit: &str) -> Result<StartOutcome, DockerError> {
+        if self.known(unit).await?.running() {
+            return Ok(StartOutcome::AlreadyRunning);
+        }
+        self.systemd
+            .start(unit, JOB_WAIT)
+            .await
+            .map_err(engine_error)?;
+        Ok(StartOutcome::Started)
+    }
+
+    async fn exec(&self, _: &str, _: &[&str]) -> Result<ExecOutput, DockerError> {
+        Err(unsupported("exec"))
+    }
+
+    async fn logs(&self, _: &str, _: u32, _: Timestamp) -> Result<Vec<String>, DockerError> {
+        Err(unsupported("logs"))
+    }
+
+    async fn memory_stats(&self, unit: &str) -> Result<MemoryStats, DockerError> {
+        let info = self.known(unit).await?;
+        Ok(MemoryStats {
+            usage_bytes: info.memory_current.unwrap_or(0),
+            limit_bytes: info.memory_max.unwrap_or(0),
+        })
+    }
+
+    /// systemd keeps no event history: the last exit, when it was an OOM kill in the window.
+    async fn oom_events(
+        &self,
+        unit: &str,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Timestamp>, DockerError> {
+        let info = self.known(unit).await?;
+        Ok(info
+            .exited_at
+            .filter(|t| info.result == ServiceResult::OomKill && *t >= since && *t <= until)
+            .into_iter()
+            .collect())
+    }
+
+    async fn stat_path(&self, _: &str, _: &str) -> Result<Option<PathStat>, DockerError> {
+        Err(unsupported("stat"))
+    }
+
+    async fn stop(&self, unit: &str, _grace: Duration) -> Result<(), DockerError> {
+        self.known(unit).await?;
+        self.systemd
+            .stop(unit, JOB_WAIT)
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    async fn restart(&self, unit: &str, _grace: Duration) -> Result<(), DockerError> {
+        self.known(unit).await?;
+        self.systemd
+            .restart(unit, JOB_WAIT)
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    async fn create_clone(&self, _: &str, _: &CloneSpec) -> Result<String, DockerError> {
+        Err(unsupported("debug copy"))
+    }
+
+    async fn remove(&self, _: &str) -> Result<bool, DockerError> {
+        Err(unsupported("remove"))
+    }
+
+    async fn copy_file_out(&self, _: &str, _: &str, _: u64) -> Result<Vec<u8>, DockerError> {
+        Err(unsupported("copy"))
+    }
+
+    async fn run_job(&self, _: &Job, _: usize) -> Result<JobOutput, DockerError> {
+        Err(unsupported("job"))
+    }
+
+    async fn update_resources(&self, unit: &str, limits: Limits) -> Result<(), DockerError> {
+        if limits.memory_swap.is_some() || limits.cpu_quota.is_some() {
+            return Err(unsupported("update of swap or CPU"));
+        }
+        match limits.memory.and_then(|m| u64::try_from(m).ok()) {
+            Some(bytes) => self
+                .systemd
+                .set_memory_max(unit, bytes)
+                .await
+                .map_err(engine_error),
+            None => Ok(()),
+        }
+    }
+
+    async fn recreate(&self, _: &str, _: &Declared, _: Duration) -> Result<String, DockerError> {
+        Err(unsupported("recreate"))
+    }
+
+    async fn rename(&self, _: &str, _: &str) -> Result<(), DockerError> {
+        Err(unsupported("rename"))
+    }
+
+    /// Not followed yet: units are looked at on the controllers' periodic looks.
+    fn events(
+        &self,
+        _: &str,
+        _: Option<Timestamp>,
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+        Box::pin(futures::stream::pending())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::systemd::unit::{Prop, Props};
+
+    fn unit(active: &str, result: &str, status: i64, pid: u64) -> UnitInfo {
+        let p = |e: &[(&str, Prop)]| -> Props {
+            e.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        UnitInfo::from_props(
+            "agent-worker-marie.service",
+            &p(&[
+                ("LoadState", Prop::Text("loaded".into())),
+                ("ActiveState", Prop::Text(active.into())),
+            ]),
+            &p(&[
+                ("Result", Prop::Text(result.into())),
+                ("ExecMainStatus", Prop::Signed(status)),
+                ("MainPID", Prop::Unsigned(pid)),
+                ("NRestarts", Prop::Unsigned(1)),
+                (
+                    "ExecMainStartTimestamp",
+                    Prop::Unsigned(1_795_000_000_000_000),
+                ),
+                (
+                    "ExecMainExitTimestamp",
+                    Prop::Unsigned(if pid == 0 { 1_795_000_010_000_000 } else { 0 }),
+                ),
+                (
+                    "Environment",
+                    Prop::Texts(vec!["WORKERRECOVERY_WORKER=team-a/marie".into()]),
+                ),
+                ("MemoryMax", Prop::Unsigned(64 << 20)),
+            ]),
+        )
+    }
+
+    #[test]
+    fn a_running_unit_is_a_running_container_that_consents() {
+        let c = container_info(&unit("active", "success", 0, 4242));
+        assert_eq!(c.name, "agent-worker-marie.service");
+        assert_eq!(
+            (c.status, c.running, c.pid),
+            (ContainerState::Running, true, Some(4242))
+        );
+        assert_eq!(c.exit_code, None);
+        assert_eq!(c.labels[CONSENT_LABEL], "team-a/marie");
+        assert_eq!((c.memory_limit, c.restart_count), (Some(64 << 20), 1));
+    }
+
+    #[test]
+    fn exits_read_as_docker_reports_them() {
+        let crashed = container_info(&unit("failed", "exit-code", 3, 0));
+        assert_eq!(
+            (crashed.status, crashed.exit_code, crashed.oom_killed),
+            (ContainerState::Exited, Some(3), false)
+        );
+        let oom = container_info(&unit("failed", "oom-kill", 9, 0));
+        assert_eq!((oom.exit_code, oom.oom_killed), (Some(137), true));
+        let abort = container_info(&unit("failed", "core-dump", 6, 0));
+        assert_eq!(abort.exit_code, Some(134));
+        assert!(crashed.finished_at > crashed.started_at);
+    }
+
+    #[test]
+    fn what_a_unit_cannot_do_is_refused_by_name() {
+        let e = unsupported("debug copy");
+        assert_eq!(
+            e.to_string(),
+            "debug copy is not supported by the systemd runtime"
+        );
+        assert!(!Capabilities::SYSTEMD.debug_copy && !Capabilities::SYSTEMD.exec);
+        assert!(Capabilities::DOCKER.debug_copy);
+    }
+}

@@ -1,0 +1,186 @@
+//! The operator's systemd client against a real systemd (PID 1 of the stack's systemd node)
+//! over its D-Bus socket: a unit-run sample worker is started, read (state, main PID, consent,
+//! limits), seen to crash (`Result=exit-code`, status 3), restarted, given a new `MemoryMax`
+//! at runtime and stopped; a unit systemd does not know reads as not found.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use worker_recovery_operator::systemd::{
+    unit::{ActiveState, ServiceResult},
+    Systemd,
+};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_unit_run_worker_is_started_read_crashed_restarted_limited_and_stopped() {
+    let node = systemd_node();
+    let w = WorkerUnit::write(node, "alpha", Some("team-a/alpha"), &[], &["MemoryMax=64M"]);
+    runtime().block_on(async {
+        let sd = Systemd::connect(Some(&node.bus)).await.unwrap();
+        sd.reload().await.unwrap();
+
+        let started = sd.start(&w.unit, SETTLE).await.unwrap();
+        assert_eq!(started.active_state, ActiveState::Active, "{started:?}");
+        assert!(
+            started.running() && started.started_at.is_some(),
+            "{started:?}"
+        );
+        assert_eq!(started.consent(), Some("team-a/alpha"));
+        assert_eq!(started.memory_max, Some(64 << 20));
+        wait_for("the unit's heartbeat", Duration::from_secs(20), || {
+            w.heartbeat()
+                .exists()
+                .then_some(())
+                .ok_or_else(|| "none yet".to_string())
+        });
+
+        w.inject_fault("crash");
+        let crashed = wait_unit(&sd, &w.unit, |u| u.active_state == ActiveState::Failed).await;
+        assert_eq!(crashed.result, ServiceResult::ExitCode, "{crashed:?}");
+        assert_eq!((crashed.exec_main_status, crashed.main_pid), (3, None));
+        assert!(crashed.exited_at >= crashed.started_at);
+
+        let restarted = sd.restart(&w.unit, SETTLE).await.unwrap();
+        assert!(restarted.running(), "{restarted:?}");
+        assert_ne!(restarted.main_pid, started.main_pid);
+        assert!(restarted.started_at > crashed.started_at);
+
+        sd.set_memory_max(&w.unit, 128 << 20).await.unwrap();
+        assert_eq!(sd.unit(&w.unit).await.unwrap().memory_max, Some(128 << 20));
+
+        let stopped = sd.stop(&w.unit, SETTLE).await.unwrap();
+        assert_eq!(stopped.active_state, ActiveState::Inactive, "{stopped:?}");
+        assert!(!stopped.running());
+
+        let unknown = sd.unit("agent-worker-nobody-here.service").await.unwrap();
+        assert!(!unknown.exists(), "{unknown:?}");
+    });
+}
+
+/// The unit once `done` holds, polled for up to 30 s.
+async fn wait_unit(
+    sd: &Systemd,
+    unit: &str,
+    done: impl Fn(&worker_recovery_operator::systemd::unit::UnitInfo) -> bool,
+) -> worker_recovery_operator::systemd::unit::UnitInfo {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let u = sd.unit(unit).await.unwrap();
+        if done(&u) {
+            return u;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unit} never got there: {u:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A Worker run by systemd, with automatic recovery: its unit crashes (`Restart=no`) and the
+/// operator starts it again over D-Bus; status, restart count and an Event say so, as for a
+/// container. A unit without the consent variable is refused.
+#[test]
+fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_refused() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd");
+    let w = WorkerUnit::write(node, "heal", Some(&format!("{ns}/heal")), &[], &[]);
+    let stranger = WorkerUnit::write(node, "stranger", None, &[], &[]);
+    let rt = runtime();
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    let first = rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    rt.block_on(sd.start(&stranger.unit, SETTLE)).unwrap();
+
+    let unit_worker = |name: &str, unit: &WorkerUnit| {
+        Manifest::new(
+            "Worker",
+            name,
+            &ns,
+            serde_json::json!({
+                "runtime": {"systemd": {"unit": unit.unit}},
+                "workerName": unit.worker_name,
+                "sharedRoot": unit.shared_root,
+                "heartbeatTimeoutSeconds": 5,
+                "autoRecovery": {"enabled": true, "cooldownSeconds": 0,
+                                 "backoff": {"initialSeconds": 0}},
+            }),
+        )
+    };
+    stack.apply_ok(unit_worker("heal", &w));
+    stack.apply_ok(unit_worker("stranger", &stranger));
+    let _op = Operator::builder(stack, &ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .start();
+    wait_worker(
+        stack,
+        &ns,
+        "heal",
+        "Healthy",
+        Duration::from_secs(60),
+        |w| w["status"]["phase"] == "Healthy",
+    );
+    let refused = wait_worker(
+        stack,
+        &ns,
+        "stranger",
+        "Refused",
+        Duration::from_secs(60),
+        |w| w["status"]["phase"] == "Refused",
+    );
+    let accepted = condition(&refused, "Accepted");
+    assert_eq!(accepted["reason"], "ContainerNotManaged", "{accepted:#}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains(&stranger.unit),
+        "{accepted:#}"
+    );
+
+    w.inject_fault("crash");
+    let healed = wait_worker(
+        stack,
+        &ns,
+        "heal",
+        "restarted by the operator",
+        Duration::from_secs(60),
+        |w| w["status"]["restartCount"].as_i64() >= Some(1) && w["status"]["phase"] == "Healthy",
+    );
+    eprintln!("e2e_systemd: {:#}", healed["status"]["autoRecovery"]);
+    let now = rt.block_on(sd.unit(&w.unit)).unwrap();
+    assert!(now.running(), "{now:?}");
+    assert_ne!(now.main_pid, first.main_pid, "a new main process");
+    let attempts = healed["status"]["autoRecovery"]["attempts"]
+        .as_array()
+        .unwrap();
+    assert!(
+        attempts[0]["trigger"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{attempts:#?}"
+    );
+    let reasons: Vec<String> = stack
+        .events_for(&ns, "heal")
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Restarted"), "{reasons:?}");
+
+    rt.block_on(sd.stop(&w.unit, SETTLE)).unwrap();
+    rt.block_on(sd.stop(&stranger.unit, SETTLE)).unwrap();
+}
