@@ -36,6 +36,8 @@ pub struct FakeRuntime {
     pub jobs: Mutex<Vec<Job>>,
     /// The copies asked for, in order.
     pub clones: Mutex<Vec<CloneSpec>>,
+    /// What it says it can do (Docker's when unset).
+    pub capabilities: Option<super::Capabilities>,
 }
 
 impl FakeRuntime {
@@ -191,6 +193,10 @@ impl ContainerRuntime for FakeRuntime {
             .unwrap()
             .push(format!("clone {} {}", original.name, clone.name));
         Ok(id)
+    }
+
+    fn capabilities(&self) -> super::Capabilities {
+        self.capabilities.unwrap_or(super::Capabilities::DOCKER)
     }
 
     async fn copy_file_out(

@@ -706,3 +706,25 @@ async fn cores_are_not_collected_where_the_host_pipes_them_or_nothing_is_declare
     assert!(!result.details.contains_key(cores::CORE_DIR_DETAIL));
     assert_eq!(f.fake.clones.lock().unwrap()[0].core_dir, None);
 }
+
+#[tokio::test]
+async fn a_debug_run_of_a_systemd_worker_fails_with_the_reason() {
+    let mut f = fixture(testing::exited(3), json!({"mode": "Debug"})).await;
+    f.worker.spec.runtime = Some(crate::crd::worker::RuntimeSpec {
+        systemd: crate::crd::worker::SystemdRuntimeSpec {
+            unit: "agent-worker-marie.service".into(),
+        },
+    });
+    let mut units = FakeRuntime::with_container(testing::exited(3));
+    units.capabilities = Some(crate::docker::Capabilities::SYSTEMD);
+    f.ctx.systemd = Some(Arc::new(units));
+
+    let result = done(debug_start(&f.run()).await.unwrap());
+
+    assert_eq!(result.state(), StepState::Failed);
+    assert_eq!(
+        result.message,
+        "agent-worker-marie.service is a systemd unit: a debug copy needs the Docker runtime (use a Quick or Clean run)"
+    );
+    assert_eq!(f.actions(), Vec::<String>::new(), "nothing was copied");
+}
