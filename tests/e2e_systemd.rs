@@ -184,3 +184,92 @@ fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_ref
     rt.block_on(sd.stop(&w.unit, SETTLE)).unwrap();
     rt.block_on(sd.stop(&stranger.unit, SETTLE)).unwrap();
 }
+
+/// A Clean run of a systemd Worker: the unit is stopped, its active tasks are requeued exactly
+/// once, it is started, verified (heartbeat newer than the start) and resumed in batches.
+#[test]
+fn a_clean_run_stops_cleans_starts_verifies_and_resumes_a_unit() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-clean");
+    // Slow tasks: the worker holds one in active/ when it is stopped.
+    let w = WorkerUnit::write(
+        node,
+        "clean",
+        Some(&format!("{ns}/clean")),
+        &["TASK_DURATION_MS=600000"],
+        &[],
+    );
+    for i in 0..4 {
+        std::fs::write(
+            w.shared_root
+                .join("tasks")
+                .join(&w.worker_name)
+                .join("pending")
+                .join(format!("t{i}.json")),
+            format!(r#"{{"id": "t{i}", "retry_count": 0}}"#),
+        )
+        .unwrap();
+    }
+    let rt = runtime();
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    let first = rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    let active = w
+        .shared_root
+        .join("tasks")
+        .join(&w.worker_name)
+        .join("active");
+    wait_for("a task in active/", Duration::from_secs(20), || {
+        let n = std::fs::read_dir(&active).unwrap().count();
+        (n > 0).then_some(()).ok_or_else(|| "none yet".to_string())
+    });
+    stack.apply_ok(Manifest::new(
+        "Worker",
+        "clean",
+        &ns,
+        serde_json::json!({
+            "runtime": {"systemd": {"unit": w.unit}},
+            "workerName": w.worker_name,
+            "sharedRoot": w.shared_root,
+            "heartbeatTimeoutSeconds": 10,
+        }),
+    ));
+    let _op = Operator::builder(stack, &ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .start();
+    stack.apply_ok(
+        recovery("clean-1", &ns, "clean")
+            .mode("Clean")
+            .spec(serde_json::json!({"verifyTimeoutSeconds": 30,
+                "resume": {"batchSize": 2, "batchDelaySeconds": 1, "maxFailureRatio": 0.5}})),
+    );
+    let run = wait_run_finished_within(stack, &ns, "clean-1", Duration::from_secs(120));
+    assert_phase(&run, "Succeeded");
+    let clean = run_step(&run, "CleanState");
+    assert_eq!(clean["figures"]["containerStopped"], 1, "{clean:#}");
+    assert!(
+        clean["figures"]["requeued"].as_i64() >= Some(1),
+        "{clean:#}"
+    );
+    let now = rt.block_on(sd.unit(&w.unit)).unwrap();
+    assert!(
+        now.running() && now.started_at > first.started_at,
+        "{now:?}"
+    );
+    // Every task is where it should be, exactly once.
+    let mut ids = Vec::new();
+    for state in ["pending", "active", "staged", "failed"] {
+        let dir = w.shared_root.join("tasks").join(&w.worker_name).join(state);
+        for e in std::fs::read_dir(dir).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".json") {
+                ids.push(name);
+            }
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["t0.json", "t1.json", "t2.json", "t3.json"]);
+    rt.block_on(sd.stop(&w.unit, SETTLE)).unwrap();
+}
