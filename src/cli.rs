@@ -243,6 +243,16 @@ enum Command {
         /// (`unix:path=/run/dbus/system_bus_socket`). Unset: such Workers wait with a reason.
         #[arg(long, value_name = "ADDRESS", env = "WRO_SYSTEMD_BUS")]
         systemd_bus: Option<String>,
+        /// Where systemd's journal is, for the logs of its units (read-only; the ones that
+        /// exist are read). Repeat for several.
+        #[arg(
+            long = "systemd-journal-dir",
+            value_name = "DIR",
+            env = "WRO_SYSTEMD_JOURNAL_DIRS",
+            value_delimiter = ',',
+            default_values = ["/var/log/journal", "/run/log/journal"]
+        )]
+        systemd_journal_dirs: Vec<PathBuf>,
     },
     /// Diagnose a Worker now: run every check of the runbook and print findings and root cause.
     /// Needs no running operator: reads the Worker from the API, looks at Docker and files directly.
@@ -310,6 +320,7 @@ pub fn main() -> ExitCode {
             election,
             analyzer,
             systemd_bus,
+            systemd_journal_dirs,
         } => trust.resolve().and_then(|trust| {
             let http = urls.client(&tls)?;
             let leader = election.resolve(env_var)?;
@@ -325,6 +336,7 @@ pub fn main() -> ExitCode {
                 leader,
                 core_analyzer: analyzer.resolve(),
                 systemd_bus: systemd_bus.filter(|b| !b.is_empty()),
+                systemd_journal_dirs,
             }))
         }),
         Command::Diagnose {

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub core_analyzer: Option<crate::crash::Analyzer>,
     /// The node's systemd (`--systemd-bus`: `system` or a D-Bus address).
     pub systemd_bus: Option<String>,
+    /// Its journal (`--systemd-journal-dir`).
+    pub systemd_journal_dirs: Vec<std::path::PathBuf>,
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
@@ -72,7 +74,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot reach systemd over D-Bus ({bus})"))?;
             info!(bus, "connected to systemd");
             let runtime: Arc<dyn crate::docker::ContainerRuntime> =
-                Arc::new(crate::systemd::runtime::SystemdRuntime::new(systemd));
+                Arc::new(crate::systemd::runtime::SystemdRuntime::new(
+                    systemd,
+                    opts.systemd_journal_dirs.clone(),
+                ));
             Some(runtime)
         }
     };

@@ -273,3 +273,60 @@ fn a_clean_run_stops_cleans_starts_verifies_and_resumes_a_unit() {
     assert_eq!(ids, ["t0.json", "t1.json", "t2.json", "t3.json"]);
     rt.block_on(sd.stop(&w.unit, SETTLE)).unwrap();
 }
+
+/// The diagnosis of a crashed unit reads its crash lines from the journal, as `docker logs` is
+/// read for a container.
+#[test]
+fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-diag");
+    let w = WorkerUnit::write(node, "diag", Some(&format!("{ns}/diag")), &[], &[]);
+    let rt = runtime();
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    wait_for("the unit's heartbeat", Duration::from_secs(20), || {
+        w.heartbeat()
+            .exists()
+            .then_some(())
+            .ok_or_else(|| "none yet".to_string())
+    });
+    w.inject_fault("crash");
+    rt.block_on(wait_unit(&sd, &w.unit, |u| {
+        u.active_state == ActiveState::Failed
+    }));
+    stack.apply_ok(Manifest::new(
+        "Worker",
+        "diag",
+        &ns,
+        serde_json::json!({
+            "runtime": {"systemd": {"unit": w.unit}},
+            "workerName": w.worker_name,
+            "sharedRoot": w.shared_root,
+        }),
+    ));
+    let _op = Operator::builder(stack, &ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .env("WRO_SYSTEMD_JOURNAL_DIRS", node.journal.to_str().unwrap())
+        .start();
+    stack.apply_ok(recovery("diag-1", &ns, "diag").mode("Diagnose"));
+    let run = wait_run_finished(stack, &ns, "diag-1");
+    let findings = run["status"]["diagnosis"]["findings"].as_array().unwrap();
+    let logs: Vec<&serde_json::Value> = findings
+        .iter()
+        .filter(|f| f["check"] == "crashLogs")
+        .collect();
+    eprintln!("e2e_systemd: crash log findings {logs:#?}");
+    let text = serde_json::to_string(&logs).unwrap();
+    assert!(text.contains("FATAL: simulated crash"), "{text}");
+    let container = findings.iter().find(|f| f["check"] == "container").unwrap();
+    assert!(
+        serde_json::to_string(container)
+            .unwrap()
+            .contains("exit code 3")
+            || container["evidence"]["exitCode"] == "3",
+        "{container:#}"
+    );
+}

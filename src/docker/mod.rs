@@ -293,7 +293,7 @@ impl Capabilities {
     pub const SYSTEMD: Self = Self {
         debug_copy: false,
         exec: false,
-        logs: false,
+        logs: true,
         recreate: false,
     };
 }

@@ -6,6 +6,7 @@
 //! queue a job (mode `replace`) and wait until the unit has settled; [`Systemd::set_memory_max`]
 //! changes the limit of the running unit (`SetUnitProperties`, runtime only).
 
+pub mod journal;
 pub mod runtime;
 pub mod unit;
 

@@ -34,11 +34,16 @@ const JOB_WAIT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct SystemdRuntime {
     systemd: Systemd,
+    /// Where the units' journal is (`/var/log/journal`, `/run/log/journal`).
+    journal_dirs: Vec<std::path::PathBuf>,
 }
 
 impl SystemdRuntime {
-    pub fn new(systemd: Systemd) -> Self {
-        Self { systemd }
+    pub fn new(systemd: Systemd, journal_dirs: Vec<std::path::PathBuf>) -> Self {
+        Self {
+            systemd,
+            journal_dirs,
+        }
     }
 
     async fn known(&self, unit: &str) -> Result<UnitInfo, DockerError> {
@@ -155,8 +160,17 @@ impl ContainerRuntime for SystemdRuntime {
         Err(unsupported("exec"))
     }
 
-    async fn logs(&self, _: &str, _: u32, _: Timestamp) -> Result<Vec<String>, DockerError> {
-        Err(unsupported("logs"))
+    async fn logs(
+        &self,
+        unit: &str,
+        tail: u32,
+        since: Timestamp,
+    ) -> Result<Vec<String>, DockerError> {
+        let (dirs, unit) = (self.journal_dirs.clone(), unit.to_string());
+        tokio::task::spawn_blocking(move || super::journal::tail(&dirs, &unit, tail, since))
+            .await
+            .map_err(|e| DockerError::Unavailable(e.to_string()))?
+            .map_err(|why| DockerError::refused("logs", why))
     }
 
     async fn memory_stats(&self, unit: &str) -> Result<MemoryStats, DockerError> {

@@ -13,6 +13,8 @@ pub struct SystemdNode {
     pub units: PathBuf,
     /// Mounted at the same path in the node: workers' shared roots go below it.
     pub shared: PathBuf,
+    /// Its persistent journal.
+    pub journal: PathBuf,
 }
 
 static NODE: OnceLock<SystemdNode> = OnceLock::new();
@@ -33,6 +35,7 @@ pub fn systemd_node() -> &'static SystemdNode {
             bus: format!("unix:path={}", dir.join("dbus/system_bus_socket").display()),
             units: dir.join("units"),
             shared: dir.join("shared"),
+            journal: dir.join("journal"),
         }
     })
 }
