@@ -113,7 +113,9 @@ fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_ref
                 "runtime": {"systemd": {"unit": unit.unit}},
                 "workerName": unit.worker_name,
                 "sharedRoot": unit.shared_root,
-                "heartbeatTimeoutSeconds": 5,
+                // Looked at every 15 s without an event: a restart sooner comes from systemd's
+                // PropertiesChanged signal.
+                "heartbeatTimeoutSeconds": 600,
                 "autoRecovery": {"enabled": true, "cooldownSeconds": 0,
                                  "backoff": {"initialSeconds": 0}},
             }),
@@ -151,7 +153,16 @@ fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_ref
         "{accepted:#}"
     );
 
+    // Let the looks that follow the start pass, so that only an event can explain a quick heal.
+    std::thread::sleep(Duration::from_secs(3));
     w.inject_fault("crash");
+    let crashed_at = std::time::Instant::now();
+    let restarted = rt.block_on(wait_unit(&sd, &w.unit, |u| {
+        u.running() && u.main_pid != first.main_pid
+    }));
+    let took = crashed_at.elapsed();
+    eprintln!("e2e_systemd: fault to running again {took:?} ({restarted:?})");
+    assert!(took < Duration::from_secs(10), "event-driven: {took:?}");
     let healed = wait_worker(
         stack,
         &ns,

@@ -97,6 +97,70 @@ impl Systemd {
         Ok(UnitInfo::from_props(name, &unit, &service))
     }
 
+    /// The unit at the object `path`, named by its `Id`.
+    async fn unit_at(&self, path: &OwnedObjectPath) -> zbus::Result<UnitInfo> {
+        let unit = self.props(path, UNIT_INTERFACE).await?;
+        let service = self
+            .props(path, SERVICE_INTERFACE)
+            .await
+            .unwrap_or_default();
+        let name = match unit.get("Id") {
+            Some(Prop::Text(id)) => id.clone(),
+            _ => String::new(),
+        };
+        Ok(UnitInfo::from_props(&name, &unit, &service))
+    }
+
+    /// Every service whose `ActiveState` changes from now on, read again as it is then: systemd's
+    /// `PropertiesChanged` signals of its units (after `Subscribe`, without which it sends
+    /// none). The stream ends when the bus connection does.
+    pub async fn unit_changes(
+        &self,
+    ) -> Result<
+        impl futures::Stream<Item = Result<UnitInfo, SystemdError>> + Send + 'static,
+        SystemdError,
+    > {
+        let unavailable = |e: zbus::Error| SystemdError::Unavailable(e.to_string());
+        self.manager()
+            .await?
+            .subscribe()
+            .await
+            .map_err(unavailable)?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .and_then(|b| b.interface("org.freedesktop.DBus.Properties"))
+            .and_then(|b| b.member("PropertiesChanged"))
+            .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
+            .map_err(unavailable)?
+            .build();
+        let messages = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(1024))
+            .await
+            .map_err(unavailable)?;
+        let me = self.clone();
+        Ok(futures::StreamExt::filter_map(messages, move |msg| {
+            let me = me.clone();
+            async move {
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(e) => return Some(Err(unavailable(e))),
+                };
+                let path = OwnedObjectPath::from(msg.header().path()?.to_owned());
+                let (interface, changed, _): (String, HashMap<String, OwnedValue>, Vec<String>) =
+                    msg.body().deserialize().ok()?;
+                if interface != UNIT_INTERFACE || !changed.contains_key("ActiveState") {
+                    return None;
+                }
+                // A unit gone meanwhile has nothing left to report.
+                me.unit_at(&path)
+                    .await
+                    .ok()
+                    .filter(|u| u.name.ends_with(".service"))
+                    .map(Ok)
+            }
+        }))
+    }
+
     async fn props(&self, path: &OwnedObjectPath, interface: &str) -> zbus::Result<Props> {
         let proxy = PropertiesProxy::builder(&self.conn)
             .destination("org.freedesktop.systemd1")?

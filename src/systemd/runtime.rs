@@ -131,6 +131,26 @@ pub fn container_info(u: &UnitInfo) -> ContainerInfo {
     }
 }
 
+/// A unit's change as an engine event of its Worker; `None` for a unit that consents to none.
+pub fn unit_event(u: &UnitInfo) -> Option<ContainerEvent> {
+    let consent = u.consent()?;
+    let action = if u.running() {
+        "start"
+    } else if u.result == ServiceResult::OomKill {
+        "oom"
+    } else if u.active_state.in_transition() {
+        return None;
+    } else {
+        "die"
+    };
+    Some(ContainerEvent {
+        action: action.into(),
+        container_id: u.name.clone(),
+        labels: [(CONSENT_LABEL.to_string(), consent.to_string())].into(),
+        time: u.exited_at.filter(|_| action != "start").or(u.started_at),
+    })
+}
+
 #[async_trait]
 impl ContainerRuntime for SystemdRuntime {
     fn capabilities(&self) -> Capabilities {
@@ -256,13 +276,23 @@ impl ContainerRuntime for SystemdRuntime {
         Err(unsupported("rename"))
     }
 
-    /// Not followed yet: units are looked at on the controllers' periodic looks.
+    /// Changes of consenting units, from systemd's `PropertiesChanged` signals: `start` when
+    /// one runs again, `oom` or `die` when it stopped. systemd replays nothing: after a break
+    /// every Worker is looked at again (the follower does that).
     fn events(
         &self,
-        _: &str,
-        _: Option<Timestamp>,
+        _label: &str,
+        _since: Option<Timestamp>,
     ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
-        Box::pin(futures::stream::pending())
+        use futures::{StreamExt, TryFutureExt, TryStreamExt};
+        let systemd = self.systemd.clone();
+        let changes = async move {
+            let stream = systemd.unit_changes().await.map_err(engine_error)?;
+            Ok(stream.map_err(engine_error))
+        }
+        .try_flatten_stream()
+        .try_filter_map(|unit| async move { Ok(unit_event(&unit)) });
+        changes.boxed()
     }
 }
 
@@ -328,6 +358,33 @@ mod tests {
         let abort = container_info(&unit("failed", "core-dump", 6, 0));
         assert_eq!(abort.exit_code, Some(134));
         assert!(crashed.finished_at > crashed.started_at);
+    }
+
+    #[test]
+    fn unit_changes_are_events_of_the_consenting_worker() {
+        let died = unit_event(&unit("failed", "exit-code", 3, 0)).unwrap();
+        assert_eq!(
+            (died.action.as_str(), died.container_id.as_str()),
+            ("die", "agent-worker-marie.service")
+        );
+        assert_eq!(died.labels[CONSENT_LABEL], "team-a/marie");
+        assert_eq!(
+            unit_event(&unit("failed", "oom-kill", 9, 0))
+                .unwrap()
+                .action,
+            "oom"
+        );
+        assert_eq!(
+            unit_event(&unit("active", "success", 0, 7)).unwrap().action,
+            "start"
+        );
+        assert!(
+            unit_event(&unit("deactivating", "success", 0, 0)).is_none(),
+            "still changing"
+        );
+        let mut stranger = unit("failed", "exit-code", 3, 0);
+        stranger.environment.clear();
+        assert!(unit_event(&stranger).is_none(), "no consent, no Worker");
     }
 
     #[test]

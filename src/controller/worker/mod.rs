@@ -60,6 +60,7 @@ pub async fn run(
     let trigger = watch::changes(workers, ctx.scope.worker_watch(), writer, Trigger::Spec);
     let (container_events, resync) =
         engine_events::follow(ctx.docker.clone(), ctx.metrics.clone(), reader.clone());
+    let (unit_events, unit_resync) = unit_events(&ctx, &reader);
     // Only the runs this controller created (automatic attempts) point back to a Worker; a
     // change of one (it finished) is when the policy decides about the next attempt.
     let auto_runs = watcher::Config::default()
@@ -74,11 +75,35 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(WORKER_CONCURRENCY))
         .watches(runs, auto_runs, owner_in(reader_of_owners))
         .reconcile_on(container_events)
+        .reconcile_on(unit_events)
         // A webhook delivery ended: write how it went.
         .reconcile_on(ctx.notifier.wakeups())
-        .reconcile_all_on(resync);
+        .reconcile_all_on(futures::stream::select(resync, unit_resync));
     watch::serve(controller, CONTROLLER, reconcile, ctx).await;
     pruner.abort();
+}
+
+/// The node's systemd units' changes, followed as the engine's events are (nothing without a
+/// systemd).
+fn unit_events(
+    ctx: &Context,
+    reader: &Store<Worker>,
+) -> (
+    futures::stream::BoxStream<'static, ObjectRef<Worker>>,
+    futures::stream::BoxStream<'static, ()>,
+) {
+    use futures::StreamExt;
+    match &ctx.systemd {
+        Some(systemd) => {
+            let (events, resync) =
+                engine_events::follow(systemd.clone(), ctx.metrics.clone(), reader.clone());
+            (events.boxed(), resync.boxed())
+        }
+        None => (
+            futures::stream::pending().boxed(),
+            futures::stream::pending().boxed(),
+        ),
+    }
 }
 
 /// The Worker that owns an automatic run, when it is one this controller watches (in
