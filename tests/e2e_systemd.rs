@@ -341,3 +341,67 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
         "{container:#}"
     );
 }
+
+/// A unit killed by the kernel at its `MemoryMax`: the diagnosis finds the OOM kill and names
+/// OutOfMemory. systemd reports `Result=oom-kill` only on cgroup v2; on this host (v1) it says
+/// `signal`, and the kernel log (which names the unit's cgroup) is the evidence.
+#[test]
+fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-oom");
+    let w = WorkerUnit::write(
+        node,
+        "oom",
+        Some(&format!("{ns}/oom")),
+        &["FAULT_MODE=oom", "FAULT_AFTER_SECS=1"],
+        &["MemoryMax=64M"],
+    );
+    let rt = runtime();
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    let killed = rt.block_on(wait_unit(&sd, &w.unit, |u| {
+        u.active_state == ActiveState::Failed
+    }));
+    eprintln!(
+        "e2e_systemd: OOM as systemd reports it: {:?} {}",
+        killed.result, killed.exec_main_status
+    );
+    assert!(
+        matches!(
+            killed.result,
+            ServiceResult::OomKill | ServiceResult::Signal
+        ),
+        "{killed:?}"
+    );
+    stack.apply_ok(Manifest::new(
+        "Worker",
+        "oom",
+        &ns,
+        serde_json::json!({
+            "runtime": {"systemd": {"unit": w.unit}},
+            "workerName": w.worker_name,
+            "sharedRoot": w.shared_root,
+        }),
+    ));
+    let _op = Operator::builder(stack, &ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .env("WRO_SYSTEMD_JOURNAL_DIRS", node.journal.to_str().unwrap())
+        .start();
+    stack.apply_ok(recovery("oom-1", &ns, "oom").mode("Diagnose"));
+    let run = wait_run_finished(stack, &ns, "oom-1");
+    let diagnosis = &run["status"]["diagnosis"];
+    let memory: Vec<&serde_json::Value> = diagnosis["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["check"] == "memory")
+        .collect();
+    eprintln!("e2e_systemd: memory findings {memory:#?}");
+    assert_eq!(
+        diagnosis["verdict"]["topCause"], "OutOfMemory",
+        "{diagnosis:#}"
+    );
+}

@@ -15,7 +15,8 @@ fn weights(finding: &Finding) -> &'static [(RootCause, u32)] {
     use RootCause::*;
     match finding.kind {
         OomKilled => &[(OutOfMemory, 100)],
-        KernelOomKill | OomEvent => &[(OutOfMemory, 40)],
+        // The kernel's own word that it killed the worker for memory.
+        KernelOomKill | OomEvent => &[(OutOfMemory, 60)],
         MemoryNearLimit => &[(OutOfMemory, 20)],
         FdExhausted => &[(FileDescriptorExhaustion, 90)],
         FdNearLimit => &[(FileDescriptorExhaustion, 40)],
@@ -25,6 +26,9 @@ fn weights(finding: &Finding) -> &'static [(RootCause, u32)] {
         ContainerExited => match finding.evidence.get("exitCode").map(String::as_str) {
             // 127 is the shell's "command not found", 126 "not executable".
             Some("127") | Some("126") => &[(MissingDependency, 30), (ApplicationCrash, 60)],
+            // SIGKILL came from outside the worker (the OOM killer, `kill -9`): weak evidence
+            // of an error of its own.
+            Some("137") => &[(ApplicationCrash, 20)],
             _ => &[(ApplicationCrash, 60)],
         },
         ContainerNotFound => &[(ContainerMissing, 100)],
@@ -190,6 +194,19 @@ mod tests {
             v.causes.last().unwrap().cause,
             RootCause::MetricsEndpointDown
         );
+    }
+
+    #[test]
+    fn a_kill_the_kernel_logged_as_an_oom_kill_is_out_of_memory() {
+        // systemd on cgroup v1 says `signal`, not `oom-kill`: the kernel log is the evidence.
+        let v = rank(&[
+            f(ContainerExited, &[("exitCode", "137")]),
+            f(KernelOomKill, &[]),
+            f(LogErrors, &[]),
+        ]);
+        assert_eq!(v.top_cause, Some(RootCause::OutOfMemory), "{v:?}");
+        let plain_kill = rank(&[f(ContainerExited, &[("exitCode", "137")])]);
+        assert_eq!(plain_kill.top_cause, Some(RootCause::ApplicationCrash));
     }
 
     #[test]

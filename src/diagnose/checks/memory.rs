@@ -272,7 +272,7 @@ pub fn kernel_oom_lines(log: &str, id: &str, extra_pids: &[u64]) -> KernelOomKil
             || lower.contains("killed process")
             || lower.contains("memory cgroup out of memory")
             || lower.contains("killed as a result of limit");
-        if about_oom && line.contains(id) {
+        if about_oom && mentions(line, id) {
             keep[i] = true;
             if let Some(pid) = field(line, "pid=").and_then(|p| p.parse().ok()) {
                 pids.insert(pid);
@@ -304,6 +304,20 @@ pub fn kernel_oom_lines(log: &str, id: &str, extra_pids: &[u64]) -> KernelOomKil
         .map(|(l, _)| l.trim_end().to_string())
         .collect();
     out
+}
+
+/// Whether `line` names `id`: a container ID anywhere; a systemd unit only as a whole cgroup
+/// path component (`/system.slice/<unit>`), so that `a-b.service` is not found in
+/// `/system.slice/x-a-b.service`.
+fn mentions(line: &str, id: &str) -> bool {
+    if !id.ends_with(".service") {
+        return line.contains(id);
+    }
+    line.match_indices(id).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + id.len()..].chars().next();
+        before == Some('/') && after.is_none_or(|c| matches!(c, '/' | ',' | ' '))
+    })
 }
 
 fn push_unique(v: &mut Vec<String>, s: String) {
@@ -422,6 +436,22 @@ mod tests {
             at("2026-11-27T07:59:00Z")
         );
         assert_eq!(oom_events_since(now, 600, None), at("2026-11-27T09:59:00Z"));
+    }
+
+    #[test]
+    fn a_unit_is_found_as_a_whole_cgroup_component() {
+        let line = "oom-kill:constraint=CONSTRAINT_MEMCG,oom_memcg=/docker/abc/system.slice/agent-worker-b.service,task_memcg=/docker/abc/system.slice/agent-worker-b.service,task=sample-worker,pid=900,uid=0";
+        assert!(mentions(line, "agent-worker-b.service"));
+        assert!(
+            !mentions(line, "worker-b.service"),
+            "a suffix of another unit"
+        );
+        let k = kernel_oom_lines(
+            &format!("{line}\nMemory cgroup out of memory: Killed process 900 (sample-worker) total-vm:1kB\n"),
+            "agent-worker-b.service",
+            &[],
+        );
+        assert_eq!((k.lines.len(), k.killed_pids.as_slice()), (2, &[900][..]));
     }
 
     #[test]
