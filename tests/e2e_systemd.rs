@@ -405,3 +405,64 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
         "{diagnosis:#}"
     );
 }
+
+/// A unit that crashes a second after every start is restarted with the policy's backoff until
+/// its restarts are used up, then escalated, as a container is.
+#[test]
+fn a_crash_looping_unit_is_restarted_with_backoff_then_escalated() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-loop");
+    let w = WorkerUnit::write(
+        node,
+        "loop",
+        Some(&format!("{ns}/loop")),
+        &["FAULT_MODE=crash", "FAULT_AFTER_SECS=1"],
+        &[],
+    );
+    let rt = runtime();
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    stack.apply_ok(Manifest::new(
+        "Worker",
+        "loop",
+        &ns,
+        serde_json::json!({
+            "runtime": {"systemd": {"unit": w.unit}},
+            "workerName": w.worker_name,
+            "sharedRoot": w.shared_root,
+            "autoRecovery": {"enabled": true, "maxRestarts": 3, "cooldownSeconds": 0,
+                             "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 4}},
+        }),
+    ));
+    let _op = Operator::builder(stack, &ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .start();
+    let done = wait_worker(
+        stack,
+        &ns,
+        "loop",
+        "Escalated",
+        Duration::from_secs(120),
+        |w| w["status"]["phase"] == "Escalated",
+    );
+    let auto = &done["status"]["autoRecovery"];
+    eprintln!("e2e_systemd: {auto:#}");
+    let attempts = auto["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{auto:#}");
+    assert_eq!(done["status"]["restartCount"], 3);
+    // The waits between attempts grow: 1 s, then 2 s (the backoff), plus a second of running.
+    let times: Vec<k8s_openapi::jiff::Timestamp> = attempts
+        .iter()
+        .map(|a| a["time"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let gaps: Vec<i64> = times
+        .windows(2)
+        .map(|t| (t[1] - t[0]).get_seconds())
+        .collect();
+    assert!(gaps[1] > gaps[0], "growing waits: {gaps:?}");
+    let unit = rt.block_on(sd.unit(&w.unit)).unwrap();
+    assert!(!unit.running(), "left stopped once escalated: {unit:?}");
+}
