@@ -73,7 +73,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot reach systemd over D-Bus ({bus})"))?;
             info!(bus, "connected to systemd");
-            let runtime: Arc<dyn crate::docker::ContainerRuntime> =
+            let runtime: Arc<dyn crate::docker::WorkerRuntime> =
                 Arc::new(crate::systemd::runtime::SystemdRuntime::new(
                     systemd,
                     opts.systemd_journal_dirs.clone(),

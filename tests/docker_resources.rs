@@ -20,7 +20,7 @@ use serde_json::Value;
 use support::*;
 use worker_recovery_operator::docker::{
     resources::{self, Declared},
-    ContainerRuntime, DockerEngine, DockerError, HealthCheck, Limits,
+    DockerEngine, DockerError, HealthCheck, Limits, WorkerRuntime,
 };
 
 const MI: i64 = 1 << 20;

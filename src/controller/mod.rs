@@ -34,7 +34,7 @@ use self::conditions::Waiting;
 use crate::{
     crd::worker::Worker,
     diagnose::HostProbe,
-    docker::{ContainerRuntime, DockerError},
+    docker::{DockerError, WorkerRuntime},
     http::HttpClient,
     metrics::Metrics,
     trust::{self, claims, Admission, AdmitError, Trust},
@@ -47,7 +47,7 @@ pub const FIELD_MANAGER: &str = "worker-recovery-operator";
 /// and metrics.
 pub struct Context {
     pub client: kube::Client,
-    pub docker: Arc<dyn ContainerRuntime>,
+    pub docker: Arc<dyn WorkerRuntime>,
     /// Where shared roots may be, and which Workers may reach files without a container
     /// (`crate::trust`).
     pub trust: Trust,
@@ -78,13 +78,13 @@ pub struct Context {
     /// The core analyzer the administrator configured, if any.
     pub core_analyzer: Option<crate::crash::Analyzer>,
     /// The node's systemd, for Workers run as services (`--systemd-bus`).
-    pub systemd: Option<Arc<dyn ContainerRuntime>>,
+    pub systemd: Option<Arc<dyn WorkerRuntime>>,
 }
 
 impl Context {
     pub fn new(
         client: kube::Client,
-        docker: Arc<dyn ContainerRuntime>,
+        docker: Arc<dyn WorkerRuntime>,
         host: Arc<dyn HostProbe>,
         metrics: Arc<Metrics>,
         trust: impl Into<Trust>,
@@ -162,7 +162,7 @@ impl Context {
 
     /// The runtime that runs `worker`: Docker, or the node's systemd for a service (an error
     /// when the operator was not given one).
-    pub fn runtime(&self, worker: &Worker) -> Result<Arc<dyn ContainerRuntime>, DockerError> {
+    pub fn runtime(&self, worker: &Worker) -> Result<Arc<dyn WorkerRuntime>, DockerError> {
         if !worker.is_systemd() {
             return Ok(self.docker.clone());
         }
@@ -174,7 +174,7 @@ impl Context {
     }
 
     /// Manage Workers run as systemd services with `systemd`.
-    pub fn with_systemd(mut self, systemd: Option<Arc<dyn ContainerRuntime>>) -> Self {
+    pub fn with_systemd(mut self, systemd: Option<Arc<dyn WorkerRuntime>>) -> Self {
         self.systemd = systemd;
         self
     }

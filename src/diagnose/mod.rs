@@ -22,7 +22,7 @@ pub use crate::crd::diagnosis::{
 pub use self::{error::CheckError, host::KernelLogError};
 use crate::{
     crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
-    docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
+    docker::{ContainerInfo, ContainerObservation, DockerError, WorkerRuntime},
     trust::Admission,
 };
 use checks::process::ProcessError;
@@ -47,7 +47,7 @@ pub struct CheckContext {
     /// The container as inspected at the start: `Ok(None)` when it does not exist,
     /// `Err` when Docker could not be asked.
     pub container: Result<Option<ContainerInfo>, DockerError>,
-    pub docker: Arc<dyn ContainerRuntime>,
+    pub docker: Arc<dyn WorkerRuntime>,
     pub host: Arc<dyn HostProbe>,
     /// The client for the metrics endpoint, under the operator's URL policy.
     pub http: crate::http::HttpClient,
@@ -76,7 +76,7 @@ impl CheckContext {
     pub fn new(
         worker: &Worker,
         admission: Admission,
-        docker: Arc<dyn ContainerRuntime>,
+        docker: Arc<dyn WorkerRuntime>,
         host: Arc<dyn HostProbe>,
         http: crate::http::HttpClient,
     ) -> Self {

@@ -1,4 +1,4 @@
-//! [`ContainerRuntime`] over the Docker Engine API (bollard).
+//! [`WorkerRuntime`] over the Docker Engine API (bollard).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -29,12 +29,12 @@ mod job;
 
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
-    BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerState,
-    DockerError, ExecOutput, HealthCheck, Job, JobOutput, Limits, MemoryStats, PathStat,
-    StartOutcome, WATCHED_ACTIONS,
+    BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerState, DockerError, ExecOutput,
+    HealthCheck, Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome, WorkerRuntime,
+    WATCHED_ACTIONS,
 };
 
-/// Most output an [`exec`](ContainerRuntime::exec) collects (stdout and stderr together).
+/// Most output an [`exec`](WorkerRuntime::exec) collects (stdout and stderr together).
 pub const MAX_EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Appended to stdout when the exec's output was cut at [`MAX_EXEC_OUTPUT_BYTES`].
 pub const EXEC_OUTPUT_CUT_MARKER: &str = "\n…[output cut at 1 MiB]";
@@ -239,7 +239,7 @@ impl DockerEngine {
 }
 
 #[async_trait]
-impl ContainerRuntime for DockerEngine {
+impl WorkerRuntime for DockerEngine {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
         match self.docker.inspect_container(container, None).await {
             Ok(resp) => {

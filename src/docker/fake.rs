@@ -1,4 +1,4 @@
-//! An in-memory [`ContainerRuntime`] for unit tests of checks and controllers.
+//! An in-memory [`WorkerRuntime`] for unit tests of checks and controllers.
 
 use super::ContainerState;
 use std::{collections::HashMap, sync::Mutex};
@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ContainerRuntime,
-    DockerError, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome,
+    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, DockerError, ExecOutput,
+    Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome, WorkerRuntime,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -67,7 +67,7 @@ impl FakeRuntime {
 }
 
 #[async_trait]
-impl ContainerRuntime for FakeRuntime {
+impl WorkerRuntime for FakeRuntime {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
         self.answering()?;
         let containers = self.containers.lock().unwrap();

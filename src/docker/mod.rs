@@ -164,7 +164,7 @@ pub enum ContainerObservation {
 
 impl ContainerObservation {
     /// Inspect `container` and fold the answer into an observation.
-    pub async fn of(docker: &dyn ContainerRuntime, container: &str) -> Self {
+    pub async fn of(docker: &dyn WorkerRuntime, container: &str) -> Self {
         match docker.inspect(container).await {
             Ok(Some(info)) => Self::Found(Box::new(info)),
             Ok(None) => Self::NotFound,
@@ -298,7 +298,7 @@ impl Capabilities {
     };
 }
 
-/// Limits changed in place by [`ContainerRuntime::update_resources`]; `None` leaves a limit as
+/// Limits changed in place by [`WorkerRuntime::update_resources`]; `None` leaves a limit as
 /// it is. Sizes are bytes, the CPU quota is microseconds per 100 ms period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
@@ -317,9 +317,11 @@ impl DockerError {
     }
 }
 
-/// Side effects on containers, held in the controller context.
+/// What runs a worker, as the controllers act on it: a Docker container ([`DockerEngine`]) or a
+/// systemd service ([`crate::systemd::runtime::SystemdRuntime`]), named by what the runtime
+/// knows it by (the "container" of the methods). Held in the controller context.
 #[async_trait]
-pub trait ContainerRuntime: Send + Sync + 'static {
+pub trait WorkerRuntime: Send + Sync + 'static {
     /// What this runtime can do: a run that needs more fails with a reason.
     fn capabilities(&self) -> Capabilities {
         Capabilities::DOCKER

@@ -20,8 +20,8 @@ use super::{
 use crate::{
     docker::{
         resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
-        ContainerRuntime, ContainerState, DockerError, ExecOutput, Job, JobOutput, Limits,
-        MemoryStats, PathStat, StartOutcome,
+        ContainerState, DockerError, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat,
+        StartOutcome, WorkerRuntime,
     },
     trust::CONSENT_LABEL,
 };
@@ -152,7 +152,7 @@ pub fn unit_event(u: &UnitInfo) -> Option<ContainerEvent> {
 }
 
 #[async_trait]
-impl ContainerRuntime for SystemdRuntime {
+impl WorkerRuntime for SystemdRuntime {
     fn capabilities(&self) -> Capabilities {
         Capabilities::SYSTEMD
     }

@@ -34,7 +34,7 @@ use kube::ResourceExt;
 
 use crate::{
     crd::worker::{ResolvedPaths, SpecError, Worker},
-    docker::{ContainerInfo, ContainerObservation, ContainerRuntime, DockerError},
+    docker::{ContainerInfo, ContainerObservation, DockerError, WorkerRuntime},
 };
 
 /// Label a container must carry for the operator to manage it; its value is
@@ -196,7 +196,7 @@ impl AdmitError {
 pub async fn admit(
     worker: &Worker,
     trust: &Trust,
-    docker: &dyn ContainerRuntime,
+    docker: &dyn WorkerRuntime,
     claims: Option<&claims::Registry>,
 ) -> Result<Admission, AdmitError> {
     // Validate the spec's paths before touching the disk at all.

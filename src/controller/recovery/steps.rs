@@ -145,7 +145,7 @@ impl Run<'_> {
     }
 
     /// What runs the worker: Docker, or systemd.
-    fn runtime(&self) -> Result<std::sync::Arc<dyn crate::docker::ContainerRuntime>, Error> {
+    fn runtime(&self) -> Result<std::sync::Arc<dyn crate::docker::WorkerRuntime>, Error> {
         Ok(self.ctx.runtime(self.worker)?)
     }
 

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     crd::worker::Worker,
-    docker::{ContainerEvent, ContainerRuntime},
+    docker::{ContainerEvent, WorkerRuntime},
     metrics::Metrics,
     trust::CONSENT_LABEL,
 };
@@ -43,7 +43,7 @@ pub fn worker_of(event: &ContainerEvent) -> Option<ObjectRef<Worker>> {
 /// a tick for each time every Worker must be looked at (after the stream broke). Only Workers
 /// in `store` (the ones this operator watches) are passed on.
 pub fn follow(
-    docker: Arc<dyn ContainerRuntime>,
+    docker: Arc<dyn WorkerRuntime>,
     metrics: Arc<Metrics>,
     store: Store<Worker>,
 ) -> (
@@ -69,7 +69,7 @@ pub fn follow(
 /// Following the stream across its breaks: where to follow it again from, how long to wait
 /// before that, and whether it is broken now.
 struct Follower {
-    docker: Arc<dyn ContainerRuntime>,
+    docker: Arc<dyn WorkerRuntime>,
     metrics: Arc<Metrics>,
     store: Store<Worker>,
     refs: mpsc::UnboundedSender<ObjectRef<Worker>>,
