@@ -9,11 +9,59 @@ use std::time::Duration;
 
 use support::*;
 use worker_recovery_operator::systemd::{
-    unit::{ActiveState, ServiceResult},
+    unit::{ActiveState, ServiceResult, UnitInfo},
     Systemd,
 };
 
 const SETTLE: Duration = Duration::from_secs(20);
+
+/// The node's systemd over its bus, reloaded so that new unit files are seen.
+fn systemd(rt: &tokio::runtime::Runtime, node: &SystemdNode) -> Systemd {
+    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
+    rt.block_on(sd.reload()).unwrap();
+    sd
+}
+
+/// The Worker `name` of the unit `w` (its unit, files and worker name), `extra` merged into
+/// its spec.
+fn unit_worker(name: &str, ns: &str, w: &WorkerUnit, extra: serde_json::Value) -> Manifest {
+    Manifest::new(
+        "Worker",
+        name,
+        ns,
+        serde_json::json!({
+            "runtime": {"systemd": {"unit": w.unit}},
+            "workerName": w.worker_name,
+            "sharedRoot": w.shared_root,
+        }),
+    )
+    .spec(extra)
+}
+
+/// An operator of `ns` that manages the node's units and reads their journal.
+fn unit_operator(stack: &Stack, ns: &str, node: &SystemdNode) -> Operator {
+    Operator::builder(stack, ns, &node.shared)
+        .allowed_roots(&[&node.shared])
+        .env("WRO_SYSTEMD_BUS", &node.bus)
+        .env("WRO_SYSTEMD_JOURNAL_DIRS", node.journal.to_str().unwrap())
+        .start()
+}
+
+/// A unit of the sample worker that consents to `<ns>/<name>`, written, loaded and started.
+struct Started {
+    w: WorkerUnit,
+    rt: tokio::runtime::Runtime,
+    sd: Systemd,
+    first: UnitInfo,
+}
+
+fn started(node: &SystemdNode, ns: &str, name: &str, env: &[&str], service: &[&str]) -> Started {
+    let w = WorkerUnit::write(node, name, Some(&format!("{ns}/{name}")), env, service);
+    let rt = runtime();
+    let sd = systemd(&rt, node);
+    let first = rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    Started { w, rt, sd, first }
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -96,37 +144,20 @@ fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_ref
     let stack = stack();
     let node = systemd_node();
     let ns = stack.namespace("systemd");
-    let w = WorkerUnit::write(node, "heal", Some(&format!("{ns}/heal")), &[], &[]);
+    let Started { w, rt, sd, first } = started(node, &ns, "heal", &[], &[]);
     let stranger = WorkerUnit::write(node, "stranger", None, &[], &[]);
-    let rt = runtime();
-    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
     rt.block_on(sd.reload()).unwrap();
-    let first = rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
     rt.block_on(sd.start(&stranger.unit, SETTLE)).unwrap();
 
-    let unit_worker = |name: &str, unit: &WorkerUnit| {
-        Manifest::new(
-            "Worker",
-            name,
-            &ns,
-            serde_json::json!({
-                "runtime": {"systemd": {"unit": unit.unit}},
-                "workerName": unit.worker_name,
-                "sharedRoot": unit.shared_root,
-                // Looked at every 15 s without an event: a restart sooner comes from systemd's
-                // PropertiesChanged signal.
-                "heartbeatTimeoutSeconds": 600,
-                "autoRecovery": {"enabled": true, "cooldownSeconds": 0,
-                                 "backoff": {"initialSeconds": 0}},
-            }),
-        )
-    };
-    stack.apply_ok(unit_worker("heal", &w));
-    stack.apply_ok(unit_worker("stranger", &stranger));
-    let _op = Operator::builder(stack, &ns, &node.shared)
-        .allowed_roots(&[&node.shared])
-        .env("WRO_SYSTEMD_BUS", &node.bus)
-        .start();
+    // Looked at every 15 s without an event: a restart sooner comes from systemd's
+    // PropertiesChanged signal.
+    let healing = serde_json::json!({
+        "heartbeatTimeoutSeconds": 600,
+        "autoRecovery": {"enabled": true, "cooldownSeconds": 0, "backoff": {"initialSeconds": 0}},
+    });
+    stack.apply_ok(unit_worker("heal", &ns, &w, healing.clone()));
+    stack.apply_ok(unit_worker("stranger", &ns, &stranger, healing));
+    let _op = unit_operator(stack, &ns, node);
     wait_worker(
         stack,
         &ns,
@@ -223,8 +254,7 @@ fn a_clean_run_stops_cleans_starts_verifies_and_resumes_a_unit() {
         .unwrap();
     }
     let rt = runtime();
-    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
-    rt.block_on(sd.reload()).unwrap();
+    let sd = systemd(&rt, node);
     let first = rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
     let active = w
         .shared_root
@@ -235,21 +265,15 @@ fn a_clean_run_stops_cleans_starts_verifies_and_resumes_a_unit() {
         let n = std::fs::read_dir(&active).unwrap().count();
         (n > 0).then_some(()).ok_or_else(|| "none yet".to_string())
     });
-    stack.apply_ok(Manifest::new(
-        "Worker",
+    stack.apply_ok(unit_worker(
         "clean",
         &ns,
+        &w,
         serde_json::json!({
-            "runtime": {"systemd": {"unit": w.unit}},
-            "workerName": w.worker_name,
-            "sharedRoot": w.shared_root,
             "heartbeatTimeoutSeconds": 10,
         }),
     ));
-    let _op = Operator::builder(stack, &ns, &node.shared)
-        .allowed_roots(&[&node.shared])
-        .env("WRO_SYSTEMD_BUS", &node.bus)
-        .start();
+    let _op = unit_operator(stack, &ns, node);
     stack.apply_ok(
         recovery("clean-1", &ns, "clean")
             .mode("Clean")
@@ -292,11 +316,7 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
     let stack = stack();
     let node = systemd_node();
     let ns = stack.namespace("systemd-diag");
-    let w = WorkerUnit::write(node, "diag", Some(&format!("{ns}/diag")), &[], &[]);
-    let rt = runtime();
-    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
-    rt.block_on(sd.reload()).unwrap();
-    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
+    let Started { w, rt, sd, .. } = started(node, &ns, "diag", &[], &[]);
     wait_for("the unit's heartbeat", Duration::from_secs(20), || {
         w.heartbeat()
             .exists()
@@ -307,21 +327,8 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
     rt.block_on(wait_unit(&sd, &w.unit, |u| {
         u.active_state == ActiveState::Failed
     }));
-    stack.apply_ok(Manifest::new(
-        "Worker",
-        "diag",
-        &ns,
-        serde_json::json!({
-            "runtime": {"systemd": {"unit": w.unit}},
-            "workerName": w.worker_name,
-            "sharedRoot": w.shared_root,
-        }),
-    ));
-    let _op = Operator::builder(stack, &ns, &node.shared)
-        .allowed_roots(&[&node.shared])
-        .env("WRO_SYSTEMD_BUS", &node.bus)
-        .env("WRO_SYSTEMD_JOURNAL_DIRS", node.journal.to_str().unwrap())
-        .start();
+    stack.apply_ok(unit_worker("diag", &ns, &w, serde_json::json!({})));
+    let _op = unit_operator(stack, &ns, node);
     stack.apply_ok(recovery("diag-1", &ns, "diag").mode("Diagnose"));
     let run = wait_run_finished(stack, &ns, "diag-1");
     let findings = run["status"]["diagnosis"]["findings"].as_array().unwrap();
@@ -350,17 +357,13 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
     let stack = stack();
     let node = systemd_node();
     let ns = stack.namespace("systemd-oom");
-    let w = WorkerUnit::write(
+    let Started { w, rt, sd, .. } = started(
         node,
+        &ns,
         "oom",
-        Some(&format!("{ns}/oom")),
         &["FAULT_MODE=oom", "FAULT_AFTER_SECS=1"],
         &["MemoryMax=64M"],
     );
-    let rt = runtime();
-    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
-    rt.block_on(sd.reload()).unwrap();
-    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
     let killed = rt.block_on(wait_unit(&sd, &w.unit, |u| {
         u.active_state == ActiveState::Failed
     }));
@@ -375,21 +378,8 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
         ),
         "{killed:?}"
     );
-    stack.apply_ok(Manifest::new(
-        "Worker",
-        "oom",
-        &ns,
-        serde_json::json!({
-            "runtime": {"systemd": {"unit": w.unit}},
-            "workerName": w.worker_name,
-            "sharedRoot": w.shared_root,
-        }),
-    ));
-    let _op = Operator::builder(stack, &ns, &node.shared)
-        .allowed_roots(&[&node.shared])
-        .env("WRO_SYSTEMD_BUS", &node.bus)
-        .env("WRO_SYSTEMD_JOURNAL_DIRS", node.journal.to_str().unwrap())
-        .start();
+    stack.apply_ok(unit_worker("oom", &ns, &w, serde_json::json!({})));
+    let _op = unit_operator(stack, &ns, node);
     stack.apply_ok(recovery("oom-1", &ns, "oom").mode("Diagnose"));
     let run = wait_run_finished(stack, &ns, "oom-1");
     let diagnosis = &run["status"]["diagnosis"];
@@ -413,33 +403,23 @@ fn a_crash_looping_unit_is_restarted_with_backoff_then_escalated() {
     let stack = stack();
     let node = systemd_node();
     let ns = stack.namespace("systemd-loop");
-    let w = WorkerUnit::write(
+    let Started { w, rt, sd, .. } = started(
         node,
+        &ns,
         "loop",
-        Some(&format!("{ns}/loop")),
         &["FAULT_MODE=crash", "FAULT_AFTER_SECS=1"],
         &[],
     );
-    let rt = runtime();
-    let sd = rt.block_on(Systemd::connect(Some(&node.bus))).unwrap();
-    rt.block_on(sd.reload()).unwrap();
-    rt.block_on(sd.start(&w.unit, SETTLE)).unwrap();
-    stack.apply_ok(Manifest::new(
-        "Worker",
+    stack.apply_ok(unit_worker(
         "loop",
         &ns,
+        &w,
         serde_json::json!({
-            "runtime": {"systemd": {"unit": w.unit}},
-            "workerName": w.worker_name,
-            "sharedRoot": w.shared_root,
             "autoRecovery": {"enabled": true, "maxRestarts": 3, "cooldownSeconds": 0,
                              "backoff": {"initialSeconds": 1, "factor": 2, "maxSeconds": 4}},
         }),
     ));
-    let _op = Operator::builder(stack, &ns, &node.shared)
-        .allowed_roots(&[&node.shared])
-        .env("WRO_SYSTEMD_BUS", &node.bus)
-        .start();
+    let _op = unit_operator(stack, &ns, node);
     let done = wait_worker(
         stack,
         &ns,

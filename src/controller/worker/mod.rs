@@ -200,14 +200,7 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
     )
     .await?;
     if supervision.restart.is_some() {
-        // Report the container as it is now, not as it was before the start.
-        if let ContainerObservation::Found(found) = &obs.container {
-            let id = found.id.clone();
-            obs.container = match ctx.runtime(worker) {
-                Ok(runtime) => ContainerObservation::of(runtime.as_ref(), &id).await,
-                Err(e) => ContainerObservation::Unavailable(e),
-            };
-        }
+        reobserve(ctx, worker, &mut obs).await;
     }
     let prediction = predict(ctx, worker, &key, admission, &obs, pause.is_some()).await?;
     let mut assessment = decide::assess(&obs, timeout);
@@ -263,6 +256,17 @@ async fn reconcile_worker(worker: &Worker, ctx: &Context) -> Result<Action, Erro
         return Err(e.into());
     }
     Ok(Action::requeue(next))
+}
+
+/// Report the container as it is now, after a start, not as it was before.
+async fn reobserve(ctx: &Context, worker: &Worker, obs: &mut Observation) {
+    if let ContainerObservation::Found(found) = &obs.container {
+        let id = found.id.clone();
+        obs.container = match ctx.runtime(worker) {
+            Ok(runtime) => ContainerObservation::of(runtime.as_ref(), &id).await,
+            Err(e) => ContainerObservation::Unavailable(e),
+        };
+    }
 }
 
 /// What the operator may look at for `worker`; `Err` ends the reconcile with that action (a
