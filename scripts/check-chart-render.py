@@ -78,18 +78,29 @@ def main():
     pod = w["spec"]["template"]["spec"]
     (c,) = pod["containers"]
 
-    # Volumes: only the allowed roots (each at its own path) and the Docker socket from the node.
+    # Volumes: only the allowed roots (each at its own path), the Docker socket from the node and,
+    # with systemd on, its bus socket and journal directories (read-only).
+    sd = values["systemd"]
+    journals = set(sd["journalDirs"]) if sd["enabled"] else set()
+    want_paths = want_dirs | {values["dockerSocket"]} | journals
+    if sd["enabled"]:
+        want_paths.add(sd["busSocket"])
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     check(
-        set(host_paths.values()) == want_dirs | {values["dockerSocket"]},
-        f"hostPath volumes are exactly the allowed roots and the socket: {sorted(host_paths.values())} != {sorted(want_dirs | {values['dockerSocket']})}",
+        set(host_paths.values()) == want_paths,
+        f"hostPath volumes are exactly the allowed roots, the sockets and the journal: {sorted(host_paths.values())} != {sorted(want_paths)}",
     )
-    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
     for name, path in host_paths.items():
+        mounted = mounts.get(name, {}).get("mountPath")
         if path == values["dockerSocket"]:
-            check(mounts.get(name) == "/var/run/docker.sock", "the socket is mounted at /var/run/docker.sock")
+            check(mounted == "/var/run/docker.sock", "the socket is mounted at /var/run/docker.sock")
+        elif sd["enabled"] and path == sd["busSocket"]:
+            check(mounted == "/run/dbus/system_bus_socket", "the bus is mounted at /run/dbus/system_bus_socket")
+        elif path in journals and path not in want_dirs:
+            check(mounted == path and mounts[name].get("readOnly") is True, f"journal {path} read-only at the same path")
         else:
-            check(mounts.get(name) == path, f"root {path} mounted at the same path (got {mounts.get(name)})")
+            check(mounted == path, f"root {path} mounted at the same path (got {mounted})")
 
     # Environment.
     env = {e["name"]: e for e in c["env"]}
@@ -115,6 +126,10 @@ def main():
     ca = values["caBundle"]
     check(("WRO_CA_FILE" in env) == bool(ca["pem"] or ca["existingConfigMap"]), "WRO_CA_FILE iff a CA bundle")
     check(value("OTEL_EXPORTER_OTLP_ENDPOINT") == (values["tracing"]["otlpEndpoint"] or None), "OTEL endpoint")
+    want_bus = "unix:path=/run/dbus/system_bus_socket" if sd["enabled"] else None
+    check(value("WRO_SYSTEMD_BUS") == want_bus, "WRO_SYSTEMD_BUS")
+    want_journal = ",".join(sd["journalDirs"]) if sd["enabled"] else None
+    check(value("WRO_SYSTEMD_JOURNAL_DIRS") == want_journal, "WRO_SYSTEMD_JOURNAL_DIRS")
     for extra in values.get("extraEnv") or []:
         check(env.get(extra["name"]) == extra, f"extraEnv {extra['name']} rendered as given")
     if mode == "perNode":
