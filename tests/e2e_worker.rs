@@ -184,7 +184,15 @@ fn invalid_workers_are_rejected_by_the_schema() {
     for (spec, expected) in [
         (
             json!({"sharedRoot": "/shared"}),
-            "spec.container: Required value",
+            "set exactly one of container (a Docker container) and runtime (a systemd unit)",
+        ),
+        (
+            json!({"container": "c", "runtime": {"systemd": {"unit": "agent-worker-c.service"}}}),
+            "set exactly one of container (a Docker container) and runtime (a systemd unit)",
+        ),
+        (
+            json!({"runtime": {"systemd": {"unit": "../etc/passwd"}}}),
+            "spec.runtime.systemd.unit",
         ),
         (
             json!({"container": "c", "sharedRoot": "relative/path"}),
@@ -206,7 +214,7 @@ fn invalid_workers_are_rejected_by_the_schema() {
             json!({"container": "c", "workerName": "a/b"}),
             "spec.workerName",
         ),
-        (json!({"container": ""}), "spec.container"),
+        (json!({"container": ""}), "set exactly one of container"),
     ] {
         let (ok, out) = stack.apply(Manifest::new("Worker", "bad", &ns, spec.clone()));
         assert!(!ok, "accepted invalid spec {spec}: {out}");

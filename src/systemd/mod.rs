@@ -175,6 +175,9 @@ impl Systemd {
     /// Start the unit (`StartUnit`, mode `replace`) and wait until it has settled.
     pub async fn start(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
         let m = self.manager().await?;
+        // A unit that failed often in a row hits systemd's start limit; the operator's own
+        // policy (backoff, escalation) decides instead.
+        let _ = m.reset_failed_unit(name.into()).await;
         m.start_unit(name.into(), "replace".into())
             .await
             .map_err(|e| refusal("start", name, e))?;
