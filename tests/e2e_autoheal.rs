@@ -67,13 +67,6 @@ impl Hook {
     }
 }
 
-fn attempt_times(w: &Value) -> Vec<f64> {
-    w["status"]["autoRecovery"]["attempts"]
-        .as_array()
-        .map(|a| a.iter().map(|x| seconds(&x["time"]) as f64).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_crash_loop_backs_off_stops_at_max_restarts_and_climbs_the_escalation_path() {
     let stack = stack();

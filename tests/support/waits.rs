@@ -174,3 +174,11 @@ pub fn seconds(time: &Value) -> i64 {
 pub fn assert_phase(obj: &Value, phase: &str) {
     assert_eq!(obj["status"]["phase"], phase, "{:#}", obj["status"]);
 }
+
+/// When a Worker's automatic attempts were made (seconds since the epoch), oldest first.
+pub fn attempt_times(w: &Value) -> Vec<f64> {
+    w["status"]["autoRecovery"]["attempts"]
+        .as_array()
+        .map(|a| a.iter().map(|x| seconds(&x["time"]) as f64).collect())
+        .unwrap_or_default()
+}
