@@ -11,7 +11,7 @@ use crate::{
     blocking, confined,
     controller::Context,
     crash::{self, core_file, placement::Placement, Analyzer, FoundCore},
-    crd::worker::Worker,
+    crd::worker::{ResolvedPaths, Worker},
     crd::worker_recovery::{
         AnalysisState, CoreAnalysis, CoreDump, StepName, WorkerRecovery, WorkerRecoveryStatus,
     },
@@ -92,8 +92,8 @@ async fn on_pool(
 /// run's evidence, and kept as long as it is. `None` when the directory was kept because the
 /// Worker is gone or not admitted (nothing is removed without a confined root).
 pub async fn remove(ctx: &Context, rec: &WorkerRecovery, worker: Option<&Worker>) -> Option<u64> {
-    let dir = recorded_dir(rec.status.as_ref()?)?;
     let admission = ctx.admit(worker?).await.ok()?;
+    let dir = run_dir(&admission.paths, rec, rec.status.as_ref()?)?;
     let root = admission.paths.trusted_root.clone();
     match blocking::run(move || confined::remove_dir_tree(&root, &dir)).await {
         Ok(Ok(removed)) => Some(removed),
@@ -113,6 +113,18 @@ pub async fn remove(ctx: &Context, rec: &WorkerRecovery, worker: Option<&Worker>
 fn run_dir_name(rec: &WorkerRecovery) -> String {
     let uid = rec.uid().unwrap_or_default();
     format!("{}-{}", rec.name_any(), &uid[..uid.len().min(8)])
+}
+
+/// The run's core directory: the one its DebugStart step recorded, when that is where this
+/// run's directory belongs in the Worker's `coreDumpDir` now. A path is never taken from status
+/// alone: it is compared, then computed.
+fn run_dir(
+    paths: &ResolvedPaths,
+    rec: &WorkerRecovery,
+    status: &WorkerRecoveryStatus,
+) -> Option<PathBuf> {
+    let expected = paths.core_dump_dir.as_ref()?.join(run_dir_name(rec));
+    (recorded_dir(status)? == expected).then_some(expected)
 }
 
 /// The run's core directory, as its DebugStart step recorded it.
@@ -135,7 +147,7 @@ pub const CORE_POLL: std::time::Duration = std::time::Duration::from_secs(10);
 pub async fn look(
     ctx: &Context,
     rec: &WorkerRecovery,
-    trusted_root: &Path,
+    paths: &ResolvedPaths,
     status: &mut WorkerRecoveryStatus,
 ) -> Result<(bool, bool), Error> {
     let Some(name) = status
@@ -156,7 +168,7 @@ pub async fn look(
     if running {
         return Ok((false, true));
     }
-    let changed = collect(ctx, rec, trusted_root, copy.as_ref(), status).await?;
+    let changed = collect(ctx, rec, paths, copy.as_ref(), status).await?;
     Ok((changed, false))
 }
 
@@ -165,13 +177,14 @@ pub async fn look(
 async fn collect(
     ctx: &Context,
     rec: &WorkerRecovery,
-    trusted_root: &Path,
+    paths: &ResolvedPaths,
     copy: Option<&ContainerInfo>,
     status: &mut WorkerRecoveryStatus,
 ) -> Result<bool, Error> {
-    let Some(dir) = recorded_dir(status) else {
+    let Some(dir) = run_dir(paths, rec, status) else {
         return Ok(false);
     };
+    let trusted_root = paths.trusted_root.as_path();
     if status.core_dumps.len() >= crash::MAX_CORES {
         return Ok(false);
     }

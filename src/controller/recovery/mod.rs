@@ -345,8 +345,8 @@ impl StepLoop<'_> {
     /// tell how the run ended.
     async fn finish(&self, status: &mut WorkerRecoveryStatus) -> Result<Action, Error> {
         let rec = self.rec;
-        let root = &self.admission.paths.trusted_root;
-        let (cored, _) = cores::look(self.ctx, rec, root, status).await?;
+        let paths = &self.admission.paths;
+        let (cored, _) = cores::look(self.ctx, rec, paths, status).await?;
         write_progress(rec, self.api, status).await?;
         if cored {
             postmortem::rewrite_for_run(&self.ctx.client, self.worker).await;
@@ -396,8 +396,7 @@ async fn follow_cores(
     let Ok(admission) = ctx.admit(&worker).await else {
         return Ok(Action::requeue(cores::CORE_POLL));
     };
-    let (cored, running) =
-        cores::look(ctx, rec, &admission.paths.trusted_root, &mut status).await?;
+    let (cored, running) = cores::look(ctx, rec, &admission.paths, &mut status).await?;
     if cored {
         apply_status(api, rec, &status).await?;
         postmortem::rewrite_for_run(&ctx.client, &worker).await;

@@ -587,7 +587,7 @@ async fn a_core_is_recorded_once_with_its_backtrace_when_the_copy_has_stopped() 
     let f = core_fixture(true).await;
     let result = done(debug_start(&f.run()).await.unwrap());
     let mut status = status_after(&result);
-    let root = f.admission.paths.trusted_root.clone();
+    let root = f.admission.paths.clone();
     let run_dir = f.path("cores/marie/marie-1-uid-run");
 
     // While the copy runs, nothing is read.
@@ -678,7 +678,7 @@ async fn without_an_analyzer_a_core_is_recorded_and_says_why_it_has_no_backtrace
     std::fs::write(run_dir.join("core.12"), b"garbage, not a core").unwrap();
     f.fake.containers.lock().unwrap().remove("marie-debug");
 
-    let root = f.admission.paths.trusted_root.clone();
+    let root = f.admission.paths.clone();
     let looked = cores::look(&f.ctx, &f.rec, &root, &mut status)
         .await
         .unwrap();
@@ -727,4 +727,34 @@ async fn a_debug_run_of_a_systemd_worker_fails_with_the_reason() {
         "agent-worker-marie.service is a systemd unit: a debug copy needs the Docker runtime (use a Quick or Clean run)"
     );
     assert_eq!(f.actions(), Vec::<String>::new(), "nothing was copied");
+}
+
+#[tokio::test]
+async fn a_core_directory_named_by_status_alone_is_not_read() {
+    let f = core_fixture(true).await;
+    done(debug_start(&f.run()).await.unwrap());
+    f.task("active", "a", 0);
+    f.fake
+        .containers
+        .lock()
+        .unwrap()
+        .get_mut("marie-debug")
+        .unwrap()
+        .running = false;
+    // A status whose DebugStart names another directory (the worker's tasks) than the run's.
+    let mut status: crate::crd::worker_recovery::WorkerRecoveryStatus = serde_json::from_value(
+        json!({"steps": [{"name": "DebugStart", "state": "Succeeded",
+            "details": {"container": ["marie-debug"],
+                        "coreDumpDir": [f.path("tasks/marie/active").display().to_string()]}}]}),
+    )
+    .unwrap();
+
+    let looked = cores::look(&f.ctx, &f.rec, &f.admission.paths, &mut status)
+        .await
+        .unwrap();
+
+    assert_eq!(looked, (false, false));
+    assert!(status.core_dumps.is_empty());
+    assert!(f.fake.jobs.lock().unwrap().is_empty());
+    assert!(f.path("tasks/marie/active/a.json").exists());
 }
