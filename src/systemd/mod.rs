@@ -174,34 +174,42 @@ impl Systemd {
 
     /// Start the unit (`StartUnit`, mode `replace`) and wait until it has settled.
     pub async fn start(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
-        let m = self.manager().await?;
-        // A unit that failed often in a row hits systemd's start limit; the operator's own
-        // policy (backoff, escalation) decides instead.
-        let _ = m.reset_failed_unit(name.into()).await;
-        m.start_unit(name.into(), "replace".into())
-            .await
-            .map_err(|e| refusal("start", name, e))?;
-        self.settled(name, wait).await
+        self.job(UnitJob::Start, name, wait).await
     }
 
     /// Stop the unit (systemd's `TimeoutStopSec=` is its grace period) and wait until it has
     /// settled.
     pub async fn stop(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
-        let m = self.manager().await?;
-        m.stop_unit(name.into(), "replace".into())
-            .await
-            .map_err(|e| refusal("stop", name, e))?;
-        self.settled(name, wait).await
+        self.job(UnitJob::Stop, name, wait).await
     }
 
     /// Restart the unit (a stopped one is started) and wait until it has settled.
     pub async fn restart(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
+        self.job(UnitJob::Restart, name, wait).await
+    }
+
+    /// Queue `job` for the unit (mode `replace`) and wait until the unit has settled.
+    async fn job(
+        &self,
+        job: UnitJob,
+        name: &str,
+        wait: Duration,
+    ) -> Result<UnitInfo, SystemdError> {
         let m = self.manager().await?;
-        // A failed unit keeps its result until reset; the restart begins a new one.
-        let _ = m.reset_failed_unit(name.into()).await;
-        m.restart_unit(name.into(), "replace".into())
-            .await
-            .map_err(|e| refusal("restart", name, e))?;
+        let (unit, mode) = (name.to_string(), "replace".to_string());
+        let queued = match job {
+            UnitJob::Stop => m.stop_unit(unit, mode).await,
+            UnitJob::Start | UnitJob::Restart => {
+                // A failed unit keeps its result, and one that failed often in a row hits
+                // systemd's start limit, until reset: the operator's own policy decides.
+                let _ = m.reset_failed_unit(name.into()).await;
+                match job {
+                    UnitJob::Start => m.start_unit(unit, mode).await,
+                    _ => m.restart_unit(unit, mode).await,
+                }
+            }
+        };
+        queued.map_err(|e| refusal(job.as_str(), name, e))?;
         self.settled(name, wait).await
     }
 
@@ -242,6 +250,24 @@ impl Systemd {
                 });
             }
             tokio::time::sleep(SETTLE_POLL).await;
+        }
+    }
+}
+
+/// What a start, stop or restart asks of systemd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnitJob {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl UnitJob {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Restart => "restart",
         }
     }
 }
