@@ -10,9 +10,10 @@ use crate::{
     controller::scope::Scope,
     crd,
     diagnose::{self, host::DmesgProbe, report},
-    docker::DockerEngine,
     http::{self, policy, HttpClient, UrlPolicy},
-    leader, operator, telemetry,
+    leader, operator,
+    runtime::DockerEngine,
+    telemetry,
     trust::{self, AllowedRoots, FileOnlyGrants, RootGrant, Trust},
 };
 

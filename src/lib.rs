@@ -16,7 +16,6 @@ pub mod controller;
 pub mod crash;
 pub mod crd;
 pub mod diagnose;
-pub mod docker;
 pub mod escalation;
 pub mod http;
 pub mod leader;
@@ -25,8 +24,8 @@ pub mod observe;
 pub mod operator;
 pub mod postmortem;
 pub mod recover;
+pub mod runtime;
 pub mod server;
-pub mod systemd;
 pub mod telemetry;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -19,10 +19,10 @@ use crate::{
     controller::{self, scope::Scope, Context},
     crd::{ResumePlan, Worker, WorkerRecovery},
     diagnose::host::DmesgProbe,
-    docker::DockerEngine,
     http::HttpClient,
     leader::{self, Election},
     metrics::Metrics,
+    runtime::DockerEngine,
     server,
     trust::Trust,
 };
@@ -69,12 +69,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => None,
         Some(bus) => {
             let address = (bus != "system").then_some(bus);
-            let systemd = crate::systemd::Systemd::connect(address)
+            let systemd = crate::runtime::systemd::Systemd::connect(address)
                 .await
                 .with_context(|| format!("cannot reach systemd over D-Bus ({bus})"))?;
             info!(bus, "connected to systemd");
-            let runtime: Arc<dyn crate::docker::WorkerRuntime> =
-                Arc::new(crate::systemd::runtime::SystemdRuntime::new(
+            let runtime: Arc<dyn crate::runtime::WorkerRuntime> =
+                Arc::new(crate::runtime::systemd::runtime::SystemdRuntime::new(
                     systemd,
                     opts.systemd_journal_dirs.clone(),
                 ));

@@ -18,9 +18,9 @@ use std::{
 
 use serde_json::Value;
 use support::*;
-use worker_recovery_operator::docker::{
+use worker_recovery_operator::runtime::{
     resources::{self, Declared},
-    DockerEngine, DockerError, HealthCheck, Limits, WorkerRuntime,
+    DockerEngine, HealthCheck, Limits, RuntimeError, WorkerRuntime,
 };
 
 const MI: i64 = 1 << 20;
@@ -309,7 +309,7 @@ async fn update_in_place_and_crash_aware_recreate() {
         .recreate(&name, &declared, Duration::from_secs(10))
         .await;
     assert!(
-        matches!(&refused, Err(DockerError::Refused { message, .. }) if message.contains("not a leftover")),
+        matches!(&refused, Err(RuntimeError::Refused { message, .. }) if message.contains("not a leftover")),
         "{refused:?}"
     );
     assert_eq!(inspect(&name)["Id"], new_id.as_str());
@@ -327,13 +327,13 @@ async fn update_in_place_and_crash_aware_recreate() {
                 }
             )
             .await,
-        Err(DockerError::NotFound(_))
+        Err(RuntimeError::NotFound(_))
     ));
     assert!(matches!(
         engine
             .recreate(&format!("{name}-missing"), &declared, Duration::ZERO)
             .await,
-        Err(DockerError::NotFound(_))
+        Err(RuntimeError::NotFound(_))
     ));
     // The old container's anonymous volume is now the new one's: removed at the end.
     cleanup.containers.push(new_id);

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use worker_recovery_operator::systemd::{
+use worker_recovery_operator::runtime::systemd::{
     unit::{ActiveState, ServiceResult, UnitInfo},
     Systemd,
 };
@@ -120,8 +120,8 @@ fn a_unit_run_worker_is_started_read_crashed_restarted_limited_and_stopped() {
 async fn wait_unit(
     sd: &Systemd,
     unit: &str,
-    done: impl Fn(&worker_recovery_operator::systemd::unit::UnitInfo) -> bool,
-) -> worker_recovery_operator::systemd::unit::UnitInfo {
+    done: impl Fn(&worker_recovery_operator::runtime::systemd::unit::UnitInfo) -> bool,
+) -> worker_recovery_operator::runtime::systemd::unit::UnitInfo {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let u = sd.unit(unit).await.unwrap();
@@ -175,13 +175,12 @@ fn a_crashed_unit_is_restarted_by_the_operator_and_a_unit_without_consent_is_ref
         |w| w["status"]["phase"] == "Refused",
     );
     let accepted = condition(&refused, "Accepted");
-    assert_eq!(accepted["reason"], "ContainerNotManaged", "{accepted:#}");
+    assert_eq!(accepted["reason"], "NotManaged", "{accepted:#}");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(message.contains(&stranger.unit), "{accepted:#}");
     assert!(
-        accepted["message"]
-            .as_str()
-            .unwrap()
-            .contains(&stranger.unit),
-        "{accepted:#}"
+        message.contains(&format!("WORKERRECOVERY_WORKER={ns}/stranger")),
+        "names the unit's consent variable: {accepted:#}"
     );
 
     // Let the looks that follow the start pass, so that only an event can explain a quick heal.

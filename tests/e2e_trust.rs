@@ -102,7 +102,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     let w = wait_phase(stack, &ns, "stranger", "Refused");
     let accepted = condition(&w, "Accepted");
     assert_eq!(accepted["status"], "False");
-    assert_eq!(accepted["reason"], "ContainerNotManaged");
+    assert_eq!(accepted["reason"], "NotManaged");
     assert!(
         accepted["message"]
             .as_str()
@@ -128,10 +128,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     stack.apply_ok(bare_recovery("stranger-diag", &ns, "stranger"));
     let rec = wait_run_finished(stack, &ns, "stranger-diag");
     assert_eq!(rec["status"]["phase"], "Failed");
-    assert_eq!(
-        condition(&rec, "Diagnosed")["reason"],
-        "ContainerNotManaged"
-    );
+    assert_eq!(condition(&rec, "Diagnosed")["reason"], "NotManaged");
     assert!(rec["status"].get("diagnosis").is_none());
     let (ok, out) = diagnose_cli(stack, &ns, "stranger", wc.dir.path());
     assert!(!ok, "the CLI refuses too: {out}");
@@ -142,7 +139,7 @@ fn an_unlabelled_container_stays_stopped_and_unread() {
     assert_eq!(wc.inspect("{{.State.Status}}"), "exited");
     assert_eq!(wc.inspect("{{.State.StartedAt}}"), started_at);
     assert_untouched(&wc, &since);
-    assert_warning_event(stack, &ns, "stranger", "ContainerNotManaged");
+    assert_warning_event(stack, &ns, "stranger", "NotManaged");
 }
 
 #[test]

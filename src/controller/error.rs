@@ -12,7 +12,7 @@ use kube::{runtime::controller::Action, Resource, ResourceExt};
 use tracing::warn;
 
 use super::{object_key, Context};
-use crate::{blocking::BlockingError, docker::DockerError};
+use crate::{blocking::BlockingError, runtime::RuntimeError};
 
 /// Failures every controller can meet. All are transient: retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +20,9 @@ pub enum SharedError {
     /// The Kubernetes API failed.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// The Docker engine failed or could not be reached.
+    /// The worker's runtime (Docker engine, systemd) failed or could not be reached.
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Runtime(#[from] RuntimeError),
     /// Work handed to a blocking thread did not finish.
     #[error(transparent)]
     Blocking(#[from] BlockingError),
@@ -33,10 +33,7 @@ impl SharedError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube_api",
-            Self::Docker(DockerError::Unavailable(_)) => "docker_unavailable",
-            Self::Docker(DockerError::NotFound(_)) => "docker_not_found",
-            Self::Docker(DockerError::Refused { .. }) => "docker_refused",
-            Self::Docker(DockerError::Unsupported { .. }) => "runtime_unsupported",
+            Self::Runtime(e) => e.metric_label(),
             Self::Blocking(_) => "blocking_task",
         }
     }
@@ -64,8 +61,8 @@ macro_rules! shared_error_conversions {
                 Self::Shared(e.into())
             }
         }
-        impl From<$crate::docker::DockerError> for $error {
-            fn from(e: $crate::docker::DockerError) -> Self {
+        impl From<$crate::runtime::RuntimeError> for $error {
+            fn from(e: $crate::runtime::RuntimeError) -> Self {
                 Self::Shared(e.into())
             }
         }

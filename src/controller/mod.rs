@@ -34,9 +34,9 @@ use self::conditions::Waiting;
 use crate::{
     crd::worker::Worker,
     diagnose::HostProbe,
-    docker::{DockerError, WorkerRuntime},
     http::HttpClient,
     metrics::Metrics,
+    runtime::{RuntimeError, WorkerRuntime},
     trust::{self, claims, Admission, AdmitError, Trust},
 };
 
@@ -162,13 +162,14 @@ impl Context {
 
     /// The runtime that runs `worker`: Docker, or the node's systemd for a service (an error
     /// when the operator was not given one).
-    pub fn runtime(&self, worker: &Worker) -> Result<Arc<dyn WorkerRuntime>, DockerError> {
+    pub fn runtime(&self, worker: &Worker) -> Result<Arc<dyn WorkerRuntime>, RuntimeError> {
         if !worker.is_systemd() {
             return Ok(self.docker.clone());
         }
         self.systemd.clone().ok_or_else(|| {
-            DockerError::Unavailable(
-                "this operator manages no systemd units (start it with --systemd-bus)".into(),
+            RuntimeError::unavailable(
+                crate::runtime::RuntimeKind::Systemd,
+                "this operator manages no systemd units (start it with --systemd-bus)",
             )
         })
     }

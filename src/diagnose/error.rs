@@ -5,8 +5,8 @@ use std::error::Error;
 
 use crate::{
     blocking::BlockingError,
-    docker::{ContainerState, DockerError},
     observe::heartbeat::HeartbeatObservation,
+    runtime::{ContainerState, RuntimeError},
 };
 
 use super::checks::{crash_logs::LogFailure, process::ProcessError};
@@ -19,7 +19,7 @@ pub enum CheckError {
     Uninspectable {
         container: String,
         #[source]
-        source: DockerError,
+        source: RuntimeError,
     },
     /// The check needs the container, and there is none; `so` says what that prevents.
     #[error("container {container:?} does not exist{}", so.map(|s| format!(": {s}")).unwrap_or_default())]
@@ -37,7 +37,7 @@ pub enum CheckError {
     NotRunningToCountDescriptors { state: ContainerState },
     /// The engine refused a request of the check, or the container was never admitted.
     #[error(transparent)]
-    Engine(#[from] DockerError),
+    Engine(#[from] RuntimeError),
     /// The worker's own process could not be found.
     #[error(transparent)]
     Process(#[from] ProcessError),
@@ -48,7 +48,7 @@ pub enum CheckError {
     CountDescriptors {
         container: String,
         #[source]
-        source: DockerError,
+        source: RuntimeError,
     },
     /// The descriptor script's output is not the three sections it prints.
     #[error("unexpected output of `sh -c '{script}'` (exit code {exit_code}): {output}")]
@@ -105,15 +105,18 @@ mod tests {
     fn a_message_ends_with_its_sources() {
         let e = CheckError::CountDescriptors {
             container: "marie".into(),
-            source: DockerError::Unavailable("connection refused".into()),
+            source: RuntimeError::unavailable(
+                crate::runtime::RuntimeKind::Docker,
+                "connection refused",
+            ),
         };
         assert_eq!(
             message(&e),
             "cannot exec into \"marie\" to count descriptors: Docker engine unreachable: connection refused"
         );
         // A transparent wrapper says its source's message once.
-        let e = CheckError::from(DockerError::NotFound("marie".into()));
-        assert_eq!(message(&e), "container \"marie\" not found");
+        let e = CheckError::from(RuntimeError::NotFound("marie".into()));
+        assert_eq!(message(&e), "\"marie\" not found");
         let e = CheckError::NoContainer {
             container: "marie".into(),
             so: Some("no memory to look at"),

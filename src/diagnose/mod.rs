@@ -22,7 +22,7 @@ pub use crate::crd::diagnosis::{
 pub use self::{error::CheckError, host::KernelLogError};
 use crate::{
     crd::worker::{ResolvedPaths, Worker, WorkerSpec, WorkerStatus},
-    docker::{ContainerInfo, ContainerObservation, DockerError, WorkerRuntime},
+    runtime::{ContainerInfo, ContainerObservation, RuntimeError, WorkerRuntime},
     trust::Admission,
 };
 use checks::process::ProcessError;
@@ -46,7 +46,7 @@ pub struct CheckContext {
     pub previous: Option<WorkerStatus>,
     /// The container as inspected at the start: `Ok(None)` when it does not exist,
     /// `Err` when Docker could not be asked.
-    pub container: Result<Option<ContainerInfo>, DockerError>,
+    pub container: Result<Option<ContainerInfo>, RuntimeError>,
     pub docker: Arc<dyn WorkerRuntime>,
     pub host: Arc<dyn HostProbe>,
     /// The client for the metrics endpoint, under the operator's URL policy.
@@ -118,10 +118,10 @@ impl CheckContext {
     /// What to call the container in engine requests: the ID of the container that consented
     /// at admission, never its name (a container that takes the name later is not this
     /// Worker's). No container was admitted (a file-only Worker): `NotFound`.
-    pub fn container_ref(&self) -> Result<&str, DockerError> {
+    pub fn container_ref(&self) -> Result<&str, RuntimeError> {
         match &self.container {
             Ok(Some(c)) if !c.id.is_empty() => Ok(&c.id),
-            _ => Err(DockerError::NotFound(self.spec.container.clone())),
+            _ => Err(RuntimeError::NotFound(self.spec.container.clone())),
         }
     }
 
@@ -160,7 +160,7 @@ impl CheckContext {
     }
 
     /// Docker could not be asked about the container when the diagnosis started (`reason`).
-    pub fn uninspectable(&self, source: &DockerError) -> CheckError {
+    pub fn uninspectable(&self, source: &RuntimeError) -> CheckError {
         CheckError::Uninspectable {
             container: self.spec.container.clone(),
             source: source.clone(),
@@ -306,7 +306,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{diagnose::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, runtime::fake::FakeRuntime};
 
     // Paused time: the 1 s timeout passes in simulated time once every other check is done
     // (tokio does not jump ahead while blocking work runs), so a slow machine cannot make the

@@ -10,7 +10,7 @@ pub use crate::testing::*;
 use crate::{
     crd::worker::Worker,
     diagnose::{CheckContext, Finding, FindingKind, KernelLogError},
-    docker::{fake::FakeRuntime, ContainerInfo, DockerError, ExecOutput},
+    runtime::{fake::FakeRuntime, ContainerInfo, ExecOutput, RuntimeError},
 };
 
 /// The `now` of every test context.
@@ -19,7 +19,7 @@ pub const NOW: &str = "2026-11-27T10:10:00Z";
 /// A context whose inspection saw `container`, with `fake` as the engine.
 pub fn context(
     worker: &Worker,
-    container: Result<Option<ContainerInfo>, DockerError>,
+    container: Result<Option<ContainerInfo>, RuntimeError>,
     fake: FakeRuntime,
     kernel_log: Result<String, KernelLogError>,
 ) -> CheckContext {
@@ -43,7 +43,7 @@ pub fn context(
 /// `container`, with `fake` as the engine (for the checks that read files).
 pub fn context_in(
     root: &Path,
-    container: Result<Option<ContainerInfo>, DockerError>,
+    container: Result<Option<ContainerInfo>, RuntimeError>,
     fake: FakeRuntime,
 ) -> CheckContext {
     let mut w = worker();

@@ -14,8 +14,8 @@ use crate::{
     controller::Context,
     crd::worker::Worker,
     diagnose::{HostProbe, KernelLogError},
-    docker::{fake::FakeRuntime, ContainerInfo, ContainerState},
     metrics::Metrics,
+    runtime::{fake::FakeRuntime, ContainerInfo, ContainerState},
     trust::AllowedRoots,
 };
 

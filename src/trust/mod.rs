@@ -34,7 +34,10 @@ use kube::ResourceExt;
 
 use crate::{
     crd::worker::{ResolvedPaths, SpecError, Worker},
-    docker::{ContainerInfo, ContainerObservation, DockerError, WorkerRuntime},
+    runtime::{
+        systemd::unit::CONSENT_VARIABLE, ContainerInfo, ContainerObservation, RuntimeError,
+        RuntimeKind, WorkerRuntime,
+    },
 };
 
 /// Label a container must carry for the operator to manage it; its value is
@@ -61,8 +64,9 @@ pub enum RefusalReason {
     SharedRootNotAllowed,
     /// `sharedRoot` is inside an allowed root but does not exist (yet).
     SharedRootMissing,
-    /// The container exists but does not carry the consent label for this Worker.
-    ContainerNotManaged,
+    /// The container or unit exists but does not consent to this Worker (the label, the
+    /// unit's environment variable).
+    NotManaged,
     /// The container does not exist: nothing consents to this Worker's files being touched.
     ContainerNotFound,
     /// An older Worker claims one of this Worker's paths.
@@ -75,17 +79,19 @@ impl RefusalReason {
         match self {
             Self::SharedRootNotAllowed => "SharedRootNotAllowed",
             Self::SharedRootMissing => "SharedRootMissing",
-            Self::ContainerNotManaged => "ContainerNotManaged",
+            Self::NotManaged => "NotManaged",
             Self::ContainerNotFound => "ContainerNotFound",
             Self::PathsClaimed => "PathsClaimed",
         }
     }
 }
 
-/// Whether `info` carries the consent label for the Worker `namespace/worker`.
+/// Whether `info` (of the `runtime`) consents to the Worker `namespace/worker`: a container's
+/// label, a unit's environment variable (reported as the label).
 pub fn check_consent(
     info: &ContainerInfo,
-    spec_container: &str,
+    target: &str,
+    runtime: RuntimeKind,
     namespace: &str,
     worker: &str,
 ) -> Result<(), Refusal> {
@@ -93,12 +99,19 @@ pub fn check_consent(
     if info.labels.get(CONSENT_LABEL) == Some(&wanted) {
         return Ok(());
     }
-    Err(Refusal {
-        reason: RefusalReason::ContainerNotManaged,
-        message: format!(
-            "container {spec_container:?} exists but does not carry the label {CONSENT_LABEL}={wanted}; \
+    let message = match runtime {
+        RuntimeKind::Docker => format!(
+            "container {target:?} exists but does not carry the label {CONSENT_LABEL}={wanted}; \
              the operator leaves it alone (label the container to let this Worker manage it)"
         ),
+        RuntimeKind::Systemd => format!(
+            "unit {target:?} exists but its Environment= has no {CONSENT_VARIABLE}={wanted}; \
+             the operator leaves it alone (add it to the unit to let this Worker manage it)"
+        ),
+    };
+    Err(Refusal {
+        reason: RefusalReason::NotManaged,
+        message,
     })
 }
 
@@ -171,7 +184,7 @@ pub enum AdmitError {
     /// read or written until it can (transient). The engine's error is the source: printed
     /// with it (`{:#}` of anyhow), "the container's state is unknown: Docker engine ...".
     #[error("the container's state is unknown")]
-    ContainerStateUnknown(#[source] DockerError),
+    ContainerStateUnknown(#[source] RuntimeError),
 }
 
 impl AdmitError {
@@ -224,7 +237,7 @@ pub async fn admit(
     let container = ContainerObservation::of(docker, worker.target()).await;
     match &container {
         ContainerObservation::Found(info) => {
-            check_consent(info, worker.target(), &ns, &name)?
+            check_consent(info, worker.target(), docker.capabilities().runtime, &ns, &name)?
         }
         ContainerObservation::NotFound if trust.file_only.allows(&ns, &name) => {}
         ContainerObservation::NotFound => {
@@ -251,12 +264,18 @@ mod tests {
 
     #[test]
     fn an_unknown_container_state_carries_the_engine_error() {
-        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        let e = AdmitError::ContainerStateUnknown(RuntimeError::unavailable(
+            crate::runtime::RuntimeKind::Docker,
+            "no socket",
+        ));
         assert_eq!(
             format!("{:#}", anyhow::Error::new(e)),
             "the container's state is unknown: Docker engine unreachable: no socket"
         );
-        let e = AdmitError::ContainerStateUnknown(DockerError::Unavailable("no socket".into()));
+        let e = AdmitError::ContainerStateUnknown(RuntimeError::unavailable(
+            crate::runtime::RuntimeKind::Docker,
+            "no socket",
+        ));
         assert_eq!(
             e.reason_and_message("marie"),
             (
@@ -290,14 +309,14 @@ mod tests {
             name: "marie".into(),
             ..Default::default()
         };
-        let err = check_consent(&info, "marie", "prod", "marie").unwrap_err();
-        assert_eq!(err.reason, RefusalReason::ContainerNotManaged);
+        let err = check_consent(&info, "marie", RuntimeKind::Docker, "prod", "marie").unwrap_err();
+        assert_eq!(err.reason, RefusalReason::NotManaged);
         assert!(err.message.contains("workerrecovery.io/worker=prod/marie"));
         info.labels
             .insert(CONSENT_LABEL.into(), consent_value("prod", "marie"));
-        assert!(check_consent(&info, "marie", "prod", "marie").is_ok());
+        assert!(check_consent(&info, "marie", RuntimeKind::Docker, "prod", "marie").is_ok());
         // The same container cannot be claimed by a Worker of another name or namespace.
-        assert!(check_consent(&info, "marie", "dev", "marie").is_err());
-        assert!(check_consent(&info, "marie", "prod", "anga").is_err());
+        assert!(check_consent(&info, "marie", RuntimeKind::Docker, "dev", "marie").is_err());
+        assert!(check_consent(&info, "marie", RuntimeKind::Docker, "prod", "anga").is_err());
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     crd::worker_recovery::{
         AnalysisState, CoreAnalysis, CoreDump, StepName, WorkerRecovery, WorkerRecoveryStatus,
     },
-    docker::{BindMount, ContainerInfo, Job},
+    runtime::{BindMount, ContainerInfo, Job},
 };
 
 /// Key of the DebugStart step's details naming the run's core directory.

@@ -782,7 +782,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        docker::fake::FakeRuntime,
+        runtime::fake::FakeRuntime,
         testing::{
             self, fresh_heartbeat,
             mock_api::{self, Recorded},

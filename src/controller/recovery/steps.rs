@@ -2,7 +2,7 @@
 //! finds what it already did and finishes the rest. A dry run computes and records what each
 //! step would do and changes nothing.
 
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -23,10 +23,10 @@ use crate::{
         worker_recovery::{StepState, StepStatus, TraceRef, WorkerRecovery},
     },
     diagnose::{self, CheckContext},
-    docker::{CloneSpec, ContainerInfo, ContainerObservation, DockerError},
     http::MESSAGE_BODY_BYTES,
     observe::heartbeat::{self, HeartbeatObservation},
     recover::clean_state::{self, CleanStateInput, CleanStateReport},
+    runtime::{CloneSpec, ContainerInfo, ContainerObservation, RuntimeError},
     telemetry::recovery_trace,
     trust::Admission,
 };
@@ -145,7 +145,7 @@ impl Run<'_> {
     }
 
     /// What runs the worker: Docker, or systemd.
-    fn runtime(&self) -> Result<std::sync::Arc<dyn crate::docker::WorkerRuntime>, Error> {
+    fn runtime(&self) -> Result<std::sync::Arc<dyn crate::runtime::WorkerRuntime>, Error> {
         Ok(self.ctx.runtime(self.worker)?)
     }
 
@@ -316,7 +316,7 @@ pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error>
     let now = run
         .current(&c.id)
         .await?
-        .ok_or_else(|| DockerError::NotFound(c.id.clone()))?;
+        .ok_or_else(|| RuntimeError::NotFound(c.id.clone()))?;
     if let Some(at) = run
         .rec
         .spec
@@ -358,7 +358,7 @@ pub async fn restart(run: &Run<'_>, step: &StepStatus) -> Result<Outcome, Error>
     let after = run
         .current(&c.id)
         .await?
-        .ok_or_else(|| DockerError::NotFound(c.id.clone()))?;
+        .ok_or_else(|| RuntimeError::NotFound(c.id.clone()))?;
     let mut result = StepResult::ok(format!(
         "container {} started at {}",
         after.name,
@@ -430,7 +430,7 @@ pub async fn debug_start(run: &Run<'_>) -> Result<Outcome, Error> {
     let started = run
         .current(&id)
         .await?
-        .ok_or_else(|| DockerError::NotFound(id.clone()))?;
+        .ok_or_else(|| RuntimeError::NotFound(id.clone()))?;
     let mut result = StepResult::ok(format!(
         "debug container {name} ({}) started; {} stays stopped; {}",
         started.short_id(),

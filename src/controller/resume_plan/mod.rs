@@ -651,7 +651,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        docker::fake::FakeRuntime,
+        runtime::fake::FakeRuntime,
         testing::{self, mock_api},
     };
 

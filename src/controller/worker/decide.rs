@@ -1,11 +1,11 @@
 //! Pure decisions of the Worker controller: from what was observed to health, action and status.
 
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use std::time::Duration;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-pub use crate::docker::ContainerObservation;
+pub use crate::runtime::ContainerObservation;
 
 use crate::{
     controller::conditions::{self, ConditionState, ConditionStatus, Health, Judged},
@@ -13,8 +13,8 @@ use crate::{
         ContainerSummary, HeartbeatSummary, HeartbeatTimeSource, PauseSpec, WorkerPhase,
         WorkerStatus,
     },
-    docker::ContainerInfo,
     observe::heartbeat::{self, Heartbeat, HeartbeatObservation, TimeSource},
+    runtime::ContainerInfo,
     trust::{Refusal, RefusalReason},
 };
 
@@ -448,11 +448,10 @@ pub fn refused_status(
         generation,
         now,
     );
-    let container =
-        (refusal.reason == RefusalReason::ContainerNotManaged).then(|| ContainerSummary {
-            state: "notManaged".into(),
-            ..Default::default()
-        });
+    let container = (refusal.reason == RefusalReason::NotManaged).then(|| ContainerSummary {
+        state: "notManaged".into(),
+        ..Default::default()
+    });
     WorkerStatus {
         phase: Some(WorkerPhase::Refused),
         conditions,
@@ -686,7 +685,7 @@ pub fn next_look(obs: &Observation, heartbeat_timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{docker::DockerError, observe::heartbeat::ContentIssue};
+    use crate::{observe::heartbeat::ContentIssue, runtime::RuntimeError};
 
     const NOW: i64 = 1_795_823_941;
 
@@ -988,7 +987,7 @@ mod tests {
         assert_eq!(accepted.status, "True");
 
         let refusal = Refusal {
-            reason: RefusalReason::ContainerNotManaged,
+            reason: RefusalReason::NotManaged,
             message: "container \"marie\" exists but does not carry the label".into(),
         };
         let refused = refused_status(Some(&before), Some(2), &refusal, now());
@@ -1007,7 +1006,7 @@ mod tests {
                 .unwrap();
             assert_eq!(
                 (c.status.as_str(), c.reason.as_str()),
-                ("False", "ContainerNotManaged")
+                ("False", "NotManaged")
             );
         }
 
@@ -1084,7 +1083,10 @@ mod tests {
     fn docker_unreachable_is_unknown() {
         let a = assess(
             &obs(
-                ContainerObservation::Unavailable(DockerError::Unavailable("socket".into())),
+                ContainerObservation::Unavailable(RuntimeError::unavailable(
+                    crate::runtime::RuntimeKind::Docker,
+                    "socket",
+                )),
                 beat(1),
             ),
             TIMEOUT,
@@ -1193,7 +1195,10 @@ mod tests {
             ContainerObservation::Found(container("paused", false)),
             ContainerObservation::Found(container("restarting", false)),
             ContainerObservation::Found(container("dead", false)),
-            ContainerObservation::Unavailable(DockerError::Unavailable("x".into())),
+            ContainerObservation::Unavailable(RuntimeError::unavailable(
+                crate::runtime::RuntimeKind::Docker,
+                "x",
+            )),
         ] {
             assert_eq!(
                 failure(&obs(other.clone(), beat(5)), TIMEOUT),

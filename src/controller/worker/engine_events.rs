@@ -19,8 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     crd::worker::Worker,
-    docker::{ContainerEvent, WorkerRuntime},
     metrics::Metrics,
+    runtime::{ContainerEvent, WorkerRuntime},
     trust::CONSENT_LABEL,
 };
 
@@ -182,7 +182,7 @@ mod tests {
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(marie));
         let (refs, refs_rx) = mpsc::unbounded_channel();
         let follower = Follower {
-            docker: Arc::new(crate::docker::fake::FakeRuntime::default()),
+            docker: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             metrics: Arc::new(Metrics::default()),
             store,
             refs,

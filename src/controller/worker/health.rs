@@ -116,8 +116,8 @@ pub fn add(
 pub(crate) mod tests {
     use super::*;
     use crate::{
-        docker::{ContainerInfo, ContainerObservation, ContainerState},
         observe::heartbeat::{Heartbeat, HeartbeatObservation, TimeSource},
+        runtime::{ContainerInfo, ContainerObservation, ContainerState},
         trust::{Refusal, RefusalReason},
     };
 

@@ -38,9 +38,9 @@ use crate::{
         worker::{PathClaim, Worker, WorkerPhase, WorkerStatus},
         worker_recovery::WorkerRecovery,
     },
-    docker::ContainerObservation,
     observe::heartbeat,
     postmortem,
+    runtime::ContainerObservation,
     trust::{claims, Admission, AdmitError, Refusal, RefusalReason},
 };
 
@@ -632,7 +632,7 @@ mod tests {
     use super::*;
     use crate::{
         controller::error::ReconcileError,
-        docker::{fake::FakeRuntime, ContainerInfo},
+        runtime::{fake::FakeRuntime, ContainerInfo},
         testing::{
             self, fresh_heartbeat,
             mock_api::{self, Recorded},

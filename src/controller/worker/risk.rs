@@ -15,9 +15,9 @@ use crate::{
         Context,
     },
     crd::worker::{PredictionSpec, RiskResource, RiskStatus, Worker, WorkerStatus},
-    docker::ContainerInfo,
     metrics::Usage,
     observe::trend::{Sample, Samples, Trend, MIN_SAMPLES},
+    runtime::ContainerInfo,
 };
 
 /// The condition of the prediction.

@@ -38,12 +38,12 @@ use crate::{
             WorkerReference,
         },
     },
-    docker::{resources, ContainerInfo, ContainerObservation, Limits, StartOutcome},
     escalation::{
         notifier::{self, Progress},
         webhook::{self, EscalationPayload},
     },
     recover::{failover, poison},
+    runtime::{resources, ContainerInfo, ContainerObservation, Limits, StartOutcome},
     trust::{self, Admission},
 };
 

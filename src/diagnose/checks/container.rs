@@ -9,10 +9,10 @@
 //! ended before ([`CrashEvidence`](crate::diagnose::CrashEvidence)), marked
 //! `restartedByAutoRecovery`.
 
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckName, CheckResult, Finding, FindingKind, Severity},
-    docker::ContainerInfo,
+    runtime::ContainerInfo,
 };
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
@@ -200,10 +200,10 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::testing::*,
-        docker::{fake::FakeRuntime, DockerError},
+        runtime::{fake::FakeRuntime, RuntimeError},
     };
 
-    async fn check(container: Result<Option<ContainerInfo>, DockerError>) -> CheckResult {
+    async fn check(container: Result<Option<ContainerInfo>, RuntimeError>) -> CheckResult {
         run(&context(
             &worker(),
             container,
@@ -286,9 +286,12 @@ mod tests {
         let f = check(Ok(None)).await.unwrap();
         assert_eq!(f[0].kind, FindingKind::ContainerNotFound);
         assert_eq!(f[0].evidence["container"], "marie");
-        let err = check(Err(DockerError::Unavailable("no socket".into())))
-            .await
-            .unwrap_err();
+        let err = check(Err(RuntimeError::unavailable(
+            crate::runtime::RuntimeKind::Docker,
+            "no socket",
+        )))
+        .await
+        .unwrap_err();
         assert_eq!(
             crate::diagnose::error::message(&err),
             "cannot inspect container \"marie\": Docker engine unreachable: no socket"

@@ -11,7 +11,7 @@ use crate::{
     diagnose::{
         error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
     },
-    docker::DockerError,
+    runtime::RuntimeError,
 };
 
 const CHECK: CheckName = CheckName::CrashLogs;
@@ -33,7 +33,7 @@ pub enum LogFailure {
     ContainerLog {
         container: String,
         #[source]
-        source: DockerError,
+        source: RuntimeError,
     },
     #[error(transparent)]
     AppLog(#[from] AppLogError),
@@ -404,7 +404,7 @@ async fn read_app_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{diagnose::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, runtime::fake::FakeRuntime};
 
     const CRASH: &str = "2026-11-28T00:02:22.459Z FATAL: simulated crash (fault mode crash) while processing task p1; exiting with code 3";
     const FD: &str =

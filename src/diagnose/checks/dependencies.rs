@@ -7,12 +7,12 @@
 //! whether it runs or not: a worker that exited because a binary is missing is still checked.
 //! `--version` and `pip` need a running container.
 
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use std::time::Duration;
 
 use crate::{
     diagnose::{CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity},
-    docker::{ContainerInfo, DockerError, PathStat},
+    runtime::{ContainerInfo, PathStat, RuntimeError},
 };
 
 /// PATH when the container sets none (Docker's default).
@@ -95,7 +95,7 @@ enum Lookup {
     Absent,
 }
 
-async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, DockerError> {
+async fn lookup(ctx: &CheckContext, path: &str) -> Result<Lookup, RuntimeError> {
     let Some(mut stat) = ctx.docker.stat_path(ctx.container_ref()?, path).await? else {
         return Ok(Lookup::Absent);
     };
@@ -158,7 +158,7 @@ async fn check_binary(
     for candidate in &candidates {
         let found = match lookup(ctx, candidate).await {
             Ok(found) => found,
-            Err(DockerError::NotFound(_)) => {
+            Err(RuntimeError::NotFound(_)) => {
                 return Err(CheckError::Disappeared {
                     container: name.clone(),
                 })
@@ -468,7 +468,7 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::testing::*,
-        docker::{fake::FakeRuntime, ExecOutput},
+        runtime::{fake::FakeRuntime, ExecOutput},
     };
 
     const FREEZE: &str = "opentelemetry-api==1.27.0\nopentelemetry-sdk==1.27.0\nprometheus_client==0.21.0\nPyYAML==6.0.2\nmypkg @ file:///src/mypkg\n";

@@ -14,7 +14,7 @@ use super::{first_line, percent, process::Located};
 use crate::diagnose::{
     CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
 };
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 
 /// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
 pub fn script(pid: u32) -> String {
@@ -220,7 +220,7 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::testing::*,
-        docker::{fake::FakeRuntime, ContainerInfo, ExecOutput},
+        runtime::{fake::FakeRuntime, ContainerInfo, ExecOutput},
     };
 
     /// `/proc/1/limits` of the sample worker run with `--ulimit nofile=64:64`.

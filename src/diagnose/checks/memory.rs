@@ -4,7 +4,7 @@
 //!
 //! The `OomKilled` finding itself comes from the container check; here the flag is evidence.
 
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use std::collections::BTreeSet;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -13,7 +13,7 @@ use crate::{
     diagnose::{
         error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
     },
-    docker::ContainerInfo,
+    runtime::ContainerInfo,
 };
 
 use super::{container::human_bytes, percent};
@@ -368,7 +368,7 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::{testing::*, KernelLogError},
-        docker::{fake::FakeRuntime, ContainerInfo, MemoryStats},
+        runtime::{fake::FakeRuntime, ContainerInfo, MemoryStats},
     };
 
     const ID: &str = "3f2a9c1e7b4d5a6f8e9d0c1b2a3f4e5d6c7b8a9f0e1d2c3b4a5f6e7d8c9b0a1f";

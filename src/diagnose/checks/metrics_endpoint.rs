@@ -117,9 +117,9 @@ mod tests {
     use crate::{
         crd::worker::MetricsEndpointSpec,
         diagnose::testing,
-        docker::fake::FakeRuntime,
         http::{self, HttpClient, UrlPolicy},
         observe::prometheus_text::tests::SAMPLE,
+        runtime::fake::FakeRuntime,
     };
 
     fn ctx_with(url: Option<&str>) -> CheckContext {

@@ -138,7 +138,7 @@ mod tests {
     use std::{ffi::CString, path::Path};
 
     use super::*;
-    use crate::{diagnose::testing, docker::fake::FakeRuntime};
+    use crate::{diagnose::testing, runtime::fake::FakeRuntime};
 
     fn mkfifo(path: &Path, mode: libc::mode_t) {
         let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();

@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use super::first_line;
-use crate::docker::ContainerState;
+use crate::runtime::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckError, CheckName, CheckResult, FindingKind, Severity},
-    docker::{ContainerInfo, DockerError},
+    runtime::{ContainerInfo, RuntimeError},
 };
 
 /// Names of init processes that run the real worker as their child.
@@ -64,13 +64,13 @@ pub enum ProcessError {
     NotRunning(String),
     /// No container to ask the engine about (see [`CheckContext::container_ref`]).
     #[error(transparent)]
-    Engine(Arc<DockerError>),
+    Engine(Arc<RuntimeError>),
     #[error("cannot exec `{command}` in {container:?}")]
     Exec {
         command: String,
         container: String,
         #[source]
-        source: Arc<DockerError>,
+        source: Arc<RuntimeError>,
     },
     #[error("`{command}` in {container:?} exited with {exit_code}: {output}")]
     Exited {
@@ -89,14 +89,14 @@ pub enum ProcessError {
     NoProcesses { container: String, output: String },
 }
 
-impl From<DockerError> for ProcessError {
-    fn from(e: DockerError) -> Self {
+impl From<RuntimeError> for ProcessError {
+    fn from(e: RuntimeError) -> Self {
         Self::Engine(Arc::new(e))
     }
 }
 
 /// `command` run in the worker's container failed.
-fn exec_failed(ctx: &CheckContext, command: &str) -> impl FnOnce(DockerError) -> ProcessError {
+fn exec_failed(ctx: &CheckContext, command: &str) -> impl FnOnce(RuntimeError) -> ProcessError {
     let container = ctx.spec.container.clone();
     let command = command.to_string();
     move |e| ProcessError::Exec {
@@ -418,7 +418,7 @@ mod tests {
     use super::*;
     use crate::{
         diagnose::testing::*,
-        docker::{fake::FakeRuntime, ExecOutput},
+        runtime::{fake::FakeRuntime, ExecOutput},
     };
 
     /// `/proc/1/status` of the sample worker, as read in a real container (trimmed).

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::crd::worker_recovery::AnalysisState;
 use crate::{
-    crd::worker_recovery::StepName, docker::fake::FakeRuntime, testing, testing::mock_api,
+    crd::worker_recovery::StepName, runtime::fake::FakeRuntime, testing, testing::mock_api,
 };
 
 const PLANS: &str = "/apis/workerrecovery.io/v1alpha1/namespaces/default/resumeplans";
@@ -572,7 +572,7 @@ async fn the_debug_copy_dumps_its_cores_into_the_run_directory() {
     let target = crate::crash::placement::WORKING_DIR_MOUNT;
     assert_eq!(
         clone.core_dir,
-        Some(crate::docker::BindMount {
+        Some(crate::runtime::BindMount {
             host: run_dir,
             target: target.into(),
             read_only: false
@@ -608,7 +608,7 @@ async fn a_core_is_recorded_once_with_its_backtrace_when_the_copy_has_stopped() 
         .lock()
         .unwrap()
         .insert(format!("{copy_id}:{exe}"), b"\x7fELF exe".to_vec());
-    *f.fake.job_output.lock().unwrap() = Some(crate::docker::JobOutput {
+    *f.fake.job_output.lock().unwrap() = Some(crate::runtime::JobOutput {
         exit_code: Some(0),
         output: "Thread 1 (LWP 7):\n#0  sample_worker::fault::abort_now ()".into(),
         truncated: false,
@@ -716,7 +716,7 @@ async fn a_debug_run_of_a_systemd_worker_fails_with_the_reason() {
         },
     });
     let mut units = FakeRuntime::with_container(testing::exited(3));
-    units.capabilities = Some(crate::docker::Capabilities::SYSTEMD);
+    units.capabilities = Some(crate::runtime::Capabilities::SYSTEMD);
     f.ctx.systemd = Some(Arc::new(units));
 
     let result = done(debug_start(&f.run()).await.unwrap());

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::{
     crd::worker::AttemptRecord,
-    docker::fake::FakeRuntime,
     observe::heartbeat::{Heartbeat, HeartbeatObservation, TimeSource},
+    runtime::fake::FakeRuntime,
     testing,
     testing::mock_api::{self, Leases, Recorded},
 };

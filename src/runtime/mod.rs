@@ -1,12 +1,14 @@
-//! The container engine as the controllers see it: a small trait, so that reconcile logic can be
-//! unit-tested against a fake, and a Docker implementation over bollard.
+//! What runs a worker, as the controllers see it: the [`WorkerRuntime`] trait, so that
+//! reconcile logic is the same for every runtime and unit-tested against a fake, with a Docker
+//! implementation over bollard ([`docker`]) and a systemd one over D-Bus ([`systemd`]).
 
-mod engine;
+pub mod docker;
 #[cfg(test)]
 pub mod fake;
 pub mod resources;
+pub mod systemd;
 
-pub use engine::DockerEngine;
+pub use docker::DockerEngine;
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
@@ -159,7 +161,7 @@ pub enum ContainerObservation {
     Found(Box<ContainerInfo>),
     NotFound,
     /// The engine could not be asked, or refused to answer.
-    Unavailable(DockerError),
+    Unavailable(RuntimeError),
 }
 
 impl ContainerObservation {
@@ -249,29 +251,52 @@ pub struct ContainerEvent {
 /// Actions of the event stream that can change what the Worker controller sees.
 pub const WATCHED_ACTIONS: [&str; 6] = ["die", "oom", "health_status", "start", "stop", "destroy"];
 
-/// Errors talking to the container engine.
+/// Which runtime an error comes from; its messages name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Docker,
+    Systemd,
+}
+
+impl std::fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Docker => "Docker engine",
+            Self::Systemd => "systemd",
+        })
+    }
+}
+
+/// Errors talking to a worker runtime.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum DockerError {
-    #[error("container {0:?} not found")]
+pub enum RuntimeError {
+    /// The container or unit does not exist.
+    #[error("{0:?} not found")]
     NotFound(String),
-    #[error("Docker engine unreachable: {0}")]
-    Unavailable(String),
-    #[error("Docker engine refused {operation}: {message}")]
+    #[error("{runtime} unreachable: {message}")]
+    Unavailable {
+        runtime: RuntimeKind,
+        message: String,
+    },
+    #[error("{runtime} refused {operation}: {message}")]
     Refused {
+        runtime: RuntimeKind,
         operation: &'static str,
         message: String,
     },
     /// The Worker's runtime cannot do this at all (see [`Capabilities`]).
-    #[error("{operation} is not supported by the {runtime} runtime")]
+    #[error("{operation} is not supported by {runtime}")]
     Unsupported {
         operation: &'static str,
-        runtime: &'static str,
+        runtime: RuntimeKind,
     },
 }
 
 /// What a worker runtime can do beyond observing, starting, stopping and restarting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
+    /// Which runtime this is, as messages name it.
+    pub runtime: RuntimeKind,
     /// `Debug` runs: a copy of the worker with debug settings.
     pub debug_copy: bool,
     /// Commands run inside the worker (`docker exec`): process, descriptor and dependency
@@ -285,12 +310,14 @@ pub struct Capabilities {
 
 impl Capabilities {
     pub const DOCKER: Self = Self {
+        runtime: RuntimeKind::Docker,
         debug_copy: true,
         exec: true,
         logs: true,
         recreate: true,
     };
     pub const SYSTEMD: Self = Self {
+        runtime: RuntimeKind::Systemd,
         debug_copy: false,
         exec: false,
         logs: true,
@@ -307,18 +334,52 @@ pub struct Limits {
     pub cpu_quota: Option<i64>,
 }
 
-impl DockerError {
-    /// The engine refused `operation`, saying `message`.
-    pub fn refused(operation: &'static str, message: impl Into<String>) -> Self {
+impl RuntimeError {
+    /// The runtime could not be reached, or the connection broke.
+    pub fn unavailable(runtime: RuntimeKind, message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            runtime,
+            message: message.into(),
+        }
+    }
+
+    /// The runtime refused `operation`, saying `message`.
+    pub fn refused(
+        runtime: RuntimeKind,
+        operation: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self::Refused {
+            runtime,
             operation,
             message: message.into(),
+        }
+    }
+
+    /// Label for the `error` dimension of the failure metric.
+    pub fn metric_label(&self) -> &'static str {
+        use RuntimeKind::{Docker, Systemd};
+        match self {
+            Self::NotFound(_) => "runtime_not_found",
+            Self::Unavailable {
+                runtime: Docker, ..
+            } => "docker_unavailable",
+            Self::Unavailable {
+                runtime: Systemd, ..
+            } => "systemd_unavailable",
+            Self::Refused {
+                runtime: Docker, ..
+            } => "docker_refused",
+            Self::Refused {
+                runtime: Systemd, ..
+            } => "systemd_refused",
+            Self::Unsupported { .. } => "runtime_unsupported",
         }
     }
 }
 
 /// What runs a worker, as the controllers act on it: a Docker container ([`DockerEngine`]) or a
-/// systemd service ([`crate::systemd::runtime::SystemdRuntime`]), named by what the runtime
+/// systemd service ([`crate::runtime::systemd::runtime::SystemdRuntime`]), named by what the runtime
 /// knows it by (the "container" of the methods). Held in the controller context.
 #[async_trait]
 pub trait WorkerRuntime: Send + Sync + 'static {
@@ -327,11 +388,11 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         Capabilities::DOCKER
     }
     /// Inspect a container; `Ok(None)` when it does not exist.
-    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError>;
+    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
     /// Start a stopped container (idempotent: a running one is left as it is).
-    async fn start(&self, container: &str) -> Result<StartOutcome, DockerError>;
+    async fn start(&self, container: &str) -> Result<StartOutcome, RuntimeError>;
     /// Run `cmd` inside a running container and collect its output.
-    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError>;
+    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, RuntimeError>;
     /// The last `tail` lines of the container's log (stdout and stderr) since `since`; at most
     /// 1 MiB is read (`engine::MAX_LOG_BYTES`): a log of huge lines gives what fits.
     async fn logs(
@@ -339,29 +400,35 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         container: &str,
         tail: u32,
         since: Timestamp,
-    ) -> Result<Vec<String>, DockerError>;
+    ) -> Result<Vec<String>, RuntimeError>;
     /// Memory usage and limit of a running container.
-    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError>;
+    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, RuntimeError>;
     /// Times of Docker `oom` events of the container between `since` and `until`.
     async fn oom_events(
         &self,
         container: &str,
         since: Timestamp,
         until: Timestamp,
-    ) -> Result<Vec<Timestamp>, DockerError>;
+    ) -> Result<Vec<Timestamp>, RuntimeError>;
     /// Stat a path in the container's filesystem; `Ok(None)` when it does not exist.
-    async fn stat_path(&self, container: &str, path: &str)
-        -> Result<Option<PathStat>, DockerError>;
+    async fn stat_path(
+        &self,
+        container: &str,
+        path: &str,
+    ) -> Result<Option<PathStat>, RuntimeError>;
     /// Stop a container: SIGTERM, then SIGKILL after `grace` (idempotent: a stopped one is left).
-    async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<(), DockerError>;
+    async fn stop(&self, container: &str, grace: std::time::Duration) -> Result<(), RuntimeError>;
     /// Stop (with `grace`) and start a container; a stopped one is just started.
-    async fn restart(&self, container: &str, grace: std::time::Duration)
-        -> Result<(), DockerError>;
+    async fn restart(
+        &self,
+        container: &str,
+        grace: std::time::Duration,
+    ) -> Result<(), RuntimeError>;
     /// Create (not start) a copy of `source` with its image, command, environment, mounts,
     /// labels and network, changed as `clone` says; returns the copy's ID.
-    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError>;
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, RuntimeError>;
     /// Remove a container, stopping it first; `Ok(false)` when it did not exist.
-    async fn remove(&self, container: &str) -> Result<bool, DockerError>;
+    async fn remove(&self, container: &str) -> Result<bool, RuntimeError>;
     /// The regular file `path` of a container (running or stopped), at most `limit` bytes
     /// (`docker cp`); a larger one, or one that is not a regular file, is refused.
     async fn copy_file_out(
@@ -369,10 +436,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         container: &str,
         path: &str,
         limit: u64,
-    ) -> Result<Vec<u8>, DockerError>;
+    ) -> Result<Vec<u8>, RuntimeError>;
     /// Run `job` to its end (or its timeout) and remove it; its output is kept up to
     /// `max_output` bytes.
-    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError>;
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, RuntimeError>;
     /// Change the limits of a running or stopped container in place (`docker update`).
     ///
     /// Docker refuses a memory limit above the container's memory+swap limit, so when
@@ -380,7 +447,7 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// limit is raised to `memory` with it (no swap; see [`resources::swap_for_update`]). A
     /// container limited with `--cpus` gets the quota as `--cpus` (Docker cannot switch one
     /// to a quota in place).
-    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError>;
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), RuntimeError>;
     /// Replace a container by one with the same name, image, command, entrypoint, environment,
     /// labels, mounts (anonymous volumes included: the new one gets the same volumes), network
     /// (mode, aliases, other networks), working dir, user, init flag, restart policy and every
@@ -398,9 +465,9 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         container: &str,
         declared: &resources::Declared,
         grace: std::time::Duration,
-    ) -> Result<String, DockerError>;
+    ) -> Result<String, RuntimeError>;
     /// Rename a container.
-    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError>;
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError>;
     /// The engine's events ([`WATCHED_ACTIONS`]) about containers that carry the label
     /// `label`, from `since` (replayed by the engine) on. The stream ends or fails when the
     /// engine goes away.
@@ -408,5 +475,5 @@ pub trait WorkerRuntime: Send + Sync + 'static {
         &self,
         label: &str,
         since: Option<Timestamp>,
-    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>>;
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
 }

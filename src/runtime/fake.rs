@@ -1,14 +1,15 @@
 //! An in-memory [`WorkerRuntime`] for unit tests of checks and controllers.
 
 use super::ContainerState;
+use crate::runtime::RuntimeKind;
 use std::{collections::HashMap, sync::Mutex};
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, DockerError, ExecOutput,
-    Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome, WorkerRuntime,
+    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ExecOutput, Job,
+    JobOutput, Limits, MemoryStats, PathStat, RuntimeError, StartOutcome, WorkerRuntime,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.
@@ -49,9 +50,12 @@ impl FakeRuntime {
             .map(|(name, _)| name.clone())
     }
 
-    fn answering(&self) -> Result<(), DockerError> {
+    fn answering(&self) -> Result<(), RuntimeError> {
         if self.engine_down.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(DockerError::Unavailable("connection refused (fake)".into()));
+            return Err(RuntimeError::unavailable(
+                RuntimeKind::Docker,
+                "connection refused (fake)",
+            ));
         }
         Ok(())
     }
@@ -68,18 +72,18 @@ impl FakeRuntime {
 
 #[async_trait]
 impl WorkerRuntime for FakeRuntime {
-    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
+    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
         self.answering()?;
         let containers = self.containers.lock().unwrap();
         Ok(Self::key_of(&containers, container).and_then(|k| containers.get(&k).cloned()))
     }
 
-    async fn start(&self, container: &str) -> Result<StartOutcome, DockerError> {
+    async fn start(&self, container: &str) -> Result<StartOutcome, RuntimeError> {
         self.answering()?;
         let mut containers = self.containers.lock().unwrap();
         let info = Self::key_of(&containers, container)
             .and_then(|k| containers.get_mut(&k))
-            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))?;
         if info.running {
             return Ok(StartOutcome::AlreadyRunning);
         }
@@ -89,14 +93,19 @@ impl WorkerRuntime for FakeRuntime {
         Ok(StartOutcome::Started)
     }
 
-    async fn exec(&self, _container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {
+    async fn exec(&self, _container: &str, cmd: &[&str]) -> Result<ExecOutput, RuntimeError> {
         if let Some(delay) = self.exec_delay {
             tokio::time::sleep(delay).await;
         }
         match self.exec.get(&cmd.join(" ")) {
             Some(Ok(out)) => Ok(out.clone()),
-            Some(Err(e)) => Err(DockerError::refused("exec", e.clone())),
-            None => Err(DockerError::refused(
+            Some(Err(e)) => Err(RuntimeError::refused(
+                RuntimeKind::Docker,
+                "exec",
+                e.clone(),
+            )),
+            None => Err(RuntimeError::refused(
+                RuntimeKind::Docker,
                 "exec",
                 format!("no canned answer for {cmd:?}"),
             )),
@@ -108,14 +117,14 @@ impl WorkerRuntime for FakeRuntime {
         _container: &str,
         tail: u32,
         _since: Timestamp,
-    ) -> Result<Vec<String>, DockerError> {
+    ) -> Result<Vec<String>, RuntimeError> {
         let skip = self.logs.len().saturating_sub(tail as usize);
         Ok(self.logs[skip..].to_vec())
     }
 
-    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError> {
+    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, RuntimeError> {
         self.memory
-            .ok_or_else(|| DockerError::NotFound(container.into()))
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))
     }
 
     async fn oom_events(
@@ -123,7 +132,7 @@ impl WorkerRuntime for FakeRuntime {
         _container: &str,
         _since: Timestamp,
         _until: Timestamp,
-    ) -> Result<Vec<Timestamp>, DockerError> {
+    ) -> Result<Vec<Timestamp>, RuntimeError> {
         Ok(self.oom_events.clone())
     }
 
@@ -131,15 +140,15 @@ impl WorkerRuntime for FakeRuntime {
         &self,
         _container: &str,
         path: &str,
-    ) -> Result<Option<PathStat>, DockerError> {
+    ) -> Result<Option<PathStat>, RuntimeError> {
         Ok(self.paths.get(path).cloned())
     }
 
-    async fn stop(&self, container: &str, _grace: std::time::Duration) -> Result<(), DockerError> {
+    async fn stop(&self, container: &str, _grace: std::time::Duration) -> Result<(), RuntimeError> {
         let mut containers = self.containers.lock().unwrap();
         let info = Self::key_of(&containers, container)
             .and_then(|k| containers.get_mut(&k))
-            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))?;
         info.running = false;
         info.status = ContainerState::Exited;
         self.actions
@@ -153,7 +162,7 @@ impl WorkerRuntime for FakeRuntime {
         &self,
         container: &str,
         grace: std::time::Duration,
-    ) -> Result<(), DockerError> {
+    ) -> Result<(), RuntimeError> {
         self.stop(container, grace).await?;
         self.start(container).await?;
         let name = self
@@ -165,13 +174,14 @@ impl WorkerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError> {
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, RuntimeError> {
         let mut containers = self.containers.lock().unwrap();
         let original = Self::key_of(&containers, source)
             .and_then(|k| containers.get(&k).cloned())
-            .ok_or_else(|| DockerError::NotFound(source.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(source.into()))?;
         if containers.contains_key(&clone.name) {
-            return Err(DockerError::refused(
+            return Err(RuntimeError::refused(
+                RuntimeKind::Docker,
                 "create",
                 format!("name {} in use", clone.name),
             ));
@@ -204,19 +214,23 @@ impl WorkerRuntime for FakeRuntime {
         container: &str,
         path: &str,
         limit: u64,
-    ) -> Result<Vec<u8>, DockerError> {
+    ) -> Result<Vec<u8>, RuntimeError> {
         self.answering()?;
         let files = self.files.lock().unwrap();
-        let file = files
-            .get(&format!("{container}:{path}"))
-            .ok_or_else(|| DockerError::refused("copy", format!("{path}: no such file")))?;
+        let file = files.get(&format!("{container}:{path}")).ok_or_else(|| {
+            RuntimeError::refused(RuntimeKind::Docker, "copy", format!("{path}: no such file"))
+        })?;
         if file.len() as u64 > limit {
-            return Err(DockerError::refused("copy", format!("{path} is too large")));
+            return Err(RuntimeError::refused(
+                RuntimeKind::Docker,
+                "copy",
+                format!("{path} is too large"),
+            ));
         }
         Ok(file.clone())
     }
 
-    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError> {
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, RuntimeError> {
         self.answering()?;
         self.jobs.lock().unwrap().push(job.clone());
         let mut out = self
@@ -235,7 +249,7 @@ impl WorkerRuntime for FakeRuntime {
         Ok(out)
     }
 
-    async fn remove(&self, container: &str) -> Result<bool, DockerError> {
+    async fn remove(&self, container: &str) -> Result<bool, RuntimeError> {
         let mut containers = self.containers.lock().unwrap();
         let Some(key) = Self::key_of(&containers, container) else {
             return Ok(false);
@@ -250,10 +264,10 @@ impl WorkerRuntime for FakeRuntime {
         container: &str,
         declared: &super::resources::Declared,
         _grace: std::time::Duration,
-    ) -> Result<String, DockerError> {
+    ) -> Result<String, RuntimeError> {
         let mut containers = self.containers.lock().unwrap();
         let key = Self::key_of(&containers, container)
-            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))?;
         let mut c = containers.remove(&key).expect("found by key");
         // A new container: new ID, same name and settings, the declared ones on top, started.
         c.id = format!("{}-recreated", c.id);
@@ -276,10 +290,10 @@ impl WorkerRuntime for FakeRuntime {
         Ok(id)
     }
 
-    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError> {
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         let mut containers = self.containers.lock().unwrap();
         let key = Self::key_of(&containers, container)
-            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))?;
         let mut c = containers.remove(&key).expect("found by key");
         c.name = new_name.to_string();
         containers.insert(new_name.to_string(), c);
@@ -290,7 +304,7 @@ impl WorkerRuntime for FakeRuntime {
         Ok(())
     }
 
-    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError> {
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), RuntimeError> {
         let Limits {
             memory,
             memory_swap,
@@ -298,13 +312,14 @@ impl WorkerRuntime for FakeRuntime {
         } = limits;
         let mut containers = self.containers.lock().unwrap();
         let key = Self::key_of(&containers, container)
-            .ok_or_else(|| DockerError::NotFound(container.into()))?;
+            .ok_or_else(|| RuntimeError::NotFound(container.into()))?;
         let c = containers.get_mut(&key).expect("found by key");
         // As the engine does it: the swap limit follows a memory limit raised above it.
         let swap = swap_for_update(c.memory_swap, memory, memory_swap);
         if let (Some(m), Some(s)) = (memory.or(c.memory_limit), swap.or(c.memory_swap)) {
             if s > 0 && m > s {
-                return Err(DockerError::refused(
+                return Err(RuntimeError::refused(
+                    RuntimeKind::Docker,
                     "update",
                     "Memory limit should be smaller than already set memoryswap limit",
                 ));
@@ -323,7 +338,7 @@ impl WorkerRuntime for FakeRuntime {
         &self,
         _label: &str,
         _since: Option<Timestamp>,
-    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
         // No engine behind the fake: nothing ever happens.
         Box::pin(futures::stream::pending())
     }
@@ -334,7 +349,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::docker::{resources::Declared, HealthCheck};
+    use crate::runtime::{resources::Declared, HealthCheck};
 
     const MI: i64 = 1 << 20;
 
@@ -427,7 +442,7 @@ mod tests {
                 }
             )
             .await,
-            Err(DockerError::NotFound(_))
+            Err(RuntimeError::NotFound(_))
         ));
     }
 
@@ -467,11 +482,11 @@ mod tests {
             (c.image, c.env),
             (Some("wro-sample-worker:dev".into()), vec!["A=1".into()])
         );
-        assert!(crate::docker::resources::drift(&declared, &get(&f, "w")).is_empty());
+        assert!(crate::runtime::resources::drift(&declared, &get(&f, "w")).is_empty());
         assert_eq!(*f.actions.lock().unwrap(), ["recreate w"]);
         assert!(matches!(
             f.recreate("gone", &declared, Duration::ZERO).await,
-            Err(DockerError::NotFound(_))
+            Err(RuntimeError::NotFound(_))
         ));
     }
 }

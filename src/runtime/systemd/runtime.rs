@@ -5,9 +5,10 @@
 //! `Environment=`, reported as the consent label.
 //!
 //! What a unit cannot do (a debug copy, a recreate, a command run inside it, files copied out
-//! of it) is refused with [`DockerError::Unsupported`], and
+//! of it) is refused with [`RuntimeError::Unsupported`], and
 //! [`Capabilities`] says so beforehand, so that a run needing it fails with that reason.
 
+use crate::runtime::RuntimeKind;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,9 +19,9 @@ use super::{
     Systemd, SystemdError,
 };
 use crate::{
-    docker::{
+    runtime::{
         resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
-        ContainerState, DockerError, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat,
+        ContainerState, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError,
         StartOutcome, WorkerRuntime,
     },
     trust::CONSENT_LABEL,
@@ -46,31 +47,33 @@ impl SystemdRuntime {
         }
     }
 
-    async fn known(&self, unit: &str) -> Result<UnitInfo, DockerError> {
+    async fn known(&self, unit: &str) -> Result<UnitInfo, RuntimeError> {
         let info = self.systemd.unit(unit).await.map_err(engine_error)?;
         if info.exists() {
             Ok(info)
         } else {
-            Err(DockerError::NotFound(unit.into()))
+            Err(RuntimeError::NotFound(unit.into()))
         }
     }
 }
 
 /// What the runtime cannot do, as a refusal naming the runtime.
-fn unsupported(operation: &'static str) -> DockerError {
-    DockerError::Unsupported {
+fn unsupported(operation: &'static str) -> RuntimeError {
+    RuntimeError::Unsupported {
         operation,
-        runtime: "systemd",
+        runtime: RuntimeKind::Systemd,
     }
 }
 
-fn engine_error(e: SystemdError) -> DockerError {
+fn engine_error(e: SystemdError) -> RuntimeError {
     match e {
-        SystemdError::Unavailable(m) => DockerError::Unavailable(m),
+        SystemdError::Unavailable(m) => RuntimeError::unavailable(RuntimeKind::Systemd, m),
         SystemdError::Refused {
             operation, message, ..
-        } => DockerError::refused(operation, message),
-        e @ SystemdError::NotSettled { .. } => DockerError::Unavailable(e.to_string()),
+        } => RuntimeError::refused(RuntimeKind::Systemd, operation, message),
+        e @ SystemdError::NotSettled { .. } => {
+            RuntimeError::unavailable(RuntimeKind::Systemd, e.to_string())
+        }
     }
 }
 
@@ -157,15 +160,15 @@ impl WorkerRuntime for SystemdRuntime {
         Capabilities::SYSTEMD
     }
 
-    async fn inspect(&self, unit: &str) -> Result<Option<ContainerInfo>, DockerError> {
+    async fn inspect(&self, unit: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
         match self.known(unit).await {
             Ok(info) => Ok(Some(container_info(&info))),
-            Err(DockerError::NotFound(_)) => Ok(None),
+            Err(RuntimeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    async fn start(&self, unit: &str) -> Result<StartOutcome, DockerError> {
+    async fn start(&self, unit: &str) -> Result<StartOutcome, RuntimeError> {
         if self.known(unit).await?.running() {
             return Ok(StartOutcome::AlreadyRunning);
         }
@@ -176,7 +179,7 @@ impl WorkerRuntime for SystemdRuntime {
         Ok(StartOutcome::Started)
     }
 
-    async fn exec(&self, _: &str, _: &[&str]) -> Result<ExecOutput, DockerError> {
+    async fn exec(&self, _: &str, _: &[&str]) -> Result<ExecOutput, RuntimeError> {
         Err(unsupported("exec"))
     }
 
@@ -185,15 +188,15 @@ impl WorkerRuntime for SystemdRuntime {
         unit: &str,
         tail: u32,
         since: Timestamp,
-    ) -> Result<Vec<String>, DockerError> {
+    ) -> Result<Vec<String>, RuntimeError> {
         let (dirs, unit) = (self.journal_dirs.clone(), unit.to_string());
         tokio::task::spawn_blocking(move || super::journal::tail(&dirs, &unit, tail, since))
             .await
-            .map_err(|e| DockerError::Unavailable(e.to_string()))?
-            .map_err(|why| DockerError::refused("logs", why))
+            .map_err(|e| RuntimeError::unavailable(RuntimeKind::Systemd, e.to_string()))?
+            .map_err(|why| RuntimeError::refused(RuntimeKind::Systemd, "logs", why))
     }
 
-    async fn memory_stats(&self, unit: &str) -> Result<MemoryStats, DockerError> {
+    async fn memory_stats(&self, unit: &str) -> Result<MemoryStats, RuntimeError> {
         let info = self.known(unit).await?;
         Ok(MemoryStats {
             usage_bytes: info.memory_current.unwrap_or(0),
@@ -207,7 +210,7 @@ impl WorkerRuntime for SystemdRuntime {
         unit: &str,
         since: Timestamp,
         until: Timestamp,
-    ) -> Result<Vec<Timestamp>, DockerError> {
+    ) -> Result<Vec<Timestamp>, RuntimeError> {
         let info = self.known(unit).await?;
         Ok(info
             .exited_at
@@ -216,11 +219,11 @@ impl WorkerRuntime for SystemdRuntime {
             .collect())
     }
 
-    async fn stat_path(&self, _: &str, _: &str) -> Result<Option<PathStat>, DockerError> {
+    async fn stat_path(&self, _: &str, _: &str) -> Result<Option<PathStat>, RuntimeError> {
         Err(unsupported("stat"))
     }
 
-    async fn stop(&self, unit: &str, _grace: Duration) -> Result<(), DockerError> {
+    async fn stop(&self, unit: &str, _grace: Duration) -> Result<(), RuntimeError> {
         self.known(unit).await?;
         self.systemd
             .stop(unit, JOB_WAIT)
@@ -229,7 +232,7 @@ impl WorkerRuntime for SystemdRuntime {
         Ok(())
     }
 
-    async fn restart(&self, unit: &str, _grace: Duration) -> Result<(), DockerError> {
+    async fn restart(&self, unit: &str, _grace: Duration) -> Result<(), RuntimeError> {
         self.known(unit).await?;
         self.systemd
             .restart(unit, JOB_WAIT)
@@ -238,23 +241,23 @@ impl WorkerRuntime for SystemdRuntime {
         Ok(())
     }
 
-    async fn create_clone(&self, _: &str, _: &CloneSpec) -> Result<String, DockerError> {
+    async fn create_clone(&self, _: &str, _: &CloneSpec) -> Result<String, RuntimeError> {
         Err(unsupported("debug copy"))
     }
 
-    async fn remove(&self, _: &str) -> Result<bool, DockerError> {
+    async fn remove(&self, _: &str) -> Result<bool, RuntimeError> {
         Err(unsupported("remove"))
     }
 
-    async fn copy_file_out(&self, _: &str, _: &str, _: u64) -> Result<Vec<u8>, DockerError> {
+    async fn copy_file_out(&self, _: &str, _: &str, _: u64) -> Result<Vec<u8>, RuntimeError> {
         Err(unsupported("copy"))
     }
 
-    async fn run_job(&self, _: &Job, _: usize) -> Result<JobOutput, DockerError> {
+    async fn run_job(&self, _: &Job, _: usize) -> Result<JobOutput, RuntimeError> {
         Err(unsupported("job"))
     }
 
-    async fn update_resources(&self, unit: &str, limits: Limits) -> Result<(), DockerError> {
+    async fn update_resources(&self, unit: &str, limits: Limits) -> Result<(), RuntimeError> {
         if limits.memory_swap.is_some() || limits.cpu_quota.is_some() {
             return Err(unsupported("update of swap or CPU"));
         }
@@ -268,11 +271,11 @@ impl WorkerRuntime for SystemdRuntime {
         }
     }
 
-    async fn recreate(&self, _: &str, _: &Declared, _: Duration) -> Result<String, DockerError> {
+    async fn recreate(&self, _: &str, _: &Declared, _: Duration) -> Result<String, RuntimeError> {
         Err(unsupported("recreate"))
     }
 
-    async fn rename(&self, _: &str, _: &str) -> Result<(), DockerError> {
+    async fn rename(&self, _: &str, _: &str) -> Result<(), RuntimeError> {
         Err(unsupported("rename"))
     }
 
@@ -283,7 +286,7 @@ impl WorkerRuntime for SystemdRuntime {
         &self,
         _label: &str,
         _since: Option<Timestamp>,
-    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
         use futures::{StreamExt, TryFutureExt, TryStreamExt};
         let systemd = self.systemd.clone();
         let changes = async move {
@@ -299,7 +302,7 @@ impl WorkerRuntime for SystemdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::systemd::unit::{Prop, Props};
+    use crate::runtime::systemd::unit::{Prop, Props};
 
     fn unit(active: &str, result: &str, status: i64, pid: u64) -> UnitInfo {
         let p = |e: &[(&str, Prop)]| -> Props {
@@ -390,9 +393,6 @@ mod tests {
     #[test]
     fn what_a_unit_cannot_do_is_refused_by_name() {
         let e = unsupported("debug copy");
-        assert_eq!(
-            e.to_string(),
-            "debug copy is not supported by the systemd runtime"
-        );
+        assert_eq!(e.to_string(), "debug copy is not supported by systemd");
     }
 }

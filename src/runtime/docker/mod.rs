@@ -1,5 +1,6 @@
 //! [`WorkerRuntime`] over the Docker Engine API (bollard).
 
+use crate::runtime::RuntimeKind;
 use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
@@ -29,8 +30,8 @@ mod job;
 
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
-    BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerState, DockerError, ExecOutput,
-    HealthCheck, Job, JobOutput, Limits, MemoryStats, PathStat, StartOutcome, WorkerRuntime,
+    BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerState, ExecOutput, HealthCheck,
+    Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError, StartOutcome, WorkerRuntime,
     WATCHED_ACTIONS,
 };
 
@@ -48,17 +49,17 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Connect to the local engine and agree on an API version it speaks (Debian's docker.io
     /// 20.10 speaks 1.41, older than bollard's default).
-    pub async fn connect() -> Result<Self, DockerError> {
+    pub async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| DockerError::Unavailable(e.to_string()))?
+            .map_err(|e| RuntimeError::unavailable(RuntimeKind::Docker, e.to_string()))?
             .negotiate_version()
             .await
-            .map_err(|e| DockerError::Unavailable(e.to_string()))?;
+            .map_err(|e| RuntimeError::unavailable(RuntimeKind::Docker, e.to_string()))?;
         Ok(Self { docker })
     }
 
     /// The engine's version, for the start-up log.
-    pub async fn version(&self) -> Result<String, DockerError> {
+    pub async fn version(&self) -> Result<String, RuntimeError> {
         let v = self
             .docker
             .version()
@@ -202,13 +203,13 @@ impl DockerEngine {
     }
 
     /// Force-remove a container (its anonymous volumes stay); gone already is fine.
-    async fn discard(&self, container: &str) -> Result<(), DockerError> {
+    async fn discard(&self, container: &str) -> Result<(), RuntimeError> {
         self.remove(container).await.map(|_| ())
     }
 
     /// Remove a stopped container and make sure it is gone: one started with `--rm` removes
     /// itself when it stops, and Docker refuses a second removal while that one runs.
-    async fn remove_gone(&self, container: &str) -> Result<(), DockerError> {
+    async fn remove_gone(&self, container: &str) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -240,7 +241,7 @@ impl DockerEngine {
 
 #[async_trait]
 impl WorkerRuntime for DockerEngine {
-    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, DockerError> {
+    async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
         match self.docker.inspect_container(container, None).await {
             Ok(resp) => {
                 let state = resp.state.unwrap_or_default();
@@ -290,7 +291,7 @@ impl WorkerRuntime for DockerEngine {
         }
     }
 
-    async fn start(&self, container: &str) -> Result<StartOutcome, DockerError> {
+    async fn start(&self, container: &str) -> Result<StartOutcome, RuntimeError> {
         match self.docker.start_container(container, None).await {
             Ok(()) => Ok(StartOutcome::Started),
             Err(BollardError::DockerResponseServerError {
@@ -298,12 +299,12 @@ impl WorkerRuntime for DockerEngine {
             }) => Ok(StartOutcome::AlreadyRunning),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Err(DockerError::NotFound(container.to_string())),
+            }) => Err(RuntimeError::NotFound(container.to_string())),
             Err(e) => Err(map_error("start", e)),
         }
     }
 
-    async fn stop(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
+    async fn stop(&self, container: &str, grace: Duration) -> Result<(), RuntimeError> {
         let options = StopContainerOptions {
             t: Some(seconds(grace)),
             ..Default::default()
@@ -318,7 +319,7 @@ impl WorkerRuntime for DockerEngine {
         }
     }
 
-    async fn restart(&self, container: &str, grace: Duration) -> Result<(), DockerError> {
+    async fn restart(&self, container: &str, grace: Duration) -> Result<(), RuntimeError> {
         let options = RestartContainerOptions {
             t: Some(seconds(grace)),
             ..Default::default()
@@ -329,7 +330,7 @@ impl WorkerRuntime for DockerEngine {
             .map_err(|e| container_error("restart", container, e))
     }
 
-    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, DockerError> {
+    async fn create_clone(&self, source: &str, clone: &CloneSpec) -> Result<String, RuntimeError> {
         let original = self
             .docker
             .inspect_container(source, None)
@@ -385,15 +386,15 @@ impl WorkerRuntime for DockerEngine {
         container: &str,
         path: &str,
         limit: u64,
-    ) -> Result<Vec<u8>, DockerError> {
+    ) -> Result<Vec<u8>, RuntimeError> {
         self.copy_out(container, path, limit).await
     }
 
-    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, DockerError> {
+    async fn run_job(&self, job: &Job, max_output: usize) -> Result<JobOutput, RuntimeError> {
         self.run_to_end(job, max_output).await
     }
 
-    async fn remove(&self, container: &str) -> Result<bool, DockerError> {
+    async fn remove(&self, container: &str) -> Result<bool, RuntimeError> {
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -412,7 +413,7 @@ impl WorkerRuntime for DockerEngine {
         container: &str,
         declared: &Declared,
         grace: Duration,
-    ) -> Result<String, DockerError> {
+    ) -> Result<String, RuntimeError> {
         let original = self
             .docker
             .inspect_container(container, None)
@@ -439,7 +440,8 @@ impl WorkerRuntime for DockerEngine {
         match self.docker.inspect_container(&temp, None).await {
             Ok(left) => {
                 if consent.is_none() || consent_of(left.config.as_ref()) != consent {
-                    return Err(DockerError::refused(
+                    return Err(RuntimeError::refused(
+                        RuntimeKind::Docker,
                         "recreate",
                         format!(
                             "{temp:?} exists and is not a leftover of a recreate of {name:?} \
@@ -497,7 +499,7 @@ impl WorkerRuntime for DockerEngine {
         Ok(new_id)
     }
 
-    async fn rename(&self, container: &str, new_name: &str) -> Result<(), DockerError> {
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         self.docker
             .rename_container(
                 container,
@@ -509,7 +511,7 @@ impl WorkerRuntime for DockerEngine {
             .map_err(|e| container_error("rename", container, e))
     }
 
-    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), DockerError> {
+    async fn update_resources(&self, container: &str, limits: Limits) -> Result<(), RuntimeError> {
         let current = self
             .docker
             .inspect_container(container, None)
@@ -544,7 +546,7 @@ impl WorkerRuntime for DockerEngine {
         &self,
         label: &str,
         since: Option<Timestamp>,
-    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, DockerError>> {
+    ) -> futures::stream::BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string()]),
             (
@@ -578,7 +580,7 @@ impl WorkerRuntime for DockerEngine {
             .boxed()
     }
 
-    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, DockerError> {
+    async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, RuntimeError> {
         let created = self
             .docker
             .create_exec(
@@ -649,7 +651,7 @@ impl WorkerRuntime for DockerEngine {
         container: &str,
         tail: u32,
         since: Timestamp,
-    ) -> Result<Vec<String>, DockerError> {
+    ) -> Result<Vec<String>, RuntimeError> {
         let options = LogsOptions {
             stdout: true,
             stderr: true,
@@ -680,7 +682,7 @@ impl WorkerRuntime for DockerEngine {
         Ok(lines.into())
     }
 
-    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, DockerError> {
+    async fn memory_stats(&self, container: &str) -> Result<MemoryStats, RuntimeError> {
         let options = StatsOptions {
             stream: false,
             one_shot: true,
@@ -690,7 +692,13 @@ impl WorkerRuntime for DockerEngine {
             .stats(container, Some(options))
             .next()
             .await
-            .ok_or_else(|| DockerError::refused("stats", "the engine sent no statistics"))?
+            .ok_or_else(|| {
+                RuntimeError::refused(
+                    RuntimeKind::Docker,
+                    "stats",
+                    "the engine sent no statistics",
+                )
+            })?
             .map_err(|e| container_error("stats", container, e))?;
         let memory = stats.memory_stats.unwrap_or_default();
         match (memory.usage, memory.limit) {
@@ -698,7 +706,8 @@ impl WorkerRuntime for DockerEngine {
                 usage_bytes: working_set(usage, memory.stats.as_ref()),
                 limit_bytes: limit,
             }),
-            _ => Err(DockerError::refused(
+            _ => Err(RuntimeError::refused(
+                RuntimeKind::Docker,
                 "stats",
                 format!("no memory statistics for {container:?} (is it running?)"),
             )),
@@ -710,7 +719,7 @@ impl WorkerRuntime for DockerEngine {
         container: &str,
         since: Timestamp,
         until: Timestamp,
-    ) -> Result<Vec<Timestamp>, DockerError> {
+    ) -> Result<Vec<Timestamp>, RuntimeError> {
         // `until` in the future would keep the stream open until then; never wait.
         let until = until.min(Timestamp::now());
         if since >= until {
@@ -753,7 +762,7 @@ impl WorkerRuntime for DockerEngine {
         &self,
         container: &str,
         path: &str,
-    ) -> Result<Option<PathStat>, DockerError> {
+    ) -> Result<Option<PathStat>, RuntimeError> {
         // `HEAD /containers/{id}/archive?path=` answers from the container's root filesystem,
         // so it works on stopped containers; the header carries Go's `os.FileMode` bits.
         let options = ContainerArchiveInfoOptions {
@@ -775,7 +784,7 @@ impl WorkerRuntime for DockerEngine {
                 status_code: 404, ..
             }) => match self.inspect(container).await? {
                 Some(_) => Ok(None),
-                None => Err(DockerError::NotFound(container.to_string())),
+                None => Err(RuntimeError::NotFound(container.to_string())),
             },
             Err(e) => Err(map_error("stat", e)),
         }
@@ -787,21 +796,23 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-fn map_error(operation: &'static str, e: BollardError) -> DockerError {
+fn map_error(operation: &'static str, e: BollardError) -> RuntimeError {
     match e {
-        BollardError::DockerResponseServerError { message, .. } => {
-            DockerError::Refused { operation, message }
-        }
-        other => DockerError::Unavailable(other.to_string()),
+        BollardError::DockerResponseServerError { message, .. } => RuntimeError::Refused {
+            runtime: RuntimeKind::Docker,
+            operation,
+            message,
+        },
+        other => RuntimeError::unavailable(RuntimeKind::Docker, other.to_string()),
     }
 }
 
 /// Like [`map_error`], but a 404 means the container does not exist.
-fn container_error(operation: &'static str, container: &str, e: BollardError) -> DockerError {
+fn container_error(operation: &'static str, container: &str, e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404, ..
-        } => DockerError::NotFound(container.to_string()),
+        } => RuntimeError::NotFound(container.to_string()),
         other => map_error(operation, other),
     }
 }

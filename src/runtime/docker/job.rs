@@ -1,6 +1,7 @@
 //! One-off containers of the operator's (the core analyzer) and files copied out of a
 //! container (the executable of a core).
 
+use crate::runtime::RuntimeKind;
 use std::{io::Read, time::Duration};
 
 use bollard::{
@@ -14,7 +15,7 @@ use bollard::{
 use futures::StreamExt;
 
 use super::{bind_mount, container_error, map_error, DockerEngine};
-use crate::docker::{DockerError, Job, JobOutput};
+use crate::runtime::{Job, JobOutput, RuntimeError};
 
 impl DockerEngine {
     pub(super) async fn copy_out(
@@ -22,7 +23,7 @@ impl DockerEngine {
         container: &str,
         path: &str,
         limit: u64,
-    ) -> Result<Vec<u8>, DockerError> {
+    ) -> Result<Vec<u8>, RuntimeError> {
         let options = DownloadFromContainerOptions { path: path.into() };
         let mut stream = self
             .docker
@@ -34,21 +35,23 @@ impl DockerEngine {
             let chunk = chunk.map_err(|e| container_error("copy", container, e))?;
             archive.extend_from_slice(&chunk);
             if archive.len() as u64 > archive_limit {
-                return Err(DockerError::refused(
+                return Err(RuntimeError::refused(
+                    RuntimeKind::Docker,
                     "copy",
                     format!("{path} is larger than {limit} bytes"),
                 ));
             }
         }
-        single_file(&archive, limit)
-            .map_err(|why| DockerError::refused("copy", format!("{path}: {why}")))
+        single_file(&archive, limit).map_err(|why| {
+            RuntimeError::refused(RuntimeKind::Docker, "copy", format!("{path}: {why}"))
+        })
     }
 
     pub(super) async fn run_to_end(
         &self,
         job: &Job,
         max_output: usize,
-    ) -> Result<JobOutput, DockerError> {
+    ) -> Result<JobOutput, RuntimeError> {
         self.clear_leftover(job).await?;
         let host = HostConfig {
             mounts: Some(job.mounts.iter().map(bind_mount).collect()),
@@ -91,7 +94,7 @@ impl DockerEngine {
         id: &str,
         timeout: Duration,
         max_output: usize,
-    ) -> Result<JobOutput, DockerError> {
+    ) -> Result<JobOutput, RuntimeError> {
         self.docker
             .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
@@ -115,7 +118,7 @@ impl DockerEngine {
         })
     }
 
-    async fn exit_code(&self, id: &str) -> Result<i64, DockerError> {
+    async fn exit_code(&self, id: &str) -> Result<i64, RuntimeError> {
         let options = WaitContainerOptions {
             condition: "not-running".into(),
         };
@@ -124,14 +127,15 @@ impl DockerEngine {
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(container_error("wait", id, e)),
-            None => Err(DockerError::Unavailable(format!(
-                "no answer waiting for {id}"
-            ))),
+            None => Err(RuntimeError::unavailable(
+                RuntimeKind::Docker,
+                format!("no answer waiting for {id}"),
+            )),
         }
     }
 
     /// stdout and stderr as written, at most `max` bytes.
-    async fn output(&self, id: &str, max: usize) -> Result<(String, bool), DockerError> {
+    async fn output(&self, id: &str, max: usize) -> Result<(String, bool), RuntimeError> {
         let options = LogsOptions {
             stdout: true,
             stderr: true,
@@ -155,7 +159,7 @@ impl DockerEngine {
 
     /// A container left by an earlier attempt (the operator restarted mid-job) is removed when
     /// it carries the job's labels; any other container of that name is someone else's.
-    async fn clear_leftover(&self, job: &Job) -> Result<(), DockerError> {
+    async fn clear_leftover(&self, job: &Job) -> Result<(), RuntimeError> {
         let Some(found) = self.docker.inspect_container(&job.name, None).await.ok() else {
             return Ok(());
         };
@@ -163,7 +167,8 @@ impl DockerEngine {
         if job.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
             self.remove_job(&job.name).await
         } else {
-            Err(DockerError::refused(
+            Err(RuntimeError::refused(
+                RuntimeKind::Docker,
                 "create",
                 format!(
                     "a container named {} exists and is not the operator's",
@@ -173,7 +178,7 @@ impl DockerEngine {
         }
     }
 
-    async fn remove_job(&self, id: &str) -> Result<(), DockerError> {
+    async fn remove_job(&self, id: &str) -> Result<(), RuntimeError> {
         let options = bollard::query_parameters::RemoveContainerOptions {
             force: true,
             ..Default::default()
