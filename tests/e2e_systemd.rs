@@ -8,9 +8,13 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use worker_recovery_operator::runtime::systemd::{
-    unit::{ActiveState, ServiceResult, UnitInfo},
-    Systemd,
+use worker_recovery_operator::runtime::{
+    systemd::{
+        runtime::SystemdRuntime,
+        unit::{ActiveState, ServiceResult, UnitInfo},
+        Systemd,
+    },
+    WorkerRuntime,
 };
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -99,7 +103,7 @@ fn a_unit_run_worker_is_started_read_crashed_restarted_limited_and_stopped() {
         assert_eq!((crashed.exec_main_status, crashed.main_pid), (3, None));
         assert!(crashed.exited_at >= crashed.started_at);
 
-        let restarted = sd.restart(&w.unit, SETTLE).await.unwrap();
+        let restarted = sd.restart(&w.unit, SETTLE, SETTLE).await.unwrap();
         assert!(restarted.running(), "{restarted:?}");
         assert_ne!(restarted.main_pid, started.main_pid);
         assert!(restarted.started_at > crashed.started_at);
@@ -113,6 +117,44 @@ fn a_unit_run_worker_is_started_read_crashed_restarted_limited_and_stopped() {
 
         let unknown = sd.unit("agent-worker-nobody-here.service").await.unwrap();
         assert!(!unknown.exists(), "{unknown:?}");
+    });
+}
+
+/// A unit that ignores its stop signal (`KillSignal=SIGWINCH`, `TimeoutStopSec=90`) is stopped
+/// by the runtime within the grace period it is given, as `docker stop --time` does: SIGKILL
+/// follows, for a restart and for a stop.
+#[test]
+fn a_unit_that_ignores_its_stop_signal_is_killed_after_the_grace_period() {
+    let node = systemd_node();
+    let stubborn = ["KillSignal=SIGWINCH", "TimeoutStopSec=90"];
+    let w = WorkerUnit::write(node, "stubborn", Some("team-a/stubborn"), &[], &stubborn);
+    let grace = Duration::from_secs(2);
+    runtime().block_on(async {
+        let sd = Systemd::connect(Some(&node.bus)).await.unwrap();
+        sd.reload().await.unwrap();
+        let first = sd.start(&w.unit, SETTLE).await.unwrap();
+        let unit_runtime = SystemdRuntime::new(sd.clone(), Vec::new());
+
+        let began = std::time::Instant::now();
+        unit_runtime.restart(&w.unit, grace).await.unwrap();
+        let restart_took = began.elapsed();
+        let restarted = sd.unit(&w.unit).await.unwrap();
+        assert!(restarted.running(), "{restarted:?}");
+        assert_ne!(restarted.main_pid, first.main_pid);
+
+        let began = std::time::Instant::now();
+        unit_runtime.stop(&w.unit, grace).await.unwrap();
+        let stop_took = began.elapsed();
+        let stopped = sd.unit(&w.unit).await.unwrap();
+        eprintln!(
+            "e2e_systemd: grace {grace:?}: restart took {restart_took:?}, stop {stop_took:?} ({:?} {})",
+            stopped.result, stopped.exec_main_status
+        );
+        assert!(!stopped.running(), "{stopped:?}");
+        for took in [restart_took, stop_took] {
+            assert!(took >= grace, "the stop signal was ignored for the grace period: {took:?}");
+            assert!(took < Duration::from_secs(30), "not systemd's 90 s: {took:?}");
+        }
     });
 }
 

@@ -3,7 +3,8 @@
 //!
 //! [`Systemd::unit`] reads a service's state in two calls (`GetAll` of its `Unit` and
 //! `Service` interfaces) and [`unit::UnitInfo`] makes sense of it; start, stop and restart
-//! queue a job (mode `replace`) and wait until the unit has settled; [`Systemd::set_memory_max`]
+//! queue a job (mode `replace`) and wait until the unit has settled (a stop within a grace
+//! period, then `KillUnit` with SIGKILL); [`Systemd::set_memory_max`]
 //! changes the limit of the running unit (`SetUnitProperties`, runtime only).
 
 pub mod journal;
@@ -26,6 +27,8 @@ const UNIT_INTERFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_INTERFACE: &str = "org.freedesktop.systemd1.Service";
 /// How often a unit is looked at while a job changes it.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
+/// How long a unit may take to go once SIGKILL was sent to all its processes.
+const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// Errors talking to systemd.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -174,43 +177,45 @@ impl Systemd {
 
     /// Start the unit (`StartUnit`, mode `replace`) and wait until it has settled.
     pub async fn start(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
-        self.job(UnitJob::Start, name, wait).await
+        let m = self.manager().await?;
+        // A failed unit keeps its result, and one that failed often in a row hits systemd's
+        // start limit, until reset: the operator's own policy decides.
+        let _ = m.reset_failed_unit(name.into()).await;
+        m.start_unit(name.into(), "replace".into())
+            .await
+            .map_err(|e| refusal("start", name, e))?;
+        self.settled(name, wait).await
     }
 
-    /// Stop the unit (systemd's `TimeoutStopSec=` is its grace period) and wait until it has
-    /// settled.
-    pub async fn stop(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
-        self.job(UnitJob::Stop, name, wait).await
+    /// Stop the unit as `docker stop --time` does: its stop signal, then SIGKILL to every
+    /// process left once `grace` has passed (or the unit's own `TimeoutStopSec=`, if shorter),
+    /// and wait until it has settled.
+    pub async fn stop(&self, name: &str, grace: Duration) -> Result<UnitInfo, SystemdError> {
+        let m = self.manager().await?;
+        m.stop_unit(name.into(), "replace".into())
+            .await
+            .map_err(|e| refusal("stop", name, e))?;
+        match self.settled(name, grace).await {
+            Err(SystemdError::NotSettled { .. }) => {}
+            done => return done,
+        }
+        // The stop job stays queued: systemd sees the processes go and finishes it.
+        m.kill_unit(name.into(), "all".into(), libc::SIGKILL)
+            .await
+            .map_err(|e| refusal("kill", name, e))?;
+        self.settled(name, KILL_WAIT).await
     }
 
-    /// Restart the unit (a stopped one is started) and wait until it has settled.
-    pub async fn restart(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
-        self.job(UnitJob::Restart, name, wait).await
-    }
-
-    /// Queue `job` for the unit (mode `replace`) and wait until the unit has settled.
-    async fn job(
+    /// Stop the unit (with `grace`, as [`Self::stop`]) and start it again; a stopped one is
+    /// just started.
+    pub async fn restart(
         &self,
-        job: UnitJob,
         name: &str,
+        grace: Duration,
         wait: Duration,
     ) -> Result<UnitInfo, SystemdError> {
-        let m = self.manager().await?;
-        let (unit, mode) = (name.to_string(), "replace".to_string());
-        let queued = match job {
-            UnitJob::Stop => m.stop_unit(unit, mode).await,
-            UnitJob::Start | UnitJob::Restart => {
-                // A failed unit keeps its result, and one that failed often in a row hits
-                // systemd's start limit, until reset: the operator's own policy decides.
-                let _ = m.reset_failed_unit(name.into()).await;
-                match job {
-                    UnitJob::Start => m.start_unit(unit, mode).await,
-                    _ => m.restart_unit(unit, mode).await,
-                }
-            }
-        };
-        queued.map_err(|e| refusal(job.as_str(), name, e))?;
-        self.settled(name, wait).await
+        self.stop(name, grace).await?;
+        self.start(name, wait).await
     }
 
     /// Set `MemoryMax=` of the unit for as long as it runs (`SetUnitProperties`, runtime):
@@ -250,24 +255,6 @@ impl Systemd {
                 });
             }
             tokio::time::sleep(SETTLE_POLL).await;
-        }
-    }
-}
-
-/// What a start, stop or restart asks of systemd.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UnitJob {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl UnitJob {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Stop => "stop",
-            Self::Restart => "restart",
         }
     }
 }

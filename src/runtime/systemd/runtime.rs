@@ -27,8 +27,8 @@ use crate::{
     trust::CONSENT_LABEL,
 };
 
-/// How long a start, stop or restart job may take before the call gives up waiting (the
-/// unit's own `TimeoutStartSec=`/`TimeoutStopSec=` still apply).
+/// How long a start job may take before the call gives up waiting (the unit's own
+/// `TimeoutStartSec=` still applies).
 const JOB_WAIT: Duration = Duration::from_secs(120);
 
 /// The systemd runtime.
@@ -223,19 +223,16 @@ impl WorkerRuntime for SystemdRuntime {
         Err(unsupported("stat"))
     }
 
-    async fn stop(&self, unit: &str, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, unit: &str, grace: Duration) -> Result<(), RuntimeError> {
         self.known(unit).await?;
-        self.systemd
-            .stop(unit, JOB_WAIT)
-            .await
-            .map_err(engine_error)?;
+        self.systemd.stop(unit, grace).await.map_err(engine_error)?;
         Ok(())
     }
 
-    async fn restart(&self, unit: &str, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn restart(&self, unit: &str, grace: Duration) -> Result<(), RuntimeError> {
         self.known(unit).await?;
         self.systemd
-            .restart(unit, JOB_WAIT)
+            .restart(unit, grace, JOB_WAIT)
             .await
             .map_err(engine_error)?;
         Ok(())
