@@ -77,6 +77,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
                 Arc::new(crate::runtime::systemd::runtime::SystemdRuntime::new(
                     systemd,
                     opts.systemd_journal_dirs.clone(),
+                    Arc::new(DmesgProbe),
                 ));
             Some(runtime)
         }

@@ -5,9 +5,10 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use support::*;
+use worker_recovery_operator::diagnose::host::DmesgProbe;
 use worker_recovery_operator::runtime::{
     systemd::{
         runtime::SystemdRuntime,
@@ -133,7 +134,7 @@ fn a_unit_that_ignores_its_stop_signal_is_killed_after_the_grace_period() {
         let sd = Systemd::connect(Some(&node.bus)).await.unwrap();
         sd.reload().await.unwrap();
         let first = sd.start(&w.unit, SETTLE).await.unwrap();
-        let unit_runtime = SystemdRuntime::new(sd.clone(), Vec::new());
+        let unit_runtime = SystemdRuntime::new(sd.clone(), Vec::new(), Arc::new(DmesgProbe));
 
         let began = std::time::Instant::now();
         unit_runtime.restart(&w.unit, grace).await.unwrap();
@@ -431,10 +432,74 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
         .filter(|f| f["check"] == "memory")
         .collect();
     eprintln!("e2e_systemd: memory findings {memory:#?}");
+    let container = diagnosis["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "container")
+        .unwrap();
+    eprintln!("e2e_systemd: container finding {container:#}");
+    // The kill itself, with the limit as evidence (from the kernel log on cgroup v1).
+    assert_eq!(container["evidence"]["oomKilled"], "true", "{container:#}");
+    assert_eq!(
+        container["evidence"]["memoryLimitBytes"], "67108864",
+        "{container:#}"
+    );
     assert_eq!(
         diagnosis["verdict"]["topCause"], "OutOfMemory",
         "{diagnosis:#}"
     );
+}
+
+/// An OOM-killed unit is started again with a raised `MemoryMax` (by `memoryFactor`, within
+/// `memoryCeiling`), set at runtime over D-Bus, as a container's limit is raised. On this
+/// cgroup-v1 host systemd reads the kill as `Result=signal`; the kernel log tells it apart.
+#[test]
+fn an_oom_killed_unit_is_restarted_with_a_raised_memory_max() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-oomfix");
+    let Started { w, rt, sd, first } = started(node, &ns, "oomfix", &[], &["MemoryMax=64M"]);
+    stack.apply_ok(unit_worker(
+        "oomfix",
+        &ns,
+        &w,
+        serde_json::json!({
+            "autoRecovery": {"enabled": true, "cooldownSeconds": 0, "backoff": {"initialSeconds": 0},
+                             "remediation": {"memoryFactor": 2, "memoryCeiling": "256m"}},
+        }),
+    ));
+    let _op = unit_operator(stack, &ns, node);
+    wait_worker(
+        stack,
+        &ns,
+        "oomfix",
+        "Healthy",
+        Duration::from_secs(60),
+        |w| w["status"]["phase"] == "Healthy",
+    );
+    w.inject_fault("oom");
+    let back = wait_worker(
+        stack,
+        &ns,
+        "oomfix",
+        "restarted with more memory",
+        Duration::from_secs(60),
+        |w| w["status"]["restartCount"].as_i64() >= Some(1) && w["status"]["phase"] == "Healthy",
+    );
+    let unit = rt.block_on(sd.unit(&w.unit)).unwrap();
+    assert!(
+        unit.running() && unit.main_pid != first.main_pid,
+        "{unit:?}"
+    );
+    assert_eq!(unit.memory_max, Some(128 << 20), "{unit:?}");
+    let attempt = &back["status"]["autoRecovery"]["attempts"][0];
+    eprintln!("e2e_systemd: {attempt:#}");
+    let text = |k: &str| attempt[k].as_str().unwrap_or_default().to_string();
+    assert!(text("trigger").starts_with("OOM-killed"), "{attempt:#}");
+    assert!(text("remediation").contains("64Mi -> 128Mi"), "{attempt:#}");
+    assert_events(stack, &ns, "oomfix", &["MemoryRaised"]);
+    rt.block_on(sd.stop(&w.unit, SETTLE)).unwrap();
 }
 
 /// A unit that crashes a second after every start is restarted with the policy's backoff until

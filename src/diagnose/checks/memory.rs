@@ -258,8 +258,8 @@ pub struct KernelOomKill {
 /// `extra_pids`, the container's current PIDs) name.
 pub fn kernel_oom_lines(log: &str, id: &str, extra_pids: &[u64]) -> KernelOomKill {
     let mut out = KernelOomKill::default();
-    // A short or empty ID would match unrelated containers.
-    if id.len() < 12 {
+    // A short or empty ID would match unrelated containers (a unit is matched whole).
+    if id.len() < 12 && !id.ends_with(".service") {
         return out;
     }
     let lines: Vec<&str> = log.lines().collect();

@@ -8,6 +8,7 @@
 //! changes the limit of the running unit (`SetUnitProperties`, runtime only).
 
 pub mod journal;
+pub mod oom;
 pub mod runtime;
 pub mod unit;
 

@@ -9,16 +9,22 @@
 //! [`Capabilities`] says so beforehand, so that a run needing it fails with that reason.
 
 use crate::runtime::RuntimeKind;
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
+    oom,
     unit::{ActiveState, ServiceResult, UnitInfo},
     Systemd, SystemdError,
 };
 use crate::{
+    diagnose::HostProbe,
     runtime::{
         resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
         ContainerState, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError,
@@ -37,13 +43,24 @@ pub struct SystemdRuntime {
     systemd: Systemd,
     /// Where the units' journal is (`/var/log/journal`, `/run/log/journal`).
     journal_dirs: Vec<std::path::PathBuf>,
+    /// The kernel log, which tells an OOM kill from another SIGKILL on cgroup v1.
+    host: Arc<dyn HostProbe>,
+    /// What the kernel log said about each unit's last exit (by its monotonic time), so that
+    /// it is read once per exit.
+    oom_verdicts: Arc<Mutex<HashMap<String, (Duration, bool)>>>,
 }
 
 impl SystemdRuntime {
-    pub fn new(systemd: Systemd, journal_dirs: Vec<std::path::PathBuf>) -> Self {
+    pub fn new(
+        systemd: Systemd,
+        journal_dirs: Vec<std::path::PathBuf>,
+        host: Arc<dyn HostProbe>,
+    ) -> Self {
         Self {
             systemd,
             journal_dirs,
+            host,
+            oom_verdicts: Arc::default(),
         }
     }
 
@@ -54,6 +71,35 @@ impl SystemdRuntime {
         } else {
             Err(RuntimeError::NotFound(unit.into()))
         }
+    }
+
+    /// The unit as a container, OOM-killed when systemd or (on cgroup v1) the kernel says so.
+    async fn observed(&self, u: &UnitInfo) -> ContainerInfo {
+        let mut info = container_info(u);
+        info.oom_killed = info.oom_killed || self.oom_killed_per_kernel(u).await;
+        info
+    }
+
+    /// Whether the kernel's OOM killer ended the unit's last main process, for a SIGKILL
+    /// systemd did not explain (see [`oom`]); `false` while the kernel log cannot be read.
+    async fn oom_killed_per_kernel(&self, u: &UnitInfo) -> bool {
+        let (true, Some(exited)) = (oom::needs_kernel_log(u), u.exited_monotonic) else {
+            return false;
+        };
+        if let Some((at, verdict)) = self.oom_verdicts.lock().unwrap().get(&u.name) {
+            if *at == exited {
+                return *verdict;
+            }
+        }
+        let Ok(log) = self.host.kernel_log().await else {
+            return false;
+        };
+        let verdict = !oom::kills_in_last_run(&log, u).is_empty();
+        self.oom_verdicts
+            .lock()
+            .unwrap()
+            .insert(u.name.clone(), (exited, verdict));
+        verdict
     }
 }
 
@@ -162,7 +208,7 @@ impl WorkerRuntime for SystemdRuntime {
 
     async fn inspect(&self, unit: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
         match self.known(unit).await {
-            Ok(info) => Ok(Some(container_info(&info))),
+            Ok(info) => Ok(Some(self.observed(&info).await)),
             Err(RuntimeError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -212,9 +258,10 @@ impl WorkerRuntime for SystemdRuntime {
         until: Timestamp,
     ) -> Result<Vec<Timestamp>, RuntimeError> {
         let info = self.known(unit).await?;
+        let oom_killed = self.observed(&info).await.oom_killed;
         Ok(info
             .exited_at
-            .filter(|t| info.result == ServiceResult::OomKill && *t >= since && *t <= until)
+            .filter(|t| oom_killed && *t >= since && *t <= until)
             .into_iter()
             .collect())
     }

@@ -2,7 +2,7 @@
 //! interfaces (`org.freedesktop.systemd1.Unit`, `.Service`). Pure: the D-Bus side hands over
 //! plain values ([`Prop`]), so that the reading is unit-tested with fixtures.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use k8s_openapi::jiff::Timestamp;
 
@@ -110,6 +110,10 @@ pub struct UnitInfo {
     pub n_restarts: u32,
     pub started_at: Option<Timestamp>,
     pub exited_at: Option<Timestamp>,
+    /// The same two on the monotonic clock (time since boot), as the kernel's log stamps its
+    /// lines.
+    pub started_monotonic: Option<Duration>,
+    pub exited_monotonic: Option<Duration>,
     /// `Environment=` entries (`KEY=value`).
     pub environment: Vec<String>,
     /// `MemoryMax=` in bytes; `None` for infinity.
@@ -134,6 +138,11 @@ impl UnitInfo {
         // systemd says "unset" or "infinity" with u64::MAX.
         let bounded = |v: Option<u64>| v.filter(|v| *v != u64::MAX);
         let time = |k: &str| unsigned(service, k).filter(|us| *us > 0).and_then(micros);
+        let monotonic = |k: &str| {
+            unsigned(service, k)
+                .filter(|us| *us > 0)
+                .map(Duration::from_micros)
+        };
         Self {
             name: name.to_string(),
             load_state: text(unit, "LoadState"),
@@ -150,6 +159,8 @@ impl UnitInfo {
             n_restarts: unsigned(service, "NRestarts").unwrap_or(0) as u32,
             started_at: time("ExecMainStartTimestamp"),
             exited_at: time("ExecMainExitTimestamp"),
+            started_monotonic: monotonic("ExecMainStartTimestampMonotonic"),
+            exited_monotonic: monotonic("ExecMainExitTimestampMonotonic"),
             environment: match service.get("Environment") {
                 Some(Prop::Texts(v)) => v.clone(),
                 _ => Vec::new(),
