@@ -391,6 +391,67 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
     );
 }
 
+/// The process and descriptor checks of a unit read its main process from the operator's own
+/// `/proc` (nothing runs inside a unit): the node's `MainPID` is mapped to the host's PID
+/// through `NSpid` and the unit's cgroup, and a unit that leaked its descriptors up to
+/// `LimitNOFILE=64` is diagnosed with file-descriptor exhaustion.
+#[test]
+fn a_units_main_process_and_descriptors_are_read_from_the_hosts_proc() {
+    let stack = stack();
+    let node = systemd_node();
+    let ns = stack.namespace("systemd-fds");
+    let Started { w, first, .. } = started(
+        node,
+        &ns,
+        "fds",
+        &["FAULT_MODE=fd-leak"],
+        &["LimitNOFILE=64"],
+    );
+    stack.apply_ok(unit_worker("fds", &ns, &w, serde_json::json!({})));
+    let _op = unit_operator(stack, &ns, node);
+    // The leak runs into EMFILE within a few milliseconds of the start.
+    std::thread::sleep(Duration::from_secs(2));
+    stack.apply_ok(recovery("fds-1", &ns, "fds").mode("Diagnose"));
+    let run = wait_run_finished(stack, &ns, "fds-1");
+    let diagnosis = &run["status"]["diagnosis"];
+    let kind = |k: &str| {
+        diagnosis["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k} finding: {diagnosis:#}"))
+            .clone()
+    };
+    let alive = kind("ProcessAlive");
+    eprintln!("e2e_systemd: {alive:#}");
+    let main_pid = first.main_pid.unwrap().to_string();
+    assert_eq!(alive["evidence"]["pid"], main_pid.as_str(), "{alive:#}");
+    assert_eq!(alive["evidence"]["selectedBy"], "mainPid", "{alive:#}");
+    assert_eq!(alive["evidence"]["name"], "sample-worker", "{alive:#}");
+    let host_pid = alive["evidence"]["hostPid"].as_str().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.ends_with(&format!("\t{main_pid}"))),
+        "the host's PID {host_pid} is the node's {main_pid}: {status}"
+    );
+    let exhausted = kind("FdExhausted");
+    eprintln!("e2e_systemd: {exhausted:#}");
+    assert_eq!(exhausted["evidence"]["softLimit"], "64", "{exhausted:#}");
+    let open: u64 = exhausted["evidence"]["openFds"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((56..=64).contains(&open), "open fds {open}");
+    assert_eq!(
+        diagnosis["verdict"]["topCause"], "FileDescriptorExhaustion",
+        "{diagnosis:#}"
+    );
+}
+
 /// A unit killed by the kernel at its `MemoryMax`: the diagnosis finds the OOM kill and names
 /// OutOfMemory. systemd reports `Result=oom-kill` only on cgroup v2; on this host (v1) it says
 /// `signal`, and the kernel log (which names the unit's cgroup) is the evidence.

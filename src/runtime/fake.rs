@@ -39,6 +39,8 @@ pub struct FakeRuntime {
     pub clones: Mutex<Vec<CloneSpec>>,
     /// What it says it can do (Docker's when unset).
     pub capabilities: Option<super::Capabilities>,
+    /// The main process on the host, for a runtime with `host_processes`.
+    pub host_process: Option<super::HostProcess>,
 }
 
 impl FakeRuntime {
@@ -203,6 +205,11 @@ impl WorkerRuntime for FakeRuntime {
             .unwrap()
             .push(format!("clone {} {}", original.name, clone.name));
         Ok(id)
+    }
+
+    async fn host_process(&self, _: &str) -> Result<Option<super::HostProcess>, RuntimeError> {
+        self.answering()?;
+        Ok(self.host_process.clone())
     }
 
     fn capabilities(&self) -> super::Capabilities {

@@ -5,10 +5,12 @@
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod host_process;
 pub mod resources;
 pub mod systemd;
 
 pub use docker::DockerEngine;
+pub use host_process::HostProcess;
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
@@ -302,6 +304,9 @@ pub struct Capabilities {
     /// Commands run inside the worker (`docker exec`): process, descriptor and dependency
     /// checks.
     pub exec: bool,
+    /// The worker's processes are processes of the operator's host, read from its `/proc`
+    /// ([`WorkerRuntime::host_process`]) where `exec` is not possible.
+    pub host_processes: bool,
     /// The worker's log (`docker logs`).
     pub logs: bool,
     /// A replacement with new settings (`nofile`, health checks): `resources.apply: OnRestart`.
@@ -313,6 +318,7 @@ impl Capabilities {
         runtime: RuntimeKind::Docker,
         debug_copy: true,
         exec: true,
+        host_processes: false,
         logs: true,
         recreate: true,
     };
@@ -320,6 +326,7 @@ impl Capabilities {
         runtime: RuntimeKind::Systemd,
         debug_copy: false,
         exec: false,
+        host_processes: true,
         logs: true,
         recreate: false,
     };
@@ -391,6 +398,12 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     async fn inspect(&self, container: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
     /// Start a stopped container (idempotent: a running one is left as it is).
     async fn start(&self, container: &str) -> Result<StartOutcome, RuntimeError>;
+    /// The worker's main process as the operator's `/proc` shows it, when the runtime's
+    /// [`Capabilities::host_processes`]; `Ok(None)` when it does not run or is not visible
+    /// from the operator's PID namespace.
+    async fn host_process(&self, _container: &str) -> Result<Option<HostProcess>, RuntimeError> {
+        Ok(None)
+    }
     /// Run `cmd` inside a running container and collect its output.
     async fn exec(&self, container: &str, cmd: &[&str]) -> Result<ExecOutput, RuntimeError>;
     /// The last `tail` lines of the container's log (stdout and stderr) since `since`; at most

@@ -8,13 +8,17 @@
 //! ([`super::process::locate`], found once per diagnosis): the spec's `processName`, the main
 //! child of an init, or PID 1.
 //! Descriptors can only be counted in a running container: for a stopped one the check
-//! cannot run.
+//! cannot run. A unit's main process is read from the operator's own `/proc` instead
+//! ([`crate::runtime::host_process`]).
 
-use super::{first_line, percent, process::Located};
+use super::{
+    first_line, percent,
+    process::{Located, Selection},
+};
 use crate::diagnose::{
     CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
 };
-use crate::runtime::ContainerState;
+use crate::runtime::{ContainerState, ExecOutput, HostProcess};
 
 /// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
 pub fn script(pid: u32) -> String {
@@ -32,30 +36,25 @@ pub const NEAR_LIMIT_PERCENT: f64 = 80.0;
 pub const FILE_TABLE_WARN_PERCENT: f64 = 90.0;
 
 pub async fn run(ctx: &CheckContext) -> CheckResult {
-    let name = &ctx.spec.container;
     let c = ctx.inspected_container(None)?;
     if !c.running || c.status == ContainerState::Restarting || c.status == ContainerState::Paused {
         return Err(CheckError::NotRunningToCountDescriptors { state: c.status });
     }
-    let (pid, process, selected_by) = match ctx.worker_process().await? {
-        Located::Found { pid, status, how } => (pid, status.name, how.as_str()),
+    let (pid, process, how) = match ctx.worker_process().await? {
+        Located::Found { pid, status, how } => (pid, status.name, how),
         Located::Missing(why) => return Err(CheckError::NoWorkerProcess(why)),
     };
-    let script = script(pid);
-    let out = ctx
-        .docker
-        .exec(ctx.container_ref()?, &["sh", "-c", &script])
-        .await
-        .map_err(|source| CheckError::CountDescriptors {
-            container: name.clone(),
-            source,
-        })?;
+    let out = match &how {
+        Selection::MainPid(p) => read_on_host(p).await,
+        _ => read_in_container(ctx, pid).await?,
+    };
+    let selected_by = how.as_str();
     let sections: Vec<&str> = out.stdout.split("---\n").collect();
     if sections.len() < 3 {
         return Err(CheckError::UnexpectedOutput {
             exit_code: out.exit_code.map_or("none".into(), |c| c.to_string()),
             output: first_line(&out.stderr, &out.stdout).to_string(),
-            script,
+            script: script(pid),
         });
     }
     let mut findings = Vec::new();
@@ -84,6 +83,44 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
 
     findings.push(file_table(ctx, sections[2], &out.stderr));
     Ok(findings)
+}
+
+/// The [`script`]'s output from one `docker exec` in the container.
+async fn read_in_container(ctx: &CheckContext, pid: u32) -> Result<ExecOutput, CheckError> {
+    ctx.docker
+        .exec(ctx.container_ref()?, &["sh", "-c", &script(pid)])
+        .await
+        .map_err(|source| CheckError::CountDescriptors {
+            container: ctx.spec.container.clone(),
+            source,
+        })
+}
+
+/// The same sections as the [`script`]'s output, read from the operator's `/proc` for a
+/// unit's process; what cannot be read is left empty and said on stderr.
+async fn read_on_host(p: &HostProcess) -> ExecOutput {
+    let p = p.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut errors = Vec::new();
+        let mut section = |r: std::io::Result<String>| {
+            r.unwrap_or_else(|e| {
+                errors.push(e.to_string());
+                String::new()
+            })
+        };
+        let limits = section(p.read("limits"));
+        let count = section(p.open_descriptors().map(|n| n.to_string()));
+        let file_nr = section(p.read_host("sys/fs/file-nr"));
+        ExecOutput {
+            stdout: format!("{limits}\n---\n{count}\n---\n{file_nr}"),
+            stderr: errors.join("; "),
+            exit_code: Some(0),
+        }
+    });
+    read.await.unwrap_or_else(|e| ExecOutput {
+        stderr: e.to_string(),
+        ..Default::default()
+    })
 }
 
 /// The system-wide file table from `/proc/sys/fs/file-nr`, or why it cannot be read.
@@ -292,6 +329,51 @@ mod tests {
             })
         );
         assert_eq!(parse_file_nr("1 2\n"), None);
+    }
+
+    /// A unit's main process in a `/proc` of fixtures: its limits, 61 descriptors, and the
+    /// host's file table.
+    #[tokio::test]
+    async fn a_units_descriptors_are_counted_in_the_hosts_proc() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("14450");
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        std::fs::create_dir_all(root.path().join("sys/fs")).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            "Name:\tsample-worker\nState:\tS (sleeping)\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("limits"), LIMITS).unwrap();
+        for fd in 0..61 {
+            std::os::unix::fs::symlink("/dev/null", dir.join("fd").join(fd.to_string())).unwrap();
+        }
+        std::fs::write(
+            root.path().join("sys/fs/file-nr"),
+            "2144\t0\t9223372036854775807\n",
+        )
+        .unwrap();
+        let mut fake = FakeRuntime {
+            capabilities: Some(crate::runtime::Capabilities::SYSTEMD),
+            ..Default::default()
+        };
+        fake.host_process = Some(HostProcess {
+            pid: 602,
+            host_pid: 14450,
+            proc_root: root.path().to_path_buf(),
+        });
+        let ctx = context(&worker(), Ok(Some(running())), fake, Ok(String::new()));
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::FdExhausted, "{f:?}");
+        assert_eq!(f[0].evidence["openFds"], "61");
+        assert_eq!(
+            (
+                f[0].evidence["pid"].as_str(),
+                f[0].evidence["selectedBy"].as_str()
+            ),
+            ("602", "mainPid")
+        );
+        assert_eq!(f[1].evidence["allocated"], "2144");
     }
 
     #[tokio::test]

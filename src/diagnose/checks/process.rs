@@ -5,7 +5,9 @@
 //! Which process is the worker's ([`locate`], shared with the file-descriptor check): the
 //! process named by `diagnostics.processName` when the spec names one; under an init
 //! (`docker run --init`, or PID 1 is a known init such as `tini`), PID 1's main child; PID 1
-//! otherwise. The finding says which PID was examined and how it was chosen.
+//! otherwise. The finding says which PID was examined and how it was chosen. A systemd unit's
+//! main process (`MainPID`) is read from the operator's own `/proc` instead
+//! ([`crate::runtime::host_process`]): nothing runs inside a unit.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use super::first_line;
 use crate::runtime::ContainerState;
 use crate::{
     diagnose::{CheckContext, CheckError, CheckName, CheckResult, FindingKind, Severity},
-    runtime::{ContainerInfo, RuntimeError},
+    runtime::{ContainerInfo, HostProcess, RuntimeError},
 };
 
 /// Names of init processes that run the real worker as their child.
@@ -30,6 +32,8 @@ pub enum Selection {
     InitChild { init: String },
     /// The process the spec names (`diagnostics.processName`).
     Named(String),
+    /// A unit's main process (`MainPID`), read from the operator's `/proc`.
+    MainPid(HostProcess),
 }
 
 impl Selection {
@@ -39,6 +43,7 @@ impl Selection {
             Self::Pid1 => "pid1",
             Self::InitChild { .. } => "initChild",
             Self::Named(_) => "processName",
+            Self::MainPid(_) => "mainPid",
         }
     }
 }
@@ -87,6 +92,15 @@ pub enum ProcessError {
     },
     #[error("`ls /proc` in {container:?} listed no process: {output}")]
     NoProcesses { container: String, output: String },
+    /// A unit's main process is not among the operator's processes.
+    #[error("the main process of {unit:?} is not visible from the operator's PID namespace (run the operator in the host's)")]
+    NotVisible { unit: String },
+    #[error("cannot read {path}")]
+    HostRead {
+        path: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
 }
 
 impl From<RuntimeError> for ProcessError {
@@ -106,8 +120,12 @@ fn exec_failed(ctx: &CheckContext, command: &str) -> impl FnOnce(RuntimeError) -
     }
 }
 
-/// Find the worker's own process in the running container `c` (see the module doc).
+/// Find the worker's own process in the running container `c` (see the module doc), or a
+/// unit's main process.
 pub async fn locate(ctx: &CheckContext, c: &ContainerInfo) -> Result<Located, ProcessError> {
+    if ctx.docker.capabilities().host_processes {
+        return locate_on_host(ctx).await;
+    }
     let name = &ctx.spec.container;
     let pid1 = read_status(ctx, 1).await?;
     let wanted = ctx.spec.diagnostics.process_name.as_deref();
@@ -166,6 +184,37 @@ pub async fn locate(ctx: &CheckContext, c: &ContainerInfo) -> Result<Located, Pr
             ),
         }),
     })
+}
+
+/// A unit's main process, read from the operator's `/proc`.
+async fn locate_on_host(ctx: &CheckContext) -> Result<Located, ProcessError> {
+    let unit = ctx.container_ref()?;
+    let Some(process) = ctx.docker.host_process(unit).await? else {
+        return Err(ProcessError::NotVisible { unit: unit.into() });
+    };
+    let status = host_read(&process, "status").await?;
+    let status = parse_status(&status).ok_or_else(|| ProcessError::Unparseable {
+        path: format!("/proc/{}/status", process.host_pid),
+        container: unit.into(),
+        output: first_line(&status, "").to_string(),
+    })?;
+    Ok(Located::Found {
+        pid: process.pid,
+        status,
+        how: Selection::MainPid(process),
+    })
+}
+
+/// `/proc/<host pid>/<file>` of a unit's process, off the async threads.
+pub async fn host_read(process: &HostProcess, file: &'static str) -> Result<String, ProcessError> {
+    let p = process.clone();
+    let read = tokio::task::spawn_blocking(move || p.read(file)).await;
+    read.map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| ProcessError::HostRead {
+            path: format!("/proc/{}/{file}", process.host_pid),
+            source: Arc::new(e),
+        })
 }
 
 /// `comm` is cut at 15 bytes by the kernel: a longer wanted name matches its first 15.
@@ -291,22 +340,14 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Located::Found { pid, status, how } => (pid, status, how),
         Located::Missing(why) => return Ok(vec![missing(ctx, c, why)]),
     };
-    // The command line is a nice-to-have: no failure if it cannot be read.
-    let cmdline_path = format!("/proc/{pid}/cmdline");
-    let cmdline = match ctx
-        .docker
-        .exec(ctx.container_ref()?, &["cat", &cmdline_path])
-        .await
-    {
-        Ok(out) if out.exit_code == Some(0) => Some(parse_cmdline(&out.stdout)),
-        _ => None,
-    };
+    let cmdline = cmdline(ctx, pid, &how).await?;
     let which = match &how {
         Selection::Pid1 => format!("PID 1 of {name:?}"),
         Selection::InitChild { init } => {
             format!("PID {pid} of {name:?}, child of the init {init:?}")
         }
         Selection::Named(w) => format!("PID {pid} of {name:?}, named {w:?} in the spec"),
+        Selection::MainPid(p) => format!("main PID {pid} of {name:?}, PID {} here", p.host_pid),
     };
     let zombie = proc.state.starts_with('Z') || proc.state.starts_with('X');
     let mut f = if zombie {
@@ -340,16 +381,49 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         f = f.with("init", init);
     }
     f = f
-        // Docker's PID is the host PID of the container's PID 1.
-        .with_opt("hostPid", c.pid.filter(|_| pid == 1))
+        .with_opt("hostPid", host_pid(c, pid, &how))
         .with_opt("threads", proc.threads)
         .with_opt("vmRssKiB", proc.vm_rss_kib)
-        .with_opt("ppid", proc.ppid)
+        // A unit's parent is numbered in the operator's namespace, not the unit's: left out.
+        .with_opt(
+            "ppid",
+            proc.ppid.filter(|_| !matches!(how, Selection::MainPid(_))),
+        )
         .with_opt("cmdline", cmdline.filter(|c| !c.is_empty()));
     if !c.command.is_empty() {
         f = f.with("expectedCommand", c.command.join(" "));
     }
     Ok(vec![f])
+}
+
+/// The command line is a nice-to-have: no failure if it cannot be read.
+async fn cmdline(
+    ctx: &CheckContext,
+    pid: u32,
+    how: &Selection,
+) -> Result<Option<String>, CheckError> {
+    if let Selection::MainPid(p) = how {
+        return Ok(host_read(p, "cmdline")
+            .await
+            .ok()
+            .map(|raw| parse_cmdline(&raw)));
+    }
+    let path = format!("/proc/{pid}/cmdline");
+    Ok(
+        match ctx.docker.exec(ctx.container_ref()?, &["cat", &path]).await {
+            Ok(out) if out.exit_code == Some(0) => Some(parse_cmdline(&out.stdout)),
+            _ => None,
+        },
+    )
+}
+
+/// The examined process's PID on the operator's host, where it is known: Docker's PID is the
+/// host PID of the container's PID 1; a unit's was mapped.
+fn host_pid(c: &ContainerInfo, pid: u32, how: &Selection) -> Option<i64> {
+    match how {
+        Selection::MainPid(p) => Some(i64::from(p.host_pid)),
+        _ => c.pid.filter(|_| pid == 1),
+    }
 }
 
 fn missing(ctx: &CheckContext, c: &ContainerInfo, summary: String) -> crate::diagnose::Finding {
@@ -432,6 +506,60 @@ mod tests {
             exec_ok("/usr/local/bin/sample-worker\0"),
         );
         fake
+    }
+
+    /// A systemd runtime whose unit's main process is PID 602 in its namespace and `host_pid`
+    /// in a `/proc` of fixtures (`None`: not visible).
+    fn unit_runtime(proc_root: &std::path::Path, host_pid: Option<u32>) -> FakeRuntime {
+        let mut fake = FakeRuntime {
+            capabilities: Some(crate::runtime::Capabilities::SYSTEMD),
+            ..Default::default()
+        };
+        fake.host_process = host_pid.map(|host_pid| HostProcess {
+            pid: 602,
+            host_pid,
+            proc_root: proc_root.to_path_buf(),
+        });
+        fake
+    }
+
+    #[tokio::test]
+    async fn a_units_main_process_is_read_from_the_hosts_proc() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("14450");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            STATUS.replace("PPid:\t0", "PPid:\t1167"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("cmdline"), "/usr/local/bin/sample-worker\0").unwrap();
+        let ctx = context(
+            &worker(),
+            Ok(Some(running())),
+            unit_runtime(root.path(), Some(14450)),
+            Ok(String::new()),
+        );
+        let f = run(&ctx).await.unwrap();
+        assert_eq!(f[0].kind, FindingKind::ProcessAlive, "{f:?}");
+        let e = &f[0].evidence;
+        assert_eq!((e["pid"].as_str(), e["hostPid"].as_str()), ("602", "14450"));
+        assert_eq!(e["selectedBy"], "mainPid");
+        assert_eq!(e["cmdline"], "/usr/local/bin/sample-worker");
+        assert!(!e.contains_key("ppid"), "the host's numbering: {e:?}");
+
+        // Not visible from the operator's PID namespace: the check says why it cannot run.
+        let ctx = context(
+            &worker(),
+            Ok(Some(running())),
+            unit_runtime(root.path(), None),
+            Ok(String::new()),
+        );
+        let err = run(&ctx).await.unwrap_err().to_string();
+        assert!(
+            err.contains("not visible from the operator's PID namespace"),
+            "{err}"
+        );
     }
 
     #[test]

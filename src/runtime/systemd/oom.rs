@@ -69,6 +69,7 @@ mod tests {
             memory_max: Some(64 << 20),
             memory_current: None,
             nofile_limit: None,
+            control_group: String::new(),
         }
     }
 

@@ -26,9 +26,9 @@ use super::{
 use crate::{
     diagnose::HostProbe,
     runtime::{
-        resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
-        ContainerState, ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError,
-        StartOutcome, WorkerRuntime,
+        host_process, resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
+        ContainerState, ExecOutput, HostProcess, Job, JobOutput, Limits, MemoryStats, PathStat,
+        RuntimeError, StartOutcome, WorkerRuntime,
     },
     trust::CONSENT_LABEL,
 };
@@ -48,6 +48,8 @@ pub struct SystemdRuntime {
     /// What the kernel log said about each unit's last exit (by its monotonic time), so that
     /// it is read once per exit.
     oom_verdicts: Arc<Mutex<HashMap<String, (Duration, bool)>>>,
+    /// The operator's `/proc`, where a unit's processes are looked at.
+    proc_root: std::path::PathBuf,
 }
 
 impl SystemdRuntime {
@@ -61,6 +63,7 @@ impl SystemdRuntime {
             journal_dirs,
             host,
             oom_verdicts: Arc::default(),
+            proc_root: "/proc".into(),
         }
     }
 
@@ -223,6 +226,20 @@ impl WorkerRuntime for SystemdRuntime {
             .await
             .map_err(engine_error)?;
         Ok(StartOutcome::Started)
+    }
+
+    /// The main process, mapped into the operator's PID namespace through its cgroup.
+    async fn host_process(&self, unit: &str) -> Result<Option<HostProcess>, RuntimeError> {
+        let info = self.known(unit).await?;
+        let Some(pid) = info.main_pid.filter(|_| info.running()) else {
+            return Ok(None);
+        };
+        let proc_root = self.proc_root.clone();
+        tokio::task::spawn_blocking(move || {
+            host_process::find(&proc_root, pid, &info.control_group)
+        })
+        .await
+        .map_err(|e| RuntimeError::unavailable(RuntimeKind::Systemd, e.to_string()))
     }
 
     async fn exec(&self, _: &str, _: &[&str]) -> Result<ExecOutput, RuntimeError> {

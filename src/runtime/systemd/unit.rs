@@ -122,6 +122,8 @@ pub struct UnitInfo {
     pub memory_current: Option<u64>,
     /// The soft `LimitNOFILE=`.
     pub nofile_limit: Option<u64>,
+    /// The unit's cgroup (`/system.slice/<unit>`), empty when it has none.
+    pub control_group: String,
 }
 
 impl UnitInfo {
@@ -168,6 +170,7 @@ impl UnitInfo {
             memory_max: bounded(unsigned(service, "MemoryMax")),
             memory_current: bounded(unsigned(service, "MemoryCurrent")),
             nofile_limit: bounded(unsigned(service, "LimitNOFILESoft")),
+            control_group: text(service, "ControlGroup"),
         }
     }
 

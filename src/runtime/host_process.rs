@@ -1,0 +1,121 @@
+//! A worker's process as the operator's own `/proc` shows it: for a runtime whose workers are
+//! processes of the operator's host (systemd), where nothing is run inside the worker. The
+//! process checks read its `status`, `cmdline`, `limits` and `fd/` here instead of with
+//! `docker exec`.
+//!
+//! The runtime names the process by a PID of its own PID namespace (a unit's `MainPID`). When
+//! the operator sees another namespace (systemd in a container, the operator in a pod with
+//! `hostPID`), the PID is mapped: the process of the operator's `/proc` whose innermost
+//! `NSpid` is that PID *and* whose cgroup is the unit's, so that a process of another
+//! namespace with the same number is never taken for it.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// Most bytes read from one `/proc` file (`status`, `limits` and `cmdline` are a few KiB).
+pub const MAX_PROC_FILE: u64 = 64 * 1024;
+/// Most processes looked at when mapping a PID.
+const MAX_SCANNED: usize = 65_536;
+
+/// The worker's main process, by the runtime's PID and the operator's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostProcess {
+    /// As the runtime names it (the unit's `MainPID`).
+    pub pid: u32,
+    /// As the operator's `/proc` names it.
+    pub host_pid: u32,
+    /// The operator's `/proc` (`/proc`; a directory of fixtures in tests).
+    pub proc_root: PathBuf,
+}
+
+impl HostProcess {
+    /// `/proc/<host pid>/<file>`, at most [`MAX_PROC_FILE`] bytes, lossily as text.
+    pub fn read(&self, file: &str) -> io::Result<String> {
+        read_capped(&self.proc_root.join(self.host_pid.to_string()).join(file))
+    }
+
+    /// How many descriptors the process holds (`/proc/<host pid>/fd`).
+    pub fn open_descriptors(&self) -> io::Result<u64> {
+        let dir = self.proc_root.join(self.host_pid.to_string()).join("fd");
+        Ok(fs::read_dir(dir)?.count() as u64)
+    }
+
+    /// A file of the host's `/proc` that belongs to no process (`sys/fs/file-nr`).
+    pub fn read_host(&self, file: &str) -> io::Result<String> {
+        read_capped(&self.proc_root.join(file))
+    }
+}
+
+fn read_capped(path: &Path) -> io::Result<String> {
+    use io::Read;
+    let mut text = Vec::new();
+    fs::File::open(path)?
+        .take(MAX_PROC_FILE)
+        .read_to_end(&mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The operator's PID of the process the runtime calls `pid`, in the cgroup `control_group`
+/// (a unit's `ControlGroup`, `/system.slice/<unit>`); `None` when no visible process is both.
+/// The same PID is tried first (the operator in the runtime's PID namespace), then every
+/// process is looked at. Blocking.
+pub fn find(proc_root: &Path, pid: u32, control_group: &str) -> Option<HostProcess> {
+    if control_group.is_empty() || pid == 0 {
+        return None;
+    }
+    let is_it = |host_pid: u32| {
+        let dir = proc_root.join(host_pid.to_string());
+        let status = read_capped(&dir.join("status")).ok()?;
+        let cgroup = read_capped(&dir.join("cgroup")).ok()?;
+        (innermost_pid(&status) == Some(pid) && in_cgroup(&cgroup, control_group)).then(|| {
+            HostProcess {
+                pid,
+                host_pid,
+                proc_root: proc_root.to_path_buf(),
+            }
+        })
+    };
+    if let Some(found) = is_it(pid) {
+        return Some(found);
+    }
+    fs::read_dir(proc_root)
+        .ok()?
+        .filter_map(Result::ok)
+        .take(MAX_SCANNED)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|host_pid| *host_pid != pid)
+        .find_map(is_it)
+}
+
+/// The process's PID in its own (innermost) PID namespace: the last `NSpid:` value, or `Pid:`
+/// on kernels without `NSpid` (before 4.1).
+pub fn innermost_pid(status: &str) -> Option<u32> {
+    let value = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+    };
+    let nspid = value("NSpid").and_then(|v| v.split_whitespace().last());
+    nspid.or_else(|| value("Pid").map(str::trim))?.parse().ok()
+}
+
+/// Whether `/proc/<pid>/cgroup` puts the process in `control_group`: a line's path is that
+/// group, or ends with it as whole components (seen from outside a cgroup namespace, the
+/// node's prefix comes first: `/docker/<id>/system.slice/<unit>`). A process of a child group
+/// (`<unit>/x`) is not the unit's main process.
+pub fn in_cgroup(cgroup: &str, control_group: &str) -> bool {
+    let group = control_group.trim_end_matches('/');
+    !group.is_empty()
+        && cgroup.lines().any(|line| {
+            let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+            path == group
+                || path
+                    .strip_suffix(group)
+                    .is_some_and(|prefix| prefix.ends_with('/') || group.starts_with('/'))
+        })
+}
+
+#[cfg(test)]
+mod tests;
