@@ -5,6 +5,9 @@ use std::{fs, path::PathBuf, process::Command, sync::OnceLock};
 
 use super::{repo_root, run_checked, stack, unique_suffix};
 
+/// The container of the systemd node (`scripts/stack.sh`).
+pub const SYSTEMD_NODE: &str = "wro-systemd";
+
 /// The running systemd node.
 pub struct SystemdNode {
     /// `unix:path=...` of its system bus.

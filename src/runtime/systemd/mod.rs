@@ -12,7 +12,11 @@ pub mod oom;
 pub mod runtime;
 pub mod unit;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use zbus::{
     fdo::PropertiesProxy,
@@ -50,20 +54,38 @@ pub enum SystemdError {
     },
 }
 
-/// The system manager of one host, over one D-Bus connection.
+/// The system manager of one host, over one D-Bus connection, made again when the bus dropped
+/// it (dbus-daemon restarted): the call that finds it broken fails as unavailable (the
+/// controllers retry), the next one connects anew.
 #[derive(Clone)]
 pub struct Systemd {
-    conn: Connection,
+    /// `None`: the system bus.
+    address: Option<String>,
+    conn: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Systemd {
     /// Connect to the system bus, or to the bus at `address` (`unix:path=...`: a systemd in a
     /// container, whose bus socket is mounted on the host).
     pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
+        let systemd = Self {
+            address: address.map(String::from),
+            conn: Arc::default(),
+        };
+        // Made now, so that a wrong address fails at start-up; the clone is kept inside.
+        let _ = systemd.connection().await?;
+        Ok(systemd)
+    }
+
+    /// The connection, made first when there is none.
+    async fn connection(&self) -> Result<Connection, SystemdError> {
+        if let Some(conn) = self.conn.lock().unwrap().clone() {
+            return Ok(conn);
+        }
         let unavailable = |e: zbus::Error| SystemdError::Unavailable(e.to_string());
-        let conn = match address {
+        let conn = match &self.address {
             Some(address) => {
-                zbus::connection::Builder::address(address)
+                zbus::connection::Builder::address(address.as_str())
                     .map_err(unavailable)?
                     .build()
                     .await
@@ -71,19 +93,39 @@ impl Systemd {
             None => Connection::system().await,
         }
         .map_err(unavailable)?;
-        Ok(Self { conn })
+        *self.conn.lock().unwrap() = Some(conn.clone());
+        Ok(conn)
     }
 
-    async fn manager(&self) -> Result<ManagerProxy<'_>, SystemdError> {
-        ManagerProxy::new(&self.conn)
+    /// A failed call: a method error is systemd's answer; anything else means the connection is
+    /// gone, so it is made anew next time.
+    fn failed(&self, operation: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
+        match e {
+            zbus::Error::MethodError(name, message, _) => SystemdError::Refused {
+                operation,
+                unit: unit.into(),
+                message: format!("{name}: {}", message.unwrap_or_default()),
+            },
+            other => self.lost(other),
+        }
+    }
+
+    /// The connection broke: forget it.
+    fn lost(&self, e: zbus::Error) -> SystemdError {
+        self.conn.lock().unwrap().take();
+        SystemdError::Unavailable(e.to_string())
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'static>, SystemdError> {
+        ManagerProxy::new(&self.connection().await?)
             .await
-            .map_err(|e| SystemdError::Unavailable(e.to_string()))
+            .map_err(|e| self.lost(e))
     }
 
     /// The service `name` as systemd has it now; one that systemd does not know reads with
     /// `load_state` `not-found`.
     pub async fn unit(&self, name: &str) -> Result<UnitInfo, SystemdError> {
-        let refused = |e: zbus::Error| refusal("inspect", name, e);
+        let refused = |e: zbus::Error| self.failed("inspect", name, e);
         let path = self
             .manager()
             .await?
@@ -125,11 +167,8 @@ impl Systemd {
         SystemdError,
     > {
         let unavailable = |e: zbus::Error| SystemdError::Unavailable(e.to_string());
-        self.manager()
-            .await?
-            .subscribe()
-            .await
-            .map_err(unavailable)?;
+        let lost = |e: zbus::Error| self.lost(e);
+        self.manager().await?.subscribe().await.map_err(lost)?;
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender("org.freedesktop.systemd1")
@@ -138,16 +177,17 @@ impl Systemd {
             .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
             .map_err(unavailable)?
             .build();
-        let messages = zbus::MessageStream::for_match_rule(rule, &self.conn, Some(1024))
+        let conn = self.connection().await?;
+        let messages = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024))
             .await
-            .map_err(unavailable)?;
+            .map_err(lost)?;
         let me = self.clone();
         Ok(futures::StreamExt::filter_map(messages, move |msg| {
             let me = me.clone();
             async move {
                 let msg = match msg {
                     Ok(msg) => msg,
-                    Err(e) => return Some(Err(unavailable(e))),
+                    Err(e) => return Some(Err(me.lost(e))),
                 };
                 let path = OwnedObjectPath::from(msg.header().path()?.to_owned());
                 let (interface, changed, _): (String, HashMap<String, OwnedValue>, Vec<String>) =
@@ -166,7 +206,11 @@ impl Systemd {
     }
 
     async fn props(&self, path: &OwnedObjectPath, interface: &str) -> zbus::Result<Props> {
-        let proxy = PropertiesProxy::builder(&self.conn)
+        let conn = self
+            .connection()
+            .await
+            .map_err(|e| zbus::Error::Failure(e.to_string()))?;
+        let proxy = PropertiesProxy::builder(&conn)
             .destination("org.freedesktop.systemd1")?
             .path(path.clone())?
             .build()
@@ -184,7 +228,7 @@ impl Systemd {
         let _ = m.reset_failed_unit(name.into()).await;
         m.start_unit(name.into(), "replace".into())
             .await
-            .map_err(|e| refusal("start", name, e))?;
+            .map_err(|e| self.failed("start", name, e))?;
         self.settled(name, wait).await
     }
 
@@ -195,7 +239,7 @@ impl Systemd {
         let m = self.manager().await?;
         m.stop_unit(name.into(), "replace".into())
             .await
-            .map_err(|e| refusal("stop", name, e))?;
+            .map_err(|e| self.failed("stop", name, e))?;
         match self.settled(name, grace).await {
             Err(SystemdError::NotSettled { .. }) => {}
             done => return done,
@@ -203,7 +247,7 @@ impl Systemd {
         // The stop job stays queued: systemd sees the processes go and finishes it.
         m.kill_unit(name.into(), "all".into(), libc::SIGKILL)
             .await
-            .map_err(|e| refusal("kill", name, e))?;
+            .map_err(|e| self.failed("kill", name, e))?;
         self.settled(name, KILL_WAIT).await
     }
 
@@ -228,7 +272,7 @@ impl Systemd {
             .await?
             .set_unit_properties(name.into(), true, vec![("MemoryMax".into(), value)])
             .await
-            .map_err(|e| refusal("set MemoryMax", name, e))
+            .map_err(|e| self.failed("set MemoryMax", name, e))
     }
 
     /// Make systemd read its unit files again (`Reload`, `systemctl daemon-reload`).
@@ -237,7 +281,7 @@ impl Systemd {
             .await?
             .reload()
             .await
-            .map_err(|e| refusal("reload", "the manager", e))
+            .map_err(|e| self.failed("reload", "the manager", e))
     }
 
     /// The unit once no job changes it any more, within `wait`.
@@ -257,18 +301,6 @@ impl Systemd {
             }
             tokio::time::sleep(SETTLE_POLL).await;
         }
-    }
-}
-
-/// A method error is systemd's answer; anything else means the bus is gone.
-fn refusal(operation: &'static str, unit: &str, e: zbus::Error) -> SystemdError {
-    match e {
-        zbus::Error::MethodError(name, message, _) => SystemdError::Refused {
-            operation,
-            unit: unit.into(),
-            message: format!("{name}: {}", message.unwrap_or_default()),
-        },
-        other => SystemdError::Unavailable(other.to_string()),
     }
 }
 
