@@ -371,24 +371,17 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
     }));
     stack.apply_ok(unit_worker("diag", &ns, &w, serde_json::json!({})));
     let _op = unit_operator(stack, &ns, node);
-    stack.apply_ok(recovery("diag-1", &ns, "diag").mode("Diagnose"));
-    let run = wait_run_finished(stack, &ns, "diag-1");
-    let findings = run["status"]["diagnosis"]["findings"].as_array().unwrap();
-    let logs: Vec<&serde_json::Value> = findings
+    let d = diagnose_via_recovery(stack, &ns, "diag");
+    let logs: Vec<&serde_json::Value> = d["findings"]
+        .as_array()
+        .unwrap()
         .iter()
         .filter(|f| f["check"] == "crashLogs")
         .collect();
     eprintln!("e2e_systemd: crash log findings {logs:#?}");
     let text = serde_json::to_string(&logs).unwrap();
     assert!(text.contains("FATAL: simulated crash"), "{text}");
-    let container = findings.iter().find(|f| f["check"] == "container").unwrap();
-    assert!(
-        serde_json::to_string(container)
-            .unwrap()
-            .contains("exit code 3")
-            || container["evidence"]["exitCode"] == "3",
-        "{container:#}"
-    );
+    assert_eq!(evidence_u64(finding(&d, "ContainerExited"), "exitCode"), 3);
 }
 
 /// The process and descriptor checks of a unit read its main process from the operator's own
@@ -411,19 +404,8 @@ fn a_units_main_process_and_descriptors_are_read_from_the_hosts_proc() {
     let _op = unit_operator(stack, &ns, node);
     // The leak runs into EMFILE within a few milliseconds of the start.
     std::thread::sleep(Duration::from_secs(2));
-    stack.apply_ok(recovery("fds-1", &ns, "fds").mode("Diagnose"));
-    let run = wait_run_finished(stack, &ns, "fds-1");
-    let diagnosis = &run["status"]["diagnosis"];
-    let kind = |k: &str| {
-        diagnosis["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["kind"] == k)
-            .unwrap_or_else(|| panic!("no {k} finding: {diagnosis:#}"))
-            .clone()
-    };
-    let alive = kind("ProcessAlive");
+    let d = diagnose_via_recovery(stack, &ns, "fds");
+    let alive = finding(&d, "ProcessAlive");
     eprintln!("e2e_systemd: {alive:#}");
     let main_pid = first.main_pid.unwrap().to_string();
     assert_eq!(alive["evidence"]["pid"], main_pid.as_str(), "{alive:#}");
@@ -437,19 +419,12 @@ fn a_units_main_process_and_descriptors_are_read_from_the_hosts_proc() {
             .any(|l| l.starts_with("NSpid:") && l.ends_with(&format!("\t{main_pid}"))),
         "the host's PID {host_pid} is the node's {main_pid}: {status}"
     );
-    let exhausted = kind("FdExhausted");
+    let exhausted = finding(&d, "FdExhausted");
     eprintln!("e2e_systemd: {exhausted:#}");
-    assert_eq!(exhausted["evidence"]["softLimit"], "64", "{exhausted:#}");
-    let open: u64 = exhausted["evidence"]["openFds"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    assert_eq!(evidence_u64(exhausted, "softLimit"), 64);
+    let open = evidence_u64(exhausted, "openFds");
     assert!((56..=64).contains(&open), "open fds {open}");
-    assert_eq!(
-        diagnosis["verdict"]["topCause"], "FileDescriptorExhaustion",
-        "{diagnosis:#}"
-    );
+    assert_eq!(top_cause(&d), "FileDescriptorExhaustion", "{d:#}");
 }
 
 /// A unit killed by the kernel at its `MemoryMax`: the diagnosis finds the OOM kill and names
@@ -483,33 +458,13 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
     );
     stack.apply_ok(unit_worker("oom", &ns, &w, serde_json::json!({})));
     let _op = unit_operator(stack, &ns, node);
-    stack.apply_ok(recovery("oom-1", &ns, "oom").mode("Diagnose"));
-    let run = wait_run_finished(stack, &ns, "oom-1");
-    let diagnosis = &run["status"]["diagnosis"];
-    let memory: Vec<&serde_json::Value> = diagnosis["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["check"] == "memory")
-        .collect();
-    eprintln!("e2e_systemd: memory findings {memory:#?}");
-    let container = diagnosis["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["check"] == "container")
-        .unwrap();
-    eprintln!("e2e_systemd: container finding {container:#}");
+    let d = diagnose_via_recovery(stack, &ns, "oom");
     // The kill itself, with the limit as evidence (from the kernel log on cgroup v1).
-    assert_eq!(container["evidence"]["oomKilled"], "true", "{container:#}");
-    assert_eq!(
-        container["evidence"]["memoryLimitBytes"], "67108864",
-        "{container:#}"
-    );
-    assert_eq!(
-        diagnosis["verdict"]["topCause"], "OutOfMemory",
-        "{diagnosis:#}"
-    );
+    let killed = finding(&d, "OomKilled");
+    eprintln!("e2e_systemd: {killed:#}");
+    assert_eq!(evidence_u64(killed, "memoryLimitBytes"), 64 << 20);
+    finding(&d, "KernelOomKill");
+    assert_eq!(top_cause(&d), "OutOfMemory", "{d:#}");
 }
 
 /// An OOM-killed unit is started again with a raised `MemoryMax` (by `memoryFactor`, within

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod containers;
+mod diagnosis;
 mod files;
 mod manifests;
 mod operator;
@@ -16,8 +17,8 @@ mod waits;
 // Each test binary uses a part of the harness.
 #[allow(unused_imports)]
 pub use {
-    containers::*, files::*, manifests::*, operator::*, prometheus::*, stack::*, systemd::*,
-    waits::*,
+    containers::*, diagnosis::*, files::*, manifests::*, operator::*, prometheus::*, stack::*,
+    systemd::*, waits::*,
 };
 
 pub const WORKER_IMAGE: &str = "wro-sample-worker:dev";

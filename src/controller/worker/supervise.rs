@@ -533,7 +533,10 @@ async fn put_declared_in_place(
     let runtime = ctx.runtime(worker)?;
     if resources::needs_recreate(&resources::drift(&declared, container)) {
         if !runtime.capabilities().recreate {
-            remediation.push(format!("not applied ({change}): a systemd unit is not recreated; declare it in the unit file"));
+            // systemd changes only cgroup settings (MemoryMax) of a loaded unit at runtime.
+            remediation.push(format!(
+                "not applied ({change}): systemd cannot change it for a loaded unit; declare it in the unit file"
+            ));
             return Ok(None);
         }
         let grace = Duration::from_secs(10);
