@@ -467,6 +467,12 @@ impl Fixture {
         let step = step_started(StepName::VerifyHealth, ago);
         verify_health(&self.run(), &step).await.unwrap()
     }
+
+    /// The debug copy has stopped (crashed, its core written).
+    fn debug_copy_stopped(&self) {
+        let mut containers = self.fake.containers.lock().unwrap();
+        containers.get_mut("marie-debug").unwrap().running = false;
+    }
 }
 
 #[tokio::test]
@@ -613,13 +619,7 @@ async fn a_core_is_recorded_once_with_its_backtrace_when_the_copy_has_stopped() 
         output: "Thread 1 (LWP 7):\n#0  sample_worker::fault::abort_now ()".into(),
         truncated: false,
     });
-    f.fake
-        .containers
-        .lock()
-        .unwrap()
-        .get_mut("marie-debug")
-        .unwrap()
-        .running = false;
+    f.debug_copy_stopped();
 
     let looked = cores::look(&f.ctx, &f.rec, &root, &mut status)
         .await
@@ -734,13 +734,7 @@ async fn a_core_directory_named_by_status_alone_is_not_read() {
     let f = core_fixture(true).await;
     done(debug_start(&f.run()).await.unwrap());
     f.task("active", "a", 0);
-    f.fake
-        .containers
-        .lock()
-        .unwrap()
-        .get_mut("marie-debug")
-        .unwrap()
-        .running = false;
+    f.debug_copy_stopped();
     // A status whose DebugStart names another directory (the worker's tasks) than the run's.
     let mut status: crate::crd::worker_recovery::WorkerRecoveryStatus = serde_json::from_value(
         json!({"steps": [{"name": "DebugStart", "state": "Succeeded",
