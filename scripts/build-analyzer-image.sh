@@ -38,6 +38,8 @@ LIB_DIRS=(lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib64 usr/lib64 lib usr/
 
 log() { printf '[build-analyzer-image] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib/docker-build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/docker-build.sh"
 
 for cmd in apt-get apt-cache dpkg-deb readelf sha256sum docker; do
 	command -v "${cmd}" >/dev/null 2>&1 || die "${cmd} is not on PATH (readelf: package binutils)"
@@ -198,26 +200,14 @@ else
 	log "rootfs cached: ${ROOTFS_CACHE} (${gdb_deb%.deb}, recipe ${RECIPE})"
 fi
 
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-	die "no Docker engine answers (start one, e.g. scripts/stack.sh up)"
+require_docker
 
 ctx="$(mktemp -d "${TMPDIR:-/tmp}/wro-core-analyzer-ctx.XXXXXX")"
 cp -a "${ROOTFS_CACHE}" "${ctx}/rootfs"
 cp "${ROOT}/analyzer/Dockerfile" "${ctx}/Dockerfile"
 
-build_env=()
-if ! docker buildx version >/dev/null 2>&1; then
-	# No buildx plugin: use the classic builder explicitly (no RUN steps here).
-	build_env=(DOCKER_BUILDKIT=0)
-fi
 log "docker build -t ${IMAGE}"
-# stderr is only shown on failure (the classic builder prints a deprecation notice on every run).
-if ! id="$(env "${build_env[@]}" docker build --quiet --network none -t "${IMAGE}" "$@" "${ctx}" 2>"${ctx}.err")"; then
-	cat "${ctx}.err" >&2
-	rm -f "${ctx}.err"
-	die "docker build failed"
-fi
-rm -f "${ctx}.err"
+id="$(docker_build_context "${IMAGE}" "${ctx}" "$@")"
 
 # Smoke test as the operator runs it: every library resolves, without network or a writable root.
 if ! version="$(docker run --rm --network none --read-only --security-opt no-new-privileges \

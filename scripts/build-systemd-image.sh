@@ -56,6 +56,8 @@ WORKER_BIN="${WORKER_TARGET_DIR}/${TARGET}/release/sample-worker"
 
 log() { printf '[build-systemd-image] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib/docker-build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/docker-build.sh"
 
 for cmd in apt-cache apt-config dpkg-query sha256sum cargo ldd docker; do
 	command -v "${cmd}" >/dev/null 2>&1 || die "${cmd} is not on PATH"
@@ -173,8 +175,7 @@ case "$(ldd "${WORKER_BIN}" 2>&1 || true)" in
 *) die "${WORKER_BIN} is not statically linked" ;;
 esac
 
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-	die "no Docker engine answers (start one, e.g. scripts/stack.sh up)"
+require_docker
 
 # The context next to the cache (same file system: the tarball is hard-linked, not copied).
 ctx="$(mktemp -d "${CACHE_DIR}/ctx.XXXXXX")"
@@ -183,18 +184,8 @@ cp "${WORKER_BIN}" "${ctx}/sample-worker"
 cp "${DOCKERFILE}" "${ctx}/Dockerfile"
 cp "${ENTRYPOINT}" "${ctx}/entrypoint.sh"
 
-build_env=()
-if ! docker buildx version >/dev/null 2>&1; then
-	# No buildx plugin: use the classic builder explicitly (no RUN steps here).
-	build_env=(DOCKER_BUILDKIT=0)
-fi
 log "docker build -t ${IMAGE}"
-# stderr is only shown on failure (the classic builder prints a deprecation notice on every run).
-if ! id="$(env "${build_env[@]}" docker build --quiet --network none -t "${IMAGE}" \
-	--label "wro.systemd.rootfs=${stamp}" "$@" "${ctx}" 2>"${ctx}.err")"; then
-	cat "${ctx}.err" >&2
-	die "docker build failed"
-fi
+id="$(docker_build_context "${IMAGE}" "${ctx}" --label "wro.systemd.rootfs=${stamp}" "$@")"
 
 # (systemctl: systemd itself, as PID 1 of a container, prints nothing for --version.)
 if ! version="$(docker run --rm --network none --entrypoint /usr/bin/systemctl "${IMAGE}" --version 2>&1)"; then

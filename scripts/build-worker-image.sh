@@ -24,6 +24,8 @@ BIN="${TARGET_DIR}/${TARGET}/release/sample-worker"
 
 log() { printf '[build-worker-image] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=lib/docker-build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/docker-build.sh"
 
 # A static executable: ldd says "not a dynamic executable" (static) or
 # "statically linked" (static-pie).
@@ -59,8 +61,7 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release \
 assert_static "${BIN}"
 log "binary ok: ${BIN} ($(stat -c %s "${BIN}") bytes, static)"
 
-docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
-	die "no Docker engine answers (start one, e.g. scripts/stack.sh up)"
+require_docker
 
 # The busybox root filesystem (busybox, one symlink per applet, /etc/passwd,
 # /etc/group, /tmp) is staged once into a cache under the cargo target dir and
@@ -93,19 +94,7 @@ cp -a "${ROOTFS_CACHE}" "${ctx}/rootfs"
 cp "${BIN}" "${ctx}/sample-worker"
 cp "${ROOT}/sample-worker/Dockerfile" "${ctx}/Dockerfile"
 
-build_env=()
-if ! docker buildx version >/dev/null 2>&1; then
-	# No buildx plugin: use the classic builder explicitly (no RUN steps here).
-	build_env=(DOCKER_BUILDKIT=0)
-fi
 log "docker build -t ${IMAGE}"
-# stderr is only shown on failure (the classic builder prints a deprecation
-# notice on every run).
-if ! id="$(env "${build_env[@]}" docker build --quiet --network none -t "${IMAGE}" "$@" "${ctx}" 2>"${ctx}.err")"; then
-	cat "${ctx}.err" >&2
-	rm -f "${ctx}.err"
-	die "docker build failed"
-fi
-rm -f "${ctx}.err"
+id="$(docker_build_context "${IMAGE}" "${ctx}" "$@")"
 log "built ${IMAGE} (${id}) in $((SECONDS - start))s"
 printf '%s\n' "${IMAGE}"
