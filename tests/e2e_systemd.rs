@@ -463,6 +463,11 @@ fn an_oom_killed_unit_is_diagnosed_out_of_memory() {
     let killed = finding(&d, "OomKilled");
     eprintln!("e2e_systemd: {killed:#}");
     assert_eq!(evidence_u64(killed, "memoryLimitBytes"), 64 << 20);
+    let summary = killed["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("unit {:?} was killed by the OOM killer", w.unit)),
+        "{summary}"
+    );
     finding(&d, "KernelOomKill");
     assert_eq!(top_cause(&d), "OutOfMemory", "{d:#}");
 }

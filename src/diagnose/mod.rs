@@ -115,6 +115,16 @@ impl CheckContext {
             .clone()
     }
 
+    /// The worker's container or unit as messages name it: `container "marie"`,
+    /// `unit "agent-worker-marie.service"`.
+    pub fn target(&self) -> String {
+        let noun = match self.docker.capabilities().runtime {
+            crate::runtime::RuntimeKind::Docker => "container",
+            crate::runtime::RuntimeKind::Systemd => "unit",
+        };
+        format!("{noun} {:?}", self.spec.container)
+    }
+
     /// What to call the container in engine requests: the ID of the container that consented
     /// at admission, never its name (a container that takes the name later is not this
     /// Worker's). No container was admitted (a file-only Worker): `NotFound`.

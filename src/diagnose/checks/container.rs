@@ -24,7 +24,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                     CheckName::Container,
                     FindingKind::ContainerNotFound,
                     Severity::Critical,
-                    format!("container {:?} does not exist", ctx.spec.container),
+                    format!("{} does not exist", ctx.target()),
                 )
                 .with("container", &ctx.spec.container)])
         }
@@ -50,7 +50,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
 }
 
 fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
-    let name = &ctx.spec.container;
+    let target = ctx.target();
     let exit = c.exit_code.unwrap_or(0);
     let finding = |kind, severity, summary: String| {
         evidence(
@@ -64,7 +64,7 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
                 FindingKind::OomKilled,
                 Severity::Critical,
                 format!(
-                    "container {name:?} was killed by the OOM killer (exit code {exit}{})",
+                    "{target} was killed by the OOM killer (exit code {exit}{})",
                     c.memory_limit
                         .map(|l| format!(", memory limit {}", human_bytes(l)))
                         .unwrap_or_default()
@@ -75,7 +75,7 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
                 FindingKind::ContainerExited,
                 Severity::Critical,
                 format!(
-                    "container {name:?} last exited with code {exit} ({})",
+                    "{target} last exited with code {exit} ({})",
                     exit_meaning(exit)
                 ),
             ))
@@ -87,14 +87,14 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
         "paused" => vec![finding(
             FindingKind::ContainerPaused,
             Severity::Warning,
-            format!("container {name:?} is paused: its processes are frozen"),
+            format!("{target} is paused: its processes are frozen"),
         )],
         "restarting" => {
             let mut out = vec![finding(
                 FindingKind::ContainerRestarting,
                 Severity::Warning,
                 format!(
-                    "container {name:?} is being restarted by Docker's restart policy ({} restarts so far)",
+                    "{target} is being restarted by Docker's restart policy ({} restarts so far)",
                     c.restart_count
                 ),
             )];
@@ -105,7 +105,7 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
             FindingKind::ContainerRunning,
             Severity::Info,
             format!(
-                "container {name:?} is running{}",
+                "{target} is running{}",
                 c.started_at
                     .map(|t| format!(" since {t}"))
                     .unwrap_or_default()
@@ -113,9 +113,9 @@ fn findings(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
         )],
         state => vec![last_exit().unwrap_or_else(|| {
             let summary = if state == "created" {
-                format!("container {name:?} was created but never started")
+                format!("{target} was created but never started")
             } else {
-                format!("container {name:?} is {state} (exit code 0: it stopped cleanly, or was stopped)")
+                format!("{target} is {state} (exit code 0: it stopped cleanly, or was stopped)")
             };
             finding(FindingKind::ContainerExited, Severity::Critical, summary)
         })],

@@ -309,7 +309,7 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 ctx,
                 &scan,
                 "container",
-                &format!("container {container}'s log (since {since})"),
+                &format!("the log of {} (since {since})", ctx.target()),
             )
             .with("tail", tail)
             .with("window", format!("{window}s"))

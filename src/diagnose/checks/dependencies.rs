@@ -310,6 +310,7 @@ async fn version(
 
 async fn check_packages(ctx: &CheckContext, c: &ContainerInfo, running: bool) -> Vec<Finding> {
     let name = &ctx.spec.container;
+    let target = ctx.target();
     let wanted = &ctx.spec.diagnostics.required_python_packages;
     let failed = |reason: String| {
         ctx.finding(
@@ -323,7 +324,7 @@ async fn check_packages(ctx: &CheckContext, c: &ContainerInfo, running: bool) ->
     };
     if !running {
         return vec![failed(format!(
-            "container {name:?} is {}; `pip list` needs a running container",
+            "{target} is {}; `pip list` needs a running container",
             c.status
         ))];
     }

@@ -150,15 +150,16 @@ async fn kernel_oom_kill(ctx: &CheckContext, c: &ContainerInfo) -> Option<Findin
 
 async fn usage(ctx: &CheckContext, c: &ContainerInfo) -> Vec<Finding> {
     let name = &ctx.spec.container;
+    let target = ctx.target();
     if !c.running || c.status == ContainerState::Restarting {
         let summary = match c.memory_limit {
             Some(l) => format!(
-                "container {name:?} is {}: no usage to measure; memory limit {} ({l} bytes)",
+                "{target} is {}: no usage to measure; memory limit {} ({l} bytes)",
                 c.status,
                 human_bytes(l)
             ),
             None => format!(
-                "container {name:?} is {}: no usage to measure; no memory limit set",
+                "{target} is {}: no usage to measure; no memory limit set",
                 c.status
             ),
         };

@@ -294,6 +294,7 @@ pub fn split_statuses(text: &str) -> Vec<ProcStatus> {
 /// (absent, stopped, restarting) or it cannot be looked into (paused).
 fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
     let name = &ctx.spec.container;
+    let target = ctx.target();
     let c = match &ctx.container {
         Err(reason) => return Err(Err(ctx.uninspectable(reason))),
         Ok(None) => {
@@ -302,7 +303,7 @@ fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
                     CheckName::Process,
                     FindingKind::ProcessMissing,
                     Severity::Critical,
-                    format!("no worker process: container {name:?} does not exist"),
+                    format!("no worker process: {target} does not exist"),
                 )
                 .with("state", "notFound")]))
         }
@@ -314,7 +315,7 @@ fn examined(ctx: &CheckContext) -> Result<&ContainerInfo, CheckResult> {
             ctx,
             c,
             format!(
-                "no worker process: container {name:?} is {}{}",
+                "no worker process: {target} is {}{}",
                 c.status,
                 c.exit_code
                     .map(|e| format!(" (exit code {e})"))
