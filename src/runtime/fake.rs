@@ -1,15 +1,14 @@
 //! An in-memory [`WorkerRuntime`] for unit tests of checks and controllers.
 
-use super::ContainerState;
-use crate::runtime::RuntimeKind;
 use std::{collections::HashMap, sync::Mutex};
 
 use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{
-    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ExecOutput, Job,
-    JobOutput, Limits, MemoryStats, PathStat, RuntimeError, StartOutcome, WorkerRuntime,
+    resources::swap_for_update, CloneSpec, ContainerEvent, ContainerInfo, ContainerState,
+    ExecOutput, Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError, RuntimeKind,
+    StartOutcome, WorkerRuntime,
 };
 
 /// Canned answers; anything not set answers "not found" / empty.

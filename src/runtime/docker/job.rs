@@ -1,7 +1,6 @@
 //! One-off containers of the operator's (the core analyzer) and files copied out of a
 //! container (the executable of a core).
 
-use crate::runtime::RuntimeKind;
 use std::{io::Read, time::Duration};
 
 use bollard::{
@@ -15,7 +14,7 @@ use bollard::{
 use futures::StreamExt;
 
 use super::{bind_mount, container_error, map_error, DockerEngine};
-use crate::runtime::{Job, JobOutput, RuntimeError};
+use crate::runtime::{Job, JobOutput, RuntimeError, RuntimeKind};
 
 impl DockerEngine {
     pub(super) async fn copy_out(

@@ -1,6 +1,5 @@
 //! [`WorkerRuntime`] over the Docker Engine API (bollard).
 
-use crate::runtime::RuntimeKind;
 use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
@@ -31,8 +30,8 @@ mod job;
 use super::{
     resources::{swap_for_update, Declared, NEW_SUFFIX},
     BindMount, CloneSpec, ContainerEvent, ContainerInfo, ContainerState, ExecOutput, HealthCheck,
-    Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError, StartOutcome, WorkerRuntime,
-    WATCHED_ACTIONS,
+    Job, JobOutput, Limits, MemoryStats, PathStat, RuntimeError, RuntimeKind, StartOutcome,
+    WorkerRuntime, WATCHED_ACTIONS,
 };
 
 /// Most output an [`exec`](WorkerRuntime::exec) collects (stdout and stderr together).

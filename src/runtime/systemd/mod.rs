@@ -284,12 +284,13 @@ impl Systemd {
             .map_err(|e| self.failed("reload", "the manager", e))
     }
 
-    /// The unit once no job changes it any more, within `wait`.
+    /// The unit once no job changes it any more (none queued, none running), within `wait`.
     async fn settled(&self, name: &str, wait: Duration) -> Result<UnitInfo, SystemdError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let unit = self.unit(name).await?;
-            if !unit.active_state.in_transition() {
+            // A job just queued may not have begun: the unit still reads as before it.
+            if !unit.active_state.in_transition() && unit.job.is_none() {
                 return Ok(unit);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -325,6 +326,8 @@ fn prop(v: &Value<'_>) -> Prop {
                 .collect(),
         ),
         Value::Value(inner) => prop(inner),
+        // `Job` is `(id, path)`: its id.
+        Value::Structure(s) => s.fields().first().map_or(Prop::Other, prop),
         _ => Prop::Other,
     }
 }
@@ -348,5 +351,14 @@ mod tests {
             prop(&Value::Value(Box::new(Value::U64(3)))),
             Prop::Unsigned(3)
         );
+        // `Job`: (id, object path).
+        let job = zbus::zvariant::StructureBuilder::new()
+            .add_field(42u32)
+            .add_field(
+                zbus::zvariant::ObjectPath::try_from("/org/freedesktop/systemd1/job/42").unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert_eq!(prop(&Value::Structure(job)), Prop::Unsigned(42));
     }
 }

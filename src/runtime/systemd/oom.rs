@@ -70,6 +70,7 @@ mod tests {
             memory_current: None,
             nofile_limit: None,
             control_group: String::new(),
+            job: None,
         }
     }
 

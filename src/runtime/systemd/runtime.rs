@@ -8,7 +8,6 @@
 //! of it) is refused with [`RuntimeError::Unsupported`], and
 //! [`Capabilities`] says so beforehand, so that a run needing it fails with that reason.
 
-use crate::runtime::RuntimeKind;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -28,7 +27,7 @@ use crate::{
     runtime::{
         host_process, resources::Declared, Capabilities, CloneSpec, ContainerEvent, ContainerInfo,
         ContainerState, ExecOutput, HostProcess, Job, JobOutput, Limits, MemoryStats, PathStat,
-        RuntimeError, StartOutcome, WorkerRuntime,
+        RuntimeError, RuntimeKind, StartOutcome, WorkerRuntime,
     },
     trust::CONSENT_LABEL,
 };

@@ -124,6 +124,8 @@ pub struct UnitInfo {
     pub nofile_limit: Option<u64>,
     /// The unit's cgroup (`/system.slice/<unit>`), empty when it has none.
     pub control_group: String,
+    /// The id of the job queued or running for the unit (a start, a stop).
+    pub job: Option<u32>,
 }
 
 impl UnitInfo {
@@ -171,6 +173,9 @@ impl UnitInfo {
             memory_current: bounded(unsigned(service, "MemoryCurrent")),
             nofile_limit: bounded(unsigned(service, "LimitNOFILESoft")),
             control_group: text(service, "ControlGroup"),
+            job: unsigned(unit, "Job")
+                .filter(|id| *id > 0)
+                .and_then(|id| u32::try_from(id).ok()),
         }
     }
 

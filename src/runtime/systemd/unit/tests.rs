@@ -87,8 +87,18 @@ fn an_unknown_unit_and_missing_properties_read_as_absent() {
     assert_eq!(u.active_state, ActiveState::Inactive);
     assert_eq!(u.result, ServiceResult::Other(String::new()));
     assert_eq!(
-        (u.started_at, u.memory_max, u.consent()),
-        (None, None, None)
+        (u.started_at, u.memory_max, u.consent(), u.job),
+        (None, None, None, None)
+    );
+    // A queued job, and none (id 0).
+    let with_job = |id| props(&[("LoadState", text("loaded")), ("Job", Prop::Unsigned(id))]);
+    assert_eq!(
+        UnitInfo::from_props("a.service", &with_job(7), &Props::new()).job,
+        Some(7)
+    );
+    assert_eq!(
+        UnitInfo::from_props("a.service", &with_job(0), &Props::new()).job,
+        None
     );
 }
 
