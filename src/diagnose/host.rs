@@ -2,7 +2,9 @@
 //!
 //! The runbook greps `/var/log/syslog` for the OOM killer; these hosts have neither syslog
 //! nor a journal, but the kernel ring buffer (`dmesg`) holds the same lines and is readable
-//! as root.
+//! as root. It is read with `syslog(2)` (needs `CAP_SYSLOG` where `kernel.dmesg_restrict=1`),
+//! so the operator's `FROM scratch` image needs no `dmesg`; where that call is refused, with
+//! `dmesg` when it is installed.
 
 use std::{
     io::{self, ErrorKind},
@@ -18,14 +20,25 @@ use super::HostProbe;
 /// How long `dmesg` may take before it counts as unreadable.
 pub const DMESG_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads the kernel log with `dmesg` on the host the operator runs on.
+/// Reads the kernel log of the host the operator runs on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DmesgProbe;
 
 #[async_trait::async_trait]
 impl HostProbe for DmesgProbe {
     async fn kernel_log(&self) -> Result<String, KernelLogError> {
-        run_dmesg("dmesg").await
+        let direct = tokio::task::spawn_blocking(read_ring_buffer)
+            .await
+            .unwrap_or_else(|e| Err(KernelLogError::Syscall(Arc::new(io::Error::other(e)))));
+        match direct {
+            Ok(log) => Ok(log),
+            // A `dmesg` may read `/dev/kmsg` where the call is refused; without one, the
+            // call's own error says why.
+            Err(refused) => match run_dmesg("dmesg").await {
+                Err(KernelLogError::NotInstalled { .. }) => Err(refused),
+                other => other,
+            },
+        }
     }
 
     /// Not namespaced: a container sees the host's.
@@ -59,6 +72,8 @@ pub enum KernelLogError {
         #[source]
         source: Arc<io::Error>,
     },
+    #[error("cannot read the kernel's ring buffer with syslog(2)")]
+    Syscall(#[source] Arc<io::Error>),
     #[error("{program} did not finish within {}s", DMESG_TIMEOUT.as_secs())]
     TimedOut { program: String },
     /// kernel.dmesg_restrict=1 and no CAP_SYSLOG (not root, or a container without it).
@@ -70,6 +85,52 @@ pub enum KernelLogError {
         status: ExitStatus,
         stderr: String,
     },
+}
+
+/// The kernel's ring buffer as `dmesg` prints it (`[seconds] message` lines), through
+/// `syslog(2)`: `SYSLOG_ACTION_SIZE_BUFFER`, then `SYSLOG_ACTION_READ_ALL` (which leaves the
+/// buffer as it is). Blocking.
+pub fn read_ring_buffer() -> Result<String, KernelLogError> {
+    const READ_ALL: libc::c_int = 3;
+    const SIZE_BUFFER: libc::c_int = 10;
+    let failed = || {
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::PermissionDenied => KernelLogError::Restricted {
+                stderr: format!("syslog(2): {e}"),
+            },
+            _ => KernelLogError::Syscall(Arc::new(e)),
+        }
+    };
+    // SAFETY: SIZE_BUFFER reads no buffer; READ_ALL writes at most `size` bytes into `buf`,
+    // which holds `size` bytes.
+    let size = unsafe { libc::klogctl(SIZE_BUFFER, std::ptr::null_mut(), 0) };
+    if size < 0 {
+        return Err(failed());
+    }
+    let mut buf = vec![0u8; size as usize];
+    let read = unsafe { libc::klogctl(READ_ALL, buf.as_mut_ptr().cast(), size) };
+    if read < 0 {
+        return Err(failed());
+    }
+    buf.truncate(read as usize);
+    Ok(without_levels(&String::from_utf8_lossy(&buf)))
+}
+
+/// `<6>[ 12.345678] message` (what `syslog(2)` gives) as `dmesg` prints it: without the level.
+pub fn without_levels(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            line.strip_prefix('<')
+                .and_then(|rest| rest.split_once('>'))
+                .filter(|(level, _)| level.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(line, |(_, message)| message)
+        })
+        .fold(String::with_capacity(text.len()), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
 }
 
 async fn run_dmesg(program: &str) -> Result<String, KernelLogError> {
@@ -134,6 +195,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not installed"), "{err}");
+    }
+
+    #[test]
+    fn levels_are_cut_as_dmesg_does() {
+        let raw = "<6>[    5.100000] usb 1-1: new device\n<3>[49616.994267] Memory cgroup out of memory: Killed process 24710 (sample-worker)\nno level\n<x> kept\n";
+        assert_eq!(
+            without_levels(raw),
+            "[    5.100000] usb 1-1: new device\n[49616.994267] Memory cgroup out of memory: Killed process 24710 (sample-worker)\nno level\n<x> kept\n"
+        );
     }
 
     #[tokio::test]
