@@ -381,6 +381,8 @@ fn the_diagnosis_of_a_crashed_unit_quotes_the_journal() {
     eprintln!("e2e_systemd: crash log findings {logs:#?}");
     let text = serde_json::to_string(&logs).unwrap();
     assert!(text.contains("FATAL: simulated crash"), "{text}");
+    let journal = finding(&d, "LogErrors");
+    assert_eq!(journal["evidence"]["source"], "journal", "{journal:#}");
     assert_eq!(evidence_u64(finding(&d, "ContainerExited"), "exitCode"), 3);
 }
 

@@ -11,7 +11,7 @@ use crate::{
     diagnose::{
         error, CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
     },
-    runtime::RuntimeError,
+    runtime::{RuntimeError, RuntimeKind},
 };
 
 const CHECK: CheckName = CheckName::CrashLogs;
@@ -305,10 +305,15 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
     match docker_lines {
         Ok(lines) => {
             let scan = LogScan::of(&lines);
+            // A unit's log is its journal.
+            let source = match ctx.docker.capabilities().runtime {
+                RuntimeKind::Docker => "container",
+                RuntimeKind::Systemd => "journal",
+            };
             let f = findings_of(
                 ctx,
                 &scan,
-                "container",
+                source,
                 &format!("the log of {} (since {since})", ctx.target()),
             )
             .with("tail", tail)
