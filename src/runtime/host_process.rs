@@ -58,35 +58,52 @@ fn read_capped(path: &Path) -> io::Result<String> {
 }
 
 /// The operator's PID of the process the runtime calls `pid`, in the cgroup `control_group`
-/// (a unit's `ControlGroup`, `/system.slice/<unit>`); `None` when no visible process is both.
-/// The same PID is tried first (the operator in the runtime's PID namespace), then every
-/// process is looked at. Blocking.
+/// (a unit's `ControlGroup`, `/system.slice/<unit>`); `None` when no visible process is both,
+/// or when more than one is (several nodes on one host may run units of the same name). The
+/// same PID in exactly that cgroup is tried first (the operator in the runtime's PID and
+/// cgroup namespaces: systemd is the host's), then every process. Blocking.
 pub fn find(proc_root: &Path, pid: u32, control_group: &str) -> Option<HostProcess> {
     if control_group.is_empty() || pid == 0 {
         return None;
     }
-    let is_it = |host_pid: u32| {
-        let dir = proc_root.join(host_pid.to_string());
-        let status = read_capped(&dir.join("status")).ok()?;
-        let cgroup = read_capped(&dir.join("cgroup")).ok()?;
-        (innermost_pid(&status) == Some(pid) && in_cgroup(&cgroup, control_group)).then(|| {
-            HostProcess {
-                pid,
-                host_pid,
-                proc_root: proc_root.to_path_buf(),
-            }
-        })
+    let found = |host_pid| HostProcess {
+        pid,
+        host_pid,
+        proc_root: proc_root.to_path_buf(),
     };
-    if let Some(found) = is_it(pid) {
-        return Some(found);
+    if placed(proc_root, pid, pid, control_group) == Some(Placement::Exact) {
+        return Some(found(pid));
     }
-    fs::read_dir(proc_root)
+    let mut candidates = fs::read_dir(proc_root)
         .ok()?
         .filter_map(Result::ok)
         .take(MAX_SCANNED)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|host_pid| *host_pid != pid)
-        .find_map(is_it)
+        .filter(|host_pid| placed(proc_root, *host_pid, pid, control_group).is_some());
+    match (candidates.next(), candidates.next()) {
+        (Some(only), None) => Some(found(only)),
+        _ => None,
+    }
+}
+
+/// Where the process `host_pid` is the runtime's `pid` in `control_group`: how its cgroup
+/// matched, or `None` when it is not that process.
+fn placed(proc_root: &Path, host_pid: u32, pid: u32, control_group: &str) -> Option<Placement> {
+    let dir = proc_root.join(host_pid.to_string());
+    let status = read_capped(&dir.join("status")).ok()?;
+    if innermost_pid(&status) != Some(pid) {
+        return None;
+    }
+    cgroup_placement(&read_capped(&dir.join("cgroup")).ok()?, control_group)
+}
+
+/// How a process's cgroup matched a unit's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The path is the unit's cgroup: the same cgroup namespace.
+    Exact,
+    /// The path ends with it: the unit's node seen from outside its cgroup namespace.
+    Nested,
 }
 
 /// The process's PID in its own (innermost) PID namespace: the last `NSpid:` value, or `Pid:`
@@ -105,16 +122,25 @@ pub fn innermost_pid(status: &str) -> Option<u32> {
 /// group, or ends with it as whole components (seen from outside a cgroup namespace, the
 /// node's prefix comes first: `/docker/<id>/system.slice/<unit>`). A process of a child group
 /// (`<unit>/x`) is not the unit's main process.
-pub fn in_cgroup(cgroup: &str, control_group: &str) -> bool {
+pub fn cgroup_placement(cgroup: &str, control_group: &str) -> Option<Placement> {
     let group = control_group.trim_end_matches('/');
-    !group.is_empty()
-        && cgroup.lines().any(|line| {
-            let path = line.splitn(3, ':').nth(2).unwrap_or_default();
-            path == group
-                || path
-                    .strip_suffix(group)
-                    .is_some_and(|prefix| prefix.ends_with('/') || group.starts_with('/'))
+    if group.is_empty() {
+        return None;
+    }
+    let paths = || {
+        cgroup
+            .lines()
+            .map(|l| l.splitn(3, ':').nth(2).unwrap_or_default())
+    };
+    if paths().any(|path| path == group) {
+        return Some(Placement::Exact);
+    }
+    paths()
+        .any(|path| {
+            path.strip_suffix(group)
+                .is_some_and(|prefix| prefix.ends_with('/') || group.starts_with('/'))
         })
+        .then_some(Placement::Nested)
 }
 
 #[cfg(test)]

@@ -52,6 +52,18 @@ fn in_the_same_namespace_the_pid_is_the_hosts() {
 }
 
 #[test]
+fn two_nodes_with_the_same_unit_and_pid_are_not_told_apart() {
+    let root = tempfile::tempdir().unwrap();
+    process(root.path(), 5002, 42, UNIT);
+    process(root.path(), 6002, 42, UNIT);
+    assert_eq!(
+        find(root.path(), 42, UNIT),
+        None,
+        "ambiguous: neither is taken"
+    );
+}
+
+#[test]
 fn nothing_is_found_without_both_the_pid_and_the_cgroup() {
     let root = tempfile::tempdir().unwrap();
     process(root.path(), 5001, 43, UNIT);
@@ -71,12 +83,19 @@ fn innermost_pids_and_cgroups_are_read() {
     assert_eq!(innermost_pid("Pid:\t7\nNSpid:\t7\t3\t1\n"), Some(1));
     assert_eq!(innermost_pid("Pid:\t7\n"), Some(7));
     assert_eq!(innermost_pid("Name:\tx\n"), None);
-    assert!(in_cgroup(&format!("0::{UNIT}\n"), UNIT));
-    assert!(in_cgroup(&format!("3:cpu:/docker/abc{UNIT}\n"), UNIT));
-    assert!(!in_cgroup(&format!("0::{UNIT}/child\n"), UNIT));
-    assert!(!in_cgroup(
-        "0::/system.slice/y-agent-worker-marie.service\n",
-        UNIT
-    ));
-    assert!(!in_cgroup("0::/\n", "/"));
+    let placement = cgroup_placement;
+    assert_eq!(
+        placement(&format!("0::{UNIT}\n"), UNIT),
+        Some(Placement::Exact)
+    );
+    assert_eq!(
+        placement(&format!("3:cpu:/docker/abc{UNIT}\n"), UNIT),
+        Some(Placement::Nested)
+    );
+    assert_eq!(placement(&format!("0::{UNIT}/child\n"), UNIT), None);
+    assert_eq!(
+        placement("0::/system.slice/y-agent-worker-marie.service\n", UNIT),
+        None
+    );
+    assert_eq!(placement("0::/\n", "/"), None);
 }
