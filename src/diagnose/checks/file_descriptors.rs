@@ -18,7 +18,7 @@ use super::{
 use crate::diagnose::{
     CheckContext, CheckError, CheckName, CheckResult, Finding, FindingKind, Severity,
 };
-use crate::runtime::{ContainerState, ExecOutput, HostProcess};
+use crate::runtime::{ContainerState, HostProcess};
 
 /// One `docker exec` reads everything about process `pid` (busybox `sh`, `cat`, `ls`, `wc`).
 pub fn script(pid: u32) -> String {
@@ -44,29 +44,20 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
         Located::Found { pid, status, how } => (pid, status.name, how),
         Located::Missing(why) => return Err(CheckError::NoWorkerProcess(why)),
     };
-    let out = match &how {
-        Selection::MainPid(p) => read_on_host(p).await,
+    let read = match &how {
+        Selection::MainPid(p) => read_on_host(p, pid).await?,
         _ => read_in_container(ctx, pid).await?,
     };
-    let selected_by = how.as_str();
-    let sections: Vec<&str> = out.stdout.split("---\n").collect();
-    if sections.len() < 3 {
-        return Err(CheckError::UnexpectedOutput {
-            exit_code: out.exit_code.map_or("none".into(), |c| c.to_string()),
-            output: first_line(&out.stderr, &out.stdout).to_string(),
-            script: script(pid),
-        });
-    }
     let mut findings = Vec::new();
 
-    let limits = parse_nofile_limit(sections[0]);
-    let open = sections[1].trim().parse::<u64>().ok();
+    let limits = parse_nofile_limit(&read.limits);
+    let open = read.count.trim().parse::<u64>().ok();
     match (open, limits) {
         (Some(open), Some(limit)) => findings.push(
             fd_finding(ctx, open, limit, c.nofile_limit)
                 .with("pid", pid)
                 .with("process", &process)
-                .with("selectedBy", selected_by),
+                .with("selectedBy", how.as_str()),
         ),
         _ => findings.push(
             ctx.finding(
@@ -75,30 +66,54 @@ pub async fn run(ctx: &CheckContext) -> CheckResult {
                 Severity::Warning,
                 format!("cannot read the open descriptors or the limit of PID {pid}"),
             )
-            .with("error", first_line(&out.stderr, "no output"))
-            .with("limits", sections[0].trim())
-            .with("count", sections[1].trim()),
+            .with("error", first_line(&read.stderr, "no output"))
+            .with("limits", read.limits.trim())
+            .with("count", read.count.trim()),
         ),
     }
 
-    findings.push(file_table(ctx, sections[2], &out.stderr));
+    findings.push(file_table(ctx, &read.file_nr, &read.stderr));
     Ok(findings)
 }
 
-/// The [`script`]'s output from one `docker exec` in the container.
-async fn read_in_container(ctx: &CheckContext, pid: u32) -> Result<ExecOutput, CheckError> {
-    ctx.docker
+/// What the check reads about the process: `/proc/<pid>/limits`, its descriptor count, the
+/// host's `/proc/sys/fs/file-nr`, and what went wrong reading them.
+struct Readings {
+    limits: String,
+    count: String,
+    file_nr: String,
+    stderr: String,
+}
+
+/// The [`script`]'s output from one `docker exec` in the container, cut into its sections.
+async fn read_in_container(ctx: &CheckContext, pid: u32) -> Result<Readings, CheckError> {
+    let out = ctx
+        .docker
         .exec(ctx.container_ref()?, &["sh", "-c", &script(pid)])
         .await
         .map_err(|source| CheckError::CountDescriptors {
             container: ctx.spec.container.clone(),
             source,
-        })
+        })?;
+    let sections: Vec<&str> = out.stdout.split("---\n").collect();
+    let [limits, count, file_nr, ..] = sections[..] else {
+        return Err(CheckError::UnexpectedOutput {
+            exit_code: out.exit_code.map_or("none".into(), |c| c.to_string()),
+            output: first_line(&out.stderr, &out.stdout).to_string(),
+            script: script(pid),
+        });
+    };
+    Ok(Readings {
+        limits: limits.into(),
+        count: count.into(),
+        file_nr: file_nr.into(),
+        stderr: out.stderr.clone(),
+    })
 }
 
-/// The same sections as the [`script`]'s output, read from the operator's `/proc` for a
-/// unit's process; what cannot be read is left empty and said on stderr.
-async fn read_on_host(p: &HostProcess) -> ExecOutput {
+/// The same, read from the operator's `/proc` for a unit's process (`pid` as the unit names
+/// it); what cannot be read is left empty and said in `stderr`.
+async fn read_on_host(p: &HostProcess, pid: u32) -> Result<Readings, CheckError> {
     let p = p.clone();
     let read = tokio::task::spawn_blocking(move || {
         let mut errors = Vec::new();
@@ -111,15 +126,17 @@ async fn read_on_host(p: &HostProcess) -> ExecOutput {
         let limits = section(p.read("limits"));
         let count = section(p.open_descriptors().map(|n| n.to_string()));
         let file_nr = section(p.read_host("sys/fs/file-nr"));
-        ExecOutput {
-            stdout: format!("{limits}\n---\n{count}\n---\n{file_nr}"),
+        Readings {
+            limits,
+            count,
+            file_nr,
             stderr: errors.join("; "),
-            exit_code: Some(0),
         }
     });
-    read.await.unwrap_or_else(|e| ExecOutput {
-        stderr: e.to_string(),
-        ..Default::default()
+    read.await.map_err(|e| CheckError::UnexpectedOutput {
+        exit_code: "none".into(),
+        output: e.to_string(),
+        script: script(pid),
     })
 }
 

@@ -77,9 +77,16 @@ impl SystemdRuntime {
 
     /// The unit as a container, OOM-killed when systemd or (on cgroup v1) the kernel says so.
     async fn observed(&self, u: &UnitInfo) -> ContainerInfo {
-        let mut info = container_info(u);
-        info.oom_killed = info.oom_killed || self.oom_killed_per_kernel(u).await;
-        info
+        ContainerInfo {
+            oom_killed: self.oom_killed(u).await,
+            ..container_info(u)
+        }
+    }
+
+    /// Whether the OOM killer ended the unit's last main process: systemd says so
+    /// (`Result=oom-kill`), or on cgroup v1 the kernel log does.
+    async fn oom_killed(&self, u: &UnitInfo) -> bool {
+        u.result == ServiceResult::OomKill || self.oom_killed_per_kernel(u).await
     }
 
     /// Whether the kernel's OOM killer ended the unit's last main process, for a SIGKILL
@@ -274,7 +281,7 @@ impl WorkerRuntime for SystemdRuntime {
         until: Timestamp,
     ) -> Result<Vec<Timestamp>, RuntimeError> {
         let info = self.known(unit).await?;
-        let oom_killed = self.observed(&info).await.oom_killed;
+        let oom_killed = self.oom_killed(&info).await;
         Ok(info
             .exited_at
             .filter(|t| oom_killed && *t >= since && *t <= until)
